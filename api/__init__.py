@@ -1,0 +1,79 @@
+"""The Flask front end: validates uploads, writes job rows, enqueues by task name, reports."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, request
+from redis import Redis
+
+from api import errors, health, jobs, openapi
+from api.queue import JobQueue
+from api.submission import ApiRequest
+from models.db import make_engine, make_session_factory
+from models.settings import Settings
+from models.storage import FileStore
+
+_LOGGER = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Builds the web application.
+
+    Args:
+        config: Overrides; `settings` may hold a ready `Settings`, otherwise they are read from
+            the environment. Other keys go to `app.config`.
+
+    Returns:
+        The Flask application. It loads no model and imports no worker code.
+    """
+    overrides = dict(config or {})
+    settings: Settings = overrides.pop("settings", None) or Settings.from_env()
+    app = Flask(__name__)
+    app.request_class = ApiRequest
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes,
+        # A text field may be as large as the body: the text limit is checked with its own 422.
+        MAX_FORM_MEMORY_SIZE=settings.max_upload_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    app.config.update(overrides)
+
+    engine = make_engine(settings.database_url)
+    session_factory = make_session_factory(engine)
+    app.extensions["voicechat.settings"] = settings
+    app.extensions["voicechat.engine"] = engine
+    app.extensions["voicechat.redis"] = Redis.from_url(
+        settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+    )
+    app.extensions["voicechat.queue"] = JobQueue(settings.redis_url)
+    app.extensions["voicechat.uploads"] = FileStore(settings.uploads_dir)
+    app.extensions["voicechat.results"] = FileStore(settings.results_dir)
+
+    @app.before_request
+    def _open_request() -> None:
+        supplied = request.headers.get("X-Request-ID", "")
+        g.request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        g.db = session_factory()
+
+    @app.after_request
+    def _tag_response(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        return response
+
+    @app.teardown_request
+    def _close_request(_error: BaseException | None) -> None:
+        session = g.pop("db", None)
+        if session is not None:
+            session.close()
+
+    errors.register_error_handlers(app)
+    app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(openapi.blueprint)
+    return app

@@ -1,0 +1,112 @@
+"""The one place where errors become HTTP: RFC 9457 problem+json with a stable machine `code`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, g, json
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.exceptions import HTTPException
+
+from models import errors
+
+_LOGGER = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+# Domain error → HTTP status; the most specific class in an error's MRO wins.
+_STATUS: dict[type[errors.VoiceChatError], int] = {
+    errors.BadRequest: 400,
+    errors.NotFound: 404,
+    errors.JobNotFinished: 409,
+    errors.PayloadTooLarge: 413,
+    errors.UnsupportedMediaType: 415,
+    errors.InvalidInput: 422,
+    errors.ServiceUnavailable: 503,
+    errors.VoiceChatError: 500,
+}
+
+# Werkzeug's own rejections (routing, methods, body size) with codes of ours.
+_HTTP_CODES = {
+    400: ("bad_request", "Bad request"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    413: ("payload_too_large", "Payload too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+}
+
+
+def status_for(error: errors.VoiceChatError) -> int:
+    """Returns the HTTP status of a domain error."""
+    for cls in type(error).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return 500
+
+
+def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Response:
+    """Builds an RFC 9457 problem response.
+
+    Args:
+        status: The HTTP status.
+        code: The stable machine code clients branch on.
+        title: A short summary that does not change between occurrences.
+        detail: What went wrong this time, for a person.
+        **extra: Further members (e.g. `field`).
+
+    Returns:
+        The `application/problem+json` response, with the request id.
+    """
+    body: dict[str, Any] = {
+        "type": f"https://voicechat.invalid/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "request_id": getattr(g, "request_id", None),
+        **extra,
+    }
+    return Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Maps domain errors, Werkzeug's HTTP errors and anything unexpected to problems."""
+
+    @app.errorhandler(errors.VoiceChatError)
+    def _domain(error: errors.VoiceChatError) -> Response:
+        return problem(status_for(error), error.code, error.title, error.detail, **error.extra)
+
+    @app.errorhandler(HTTPException)
+    def _http(error: HTTPException) -> Response:
+        status = error.code or 500
+        code, title = _HTTP_CODES.get(status, ("http_error", error.name))
+        detail = error.description or title
+        if status == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            detail = f"The request body is larger than the limit of {limit} bytes."
+        response = problem(status, code, title, detail)
+        if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+        return response
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    @app.errorhandler(PoolTimeout)
+    def _database(error: Exception) -> Response:
+        _LOGGER.warning(
+            "database unavailable request_id=%s error=%s",
+            getattr(g, "request_id", None),
+            type(error).__name__,
+        )
+        unavailable = errors.DatabaseUnavailable("The database is unreachable; try again shortly.")
+        return _domain(unavailable)
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        # The trace goes to the log with the request id; the client gets neither trace nor text.
+        _LOGGER.error(
+            "unhandled error request_id=%s", getattr(g, "request_id", None), exc_info=error
+        )
+        return problem(500, "internal_error", "Internal error", "The server failed; it is logged.")

@@ -1,0 +1,24 @@
+"""Gunicorn settings for the API: `gunicorn -c python:api.gunicorn_conf 'api:create_app()'`."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+bind = os.environ.get("API_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("API_WORKERS", "2"))
+# Threads let one process hold slow uploads and waiting clients without blocking the others.
+worker_class = "gthread"
+threads = int(os.environ.get("API_THREADS", "4"))
+timeout = 60
+graceful_timeout = 30
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+# The query string is left out of the access log: it may carry prompt text.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
+
+logging.basicConfig(
+    level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+    format="%(asctime)s %(levelname)s %(name)s %(message)s",
+)

@@ -1,0 +1,49 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from models import heartbeat
+
+_LOGGER = logging.getLogger(__name__)
+
+blueprint = Blueprint("health", __name__)
+
+
+@blueprint.get("/healthz")
+def healthz() -> Response:
+    """The process is up; touches nothing else."""
+    return jsonify({"status": "ok"})
+
+
+@blueprint.get("/readyz")
+def readyz() -> Response:
+    """Ready when the database and broker answer and a worker has its models loaded."""
+    checks: dict[str, Any] = {}
+    try:
+        g.db.execute(text("SELECT 1"))
+        checks["database"] = {"ok": True}
+    except SQLAlchemyError as error:
+        checks["database"] = {"ok": False, "error": type(error).__name__}
+    redis: Redis = current_app.extensions["voicechat.redis"]
+    workers: list[dict[str, Any]] = []
+    try:
+        redis.ping()
+        checks["broker"] = {"ok": True}
+        workers = heartbeat.live_workers(redis)
+    except (RedisError, OSError) as error:
+        checks["broker"] = {"ok": False, "error": type(error).__name__}
+    ready_workers = [w for w in workers if w.get("models_loaded")]
+    checks["workers"] = {"ok": bool(ready_workers), "count": len(ready_workers), "details": workers}
+    ready = all(check["ok"] for check in checks.values())
+    response = jsonify({"status": "ready" if ready else "not_ready", "checks": checks})
+    response.status_code = 200 if ready else 503
+    return response

@@ -1,0 +1,47 @@
+"""Publishing jobs to the worker by task name: the web process never imports worker code."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from models.errors import BrokerUnavailable
+
+_LOGGER = logging.getLogger(__name__)
+
+RUN_JOB_TASK = "worker.run_job"
+JOB_QUEUE = "voicechat"
+
+
+class JobQueue:
+    """A Celery client that only sends; it has no tasks and no result backend."""
+
+    def __init__(self, broker_url: str) -> None:
+        self.celery = Celery("voicechat-api", broker=broker_url, set_as_current=False)
+        self.celery.conf.update(
+            broker_connection_timeout=3,
+            broker_connection_retry_on_startup=False,
+            task_ignore_result=True,
+            # A publish that cannot reach Redis fails fast, so the request gets a 503 in
+            # seconds instead of hanging on kombu's default retry schedule.
+            task_publish_retry_policy={
+                "max_retries": 2,
+                "interval_start": 0.1,
+                "interval_step": 0.2,
+                "interval_max": 0.5,
+            },
+        )
+
+    def enqueue(self, job_id: str) -> None:
+        """Publishes a job for the worker.
+
+        Raises:
+            BrokerUnavailable: Redis could not take the message.
+        """
+        try:
+            self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=JOB_QUEUE)
+        except (OperationalError, OSError) as error:
+            _LOGGER.warning("enqueue failed job_id=%s error=%s", job_id, type(error).__name__)
+            raise BrokerUnavailable("The job queue is unreachable; try again shortly.") from error

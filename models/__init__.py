@@ -1,0 +1,1 @@
+"""Shared domain: job tables and states, settings, stored files; used by the API and the worker."""

@@ -1,0 +1,159 @@
+"""WAV validation at the edge and normalisation for Whisper, decided by the bytes alone."""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+
+from models.errors import (
+    AudioTooLong,
+    EmptyAudio,
+    InvalidAudio,
+    NotWav,
+    TruncatedAudio,
+    UnsupportedAudioEncoding,
+)
+
+WHISPER_SAMPLE_RATE = 16_000
+
+# WAVE format tags that libsndfile decodes: PCM, MS ADPCM, IEEE float, A-law, mu-law, IMA ADPCM,
+# GSM 6.10 and WAVE_FORMAT_EXTENSIBLE (whose sub-format libsndfile checks itself).
+_DECODABLE_FORMAT_TAGS = frozenset({0x0001, 0x0002, 0x0003, 0x0006, 0x0007, 0x0011, 0x0031, 0xFFFE})
+# Streaming writers (arecord, ffmpeg to a pipe) cannot know the length up front and leave these.
+_UNKNOWN_DATA_SIZES = frozenset({0, 0xFFFFFFFF})
+_BLOCK_FRAMES = 1 << 16
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the validator learnt from a WAV, counted from the samples actually decoded."""
+
+    sample_rate: int
+    channels: int
+    frames: int
+    subtype: str
+
+    @property
+    def seconds(self) -> float:
+        """Duration in seconds."""
+        return self.frames / self.sample_rate
+
+
+@dataclass(frozen=True)
+class _RiffLayout:
+    format_tag: int | None
+    data_offset: int | None
+    data_size: int | None
+
+
+def looks_like_wav(data: bytes) -> bool:
+    """Tells whether the bytes start like a RIFF/RF64 WAVE file."""
+    return len(data) >= 12 and data[0:4] in (b"RIFF", b"RF64") and data[8:12] == b"WAVE"
+
+
+def _riff_layout(data: bytes) -> _RiffLayout:
+    """Walks the top-level RIFF chunks for the format tag and the data chunk's declared size."""
+    format_tag: int | None = None
+    offset = 12
+    while offset + 8 <= len(data):
+        chunk_id = data[offset : offset + 4]
+        (size,) = struct.unpack_from("<I", data, offset + 4)
+        body = offset + 8
+        if chunk_id == b"fmt " and body + 2 <= len(data):
+            (format_tag,) = struct.unpack_from("<H", data, body)
+        elif chunk_id == b"data":
+            return _RiffLayout(format_tag, body, size)
+        offset = body + size + (size & 1)  # chunks are padded to an even length
+    return _RiffLayout(format_tag, None, None)
+
+
+def inspect_wav(data: bytes, max_seconds: float) -> AudioInfo:
+    """Validates an uploaded WAV by decoding it, and measures it.
+
+    The duration is counted from the samples actually decoded, never from the header, so a
+    44-byte file that claims hours of audio is caught as truncated, not waved through.
+
+    Args:
+        data: The uploaded bytes.
+        max_seconds: The longest recording accepted.
+
+    Returns:
+        The recording's sample rate, channel count, frame count and sample encoding.
+
+    Raises:
+        EmptyAudio: No bytes, or no samples.
+        NotWav: The bytes are not a WAV file.
+        UnsupportedAudioEncoding: A WAV whose sample encoding cannot be decoded.
+        TruncatedAudio: The data chunk claims more bytes than were received.
+        InvalidAudio: The file is corrupt.
+        AudioTooLong: The recording is longer than `max_seconds`.
+    """
+    if not data:
+        raise EmptyAudio("The audio is empty (zero bytes).")
+    if not looks_like_wav(data):
+        raise NotWav("The audio is not a WAV file (no RIFF/WAVE header).")
+    layout = _riff_layout(data)
+    if layout.format_tag is not None and layout.format_tag not in _DECODABLE_FORMAT_TAGS:
+        raise UnsupportedAudioEncoding(
+            f"WAV sample encoding 0x{layout.format_tag:04x} is not supported; "
+            "send PCM (8/16/24/32-bit) or float samples."
+        )
+    if (
+        data[0:4] == b"RIFF"
+        and layout.data_offset is not None
+        and layout.data_size is not None
+        and layout.data_size not in _UNKNOWN_DATA_SIZES
+        and layout.data_offset + layout.data_size > len(data)
+    ):
+        raise TruncatedAudio(
+            f"The WAV is truncated: its data chunk declares {layout.data_size} bytes "
+            f"but only {len(data) - layout.data_offset} arrived."
+        )
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as wav:
+            sample_rate, channels, subtype = wav.samplerate, wav.channels, wav.subtype
+            if sample_rate <= 0 or channels <= 0:
+                raise InvalidAudio("The WAV header has no valid sample rate or channel count.")
+            limit = int(max_seconds * sample_rate)
+            frames = 0
+            for block in wav.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
+                frames += len(block)
+                if frames > limit:
+                    raise AudioTooLong(
+                        f"The audio is longer than the limit of {max_seconds:g} seconds."
+                    )
+    except sf.LibsndfileError as error:
+        raise InvalidAudio("The WAV file is corrupt and cannot be decoded.") from error
+    except (RuntimeError, ValueError, struct.error) as error:
+        raise InvalidAudio("The WAV file is corrupt and cannot be decoded.") from error
+    if frames == 0:
+        raise EmptyAudio("The audio holds no samples.")
+    return AudioInfo(sample_rate=sample_rate, channels=channels, frames=frames, subtype=subtype)
+
+
+def load_for_transcription(path: str) -> np.ndarray:
+    """Reads a WAV and returns it as 16 kHz mono float32, the form Whisper expects.
+
+    Args:
+        path: A WAV file that `inspect_wav` accepted.
+
+    Returns:
+        The samples, in [-1, 1].
+
+    Raises:
+        InvalidAudio: The file cannot be decoded.
+    """
+    import soxr  # only the worker resamples
+
+    try:
+        samples, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as error:
+        raise InvalidAudio("The stored recording cannot be decoded.") from error
+    mono = samples.mean(axis=1, dtype=np.float32)
+    if sample_rate != WHISPER_SAMPLE_RATE:
+        mono = soxr.resample(mono, sample_rate, WHISPER_SAMPLE_RATE, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)

@@ -1,0 +1,188 @@
+"""The domain's exception hierarchy; each error carries a stable machine `code`.
+
+The API maps these to HTTP in one place (`api/errors.py`); the worker records `code` and the
+message on the failed job's row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VoiceChatError(Exception):
+    """Base of every error the service reports to a client."""
+
+    code = "internal_error"
+    title = "Internal error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class BadRequest(VoiceChatError):
+    """The request cannot be parsed at all."""
+
+    code = "bad_request"
+    title = "Bad request"
+
+
+class MalformedJson(BadRequest):
+    code = "malformed_json"
+    title = "Malformed JSON"
+
+
+class MalformedMultipart(BadRequest):
+    code = "malformed_multipart"
+    title = "Malformed multipart body"
+
+
+class ConflictingInput(BadRequest):
+    code = "conflicting_input"
+    title = "Both text and audio given"
+
+
+class MissingInput(BadRequest):
+    code = "missing_input"
+    title = "Neither text nor audio given"
+
+
+class PayloadTooLarge(VoiceChatError):
+    code = "payload_too_large"
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(VoiceChatError):
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+class NotWav(UnsupportedMediaType):
+    """The uploaded bytes are not a WAV file, whatever the label said."""
+
+    code = "unsupported_audio_format"
+    title = "Audio is not a WAV file"
+
+
+class InvalidInput(VoiceChatError):
+    """The request parses but a value in it is unacceptable."""
+
+    code = "invalid_input"
+    title = "Invalid input"
+
+
+class EmptyText(InvalidInput):
+    code = "empty_text"
+    title = "Empty text"
+
+
+class TextTooLong(InvalidInput):
+    code = "text_too_long"
+    title = "Text too long"
+
+
+class InvalidOption(InvalidInput):
+    code = "invalid_option"
+    title = "Invalid option"
+
+
+class InvalidCursor(InvalidInput):
+    code = "invalid_cursor"
+    title = "Invalid cursor"
+
+
+class InvalidAudio(InvalidInput):
+    """The WAV is corrupt or cannot be decoded."""
+
+    code = "invalid_audio"
+    title = "Invalid audio"
+
+
+class TruncatedAudio(InvalidAudio):
+    code = "audio_truncated"
+    title = "Truncated audio"
+
+
+class EmptyAudio(InvalidAudio):
+    code = "empty_audio"
+    title = "Empty audio"
+
+
+class AudioTooLong(InvalidAudio):
+    code = "audio_too_long"
+    title = "Audio too long"
+
+
+class UnsupportedAudioEncoding(InvalidAudio):
+    code = "unsupported_audio_encoding"
+    title = "Unsupported audio encoding"
+
+
+class NotFound(VoiceChatError):
+    code = "not_found"
+    title = "Not found"
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+    title = "Job not found"
+
+
+class AudioNotFound(NotFound):
+    code = "audio_not_found"
+    title = "No audio for this job"
+
+
+class JobNotFinished(VoiceChatError):
+    code = "job_not_finished"
+    title = "Job not finished"
+
+
+class ServiceUnavailable(VoiceChatError):
+    code = "service_unavailable"
+    title = "Service unavailable"
+
+
+class BrokerUnavailable(ServiceUnavailable):
+    code = "broker_unavailable"
+    title = "Broker unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
+    title = "Database unavailable"
+
+
+class PipelineError(VoiceChatError):
+    """A job failed in the worker; recorded on the job's row, never raised over HTTP."""
+
+    code = "pipeline_error"
+    title = "Pipeline error"
+
+
+class NoSpeech(PipelineError):
+    code = "no_speech"
+    title = "No speech in the audio"
+
+
+class ContextLengthExceeded(PipelineError):
+    code = "context_length_exceeded"
+    title = "Prompt too long for the model"
+
+
+class EmptyReply(PipelineError):
+    code = "empty_reply"
+    title = "The model produced no reply"
+
+
+class EngineUnavailable(PipelineError):
+    """An engine or its model cannot be loaded; the message names the setting."""
+
+    code = "engine_unavailable"
+    title = "Engine unavailable"
+
+
+class JobTimedOut(PipelineError):
+    code = "timeout"
+    title = "Job took too long"

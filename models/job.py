@@ -1,0 +1,121 @@
+"""The job table and its states: the single source of truth for every submitted prompt."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class JobStatus(str, Enum):
+    """Where a job is in its life; the last three are terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the job can no longer change."""
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+
+class Stage(str, Enum):
+    """The pipeline stage a running job is in."""
+
+    TRANSCRIBING = "transcribing"
+    GENERATING = "generating"
+    SYNTHESIZING = "synthesizing"
+
+
+class ReplyFormat(str, Enum):
+    """How the client wants the answer back."""
+
+    TEXT = "text"
+    VOICE = "voice"
+
+
+class InputKind(str, Enum):
+    """What the client sent as the prompt."""
+
+    TEXT = "text"
+    AUDIO = "audio"
+
+
+def utcnow() -> datetime:
+    """Returns the current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    """Returns a fresh, unguessable job id."""
+    return uuid.uuid4().hex
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores aware datetimes as UTC and hands them back aware, on SQLite and PostgreSQL alike."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        # SQLite keeps no zone: the value was stored as UTC by process_bind_param.
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base whose metadata Alembic's env.py binds to."""
+
+
+class Job(Base):
+    """One submitted prompt and everything the pipeline made of it."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_created_at_id", "created_at", "id"),
+        Index("ix_jobs_status_created_at", "status", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+    stage: Mapped[str | None] = mapped_column(String(16), default=None)
+    reply_format: Mapped[str] = mapped_column(String(8))
+    input_kind: Mapped[str] = mapped_column(String(8))
+    input_text: Mapped[str | None] = mapped_column(Text, default=None)
+    input_audio_file: Mapped[str | None] = mapped_column(String(64), default=None)
+    input_audio_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    transcript: Mapped[str | None] = mapped_column(Text, default=None)
+    reply_text: Mapped[str | None] = mapped_column(Text, default=None)
+    reply_audio_file: Mapped[str | None] = mapped_column(String(64), default=None)
+    reply_audio_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    transcribe_s: Mapped[float | None] = mapped_column(Float, default=None)
+    generate_s: Mapped[float | None] = mapped_column(Float, default=None)
+    synthesize_s: Mapped[float | None] = mapped_column(Float, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    @property
+    def job_status(self) -> JobStatus:
+        """The status as its enum."""
+        return JobStatus(self.status)

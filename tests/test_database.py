@@ -1,0 +1,126 @@
+"""The job table and its transitions, on SQLite and (with TEST_DATABASE_URL) PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import inspect
+
+from models import jobs as job_rows
+from models.db import make_engine, make_session_factory
+from models.errors import InvalidCursor
+from models.job import Job, JobStatus, Stage, utcnow
+from tests.conftest import ROOT
+
+
+def _alembic(url: str) -> Config:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = url
+    config.attributes["configure_logger"] = False
+    return config
+
+
+def test_migrations_upgrade_and_downgrade_cleanly(database_url: str) -> None:
+    command.upgrade(_alembic(database_url), "head")
+    engine = make_engine(database_url)
+    assert "jobs" in inspect(engine).get_table_names()
+    command.downgrade(_alembic(database_url), "base")
+    assert "jobs" not in inspect(engine).get_table_names()
+    command.upgrade(_alembic(database_url), "head")
+    assert "jobs" in inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_migrations_match_the_models(database_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from models.job import Base
+
+    command.upgrade(_alembic(database_url), "head")
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+@pytest.fixture
+def sessions(database_url: str):  # type: ignore[no-untyped-def]
+    command.upgrade(_alembic(database_url), "head")
+    engine = make_engine(database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def _job(session, **values) -> Job:  # type: ignore[no-untyped-def]
+    job = Job(reply_format="text", input_kind="text", input_text="hi", options={}, **values)
+    session.add(job)
+    session.commit()
+    return job
+
+
+def test_a_job_is_claimed_exactly_once(sessions) -> None:  # type: ignore[no-untyped-def]
+    with sessions() as session:
+        job = _job(session)
+        assert job_rows.claim(session, job.id) is True
+        assert job_rows.claim(session, job.id) is False
+        session.refresh(job)
+        assert (job.status, job.attempts) == ("running", 1)
+        assert job.started_at is not None and job.started_at.tzinfo is not None
+
+
+def test_stages_checkpoint_and_finish(sessions) -> None:  # type: ignore[no-untyped-def]
+    with sessions() as session:
+        job = _job(session)
+        job_rows.claim(session, job.id)
+        job_rows.set_stage(session, job.id, Stage.GENERATING, transcript="hello")
+        session.refresh(job)
+        assert (job.stage, job.transcript) == ("generating", "hello")
+        assert job_rows.succeed(session, job.id, reply_text="hi there") is True
+        session.refresh(job)
+        assert (job.status, job.stage, job.reply_text) == ("succeeded", None, "hi there")
+        # A terminal job never changes again.
+        assert job_rows.fail(session, job.id, "late", "too late") is False
+        session.refresh(job)
+        assert job.status == "succeeded" and job.error_code is None
+
+
+def test_failure_records_code_and_message(sessions) -> None:  # type: ignore[no-untyped-def]
+    with sessions() as session:
+        job = _job(session)
+        assert job_rows.fail(session, job.id, "no_speech", "No speech.") is True
+        session.refresh(job)
+        assert (job.status, job.error_code, job.error_message) == (
+            "failed",
+            "no_speech",
+            "No speech.",
+        )
+        assert job.finished_at is not None
+
+
+def test_listing_is_newest_first_and_pages_without_gaps(sessions) -> None:  # type: ignore[no-untyped-def]
+    base = utcnow()
+    with sessions() as session:
+        made = [_job(session, created_at=base + timedelta(seconds=i // 2)) for i in range(7)]
+        job_rows.fail(session, made[0].id, "x", "y")
+        seen, cursor = [], None
+        while True:
+            page = job_rows.list_jobs(session, status=None, limit=3, cursor=cursor)
+            seen += [job.id for job in page.jobs]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        expected = sorted(made, key=lambda j: (j.created_at, j.id), reverse=True)
+        assert seen == [job.id for job in expected]
+        failed = job_rows.list_jobs(session, status=JobStatus.FAILED, limit=10, cursor=None)
+        assert [job.id for job in failed.jobs] == [made[0].id]
+
+
+@pytest.mark.parametrize("cursor", ["!!!", "bm90IGEgY3Vyc29y", "MjAyNi0xMS0yMnxhYmM"])
+def test_foreign_cursors_are_refused(cursor: str) -> None:
+    with pytest.raises(InvalidCursor):
+        job_rows.decode_cursor(cursor)

@@ -1,0 +1,56 @@
+"""Strict parsing of settings from the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.settings import SettingError, Settings, parse_bool, parse_int
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = Settings.from_env({})
+    assert settings.max_upload_bytes == 25 * 1024 * 1024
+    assert settings.max_audio_seconds == 600.0
+    assert settings.database_url.startswith("sqlite:///")
+    assert (settings.stt_engine, settings.llm_engine, settings.tts_engine) == (
+        "faster-whisper",
+        "llama-cpp",
+        "piper",
+    )
+    assert settings.llm_threads >= 1
+    assert settings.task_soft_time_limit < settings.task_time_limit
+
+
+@pytest.mark.parametrize("raw", ["maybe", "", "2", "tru"])
+def test_booleans_refuse_junk(raw: str) -> None:
+    with pytest.raises(SettingError, match="FLAG"):
+        parse_bool("FLAG", raw)
+
+
+@pytest.mark.parametrize(("raw", "value"), [("TRUE", True), ("off", False), (" 1 ", True)])
+def test_booleans_accept_the_usual_spellings(raw: str, value: bool) -> None:
+    assert parse_bool("FLAG", raw) is value
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"MAX_UPLOAD_MB": "lots"},
+        {"MAX_UPLOAD_MB": "0"},
+        {"LLM_THREADS": "2.5"},
+        {"MAX_AUDIO_SECONDS": "nan"},
+        {"TASK_SOFT_TIME_LIMIT": "100", "TASK_TIME_LIMIT": "90"},
+        {"TTS_VOICE": "nobody", "TTS_VOICES": "en_US-joe-medium"},
+        {"DEFAULT_MAX_TOKENS": "2000", "MAX_TOKENS_LIMIT": "1000"},
+    ],
+)
+def test_malformed_settings_name_the_variable(env: dict[str, str]) -> None:
+    with pytest.raises(SettingError) as raised:
+        Settings.from_env(env)
+    assert any(name in str(raised.value) for name in env)
+
+
+def test_int_bounds() -> None:
+    assert parse_int("N", "7", minimum=1, maximum=9) == 7
+    with pytest.raises(SettingError):
+        parse_int("N", "10", maximum=9)

@@ -1,0 +1,124 @@
+"""Stage contracts (transcribe, generate, synthesize) and the engine registry chosen by settings.
+
+Engine modules are imported only when chosen, so a worker configured for one stack never
+imports another's libraries.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+from dataclasses import dataclass
+from typing import Any, Protocol, TypedDict
+
+import numpy as np
+import soundfile as sf
+
+from models.errors import EngineUnavailable
+from models.settings import Settings
+
+
+class Message(TypedDict):
+    """One chat message in OpenAI's shape."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What the recogniser heard."""
+
+    text: str
+    language: str | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the language model answered, with token counts."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Synthesised speech as 16-bit mono samples."""
+
+    samples: np.ndarray
+    sample_rate: int
+    seconds: float
+
+    @property
+    def duration(self) -> float:
+        """Length of the audio in seconds."""
+        return len(self.samples) / self.sample_rate
+
+    def to_wav(self) -> bytes:
+        """Encodes the audio as a 16-bit PCM mono WAV."""
+        buffer = io.BytesIO()
+        sf.write(buffer, self.samples, self.sample_rate, subtype="PCM_16", format="WAV")
+        return buffer.getvalue()
+
+
+class Transcriber(Protocol):
+    """Speech to text."""
+
+    def transcribe(self, audio: np.ndarray) -> Transcript:
+        """Transcribes 16 kHz mono float32 samples; raises `NoSpeech` when nothing is said."""
+        ...
+
+
+class Generator(Protocol):
+    """Chat messages to a reply."""
+
+    def generate(self, messages: list[Message], *, max_tokens: int, temperature: float) -> Reply:
+        """Answers the conversation; raises `ContextLengthExceeded` when it cannot fit."""
+        ...
+
+
+class Synthesizer(Protocol):
+    """Text to speech."""
+
+    def synthesize(self, text: str, *, voice: str) -> Audio:
+        """Speaks `text` with the named voice."""
+        ...
+
+
+# Setting value → "module:factory"; each factory takes the Settings and returns an adapter.
+TRANSCRIBERS = {"faster-whisper": "worker.engines.faster_whisper:FasterWhisperTranscriber"}
+GENERATORS = {"llama-cpp": "worker.engines.llama_cpp:LlamaCppGenerator"}
+SYNTHESIZERS = {"piper": "worker.engines.piper:PiperSynthesizer"}
+
+
+def _build(setting: str, name: str, registry: dict[str, str], settings: Settings) -> Any:
+    target = registry.get(name)
+    if target is None:
+        raise EngineUnavailable(
+            f"{setting}={name!r} is not a known engine; "
+            f"choose one of {', '.join(sorted(registry))}."
+        )
+    module_name, factory = target.split(":")
+    return getattr(importlib.import_module(module_name), factory).from_settings(settings)
+
+
+def build_transcriber(settings: Settings) -> Transcriber:
+    """Loads the speech recogniser named by `STT_ENGINE`."""
+    transcriber: Transcriber = _build("STT_ENGINE", settings.stt_engine, TRANSCRIBERS, settings)
+    return transcriber
+
+
+def build_generator(settings: Settings) -> Generator:
+    """Loads the language model named by `LLM_ENGINE`."""
+    generator: Generator = _build("LLM_ENGINE", settings.llm_engine, GENERATORS, settings)
+    return generator
+
+
+def build_synthesizer(settings: Settings) -> Synthesizer:
+    """Loads the speech synthesiser named by `TTS_ENGINE`."""
+    synthesizer: Synthesizer = _build("TTS_ENGINE", settings.tts_engine, SYNTHESIZERS, settings)
+    return synthesizer

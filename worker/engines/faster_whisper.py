@@ -1,0 +1,83 @@
+"""Speech to text with faster-whisper (CTranslate2), the CPU default."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from models.errors import EngineUnavailable, NoSpeech
+from models.settings import Settings
+from worker.engines import Transcript
+from worker.model_files import assemble_whisper_base
+
+_LOGGER = logging.getLogger(__name__)
+
+# Whisper's own rule for a silent segment (openai/whisper transcribe.py): both a high
+# no-speech probability and a low average log-probability.
+NO_SPEECH_THRESHOLD = 0.6
+LOGPROB_THRESHOLD = -1.0
+
+
+class FasterWhisperTranscriber:
+    """A loaded faster-whisper model; `transcribe` is not thread-safe, one job at a time."""
+
+    def __init__(self, model_dir: Path, *, threads: int, language: str | None) -> None:
+        # Never let a missing file turn into a download attempt.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from faster_whisper import WhisperModel
+
+        if not (model_dir / "model.bin").is_file():
+            raise EngineUnavailable(f"WHISPER_MODEL_DIR={model_dir} holds no model.bin.")
+        self.language = language
+        self.model = WhisperModel(
+            str(model_dir),  # always a folder: a name would be looked up on a model hub
+            device="auto",
+            compute_type="default",
+            cpu_threads=threads,
+            local_files_only=True,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FasterWhisperTranscriber:
+        """Loads the model from `WHISPER_MODEL_DIR`, or the packaged Whisper base."""
+        if settings.whisper_model_dir:
+            model_dir = Path(settings.whisper_model_dir)
+        else:
+            model_dir = assemble_whisper_base(settings.data_dir / "models" / "faster-whisper-base")
+        return cls(
+            model_dir, threads=settings.llm_threads, language=settings.whisper_language or None
+        )
+
+    def transcribe(self, audio: np.ndarray) -> Transcript:
+        """Transcribes 16 kHz mono float32 samples.
+
+        Raises:
+            NoSpeech: Voice activity detection found no speech, or every segment Whisper
+                produced looks like silence by its own thresholds.
+        """
+        started = time.perf_counter()
+        segments, info = self.model.transcribe(
+            audio,
+            language=self.language,
+            beam_size=5,
+            vad_filter=True,
+            condition_on_previous_text=False,
+        )
+        spoken = [
+            segment.text.strip()
+            for segment in segments
+            if not (
+                segment.no_speech_prob > NO_SPEECH_THRESHOLD
+                and segment.avg_logprob < LOGPROB_THRESHOLD
+            )
+        ]
+        text = " ".join(part for part in spoken if part)
+        if not text:
+            raise NoSpeech("No speech was found in the recording.")
+        return Transcript(
+            text=text, language=info.language, seconds=round(time.perf_counter() - started, 3)
+        )

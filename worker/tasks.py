@@ -1,0 +1,109 @@
+"""Celery tasks: claim the job row, drive the pipeline, record each stage and the outcome."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import jobs as job_rows
+from models.db import make_engine, make_session_factory
+from models.errors import EngineUnavailable, JobTimedOut, VoiceChatError
+from models.job import Job, ReplyFormat, Stage
+from models.storage import FileStore
+from worker.celery_app import app, settings
+from worker.pipeline import JobInput
+from worker.runtime import get_pipeline
+
+_LOGGER = logging.getLogger(__name__)
+
+_SESSIONS: sessionmaker[Session] | None = None
+
+
+def _sessions() -> sessionmaker[Session]:
+    # Engines are created in the child on first use: a pool inherited over fork is unsafe.
+    global _SESSIONS
+    if _SESSIONS is None:
+        _SESSIONS = make_session_factory(make_engine(settings.database_url))
+    return _SESSIONS
+
+
+class RowProgress:
+    """Writes stage changes and checkpoints to the job's row."""
+
+    def __init__(self, session: Session, job_id: str) -> None:
+        self.session = session
+        self.job_id = job_id
+
+    def enter(self, stage: Stage, **checkpoint: Any) -> None:
+        _LOGGER.info("job stage job_id=%s stage=%s", self.job_id, stage.value)
+        job_rows.set_stage(self.session, self.job_id, stage, **checkpoint)
+
+
+@app.task(name="worker.run_job", acks_late=True)
+def run_job(job_id: str) -> None:
+    """Runs one job by id; a job that is not queued (done, or taken) is left alone."""
+    with _sessions()() as session:
+        if not job_rows.claim(session, job_id):
+            _LOGGER.info("job not claimable job_id=%s", job_id)
+            return
+        job = session.get(Job, job_id)
+        assert job is not None
+        _LOGGER.info("job running job_id=%s attempt=%d", job_id, job.attempts)
+        try:
+            _run(session, job)
+        except VoiceChatError as error:
+            _LOGGER.info("job failed job_id=%s code=%s", job_id, error.code)
+            job_rows.fail(session, job_id, error.code, error.detail)
+        except SoftTimeLimitExceeded:
+            timed_out = JobTimedOut(f"The job ran past {settings.task_soft_time_limit} seconds.")
+            _LOGGER.warning("job timed out job_id=%s", job_id)
+            job_rows.fail(session, job_id, timed_out.code, timed_out.detail)
+        except Exception:
+            _LOGGER.exception("job crashed job_id=%s", job_id)
+            session.rollback()
+            job_rows.fail(session, job_id, "internal_error", "The worker failed on this job.")
+
+
+def _run(session: Session, job: Job) -> None:
+    try:
+        pipeline = get_pipeline(settings)
+    except VoiceChatError:
+        raise
+    except Exception as error:
+        message = "The worker's engines failed to load; see the worker log."
+        raise EngineUnavailable(message) from error
+    audio_path = None
+    if job.input_audio_file:
+        audio_path = FileStore(settings.uploads_dir).path(job.input_audio_file)
+    job_input = JobInput(
+        job_id=job.id,
+        reply=ReplyFormat(job.reply_format),
+        text=job.input_text,
+        audio_path=Path(audio_path) if audio_path else None,
+        options=dict(job.options or {}),
+    )
+    outcome = pipeline.run(job_input, RowProgress(session, job.id))
+    results: dict[str, Any] = {
+        "reply_text": outcome.reply.text,
+        "generate_s": outcome.reply.seconds,
+    }
+    if outcome.transcript is not None:
+        results.update(transcript=outcome.transcript.text, transcribe_s=outcome.transcript.seconds)
+    if outcome.audio is not None:
+        name = FileStore(settings.results_dir).write(job.id, outcome.audio.to_wav())
+        results.update(
+            reply_audio_file=name,
+            reply_audio_seconds=round(outcome.audio.duration, 3),
+            synthesize_s=outcome.audio.seconds,
+        )
+    job_rows.succeed(session, job.id, **results)
+    _LOGGER.info(
+        "job succeeded job_id=%s prompt_tokens=%d completion_tokens=%d",
+        job.id,
+        outcome.reply.prompt_tokens,
+        outcome.reply.completion_tokens,
+    )
