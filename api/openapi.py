@@ -241,6 +241,13 @@ MULTIPART_BODY = _object(
 )
 MULTIPART_BODY["oneOf"] = [{"required": ["audio"]}, {"required": ["text"]}]
 
+TEXT_FORM_BODY = _object(
+    {"text": TEXT_PROMPT, **_options(as_text=True)},
+    "A plain HTML form: the `text` field plus options as text fields.",
+    required=["text"],
+    closed=True,
+)
+
 CREATE_JOB = {
     "operationId": "create_job",
     "tags": ["jobs"],
@@ -261,6 +268,9 @@ CREATE_JOB = {
             "multipart/form-data": {
                 "schema": MULTIPART_BODY,
                 "encoding": {"audio": {"contentType": "audio/wav"}},
+            },
+            "application/x-www-form-urlencoded": {
+                "schema": TEXT_FORM_BODY,
             },
             **{
                 media_type: {"schema": _wav_body(f"The recording as the whole body. {WAV_UPLOAD}")}

@@ -68,15 +68,15 @@ def parse_submission(request: Request, settings: Settings) -> Submission:
         mimetype.startswith("application/") and mimetype.endswith("+json")
     ):
         return _from_json(request.get_data(cache=False), settings)
-    if mimetype == "multipart/form-data":
-        return _from_multipart(request, settings)
+    if mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        return _from_form(request, settings)
     if mimetype in WAV_MEDIA_TYPES:
         fields = _single_values(request.args, "query parameter")
         return _build(fields, None, request.get_data(cache=False), settings, typed=False)
     shown = mimetype or "none"
     raise UnsupportedMediaType(
-        f"Content-Type {shown} is not accepted; send application/json, multipart/form-data "
-        "or audio/wav."
+        f"Content-Type {shown} is not accepted; send application/json, multipart/form-data, "
+        "application/x-www-form-urlencoded or audio/wav."
     )
 
 
@@ -101,7 +101,7 @@ def _from_json(body: bytes, settings: Settings) -> Submission:
     return _build(payload, text, None, settings, typed=True)
 
 
-def _from_multipart(request: Request, settings: Settings) -> Submission:
+def _from_form(request: Request, settings: Settings) -> Submission:
     try:
         form, files = request.form, request.files
     except ValueError as error:

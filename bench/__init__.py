@@ -1,0 +1,1 @@
+"""Benchmarks: comparable figures, as ratios against a baseline run in the same process."""

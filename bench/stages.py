@@ -1,0 +1,86 @@
+"""Per-stage latency of the real engines, as ratios against a baseline run in the same process.
+
+Run: `.venv/bin/python -m bench.stages [--rounds N]`. Absolute seconds on a shared 2-core machine
+vary from run to run; the ratios against the baseline (a fixed NumPy workload timed in the same
+process, between the stages) and the real-time factors (processing time / audio length) are the
+figures to compare between commits and machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soxr
+
+from models.settings import Settings
+from worker.runtime import get_pipeline
+
+QUESTION = "What is the capital of France?"
+
+
+def baseline() -> None:
+    """A fixed CPU workload: 40 products of two 256x256 float32 matrices."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((256, 256), dtype=np.float32)
+    for _ in range(40):
+        a = np.tanh(a @ a)
+
+
+def best_of(rounds: int, action: Callable[[], Any]) -> tuple[float, Any]:
+    """Runs `action` `rounds` times; returns the median seconds and the last result."""
+    times, result = [], None
+    for _ in range(rounds):
+        started = time.perf_counter()
+        result = action()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = Settings.from_env({"DATA_DIR": data_dir})
+        pipeline = get_pipeline(settings)
+        base, _ = best_of(args.rounds, baseline)
+        voice = settings.tts_voice
+        tts_s, audio = best_of(
+            args.rounds, lambda: pipeline.synthesizer.synthesize(QUESTION, voice=voice)
+        )
+        samples = soxr.resample(audio.samples.astype(np.float32) / 32768, audio.sample_rate, 16_000)
+        stt_s, transcript = best_of(
+            args.rounds, lambda: pipeline.transcriber.transcribe(samples.astype(np.float32))
+        )
+        messages = pipeline.messages_for(QUESTION, {})
+        llm_s, reply = best_of(
+            args.rounds,
+            lambda: pipeline.generator.generate(messages, max_tokens=64, temperature=0.0),
+        )
+        Path(data_dir).joinpath("done").touch()
+    print(f"baseline (numpy workload)      {base * 1000:8.1f} ms   = 1.00")
+    print(
+        f"transcribe {audio.duration:4.1f} s of speech   {stt_s * 1000:8.1f} ms   = "
+        f"{stt_s / base:5.2f} x baseline, RTF {stt_s / audio.duration:.3f}"
+    )
+    print(
+        f"generate {reply.completion_tokens:3d} tokens            {llm_s * 1000:8.1f} ms   = "
+        f"{llm_s / base:5.2f} x baseline, {reply.completion_tokens / llm_s:.1f} tokens/s"
+    )
+    print(
+        f"synthesize {audio.duration:4.1f} s of speech   {tts_s * 1000:8.1f} ms   = "
+        f"{tts_s / base:5.2f} x baseline, RTF {tts_s / audio.duration:.3f}"
+    )
+    print(f"transcript: {transcript.text!r}")
+    print(f"reply: {reply.text!r}")
+
+
+if __name__ == "__main__":
+    main()
