@@ -97,7 +97,7 @@ class Settings:
     default_temperature: float = 0.3
     stt_engine: str = "faster-whisper"
     whisper_model_dir: str = ""
-    whisper_language: str = ""
+    whisper_language: str = "en"
     llm_engine: str = "llama-cpp"
     llm_model_path: str = ""
     llm_context_tokens: int = 2048
@@ -174,7 +174,7 @@ class Settings:
             ),
             stt_engine=text("STT_ENGINE", "faster-whisper"),
             whisper_model_dir=text("WHISPER_MODEL_DIR", ""),
-            whisper_language=text("WHISPER_LANGUAGE", ""),
+            whisper_language=text("WHISPER_LANGUAGE", "en"),
             llm_engine=text("LLM_ENGINE", "llama-cpp"),
             llm_model_path=text("LLM_MODEL_PATH", ""),
             llm_context_tokens=whole("LLM_CONTEXT_TOKENS", 2048, minimum=256),

@@ -49,9 +49,10 @@ class FasterWhisperTranscriber:
             model_dir = Path(settings.whisper_model_dir)
         else:
             model_dir = assemble_whisper_base(settings.data_dir / "models" / "faster-whisper-base")
-        return cls(
-            model_dir, threads=settings.llm_threads, language=settings.whisper_language or None
-        )
+        # "auto" detects the language per recording, at the cost of an extra encoder pass
+        # (about a second for Whisper base on two cores: bench/stages.py).
+        language = None if settings.whisper_language == "auto" else settings.whisper_language
+        return cls(model_dir, threads=settings.llm_threads, language=language)
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
         """Transcribes 16 kHz mono float32 samples.
@@ -67,6 +68,7 @@ class FasterWhisperTranscriber:
             beam_size=5,
             vad_filter=True,
             condition_on_previous_text=False,
+            without_timestamps=True,  # the reply needs the words, not their times
         )
         spoken = [
             segment.text.strip()
