@@ -14,7 +14,13 @@ from models.job import ReplyFormat, Stage
 from models.settings import Settings
 from tests.conftest import tone
 from worker.engines import Audio, Message, Reply, Transcript
-from worker.pipeline import DEFAULT_SYSTEM_PROMPT, JobInput, Pipeline, speakable
+from worker.pipeline import (
+    DEFAULT_SYSTEM_PROMPT,
+    JobInput,
+    Pipeline,
+    speakable,
+    trim_to_sentence,
+)
 
 
 class FakeTranscriber:
@@ -113,6 +119,32 @@ def test_an_empty_reply_fails_instead_of_speaking_silence(settings: Settings) ->
         _pipeline(settings, FakeGenerator(answer="")).run(
             JobInput(job_id="j", reply=ReplyFormat.VOICE, text="hi"), Recorder()
         )
+
+
+def test_a_reply_cut_by_max_tokens_ends_at_its_last_sentence(settings: Settings) -> None:
+    class CutGenerator(FakeGenerator):
+        def generate(
+            self, messages: list[Message], *, max_tokens: int, temperature: float
+        ) -> Reply:
+            return Reply("Paris is big. It has many", 5, 8, finish_reason="length", seconds=0.1)
+
+    outcome = _pipeline(settings, CutGenerator()).run(
+        JobInput(job_id="j", reply=ReplyFormat.TEXT, text="hi"), Recorder()
+    )
+    assert outcome.reply.text == "Paris is big."
+
+
+@pytest.mark.parametrize(
+    ("text", "trimmed"),
+    [
+        ("One. Two! Three? Fou", "One. Two! Three?"),
+        ('He said "stop." Then we', 'He said "stop."'),
+        ("Version 3.5 is out and", "Version 3.5 is out and"),
+        ("no sentence end at all", "no sentence end at all"),
+    ],
+)
+def test_trim_to_sentence(text: str, trimmed: str) -> None:
+    assert trim_to_sentence(text) == trimmed
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,15 @@ DEFAULT_SYSTEM_PROMPT = (
 
 # Markup that a language model likes to emit and a voice should not read out.
 _MARKUP = re.compile(r"[*_`#>|~]+|\[(?P<label>[^\]]*)\]\([^)]*\)")
+
+
+_SENTENCE_END = re.compile(r"[.!?\u2026][\"')\]]*(?=\s|$)")
+
+
+def trim_to_sentence(text: str) -> str:
+    """Cuts a reply that ran out of tokens back to its last complete sentence, if it has one."""
+    ends = list(_SENTENCE_END.finditer(text))
+    return text[: ends[-1].end()].rstrip() if ends else text
 
 
 def speakable(text: str) -> str:
@@ -114,6 +123,9 @@ class Pipeline:
             max_tokens=job.options.get("max_tokens", self.settings.default_max_tokens),
             temperature=job.options.get("temperature", self.settings.default_temperature),
         )
+        if reply.finish_reason == "length":
+            # A voice should not stop mid-sentence, and the text should match what is said.
+            reply = replace(reply, text=trim_to_sentence(reply.text))
         if not reply.text:
             raise EmptyReply("The language model produced an empty reply.")
         audio = None

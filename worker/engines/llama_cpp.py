@@ -50,6 +50,8 @@ class LlamaCppGenerator:
                 messages=list(messages),  # type: ignore[arg-type]
                 max_tokens=max_tokens,
                 temperature=temperature,
+                # Small models loop on a phrase without it; 1.1 is llama.cpp's own CLI default.
+                repeat_penalty=1.1,
                 stream=False,
             )
         except ValueError as error:
