@@ -10,7 +10,13 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, send_fi
 
 from api.submission import parse_submission
 from models import jobs as job_rows
-from models.errors import AudioNotFound, InvalidOption, JobNotFinished, JobNotFound
+from models.errors import (
+    AudioNotFound,
+    InvalidOption,
+    JobNotFinished,
+    JobNotFound,
+    VoiceChatError,
+)
 from models.job import InputKind, Job, JobStatus, new_job_id
 from models.storage import FileStore
 
@@ -106,7 +112,7 @@ def create_job() -> Response:
         current_app.extensions["voicechat.queue"].enqueue(job_id)
     except Exception as error:
         # Nothing will ever run this job: end it now rather than leave it queued forever.
-        code = getattr(error, "code", "broker_unavailable")
+        code = error.code if isinstance(error, VoiceChatError) else "internal_error"
         job_rows.fail(g.db, job_id, code, "The job could not be queued.")
         raise
     _LOGGER.info(

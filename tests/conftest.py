@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,14 +138,18 @@ class Service:
         return samples, rate, info
 
 
-@pytest.fixture(scope="session")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    data_dir = tmp_path_factory.mktemp("service")
+@contextmanager
+def running_service(data_dir: Path, **env_overrides: str) -> Iterator[Service]:
+    """Starts the service the way `scripts/serve.sh` does (less the install) and stops it after.
+
+    REDIS_URL and DATABASE_URL are unset, so it starts its embedded Redis and uses SQLite. On the
+    way out it checks that every job ended and that no process logged a traceback.
+    """
     port = _free_port()
     env = {
         key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DATABASE_URL")
     }
-    env.update(DATA_DIR=str(data_dir), API_WORKERS="2", LOG_LEVEL="INFO")
+    env.update(DATA_DIR=str(data_dir), API_WORKERS="2", LOG_LEVEL="INFO", **env_overrides)
     log = data_dir / "service.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -154,26 +159,29 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"the service exited:\n{log.read_text()[-5000:]}")
-        if "service ready" in log.read_text():
-            break
-        if time.monotonic() > deadline:
+    while "service ready" not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"the service did not become ready:\n{log.read_text()[-5000:]}")
+            pytest.fail(f"the service did not start:\n{log.read_text()[-5000:]}")
         time.sleep(0.5)
-    service = Service(url, log)
-    yield service
-    # Every job this module made must have ended.
-    jobs = service.http.get(f"{url}/v1/jobs?limit=100", timeout=10).json()["data"]
-    process.send_signal(signal.SIGTERM)
+    service = Service(f"http://127.0.0.1:{port}", log)
     try:
-        process.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        yield service
+        jobs = service.http.get(f"{service.url}/v1/jobs?limit=100", timeout=10).json()["data"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            process.kill()
     unfinished = [job["id"] for job in jobs if job["status"] not in TERMINAL]
     assert not unfinished, f"jobs left unfinished: {unfinished}"
     assert "Traceback" not in log.read_text(), log.read_text()[-5000:]
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The service on its defaults, shared by the end-to-end tests."""
+    with running_service(tmp_path_factory.mktemp("service")) as running:
+        yield running
