@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
+
+from api.errors import PROBLEM_JSON
+from api.jobs import DEFAULT_PAGE, MAX_PAGE
+from api.submission import MAX_TEMPERATURE, WAV_MEDIA_TYPES
+from models.settings import Settings
 
 blueprint = Blueprint("openapi", __name__)
 
 Schema = dict[str, Any]
 
-# Defaults of the settings in models/settings.py; each is overridable through the environment.
-MAX_UPLOAD_MB = 25
-MAX_AUDIO_SECONDS = 600
-MAX_TEXT_CHARS = 4000
-MAX_SYSTEM_CHARS = 4000
-MAX_TOKENS_LIMIT = 1024
-DEFAULT_MAX_TOKENS = 200
-DEFAULT_TEMPERATURE = 0.3
-DEFAULT_VOICE = "en_US-joe-medium"
-# Fixed by the code (api/submission.py, api/jobs.py).
-MAX_TEMPERATURE = 2
-DEFAULT_PAGE = 20
-MAX_PAGE = 100
-WAV_MEDIA_TYPES = ("audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave")
-PROBLEM_JSON = "application/problem+json"
+# Defaults of the settings (models/settings.py); each is overridable through the environment,
+# and the document names the variable beside the default.
+_DEFAULTS: dict[str, Any] = {field.name: field.default for field in dataclasses.fields(Settings)}
+MAX_UPLOAD_MB = _DEFAULTS["max_upload_bytes"] // (1024 * 1024)
+MAX_AUDIO_SECONDS = int(_DEFAULTS["max_audio_seconds"])
+MAX_TEXT_CHARS = _DEFAULTS["max_text_chars"]
+MAX_SYSTEM_CHARS = _DEFAULTS["max_system_chars"]
+MAX_TOKENS_LIMIT = _DEFAULTS["max_tokens_limit"]
+DEFAULT_MAX_TOKENS = _DEFAULTS["default_max_tokens"]
+DEFAULT_TEMPERATURE = _DEFAULTS["default_temperature"]
+DEFAULT_VOICE = _DEFAULTS["tts_voice"]
 
 # Every stable problem `code` the API answers with, by HTTP status, and what it means.
 PROBLEM_CODES: dict[int, dict[str, str]] = {
@@ -76,6 +78,7 @@ JOB_ERROR_CODES = (
     "empty_reply",
     "engine_unavailable",
     "timeout",
+    "worker_lost",
     "pipeline_error",
     "broker_unavailable",
     "internal_error",
@@ -192,7 +195,7 @@ def _options(*, as_text: bool) -> dict[str, Schema]:
         },
         "temperature": {
             **number,
-            "description": f"Sampling temperature, a number from 0 to {MAX_TEMPERATURE}; when "
+            "description": f"Sampling temperature, a number from 0 to {MAX_TEMPERATURE:g}; when "
             f"absent, DEFAULT_TEMPERATURE (default {DEFAULT_TEMPERATURE}).",
         },
         "voice": {
