@@ -8,11 +8,9 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from models.errors import BrokerUnavailable
+from models.queue import JOB_QUEUE, RUN_JOB_TASK
 
 _LOGGER = logging.getLogger(__name__)
-
-RUN_JOB_TASK = "worker.run_job"
-JOB_QUEUE = "voicechat"
 
 
 class JobQueue:
@@ -41,7 +39,9 @@ class JobQueue:
             BrokerUnavailable: Redis could not take the message.
         """
         try:
-            self.celery.send_task(RUN_JOB_TASK, args=[job_id], queue=JOB_QUEUE)
+            # The job id doubles as the task id, so the reconciler can tell which jobs have a
+            # message in the broker.
+            self.celery.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, queue=JOB_QUEUE)
         except (OperationalError, OSError) as error:
             _LOGGER.warning("enqueue failed job_id=%s error=%s", job_id, type(error).__name__)
             raise BrokerUnavailable("The job queue is unreachable; try again shortly.") from error

@@ -6,16 +6,18 @@ import base64
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from enum import Enum
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, Update, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.errors import InvalidCursor
 from models.job import Job, JobStatus, Stage, utcnow
 
 TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELED.value)
+WORKER_LOST = "worker_lost"
 
 
 @dataclass(frozen=True)
@@ -67,50 +69,175 @@ def list_jobs(
     return Page(jobs=rows, next_cursor=encode_cursor(rows[-1]) if more and rows else None)
 
 
-def claim(session: Session, job_id: str) -> bool:
-    """Moves a queued job to running, once; returns whether this caller won it."""
+class ClaimOutcome(Enum):
+    """What came of trying to claim a job."""
+
+    CLAIMED = "claimed"  # this caller runs it now
+    TAKEN = "taken"  # finished, or held by a live worker: nothing to do
+    EXHAUSTED = "exhausted"  # it had its attempts; it is now failed with `worker_lost`
+
+
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    return or_(
+        Job.status == JobStatus.QUEUED.value,
+        and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now),
+    )
+
+
+def claim(
+    session: Session, job_id: str, *, owner: str, lease_seconds: int, max_attempts: int
+) -> ClaimOutcome:
+    """Takes a job for `owner`: a queued job, or a running one whose lease expired.
+
+    The conditional UPDATE makes the claim exactly-once however often the message is delivered;
+    each claim counts an attempt, and a job that has had `max_attempts` fails instead of looping.
+    """
     now = utcnow()
-    result = session.execute(
+    won = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
-        .values(status=JobStatus.RUNNING.value, started_at=now, attempts=Job.attempts + 1)
+        .where(Job.id == job_id, _claimable(now), Job.attempts < max_attempts)
+        .values(
+            status=JobStatus.RUNNING.value,
+            started_at=func.coalesce(Job.started_at, now),
+            attempts=Job.attempts + 1,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+        )
     )
     session.commit()
-    return bool(getattr(result, "rowcount", 0))
+    if _count(won):
+        return ClaimOutcome.CLAIMED
+    lost = session.execute(
+        update(Job)
+        .where(Job.id == job_id, _claimable(now), Job.attempts >= max_attempts)
+        .values(
+            status=JobStatus.FAILED.value,
+            stage=None,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            error_code=WORKER_LOST,
+            error_message=f"The worker running this job was lost {max_attempts} times.",
+        )
+    )
+    session.commit()
+    return ClaimOutcome.EXHAUSTED if _count(lost) else ClaimOutcome.TAKEN
 
 
-def set_stage(session: Session, job_id: str, stage: Stage, **checkpoint: Any) -> None:
+def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: int) -> bool:
+    """Extends `owner`'s lease on a running job; returns False if the lease was lost."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.lease_owner == owner)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+    )
+    session.commit()
+    return bool(_count(result))
+
+
+def release(session: Session, job_id: str, *, owner_prefix: str | None = None) -> bool:
+    """Puts a running job back in the queue after its worker was lost; checkpoints stay.
+
+    Args:
+        session: A database session.
+        job_id: The job.
+        owner_prefix: Only release it if its lease holder's name starts with this (a worker's
+            parent releases only what its own children held).
+
+    Returns:
+        Whether the job went back to `queued`.
+    """
+    query = update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+    if owner_prefix is not None:
+        query = query.where(Job.lease_owner.startswith(owner_prefix, autoescape=True))
+    result = session.execute(
+        query.values(
+            status=JobStatus.QUEUED.value, stage=None, lease_owner=None, lease_expires_at=None
+        )
+    )
+    session.commit()
+    return bool(_count(result))
+
+
+def expired_leases(session: Session, limit: int = 100) -> list[str]:
+    """Ids of running jobs whose holder stopped renewing its lease."""
+    query = (
+        select(Job.id)
+        .where(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < utcnow())
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def queued_before(session: Session, cutoff: datetime, limit: int = 1000) -> list[str]:
+    """Ids of jobs queued since before `cutoff`, oldest first."""
+    query = (
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED.value, Job.created_at < cutoff)
+        .order_by(Job.created_at)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def set_stage(session: Session, job_id: str, owner: str, stage: Stage, **checkpoint: Any) -> bool:
     """Records the stage a running job entered, with the results of the stage before it."""
-    _update_running(session, job_id, stage=stage.value, **checkpoint)
+    return _update_held(session, job_id, owner, stage=stage.value, **checkpoint)
 
 
-def record(session: Session, job_id: str, **checkpoint: Any) -> None:
+def record(session: Session, job_id: str, owner: str, **checkpoint: Any) -> bool:
     """Records results of a running job's stage without changing the stage."""
-    _update_running(session, job_id, **checkpoint)
+    return _update_held(session, job_id, owner, **checkpoint)
 
 
-def succeed(session: Session, job_id: str, **results: Any) -> bool:
-    """Marks a running job succeeded with its final results; returns whether it changed."""
-    return _finish(session, job_id, JobStatus.SUCCEEDED, **results)
+def succeed(session: Session, job_id: str, owner: str, **results: Any) -> bool:
+    """Marks a job `owner` holds succeeded with its final results; returns whether it changed."""
+    result = session.execute(
+        _held(job_id, owner).values(
+            status=JobStatus.SUCCEEDED.value,
+            stage=None,
+            finished_at=utcnow(),
+            lease_owner=None,
+            lease_expires_at=None,
+            **results,
+        )
+    )
+    session.commit()
+    return bool(_count(result))
 
 
 def fail(session: Session, job_id: str, code: str, message: str) -> bool:
     """Marks a job that is not yet terminal as failed with a machine code and a message."""
-    return _finish(session, job_id, JobStatus.FAILED, error_code=code, error_message=message)
-
-
-def _update_running(session: Session, job_id: str, **values: Any) -> None:
-    session.execute(
-        update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING.value).values(**values)
-    )
-    session.commit()
-
-
-def _finish(session: Session, job_id: str, status: JobStatus, **values: Any) -> bool:
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.not_in(TERMINAL))
-        .values(status=status.value, stage=None, finished_at=utcnow(), **values)
+        .values(
+            status=JobStatus.FAILED.value,
+            stage=None,
+            finished_at=utcnow(),
+            lease_owner=None,
+            lease_expires_at=None,
+            error_code=code,
+            error_message=message,
+        )
     )
     session.commit()
-    return bool(getattr(result, "rowcount", 0))
+    return bool(_count(result))
+
+
+def _held(job_id: str, owner: str) -> Update:
+    # Only the current lease holder may write: a worker that lost its lease (and whose job
+    # was handed to another) cannot overwrite the new attempt's results.
+    return update(Job).where(
+        Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.lease_owner == owner
+    )
+
+
+def _update_held(session: Session, job_id: str, owner: str, **values: Any) -> bool:
+    result = session.execute(_held(job_id, owner).values(**values))
+    session.commit()
+    return bool(_count(result))
+
+
+def _count(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -109,6 +109,14 @@ class Settings:
     task_soft_time_limit: int = 300
     task_time_limit: int = 330
     worker_heartbeat_seconds: int = 10
+    max_attempts: int = 3
+    reconcile_interval_seconds: int = 10
+    reconcile_queued_after_seconds: int = 30
+
+    @property
+    def lease_seconds(self) -> int:
+        """How long a claim on a running job lasts unless the worker's heartbeat renews it."""
+        return self.worker_heartbeat_seconds * 3
 
     @property
     def uploads_dir(self) -> Path:
@@ -186,4 +194,7 @@ class Settings:
             task_soft_time_limit=soft,
             task_time_limit=hard,
             worker_heartbeat_seconds=whole("WORKER_HEARTBEAT_SECONDS", 10),
+            max_attempts=whole("MAX_ATTEMPTS", 3),
+            reconcile_interval_seconds=whole("RECONCILE_INTERVAL_SECONDS", 10),
+            reconcile_queued_after_seconds=whole("RECONCILE_QUEUED_AFTER_SECONDS", 30),
         )

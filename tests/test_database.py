@@ -13,6 +13,7 @@ from models import jobs as job_rows
 from models.db import make_engine, make_session_factory
 from models.errors import InvalidCursor
 from models.job import Job, JobStatus, Stage, utcnow
+from models.jobs import ClaimOutcome
 from tests.conftest import ROOT
 
 
@@ -63,24 +64,57 @@ def _job(session, **values) -> Job:  # type: ignore[no-untyped-def]
     return job
 
 
+def _claim(session, job_id: str, owner: str = "host:1", lease: int = 30):  # type: ignore[no-untyped-def]
+    return job_rows.claim(session, job_id, owner=owner, lease_seconds=lease, max_attempts=3)
+
+
 def test_a_job_is_claimed_exactly_once(sessions) -> None:  # type: ignore[no-untyped-def]
     with sessions() as session:
         job = _job(session)
-        assert job_rows.claim(session, job.id) is True
-        assert job_rows.claim(session, job.id) is False
+        assert _claim(session, job.id) is ClaimOutcome.CLAIMED
+        assert _claim(session, job.id, owner="host:2") is ClaimOutcome.TAKEN
         session.refresh(job)
-        assert (job.status, job.attempts) == ("running", 1)
+        assert (job.status, job.attempts, job.lease_owner) == ("running", 1, "host:1")
         assert job.started_at is not None and job.started_at.tzinfo is not None
+
+
+def test_an_expired_lease_is_claimed_again_until_attempts_run_out(sessions) -> None:  # type: ignore[no-untyped-def]
+    with sessions() as session:
+        job = _job(session)
+        assert _claim(session, job.id, owner="a:1", lease=-1) is ClaimOutcome.CLAIMED
+        job_rows.set_stage(session, job.id, "a:1", Stage.GENERATING, transcript="hello")
+        assert job_rows.expired_leases(session) == [job.id]
+        assert _claim(session, job.id, owner="b:1", lease=-1) is ClaimOutcome.CLAIMED
+        # The first holder lost its lease: it can no longer write.
+        assert job_rows.succeed(session, job.id, "a:1", reply_text="stale") is False
+        assert _claim(session, job.id, owner="c:1", lease=-1) is ClaimOutcome.CLAIMED
+        assert _claim(session, job.id, owner="d:1") is ClaimOutcome.EXHAUSTED
+        session.refresh(job)
+        assert (job.status, job.error_code, job.attempts) == ("failed", "worker_lost", 3)
+        assert job.transcript == "hello" and job.reply_text is None
+
+
+def test_leases_are_renewed_and_released(sessions) -> None:  # type: ignore[no-untyped-def]
+    with sessions() as session:
+        job = _job(session)
+        _claim(session, job.id, owner="a:1", lease=-1)
+        assert job_rows.renew_lease(session, job.id, "b:1", 30) is False
+        assert job_rows.renew_lease(session, job.id, "a:1", 30) is True
+        assert job_rows.expired_leases(session) == []
+        assert job_rows.release(session, job.id, owner_prefix="b:") is False
+        assert job_rows.release(session, job.id, owner_prefix="a:") is True
+        session.refresh(job)
+        assert (job.status, job.lease_owner, job.attempts) == ("queued", None, 1)
 
 
 def test_stages_checkpoint_and_finish(sessions) -> None:  # type: ignore[no-untyped-def]
     with sessions() as session:
         job = _job(session)
-        job_rows.claim(session, job.id)
-        job_rows.set_stage(session, job.id, Stage.GENERATING, transcript="hello")
+        _claim(session, job.id)
+        job_rows.set_stage(session, job.id, "host:1", Stage.GENERATING, transcript="hello")
         session.refresh(job)
         assert (job.stage, job.transcript) == ("generating", "hello")
-        assert job_rows.succeed(session, job.id, reply_text="hi there") is True
+        assert job_rows.succeed(session, job.id, "host:1", reply_text="hi there") is True
         session.refresh(job)
         assert (job.status, job.stage, job.reply_text) == ("succeeded", None, "hi there")
         # A terminal job never changes again.

@@ -157,3 +157,39 @@ def test_trim_to_sentence(text: str, trimmed: str) -> None:
 )
 def test_speakable_strips_markup(text: str, spoken: str) -> None:
     assert speakable(text) == spoken
+
+
+def test_a_redelivered_job_resumes_after_its_checkpoints(settings: Settings) -> None:
+    generator = FakeGenerator()
+    pipeline = _pipeline(settings, generator)
+    progress = Recorder()
+    outcome = pipeline.run(
+        JobInput(
+            job_id="j",
+            reply=ReplyFormat.VOICE,
+            audio_path=Path("/nonexistent.wav"),  # never read: the transcript is checkpointed
+            transcript="what is two plus two",
+            reply_text="Four.",
+        ),
+        progress,
+    )
+    assert [stage for stage, _ in progress.events] == [Stage.SYNTHESIZING]
+    assert pipeline.transcriber.heard == [] and generator.calls == []
+    assert (outcome.transcript, outcome.reply, outcome.reply_text) == (None, None, "Four.")
+    assert pipeline.synthesizer.spoken == [("Four.", settings.tts_voice)]
+
+
+def test_a_checkpointed_transcript_skips_only_transcription(settings: Settings) -> None:
+    generator = FakeGenerator(answer="Four.")
+    pipeline = _pipeline(settings, generator)
+    outcome = pipeline.run(
+        JobInput(
+            job_id="j",
+            reply=ReplyFormat.TEXT,
+            audio_path=Path("/nonexistent.wav"),
+            transcript="what is two plus two",
+        ),
+        Recorder(),
+    )
+    assert generator.calls[0]["messages"][-1]["content"] == "what is two plus two"
+    assert outcome.transcript is None and outcome.reply_text == "Four."

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 from billiard.exceptions import WorkerLostError
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import task_failure, worker_process_init, worker_process_shutdown
+from kombu.exceptions import OperationalError
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from models import jobs as job_rows
 from models.db import make_engine, make_session_factory
+from models.queue import JOB_QUEUE, RUN_JOB_TASK
 from models.settings import Settings
+from worker.reconciler import reconcile
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -26,7 +33,7 @@ if gpu := os.environ.get("WORKER_GPU", "").strip():
 
 app = Celery("voicechat", broker=settings.redis_url, include=["worker.tasks"])
 app.conf.update(
-    task_default_queue="voicechat",
+    task_default_queue=JOB_QUEUE,
     task_ignore_result=True,
     task_acks_late=True,
     worker_prefetch_multiplier=1,
@@ -36,6 +43,8 @@ app.conf.update(
     # Redis redelivers an unacknowledged message after this long: it must exceed the hard limit.
     broker_transport_options={"visibility_timeout": settings.task_time_limit + 60},
     broker_connection_retry_on_startup=True,
+    # Keep reconnecting through a Redis restart of any length instead of giving up after 100.
+    broker_connection_max_retries=None,
     # The child loads the models before it reports up; the default 4 s would kill it.
     worker_proc_alive_timeout=600,
     worker_send_task_events=True,
@@ -70,27 +79,80 @@ def _stop_heartbeat(**_kwargs: Any) -> None:
         _HEARTBEAT.stop()
 
 
+def publish(job_id: str) -> None:
+    """Sends a job's message again (the job id is the task id, as the API sends it)."""
+    app.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, queue=JOB_QUEUE)
+
+
+def _parent_sessions() -> Any:
+    # A throwaway engine without a pool: the parent forks new children later, and they must
+    # not inherit open database connections.
+    return make_engine(settings.database_url, poolclass=NullPool)
+
+
 @task_failure.connect
-def _record_lost_job(
+def _recover_lost_job(
     sender: Any = None, exception: BaseException | None = None, args: Any = None, **_kwargs: Any
 ) -> None:
-    """Ends a job whose child process died (hard time limit, OOM kill) instead of leaving it.
+    """Handles a job whose child process died, in the parent, where the task cannot.
 
-    Celery calls this in the parent process, where the task's own error handling cannot run.
+    A child killed by the hard time limit ends its job `failed` with `timeout`. A child lost
+    otherwise (OOM killer, a crash in native code) has its job released and republished: the
+    next claim resumes after the last checkpoint and counts an attempt, up to MAX_ATTEMPTS.
     """
     if not isinstance(exception, TimeLimitExceeded | WorkerLostError) or not args:
         return
     job_id = str(args[0])
-    if isinstance(exception, TimeLimitExceeded):
-        code, message = "timeout", f"The job ran past {settings.task_time_limit} seconds."
-    else:
-        code, message = "worker_lost", "The worker process running this job died."
-    # A throwaway engine without a pool: the parent forks new children later, and they must
-    # not inherit open database connections.
-    engine = make_engine(settings.database_url, poolclass=NullPool)
+    engine = _parent_sessions()
     try:
         with make_session_factory(engine)() as session:
-            if job_rows.fail(session, job_id, code, message):
-                _LOGGER.warning("job failed in parent job_id=%s code=%s", job_id, code)
+            if isinstance(exception, TimeLimitExceeded):
+                message = f"The job ran past {settings.task_time_limit} seconds."
+                if job_rows.fail(session, job_id, "timeout", message):
+                    _LOGGER.warning("job failed in parent job_id=%s code=timeout", job_id)
+            elif job_rows.release(session, job_id, owner_prefix=f"{socket.gethostname()}:"):
+                _LOGGER.warning("worker lost; job released job_id=%s", job_id)
+                publish(job_id)
     finally:
         engine.dispose()
+
+
+class Reconciler(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Runs the reconciler on a timer in the worker's parent process (worker/reconciler.py)."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.timer_ref: Any = None
+
+    def start(self, parent: Any) -> None:
+        self.timer_ref = parent.timer.call_repeatedly(
+            settings.reconcile_interval_seconds, self.run_once, priority=10
+        )
+
+    def stop(self, parent: Any) -> None:
+        if self.timer_ref is not None:
+            self.timer_ref.cancel()
+
+    def run_once(self) -> None:
+        """One reconciliation pass; failures are logged and retried on the next tick."""
+        engine = _parent_sessions()
+        broker = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            with make_session_factory(engine)() as session:
+                reconcile(
+                    session,
+                    broker,
+                    publish,
+                    queue=JOB_QUEUE,
+                    queued_after_seconds=settings.reconcile_queued_after_seconds,
+                )
+        except (SQLAlchemyError, RedisError, OSError, OperationalError) as error:
+            _LOGGER.warning("reconcile pass failed error=%s", type(error).__name__)
+        finally:
+            broker.close()
+            engine.dispose()
+
+
+app.steps["worker"].add(Reconciler)

@@ -50,14 +50,18 @@ class JobInput:
     text: str | None = None
     audio_path: Path | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # Checkpoints of an earlier attempt: a redelivered job resumes after them.
+    transcript: str | None = None
+    reply_text: str | None = None
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """Everything a finished pipeline run produced, with per-stage timings."""
+    """What a pipeline run produced; stages resumed from a checkpoint leave their field None."""
 
     transcript: Transcript | None
-    reply: Reply
+    reply: Reply | None
+    reply_text: str
     audio: Audio | None
 
 
@@ -107,34 +111,47 @@ class Pipeline:
             VoiceChatError: A domain error (no speech, context too long, empty reply, ...).
         """
         transcript = None
-        if job.audio_path is not None:
-            progress.enter(Stage.TRANSCRIBING)
-            transcript = self.transcriber.transcribe(load_for_transcription(str(job.audio_path)))
-            prompt = transcript.text
-            progress.enter(
-                Stage.GENERATING, transcript=transcript.text, transcribe_s=transcript.seconds
+        reply: Reply | None = None
+        reply_text = job.reply_text
+        if reply_text is None:
+            prompt = job.transcript or job.text
+            if prompt is None:
+                assert job.audio_path is not None
+                progress.enter(Stage.TRANSCRIBING)
+                transcript = self.transcriber.transcribe(
+                    load_for_transcription(str(job.audio_path))
+                )
+                prompt = transcript.text
+                progress.enter(
+                    Stage.GENERATING, transcript=transcript.text, transcribe_s=transcript.seconds
+                )
+            else:
+                progress.enter(Stage.GENERATING)
+            reply = self._generate(prompt, job.options)
+            reply_text = reply.text
+        audio = None
+        if job.reply is ReplyFormat.VOICE:
+            if reply is not None:
+                progress.enter(Stage.SYNTHESIZING, reply_text=reply.text, generate_s=reply.seconds)
+            else:
+                progress.enter(Stage.SYNTHESIZING)
+            spoken = speakable(reply_text)
+            if not spoken:
+                raise EmptyReply("The reply has no words to speak.")
+            audio = self.synthesizer.synthesize(
+                spoken, voice=job.options.get("voice", self.settings.tts_voice)
             )
-        else:
-            assert job.text is not None
-            prompt = job.text
-            progress.enter(Stage.GENERATING)
+        return Outcome(transcript=transcript, reply=reply, reply_text=reply_text, audio=audio)
+
+    def _generate(self, prompt: str, options: dict[str, Any]) -> Reply:
         reply = self.generator.generate(
-            self.messages_for(prompt, job.options),
-            max_tokens=job.options.get("max_tokens", self.settings.default_max_tokens),
-            temperature=job.options.get("temperature", self.settings.default_temperature),
+            self.messages_for(prompt, options),
+            max_tokens=options.get("max_tokens", self.settings.default_max_tokens),
+            temperature=options.get("temperature", self.settings.default_temperature),
         )
         if reply.finish_reason == "length":
             # A voice should not stop mid-sentence, and the text should match what is said.
             reply = replace(reply, text=trim_to_sentence(reply.text))
         if not reply.text:
             raise EmptyReply("The language model produced an empty reply.")
-        audio = None
-        if job.reply is ReplyFormat.VOICE:
-            progress.enter(Stage.SYNTHESIZING, reply_text=reply.text, generate_s=reply.seconds)
-            spoken = speakable(reply.text)
-            if not spoken:
-                raise EmptyReply("The reply has no words to speak.")
-            audio = self.synthesizer.synthesize(
-                spoken, voice=job.options.get("voice", self.settings.tts_voice)
-            )
-        return Outcome(transcript=transcript, reply=reply, audio=audio)
+        return reply

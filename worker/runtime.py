@@ -17,8 +17,11 @@ from typing import Any
 import numpy as np
 from redis import Redis
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
 from models import heartbeat
+from models import jobs as job_rows
+from models.db import make_engine, make_session_factory
 from models.errors import NoSpeech
 from models.settings import Settings
 from worker.engines import build_generator, build_synthesizer, build_transcriber
@@ -29,6 +32,8 @@ _LOGGER = logging.getLogger(__name__)
 _PIPELINE: Pipeline | None = None
 _PIPELINE_LOCK = threading.Lock()
 _STATUS: dict[str, Any] = {"models_loaded": False}
+# The job this process runs now, if any, and the lease holder's name: the heartbeat renews it.
+_LEASE: dict[str, str | None] = {"job_id": None, "owner": None}
 
 
 def worker_id() -> str:
@@ -70,6 +75,11 @@ def get_pipeline(settings: Settings | None = None) -> Pipeline:
         return _PIPELINE
 
 
+def hold_lease(job_id: str | None, owner: str) -> None:
+    """Tells the heartbeat which job's lease to keep renewing (None: no job)."""
+    _LEASE.update(job_id=job_id, owner=owner)
+
+
 def record_load_error(error: Exception) -> None:
     """Notes why the engines failed to load, for `/readyz`."""
     _STATUS.update(models_loaded=False, error=str(error) or type(error).__name__)
@@ -94,6 +104,7 @@ class Heartbeat(threading.Thread):
         self.client = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.stopped = threading.Event()
         self.worker_id = worker_id()
+        self.sessions = make_session_factory(make_engine(settings.database_url))
 
     def beat(self) -> None:
         """Publishes this process's status once."""
@@ -101,8 +112,21 @@ class Heartbeat(threading.Thread):
         interval = self.settings.worker_heartbeat_seconds
         heartbeat.publish(self.client, self.worker_id, info, ttl_seconds=interval * 3)
 
+    def renew(self) -> None:
+        """Extends the lease of the job this process is running, if any."""
+        job_id, owner = _LEASE["job_id"], _LEASE["owner"]
+        if job_id is None or owner is None:
+            return
+        with self.sessions() as session:
+            if not job_rows.renew_lease(session, job_id, owner, self.settings.lease_seconds):
+                _LOGGER.warning("lease lost job_id=%s owner=%s", job_id, owner)
+
     def run(self) -> None:
         while not self.stopped.is_set():
+            try:
+                self.renew()
+            except SQLAlchemyError as error:
+                _LOGGER.warning("lease renewal failed error=%s", type(error).__name__)
             try:
                 self.beat()
             except RedisError as error:

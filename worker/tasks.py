@@ -1,4 +1,9 @@
-"""Celery tasks: claim the job row, drive the pipeline, record each stage and the outcome."""
+"""Celery tasks: claim the job row, drive the pipeline, checkpoint each stage, record the outcome.
+
+Delivery is at-least-once (acks_late; a lost worker's job is released and republished), and the
+task is idempotent: the claim is a conditional UPDATE, so a second delivery of a job that is
+running or finished does nothing, and a redelivered job resumes after its last checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,9 @@ from models.db import make_engine, make_session_factory
 from models.errors import EngineUnavailable, JobTimedOut, VoiceChatError
 from models.job import Job, ReplyFormat, Stage
 from models.storage import FileStore
+from worker import runtime
 from worker.celery_app import app, settings
 from worker.pipeline import JobInput
-from worker.runtime import get_pipeline
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -32,29 +37,39 @@ def _sessions() -> sessionmaker[Session]:
 
 
 class RowProgress:
-    """Writes stage changes and checkpoints to the job's row."""
+    """Writes stage changes and checkpoints to the job's row, as the lease holder."""
 
-    def __init__(self, session: Session, job_id: str) -> None:
+    def __init__(self, session: Session, job_id: str, owner: str) -> None:
         self.session = session
         self.job_id = job_id
+        self.owner = owner
 
     def enter(self, stage: Stage, **checkpoint: Any) -> None:
         _LOGGER.info("job stage job_id=%s stage=%s", self.job_id, stage.value)
-        job_rows.set_stage(self.session, self.job_id, stage, **checkpoint)
+        job_rows.set_stage(self.session, self.job_id, self.owner, stage, **checkpoint)
 
 
 @app.task(name="worker.run_job", acks_late=True)
 def run_job(job_id: str) -> None:
-    """Runs one job by id; a job that is not queued (done, or taken) is left alone."""
+    """Runs one job by id; a job that is finished or held by a live worker is left alone."""
+    owner = runtime.worker_id()
     with _sessions()() as session:
-        if not job_rows.claim(session, job_id):
-            _LOGGER.info("job not claimable job_id=%s", job_id)
+        claimed = job_rows.claim(
+            session,
+            job_id,
+            owner=owner,
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+        )
+        if claimed is not job_rows.ClaimOutcome.CLAIMED:
+            _LOGGER.info("job not run job_id=%s claim=%s", job_id, claimed.value)
             return
         job = session.get(Job, job_id)
         assert job is not None
         _LOGGER.info("job running job_id=%s attempt=%d", job_id, job.attempts)
+        runtime.hold_lease(job_id, owner)
         try:
-            _run(session, job)
+            _run(session, job, owner)
         except VoiceChatError as error:
             _LOGGER.info("job failed job_id=%s code=%s", job_id, error.code)
             job_rows.fail(session, job_id, error.code, error.detail)
@@ -66,11 +81,13 @@ def run_job(job_id: str) -> None:
             _LOGGER.exception("job crashed job_id=%s", job_id)
             session.rollback()
             job_rows.fail(session, job_id, "internal_error", "The worker failed on this job.")
+        finally:
+            runtime.hold_lease(None, owner)
 
 
-def _run(session: Session, job: Job) -> None:
+def _run(session: Session, job: Job, owner: str) -> None:
     try:
-        pipeline = get_pipeline(settings)
+        pipeline = runtime.get_pipeline(settings)
     except VoiceChatError:
         raise
     except Exception as error:
@@ -78,32 +95,32 @@ def _run(session: Session, job: Job) -> None:
         raise EngineUnavailable(message) from error
     audio_path = None
     if job.input_audio_file:
-        audio_path = FileStore(settings.uploads_dir).path(job.input_audio_file)
+        audio_path = Path(FileStore(settings.uploads_dir).path(job.input_audio_file))
     job_input = JobInput(
         job_id=job.id,
         reply=ReplyFormat(job.reply_format),
         text=job.input_text,
-        audio_path=Path(audio_path) if audio_path else None,
+        audio_path=audio_path,
         options=dict(job.options or {}),
+        transcript=job.transcript,
+        reply_text=job.reply_text,
     )
-    outcome = pipeline.run(job_input, RowProgress(session, job.id))
-    results: dict[str, Any] = {
-        "reply_text": outcome.reply.text,
-        "generate_s": outcome.reply.seconds,
-    }
+    outcome = pipeline.run(job_input, RowProgress(session, job.id, owner))
+    results: dict[str, Any] = {"reply_text": outcome.reply_text}
     if outcome.transcript is not None:
         results.update(transcript=outcome.transcript.text, transcribe_s=outcome.transcript.seconds)
+    if outcome.reply is not None:
+        results.update(generate_s=outcome.reply.seconds)
     if outcome.audio is not None:
+        # Written before the row says so; a crash in between leaves a file the next attempt
+        # replaces atomically under the same name, so there is never a second reply.
         name = FileStore(settings.results_dir).write(job.id, outcome.audio.to_wav())
         results.update(
             reply_audio_file=name,
             reply_audio_seconds=round(outcome.audio.duration, 3),
             synthesize_s=outcome.audio.seconds,
         )
-    job_rows.succeed(session, job.id, **results)
-    _LOGGER.info(
-        "job succeeded job_id=%s prompt_tokens=%d completion_tokens=%d",
-        job.id,
-        outcome.reply.prompt_tokens,
-        outcome.reply.completion_tokens,
-    )
+    if not job_rows.succeed(session, job.id, owner, **results):
+        _LOGGER.warning("job lease lost before it finished job_id=%s", job.id)
+        return
+    _LOGGER.info("job succeeded job_id=%s attempt=%d", job.id, job.attempts)

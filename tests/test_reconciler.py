@@ -1,0 +1,94 @@
+"""The reconciler on a real database; the broker's queue is read from fakeredis (a unit test of
+our own Redis code) laid out the way kombu's Redis transport lays it out."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import fakeredis
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import update
+
+from models import jobs as job_rows
+from models.db import make_engine, make_session_factory
+from models.job import Job, utcnow
+from tests.conftest import ROOT
+from worker.reconciler import job_ids_in_broker, reconcile
+
+
+def _message(task_id: str) -> str:
+    return json.dumps({"body": "...", "headers": {"id": task_id, "task": "worker.run_job"}})
+
+
+@pytest.fixture
+def sessions(database_url: str):  # type: ignore[no-untyped-def]
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes.update(database_url=database_url, configure_logger=False)
+    command.upgrade(config, "head")
+    engine = make_engine(database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def _job(session, age_seconds: float = 0) -> str:  # type: ignore[no-untyped-def]
+    job = Job(
+        reply_format="text",
+        input_kind="text",
+        input_text="hi",
+        options={},
+        created_at=utcnow() - timedelta(seconds=age_seconds),
+    )
+    session.add(job)
+    session.commit()
+    return job.id
+
+
+def test_broker_membership_reads_waiting_and_unacked_messages() -> None:
+    broker = fakeredis.FakeRedis()
+    broker.lpush("voicechat", _message("a"), "not json", json.dumps({"no": "headers"}))
+    broker.lpush("voicechat\x06\x163", _message("b"))
+    broker.hset("unacked", "tag", json.dumps([json.loads(_message("c")), "", "voicechat"]))
+    broker.lpush("other-queue", _message("d"))
+    assert job_ids_in_broker(broker, "voicechat") == {"a", "b", "c"}
+
+
+def test_republishes_old_queued_jobs_without_a_message(sessions) -> None:  # type: ignore[no-untyped-def]
+    broker = fakeredis.FakeRedis()
+    published: list[str] = []
+    with sessions() as session:
+        orphan = _job(session, age_seconds=120)  # the API died between commit and publish
+        waiting = _job(session, age_seconds=120)
+        fresh = _job(session)
+        broker.lpush("voicechat", _message(waiting))
+        report = reconcile(
+            session, broker, published.append, queue="voicechat", queued_after_seconds=30
+        )
+    assert published == [orphan] and report.republished == (orphan,)
+    assert fresh not in published
+
+
+def test_releases_and_republishes_jobs_whose_lease_expired(sessions) -> None:  # type: ignore[no-untyped-def]
+    broker = fakeredis.FakeRedis()
+    published: list[str] = []
+    with sessions() as session:
+        dead = _job(session)
+        alive = _job(session)
+        for job_id, lease in ((dead, -5), (alive, 60)):
+            job_rows.claim(session, job_id, owner="w:1", lease_seconds=lease, max_attempts=3)
+        report = reconcile(
+            session, broker, published.append, queue="voicechat", queued_after_seconds=30
+        )
+        assert report.released == (dead,) and published == [dead]
+        assert session.get(Job, dead).status == "queued"  # type: ignore[union-attr]
+        assert session.get(Job, alive).status == "running"  # type: ignore[union-attr]
+        # A second pass finds the message in the broker and does not publish again.
+        broker.lpush("voicechat", _message(dead))
+        session.execute(update(Job).values(created_at=utcnow() - timedelta(hours=1)))
+        session.commit()
+        again = reconcile(
+            session, broker, published.append, queue="voicechat", queued_after_seconds=30
+        )
+    assert again.republished == () and published == [dead]

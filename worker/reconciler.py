@@ -1,0 +1,106 @@
+"""The reconciler: puts jobs whose delivery was lost back on the queue.
+
+It closes two gaps. A `running` job whose worker died stops having its lease renewed; once the
+lease expires it is released and republished (its next claim counts an attempt, so a job that
+kills every worker fails after `MAX_ATTEMPTS`). A `queued` job whose message never reached Redis
+(the API died between commit and publish) or was lost with it (a Redis restart inside the AOF's
+one-second window) is republished when no message for it is waiting in the broker. Duplicate
+messages are harmless: the claim is a conditional UPDATE.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from redis import Redis
+from sqlalchemy.orm import Session
+
+from models import jobs as job_rows
+from models.job import utcnow
+
+_LOGGER = logging.getLogger(__name__)
+
+# kombu's Redis transport keeps a queue's messages in a list named after the queue (plus one
+# list per priority step, "<queue>\x06\x16<n>"), and delivered-but-unacknowledged ones in the
+# hash "unacked" as JSON [message, exchange, routing_key].
+_PRIORITY_SEPARATOR = "\x06\x16"
+_UNACKED = "unacked"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What one reconciliation pass did."""
+
+    released: tuple[str, ...]
+    republished: tuple[str, ...]
+
+
+def _task_ids(payloads: Iterable[bytes | str]) -> set[str]:
+    ids = set()
+    for raw in payloads:
+        try:
+            message = json.loads(raw)
+            if isinstance(message, list):  # an unacked entry: [message, exchange, routing_key]
+                message = message[0]
+            ids.add(str(message["headers"]["id"]))
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue  # not a Celery message: not ours to judge
+    return ids
+
+
+def job_ids_in_broker(client: Redis, queue: str) -> set[str]:
+    """Ids of the jobs that have a message waiting in `queue` or delivered but unacknowledged.
+
+    The API publishes each job with the job id as the Celery task id.
+    """
+    keys = [queue, *(f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in range(10))]
+    waiting: list[bytes | str] = []
+    for key in keys:
+        waiting.extend(client.lrange(key, 0, -1))
+    return _task_ids(waiting) | _task_ids(client.hvals(_UNACKED))
+
+
+def reconcile(
+    session: Session,
+    broker: Redis,
+    publish: Callable[[str], None],
+    *,
+    queue: str,
+    queued_after_seconds: int,
+) -> Report:
+    """Runs one pass: releases expired leases and republishes jobs missing from the broker.
+
+    Args:
+        session: A database session.
+        broker: The Redis the jobs are queued in.
+        publish: Sends the message for a job id.
+        queue: The queue's name.
+        queued_after_seconds: How long a job may stay queued with no message before it is
+            republished (covers the moment between the API's commit and its publish).
+
+    Returns:
+        The ids released and republished.
+    """
+    released = [
+        job_id for job_id in job_rows.expired_leases(session) if job_rows.release(session, job_id)
+    ]
+    cutoff = utcnow() - timedelta(seconds=queued_after_seconds)
+    stale = set(released) | set(job_rows.queued_before(session, cutoff))
+    republished = []
+    if stale:
+        present = job_ids_in_broker(broker, queue)
+        for job_id in sorted(stale - present):
+            publish(job_id)
+            republished.append(job_id)
+    if released or republished:
+        _LOGGER.warning(
+            "reconciled released=%d republished=%d ids=%s",
+            len(released),
+            len(republished),
+            ",".join(republished),
+        )
+    return Report(released=tuple(released), republished=tuple(republished))
