@@ -185,3 +185,17 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """The service on its defaults, shared by the end-to-end tests."""
     with running_service(tmp_path_factory.mktemp("service")) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def long_speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """About a minute of the test question, said by Piper: Whisper needs seconds for it."""
+    from worker.engines.piper import PiperSynthesizer
+
+    settings = make_settings(tmp_path_factory.mktemp("voice"))
+    audio = PiperSynthesizer.from_settings(settings).synthesize(
+        " ".join(["What is the capital of France, and why is it so famous?"] * 20),
+        voice=settings.tts_voice,
+    )
+    assert audio.duration > 40
+    return audio.to_wav()

@@ -4,8 +4,10 @@ It closes two gaps. A `running` job whose worker died stops having its lease ren
 lease expires it is released and republished (its next claim counts an attempt, so a job that
 kills every worker fails after `MAX_ATTEMPTS`). A `queued` job whose message never reached Redis
 (the API died between commit and publish) or was lost with it (a Redis restart inside the AOF's
-one-second window) is republished when no message for it is waiting in the broker. Duplicate
-messages are harmless: the claim is a conditional UPDATE.
+one-second window) is republished when no message for it is waiting in the broker. Messages a
+worker took but has not acknowledged do not count: their worker may be dead, and kombu would only
+restore them after the visibility timeout. Duplicate messages are harmless: the claim is a
+conditional UPDATE.
 """
 
 from __future__ import annotations
@@ -24,11 +26,9 @@ from models.job import utcnow
 
 _LOGGER = logging.getLogger(__name__)
 
-# kombu's Redis transport keeps a queue's messages in a list named after the queue (plus one
-# list per priority step, "<queue>\x06\x16<n>"), and delivered-but-unacknowledged ones in the
-# hash "unacked" as JSON [message, exchange, routing_key].
+# kombu's Redis transport keeps a queue's waiting messages in a list named after the queue,
+# plus one list per priority step, "<queue>\x06\x16<n>".
 _PRIORITY_SEPARATOR = "\x06\x16"
-_UNACKED = "unacked"
 
 
 @dataclass(frozen=True)
@@ -43,17 +43,14 @@ def _task_ids(payloads: Iterable[bytes | str]) -> set[str]:
     ids = set()
     for raw in payloads:
         try:
-            message = json.loads(raw)
-            if isinstance(message, list):  # an unacked entry: [message, exchange, routing_key]
-                message = message[0]
-            ids.add(str(message["headers"]["id"]))
+            ids.add(str(json.loads(raw)["headers"]["id"]))
         except (ValueError, KeyError, IndexError, TypeError):
             continue  # not a Celery message: not ours to judge
     return ids
 
 
-def job_ids_in_broker(client: Redis, queue: str) -> set[str]:
-    """Ids of the jobs that have a message waiting in `queue` or delivered but unacknowledged.
+def job_ids_waiting(client: Redis, queue: str) -> set[str]:
+    """Ids of the jobs that have a message waiting in `queue`.
 
     The API publishes each job with the job id as the Celery task id.
     """
@@ -61,7 +58,7 @@ def job_ids_in_broker(client: Redis, queue: str) -> set[str]:
     waiting: list[bytes | str] = []
     for key in keys:
         waiting.extend(client.lrange(key, 0, -1))
-    return _task_ids(waiting) | _task_ids(client.hvals(_UNACKED))
+    return _task_ids(waiting)
 
 
 def reconcile(
@@ -92,7 +89,7 @@ def reconcile(
     stale = set(released) | set(job_rows.queued_before(session, cutoff))
     republished = []
     if stale:
-        present = job_ids_in_broker(broker, queue)
+        present = job_ids_waiting(broker, queue)
         for job_id in sorted(stale - present):
             publish(job_id)
             republished.append(job_id)

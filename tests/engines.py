@@ -1,0 +1,95 @@
+"""Engines made for the fault tests, named as such: they are about the plumbing, not the models.
+
+Selected with e.g. `LLM_ENGINE=tests.engines:CrashingGenerator`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+
+from models.settings import Settings
+from worker.engines import Audio, Message, Reply, Transcript
+
+
+class InstantTranscriber:
+    """Hears a fixed sentence at once."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InstantTranscriber:
+        return cls()
+
+    def transcribe(self, audio: np.ndarray) -> Transcript:
+        return Transcript(text="instant transcript", language="en", seconds=0.0)
+
+
+class EchoGenerator:
+    """Answers with the last message, at once."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EchoGenerator:
+        return cls()
+
+    def generate(self, messages: list[Message], *, max_tokens: int, temperature: float) -> Reply:
+        return Reply(f"echo: {messages[-1]['content']}", 1, 1, "stop", 0.0)
+
+
+class ToneSynthesizer:
+    """Says everything as a short tone, at once."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ToneSynthesizer:
+        return cls()
+
+    def synthesize(self, text: str, *, voice: str) -> Audio:
+        t = np.arange(8_000) / 16_000
+        return Audio((3000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16), 16_000, 0.0)
+
+
+class CrashingGenerator(EchoGenerator):
+    """Kills its own process on every prompt but the warm-up's, like a segfault in native code."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CrashingGenerator:
+        return cls()
+
+    def generate(self, messages: list[Message], *, max_tokens: int, temperature: float) -> Reply:
+        if messages[-1]["content"] != "Hi":  # the worker warms up with "Hi"
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().generate(messages, max_tokens=max_tokens, temperature=temperature)
+
+
+class CrashOnceSynthesizer(ToneSynthesizer):
+    """Kills its process the first time it speaks a job's reply, then works."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CrashOnceSynthesizer:
+        return cls(settings.data_dir / "crashed-once")
+
+    def synthesize(self, text: str, *, voice: str) -> Audio:
+        if text != "Ready." and not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().synthesize(text, voice=voice)
+
+
+class CountingGenerator(EchoGenerator):
+    """Echoes, and appends a line to a file for every generation (to count them)."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CountingGenerator:
+        return cls(settings.data_dir / "generations.log")
+
+    def generate(self, messages: list[Message], *, max_tokens: int, temperature: float) -> Reply:
+        with self.log.open("a") as handle:
+            handle.write(messages[-1]["content"] + "\n")
+        return super().generate(messages, max_tokens=max_tokens, temperature=temperature)

