@@ -107,7 +107,14 @@ def create_job() -> Response:
         job.input_audio_file = uploads.write(job_id, submission.audio)
         job.input_audio_seconds = round(submission.audio_info.seconds, 3)
     g.db.add(job)
-    g.db.commit()
+    try:
+        g.db.commit()
+    except Exception:
+        if job.input_audio_file:  # no row will ever point at it
+            current_app.extensions["voicechat.uploads"].path(job.input_audio_file).unlink(
+                missing_ok=True
+            )
+        raise
     try:
         current_app.extensions["voicechat.queue"].enqueue(job_id)
     except Exception as error:
