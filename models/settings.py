@@ -108,6 +108,7 @@ class Settings:
     piper_voice_dir: str = ""
     task_soft_time_limit: int = 300
     task_time_limit: int = 330
+    broker_visibility_timeout: int = 390
     worker_heartbeat_seconds: int = 10
     max_attempts: int = 3
     reconcile_interval_seconds: int = 10
@@ -162,6 +163,11 @@ class Settings:
         hard = whole("TASK_TIME_LIMIT", soft + 30)
         if hard <= soft:
             raise SettingError("TASK_TIME_LIMIT must be greater than TASK_SOFT_TIME_LIMIT")
+        # Redis hands an unacknowledged message to another worker after the visibility timeout:
+        # shorter than the hard limit, a job still running would be delivered twice.
+        visibility = whole("BROKER_VISIBILITY_TIMEOUT", hard + 60)
+        if visibility <= hard:
+            raise SettingError("BROKER_VISIBILITY_TIMEOUT must be greater than TASK_TIME_LIMIT")
         max_tokens_limit = whole("MAX_TOKENS_LIMIT", 1024)
         return cls(
             data_dir=data_dir,
@@ -193,6 +199,7 @@ class Settings:
             piper_voice_dir=text("PIPER_VOICE_DIR", ""),
             task_soft_time_limit=soft,
             task_time_limit=hard,
+            broker_visibility_timeout=visibility,
             worker_heartbeat_seconds=whole("WORKER_HEARTBEAT_SECONDS", 10),
             max_attempts=whole("MAX_ATTEMPTS", 3),
             reconcile_interval_seconds=whole("RECONCILE_INTERVAL_SECONDS", 10),

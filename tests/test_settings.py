@@ -18,7 +18,11 @@ def test_defaults_need_no_environment() -> None:
         "piper",
     )
     assert settings.llm_threads >= 1
-    assert settings.task_soft_time_limit < settings.task_time_limit
+    assert (
+        settings.task_soft_time_limit
+        < settings.task_time_limit
+        < settings.broker_visibility_timeout
+    )
 
 
 @pytest.mark.parametrize("raw", ["maybe", "", "2", "tru"])
@@ -40,6 +44,7 @@ def test_booleans_accept_the_usual_spellings(raw: str, value: bool) -> None:
         {"LLM_THREADS": "2.5"},
         {"MAX_AUDIO_SECONDS": "nan"},
         {"TASK_SOFT_TIME_LIMIT": "100", "TASK_TIME_LIMIT": "90"},
+        {"TASK_TIME_LIMIT": "400", "BROKER_VISIBILITY_TIMEOUT": "400"},
         {"TTS_VOICE": "nobody", "TTS_VOICES": "en_US-joe-medium"},
         {"DEFAULT_MAX_TOKENS": "2000", "MAX_TOKENS_LIMIT": "1000"},
     ],

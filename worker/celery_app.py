@@ -40,8 +40,9 @@ app.conf.update(
     worker_concurrency=1,
     task_soft_time_limit=settings.task_soft_time_limit,
     task_time_limit=settings.task_time_limit,
-    # Redis redelivers an unacknowledged message after this long: it must exceed the hard limit.
-    broker_transport_options={"visibility_timeout": settings.task_time_limit + 60},
+    # Redis redelivers an unacknowledged message after this long: it exceeds the hard limit
+    # (checked in Settings), so a job still running is never handed to a second worker.
+    broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
     broker_connection_retry_on_startup=True,
     # Keep reconnecting through a Redis restart of any length instead of giving up after 100.
     broker_connection_max_retries=None,
