@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -143,65 +143,74 @@ class Settings:
             SettingError: A variable is malformed.
         """
         env = os.environ if environ is None else environ
+        defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
-        def text(name: str, default: str) -> str:
-            value = env.get(name, "").strip()
-            return value or default
+        # Each setting's variable is its field's name in capitals; its default is the field's.
+        def text(name: str, default: str | None = None) -> str:
+            value = env.get(name.upper(), "").strip()
+            return value or (defaults[name] if default is None else default)
 
-        def whole(name: str, default: int, minimum: int = 1, maximum: int | None = None) -> int:
-            raw = env.get(name, "").strip()
-            return default if not raw else parse_int(name, raw, minimum=minimum, maximum=maximum)
+        def whole(
+            name: str, default: int | None = None, *, minimum: int = 1, maximum: int | None = None
+        ) -> int:
+            raw = env.get(name.upper(), "").strip()
+            if not raw:
+                return int(defaults[name] if default is None else default)
+            return parse_int(name.upper(), raw, minimum=minimum, maximum=maximum)
 
-        data_dir = Path(text("DATA_DIR", "var")).resolve()
-        voice = text("TTS_VOICE", "en_US-joe-medium")
-        voices = tuple(v.strip() for v in text("TTS_VOICES", voice).split(",") if v.strip())
+        def decimal(name: str, *, minimum: float) -> float:
+            raw = env.get(name.upper(), "").strip()
+            return parse_float(name.upper(), raw, minimum=minimum) if raw else float(defaults[name])
+
+        data_dir = Path(env.get("DATA_DIR", "").strip() or "var").resolve()
+        voice = text("tts_voice")
+        voices = tuple(v.strip() for v in text("tts_voices", voice).split(",") if v.strip())
         if voice not in voices:
             raise SettingError(f"TTS_VOICE {voice!r} must be one of TTS_VOICES {list(voices)}")
-        raw_temperature = env.get("DEFAULT_TEMPERATURE", "").strip()
-        raw_seconds = env.get("MAX_AUDIO_SECONDS", "").strip()
-        soft = whole("TASK_SOFT_TIME_LIMIT", 300)
-        hard = whole("TASK_TIME_LIMIT", soft + 30)
+        soft = whole("task_soft_time_limit")
+        hard = whole("task_time_limit", soft + 30)
         if hard <= soft:
             raise SettingError("TASK_TIME_LIMIT must be greater than TASK_SOFT_TIME_LIMIT")
         # Redis hands an unacknowledged message to another worker after the visibility timeout:
         # shorter than the hard limit, a job still running would be delivered twice.
-        visibility = whole("BROKER_VISIBILITY_TIMEOUT", hard + 60)
+        visibility = whole("broker_visibility_timeout", hard + 60)
         if visibility <= hard:
             raise SettingError("BROKER_VISIBILITY_TIMEOUT must be greater than TASK_TIME_LIMIT")
-        max_tokens_limit = whole("MAX_TOKENS_LIMIT", 1024)
+        max_tokens_limit = whole("max_tokens_limit")
+        # The one setting whose variable is in other units than its field.
+        upload_mb = env.get("MAX_UPLOAD_MB", "").strip()
+        max_upload_bytes = (
+            parse_int("MAX_UPLOAD_MB", upload_mb, minimum=1) * 1024 * 1024
+            if upload_mb
+            else defaults["max_upload_bytes"]
+        )
         return cls(
             data_dir=data_dir,
-            database_url=text("DATABASE_URL", f"sqlite:///{data_dir / 'voicechat.db'}"),
-            redis_url=text("REDIS_URL", "redis://127.0.0.1:6379/0"),
-            max_upload_bytes=whole("MAX_UPLOAD_MB", 25) * 1024 * 1024,
-            max_audio_seconds=(
-                parse_float("MAX_AUDIO_SECONDS", raw_seconds, minimum=1.0) if raw_seconds else 600.0
-            ),
-            max_text_chars=whole("MAX_TEXT_CHARS", 4000),
-            max_system_chars=whole("MAX_SYSTEM_CHARS", 4000),
-            default_max_tokens=whole("DEFAULT_MAX_TOKENS", 200, maximum=max_tokens_limit),
+            database_url=text("database_url", f"sqlite:///{data_dir / 'voicechat.db'}"),
+            redis_url=text("redis_url", "redis://127.0.0.1:6379/0"),
+            max_upload_bytes=max_upload_bytes,
+            max_audio_seconds=decimal("max_audio_seconds", minimum=1.0),
+            max_text_chars=whole("max_text_chars"),
+            max_system_chars=whole("max_system_chars"),
+            default_max_tokens=whole("default_max_tokens", maximum=max_tokens_limit),
             max_tokens_limit=max_tokens_limit,
-            default_temperature=(
-                parse_float("DEFAULT_TEMPERATURE", raw_temperature, minimum=0.0)
-                if raw_temperature
-                else 0.3
-            ),
-            stt_engine=text("STT_ENGINE", "faster-whisper"),
-            whisper_model_dir=text("WHISPER_MODEL_DIR", ""),
-            whisper_language=text("WHISPER_LANGUAGE", "en"),
-            llm_engine=text("LLM_ENGINE", "llama-cpp"),
-            llm_model_path=text("LLM_MODEL_PATH", ""),
-            llm_context_tokens=whole("LLM_CONTEXT_TOKENS", 2048, minimum=256),
-            llm_threads=whole("LLM_THREADS", usable_cores()),
-            tts_engine=text("TTS_ENGINE", "piper"),
+            default_temperature=decimal("default_temperature", minimum=0.0),
+            stt_engine=text("stt_engine"),
+            whisper_model_dir=text("whisper_model_dir"),
+            whisper_language=text("whisper_language"),
+            llm_engine=text("llm_engine"),
+            llm_model_path=text("llm_model_path"),
+            llm_context_tokens=whole("llm_context_tokens", minimum=256),
+            llm_threads=whole("llm_threads", usable_cores()),
+            tts_engine=text("tts_engine"),
             tts_voice=voice,
             tts_voices=voices,
-            piper_voice_dir=text("PIPER_VOICE_DIR", ""),
+            piper_voice_dir=text("piper_voice_dir"),
             task_soft_time_limit=soft,
             task_time_limit=hard,
             broker_visibility_timeout=visibility,
-            worker_heartbeat_seconds=whole("WORKER_HEARTBEAT_SECONDS", 10),
-            max_attempts=whole("MAX_ATTEMPTS", 3),
-            reconcile_interval_seconds=whole("RECONCILE_INTERVAL_SECONDS", 10),
-            reconcile_queued_after_seconds=whole("RECONCILE_QUEUED_AFTER_SECONDS", 30),
+            worker_heartbeat_seconds=whole("worker_heartbeat_seconds"),
+            max_attempts=whole("max_attempts"),
+            reconcile_interval_seconds=whole("reconcile_interval_seconds"),
+            reconcile_queued_after_seconds=whole("reconcile_queued_after_seconds"),
         )
