@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import uuid
 from typing import Any
@@ -16,8 +15,6 @@ from api.submission import ApiRequest
 from models.db import make_engine, make_session_factory
 from models.settings import Settings
 from models.storage import FileStore
-
-_LOGGER = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify
@@ -12,8 +11,6 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from models import heartbeat
-
-_LOGGER = logging.getLogger(__name__)
 
 blueprint = Blueprint("health", __name__)
 

@@ -185,11 +185,6 @@ def set_stage(session: Session, job_id: str, owner: str, stage: Stage, **checkpo
     return _update_held(session, job_id, owner, stage=stage.value, **checkpoint)
 
 
-def record(session: Session, job_id: str, owner: str, **checkpoint: Any) -> bool:
-    """Records results of a running job's stage without changing the stage."""
-    return _update_held(session, job_id, owner, **checkpoint)
-
-
 def succeed(session: Session, job_id: str, owner: str, **results: Any) -> bool:
     """Marks a job `owner` holds succeeded with its final results; returns whether it changed."""
     result = session.execute(

@@ -188,14 +188,25 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 
 @pytest.fixture(scope="session")
-def long_speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """About a minute of the test question, said by Piper: Whisper needs seconds for it."""
+def engine_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Default settings for loading the real engines in the test process."""
+    return make_settings(tmp_path_factory.mktemp("engines"))
+
+
+@pytest.fixture(scope="session")
+def speaker(engine_settings: Settings) -> Any:
+    """Piper with the packaged voice, loaded once: it says the tests' questions."""
     from worker.engines.piper import PiperSynthesizer
 
-    settings = make_settings(tmp_path_factory.mktemp("voice"))
-    audio = PiperSynthesizer.from_settings(settings).synthesize(
+    return PiperSynthesizer.from_settings(engine_settings)
+
+
+@pytest.fixture(scope="session")
+def long_speech(speaker: Any, engine_settings: Settings) -> bytes:
+    """About a minute of the test question, said by Piper: Whisper needs seconds for it."""
+    audio = speaker.synthesize(
         " ".join(["What is the capital of France, and why is it so famous?"] * 20),
-        voice=settings.tts_voice,
+        voice=engine_settings.tts_voice,
     )
     assert audio.duration > 40
     return audio.to_wav()

@@ -52,10 +52,6 @@ class ToneSynthesizer:
 class CrashingGenerator(EchoGenerator):
     """Kills its own process on every prompt but the warm-up's, like a segfault in native code."""
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> CrashingGenerator:
-        return cls()
-
     def generate(self, messages: list[Message], *, max_tokens: int, temperature: float) -> Reply:
         if messages[-1]["content"] != "Hi":  # the worker warms up with "Hi"
             os.kill(os.getpid(), signal.SIGKILL)

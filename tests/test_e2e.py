@@ -16,7 +16,7 @@ import soundfile as sf
 import soxr
 
 from models.settings import Settings
-from tests.conftest import Service, make_settings, tone, wav_bytes
+from tests.conftest import Service, tone, wav_bytes
 
 pytestmark = pytest.mark.e2e
 
@@ -24,20 +24,9 @@ QUESTION = "What is the capital of France?"
 
 
 @pytest.fixture(scope="module")
-def engine_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return make_settings(tmp_path_factory.mktemp("engines"))
-
-
-@pytest.fixture(scope="module")
-def question_wav(engine_settings: Settings) -> bytes:
+def question_wav(speaker: Any, engine_settings: Settings) -> bytes:
     """The spoken test question, said by Piper."""
-    from worker.engines.piper import PiperSynthesizer
-
-    return (
-        PiperSynthesizer.from_settings(engine_settings)
-        .synthesize(QUESTION, voice=engine_settings.tts_voice)
-        .to_wav()
-    )
+    return bytes(speaker.synthesize(QUESTION, voice=engine_settings.tts_voice).to_wav())
 
 
 @pytest.fixture(scope="module")

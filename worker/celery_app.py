@@ -15,6 +15,7 @@ from kombu.exceptions import OperationalError
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from models import jobs as job_rows
@@ -85,10 +86,21 @@ def publish(job_id: str) -> None:
     app.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, queue=JOB_QUEUE)
 
 
-def _parent_sessions() -> Any:
-    # A throwaway engine without a pool: the parent forks new children later, and they must
-    # not inherit open database connections.
-    return make_engine(settings.database_url, poolclass=NullPool)
+_PARENT_SESSIONS: sessionmaker[Session] | None = None
+
+
+def _parent_sessions() -> sessionmaker[Session]:
+    """Sessions for the worker's parent process, made once.
+
+    The engine has no pool: the parent forks new children later, and they must not inherit
+    open database connections; with NullPool every session opens and closes its own.
+    """
+    global _PARENT_SESSIONS
+    if _PARENT_SESSIONS is None:
+        _PARENT_SESSIONS = make_session_factory(
+            make_engine(settings.database_url, poolclass=NullPool)
+        )
+    return _PARENT_SESSIONS
 
 
 @task_failure.connect
@@ -104,18 +116,14 @@ def _recover_lost_job(
     if not isinstance(exception, TimeLimitExceeded | WorkerLostError) or not args:
         return
     job_id = str(args[0])
-    engine = _parent_sessions()
-    try:
-        with make_session_factory(engine)() as session:
-            if isinstance(exception, TimeLimitExceeded):
-                message = f"The job ran past {settings.task_time_limit} seconds."
-                if job_rows.fail(session, job_id, "timeout", message):
-                    _LOGGER.warning("job failed in parent job_id=%s code=timeout", job_id)
-            elif job_rows.release(session, job_id, owner_prefix=f"{socket.gethostname()}:"):
-                _LOGGER.warning("worker lost; job released job_id=%s", job_id)
-                publish(job_id)
-    finally:
-        engine.dispose()
+    with _parent_sessions()() as session:
+        if isinstance(exception, TimeLimitExceeded):
+            message = f"The job ran past {settings.task_time_limit} seconds."
+            if job_rows.fail(session, job_id, "timeout", message):
+                _LOGGER.warning("job failed in parent job_id=%s code=timeout", job_id)
+        elif job_rows.release(session, job_id, owner_prefix=f"{socket.gethostname()}:"):
+            _LOGGER.warning("worker lost; job released job_id=%s", job_id)
+            publish(job_id)
 
 
 class Reconciler(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -126,8 +134,10 @@ class Reconciler(bootsteps.StartStopStep):  # type: ignore[misc]
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.timer_ref: Any = None
+        self.broker: Redis | None = None
 
     def start(self, parent: Any) -> None:
+        self.broker = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.timer_ref = parent.timer.call_repeatedly(
             settings.reconcile_interval_seconds, self.run_once, priority=10
         )
@@ -135,25 +145,23 @@ class Reconciler(bootsteps.StartStopStep):  # type: ignore[misc]
     def stop(self, parent: Any) -> None:
         if self.timer_ref is not None:
             self.timer_ref.cancel()
+        if self.broker is not None:
+            self.broker.close()
 
     def run_once(self) -> None:
         """One reconciliation pass; failures are logged and retried on the next tick."""
-        engine = _parent_sessions()
-        broker = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        assert self.broker is not None
         try:
-            with make_session_factory(engine)() as session:
+            with _parent_sessions()() as session:
                 reconcile(
                     session,
-                    broker,
+                    self.broker,
                     publish,
                     queue=JOB_QUEUE,
                     queued_after_seconds=settings.reconcile_queued_after_seconds,
                 )
         except (SQLAlchemyError, RedisError, OSError, OperationalError) as error:
             _LOGGER.warning("reconcile pass failed error=%s", type(error).__name__)
-        finally:
-            broker.close()
-            engine.dispose()
 
 
 app.steps["worker"].add(Reconciler)

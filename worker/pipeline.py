@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,8 +12,6 @@ from models.errors import EmptyReply
 from models.job import ReplyFormat, Stage
 from models.settings import Settings
 from worker.engines import Audio, Generator, Message, Reply, Synthesizer, Transcriber, Transcript
-
-_LOGGER = logging.getLogger(__name__)
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly voice assistant. Your answer will be read aloud, so reply in one to "

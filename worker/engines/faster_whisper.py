@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from pathlib import Path
@@ -13,8 +12,6 @@ from models.errors import EngineUnavailable, NoSpeech
 from models.settings import Settings
 from worker.engines import Transcript
 from worker.model_files import assemble_whisper_base
-
-_LOGGER = logging.getLogger(__name__)
 
 # Whisper's own rule for a silent segment (openai/whisper transcribe.py): both a high
 # no-speech probability and a low average log-probability.

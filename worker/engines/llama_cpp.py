@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -10,8 +9,6 @@ from models.errors import ContextLengthExceeded, EngineUnavailable
 from models.settings import Settings
 from worker.engines import Message, Reply
 from worker.model_files import smollm2_path
-
-_LOGGER = logging.getLogger(__name__)
 
 
 class LlamaCppGenerator:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 
@@ -12,8 +11,6 @@ from models.errors import EngineUnavailable
 from models.settings import Settings
 from worker.engines import Audio
 from worker.model_files import piper_voice_path
-
-_LOGGER = logging.getLogger(__name__)
 
 PACKAGED_VOICE = "en_US-joe-medium"
 
