@@ -9,10 +9,11 @@ from typing import Any
 from flask import Flask, Response, g, request
 from redis import Redis
 
-from api import errors, health, jobs, openapi
+from api import conversations, errors, events, health, jobs, openai_compat, openapi
 from api.queue import JobQueue
 from api.submission import ApiRequest
 from models.db import make_engine, make_session_factory
+from models.events import JobEvents
 from models.settings import Settings
 from models.storage import FileStore
 
@@ -45,8 +46,16 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     session_factory = make_session_factory(engine)
     app.extensions["voicechat.settings"] = settings
     app.extensions["voicechat.engine"] = engine
+    app.extensions["voicechat.sessions"] = session_factory
     app.extensions["voicechat.redis"] = Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+    )
+    # Event streams are read with blocking XREADs: a socket timeout above the longest block.
+    events_redis = Redis.from_url(
+        settings.redis_url, socket_timeout=events.BLOCK_SECONDS + 10, socket_connect_timeout=2
+    )
+    app.extensions["voicechat.events"] = JobEvents(
+        events_redis, ttl_seconds=settings.events_ttl_seconds
     )
     app.extensions["voicechat.queue"] = JobQueue(settings.redis_url)
     app.extensions["voicechat.uploads"] = FileStore(settings.uploads_dir)
@@ -71,6 +80,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     errors.register_error_handlers(app)
     app.register_blueprint(jobs.blueprint)
+    app.register_blueprint(events.blueprint)
+    app.register_blueprint(conversations.blueprint)
+    app.register_blueprint(openai_compat.blueprint)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(openapi.blueprint)
     return app

@@ -24,6 +24,9 @@ _STATUS: dict[type[errors.VoiceChatError], int] = {
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.InvalidInput: 422,
+    # The pipeline's verdict, reported by a route that waited for it.
+    errors.ContextLengthExceeded: 422,
+    errors.WaitTimedOut: 504,
     errors.ServiceUnavailable: 503,
     errors.VoiceChatError: 500,
 }

@@ -7,9 +7,12 @@ import os
 
 bind = os.environ.get("API_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("API_WORKERS", "2"))
-# Threads let one process hold slow uploads and waiting clients without blocking the others.
+# gthread: a client that follows a job (SSE, `Prefer: wait`, the OpenAI routes) holds one thread
+# that sleeps in a Redis XREAD, using no CPU, while the others serve. Threads, not gevent: the
+# PostgreSQL driver (psycopg's C build) and Celery's publisher block in C, where gevent's
+# monkey-patching cannot yield, so one slow call would stall every client of the process.
 worker_class = "gthread"
-threads = int(os.environ.get("API_THREADS", "4"))
+threads = int(os.environ.get("API_THREADS", "32"))
 timeout = 60
 graceful_timeout = 30
 keepalive = 5

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file, url_for
 
-from api.submission import parse_submission
+from api.events import wait_for
+from api.render import render_job
+from api.submission import is_resource_id, parse_submission
+from models import events
 from models import jobs as job_rows
 from models.errors import (
     AudioNotFound,
+    ContextLengthExceeded,
+    ConversationNotFound,
+    InvalidHeader,
     InvalidOption,
     JobNotFinished,
     JobNotFound,
     VoiceChatError,
 )
-from models.job import InputKind, Job, JobStatus, new_job_id
+from models.job import Conversation, InputKind, Job, JobStatus, new_job_id
+from models.settings import Settings
 from models.storage import FileStore
 
 _LOGGER = logging.getLogger(__name__)
@@ -28,84 +33,24 @@ MAX_PAGE = 100
 DEFAULT_PAGE = 20
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-def _seconds(start: datetime | None, end: datetime | None) -> float | None:
-    return round((end - start).total_seconds(), 3) if start and end else None
-
-
-def render_job(job: Job) -> dict[str, Any]:
-    """Returns the public JSON form of a job (see the README's API reference)."""
-    status = job.job_status
-    result = None
-    if status is JobStatus.SUCCEEDED:
-        has_audio = job.reply_audio_file is not None
-        result = {
-            "transcript": job.transcript,
-            "text": job.reply_text or "",
-            "audio_url": url_for("jobs.get_job_audio", job_id=job.id) if has_audio else None,
-            "audio_seconds": job.reply_audio_seconds,
-        }
-    input_view: dict[str, Any] = {"kind": job.input_kind}
-    if job.input_kind == InputKind.TEXT.value:
-        input_view["text"] = job.input_text
-    else:
-        input_view["audio_seconds"] = job.input_audio_seconds
-    return {
-        "id": job.id,
-        "status": job.status,
-        "stage": job.stage,
-        "reply": job.reply_format,
-        "input": input_view,
-        "result": result,
-        "error": (
-            {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None
-        ),
-        "timings": {
-            "queued_s": _seconds(job.created_at, job.started_at),
-            "transcribe_s": job.transcribe_s,
-            "generate_s": job.generate_s,
-            "synthesize_s": job.synthesize_s,
-            "total_s": _seconds(job.created_at, job.finished_at),
-        },
-        "attempts": job.attempts,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-    }
-
-
 def _load(job_id: str) -> Job:
-    job: Job | None = g.db.get(Job, job_id) if job_id.isalnum() and len(job_id) <= 32 else None
+    job: Job | None = g.db.get(Job, job_id) if is_resource_id(job_id) else None
     if job is None:
         raise JobNotFound(f"No job has the id {job_id!r}.")
     return job
 
 
-@blueprint.post("/v1/jobs")
-def create_job() -> Response:
-    """Validates a prompt, stores it, enqueues it and answers 202 at once."""
-    settings = current_app.extensions["voicechat.settings"]
-    submission = parse_submission(request, settings)
-    job_id = new_job_id()
-    job = Job(
-        id=job_id,
-        status=JobStatus.QUEUED.value,
-        reply_format=submission.reply.value,
-        options=submission.options,
-    )
-    if submission.text is not None:
-        job.input_kind = InputKind.TEXT.value
-        job.input_text = submission.text
-    else:
-        assert submission.audio is not None and submission.audio_info is not None
+def submit(job: Job, audio: bytes | None = None) -> Job:
+    """Stores a new job (and its recording), commits the row, and enqueues it.
+
+    Raises:
+        BrokerUnavailable: The queue could not take it; the job is recorded failed.
+    """
+    if audio is not None:
         uploads: FileStore = current_app.extensions["voicechat.uploads"]
         # The file is stored before the row exists, so a queued row always has its audio.
         job.input_kind = InputKind.AUDIO.value
-        job.input_audio_file = uploads.write(job_id, submission.audio)
-        job.input_audio_seconds = round(submission.audio_info.seconds, 3)
+        job.input_audio_file = uploads.write(job.id, audio)
     g.db.add(job)
     try:
         g.db.commit()
@@ -116,18 +61,85 @@ def create_job() -> Response:
             )
         raise
     try:
-        current_app.extensions["voicechat.queue"].enqueue(job_id)
+        current_app.extensions["voicechat.queue"].enqueue(job.id)
     except Exception as error:
         # Nothing will ever run this job: end it now rather than leave it queued forever.
         code = error.code if isinstance(error, VoiceChatError) else "internal_error"
-        job_rows.fail(g.db, job_id, code, "The job could not be queued.")
+        job_rows.fail(g.db, job.id, code, "The job could not be queued.")
+        current_app.extensions["voicechat.events"].publish(
+            job.id, events.DONE, status="failed", error={"code": code}
+        )
         raise
     _LOGGER.info(
-        "job submitted job_id=%s input=%s reply=%s", job_id, job.input_kind, job.reply_format
+        "job submitted job_id=%s operation=%s input=%s reply=%s",
+        job.id,
+        job.operation,
+        job.input_kind,
+        job.reply_format,
     )
+    return job
+
+
+def finished_or_fail(job: Job) -> Job:
+    """Returns a job that ended; a waiting route reports the pipeline's verdict on a too-long
+    prompt as the request's own error (422 `context_length_exceeded`)."""
+    if job.error_code == ContextLengthExceeded.code:
+        raise ContextLengthExceeded(job.error_message or "", job_id=job.id)
+    return job
+
+
+def preferred_wait(settings: Settings) -> int | None:
+    """Reads RFC 7240's `Prefer: wait=N` (Replicate's convention), capped at MAX_WAIT_SECONDS.
+
+    Raises:
+        InvalidHeader: `wait` is not a whole number of seconds.
+    """
+    for preference in request.headers.get("Prefer", "").split(","):
+        name, _, value = preference.split(";")[0].strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        value = value.strip().strip('"')
+        if not (value.isascii() and value.isdigit()) or len(value) > 6:
+            raise InvalidHeader("Prefer: wait must be a whole number of seconds, e.g. wait=30.")
+        return min(int(value), settings.max_wait_seconds)
+    return None
+
+
+@blueprint.post("/v1/jobs")
+def create_job() -> Response:
+    """Validates a prompt, stores it and enqueues it; answers 202 at once, or with
+    `Prefer: wait=N`, 200 with the finished job if it ends within N seconds."""
+    settings: Settings = current_app.extensions["voicechat.settings"]
+    submission = parse_submission(request, settings)
+    wait = preferred_wait(settings)
+    options = dict(submission.options)
+    conversation_id = submission.conversation_id
+    if conversation_id is not None and g.db.get(Conversation, conversation_id) is None:
+        raise ConversationNotFound(
+            f"No conversation has the id {conversation_id!r}.", field="conversation_id"
+        )
+    job = Job(
+        id=new_job_id(),
+        status=JobStatus.QUEUED.value,
+        reply_format=submission.reply.value,
+        options=options,
+        conversation_id=submission.conversation_id,
+        input_kind=InputKind.TEXT.value,
+        input_text=submission.text,
+    )
+    if submission.audio_info is not None:
+        job.input_audio_seconds = round(submission.audio_info.seconds, 3)
+    submit(job, submission.audio)
+    status = 202
+    if wait:
+        finished = wait_for(job.id, wait)
+        if finished is not None:
+            job, status = finished_or_fail(finished), 200
     response = jsonify(render_job(job))
-    response.status_code = 202
-    response.headers["Location"] = url_for("jobs.get_job", job_id=job_id)
+    response.status_code = status
+    if wait is not None:
+        response.headers["Preference-Applied"] = f"wait={wait}"
+    response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
     return response
 
 

@@ -26,7 +26,7 @@ from models.job import ReplyFormat
 from models.settings import Settings
 
 WAV_MEDIA_TYPES = frozenset({"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave"})
-OPTION_NAMES = ("reply", "system", "max_tokens", "temperature", "voice")
+OPTION_NAMES = ("reply", "system", "max_tokens", "temperature", "voice", "conversation_id")
 MAX_TEMPERATURE = 2.0
 
 
@@ -48,6 +48,7 @@ class Submission:
     audio: bytes | None = None
     audio_info: AudioInfo | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    conversation_id: str | None = None
 
 
 def parse_submission(request: Request, settings: Settings) -> Submission:
@@ -147,11 +148,35 @@ def _build(
         raise MissingInput("Send a prompt: a 'text' field or an 'audio' WAV.")
     reply = _reply(raw.get("reply"))
     options = _options(raw, settings, typed=typed)
+    conversation_id = _conversation_id(raw.get("conversation_id"))
     if text is not None:
-        return Submission(reply=reply, text=_prompt_text(text, settings), options=options)
+        return Submission(
+            reply=reply,
+            text=prompt_text(text, settings),
+            options=options,
+            conversation_id=conversation_id,
+        )
     assert audio is not None
     info = inspect_wav(audio, settings.max_audio_seconds)
-    return Submission(reply=reply, audio=audio, audio_info=info, options=options)
+    return Submission(
+        reply=reply, audio=audio, audio_info=info, options=options, conversation_id=conversation_id
+    )
+
+
+def _conversation_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not is_resource_id(value):
+        raise InvalidOption(
+            "conversation_id must be an id returned by POST /v1/conversations.",
+            field="conversation_id",
+        )
+    return value
+
+
+def is_resource_id(value: str) -> bool:
+    """Whether `value` has the shape of a job or conversation id (32 lowercase hex digits)."""
+    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
 
 
 def _reply(value: Any) -> ReplyFormat:
@@ -163,19 +188,21 @@ def _reply(value: Any) -> ReplyFormat:
         raise InvalidOption("reply must be 'text' or 'voice'.", field="reply") from None
 
 
-def _prompt_text(text: str, settings: Settings) -> str:
-    _check_encodable(text, "text")
+def prompt_text(text: str, settings: Settings, *, field: str = "text") -> str:
+    """Validates a prompt: encodable, not blank, within MAX_TEXT_CHARS; returns it stripped."""
+    check_encodable(text, field)
     stripped = text.strip()
     if not stripped:
-        raise EmptyText("The text is empty.")
+        raise EmptyText(f"The {field} is empty.", field=field)
     if len(stripped) > settings.max_text_chars:
         raise TextTooLong(
-            f"The text has {len(stripped)} characters; the limit is {settings.max_text_chars}."
+            f"The {field} has {len(stripped)} characters; the limit is {settings.max_text_chars}.",
+            field=field,
         )
     return stripped
 
 
-def _check_encodable(value: str, name: str) -> None:
+def check_encodable(value: str, name: str) -> None:
     # PostgreSQL refuses NUL in text and lone surrogates cannot be stored as UTF-8: both
     # would surface as a 500 on insert, so they are refused here.
     if "\x00" in value:
@@ -189,20 +216,11 @@ def _check_encodable(value: str, name: str) -> None:
 def _options(raw: Mapping[str, Any], settings: Settings, *, typed: bool) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if raw.get("system") is not None:
-        system = raw["system"]
-        if not isinstance(system, str):
-            raise InvalidOption("system must be a string.", field="system")
-        _check_encodable(system, "system")
-        if len(system) > settings.max_system_chars:
-            raise InvalidOption(
-                f"system has {len(system)} characters; the limit is {settings.max_system_chars}.",
-                field="system",
-            )
-        options["system"] = system.strip()
+        options["system"] = system_prompt(raw["system"], settings)
     if raw.get("max_tokens") is not None:
-        options["max_tokens"] = _max_tokens(raw["max_tokens"], settings, typed=typed)
+        options["max_tokens"] = parse_max_tokens(raw["max_tokens"], settings, typed=typed)
     if raw.get("temperature") is not None:
-        options["temperature"] = _temperature(raw["temperature"], typed=typed)
+        options["temperature"] = parse_temperature(raw["temperature"], typed=typed)
     if raw.get("voice") is not None:
         voice = raw["voice"]
         if not isinstance(voice, str) or voice not in settings.tts_voices:
@@ -213,7 +231,20 @@ def _options(raw: Mapping[str, Any], settings: Settings, *, typed: bool) -> dict
     return options
 
 
-def _max_tokens(value: Any, settings: Settings, *, typed: bool) -> int:
+def system_prompt(system: Any, settings: Settings) -> str:
+    """Validates a system prompt (a string within MAX_SYSTEM_CHARS); returns it stripped."""
+    if not isinstance(system, str):
+        raise InvalidOption("system must be a string.", field="system")
+    check_encodable(system, "system")
+    if len(system) > settings.max_system_chars:
+        raise InvalidOption(
+            f"system has {len(system)} characters; the limit is {settings.max_system_chars}.",
+            field="system",
+        )
+    return system.strip()
+
+
+def parse_max_tokens(value: Any, settings: Settings, *, typed: bool) -> int:
     limit = settings.max_tokens_limit
     message = f"max_tokens must be a whole number from 1 to {limit}."
     if typed:
@@ -230,7 +261,7 @@ def _max_tokens(value: Any, settings: Settings, *, typed: bool) -> int:
     return number
 
 
-def _temperature(value: Any, *, typed: bool) -> float:
+def parse_temperature(value: Any, *, typed: bool) -> float:
     message = f"temperature must be a number from 0 to {MAX_TEMPERATURE:g}."
     if typed:
         if isinstance(value, bool) or not isinstance(value, int | float):

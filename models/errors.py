@@ -129,6 +129,16 @@ class JobNotFound(NotFound):
     title = "Job not found"
 
 
+class ConversationNotFound(NotFound):
+    code = "conversation_not_found"
+    title = "Conversation not found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+    title = "Model not found"
+
+
 class AudioNotFound(NotFound):
     code = "audio_not_found"
     title = "No audio for this job"
@@ -137,6 +147,18 @@ class AudioNotFound(NotFound):
 class JobNotFinished(VoiceChatError):
     code = "job_not_finished"
     title = "Job not finished"
+
+
+class InvalidHeader(BadRequest):
+    code = "invalid_header"
+    title = "Invalid request header"
+
+
+class WaitTimedOut(VoiceChatError):
+    """The job did not finish within the time the request may be held open; it goes on."""
+
+    code = "wait_timeout"
+    title = "The job did not finish in time"
 
 
 class ServiceUnavailable(VoiceChatError):
@@ -186,3 +208,16 @@ class EngineUnavailable(PipelineError):
 class JobTimedOut(PipelineError):
     code = "timeout"
     title = "Job took too long"
+
+
+def error_for_code(code: str, detail: str) -> VoiceChatError:
+    """Rebuilds the domain error a job failed with from its stored code (for waiting routes)."""
+    pending: list[type[VoiceChatError]] = [VoiceChatError]
+    while pending:
+        cls = pending.pop()
+        if cls.code == code:
+            return cls(detail)
+        pending.extend(cls.__subclasses__())
+    error = VoiceChatError(detail)
+    error.code = code
+    return error

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+UTC = timezone.utc  # noqa: UP017 - the Jetson MLC images run Python 3.10, which has no datetime.UTC
 
 
 class JobStatus(str, Enum):
@@ -40,6 +42,14 @@ class ReplyFormat(str, Enum):
 
     TEXT = "text"
     VOICE = "voice"
+
+
+class Operation(str, Enum):
+    """What the pipeline does with the prompt."""
+
+    CHAT = "chat"  # prompt (text or transcribed) → reply, as text or voice
+    TRANSCRIBE = "transcribe"  # recording → transcript only
+    SPEAK = "speak"  # text → speech only
 
 
 class InputKind(str, Enum):
@@ -94,6 +104,14 @@ class Job(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    operation: Mapped[str] = mapped_column(
+        String(16), default=Operation.CHAT.value, server_default=Operation.CHAT.value
+    )
+    conversation_id: Mapped[str | None] = mapped_column(
+        ForeignKey("conversations.id", ondelete="SET NULL"), default=None, index=True
+    )
+    # Earlier turns sent with the prompt (OpenAI's `messages`), oldest first.
+    history: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, default=None)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     stage: Mapped[str | None] = mapped_column(String(16), default=None)
     reply_format: Mapped[str] = mapped_column(String(8))
@@ -103,7 +121,12 @@ class Job(Base):
     input_audio_seconds: Mapped[float | None] = mapped_column(Float, default=None)
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     transcript: Mapped[str | None] = mapped_column(Text, default=None)
+    transcript_language: Mapped[str | None] = mapped_column(String(16), default=None)
+    transcript_segments: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
     reply_text: Mapped[str | None] = mapped_column(Text, default=None)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, default=None)
+    finish_reason: Mapped[str | None] = mapped_column(String(16), default=None)
     reply_audio_file: Mapped[str | None] = mapped_column(String(64), default=None)
     reply_audio_seconds: Mapped[float | None] = mapped_column(Float, default=None)
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -122,3 +145,27 @@ class Job(Base):
     def job_status(self) -> JobStatus:
         """The status as its enum."""
         return JobStatus(self.status)
+
+
+class Conversation(Base):
+    """A chat whose turns are kept so that each new prompt is answered in context."""
+
+    __tablename__ = "conversations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    system: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Turn(Base):
+    """One message of a conversation; a voice prompt is kept as its transcript."""
+
+    __tablename__ = "turns"
+    __table_args__ = (Index("ix_turns_conversation_id_id", "conversation_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    job_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

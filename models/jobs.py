@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, Update, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.errors import InvalidCursor
-from models.job import Job, JobStatus, Stage, utcnow
+from models.job import Job, JobStatus, Stage, Turn, utcnow
 
 TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELED.value)
 WORKER_LOST = "worker_lost"
@@ -185,8 +185,29 @@ def set_stage(session: Session, job_id: str, owner: str, stage: Stage, **checkpo
     return _update_held(session, job_id, owner, stage=stage.value, **checkpoint)
 
 
-def succeed(session: Session, job_id: str, owner: str, **results: Any) -> bool:
-    """Marks a job `owner` holds succeeded with its final results; returns whether it changed."""
+def conversation_messages(session: Session, conversation_id: str) -> list[dict[str, str]]:
+    """A conversation's turns as chat messages, oldest first."""
+    query = (
+        select(Turn.role, Turn.content)
+        .where(Turn.conversation_id == conversation_id)
+        .order_by(Turn.id)
+    )
+    return [{"role": role, "content": content} for role, content in session.execute(query)]
+
+
+def succeed(
+    session: Session,
+    job_id: str,
+    owner: str,
+    *,
+    turns: Sequence[tuple[str, str]] = (),
+    **results: Any,
+) -> bool:
+    """Marks a job `owner` holds succeeded with its final results; returns whether it changed.
+
+    `turns` (role, content) are added to the job's conversation in the same transaction, so a
+    conversation never holds the turns of a job that did not succeed, nor misses them.
+    """
     result = session.execute(
         _held(job_id, owner).values(
             status=JobStatus.SUCCEEDED.value,
@@ -197,8 +218,16 @@ def succeed(session: Session, job_id: str, owner: str, **results: Any) -> bool:
             **results,
         )
     )
+    changed = bool(_count(result))
+    if changed and turns:
+        conversation_id = session.scalar(select(Job.conversation_id).where(Job.id == job_id))
+        if conversation_id is not None:
+            session.add_all(
+                Turn(conversation_id=conversation_id, job_id=job_id, role=role, content=content)
+                for role, content in turns
+            )
     session.commit()
-    return bool(_count(result))
+    return changed
 
 
 def fail(session: Session, job_id: str, code: str, message: str) -> bool:

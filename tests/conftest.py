@@ -23,6 +23,7 @@ from models.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = {"succeeded", "failed", "canceled"}
+QUESTION = "What is the capital of France?"
 
 
 def make_settings(data_dir: Path, **overrides: str) -> Settings:
@@ -81,8 +82,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     url = str(request.param)
     engine = make_engine(url)
     with engine.begin() as connection:
-        connection.execute(text("DROP TABLE IF EXISTS jobs"))
-        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+        for table in ("turns", "jobs", "conversations", "alembic_version"):
+            connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
     engine.dispose()
     yield url
 
@@ -210,3 +211,9 @@ def long_speech(speaker: Any, engine_settings: Settings) -> bytes:
     )
     assert audio.duration > 40
     return audio.to_wav()
+
+
+@pytest.fixture(scope="session")
+def question_wav(speaker: Any, engine_settings: Settings) -> bytes:
+    """The spoken test question, said by Piper."""
+    return bytes(speaker.synthesize(QUESTION, voice=engine_settings.tts_voice).to_wav())

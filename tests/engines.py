@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,19 +24,35 @@ class InstantTranscriber:
     def from_settings(cls, settings: Settings) -> InstantTranscriber:
         return cls()
 
-    def transcribe(self, audio: np.ndarray) -> Transcript:
+    def transcribe(self, audio: np.ndarray, **_options: Any) -> Transcript:
         return Transcript(text="instant transcript", language="en", seconds=0.0)
 
 
 class EchoGenerator:
-    """Answers with the last message, at once."""
+    """Answers with the last message, at once, word by word; one token per word."""
+
+    context_tokens = 2048
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EchoGenerator:
         return cls()
 
-    def generate(self, messages: list[Message], *, max_tokens: int, temperature: float) -> Reply:
-        return Reply(f"echo: {messages[-1]['content']}", 1, 1, "stop", 0.0)
+    def count_tokens(self, messages: list[Message]) -> int:
+        return sum(len(m["content"].split()) + 4 for m in messages)
+
+    def generate(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int,
+        temperature: float,
+        on_delta: Callable[[str], None] | None = None,
+    ) -> Reply:
+        text = f"echo: {messages[-1]['content']}"
+        for word in text.split(" "):
+            if on_delta is not None:
+                on_delta(word + " ")
+        return Reply(text, self.count_tokens(messages), len(text.split()), "stop", 0.0)
 
 
 class ToneSynthesizer:
@@ -44,18 +62,18 @@ class ToneSynthesizer:
     def from_settings(cls, settings: Settings) -> ToneSynthesizer:
         return cls()
 
-    def synthesize(self, text: str, *, voice: str) -> Audio:
-        t = np.arange(8_000) / 16_000
+    def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> Audio:
+        t = np.arange(int(8_000 / speed)) / 16_000
         return Audio((3000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16), 16_000, 0.0)
 
 
 class CrashingGenerator(EchoGenerator):
     """Kills its own process on every prompt but the warm-up's, like a segfault in native code."""
 
-    def generate(self, messages: list[Message], *, max_tokens: int, temperature: float) -> Reply:
+    def generate(self, messages: list[Message], **options: Any) -> Reply:
         if messages[-1]["content"] != "Hi":  # the worker warms up with "Hi"
             os.kill(os.getpid(), signal.SIGKILL)
-        return super().generate(messages, max_tokens=max_tokens, temperature=temperature)
+        return super().generate(messages, **options)
 
 
 class CrashOnceSynthesizer(ToneSynthesizer):
@@ -68,11 +86,11 @@ class CrashOnceSynthesizer(ToneSynthesizer):
     def from_settings(cls, settings: Settings) -> CrashOnceSynthesizer:
         return cls(settings.data_dir / "crashed-once")
 
-    def synthesize(self, text: str, *, voice: str) -> Audio:
+    def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> Audio:
         if text != "Ready." and not self.marker.exists():
             self.marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
-        return super().synthesize(text, voice=voice)
+        return super().synthesize(text, voice=voice, speed=speed)
 
 
 class CountingGenerator(EchoGenerator):
@@ -85,7 +103,7 @@ class CountingGenerator(EchoGenerator):
     def from_settings(cls, settings: Settings) -> CountingGenerator:
         return cls(settings.data_dir / "generations.log")
 
-    def generate(self, messages: list[Message], *, max_tokens: int, temperature: float) -> Reply:
+    def generate(self, messages: list[Message], **options: Any) -> Reply:
         with self.log.open("a") as handle:
             handle.write(messages[-1]["content"] + "\n")
-        return super().generate(messages, max_tokens=max_tokens, temperature=temperature)
+        return super().generate(messages, **options)

@@ -1,14 +1,19 @@
-"""The docker-compose deployment sketch parses and wires the services together."""
+"""The docker-compose deployments (the sketch at the root, the Jetson Orin's) parse and wire up."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+from typing import Any
 
 import pytest
 import yaml
 
+from models.settings import Settings
 from tests.conftest import ROOT
+
+JETSON = ROOT / "deploy" / "jetson"
 
 
 def _compose() -> dict:  # type: ignore[type-arg]
@@ -43,3 +48,94 @@ def test_docker_compose_accepts_the_file() -> None:
         check=True,
         capture_output=True,
     )
+
+
+def _env_example() -> dict[str, str]:
+    lines = (JETSON / ".env.example").read_text().splitlines()
+    pairs = [line.split("=", 1) for line in lines if line.strip() and not line.startswith("#")]
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _passes_through(value: str, variable: str) -> bool:
+    """The compose value is `${VARIABLE...}`: taken from deploy/jetson/.env."""
+    return re.fullmatch(rf"\$\{{{variable}(:[-?][^}}]*)?\}}", value) is not None
+
+
+def test_jetson_compose_runs_a_gpu_worker_per_gpu_with_the_orin_engines() -> None:
+    compose: dict[str, Any] = yaml.safe_load((JETSON / "docker-compose.yaml").read_text())
+    services = compose["services"]
+    assert {"api", "redis", "postgres", "flower", "migrate"} <= set(services)
+    workers = {
+        name: service
+        for name, service in services.items()
+        if "worker" in service.get("command", []) and "celery" in service["command"]
+    }
+    assert workers, "no celery worker service"
+    gpus = []
+    for name, worker in workers.items():
+        assert worker["runtime"] == "nvidia", name
+        assert worker["build"]["dockerfile"] == "deploy/jetson/Dockerfile.worker"
+        env = worker["environment"]
+        assert env["CUDA_VISIBLE_DEVICES"] == env["WORKER_GPU"], name
+        gpus.append(env["WORKER_GPU"])
+        command = worker["command"]
+        assert "--concurrency=1" in command and "--prefetch-multiplier=1" in command
+        assert env["REDIS_URL"].startswith("redis://redis:")
+        assert env["DATABASE_URL"].startswith("postgresql+psycopg://")
+        for setting in ("STT_ENGINE", "LLM_ENGINE", "TTS_ENGINE", "LLM_MODEL", "COQUI_MODEL"):
+            assert _passes_through(env[setting], setting), (name, setting)
+        caches = [volume.split(":") for volume in worker["volumes"]]
+        named = {source: target for source, target in caches if target.startswith("/models/")}
+        assert len(named) >= 3 and set(named) <= set(compose["volumes"])
+    assert len(gpus) == len(set(gpus)), "two workers share a GPU"
+
+    redis = services["redis"]["command"]
+    assert redis[redis.index("--appendonly") + 1] == "yes"
+    assert redis[redis.index("--appendfsync") + 1] == "everysec"
+    assert redis[redis.index("--maxmemory-policy") + 1] == "noeviction"
+
+    flower = services["flower"]
+    assert "flower" in flower["command"]
+    assert _passes_through(flower["environment"]["FLOWER_BASIC_AUTH"], "FLOWER_BASIC_AUTH")
+    assert not any("basic-auth" in part for part in flower["command"])  # nothing hard-coded
+    api = services["api"]["command"]
+    assert api[0] == "gunicorn" and "python:api.gunicorn_conf" in api and "api:create_app()" in api
+
+
+def test_jetson_example_settings_choose_the_orin_engines() -> None:
+    example = _env_example()
+    assert example["STT_ENGINE"] == "openai-whisper"
+    assert example["WHISPER_MODEL"] in ("base.en", "small.en", "base", "small")
+    assert example["LLM_ENGINE"] == "mlc"
+    assert example["LLM_MODEL"] == "HF://mlc-ai/Mistral-7B-Instruct-v0.3-q4f16_1-MLC"
+    assert example["TTS_ENGINE"] == "coqui"
+    assert example["COQUI_MODEL"] == "tts_models/en/ljspeech/vits"
+    assert ":" in example["FLOWER_BASIC_AUTH"]
+    # The service's own strict parser accepts the example as it stands.
+    settings = Settings.from_env(example)
+    assert (settings.llm_engine, settings.mlc_mode, settings.llm_context_tokens) == (
+        "mlc",
+        "interactive",
+        4096,
+    )
+
+
+def test_jetson_worker_image_builds_on_an_mlc_image_for_l4t_r36() -> None:
+    dockerfile = (JETSON / "Dockerfile.worker").read_text()
+    base = re.search(r"^ARG MLC_IMAGE=(\S+)$", dockerfile, re.MULTILINE)
+    assert base is not None and re.fullmatch(r"dustynv/mlc:[\w.]+-r36\.\d\.\d", base[1])
+    assert "FROM ${MLC_IMAGE}" in dockerfile
+
+
+@pytest.mark.skipif(
+    not _docker_compose_available(), reason="the docker compose plugin is not installed here"
+)
+def test_docker_compose_accepts_the_jetson_file() -> None:
+    subprocess.run(
+        [
+            "docker", "compose", "-f", str(JETSON / "docker-compose.yaml"),
+            "--env-file", str(JETSON / ".env.example"), "config", "--quiet",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip

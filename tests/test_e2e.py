@@ -16,17 +16,9 @@ import soundfile as sf
 import soxr
 
 from models.settings import Settings
-from tests.conftest import Service, tone, wav_bytes
+from tests.conftest import QUESTION, Service, tone, wav_bytes
 
 pytestmark = pytest.mark.e2e
-
-QUESTION = "What is the capital of France?"
-
-
-@pytest.fixture(scope="module")
-def question_wav(speaker: Any, engine_settings: Settings) -> bytes:
-    """The spoken test question, said by Piper."""
-    return bytes(speaker.synthesize(QUESTION, voice=engine_settings.tts_voice).to_wav())
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from models.errors import EmptyReply
-from models.job import ReplyFormat, Stage
+from models.errors import ContextLengthExceeded, EmptyReply
+from models.job import Operation, ReplyFormat, Stage
 from models.settings import Settings
 from tests.conftest import tone
 from worker.engines import Audio, Message, Reply, Transcript
@@ -18,6 +19,7 @@ from worker.pipeline import (
     DEFAULT_SYSTEM_PROMPT,
     JobInput,
     Pipeline,
+    fit_to_context,
     speakable,
     trim_to_sentence,
 )
@@ -27,20 +29,39 @@ class FakeTranscriber:
     def __init__(self) -> None:
         self.heard: list[int] = []
 
-    def transcribe(self, audio: np.ndarray) -> Transcript:
+    def transcribe(
+        self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None
+    ) -> Transcript:
         self.heard.append(len(audio))
+        self.options = {"language": language, "prompt": prompt}
         return Transcript(text="what is two plus two", language="en", seconds=0.1)
 
 
 class FakeGenerator:
-    def __init__(self, answer: str = "**Four**, of course.") -> None:
+    """Counts one token per word plus four per message (a stand-in for a chat template)."""
+
+    def __init__(self, answer: str = "**Four**, of course.", context_tokens: int = 2048) -> None:
         self.answer = answer
+        self.context_tokens = context_tokens
         self.calls: list[dict[str, Any]] = []
 
-    def generate(self, messages: list[Message], *, max_tokens: int, temperature: float) -> Reply:
+    def count_tokens(self, messages: list[Message]) -> int:
+        return sum(len(m["content"].split()) + 4 for m in messages)
+
+    def generate(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int,
+        temperature: float,
+        on_delta: Callable[[str], None] | None = None,
+    ) -> Reply:
         self.calls.append(
             {"messages": messages, "max_tokens": max_tokens, "temperature": temperature}
         )
+        for piece in self.answer.split(" "):
+            if on_delta is not None:
+                on_delta(piece)
         return Reply(
             self.answer, prompt_tokens=5, completion_tokens=3, finish_reason="stop", seconds=0.2
         )
@@ -49,18 +70,24 @@ class FakeGenerator:
 class FakeSynthesizer:
     def __init__(self) -> None:
         self.spoken: list[tuple[str, str]] = []
+        self.speeds: list[float] = []
 
-    def synthesize(self, text: str, *, voice: str) -> Audio:
+    def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> Audio:
         self.spoken.append((text, voice))
+        self.speeds.append(speed)
         return Audio(samples=np.ones(2205, np.int16), sample_rate=22_050, seconds=0.3)
 
 
 class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[Stage, dict[str, Any]]] = []
+        self.deltas: list[str] = []
 
     def enter(self, stage: Stage, **checkpoint: Any) -> None:
         self.events.append((stage, checkpoint))
+
+    def delta(self, text: str) -> None:
+        self.deltas.append(text)
 
 
 def _pipeline(settings: Settings, generator: FakeGenerator | None = None):  # type: ignore[no-untyped-def]
@@ -81,7 +108,11 @@ def test_voice_to_voice_runs_every_stage_in_order(settings: Settings, tmp_path: 
         Stage.GENERATING,
         Stage.SYNTHESIZING,
     ]
-    assert progress.events[1][1] == {"transcript": "what is two plus two", "transcribe_s": 0.1}
+    assert progress.events[1][1] == {
+        "transcript": "what is two plus two",
+        "transcript_language": "en",
+        "transcribe_s": 0.1,
+    }
     assert progress.events[2][1] == {"reply_text": "**Four**, of course.", "generate_s": 0.2}
     assert pipeline.transcriber.heard == [16_000]  # resampled to 16 kHz mono
     assert pipeline.synthesizer.spoken == [("Four , of course.", "v2")]
@@ -123,9 +154,7 @@ def test_an_empty_reply_fails_instead_of_speaking_silence(settings: Settings) ->
 
 def test_a_reply_cut_by_max_tokens_ends_at_its_last_sentence(settings: Settings) -> None:
     class CutGenerator(FakeGenerator):
-        def generate(
-            self, messages: list[Message], *, max_tokens: int, temperature: float
-        ) -> Reply:
+        def generate(self, messages: list[Message], **options: Any) -> Reply:
             return Reply("Paris is big. It has many", 5, 8, finish_reason="length", seconds=0.1)
 
     outcome = _pipeline(settings, CutGenerator()).run(
@@ -193,3 +222,104 @@ def test_a_checkpointed_transcript_skips_only_transcription(settings: Settings) 
     )
     assert generator.calls[0]["messages"][-1]["content"] == "what is two plus two"
     assert outcome.transcript is None and outcome.reply_text == "Four."
+
+
+def test_reply_text_is_passed_on_as_it_is_generated(settings: Settings) -> None:
+    progress = Recorder()
+    _pipeline(settings, FakeGenerator(answer="One two three.")).run(
+        JobInput(job_id="j", reply=ReplyFormat.TEXT, text="count"), progress
+    )
+    assert progress.deltas == ["One", "two", "three."]
+
+
+def _turns(count: int, words: int) -> list[Message]:
+    return [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": " ".join([f"w{i}"] * words)}
+        for i in range(count)
+    ]
+
+
+def test_history_is_trimmed_oldest_first_to_leave_room_for_the_reply() -> None:
+    generator = FakeGenerator(context_tokens=100)
+    history = _turns(10, 10)  # 140 tokens: more than the window on its own
+    prompt: Message = {"role": "user", "content": "now"}
+    head: list[Message] = [{"role": "system", "content": "be brief"}]
+    kept = fit_to_context(generator, head, history, prompt, max_tokens=30)
+    assert kept[0] == head[0] and kept[-1] == prompt
+    assert generator.count_tokens(kept) <= 100 - 30
+    middle = kept[1:-1]
+    assert middle == history[-len(middle) :]  # the newest turns, in order
+    assert middle[0]["role"] == "user"  # never opens with an orphaned answer
+    # One more turn would not have fitted (the cut is as late as it must be, no later).
+    wider = [*head, *history[-len(middle) - 2 :], prompt]
+    assert generator.count_tokens(wider) > 100 - 30
+
+
+def test_history_that_fits_is_kept_whole() -> None:
+    generator = FakeGenerator(context_tokens=2048)
+    history = _turns(6, 5)
+    prompt: Message = {"role": "user", "content": "now"}
+    assert fit_to_context(generator, [], history, prompt, 100) == [*history, prompt]
+
+
+def test_a_prompt_too_long_for_the_window_alone_is_refused() -> None:
+    generator = FakeGenerator(context_tokens=100)
+    prompt: Message = {"role": "user", "content": " ".join(["x"] * 80)}
+    with pytest.raises(ContextLengthExceeded, match="84 tokens"):
+        fit_to_context(generator, [], _turns(4, 3), prompt, max_tokens=30)
+
+
+def test_a_long_conversation_keeps_answering(settings: Settings) -> None:
+    generator = FakeGenerator(answer="Fine.", context_tokens=300)
+    pipeline = _pipeline(settings, generator)
+    history: list[Message] = []
+    for turn in range(40):
+        prompt = f"turn {turn} " + "words " * 30
+        outcome = pipeline.run(
+            JobInput(job_id="j", reply=ReplyFormat.TEXT, text=prompt, history=tuple(history)),
+            Recorder(),
+        )
+        history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": "Fine."}]
+        sent = generator.calls[-1]["messages"]
+        assert generator.count_tokens(sent) <= 300 - settings.default_max_tokens
+        assert outcome.reply_text == "Fine."
+    assert generator.count_tokens(history) > 5 * 300  # the whole chat, five windows long
+
+
+def test_transcribe_operation_stops_after_the_transcript(
+    settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "q.wav"
+    sf.write(path, tone(1.0), 16_000)
+    generator = FakeGenerator()
+    pipeline = _pipeline(settings, generator)
+    outcome = pipeline.run(
+        JobInput(
+            job_id="j",
+            reply=ReplyFormat.TEXT,
+            operation=Operation.TRANSCRIBE,
+            audio_path=path,
+            options={"language": "fr", "prompt": "Paris"},
+        ),
+        Recorder(),
+    )
+    assert outcome.transcript is not None and outcome.reply is None and generator.calls == []
+    assert pipeline.transcriber.options == {"language": "fr", "prompt": "Paris"}
+
+
+def test_speak_operation_says_the_text_as_given(settings: Settings) -> None:
+    generator = FakeGenerator()
+    pipeline = _pipeline(settings, generator)
+    outcome = pipeline.run(
+        JobInput(
+            job_id="j",
+            reply=ReplyFormat.VOICE,
+            operation=Operation.SPEAK,
+            text="Read *this*.",
+            options={"speed": 1.5},
+        ),
+        Recorder(),
+    )
+    assert outcome.audio is not None and generator.calls == []
+    assert pipeline.synthesizer.spoken == [("Read *this*.", settings.tts_voice)]
+    assert pipeline.synthesizer.speeds == [1.5]

@@ -10,7 +10,12 @@ from typing import Any
 from billiard.exceptions import WorkerLostError
 from celery import Celery, bootsteps
 from celery.exceptions import TimeLimitExceeded
-from celery.signals import task_failure, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    celeryd_init,
+    task_failure,
+    worker_process_init,
+    worker_process_shutdown,
+)
 from kombu.exceptions import OperationalError
 from redis import Redis
 from redis.exceptions import RedisError
@@ -18,8 +23,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
+from models import events
 from models import jobs as job_rows
 from models.db import make_engine, make_session_factory
+from models.errors import EngineUnavailable
+from models.events import JobEvents
 from models.queue import JOB_QUEUE, RUN_JOB_TASK
 from models.settings import Settings
 from worker.reconciler import reconcile
@@ -57,6 +65,22 @@ app.conf.update(
 _HEARTBEAT: Any = None
 
 
+@celeryd_init.connect
+def _refuse_unusable_engines(**_kwargs: Any) -> None:
+    """Stops `celery worker` before it forks when an engine setting cannot work.
+
+    Checks names, libraries and model files without loading anything (worker/engines/
+    validation.py). SystemExit passes through Celery's signal dispatch, which catches Exception
+    only, and ends the parent with status 1 and one line on stderr naming the setting.
+    """
+    from worker.engines.validation import validate_engines
+
+    try:
+        validate_engines(settings)
+    except EngineUnavailable as error:
+        raise SystemExit(f"voicechat worker not started: {error}") from None
+
+
 @worker_process_init.connect
 def _load_engines(**_kwargs: Any) -> None:
     """Loads and warms the engines in the pool's child, then starts its heartbeat."""
@@ -77,8 +101,11 @@ def _load_engines(**_kwargs: Any) -> None:
 
 @worker_process_shutdown.connect
 def _stop_heartbeat(**_kwargs: Any) -> None:
+    from worker.runtime import close_engines
+
     if _HEARTBEAT is not None:
         _HEARTBEAT.stop()
+    close_engines()
 
 
 def publish(job_id: str) -> None:
@@ -121,9 +148,24 @@ def _recover_lost_job(
             message = f"The job ran past {settings.task_time_limit} seconds."
             if job_rows.fail(session, job_id, "timeout", message):
                 _LOGGER.warning("job failed in parent job_id=%s code=timeout", job_id)
+                error = {"code": "timeout", "message": message}
+                _events().publish(job_id, events.DONE, status="failed", error=error)
         elif job_rows.release(session, job_id, owner_prefix=f"{socket.gethostname()}:"):
             _LOGGER.warning("worker lost; job released job_id=%s", job_id)
+            _events().publish(job_id, events.STATUS, status="queued")
             publish(job_id)
+
+
+_PARENT_EVENTS: JobEvents | None = None
+
+
+def _events() -> JobEvents:
+    """The parent's writer of job event streams, made once."""
+    global _PARENT_EVENTS
+    if _PARENT_EVENTS is None:
+        client = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        _PARENT_EVENTS = JobEvents(client, ttl_seconds=settings.events_ttl_seconds)
+    return _PARENT_EVENTS
 
 
 class Reconciler(bootsteps.StartStopStep):  # type: ignore[misc]

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from models.audio import load_for_transcription
-from models.errors import EmptyReply
-from models.job import ReplyFormat, Stage
+from models.errors import ContextLengthExceeded, EmptyReply
+from models.job import Operation, ReplyFormat, Stage
 from models.settings import Settings
 from worker.engines import Audio, Generator, Message, Reply, Synthesizer, Transcriber, Transcript
 
@@ -44,9 +44,12 @@ class JobInput:
 
     job_id: str
     reply: ReplyFormat
+    operation: Operation = Operation.CHAT
     text: str | None = None
     audio_path: Path | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # Earlier turns of the conversation, oldest first; trimmed to fit the context window.
+    history: tuple[Message, ...] = ()
     # Checkpoints of an earlier attempt: a redelivered job resumes after them.
     transcript: str | None = None
     reply_text: str | None = None
@@ -63,11 +66,66 @@ class Outcome:
 
 
 class Progress(Protocol):
-    """Receives stage changes with the results of the stage just finished (checkpoints)."""
+    """Receives stage changes with checkpoints, and the reply text as it is generated."""
 
     def enter(self, stage: Stage, **checkpoint: Any) -> None:
         """Records that `stage` started, with what the previous stage produced."""
         ...
+
+    def delta(self, text: str) -> None:
+        """Passes on a piece of reply text as the language model produces it."""
+        ...
+
+
+def fit_to_context(
+    generator: Generator,
+    head: list[Message],
+    history: list[Message],
+    prompt: Message,
+    max_tokens: int,
+) -> list[Message]:
+    """Drops the oldest turns of `history` until the chat leaves room for `max_tokens`.
+
+    Counting uses the model's own tokenizer and chat template (`Generator.count_tokens`). The
+    cut is found by bisection (fewer turns never take more tokens) and moved forward to a user
+    turn, so the kept history never opens with an answer to a question that was dropped.
+
+    Args:
+        generator: The loaded language model.
+        head: System messages, always kept.
+        history: Earlier turns, oldest first.
+        prompt: The new user message, always kept.
+        max_tokens: Room to leave for the reply.
+
+    Returns:
+        The messages to send.
+
+    Raises:
+        ContextLengthExceeded: The system messages and the prompt alone leave no room.
+    """
+    budget = generator.context_tokens - max_tokens
+
+    def fits(start: int) -> bool:
+        return generator.count_tokens([*head, *history[start:], prompt]) <= budget
+
+    if not fits(len(history)):
+        needed = generator.count_tokens([*head, prompt])
+        raise ContextLengthExceeded(
+            f"The prompt takes {needed} tokens and the reply may take {max_tokens}: more than "
+            f"the model's {generator.context_tokens}-token context window."
+        )
+    low, high = 0, len(history)  # fits(high) holds; find the smallest start that fits
+    while low < high:
+        middle = (low + high) // 2
+        if fits(middle):
+            high = middle
+        else:
+            low = middle + 1
+    start = low
+    if start > 0:
+        while start < len(history) and history[start]["role"] != "user":
+            start += 1
+    return [*head, *history[start:], prompt]
 
 
 class Pipeline:
@@ -85,17 +143,25 @@ class Pipeline:
         self.generator = generator
         self.synthesizer = synthesizer
 
-    def messages_for(self, prompt: str, options: dict[str, Any]) -> list[Message]:
-        """Builds the chat for a prompt, with the caller's or the default system prompt."""
+    def messages_for(
+        self, prompt: str, options: dict[str, Any], history: tuple[Message, ...] = ()
+    ) -> list[Message]:
+        """Builds the chat for a prompt: the system prompt, the history that fits, the prompt."""
         system = options.get("system", DEFAULT_SYSTEM_PROMPT)
-        messages: list[Message] = []
-        if system:
-            messages.append({"role": "system", "content": system})
-        messages.append({"role": "user", "content": prompt})
-        return messages
+        head: list[Message] = [{"role": "system", "content": system}] if system else []
+        # System messages sent in the history (OpenAI's `messages`) are kept like the head.
+        head += [m for m in history if m["role"] == "system"]
+        turns = [m for m in history if m["role"] != "system"]
+        return fit_to_context(
+            self.generator,
+            head,
+            turns,
+            {"role": "user", "content": prompt},
+            self._max_tokens(options),
+        )
 
     def run(self, job: JobInput, progress: Progress) -> Outcome:
-        """Transcribes (for audio), generates, and synthesises (for voice replies).
+        """Runs the job's operation: chat (transcribing and speaking as asked), transcribe, speak.
 
         Args:
             job: The job's input and options.
@@ -107,24 +173,32 @@ class Pipeline:
         Raises:
             VoiceChatError: A domain error (no speech, context too long, empty reply, ...).
         """
-        transcript = None
+        if job.operation is Operation.TRANSCRIBE:
+            progress.enter(Stage.TRANSCRIBING)
+            return Outcome(transcript=self._transcribe(job), reply=None, reply_text="", audio=None)
+        if job.operation is Operation.SPEAK:
+            progress.enter(Stage.SYNTHESIZING)
+            return Outcome(
+                transcript=None, reply=None, reply_text="", audio=self._speak(job.text or "", job)
+            )
+        transcript: Transcript | None = None
         reply: Reply | None = None
         reply_text = job.reply_text
         if reply_text is None:
             prompt = job.transcript or job.text
             if prompt is None:
-                assert job.audio_path is not None
                 progress.enter(Stage.TRANSCRIBING)
-                transcript = self.transcriber.transcribe(
-                    load_for_transcription(str(job.audio_path))
-                )
+                transcript = self._transcribe(job)
                 prompt = transcript.text
                 progress.enter(
-                    Stage.GENERATING, transcript=transcript.text, transcribe_s=transcript.seconds
+                    Stage.GENERATING,
+                    transcript=transcript.text,
+                    transcript_language=transcript.language,
+                    transcribe_s=transcript.seconds,
                 )
             else:
                 progress.enter(Stage.GENERATING)
-            reply = self._generate(prompt, job.options)
+            reply = self._generate(prompt, job, progress)
             reply_text = reply.text
         audio = None
         if job.reply is ReplyFormat.VOICE:
@@ -135,19 +209,37 @@ class Pipeline:
             spoken = speakable(reply_text)
             if not spoken:
                 raise EmptyReply("The reply has no words to speak.")
-            audio = self.synthesizer.synthesize(
-                spoken, voice=job.options.get("voice", self.settings.tts_voice)
-            )
+            audio = self._speak(spoken, job)
         return Outcome(transcript=transcript, reply=reply, reply_text=reply_text, audio=audio)
 
-    def _generate(self, prompt: str, options: dict[str, Any]) -> Reply:
-        reply = self.generator.generate(
-            self.messages_for(prompt, options),
-            max_tokens=options.get("max_tokens", self.settings.default_max_tokens),
-            temperature=options.get("temperature", self.settings.default_temperature),
+    def _transcribe(self, job: JobInput) -> Transcript:
+        assert job.audio_path is not None
+        return self.transcriber.transcribe(
+            load_for_transcription(str(job.audio_path)),
+            language=job.options.get("language"),
+            prompt=job.options.get("prompt"),
         )
-        if reply.finish_reason == "length":
+
+    def _speak(self, text: str, job: JobInput) -> Audio:
+        return self.synthesizer.synthesize(
+            text,
+            voice=job.options.get("voice", self.settings.tts_voice),
+            speed=job.options.get("speed", 1.0),
+        )
+
+    def _max_tokens(self, options: dict[str, Any]) -> int:
+        return int(options.get("max_tokens", self.settings.default_max_tokens))
+
+    def _generate(self, prompt: str, job: JobInput, progress: Progress) -> Reply:
+        reply = self.generator.generate(
+            self.messages_for(prompt, job.options, job.history),
+            max_tokens=self._max_tokens(job.options),
+            temperature=job.options.get("temperature", self.settings.default_temperature),
+            on_delta=progress.delta,
+        )
+        if reply.finish_reason == "length" and job.options.get("whole_sentences", True):
             # A voice should not stop mid-sentence, and the text should match what is said.
+            # (The OpenAI route turns this off: its clients expect the raw cut and "length".)
             reply = replace(reply, text=trim_to_sentence(reply.text))
         if not reply.text:
             raise EmptyReply("The language model produced an empty reply.")

@@ -23,6 +23,7 @@ from models import heartbeat
 from models import jobs as job_rows
 from models.db import make_engine, make_session_factory
 from models.errors import NoSpeech
+from models.events import JobEvents
 from models.settings import Settings
 from worker.engines import build_generator, build_synthesizer, build_transcriber
 from worker.pipeline import Pipeline
@@ -73,6 +74,30 @@ def get_pipeline(settings: Settings | None = None) -> Pipeline:
             )
             _PIPELINE = pipeline
         return _PIPELINE
+
+
+def close_engines() -> None:
+    """Releases engines holding resources outside Python (MLC's GPU thread, HTTP pools)."""
+    global _PIPELINE
+    with _PIPELINE_LOCK:
+        if _PIPELINE is not None:
+            for engine in (_PIPELINE.transcriber, _PIPELINE.generator, _PIPELINE.synthesizer):
+                if (close := getattr(engine, "close", None)) is not None:
+                    with contextlib.suppress(Exception):
+                        close()
+            _PIPELINE = None
+
+
+_EVENTS: JobEvents | None = None
+
+
+def events(settings: Settings) -> JobEvents:
+    """This process's writer of job event streams, made on first use (after any fork)."""
+    global _EVENTS
+    if _EVENTS is None:
+        client = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        _EVENTS = JobEvents(client, ttl_seconds=settings.events_ttl_seconds)
+    return _EVENTS
 
 
 def hold_lease(job_id: str | None, owner: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict
 
@@ -26,12 +27,23 @@ class Message(TypedDict):
 
 
 @dataclass(frozen=True)
+class Segment:
+    """A stretch of recognised speech with its times in the recording, in seconds."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
 class Transcript:
-    """What the recogniser heard."""
+    """What the recogniser heard; `seconds` is the time it took, `duration` the audio's length."""
 
     text: str
     language: str | None
     seconds: float
+    segments: tuple[Segment, ...] = ()
+    duration: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -68,31 +80,62 @@ class Audio:
 class Transcriber(Protocol):
     """Speech to text."""
 
-    def transcribe(self, audio: np.ndarray) -> Transcript:
-        """Transcribes 16 kHz mono float32 samples; raises `NoSpeech` when nothing is said."""
+    def transcribe(
+        self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None
+    ) -> Transcript:
+        """Transcribes 16 kHz mono float32 samples; raises `NoSpeech` when nothing is said.
+
+        `language` None means the configured default; `prompt` is Whisper's initial prompt.
+        """
         ...
 
 
 class Generator(Protocol):
     """Chat messages to a reply."""
 
-    def generate(self, messages: list[Message], *, max_tokens: int, temperature: float) -> Reply:
-        """Answers the conversation; raises `ContextLengthExceeded` when it cannot fit."""
+    context_tokens: int
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        """Returns the prompt tokens the messages take with the model's chat template."""
+        ...
+
+    def generate(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int,
+        temperature: float,
+        on_delta: Callable[[str], None] | None = None,
+    ) -> Reply:
+        """Answers the conversation, passing each new piece of text to `on_delta` as it comes.
+
+        Raises `ContextLengthExceeded` when the prompt and `max_tokens` cannot fit.
+        """
         ...
 
 
 class Synthesizer(Protocol):
     """Text to speech."""
 
-    def synthesize(self, text: str, *, voice: str) -> Audio:
-        """Speaks `text` with the named voice."""
+    def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> Audio:
+        """Speaks `text` with the named voice; `speed` 2.0 is twice as fast."""
         ...
 
 
 # Setting value → "module:factory"; each factory takes the Settings and returns an adapter.
-TRANSCRIBERS = {"faster-whisper": "worker.engines.faster_whisper:FasterWhisperTranscriber"}
-GENERATORS = {"llama-cpp": "worker.engines.llama_cpp:LlamaCppGenerator"}
-SYNTHESIZERS = {"piper": "worker.engines.piper:PiperSynthesizer"}
+TRANSCRIBERS = {
+    "faster-whisper": "worker.engines.faster_whisper:FasterWhisperTranscriber",
+    "openai-whisper": "worker.engines.openai_whisper:OpenAIWhisperTranscriber",
+}
+GENERATORS = {
+    "llama-cpp": "worker.engines.llama_cpp:LlamaCppGenerator",
+    "openai": "worker.engines.openai_chat:OpenAIChatGenerator",
+    "mlc": "worker.engines.openai_chat:MLCChatGenerator",
+}
+SYNTHESIZERS = {
+    "piper": "worker.engines.piper:PiperSynthesizer",
+    "coqui": "worker.engines.coqui:CoquiSynthesizer",
+}
 
 
 def _build(setting: str, name: str, registry: dict[str, str], settings: Settings) -> Any:

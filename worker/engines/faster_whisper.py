@@ -10,7 +10,7 @@ import numpy as np
 
 from models.errors import EngineUnavailable, NoSpeech
 from models.settings import Settings
-from worker.engines import Transcript
+from worker.engines import Segment, Transcript
 from worker.model_files import assemble_whisper_base
 
 # Whisper's own rule for a silent segment (openai/whisper transcribe.py): both a high
@@ -51,8 +51,10 @@ class FasterWhisperTranscriber:
         language = None if settings.whisper_language == "auto" else settings.whisper_language
         return cls(model_dir, threads=settings.llm_threads, language=language)
 
-    def transcribe(self, audio: np.ndarray) -> Transcript:
-        """Transcribes 16 kHz mono float32 samples.
+    def transcribe(
+        self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None
+    ) -> Transcript:
+        """Transcribes 16 kHz mono float32 samples, in `language` or the configured one.
 
         Raises:
             NoSpeech: Voice activity detection found no speech, or every segment Whisper
@@ -61,23 +63,24 @@ class FasterWhisperTranscriber:
         started = time.perf_counter()
         segments, info = self.model.transcribe(
             audio,
-            language=self.language,
+            language=language or self.language,
+            initial_prompt=prompt,
             beam_size=5,
             vad_filter=True,
             condition_on_previous_text=False,
-            without_timestamps=True,  # the reply needs the words, not their times
         )
-        spoken = [
-            segment.text.strip()
-            for segment in segments
-            if not (
-                segment.no_speech_prob > NO_SPEECH_THRESHOLD
-                and segment.avg_logprob < LOGPROB_THRESHOLD
-            )
-        ]
-        text = " ".join(part for part in spoken if part)
-        if not text:
+        spoken = tuple(
+            Segment(start=round(s.start, 2), end=round(s.end, 2), text=s.text.strip())
+            for s in segments
+            if s.text.strip()
+            and not (s.no_speech_prob > NO_SPEECH_THRESHOLD and s.avg_logprob < LOGPROB_THRESHOLD)
+        )
+        if not spoken:
             raise NoSpeech("No speech was found in the recording.")
         return Transcript(
-            text=text, language=info.language, seconds=round(time.perf_counter() - started, 3)
+            text=" ".join(segment.text for segment in spoken),
+            language=info.language,
+            seconds=round(time.perf_counter() - started, 3),
+            segments=spoken,
+            duration=round(info.duration, 3),
         )

@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from models.errors import ContextLengthExceeded, EngineUnavailable
 from models.settings import Settings
 from worker.engines import Message, Reply
 from worker.model_files import smollm2_path
+
+
+def _chat_formatter(llm: Any) -> Any:
+    """The Jinja formatter llama-cpp-python builds from the file's `tokenizer.chat_template`."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise EngineUnavailable("LLM_MODEL_PATH names a GGUF file without a chat template.")
+    eos, bos = llm.token_eos(), llm.token_bos()
+    return Jinja2ChatFormatter(
+        template=template,
+        eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
+        bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
+        stop_token_ids=[eos],
+    )
 
 
 class LlamaCppGenerator:
@@ -28,6 +46,7 @@ class LlamaCppGenerator:
             n_threads_batch=threads,
             verbose=False,
         )
+        self._formatter = _chat_formatter(self.llm)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LlamaCppGenerator:
@@ -35,35 +54,67 @@ class LlamaCppGenerator:
         path = Path(settings.llm_model_path) if settings.llm_model_path else smollm2_path()
         return cls(path, context_tokens=settings.llm_context_tokens, threads=settings.llm_threads)
 
-    def generate(self, messages: list[Message], *, max_tokens: int, temperature: float) -> Reply:
-        """Answers the conversation with the model's own chat template.
+    def count_tokens(self, messages: list[Message]) -> int:
+        """Counts the prompt tokens as llama-cpp-python's chat handler builds them.
+
+        The handler renders the GGUF file's Jinja chat template and tokenizes the result with
+        special tokens parsed; this does the same, without evaluating anything.
+        """
+        rendered = self._formatter(messages=list(messages))  # type: ignore[arg-type]
+        return len(
+            self.llm.tokenize(
+                rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
+            )
+        )
+
+    def generate(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int,
+        temperature: float,
+        on_delta: Callable[[str], None] | None = None,
+    ) -> Reply:
+        """Answers with the model's own chat template, streaming the text to `on_delta`.
 
         Raises:
             ContextLengthExceeded: The prompt and `max_tokens` do not fit the context window.
         """
         started = time.perf_counter()
-        try:
-            completion = self.llm.create_chat_completion(
-                messages=list(messages),  # type: ignore[arg-type]
-                max_tokens=max_tokens,
-                temperature=temperature,
-                # Small models loop on a phrase without it; 1.1 is llama.cpp's own CLI default.
-                repeat_penalty=1.1,
-                stream=False,
+        prompt_tokens = self.count_tokens(messages)
+        if prompt_tokens + max_tokens > self.context_tokens:
+            raise ContextLengthExceeded(
+                f"The prompt takes {prompt_tokens} tokens and the reply may take {max_tokens}: "
+                f"more than the model's {self.context_tokens}-token context window."
             )
-        except ValueError as error:
-            # llama-cpp-python raises ValueError("Requested tokens (…) exceed context window …").
-            if "context window" in str(error):
-                raise ContextLengthExceeded(
-                    f"The prompt does not fit the model's {self.context_tokens}-token context."
-                ) from error
-            raise
-        choice = completion["choices"][0]  # type: ignore[index]
-        usage = completion["usage"]  # type: ignore[index]
+        chunks = self.llm.create_chat_completion(
+            messages=list(messages),  # type: ignore[arg-type]
+            max_tokens=max_tokens,
+            temperature=temperature,
+            # Small models loop on a phrase without it; 1.1 is llama.cpp's own CLI default.
+            repeat_penalty=1.1,
+            stream=True,
+        )
+        pieces: list[str] = []
+        finish_reason = None
+        chunk: Any
+        for chunk in chunks:
+            choice = chunk["choices"][0]
+            piece = str(choice["delta"].get("content") or "")
+            if piece:
+                pieces.append(piece)
+                if on_delta is not None:
+                    on_delta(piece)
+            finish_reason = choice.get("finish_reason") or finish_reason
+        text = "".join(pieces)
+        # The stream carries no usage; the reply's tokens are counted as the model reads them.
+        completion_tokens = (
+            len(self.llm.tokenize(text.encode("utf-8"), add_bos=False)) if text else 0
+        )
         return Reply(
-            text=(choice["message"]["content"] or "").strip(),
-            prompt_tokens=usage["prompt_tokens"],
-            completion_tokens=usage["completion_tokens"],
-            finish_reason=choice.get("finish_reason"),
+            text=text.strip(),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason=finish_reason,
             seconds=round(time.perf_counter() - started, 3),
         )

@@ -45,11 +45,15 @@ class PiperSynthesizer:
                 )
         return cls(paths)
 
-    def synthesize(self, text: str, *, voice: str) -> Audio:
+    def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> Audio:
         """Speaks `text`; Piper yields one chunk per sentence, joined here."""
+        from piper import SynthesisConfig
+
         started = time.perf_counter()
         engine = self.voices[voice]
-        chunks = [chunk.audio_int16_array for chunk in engine.synthesize(text)]
+        # Piper's length_scale stretches phoneme durations: 0.5 is twice as fast.
+        config = SynthesisConfig(length_scale=1.0 / speed)
+        chunks = [chunk.audio_int16_array for chunk in engine.synthesize(text, config)]
         samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
         return Audio(
             samples=samples.astype(np.int16, copy=False).reshape(-1),

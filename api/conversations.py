@@ -1,0 +1,59 @@
+"""Conversations: a server-kept history that each job in it is answered in the context of."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from sqlalchemy import select
+
+from api.render import render_conversation
+from api.submission import is_resource_id, system_prompt
+from models.errors import ConversationNotFound, InvalidOption, MalformedJson, UnsupportedMediaType
+from models.job import Conversation, Turn
+
+blueprint = Blueprint("conversations", __name__)
+
+
+@blueprint.post("/v1/conversations")
+def create_conversation() -> Response:
+    """Starts a conversation, optionally with its own system prompt; answers 201."""
+    body = request.get_data(cache=False)
+    payload: object = {}
+    if body.strip():
+        if request.mimetype != "application/json":
+            raise UnsupportedMediaType("Send the conversation's fields as application/json.")
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError) as error:
+            raise MalformedJson(f"The body is not valid JSON: {error}") from None
+    if not isinstance(payload, dict):
+        raise MalformedJson("The JSON body must be an object.")
+    unknown = sorted(set(payload) - {"system"})
+    if unknown:
+        raise InvalidOption(f"Unknown field {unknown[0]!r}; accepted: system.", field=unknown[0])
+    settings = current_app.extensions["voicechat.settings"]
+    system = payload.get("system")
+    conversation = Conversation(system=None if system is None else system_prompt(system, settings))
+    g.db.add(conversation)
+    g.db.commit()
+    response = jsonify(render_conversation(conversation, []))
+    response.status_code = 201
+    response.headers["Location"] = url_for(
+        "conversations.get_conversation", conversation_id=conversation.id
+    )
+    return response
+
+
+@blueprint.get("/v1/conversations/<conversation_id>")
+def get_conversation(conversation_id: str) -> Response:
+    """Returns a conversation with its turns, oldest first (voice prompts as transcripts)."""
+    conversation = (
+        g.db.get(Conversation, conversation_id) if is_resource_id(conversation_id) else None
+    )
+    if conversation is None:
+        raise ConversationNotFound(f"No conversation has the id {conversation_id!r}.")
+    turns = list(
+        g.db.scalars(select(Turn).where(Turn.conversation_id == conversation.id).order_by(Turn.id))
+    )
+    return jsonify(render_conversation(conversation, turns))

@@ -1,0 +1,128 @@
+"""Following a job as it runs: Server-Sent Events, and waiting for the end without polling.
+
+Both read the job's Redis Stream (models/events.py), which the worker appends to, so a client
+hears of each change as it happens; the web process never asks Celery for results. The job row
+stays the truth: every few seconds without news, and whenever Redis fails, the row is read, so
+a lost event can delay the end but never hide it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request, stream_with_context
+from redis.exceptions import RedisError
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.render import render_job
+from api.submission import is_resource_id
+from models import events
+from models.errors import InvalidHeader, JobNotFound
+from models.events import Event, JobEvents
+from models.job import Job
+
+blueprint = Blueprint("events", __name__)
+
+# How long one blocking read waits before the row is checked and a keep-alive is sent.
+BLOCK_SECONDS = 10.0
+# A Redis stream id: milliseconds and a sequence number, each a 64-bit unsigned integer.
+_STREAM_ID = re.compile(r"[0-9]{1,19}-[0-9]{1,19}")
+
+
+def read_job(job_id: str) -> Job | None:
+    """Reads a job's row in a short session of its own (a held-open request may last minutes)."""
+    sessions: sessionmaker[Session] = current_app.extensions["voicechat.sessions"]
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        if job is not None:
+            session.expunge(job)
+        return job
+
+
+def follow(job_id: str, *, after: str = "0", timeout: float | None = None) -> Iterator[Event]:
+    """Yields a job's events after stream id `after` until the final one, or until `timeout`.
+
+    The final event is always `done`; if the stream lost it (Redis restarted, the entry
+    expired), one is made from the job's row. A timeout ends the iteration without `done`.
+    """
+    log: JobEvents = current_app.extensions["voicechat.events"]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    block = 0.0  # the first read returns at once with whatever was missed
+    while True:
+        remaining = BLOCK_SECONDS if deadline is None else deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            batch = log.read(job_id, after, block_ms=int(min(block, remaining) * 1000) or None)
+        except (RedisError, OSError):
+            batch = []
+            time.sleep(min(1.0, remaining))
+        for event in batch:
+            after = event.id
+            yield event
+            if event.type == events.DONE:
+                return
+        if not batch:
+            job = read_job(job_id)
+            if job is None or job.job_status.terminal:
+                yield Event(id=after, type=events.DONE, data={"status": job and job.status})
+                return
+        block = BLOCK_SECONDS
+
+
+def wait_for(job_id: str, timeout: float) -> Job | None:
+    """Waits up to `timeout` seconds for a job to end; returns its final row, or None."""
+    for event in follow(job_id, timeout=timeout):
+        if event.type == events.DONE:
+            return read_job(job_id)
+    return None
+
+
+def _sse(event_type: str, data: Any, event_id: str | None = None) -> str:
+    lines = [f"event: {event_type}"]
+    if event_id:
+        lines.append(f"id: {event_id}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":")))
+    return "\n".join(lines) + "\n\n"
+
+
+def sse_response(chunks: Iterator[str]) -> Response:
+    """Streams Server-Sent Events, unbuffered by proxies."""
+    response = Response(stream_with_context(chunks), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx would otherwise hold the stream
+    return response
+
+
+@blueprint.get("/v1/jobs/<job_id>/events")
+def job_events(job_id: str) -> Response:
+    """Streams a job's events; `Last-Event-ID` (or `?after=`) resumes after a seen event."""
+    after = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
+    if after != "0" and not _STREAM_ID.fullmatch(after):
+        raise InvalidHeader("Last-Event-ID must be an event id this stream sent.")
+    if not is_resource_id(job_id) or read_job(job_id) is None:
+        raise JobNotFound(f"No job has the id {job_id!r}.")
+
+    def stream() -> Iterator[str]:
+        yield "retry: 2000\n\n"
+        last_id = after
+        while True:
+            quiet = True
+            for event in follow(job_id, after=last_id, timeout=BLOCK_SECONDS * 1.5):
+                quiet = False
+                if event.type == events.DONE:
+                    job = read_job(job_id)
+                    yield _sse(
+                        events.DONE, render_job(job) if job else event.data, event.id or None
+                    )
+                    return
+                last_id = event.id
+                yield _sse(event.type, event.data, event.id)
+            if quiet:
+                yield ": keep-alive\n\n"
+
+    return sse_response(stream())
