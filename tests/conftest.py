@@ -202,13 +202,24 @@ def speaker(engine_settings: Settings) -> Any:
     return PiperSynthesizer.from_settings(engine_settings)
 
 
+LONG_TEXT = (
+    "What is the capital of France, and why is it so famous? My sister moved to Lisbon last "
+    "spring. She works at a small bakery near the river, and every weekend she walks to the old "
+    "castle to watch the sunset over the city. Last month I visited her for the first time. We "
+    "took the yellow tram up the hill, ate grilled sardines in a tiny restaurant, and listened "
+    "to a guitarist playing sad songs until midnight. The next morning it rained, so we stayed "
+    "in a museum full of painted tiles, some of them five hundred years old. On my last day we "
+    "drove to the coast, where the wind was so strong that my hat flew into the sea. I laughed "
+    "so much that I forgot to be cold. Now I am planning another trip for the autumn, when the "
+    "streets are quieter and the light is softer. Maybe this time I will learn a few words of "
+    "Portuguese before I go, so that I can order coffee without pointing at the menu. "
+)
+
+
 @pytest.fixture(scope="session")
 def long_speech(speaker: Any, engine_settings: Settings) -> bytes:
-    """About a minute of the test question, said by Piper: Whisper needs seconds for it."""
-    audio = speaker.synthesize(
-        " ".join(["What is the capital of France, and why is it so famous?"] * 20),
-        voice=engine_settings.tts_voice,
-    )
+    """About a minute of varied speech, said by Piper: Whisper needs seconds for it."""
+    audio = speaker.synthesize(LONG_TEXT * 2, voice=engine_settings.tts_voice)
     assert audio.duration > 40
     return audio.to_wav()
 

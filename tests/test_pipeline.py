@@ -14,6 +14,7 @@ from models.errors import ContextLengthExceeded, EmptyReply
 from models.job import Operation, ReplyFormat, Stage
 from models.settings import Settings
 from tests.conftest import tone
+from tests.engines import EchoGenerator
 from worker.engines import Audio, Message, Reply, Transcript
 from worker.pipeline import (
     DEFAULT_SYSTEM_PROMPT,
@@ -37,16 +38,13 @@ class FakeTranscriber:
         return Transcript(text="what is two plus two", language="en", seconds=0.1)
 
 
-class FakeGenerator:
-    """Counts one token per word plus four per message (a stand-in for a chat template)."""
+class FakeGenerator(EchoGenerator):
+    """Answers a fixed text; counts tokens as the fault tests' echo engine does."""
 
     def __init__(self, answer: str = "**Four**, of course.", context_tokens: int = 2048) -> None:
         self.answer = answer
         self.context_tokens = context_tokens
         self.calls: list[dict[str, Any]] = []
-
-    def count_tokens(self, messages: list[Message]) -> int:
-        return sum(len(m["content"].split()) + 4 for m in messages)
 
     def generate(
         self,
