@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -472,7 +473,8 @@ def speech() -> Response:
         raise InvalidOption("input must be a string.", field="input")
     if len(text) > MAX_SPEECH_CHARS:
         raise InvalidOption(f"input may have at most {MAX_SPEECH_CHARS} characters.", field="input")
-    text = prompt_text(text, settings, field="input")
+    # OpenAI's limit for speech, not MAX_TEXT_CHARS (the prompt limit), applies here.
+    text = prompt_text(text, replace(settings, max_text_chars=MAX_SPEECH_CHARS), field="input")
     voice = payload.get("voice")
     if not isinstance(voice, str) or (
         voice not in OPENAI_VOICES and voice not in settings.tts_voices

@@ -182,6 +182,14 @@ def test_speech_as_raw_pcm_at_24khz_and_faster(client: openai.OpenAI) -> None:
     assert len(fast) < 0.7 * len(normal)
 
 
+def test_speech_takes_openai_s_4096_characters(client: openai.OpenAI) -> None:
+    text = ("Paris. " * 600)[:4096]  # over MAX_TEXT_CHARS (4000), the prompt limit
+    audio = client.audio.speech.create(
+        model="tts-1", voice="alloy", input=text, response_format="wav"
+    ).read()
+    assert sf.info(io.BytesIO(audio)).duration > 60
+
+
 def test_speech_refuses_an_unknown_voice(client: openai.OpenAI) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as raised:
         client.audio.speech.create(model="tts-1", voice="nobody", input="Hello.")  # type: ignore[arg-type]
