@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from sqlalchemy import select
 
 from api.render import render_conversation
-from api.submission import is_resource_id, system_prompt
-from models.errors import ConversationNotFound, InvalidOption, MalformedJson, UnsupportedMediaType
+from api.submission import is_resource_id, parse_json_object, system_prompt
+from models.errors import ConversationNotFound, InvalidOption, UnsupportedMediaType
 from models.job import Conversation, Turn
 
 blueprint = Blueprint("conversations", __name__)
@@ -19,16 +17,11 @@ blueprint = Blueprint("conversations", __name__)
 def create_conversation() -> Response:
     """Starts a conversation, optionally with its own system prompt; answers 201."""
     body = request.get_data(cache=False)
-    payload: object = {}
+    payload: dict[str, object] = {}
     if body.strip():
         if request.mimetype != "application/json":
             raise UnsupportedMediaType("Send the conversation's fields as application/json.")
-        try:
-            payload = json.loads(body)
-        except (ValueError, RecursionError) as error:
-            raise MalformedJson(f"The body is not valid JSON: {error}") from None
-    if not isinstance(payload, dict):
-        raise MalformedJson("The JSON body must be an object.")
+        payload = parse_json_object(body)
     unknown = sorted(set(payload) - {"system"})
     if unknown:
         raise InvalidOption(f"Unknown field {unknown[0]!r}; accepted: system.", field=unknown[0])

@@ -29,6 +29,9 @@ blueprint = Blueprint("events", __name__)
 
 # How long one blocking read waits before the row is checked and a keep-alive is sent.
 BLOCK_SECONDS = 10.0
+# Not in the stream: `follow` yields it after each blocking read that found nothing new, so a
+# caller can keep its connection alive.
+IDLE = "idle"
 # A Redis stream id: milliseconds and a sequence number, each a 64-bit unsigned integer.
 _STREAM_ID = re.compile(r"[0-9]{1,19}-[0-9]{1,19}")
 
@@ -47,7 +50,8 @@ def follow(job_id: str, *, after: str = "0", timeout: float | None = None) -> It
     """Yields a job's events after stream id `after` until the final one, or until `timeout`.
 
     The final event is always `done`; if the stream lost it (Redis restarted, the entry
-    expired), one is made from the job's row. A timeout ends the iteration without `done`.
+    expired), one is made from the job's row. After each quiet read an `IDLE` event is yielded.
+    A timeout ends the iteration without `done`.
     """
     log: JobEvents = current_app.extensions["voicechat.events"]
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -71,6 +75,8 @@ def follow(job_id: str, *, after: str = "0", timeout: float | None = None) -> It
             if job is None or job.job_status.terminal:
                 yield Event(id=after, type=events.DONE, data={"status": job and job.status})
                 return
+            if block:
+                yield Event(id=after, type=IDLE, data={})
         block = BLOCK_SECONDS
 
 
@@ -80,6 +86,10 @@ def wait_for(job_id: str, timeout: float) -> Job | None:
         if event.type == events.DONE:
             return read_job(job_id)
     return None
+
+
+# An SSE comment: ignored by clients, it keeps proxies from closing a quiet connection.
+KEEP_ALIVE = ": keep-alive\n\n"
 
 
 def _sse(event_type: str, data: Any, event_id: str | None = None) -> str:
@@ -109,20 +119,13 @@ def job_events(job_id: str) -> Response:
 
     def stream() -> Iterator[str]:
         yield "retry: 2000\n\n"
-        last_id = after
-        while True:
-            quiet = True
-            for event in follow(job_id, after=last_id, timeout=BLOCK_SECONDS * 1.5):
-                quiet = False
-                if event.type == events.DONE:
-                    job = read_job(job_id)
-                    yield _sse(
-                        events.DONE, render_job(job) if job else event.data, event.id or None
-                    )
-                    return
-                last_id = event.id
+        for event in follow(job_id, after=after):
+            if event.type == IDLE:
+                yield KEEP_ALIVE
+            elif event.type == events.DONE:
+                job = read_job(job_id)
+                yield _sse(events.DONE, render_job(job) if job else event.data, event.id or None)
+            else:
                 yield _sse(event.type, event.data, event.id)
-            if quiet:
-                yield ": keep-alive\n\n"
 
     return sse_response(stream())

@@ -22,14 +22,19 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from api.errors import status_for
-from api.events import follow, read_job, sse_response, wait_for
+from api.events import IDLE, KEEP_ALIVE, follow, read_job, sse_response, wait_for
 from api.jobs import submit
-from api.submission import check_encodable, parse_max_tokens, parse_temperature, prompt_text
+from api.submission import (
+    check_encodable,
+    parse_json_object,
+    parse_max_tokens,
+    parse_temperature,
+    prompt_text,
+)
 from models import events
 from models.audio import inspect_wav
 from models.errors import (
     InvalidOption,
-    MalformedJson,
     MalformedMultipart,
     MissingInput,
     ModelNotFound,
@@ -75,23 +80,30 @@ def llm_model_id(settings: Settings) -> str:
     return "SmolLM2-135M-Instruct"
 
 
+def _error_object(error: VoiceChatError) -> dict[str, Any]:
+    """OpenAI's error object for a domain error: the request's fault or the server's."""
+    kind = "invalid_request_error" if status_for(error) < 500 else "server_error"
+    return {
+        "message": error.detail,
+        "type": kind,
+        "param": error.extra.get("field"),
+        "code": error.code,
+    }
+
+
 @blueprint.errorhandler(VoiceChatError)
 def _openai_error(error: VoiceChatError) -> Response:
-    status = status_for(error)
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return _error(status, error.detail, kind, error.code, error.extra.get("field"))
+    response = jsonify({"error": _error_object(error)})
+    response.status_code = status_for(error)
+    return response
 
 
 @blueprint.errorhandler(HTTPException)
 def _openai_http_error(error: HTTPException) -> Response:
-    status = error.code or 500
-    return _error(status, error.description or error.name, "invalid_request_error", None, None)
-
-
-def _error(status: int, message: str, kind: str, code: str | None, param: str | None) -> Response:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    response = jsonify(body)
-    response.status_code = status
+    message = error.description or error.name
+    body = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+    response = jsonify({"error": body})
+    response.status_code = error.code or 500
     return response
 
 
@@ -108,13 +120,7 @@ def list_models() -> Response:
 def _json_object() -> dict[str, Any]:
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Send the request body as application/json.")
-    try:
-        payload = json.loads(request.get_data(cache=False))
-    except (ValueError, RecursionError) as error:
-        raise MalformedJson(f"The body is not valid JSON: {error}") from None
-    if not isinstance(payload, dict):
-        raise MalformedJson("The JSON body must be an object.")
-    return payload
+    return parse_json_object(request.get_data(cache=False))
 
 
 def _reject_unknown(payload: dict[str, Any], known: set[str]) -> None:
@@ -194,7 +200,7 @@ def _sync_wait(settings: Settings) -> float:
     return float(settings.task_time_limit * 2)
 
 
-def _finished(job: Job, settings: Settings) -> Job:
+def _succeeded(job: Job, settings: Settings) -> Job:
     """Waits for the job; raises the job's own error if it failed, or WaitTimedOut."""
     finished = wait_for(job.id, _sync_wait(settings))
     if finished is None:
@@ -256,7 +262,7 @@ def chat_completions() -> Response:
         chunks = _completion_chunks(job.id, completion_id, created, model, include_usage)
         response = sse_response(chunks)
     else:
-        finished = _finished(job, settings)
+        finished = _succeeded(job, settings)
         response = jsonify(
             {
                 "id": completion_id,
@@ -295,46 +301,38 @@ def _usage(job: Job) -> dict[str, int]:
 def _completion_chunks(
     job_id: str, completion_id: str, created: int, model: str, include_usage: bool
 ) -> Iterator[str]:
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
+    def frame(choices: list[dict[str, Any]], **extra: Any) -> str:
         body = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
-            "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            ],
+            "choices": choices,
             **extra,
         }
         return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
 
+    def delta(content: dict[str, Any], finish_reason: str | None = None) -> str:
+        choice = {"index": 0, "delta": content, "logprobs": None, "finish_reason": finish_reason}
+        return frame([choice])
+
     settings: Settings = current_app.extensions["voicechat.settings"]
-    yield chunk({"role": "assistant", "content": ""})
+    yield delta({"role": "assistant", "content": ""})
+    # A job rerun after its worker was lost streams its reply again from the start.
     for event in follow(job_id, timeout=_sync_wait(settings)):
         if event.type == events.DELTA:
-            yield chunk({"content": event.data["text"]})
-        elif event.type == events.STATUS and event.data.get("status") == "queued":
-            pass  # a lost worker's job is rerun from the start: the client sees it restart
+            yield delta({"content": event.data["text"]})
+        elif event.type == IDLE:
+            yield KEEP_ALIVE
     job = read_job(job_id)
     if job is None or job.status != JobStatus.SUCCEEDED.value:
-        code = (job and job.error_code) or "wait_timeout"
+        code = (job and job.error_code) or WaitTimedOut.code
         message = (job and job.error_message) or "The job did not finish in time."
-        error = error_for_code(code, message)
-        kind = "invalid_request_error" if status_for(error) < 500 else "server_error"
-        problem = {"message": message, "type": kind, "param": None, "code": code}
-        yield f"data: {json.dumps({'error': problem})}\n\n"
+        yield f"data: {json.dumps({'error': _error_object(error_for_code(code, message))})}\n\n"
     else:
-        yield chunk({}, job.finish_reason or "stop")
+        yield delta({}, job.finish_reason or "stop")
         if include_usage:
-            body = {
-                "id": completion_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": _usage(job),
-            }
-            yield f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+            yield frame([], usage=_usage(job))
     yield "data: [DONE]\n\n"
 
 
@@ -406,7 +404,7 @@ def transcriptions() -> Response:
     )
     submit(job, audio)
     try:
-        finished = _finished(job, settings)
+        finished = _succeeded(job, settings)
         text, segments = finished.transcript or "", finished.transcript_segments or []
         language_found = finished.transcript_language
     except NoSpeech:  # OpenAI answers silence with an empty transcript, not an error
@@ -506,7 +504,7 @@ def speech() -> Response:
         options=options,
     )
     submit(job)
-    finished = _finished(job, settings)
+    finished = _succeeded(job, settings)
     results: FileStore = current_app.extensions["voicechat.results"]
     assert finished.reply_audio_file is not None
     wav = results.path(finished.reply_audio_file).read_bytes()

@@ -81,7 +81,13 @@ def parse_submission(request: Request, settings: Settings) -> Submission:
     )
 
 
-def _from_json(body: bytes, settings: Settings) -> Submission:
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Parses a JSON body that must be an object; NaN and Infinity are not JSON.
+
+    Raises:
+        MalformedJson: The body is not JSON, or not an object.
+    """
+
     def _no_constants(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
 
@@ -91,6 +97,11 @@ def _from_json(body: bytes, settings: Settings) -> Submission:
         raise MalformedJson(f"The body is not valid JSON: {error}") from None
     if not isinstance(payload, dict):
         raise MalformedJson("The JSON body must be an object.")
+    return payload
+
+
+def _from_json(body: bytes, settings: Settings) -> Submission:
+    payload = parse_json_object(body)
     if "audio" in payload:
         raise InvalidOption(
             "Audio cannot travel in JSON; send it as multipart/form-data or as an audio/wav body.",

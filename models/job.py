@@ -5,13 +5,20 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 UTC = timezone.utc  # noqa: UP017 - the Jetson MLC images run Python 3.10, which has no datetime.UTC
+
+
+class Message(TypedDict):
+    """One chat message in OpenAI's shape: a job's history and a conversation's turns."""
+
+    role: str
+    content: str
 
 
 class JobStatus(str, Enum):
@@ -111,7 +118,7 @@ class Job(Base):
         ForeignKey("conversations.id", ondelete="SET NULL"), default=None, index=True
     )
     # Earlier turns sent with the prompt (OpenAI's `messages`), oldest first.
-    history: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, default=None)
+    history: Mapped[list[Message] | None] = mapped_column(JSON, default=None)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     stage: Mapped[str | None] = mapped_column(String(16), default=None)
     reply_format: Mapped[str] = mapped_column(String(8))

@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, Update, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from models.errors import InvalidCursor
-from models.job import Job, JobStatus, Stage, Turn, utcnow
+from models.job import Job, JobStatus, Message, Stage, Turn, utcnow
 
 TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELED.value)
 WORKER_LOST = "worker_lost"
@@ -185,14 +185,14 @@ def set_stage(session: Session, job_id: str, owner: str, stage: Stage, **checkpo
     return _update_held(session, job_id, owner, stage=stage.value, **checkpoint)
 
 
-def conversation_messages(session: Session, conversation_id: str) -> list[dict[str, str]]:
+def conversation_messages(session: Session, conversation_id: str) -> list[Message]:
     """A conversation's turns as chat messages, oldest first."""
     query = (
         select(Turn.role, Turn.content)
         .where(Turn.conversation_id == conversation_id)
         .order_by(Turn.id)
     )
-    return [{"role": role, "content": content} for role, content in session.execute(query)]
+    return [Message(role=role, content=content) for role, content in session.execute(query)]
 
 
 def succeed(

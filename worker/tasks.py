@@ -22,7 +22,6 @@ from models.job import Conversation, Job, JobStatus, Operation, ReplyFormat, Sta
 from models.storage import FileStore
 from worker import runtime
 from worker.celery_app import app, settings
-from worker.engines import Message
 from worker.pipeline import JobInput, Outcome
 
 _LOGGER = logging.getLogger(__name__)
@@ -122,17 +121,12 @@ def _run(session: Session, job: Job, owner: str) -> None:
     if job.input_audio_file:
         audio_path = Path(FileStore(settings.uploads_dir).path(job.input_audio_file))
     options = dict(job.options or {})
-    history: list[Message] = [
-        Message(role=m["role"], content=m["content"]) for m in job.history or []
-    ]
+    history = list(job.history or [])
     if job.conversation_id:
         conversation = session.get(Conversation, job.conversation_id)
         if conversation is not None and conversation.system is not None:
             options.setdefault("system", conversation.system)
-        history += [
-            Message(role=m["role"], content=m["content"])
-            for m in job_rows.conversation_messages(session, job.conversation_id)
-        ]
+        history += job_rows.conversation_messages(session, job.conversation_id)
     job_input = JobInput(
         job_id=job.id,
         reply=ReplyFormat(job.reply_format),

@@ -10,20 +10,14 @@ import importlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypedDict
+from typing import Any, Protocol
 
 import numpy as np
 import soundfile as sf
 
 from models.errors import EngineUnavailable
+from models.job import Message as Message  # re-exported: the chat shape the stages speak
 from models.settings import Settings
-
-
-class Message(TypedDict):
-    """One chat message in OpenAI's shape."""
-
-    role: str
-    content: str
 
 
 @dataclass(frozen=True)
