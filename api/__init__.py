@@ -9,15 +9,23 @@ from typing import Any
 from flask import Flask, Response, g, request
 from redis import Redis
 
-from api import conversations, errors, events, health, jobs, openai_compat, openapi
-from api.queue import JobQueue
+from api import conversations, errors, follow, health, jobs, openai_routes, openapi
 from api.submission import ApiRequest
 from models.db import make_engine, make_session_factory
-from models.events import JobEvents
+from models.event_log import JobEvents
+from models.queue import JobQueue
 from models.settings import Settings
 from models.storage import FileStore
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+BLUEPRINTS = (
+    jobs.blueprint,
+    follow.blueprint,
+    conversations.blueprint,
+    openai_routes.blueprint,
+    health.blueprint,
+    openapi.blueprint,
+)
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
@@ -41,18 +49,28 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the documented field order
     app.config.update(overrides)
+    _connect(app, settings)
+    _track_requests(app)
+    errors.register_error_handlers(app)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
+    # Built now, from the settings this app runs with, so the document shows the live limits.
+    app.extensions["voicechat.openapi"] = openapi.build_document(settings)
+    return app
 
+
+def _connect(app: Flask, settings: Settings) -> None:
+    """Makes the clients of the database, Redis, the queue and the file stores."""
     engine = make_engine(settings.database_url)
-    session_factory = make_session_factory(engine)
     app.extensions["voicechat.settings"] = settings
     app.extensions["voicechat.engine"] = engine
-    app.extensions["voicechat.sessions"] = session_factory
+    app.extensions["voicechat.sessions"] = make_session_factory(engine)
     app.extensions["voicechat.redis"] = Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2
     )
     # Event streams are read with blocking XREADs: a socket timeout above the longest block.
     events_redis = Redis.from_url(
-        settings.redis_url, socket_timeout=events.BLOCK_SECONDS + 10, socket_connect_timeout=2
+        settings.redis_url, socket_timeout=follow.BLOCK_SECONDS + 10, socket_connect_timeout=2
     )
     app.extensions["voicechat.events"] = JobEvents(
         events_redis, ttl_seconds=settings.events_ttl_seconds
@@ -60,6 +78,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["voicechat.queue"] = JobQueue(settings.redis_url)
     app.extensions["voicechat.uploads"] = FileStore(settings.uploads_dir)
     app.extensions["voicechat.results"] = FileStore(settings.results_dir)
+
+
+def _track_requests(app: Flask) -> None:
+    """Gives each request an id and a database session, and closes the session after it."""
+    session_factory = app.extensions["voicechat.sessions"]
 
     @app.before_request
     def _open_request() -> None:
@@ -77,12 +100,3 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         session = g.pop("db", None)
         if session is not None:
             session.close()
-
-    errors.register_error_handlers(app)
-    app.register_blueprint(jobs.blueprint)
-    app.register_blueprint(events.blueprint)
-    app.register_blueprint(conversations.blueprint)
-    app.register_blueprint(openai_compat.blueprint)
-    app.register_blueprint(health.blueprint)
-    app.register_blueprint(openapi.blueprint)
-    return app

@@ -5,10 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from sqlalchemy import select
 
-from api.render import render_conversation
-from api.submission import is_resource_id, parse_json_object, system_prompt
-from models.errors import ConversationNotFound, InvalidOption, UnsupportedMediaType
-from models.job import Conversation, Turn
+from api.schemas import ConversationRequest, ConversationView, is_resource_id
+from api.validation import parse_json_object, validate
+from models.errors import ConversationNotFound, UnsupportedMediaType
+from models.tables import Conversation, Turn
 
 blueprint = Blueprint("conversations", __name__)
 
@@ -22,15 +22,12 @@ def create_conversation() -> Response:
         if request.mimetype != "application/json":
             raise UnsupportedMediaType("Send the conversation's fields as application/json.")
         payload = parse_json_object(body)
-    unknown = sorted(set(payload) - {"system"})
-    if unknown:
-        raise InvalidOption(f"Unknown field {unknown[0]!r}; accepted: system.", field=unknown[0])
     settings = current_app.extensions["voicechat.settings"]
-    system = payload.get("system")
-    conversation = Conversation(system=None if system is None else system_prompt(system, settings))
+    shape = validate(ConversationRequest, payload, settings)
+    conversation = Conversation(system=shape.system)
     g.db.add(conversation)
     g.db.commit()
-    response = jsonify(render_conversation(conversation, []))
+    response = jsonify(ConversationView.of(conversation, []).model_dump(mode="json"))
     response.status_code = 201
     response.headers["Location"] = url_for(
         "conversations.get_conversation", conversation_id=conversation.id
@@ -49,4 +46,4 @@ def get_conversation(conversation_id: str) -> Response:
     turns = list(
         g.db.scalars(select(Turn).where(Turn.conversation_id == conversation.id).order_by(Turn.id))
     )
-    return jsonify(render_conversation(conversation, turns))
+    return jsonify(ConversationView.of(conversation, turns).model_dump(mode="json"))

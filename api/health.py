@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from api.schemas import Liveness, Readiness
 from models import heartbeat
 
 blueprint = Blueprint("health", __name__)
@@ -18,7 +19,7 @@ blueprint = Blueprint("health", __name__)
 @blueprint.get("/healthz")
 def healthz() -> Response:
     """The process is up; touches nothing else."""
-    return jsonify({"status": "ok"})
+    return jsonify(Liveness(status="ok").model_dump(mode="json"))
 
 
 @blueprint.get("/readyz")
@@ -41,6 +42,9 @@ def readyz() -> Response:
     ready_workers = [w for w in workers if w.get("models_loaded")]
     checks["workers"] = {"ok": bool(ready_workers), "count": len(ready_workers), "details": workers}
     ready = all(check["ok"] for check in checks.values())
-    response = jsonify({"status": "ready" if ready else "not_ready", "checks": checks})
+    readiness = Readiness.model_validate(
+        {"status": "ready" if ready else "not_ready", "checks": checks}
+    )
+    response = jsonify(readiness.model_dump(mode="json"))
     response.status_code = 200 if ready else 503
     return response

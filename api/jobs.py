@@ -6,31 +6,27 @@ import logging
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file, url_for
 
-from api.events import wait_for
-from api.render import render_job
-from api.submission import is_resource_id, parse_submission
-from models import events
-from models import jobs as job_rows
+from api.follow import wait_for
+from api.schemas import JobList, JobListQuery, JobView, is_resource_id
+from api.submission import parse_submission
+from api.validation import single_values, validate
+from models import event_log, queries, transitions
 from models.errors import (
     AudioNotFound,
     ContextLengthExceeded,
     ConversationNotFound,
     InvalidHeader,
-    InvalidOption,
     JobNotFinished,
     JobNotFound,
     VoiceChatError,
 )
-from models.job import Conversation, InputKind, Job, JobStatus, new_job_id
 from models.settings import Settings
 from models.storage import FileStore
+from models.tables import Conversation, InputKind, Job, JobStatus, ReplyFormat, new_job_id
 
 _LOGGER = logging.getLogger(__name__)
 
 blueprint = Blueprint("jobs", __name__)
-
-MAX_PAGE = 100
-DEFAULT_PAGE = 20
 
 
 def _load(job_id: str) -> Job:
@@ -65,9 +61,9 @@ def submit(job: Job, audio: bytes | None = None) -> Job:
     except Exception as error:
         # Nothing will ever run this job: end it now rather than leave it queued forever.
         code = error.code if isinstance(error, VoiceChatError) else "internal_error"
-        job_rows.fail(g.db, job.id, code, "The job could not be queued.")
+        transitions.fail(g.db, job.id, code, "The job could not be queued.")
         current_app.extensions["voicechat.events"].publish(
-            job.id, events.DONE, status="failed", error={"code": code}
+            job.id, event_log.DONE, status="failed", error={"code": code}
         )
         raise
     _LOGGER.info(
@@ -112,18 +108,20 @@ def create_job() -> Response:
     settings: Settings = current_app.extensions["voicechat.settings"]
     submission = parse_submission(request, settings)
     wait = preferred_wait(settings)
-    options = dict(submission.options)
-    conversation_id = submission.conversation_id
-    if conversation_id is not None and g.db.get(Conversation, conversation_id) is None:
+    options = submission.options
+    if (
+        options.conversation_id is not None
+        and g.db.get(Conversation, options.conversation_id) is None
+    ):
         raise ConversationNotFound(
-            f"No conversation has the id {conversation_id!r}.", field="conversation_id"
+            f"No conversation has the id {options.conversation_id!r}.", field="conversation_id"
         )
     job = Job(
         id=new_job_id(),
         status=JobStatus.QUEUED.value,
-        reply_format=submission.reply.value,
-        options=options,
-        conversation_id=submission.conversation_id,
+        reply_format=(options.reply or ReplyFormat.TEXT).value,
+        options=options.generation_options(),
+        conversation_id=options.conversation_id,
         input_kind=InputKind.TEXT.value,
         input_text=submission.text,
     )
@@ -135,7 +133,7 @@ def create_job() -> Response:
         finished = wait_for(job.id, wait)
         if finished is not None:
             job, status = finished_or_fail(finished), 200
-    response = jsonify(render_job(job))
+    response = jsonify(JobView.of(job).model_dump(mode="json"))
     response.status_code = status
     if wait is not None:
         response.headers["Preference-Applied"] = f"wait={wait}"
@@ -146,7 +144,7 @@ def create_job() -> Response:
 @blueprint.get("/v1/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
     """Returns a job's current state."""
-    return jsonify(render_job(_load(job_id)))
+    return jsonify(JobView.of(_load(job_id)).model_dump(mode="json"))
 
 
 @blueprint.get("/v1/jobs/<job_id>/audio")
@@ -170,23 +168,11 @@ def get_job_audio(job_id: str) -> Response:
 @blueprint.get("/v1/jobs")
 def list_jobs() -> Response:
     """Lists jobs newest first, with an opaque cursor for the next page."""
-    unknown = sorted(set(request.args) - {"status", "limit", "cursor"})
-    if unknown:
-        raise InvalidOption(f"Unknown query parameter {unknown[0]!r}.", field=unknown[0])
-    status = None
-    if raw_status := request.args.get("status"):
-        try:
-            status = JobStatus(raw_status)
-        except ValueError:
-            allowed = ", ".join(s.value for s in JobStatus)
-            raise InvalidOption(f"status must be one of {allowed}.", field="status") from None
-    raw_limit = request.args.get("limit", str(DEFAULT_PAGE)).strip()
-    valid = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 3
-    if not valid or not 1 <= int(raw_limit) <= MAX_PAGE:
-        raise InvalidOption(f"limit must be a whole number from 1 to {MAX_PAGE}.", field="limit")
-    page = job_rows.list_jobs(
-        g.db, status=status, limit=int(raw_limit), cursor=request.args.get("cursor") or None
+    settings: Settings = current_app.extensions["voicechat.settings"]
+    fields = single_values(request.args, "query parameter")
+    query = validate(JobListQuery, fields, settings, from_strings=True)
+    page = queries.list_jobs(
+        g.db, status=query.status, limit=query.limit, cursor=query.cursor or None
     )
-    return jsonify(
-        {"data": [render_job(job) for job in page.jobs], "next_cursor": page.next_cursor}
-    )
+    listing = JobList(data=[JobView.of(job) for job in page.jobs], next_cursor=page.next_cursor)
+    return jsonify(listing.model_dump(mode="json"))

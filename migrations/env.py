@@ -7,8 +7,8 @@ from logging.config import fileConfig
 from alembic import context
 
 from models.db import make_engine
-from models.job import Base
 from models.settings import Settings
+from models.tables import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

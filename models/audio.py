@@ -92,6 +92,24 @@ def inspect_wav(data: bytes, max_seconds: float) -> AudioInfo:
         InvalidAudio: The file is corrupt.
         AudioTooLong: The recording is longer than `max_seconds`.
     """
+    _check_container(data)
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as wav:
+            sample_rate, channels, subtype = wav.samplerate, wav.channels, wav.subtype
+            if sample_rate <= 0 or channels <= 0:
+                raise InvalidAudio("The WAV header has no valid sample rate or channel count.")
+            frames = _count_frames(wav, max_seconds)
+    except sf.LibsndfileError as error:
+        raise InvalidAudio("The WAV file is corrupt and cannot be decoded.") from error
+    except (RuntimeError, ValueError, struct.error) as error:
+        raise InvalidAudio("The WAV file is corrupt and cannot be decoded.") from error
+    if frames == 0:
+        raise EmptyAudio("The audio holds no samples.")
+    return AudioInfo(sample_rate=sample_rate, channels=channels, frames=frames, subtype=subtype)
+
+
+def _check_container(data: bytes) -> None:
+    """Refuses, from the RIFF structure alone, what libsndfile would misread or not decode."""
     if not data:
         raise EmptyAudio("The audio is empty (zero bytes).")
     if not looks_like_wav(data):
@@ -113,26 +131,17 @@ def inspect_wav(data: bytes, max_seconds: float) -> AudioInfo:
             f"The WAV is truncated: its data chunk declares {layout.data_size} bytes "
             f"but only {len(data) - layout.data_offset} arrived."
         )
-    try:
-        with sf.SoundFile(io.BytesIO(data)) as wav:
-            sample_rate, channels, subtype = wav.samplerate, wav.channels, wav.subtype
-            if sample_rate <= 0 or channels <= 0:
-                raise InvalidAudio("The WAV header has no valid sample rate or channel count.")
-            limit = int(max_seconds * sample_rate)
-            frames = 0
-            for block in wav.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
-                frames += len(block)
-                if frames > limit:
-                    raise AudioTooLong(
-                        f"The audio is longer than the limit of {max_seconds:g} seconds."
-                    )
-    except sf.LibsndfileError as error:
-        raise InvalidAudio("The WAV file is corrupt and cannot be decoded.") from error
-    except (RuntimeError, ValueError, struct.error) as error:
-        raise InvalidAudio("The WAV file is corrupt and cannot be decoded.") from error
-    if frames == 0:
-        raise EmptyAudio("The audio holds no samples.")
-    return AudioInfo(sample_rate=sample_rate, channels=channels, frames=frames, subtype=subtype)
+
+
+def _count_frames(wav: sf.SoundFile, max_seconds: float) -> int:
+    """Decodes the samples block by block, counting frames; stops once past `max_seconds`."""
+    limit = int(max_seconds * wav.samplerate)
+    frames = 0
+    for block in wav.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
+        frames += len(block)
+        if frames > limit:
+            raise AudioTooLong(f"The audio is longer than the limit of {max_seconds:g} seconds.")
+    return frames
 
 
 def load_for_transcription(path: str) -> np.ndarray:

@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -149,6 +150,9 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Builds settings from environment variables, strictly.
 
+        Each setting's variable is its field's name in capitals (but `MAX_UPLOAD_MB`, in
+        megabytes); an unset or blank variable means the field's default.
+
         Args:
             environ: The variables to read; `os.environ` when omitted.
 
@@ -156,93 +160,134 @@ class Settings:
             The settings.
 
         Raises:
-            SettingError: A variable is malformed.
+            SettingError: A variable is malformed; the message names it.
         """
-        env = os.environ if environ is None else environ
-        defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
-
-        # Each setting's variable is its field's name in capitals; its default is the field's.
-        def text(name: str, default: str | None = None) -> str:
-            value = env.get(name.upper(), "").strip()
-            return value or (defaults[name] if default is None else default)
-
-        def whole(
-            name: str, default: int | None = None, *, minimum: int = 1, maximum: int | None = None
-        ) -> int:
-            raw = env.get(name.upper(), "").strip()
-            if not raw:
-                return int(defaults[name] if default is None else default)
-            return parse_int(name.upper(), raw, minimum=minimum, maximum=maximum)
-
-        def decimal(name: str, *, minimum: float) -> float:
-            raw = env.get(name.upper(), "").strip()
-            return parse_float(name.upper(), raw, minimum=minimum) if raw else float(defaults[name])
-
-        data_dir = Path(env.get("DATA_DIR", "").strip() or "var").resolve()
-        voice = text("tts_voice")
-        voices = tuple(v.strip() for v in text("tts_voices", voice).split(",") if v.strip())
-        if voice not in voices:
-            raise SettingError(f"TTS_VOICE {voice!r} must be one of TTS_VOICES {list(voices)}")
-        soft = whole("task_soft_time_limit")
-        hard = whole("task_time_limit", soft + 30)
-        if hard <= soft:
-            raise SettingError("TASK_TIME_LIMIT must be greater than TASK_SOFT_TIME_LIMIT")
-        # Redis hands an unacknowledged message to another worker after the visibility timeout:
-        # shorter than the hard limit, a job still running would be delivered twice.
-        visibility = whole("broker_visibility_timeout", hard + 60)
-        if visibility <= hard:
-            raise SettingError("BROKER_VISIBILITY_TIMEOUT must be greater than TASK_TIME_LIMIT")
-        max_tokens_limit = whole("max_tokens_limit")
-        # The one setting whose variable is in other units than its field.
-        upload_mb = env.get("MAX_UPLOAD_MB", "").strip()
-        max_upload_bytes = (
-            parse_int("MAX_UPLOAD_MB", upload_mb, minimum=1) * 1024 * 1024
-            if upload_mb
-            else defaults["max_upload_bytes"]
-        )
+        env = _Environment(os.environ if environ is None else environ)
+        data_dir = Path(env.raw("DATA_DIR") or "var").resolve()
         return cls(
             data_dir=data_dir,
-            database_url=text("database_url", f"sqlite:///{data_dir / 'voicechat.db'}"),
-            redis_url=text("redis_url", "redis://127.0.0.1:6379/0"),
-            max_upload_bytes=max_upload_bytes,
-            max_audio_seconds=decimal("max_audio_seconds", minimum=1.0),
-            max_text_chars=whole("max_text_chars"),
-            max_system_chars=whole("max_system_chars"),
-            default_max_tokens=whole("default_max_tokens", maximum=max_tokens_limit),
-            max_tokens_limit=max_tokens_limit,
-            default_temperature=decimal("default_temperature", minimum=0.0),
-            stt_engine=text("stt_engine"),
-            whisper_model_dir=text("whisper_model_dir"),
-            whisper_language=text("whisper_language"),
-            whisper_model=text("whisper_model"),
-            whisper_device=text("whisper_device"),
-            llm_engine=text("llm_engine"),
-            llm_model_path=text("llm_model_path"),
-            llm_model=text("llm_model"),
-            llm_base_url=text("llm_base_url"),
-            llm_api_key=text("llm_api_key"),
-            llm_device=text("llm_device"),
-            llm_tokenizer_path=text("llm_tokenizer_path"),
-            mlc_mode=text("mlc_mode"),
-            llm_context_tokens=whole("llm_context_tokens", minimum=256),
-            llm_threads=whole("llm_threads", usable_cores()),
-            tts_engine=text("tts_engine"),
-            tts_voice=voice,
-            tts_voices=voices,
-            piper_voice_dir=text("piper_voice_dir"),
-            coqui_model=text("coqui_model"),
-            coqui_model_path=text("coqui_model_path"),
-            coqui_config_path=text("coqui_config_path"),
-            tts_speaker=text("tts_speaker"),
-            tts_language=text("tts_language"),
-            tts_device=text("tts_device"),
-            task_soft_time_limit=soft,
-            task_time_limit=hard,
-            broker_visibility_timeout=visibility,
-            worker_heartbeat_seconds=whole("worker_heartbeat_seconds"),
-            max_attempts=whole("max_attempts"),
-            reconcile_interval_seconds=whole("reconcile_interval_seconds"),
-            reconcile_queued_after_seconds=whole("reconcile_queued_after_seconds"),
-            events_ttl_seconds=whole("events_ttl_seconds", minimum=60),
-            max_wait_seconds=whole("max_wait_seconds", maximum=3600),
+            database_url=env.text("database_url", f"sqlite:///{data_dir / 'voicechat.db'}"),
+            redis_url=env.text("redis_url", "redis://127.0.0.1:6379/0"),
+            **_request_limits(env),
+            **_engine_choices(env),
+            **_delivery(env),
         )
+
+
+# Settings read as plain text, the field's default when unset: engines, models and devices.
+_ENGINE_TEXT = (
+    "stt_engine",
+    "whisper_model_dir",
+    "whisper_language",
+    "whisper_model",
+    "whisper_device",
+    "llm_engine",
+    "llm_model_path",
+    "llm_model",
+    "llm_base_url",
+    "llm_api_key",
+    "llm_device",
+    "llm_tokenizer_path",
+    "mlc_mode",
+    "tts_engine",
+    "piper_voice_dir",
+    "coqui_model",
+    "coqui_model_path",
+    "coqui_config_path",
+    "tts_speaker",
+    "tts_language",
+    "tts_device",
+)
+
+
+class _Environment:
+    """Reads settings from environment variables named after their fields, in capitals."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.defaults = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+
+    def raw(self, variable: str) -> str:
+        """The variable's text, stripped; empty when unset."""
+        return self.environ.get(variable, "").strip()
+
+    def text(self, name: str, default: str | None = None) -> str:
+        """A text setting; `default` overrides the field's own."""
+        value = self.raw(name.upper())
+        return value or str(self.defaults[name] if default is None else default)
+
+    def whole(
+        self, name: str, default: int | None = None, *, minimum: int = 1, maximum: int | None = None
+    ) -> int:
+        """A whole-number setting within bounds; `default` overrides the field's own."""
+        raw = self.raw(name.upper())
+        if not raw:
+            return int(self.defaults[name] if default is None else default)
+        return parse_int(name.upper(), raw, minimum=minimum, maximum=maximum)
+
+    def decimal(self, name: str, *, minimum: float) -> float:
+        """A decimal setting at or above `minimum`."""
+        raw = self.raw(name.upper())
+        if not raw:
+            return float(self.defaults[name])
+        return parse_float(name.upper(), raw, minimum=minimum)
+
+
+def _request_limits(env: _Environment) -> dict[str, Any]:
+    """What a request may hold and ask for, and the reply's defaults."""
+    max_tokens_limit = env.whole("max_tokens_limit")
+    # The one setting whose variable is in other units than its field.
+    upload_mb = env.raw("MAX_UPLOAD_MB")
+    max_upload_bytes = (
+        parse_int("MAX_UPLOAD_MB", upload_mb, minimum=1) * 1024 * 1024
+        if upload_mb
+        else env.defaults["max_upload_bytes"]
+    )
+    return {
+        "max_upload_bytes": max_upload_bytes,
+        "max_audio_seconds": env.decimal("max_audio_seconds", minimum=1.0),
+        "max_text_chars": env.whole("max_text_chars"),
+        "max_system_chars": env.whole("max_system_chars"),
+        "default_max_tokens": env.whole("default_max_tokens", maximum=max_tokens_limit),
+        "max_tokens_limit": max_tokens_limit,
+        "default_temperature": env.decimal("default_temperature", minimum=0.0),
+        "max_wait_seconds": env.whole("max_wait_seconds", maximum=3600),
+    }
+
+
+def _engine_choices(env: _Environment) -> dict[str, Any]:
+    """The engine of each stage, its model and device, and the voices offered."""
+    voice = env.text("tts_voice")
+    voices = tuple(v.strip() for v in env.text("tts_voices", voice).split(",") if v.strip())
+    if voice not in voices:
+        raise SettingError(f"TTS_VOICE {voice!r} must be one of TTS_VOICES {list(voices)}")
+    return {
+        **{name: env.text(name) for name in _ENGINE_TEXT},
+        "llm_context_tokens": env.whole("llm_context_tokens", minimum=256),
+        "llm_threads": env.whole("llm_threads", usable_cores()),
+        "tts_voice": voice,
+        "tts_voices": voices,
+    }
+
+
+def _delivery(env: _Environment) -> dict[str, Any]:
+    """Time limits, leases, retries and the reconciler's timer of job delivery."""
+    soft = env.whole("task_soft_time_limit")
+    hard = env.whole("task_time_limit", soft + 30)
+    if hard <= soft:
+        raise SettingError("TASK_TIME_LIMIT must be greater than TASK_SOFT_TIME_LIMIT")
+    # Redis hands an unacknowledged message to another worker after the visibility timeout:
+    # shorter than the hard limit, a job still running would be delivered twice.
+    visibility = env.whole("broker_visibility_timeout", hard + 60)
+    if visibility <= hard:
+        raise SettingError("BROKER_VISIBILITY_TIMEOUT must be greater than TASK_TIME_LIMIT")
+    return {
+        "task_soft_time_limit": soft,
+        "task_time_limit": hard,
+        "broker_visibility_timeout": visibility,
+        "worker_heartbeat_seconds": env.whole("worker_heartbeat_seconds"),
+        "max_attempts": env.whole("max_attempts"),
+        "reconcile_interval_seconds": env.whole("reconcile_interval_seconds"),
+        "reconcile_queued_after_seconds": env.whole("reconcile_queued_after_seconds"),
+        "events_ttl_seconds": env.whole("events_ttl_seconds", minimum=60),
+    }

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from api import create_app
 from models.db import make_engine, make_session_factory
-from models.job import Job
+from models.tables import Job
 from tests.conftest import ROOT, make_settings
 
 

@@ -9,11 +9,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import inspect
 
-from models import jobs as job_rows
+from models import queries, transitions
 from models.db import make_engine, make_session_factory
 from models.errors import InvalidCursor
-from models.job import Job, JobStatus, Stage, utcnow
-from models.jobs import ClaimOutcome
+from models.tables import Job, JobStatus, Stage, utcnow
+from models.transitions import ClaimOutcome
 from tests.conftest import ROOT
 
 
@@ -39,7 +39,7 @@ def test_migrations_match_the_models(database_url: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from models.job import Base
+    from models.tables import Base
 
     command.upgrade(_alembic(database_url), "head")
     engine = make_engine(database_url)
@@ -65,7 +65,7 @@ def _job(session, **values) -> Job:  # type: ignore[no-untyped-def]
 
 
 def _claim(session, job_id: str, owner: str = "host:1", lease: int = 30):  # type: ignore[no-untyped-def]
-    return job_rows.claim(session, job_id, owner=owner, lease_seconds=lease, max_attempts=3)
+    return transitions.claim(session, job_id, owner=owner, lease_seconds=lease, max_attempts=3)
 
 
 def test_a_job_is_claimed_exactly_once(sessions) -> None:  # type: ignore[no-untyped-def]
@@ -82,11 +82,11 @@ def test_an_expired_lease_is_claimed_again_until_attempts_run_out(sessions) -> N
     with sessions() as session:
         job = _job(session)
         assert _claim(session, job.id, owner="a:1", lease=-1) is ClaimOutcome.CLAIMED
-        job_rows.set_stage(session, job.id, "a:1", Stage.GENERATING, transcript="hello")
-        assert job_rows.expired_leases(session) == [job.id]
+        transitions.set_stage(session, job.id, "a:1", Stage.GENERATING, transcript="hello")
+        assert queries.expired_leases(session) == [job.id]
         assert _claim(session, job.id, owner="b:1", lease=-1) is ClaimOutcome.CLAIMED
         # The first holder lost its lease: it can no longer write.
-        assert job_rows.succeed(session, job.id, "a:1", reply_text="stale") is False
+        assert transitions.succeed(session, job.id, "a:1", reply_text="stale") is False
         assert _claim(session, job.id, owner="c:1", lease=-1) is ClaimOutcome.CLAIMED
         assert _claim(session, job.id, owner="d:1") is ClaimOutcome.EXHAUSTED
         session.refresh(job)
@@ -98,11 +98,11 @@ def test_leases_are_renewed_and_released(sessions) -> None:  # type: ignore[no-u
     with sessions() as session:
         job = _job(session)
         _claim(session, job.id, owner="a:1", lease=-1)
-        assert job_rows.renew_lease(session, job.id, "b:1", 30) is False
-        assert job_rows.renew_lease(session, job.id, "a:1", 30) is True
-        assert job_rows.expired_leases(session) == []
-        assert job_rows.release(session, job.id, owner_prefix="b:") is False
-        assert job_rows.release(session, job.id, owner_prefix="a:") is True
+        assert transitions.renew_lease(session, job.id, "b:1", 30) is False
+        assert transitions.renew_lease(session, job.id, "a:1", 30) is True
+        assert queries.expired_leases(session) == []
+        assert transitions.release(session, job.id, owner_prefix="b:") is False
+        assert transitions.release(session, job.id, owner_prefix="a:") is True
         session.refresh(job)
         assert (job.status, job.lease_owner, job.attempts) == ("queued", None, 1)
 
@@ -111,14 +111,14 @@ def test_stages_checkpoint_and_finish(sessions) -> None:  # type: ignore[no-unty
     with sessions() as session:
         job = _job(session)
         _claim(session, job.id)
-        job_rows.set_stage(session, job.id, "host:1", Stage.GENERATING, transcript="hello")
+        transitions.set_stage(session, job.id, "host:1", Stage.GENERATING, transcript="hello")
         session.refresh(job)
         assert (job.stage, job.transcript) == ("generating", "hello")
-        assert job_rows.succeed(session, job.id, "host:1", reply_text="hi there") is True
+        assert transitions.succeed(session, job.id, "host:1", reply_text="hi there") is True
         session.refresh(job)
         assert (job.status, job.stage, job.reply_text) == ("succeeded", None, "hi there")
         # A terminal job never changes again.
-        assert job_rows.fail(session, job.id, "late", "too late") is False
+        assert transitions.fail(session, job.id, "late", "too late") is False
         session.refresh(job)
         assert job.status == "succeeded" and job.error_code is None
 
@@ -126,7 +126,7 @@ def test_stages_checkpoint_and_finish(sessions) -> None:  # type: ignore[no-unty
 def test_failure_records_code_and_message(sessions) -> None:  # type: ignore[no-untyped-def]
     with sessions() as session:
         job = _job(session)
-        assert job_rows.fail(session, job.id, "no_speech", "No speech.") is True
+        assert transitions.fail(session, job.id, "no_speech", "No speech.") is True
         session.refresh(job)
         assert (job.status, job.error_code, job.error_message) == (
             "failed",
@@ -140,21 +140,21 @@ def test_listing_is_newest_first_and_pages_without_gaps(sessions) -> None:  # ty
     base = utcnow()
     with sessions() as session:
         made = [_job(session, created_at=base + timedelta(seconds=i // 2)) for i in range(7)]
-        job_rows.fail(session, made[0].id, "x", "y")
+        transitions.fail(session, made[0].id, "x", "y")
         seen, cursor = [], None
         while True:
-            page = job_rows.list_jobs(session, status=None, limit=3, cursor=cursor)
+            page = queries.list_jobs(session, status=None, limit=3, cursor=cursor)
             seen += [job.id for job in page.jobs]
             cursor = page.next_cursor
             if cursor is None:
                 break
         expected = sorted(made, key=lambda j: (j.created_at, j.id), reverse=True)
         assert seen == [job.id for job in expected]
-        failed = job_rows.list_jobs(session, status=JobStatus.FAILED, limit=10, cursor=None)
+        failed = queries.list_jobs(session, status=JobStatus.FAILED, limit=10, cursor=None)
         assert [job.id for job in failed.jobs] == [made[0].id]
 
 
 @pytest.mark.parametrize("cursor", ["!!!", "bm90IGEgY3Vyc29y", "MjAyNi0xMS0yMnxhYmM"])
 def test_foreign_cursors_are_refused(cursor: str) -> None:
     with pytest.raises(InvalidCursor):
-        job_rows.decode_cursor(cursor)
+        queries.decode_cursor(cursor)

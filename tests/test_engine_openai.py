@@ -23,6 +23,7 @@ from scripts.launch import service_commands
 from tests.conftest import QUESTION, ROOT, make_settings
 from tests.stack import free_port
 from worker.engines import Message
+from worker.engines.model_files import WHISPER_PARTS, package_dir, smollm2_path
 from worker.engines.openai_chat import (
     MESSAGE_OVERHEAD_TOKENS,
     REPLY_PRIMER_TOKENS,
@@ -32,7 +33,6 @@ from worker.engines.openai_chat import (
     load_tokenizer,
 )
 from worker.engines.validation import validate_engines
-from worker.model_files import WHISPER_PARTS, package_dir, smollm2_path
 
 SYSTEM = "You are a friendly assistant. Answer in one short sentence."
 CONVERSATION: list[Message] = [

@@ -58,7 +58,7 @@ def openai_whisper(engine_settings: Settings) -> OpenAIWhisperTranscriber:
 
 def test_the_converted_checkpoint_loads_in_openai_whisper(tmp_path: Path) -> None:
     whisper = pytest.importorskip("whisper", reason=INSTALL)
-    from worker.model_files import assemble_whisper_base
+    from worker.engines.model_files import assemble_whisper_base
 
     ct2_dir = assemble_whisper_base(tmp_path / "ct2")
     out = tmp_path / "base.pt"

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import insert
 
 from models.db import make_engine
-from models.job import Job, JobStatus, new_job_id, utcnow
+from models.tables import Job, JobStatus, new_job_id, utcnow
 from tests.stack import FAST_ENGINES, Stack
 
 pytestmark = pytest.mark.e2e

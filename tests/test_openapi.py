@@ -1,14 +1,17 @@
-"""The served OpenAPI document is valid OpenAPI 3.1 and covers every route the app has."""
+"""The served OpenAPI document: valid OpenAPI 3.1, every route, and the running settings' limits."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
+from alembic import command
+from alembic.config import Config
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from api import create_app
-from tests.conftest import make_settings
+from tests.conftest import ROOT, make_settings
 
 
 def test_document_is_valid_and_complete(tmp_path: Path) -> None:
@@ -24,3 +27,50 @@ def test_document_is_valid_and_complete(tmp_path: Path) -> None:
         if rule.endpoint != "static"
     }
     assert routes == set(document["paths"])
+
+
+def _property(document: dict[str, Any], shape: str, name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = document["components"]["schemas"][shape]["properties"][name]
+    return schema
+
+
+def test_document_and_validation_take_the_running_limits(tmp_path: Path, redis_server: str) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes.update(database_url=url, configure_logger=False)
+    command.upgrade(config, "head")
+    settings = make_settings(
+        tmp_path,
+        DATABASE_URL=url,
+        REDIS_URL=redis_server,
+        MAX_TEXT_CHARS="1234",
+        MAX_TOKENS_LIMIT="77",
+        DEFAULT_MAX_TOKENS="50",
+        TTS_VOICES="en_US-joe-medium,en_US-amy-low",
+    )
+    client = create_app({"settings": settings}).test_client()
+    document = client.get("/openapi.json").json
+    assert document is not None
+    validate(document, cls=OpenAPIV31SpecValidator)
+
+    assert _property(document, "TextJobRequest", "text")["maxLength"] == 1234
+    assert _property(document, "UploadJobRequest", "text")["maxLength"] == 1234
+    assert _property(document, "TextJobForm", "text")["maxLength"] == 1234
+    max_tokens = _property(document, "TextJobRequest", "max_tokens")
+    assert max_tokens["anyOf"][0]["maximum"] == 77 and max_tokens["default"] == 50
+    voices = _property(document, "TextJobRequest", "voice")["anyOf"][0]["enum"]
+    assert voices == ["en_US-joe-medium", "en_US-amy-low"]
+    raw_wav_options = {p["name"]: p for p in document["paths"]["/v1/jobs"]["post"]["parameters"]}
+    assert raw_wav_options["max_tokens"]["schema"]["maximum"] == 77
+
+    refused = client.post("/v1/jobs", json={"text": "a" * 1235})
+    assert refused.status_code == 422
+    assert refused.json is not None and refused.json["code"] == "text_too_long"
+    assert refused.json["field"] == "text" and "1234" in refused.json["detail"]
+    assert client.post("/v1/jobs", json={"text": "a" * 1234}).status_code == 202
+
+    too_many = client.post("/v1/jobs", json={"text": "hi", "max_tokens": 78})
+    assert too_many.status_code == 422
+    assert too_many.json is not None and too_many.json["field"] == "max_tokens"
+    assert client.post("/v1/jobs", json={"text": "hi", "max_tokens": 77}).status_code == 202
+    assert client.post("/v1/jobs", data={"text": "hi", "voice": "en_US-amy-low"}).status_code == 202

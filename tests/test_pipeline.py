@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 
 from models.errors import ContextLengthExceeded, EmptyReply
-from models.job import Operation, ReplyFormat, Stage
 from models.settings import Settings
+from models.tables import Operation, ReplyFormat, Stage
 from tests.conftest import tone
 from tests.engines import EchoGenerator
 from worker.engines import Audio, Message, Reply, Transcript
@@ -78,11 +78,11 @@ class FakeSynthesizer:
 
 class Recorder:
     def __init__(self) -> None:
-        self.events: list[tuple[Stage, dict[str, Any]]] = []
+        self.events: list[tuple[Stage, Transcript | Reply | None]] = []
         self.deltas: list[str] = []
 
-    def enter(self, stage: Stage, **checkpoint: Any) -> None:
-        self.events.append((stage, checkpoint))
+    def enter(self, stage: Stage, done: Transcript | Reply | None = None) -> None:
+        self.events.append((stage, done))
 
     def delta(self, text: str) -> None:
         self.deltas.append(text)
@@ -106,12 +106,18 @@ def test_voice_to_voice_runs_every_stage_in_order(settings: Settings, tmp_path: 
         Stage.GENERATING,
         Stage.SYNTHESIZING,
     ]
-    assert progress.events[1][1] == {
-        "transcript": "what is two plus two",
-        "transcript_language": "en",
-        "transcribe_s": 0.1,
-    }
-    assert progress.events[2][1] == {"reply_text": "**Four**, of course.", "generate_s": 0.2}
+    # Each stage starts with the result of the one before it, to checkpoint.
+    assert progress.events[0][1] is None
+    assert progress.events[1][1] == Transcript(
+        text="what is two plus two", language="en", seconds=0.1
+    )
+    assert progress.events[2][1] == Reply(
+        "**Four**, of course.",
+        prompt_tokens=5,
+        completion_tokens=3,
+        finish_reason="stop",
+        seconds=0.2,
+    )
     assert pipeline.transcriber.heard == [16_000]  # resampled to 16 kHz mono
     assert pipeline.synthesizer.spoken == [("Four , of course.", "v2")]
     assert outcome.audio is not None and outcome.audio.duration == pytest.approx(0.1)
@@ -200,7 +206,7 @@ def test_a_redelivered_job_resumes_after_its_checkpoints(settings: Settings) -> 
         ),
         progress,
     )
-    assert [stage for stage, _ in progress.events] == [Stage.SYNTHESIZING]
+    assert progress.events == [(Stage.SYNTHESIZING, None)]  # nothing new to checkpoint
     assert pipeline.transcriber.heard == [] and generator.calls == []
     assert (outcome.transcript, outcome.reply, outcome.reply_text) == (None, None, "Four.")
     assert pipeline.synthesizer.spoken == [("Four.", settings.tts_voice)]
@@ -209,6 +215,7 @@ def test_a_redelivered_job_resumes_after_its_checkpoints(settings: Settings) -> 
 def test_a_checkpointed_transcript_skips_only_transcription(settings: Settings) -> None:
     generator = FakeGenerator(answer="Four.")
     pipeline = _pipeline(settings, generator)
+    progress = Recorder()
     outcome = pipeline.run(
         JobInput(
             job_id="j",
@@ -216,8 +223,9 @@ def test_a_checkpointed_transcript_skips_only_transcription(settings: Settings) 
             audio_path=Path("/nonexistent.wav"),
             transcript="what is two plus two",
         ),
-        Recorder(),
+        progress,
     )
+    assert progress.events == [(Stage.GENERATING, None)]  # the transcript is checkpointed already
     assert generator.calls[0]["messages"][-1]["content"] == "what is two plus two"
     assert outcome.transcript is None and outcome.reply_text == "Four."
 

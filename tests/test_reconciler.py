@@ -12,9 +12,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import update
 
-from models import jobs as job_rows
+from models import transitions
 from models.db import make_engine, make_session_factory
-from models.job import Job, utcnow
+from models.tables import Job, utcnow
 from tests.conftest import ROOT
 from worker.reconciler import job_ids_waiting, reconcile
 
@@ -78,7 +78,7 @@ def test_releases_and_republishes_jobs_whose_lease_expired(sessions) -> None:  #
         dead = _job(session)
         alive = _job(session)
         for job_id, lease in ((dead, -5), (alive, 60)):
-            job_rows.claim(session, job_id, owner="w:1", lease_seconds=lease, max_attempts=3)
+            transitions.claim(session, job_id, owner="w:1", lease_seconds=lease, max_attempts=3)
         report = reconcile(
             session, broker, published.append, queue="voicechat", queued_after_seconds=30
         )

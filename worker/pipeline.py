@@ -9,8 +9,8 @@ from typing import Any, Protocol
 
 from models.audio import load_for_transcription
 from models.errors import ContextLengthExceeded, EmptyReply
-from models.job import Operation, ReplyFormat, Stage
 from models.settings import Settings
+from models.tables import Operation, ReplyFormat, Stage
 from worker.engines import Audio, Generator, Message, Reply, Synthesizer, Transcriber, Transcript
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -66,10 +66,17 @@ class Outcome:
 
 
 class Progress(Protocol):
-    """Receives stage changes with checkpoints, and the reply text as it is generated."""
+    """Receives each stage as it starts, with what the stage before it produced, and the reply
+    text as it is generated."""
 
-    def enter(self, stage: Stage, **checkpoint: Any) -> None:
-        """Records that `stage` started, with what the previous stage produced."""
+    def enter(self, stage: Stage, done: Transcript | Reply | None = None) -> None:
+        """Records that `stage` started.
+
+        Args:
+            stage: The stage starting now.
+            done: The result of the stage before it, to keep as a checkpoint; None when there
+                was none in this run (the prompt was text, or it was resumed from a checkpoint).
+        """
         ...
 
     def delta(self, text: str) -> None:
@@ -165,7 +172,7 @@ class Pipeline:
 
         Args:
             job: The job's input and options.
-            progress: Told of each stage as it starts, with the previous stage's results.
+            progress: Told of each stage as it starts, with the previous stage's result.
 
         Returns:
             The transcript, the reply and the spoken reply, as applicable.
@@ -181,6 +188,10 @@ class Pipeline:
             return Outcome(
                 transcript=None, reply=None, reply_text="", audio=self._speak(job.text or "", job)
             )
+        return self._chat(job, progress)
+
+    def _chat(self, job: JobInput, progress: Progress) -> Outcome:
+        """Hears the prompt, answers it and speaks the answer, skipping checkpointed stages."""
         transcript: Transcript | None = None
         reply: Reply | None = None
         reply_text = job.reply_text
@@ -190,22 +201,12 @@ class Pipeline:
                 progress.enter(Stage.TRANSCRIBING)
                 transcript = self._transcribe(job)
                 prompt = transcript.text
-                progress.enter(
-                    Stage.GENERATING,
-                    transcript=transcript.text,
-                    transcript_language=transcript.language,
-                    transcribe_s=transcript.seconds,
-                )
-            else:
-                progress.enter(Stage.GENERATING)
+            progress.enter(Stage.GENERATING, done=transcript)
             reply = self._generate(prompt, job, progress)
             reply_text = reply.text
         audio = None
         if job.reply is ReplyFormat.VOICE:
-            if reply is not None:
-                progress.enter(Stage.SYNTHESIZING, reply_text=reply.text, generate_s=reply.seconds)
-            else:
-                progress.enter(Stage.SYNTHESIZING)
+            progress.enter(Stage.SYNTHESIZING, done=reply)
             spoken = speakable(reply_text)
             if not spoken:
                 raise EmptyReply("The reply has no words to speak.")

@@ -21,8 +21,8 @@ from datetime import timedelta
 from redis import Redis
 from sqlalchemy.orm import Session
 
-from models import jobs as job_rows
-from models.job import utcnow
+from models import queries, transitions
+from models.tables import utcnow
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -83,10 +83,10 @@ def reconcile(
         The ids released and republished.
     """
     released = [
-        job_id for job_id in job_rows.expired_leases(session) if job_rows.release(session, job_id)
+        job_id for job_id in queries.expired_leases(session) if transitions.release(session, job_id)
     ]
     cutoff = utcnow() - timedelta(seconds=queued_after_seconds)
-    stale = set(released) | set(job_rows.queued_before(session, cutoff))
+    stale = set(released) | set(queries.queued_before(session, cutoff))
     republished = []
     if stale:
         present = job_ids_waiting(broker, queue)

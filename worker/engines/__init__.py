@@ -16,8 +16,8 @@ import numpy as np
 import soundfile as sf
 
 from models.errors import EngineUnavailable
-from models.job import Message as Message  # re-exported: the chat shape the stages speak
 from models.settings import Settings
+from models.tables import Message as Message  # re-exported: the chat shape the stages speak
 
 
 @dataclass(frozen=True)

@@ -53,26 +53,7 @@ class CoquiSynthesizer:
             EngineUnavailable: No model is named, a file is missing, or the speaker or language
                 is not one the model has.
         """
-        if not model_name and not model_path:
-            raise EngineUnavailable(NOTHING_CONFIGURED)
-        checkpoint = Path(model_path).expanduser()
-        config = Path(config_path).expanduser() if config_path else _beside(checkpoint)
-        if not model_name:
-            for setting, path in (("COQUI_MODEL_PATH", checkpoint), ("COQUI_CONFIG_PATH", config)):
-                if not path.exists():
-                    raise EngineUnavailable(f"{setting}={path} does not exist.")
-        from TTS.api import TTS
-
-        source = f"COQUI_MODEL={model_name}" if model_name else f"COQUI_MODEL_PATH={checkpoint}"
-        try:
-            if model_name:  # fetched into Coqui's cache on first use, on a connected machine
-                tts = TTS(model_name=model_name, progress_bar=False)
-            else:
-                tts = TTS(model_path=str(checkpoint), config_path=str(config), progress_bar=False)
-        # An unknown name is a KeyError, no network an OSError, a checkpoint that does not fit
-        # its config a RuntimeError.
-        except (OSError, KeyError, ValueError, RuntimeError) as error:
-            raise EngineUnavailable(f"{source} cannot be loaded: {error!r}") from error
+        tts, source = _load(model_name, model_path, config_path)
         device = torch_device("TTS_DEVICE", device)
         self.tts: Any = tts.to(device)
         self.speakers: list[str] = list(tts.speakers or []) if tts.is_multi_speaker else []
@@ -157,3 +138,35 @@ class CoquiSynthesizer:
 def _beside(checkpoint: Path) -> Path:
     """The config.json in a checkpoint's folder (or in the folder itself, for XTTS)."""
     return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json"
+
+
+def _load(model_name: str, model_path: str, config_path: str) -> tuple[Any, str]:
+    """Loads a Coqui model by name, or a checkpoint with its config.json.
+
+    Returns:
+        The `TTS.api.TTS` object, and the setting that named the model, for messages.
+
+    Raises:
+        EngineUnavailable: No model is named, a file is missing, or the model cannot load.
+    """
+    if not model_name and not model_path:
+        raise EngineUnavailable(NOTHING_CONFIGURED)
+    checkpoint = Path(model_path).expanduser()
+    config = Path(config_path).expanduser() if config_path else _beside(checkpoint)
+    if not model_name:
+        for setting, path in (("COQUI_MODEL_PATH", checkpoint), ("COQUI_CONFIG_PATH", config)):
+            if not path.exists():
+                raise EngineUnavailable(f"{setting}={path} does not exist.")
+    from TTS.api import TTS
+
+    source = f"COQUI_MODEL={model_name}" if model_name else f"COQUI_MODEL_PATH={checkpoint}"
+    try:
+        if model_name:  # fetched into Coqui's cache on first use, on a connected machine
+            tts = TTS(model_name=model_name, progress_bar=False)
+        else:
+            tts = TTS(model_path=str(checkpoint), config_path=str(config), progress_bar=False)
+    # An unknown name is a KeyError, no network an OSError, a checkpoint that does not fit
+    # its config a RuntimeError.
+    except (OSError, KeyError, ValueError, RuntimeError) as error:
+        raise EngineUnavailable(f"{source} cannot be loaded: {error!r}") from error
+    return tts, source

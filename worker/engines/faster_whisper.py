@@ -11,7 +11,7 @@ import numpy as np
 from models.errors import EngineUnavailable, NoSpeech
 from models.settings import Settings
 from worker.engines import Segment, Transcript
-from worker.model_files import assemble_whisper_base
+from worker.engines.model_files import assemble_whisper_base
 
 # Whisper's own rule for a silent segment (openai/whisper transcribe.py): both a high
 # no-speech probability and a low average log-probability.

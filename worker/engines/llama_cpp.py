@@ -10,7 +10,7 @@ from typing import Any
 from models.errors import ContextLengthExceeded, EngineUnavailable
 from models.settings import Settings
 from worker.engines import Message, Reply
-from worker.model_files import smollm2_path
+from worker.engines.model_files import smollm2_path
 
 
 def _chat_formatter(llm: Any) -> Any:

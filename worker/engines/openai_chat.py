@@ -12,6 +12,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -101,6 +102,16 @@ class _Trimmed:
         body = text.rstrip()
         self.pending = text[len(body) :]
         return body
+
+
+@dataclass
+class _Streamed:
+    """What a streamed completion delivered, gathered as its chunks arrive."""
+
+    pieces: list[str] = field(default_factory=list)
+    usage: Any = None
+    finish_reason: str | None = None
+    first_delta_s: float | None = None
 
 
 class OpenAIChatGenerator:
@@ -240,36 +251,11 @@ class OpenAIChatGenerator:
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
-        trimmed = _Trimmed()
-        pieces: list[str] = []
-        usage: Any = None
-        finish_reason: str | None = None
-        first_delta_s: float | None = None
-        for chunk in self._stream(request):
-            if getattr(chunk, "usage", None) is not None:
-                usage = chunk.usage
-            for choice in chunk.choices or ():
-                finish_reason = choice.finish_reason or finish_reason
-                content = choice.delta.content if choice.delta is not None else None
-                if not content:
-                    continue
-                pieces.append(content)
-                delta = trimmed.feed(content)
-                if not delta:
-                    continue
-                if first_delta_s is None:
-                    first_delta_s = time.perf_counter() - started
-                if on_delta is not None:
-                    on_delta(delta)
-        if finish_reason is None and not pieces:
+        streamed = self._read_stream(request, started, on_delta)
+        if streamed.finish_reason is None and not streamed.pieces:
             raise self._diagnose_empty_stream(request)
-        text = "".join(pieces).strip()
-        if usage is not None:
-            prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
-        else:
-            # llama.cpp and MLC stream one token a chunk.
-            prompt_tokens = measured
-            completion_tokens = len(self.tokenizer(text)) if self.tokenizer else len(pieces)
+        text = "".join(streamed.pieces).strip()
+        prompt_tokens, completion_tokens = self._token_counts(streamed, measured, text)
         seconds = time.perf_counter() - started
         _LOGGER.debug(
             "llm reply model=%s prompt_tokens=%d completion_tokens=%d first_delta_s=%s "
@@ -277,16 +263,48 @@ class OpenAIChatGenerator:
             self.model,
             prompt_tokens,
             completion_tokens,
-            None if first_delta_s is None else round(first_delta_s, 3),
+            None if streamed.first_delta_s is None else round(streamed.first_delta_s, 3),
             seconds,
         )
         return Reply(
             text=text,
-            prompt_tokens=int(prompt_tokens),
-            completion_tokens=int(completion_tokens),
-            finish_reason=finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason=streamed.finish_reason,
             seconds=round(seconds, 3),
         )
+
+    def _read_stream(
+        self, request: dict[str, Any], started: float, on_delta: Callable[[str], None] | None
+    ) -> _Streamed:
+        """Streams the completion, passing each new piece of text on, trimmed, as it comes."""
+        trimmed = _Trimmed()
+        streamed = _Streamed()
+        for chunk in self._stream(request):
+            if getattr(chunk, "usage", None) is not None:
+                streamed.usage = chunk.usage
+            for choice in chunk.choices or ():
+                streamed.finish_reason = choice.finish_reason or streamed.finish_reason
+                content = choice.delta.content if choice.delta is not None else None
+                if not content:
+                    continue
+                streamed.pieces.append(content)
+                delta = trimmed.feed(content)
+                if not delta:
+                    continue
+                if streamed.first_delta_s is None:
+                    streamed.first_delta_s = time.perf_counter() - started
+                if on_delta is not None:
+                    on_delta(delta)
+        return streamed
+
+    def _token_counts(self, streamed: _Streamed, measured: int, text: str) -> tuple[int, int]:
+        """The prompt's and the reply's tokens: the engine's usage report, else counted here."""
+        if streamed.usage is not None:
+            return int(streamed.usage.prompt_tokens), int(streamed.usage.completion_tokens)
+        # llama.cpp and MLC stream one token a chunk.
+        completion = len(self.tokenizer(text)) if self.tokenizer else len(streamed.pieces)
+        return measured, completion
 
     def _stream(self, request: dict[str, Any]) -> Iterator[Any]:
         """Yields the completion's chunks, turning the engine's errors into the domain's.

@@ -13,7 +13,7 @@ import numpy as np
 from models.errors import EngineUnavailable, NoSpeech
 from models.settings import Settings
 from worker.engines import Segment, Transcript
-from worker.model_files import assemble_whisper_base
+from worker.engines.model_files import assemble_whisper_base
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import numpy as np
 from models.errors import EngineUnavailable
 from models.settings import Settings
 from worker.engines import Audio
-from worker.model_files import piper_voice_path
+from worker.engines.model_files import piper_voice_path
 
 PACKAGED_VOICE = "en_US-joe-medium"
 

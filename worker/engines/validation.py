@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 from models.errors import EngineUnavailable
 from models.settings import Settings
 from worker.engines import GENERATORS, SYNTHESIZERS, TRANSCRIBERS
+from worker.engines.model_files import PIPER_VOICE_PACKAGE, SMOLLM2_PACKAGE, WHISPER_PARTS
 from worker.engines.piper import PACKAGED_VOICE
-from worker.model_files import PIPER_VOICE_PACKAGE, SMOLLM2_PACKAGE, WHISPER_PARTS
 
 # Engine name → (the library it imports, how to get it). Checked with find_spec, which finds a
 # package without importing it: torch and CUDA must not be loaded in the parent that forks.

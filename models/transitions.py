@@ -1,11 +1,8 @@
-"""Reads and state changes of job rows; every transition is a conditional UPDATE on the row."""
+"""State changes of job rows; every transition is a conditional UPDATE on the row."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -13,60 +10,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, Update, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from models.errors import InvalidCursor
-from models.job import Job, JobStatus, Message, Stage, Turn, utcnow
+from models.tables import Job, JobStatus, Stage, Turn, utcnow
 
 TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELED.value)
 WORKER_LOST = "worker_lost"
-
-
-@dataclass(frozen=True)
-class Page:
-    """One page of jobs, newest first, and the cursor of the next page if there is one."""
-
-    jobs: Sequence[Job]
-    next_cursor: str | None
-
-
-def encode_cursor(job: Job) -> str:
-    """Returns the opaque cursor that continues a listing after `job`."""
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Parses a cursor made by `encode_cursor`.
-
-    Raises:
-        InvalidCursor: The cursor was not made by this service.
-    """
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, job_id = raw.split("|", 1)
-        created_at = datetime.fromisoformat(stamp)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidCursor("The cursor is not one this service made.") from None
-    if created_at.tzinfo is None or not job_id.isalnum():
-        raise InvalidCursor("The cursor is not one this service made.")
-    return created_at, job_id
-
-
-def list_jobs(
-    session: Session, *, status: JobStatus | None, limit: int, cursor: str | None
-) -> Page:
-    """Lists jobs newest first, `limit` at a time, by keyset pagination on (created_at, id)."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    if status is not None:
-        query = query.where(Job.status == status.value)
-    if cursor:
-        created_at, job_id = decode_cursor(cursor)
-        query = query.where(
-            or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id))
-        )
-    rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(jobs=rows, next_cursor=encode_cursor(rows[-1]) if more and rows else None)
 
 
 class ClaimOutcome(Enum):
@@ -159,40 +106,9 @@ def release(session: Session, job_id: str, *, owner_prefix: str | None = None) -
     return bool(_count(result))
 
 
-def expired_leases(session: Session, limit: int = 100) -> list[str]:
-    """Ids of running jobs whose holder stopped renewing its lease."""
-    query = (
-        select(Job.id)
-        .where(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < utcnow())
-        .limit(limit)
-    )
-    return list(session.scalars(query))
-
-
-def queued_before(session: Session, cutoff: datetime, limit: int = 1000) -> list[str]:
-    """Ids of jobs queued since before `cutoff`, oldest first."""
-    query = (
-        select(Job.id)
-        .where(Job.status == JobStatus.QUEUED.value, Job.created_at < cutoff)
-        .order_by(Job.created_at)
-        .limit(limit)
-    )
-    return list(session.scalars(query))
-
-
 def set_stage(session: Session, job_id: str, owner: str, stage: Stage, **checkpoint: Any) -> bool:
     """Records the stage a running job entered, with the results of the stage before it."""
     return _update_held(session, job_id, owner, stage=stage.value, **checkpoint)
-
-
-def conversation_messages(session: Session, conversation_id: str) -> list[Message]:
-    """A conversation's turns as chat messages, oldest first."""
-    query = (
-        select(Turn.role, Turn.content)
-        .where(Turn.conversation_id == conversation_id)
-        .order_by(Turn.id)
-    )
-    return [Message(role=role, content=content) for role, content in session.execute(query)]
 
 
 def succeed(

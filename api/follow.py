@@ -1,6 +1,6 @@
 """Following a job as it runs: Server-Sent Events, and waiting for the end without polling.
 
-Both read the job's Redis Stream (models/events.py), which the worker appends to, so a client
+Both read the job's Redis Stream (models/event_log.py), which the worker appends to, so a client
 hears of each change as it happens; the web process never asks Celery for results. The job row
 stays the truth: every few seconds without news, and whenever Redis fails, the row is read, so
 a lost event can delay the end but never hide it.
@@ -18,12 +18,11 @@ from flask import Blueprint, Response, current_app, request, stream_with_context
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.render import render_job
-from api.submission import is_resource_id
-from models import events
+from api.schemas import JobView, is_resource_id
+from models import event_log
 from models.errors import InvalidHeader, JobNotFound
-from models.events import Event, JobEvents
-from models.job import Job
+from models.event_log import Event, JobEvents
+from models.tables import Job
 
 blueprint = Blueprint("events", __name__)
 
@@ -32,8 +31,10 @@ BLOCK_SECONDS = 10.0
 # Not in the stream: `follow` yields it after each blocking read that found nothing new, so a
 # caller can keep its connection alive.
 IDLE = "idle"
-# A Redis stream id: milliseconds and a sequence number, each a 64-bit unsigned integer.
-_STREAM_ID = re.compile(r"[0-9]{1,19}-[0-9]{1,19}")
+# A Redis stream id: milliseconds and a sequence number (each held to 19 digits, inside a 64-bit
+# unsigned integer), or 0 for the start. The document declares the same pattern.
+EVENT_ID_PATTERN = "^(0|[0-9]{1,19}-[0-9]{1,19})$"
+_EVENT_ID = re.compile(EVENT_ID_PATTERN)
 
 
 def read_job(job_id: str) -> Job | None:
@@ -68,12 +69,12 @@ def follow(job_id: str, *, after: str = "0", timeout: float | None = None) -> It
         for event in batch:
             after = event.id
             yield event
-            if event.type == events.DONE:
+            if event.type == event_log.DONE:
                 return
         if not batch:
             job = read_job(job_id)
             if job is None or job.job_status.terminal:
-                yield Event(id=after, type=events.DONE, data={"status": job and job.status})
+                yield Event(id=after, type=event_log.DONE, data={"status": job and job.status})
                 return
             if block:
                 yield Event(id=after, type=IDLE, data={})
@@ -83,7 +84,7 @@ def follow(job_id: str, *, after: str = "0", timeout: float | None = None) -> It
 def wait_for(job_id: str, timeout: float) -> Job | None:
     """Waits up to `timeout` seconds for a job to end; returns its final row, or None."""
     for event in follow(job_id, timeout=timeout):
-        if event.type == events.DONE:
+        if event.type == event_log.DONE:
             return read_job(job_id)
     return None
 
@@ -112,7 +113,7 @@ def sse_response(chunks: Iterator[str]) -> Response:
 def job_events(job_id: str) -> Response:
     """Streams a job's events; `Last-Event-ID` (or `?after=`) resumes after a seen event."""
     after = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
-    if after != "0" and not _STREAM_ID.fullmatch(after):
+    if not _EVENT_ID.fullmatch(after):
         raise InvalidHeader("Last-Event-ID must be an event id this stream sent.")
     if not is_resource_id(job_id) or read_job(job_id) is None:
         raise JobNotFound(f"No job has the id {job_id!r}.")
@@ -122,9 +123,13 @@ def job_events(job_id: str) -> Response:
         for event in follow(job_id, after=after):
             if event.type == IDLE:
                 yield KEEP_ALIVE
-            elif event.type == events.DONE:
+            elif event.type == event_log.DONE:
                 job = read_job(job_id)
-                yield _sse(events.DONE, render_job(job) if job else event.data, event.id or None)
+                yield _sse(
+                    event_log.DONE,
+                    JobView.of(job).model_dump(mode="json") if job else event.data,
+                    event.id or None,
+                )
             else:
                 yield _sse(event.type, event.data, event.id)
 

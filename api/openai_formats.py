@@ -1,0 +1,113 @@
+"""The OpenAI routes' output formats: speech audio encodings, subtitles, and SSE chunk framing."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+# Transcript formats, as OpenAI names them; `json` and `verbose_json` are answer models.
+TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+SUBTITLE_MEDIA_TYPES = {
+    "text": "text/plain",
+    "srt": "application/x-subrip",
+    "vtt": "text/vtt",
+}
+# Speech formats and their media types: what libsndfile here can write.
+SPEECH_FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac"}
+if "MP3" in sf.available_formats():  # libsndfile 1.1+ writes MPEG layer III
+    SPEECH_FORMATS["mp3"] = "audio/mpeg"
+if "OGG" in sf.available_formats() and "OPUS" in sf.available_subtypes("OGG"):
+    SPEECH_FORMATS["opus"] = "audio/ogg"
+# OpenAI's default is mp3; where it cannot be written, WAV.
+DEFAULT_SPEECH_FORMAT = "mp3" if "mp3" in SPEECH_FORMATS else "wav"
+# OpenAI's `pcm` is 24 kHz 16-bit little-endian mono without a header.
+PCM_RATE = 24_000
+# Ogg Opus takes 8, 12, 16, 24 or 48 kHz.
+OPUS_RATE = 48_000
+# The last event of a streamed chat completion, as OpenAI sends it.
+STREAM_END = "data: [DONE]\n\n"
+
+
+class Cue(NamedTuple):
+    """A stretch of speech, in seconds from the start of the recording."""
+
+    start: float
+    end: float
+    text: str
+
+
+def cues_of(segments: Sequence[Mapping[str, Any]], text: str, duration: float) -> list[Cue]:
+    """The recogniser's segments as cues; without segments, the whole text as one cue."""
+    if segments:
+        return [Cue(float(s["start"]), float(s["end"]), str(s["text"])) for s in segments]
+    return [Cue(0.0, duration, text)] if text else []
+
+
+def timestamp(seconds: float, separator: str) -> str:
+    """`HH:MM:SS,mmm` (SRT, with `,`) or `HH:MM:SS.mmm` (WebVTT, with `.`)."""
+    millis = round(seconds * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def transcript_text(response_format: str, text: str, cues: Sequence[Cue]) -> str:
+    """A transcript as plain text (with a final newline), SubRip or WebVTT.
+
+    Args:
+        response_format: `text`, `srt` or `vtt`.
+        text: The whole transcript.
+        cues: Its timed pieces (see `cues_of`).
+
+    Returns:
+        The body; its media type is `SUBTITLE_MEDIA_TYPES[response_format]`.
+    """
+    if response_format == "text":
+        return text + "\n"
+    if response_format == "srt":
+        return "\n".join(
+            f"{index}\n{timestamp(cue.start, ',')} --> {timestamp(cue.end, ',')}\n{cue.text}\n"
+            for index, cue in enumerate(cues, start=1)
+        )
+    blocks = [f"{timestamp(c.start, '.')} --> {timestamp(c.end, '.')}\n{c.text}\n" for c in cues]
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def encode_speech(wav: bytes, response_format: str) -> bytes:
+    """Re-encodes a spoken reply (a WAV) in one of `SPEECH_FORMATS`.
+
+    Args:
+        wav: The synthesizer's WAV.
+        response_format: A key of `SPEECH_FORMATS`.
+
+    Returns:
+        The audio bytes; `pcm` is resampled to 24 kHz, `opus` to 48 kHz.
+    """
+    if response_format == "wav":
+        return wav
+    samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    if response_format == "pcm":
+        resampled = soxr.resample(samples, rate, PCM_RATE) if rate != PCM_RATE else samples
+        pcm = np.clip(resampled * 32768.0, -32768, 32767).astype("<i2")
+        return bytes(pcm.tobytes())
+    buffer = io.BytesIO()
+    if response_format == "flac":
+        sf.write(buffer, samples, rate, format="FLAC", subtype="PCM_16")
+    elif response_format == "mp3":
+        sf.write(buffer, samples, rate, format="MP3", subtype="MPEG_LAYER_III")
+    else:
+        resampled = soxr.resample(samples, rate, OPUS_RATE) if rate != OPUS_RATE else samples
+        sf.write(buffer, resampled, OPUS_RATE, format="OGG", subtype="OPUS")
+    return bytes(buffer.getvalue())
+
+
+def event_data(body: Mapping[str, Any]) -> str:
+    """One Server-Sent Event of a streamed chat completion: `data:` and compact JSON."""
+    return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"

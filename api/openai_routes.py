@@ -1,0 +1,276 @@
+"""OpenAI-compatible routes over the same queue and worker: chat, transcription, speech, models.
+
+Every request becomes a job like any other (visible under /v1/jobs, its id in `X-Job-Id`); the
+route then follows the job's event stream to answer. Bodies are validated by the shapes of
+`api/openai_schemas.py`, and errors use OpenAI's `{"error": {message, type, param, code}}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from pydantic import BaseModel
+from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.exceptions import HTTPException
+
+from api import openai_formats
+from api.errors import status_for
+from api.follow import IDLE, KEEP_ALIVE, follow, read_job, sse_response, wait_for
+from api.jobs import submit
+from api.openai_schemas import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ModelList,
+    OpenAIError,
+    OpenAIErrorBody,
+    SpeechRequest,
+    Transcription,
+    TranscriptionRequest,
+    VerboseTranscription,
+)
+from api.schemas import Usage
+from api.validation import parse_json_object, single_values, validate
+from models import event_log
+from models.audio import inspect_wav
+from models.errors import (
+    InvalidOption,
+    MalformedMultipart,
+    NoSpeech,
+    UnsupportedMediaType,
+    VoiceChatError,
+    WaitTimedOut,
+    error_for_code,
+)
+from models.settings import Settings
+from models.storage import FileStore
+from models.tables import InputKind, Job, JobStatus, Operation, ReplyFormat, new_job_id
+
+blueprint = Blueprint("openai", __name__)
+
+GRANULARITIES = "timestamp_granularities[]"
+
+
+def _settings() -> Settings:
+    settings: Settings = current_app.extensions["voicechat.settings"]
+    return settings
+
+
+def _answer(body: BaseModel, status: int = 200) -> Response:
+    response = jsonify(body.model_dump(mode="json"))
+    response.status_code = status
+    return response
+
+
+def error_body(error: VoiceChatError) -> OpenAIError:
+    """OpenAI's error object for a domain error: the request's fault or the server's."""
+    detail = OpenAIErrorBody(
+        message=error.detail,
+        type="invalid_request_error" if status_for(error) < 500 else "server_error",
+        param=error.extra.get("field"),
+        code=error.code,
+    )
+    return OpenAIError(error=detail)
+
+
+@blueprint.errorhandler(VoiceChatError)
+def _openai_error(error: VoiceChatError) -> Response:
+    return _answer(error_body(error), status_for(error))
+
+
+@blueprint.errorhandler(HTTPException)
+def _openai_http_error(error: HTTPException) -> Response:
+    detail = OpenAIErrorBody(
+        message=error.description or error.name,
+        type="invalid_request_error",
+        param=None,
+        code=None,
+    )
+    return _answer(OpenAIError(error=detail), error.code or 500)
+
+
+@blueprint.get("/v1/models")
+def list_models() -> Response:
+    """Lists the models this service answers with (one per stage)."""
+    return _answer(ModelList.of(_settings()))
+
+
+def _json_object() -> dict[str, Any]:
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("Send the request body as application/json.")
+    return parse_json_object(request.get_data(cache=False))
+
+
+def _sync_wait(settings: Settings) -> float:
+    # A request held for a job: as long as the job may run, and a queue's worth more.
+    return float(settings.task_time_limit * 2)
+
+
+def _succeeded(job: Job, settings: Settings) -> Job:
+    """Waits for the job; raises the job's own error if it failed, or WaitTimedOut."""
+    finished = wait_for(job.id, _sync_wait(settings))
+    if finished is None:
+        raise WaitTimedOut(f"Job {job.id} is still running; follow it at /v1/jobs/{job.id}.")
+    if finished.status != JobStatus.SUCCEEDED.value:
+        raise error_for_code(finished.error_code or "internal_error", finished.error_message or "")
+    return finished
+
+
+@blueprint.post("/v1/chat/completions")
+def chat_completions() -> Response:
+    """Answers a chat, whole or streamed as `chat.completion.chunk` events."""
+    settings = _settings()
+    chat = validate(ChatCompletionRequest, _json_object(), settings)
+    job = submit(
+        Job(
+            id=new_job_id(),
+            status=JobStatus.QUEUED.value,
+            operation=Operation.CHAT.value,
+            reply_format=ReplyFormat.TEXT.value,
+            input_kind=InputKind.TEXT.value,
+            input_text=chat.prompt,
+            history=chat.history(),
+            options=chat.generation_options(),
+        )
+    )
+    if chat.stream:
+        head = ChatCompletionChunk(
+            id=f"chatcmpl-{job.id}",
+            object="chat.completion.chunk",
+            created=int(job.created_at.timestamp()),
+            model=chat.model,
+            choices=[],
+        )
+        response = sse_response(_completion_chunks(job.id, head, chat.include_usage, settings))
+    else:
+        response = _answer(ChatCompletion.of(_succeeded(job, settings), chat.model))
+    response.headers["X-Job-Id"] = job.id
+    return response
+
+
+def _completion_chunks(
+    job_id: str, head: ChatCompletionChunk, include_usage: bool, settings: Settings
+) -> Iterator[str]:
+    """The events of a streamed completion: the role, each piece, the end (or the job's error),
+    the usage when asked for, and `[DONE]`."""
+    frame = openai_formats.event_data
+    yield frame(head.piece(ChatDelta(role="assistant", content="")).body())
+    # A job rerun after its worker was lost streams its reply again from the start.
+    for event in follow(job_id, timeout=_sync_wait(settings)):
+        if event.type == event_log.DELTA:
+            yield frame(head.piece(ChatDelta(content=event.data["text"])).body())
+        elif event.type == IDLE:
+            yield KEEP_ALIVE
+    job = read_job(job_id)
+    if job is None or job.status != JobStatus.SUCCEEDED.value:
+        code = (job and job.error_code) or WaitTimedOut.code
+        message = (job and job.error_message) or "The job did not finish in time."
+        yield frame(error_body(error_for_code(code, message)).model_dump(mode="json"))
+    else:
+        yield frame(head.piece(ChatDelta(), job.finish_reason or "stop").body())
+        if include_usage:
+            yield frame(head.model_copy(update={"usage": Usage.of(job)}).body())
+    yield openai_formats.STREAM_END
+
+
+def _multipart_fields() -> dict[str, Any]:
+    """The multipart body as the transcription shape's input: each text field once (but
+    `timestamp_granularities[]`, a list), each file part's bytes (a list when repeated).
+
+    Raises:
+        UnsupportedMediaType: The body is not multipart/form-data.
+        MalformedMultipart: The body cannot be parsed.
+        InvalidOption: A text field is repeated, or a text field is sent as a file part.
+    """
+    if request.mimetype != "multipart/form-data":
+        raise UnsupportedMediaType("Send the recording as multipart/form-data with a 'file' part.")
+    try:
+        form, files = request.form, request.files
+    except ValueError as error:
+        raise MalformedMultipart(f"The multipart body cannot be parsed: {error}") from None
+    texts = MultiDict(
+        [(name, value) for name, value in form.items(multi=True) if name != GRANULARITIES]
+    )
+    fields = single_values(texts, "form field")
+    if GRANULARITIES in form:
+        fields[GRANULARITIES] = form.getlist(GRANULARITIES)
+    for name in files:
+        if name in fields:
+            raise InvalidOption(f"{name} is both a text field and a file part.", field=name)
+        if name != "file" and name in TranscriptionRequest.model_fields:
+            raise InvalidOption(f"{name} must be a text field, not a file part.", field=name)
+        parts: list[FileStorage] = files.getlist(name)
+        fields[name] = parts[0].read() if len(parts) == 1 else [part.read() for part in parts]
+    return fields
+
+
+@blueprint.post("/v1/audio/transcriptions")
+def transcriptions() -> Response:
+    """Transcribes an uploaded WAV: json, text, verbose_json, srt or vtt."""
+    settings = _settings()
+    asked = validate(TranscriptionRequest, _multipart_fields(), settings, from_strings=True)
+    info = inspect_wav(asked.file, settings.max_audio_seconds)
+    options = asked.recognition_options()
+    job = Job(
+        id=new_job_id(),
+        status=JobStatus.QUEUED.value,
+        operation=Operation.TRANSCRIBE.value,
+        reply_format=ReplyFormat.TEXT.value,
+        input_audio_seconds=round(info.seconds, 3),
+        options=options,
+    )
+    submit(job, asked.file)
+    try:
+        finished = _succeeded(job, settings)
+        heard = VerboseTranscription.of(
+            finished.transcript or "",
+            finished.transcript_segments or [],
+            finished.transcript_language,
+            info.seconds,
+        )
+    except NoSpeech:  # OpenAI answers silence with an empty transcript, not an error
+        heard = VerboseTranscription.of("", [], options.get("language"), info.seconds)
+    response = _transcript_response(asked.response_format, heard)
+    response.headers["X-Job-Id"] = job.id
+    return response
+
+
+def _transcript_response(response_format: str, heard: VerboseTranscription) -> Response:
+    if response_format == "json":
+        return _answer(Transcription(text=heard.text))
+    if response_format == "verbose_json":
+        return _answer(heard)
+    segments = [segment.model_dump() for segment in heard.segments]
+    cues = openai_formats.cues_of(segments, heard.text, heard.duration)
+    return Response(
+        openai_formats.transcript_text(response_format, heard.text, cues),
+        mimetype=openai_formats.SUBTITLE_MEDIA_TYPES[response_format],
+    )
+
+
+@blueprint.post("/v1/audio/speech")
+def speech() -> Response:
+    """Speaks `input` and returns the audio in `response_format`."""
+    settings = _settings()
+    asked = validate(SpeechRequest, _json_object(), settings)
+    job = Job(
+        id=new_job_id(),
+        status=JobStatus.QUEUED.value,
+        operation=Operation.SPEAK.value,
+        reply_format=ReplyFormat.VOICE.value,
+        input_kind=InputKind.TEXT.value,
+        input_text=asked.input,
+        options=asked.speech_options(settings),
+    )
+    submit(job)
+    finished = _succeeded(job, settings)
+    results: FileStore = current_app.extensions["voicechat.results"]
+    assert finished.reply_audio_file is not None
+    wav = results.path(finished.reply_audio_file).read_bytes()
+    audio = openai_formats.encode_speech(wav, asked.response_format)
+    response = Response(audio, mimetype=openai_formats.SPEECH_FORMATS[asked.response_format])
+    response.headers["X-Job-Id"] = job.id
+    return response

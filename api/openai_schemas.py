@@ -1,0 +1,672 @@
+"""The OpenAI-compatible routes' request and response shapes, each declared once.
+
+Shapes and defaults follow OpenAI's API reference, so the official SDKs work unchanged. What
+the running settings decide (the language model's id, the voices) is checked against them at
+validation time and written into the document from them (`api/openapi/openai.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+
+from api.openai_formats import DEFAULT_SPEECH_FORMAT, SPEECH_FORMATS, TRANSCRIPTION_FORMATS
+from api.schemas import (
+    MAX_TEMPERATURE,
+    NO_NUL_PATTERN,
+    PROMPT_PATTERN,
+    Encodable,
+    Usage,
+    check_encodable,
+    not_blank,
+)
+from api.validation import (
+    Answer,
+    Live,
+    PositiveWhole,
+    Shape,
+    integral,
+    refuse,
+    running_settings,
+)
+from models.errors import EmptyText, InvalidOption, MissingInput, ModelNotFound
+from models.settings import Settings
+from models.tables import Job, Message
+
+WHISPER_MODEL_ID = "whisper-1"
+TTS_MODEL_IDS = ("tts-1", "tts-1-hd")
+# OpenAI's voices; each speaks with the configured default voice (TTS_VOICE) here.
+OPENAI_VOICES = (
+    "alloy",
+    "ash",
+    "ballad",
+    "coral",
+    "echo",
+    "fable",
+    "nova",
+    "onyx",
+    "sage",
+    "shimmer",
+    "verse",
+)
+# OpenAI's roles as the pipeline's: `developer` is the newer name of `system`.
+CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+MAX_MESSAGES = 1000
+MAX_MESSAGE_CHARS = 32_000
+MAX_SPEECH_CHARS = 4096
+MAX_TRANSCRIPTION_PROMPT_CHARS = 2000
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
+LANGUAGE_PATTERN = "^[A-Za-z]{2,3}$"
+COMPLETION_ID = "^chatcmpl-[0-9a-f]{32}$"
+# The `created` of every model: the models are this service's, not dated releases.
+MODELS_CREATED = 1_700_000_000
+
+
+def llm_model_id(settings: Settings) -> str:
+    """The id the language model is served under: LLM_MODEL, else LLM_MODEL_PATH's stem."""
+    if settings.llm_model:
+        return settings.llm_model
+    if settings.llm_model_path:
+        return Path(settings.llm_model_path).stem
+    return "SmolLM2-135M-Instruct"
+
+
+def served_model_ids(settings: Settings) -> list[str]:
+    """Every model id this service answers to, one per stage, as `GET /v1/models` lists them."""
+    return [llm_model_id(settings), WHISPER_MODEL_ID, *TTS_MODEL_IDS]
+
+
+def speech_voices(settings: Settings) -> list[str]:
+    """The voices `/v1/audio/speech` accepts: OpenAI's, then the server's TTS_VOICES."""
+    return [*OPENAI_VOICES, *(v for v in settings.tts_voices if v not in OPENAI_VOICES)]
+
+
+def _model_among(accepted: Callable[[Settings], Sequence[str]]) -> AfterValidator:
+    """Refuses a model id this route does not serve with 404 `model_not_found`."""
+
+    def check(value: str, info: ValidationInfo) -> str:
+        ids = accepted(running_settings(info))
+        if not value:
+            raise refuse(InvalidOption, "must name a model")
+        if value not in ids:
+            raise refuse(ModelNotFound, f"must be one of {', '.join(ids)} (see GET /v1/models)")
+        return value
+
+    return AfterValidator(check)
+
+
+def _one_of(values: Sequence[str]) -> AfterValidator:
+    """Refuses a value outside `values` (the schema's `enum`, which the message names)."""
+
+    def check(value: str) -> str:
+        if value not in values:
+            raise refuse(InvalidOption)
+        return value
+
+    return AfterValidator(check)
+
+
+def _as_a_whole(message: str) -> WrapValidator:
+    """Reports any fault inside a value as one fault of the value, at its own path."""
+
+    def check(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise refuse(InvalidOption, message) from None
+
+    return WrapValidator(check)
+
+
+def _only_one_choice(value: int) -> int:
+    if value != 1:
+        raise refuse(InvalidOption, "must be 1: one choice is made")
+    return value
+
+
+def _language_code(value: str) -> str:
+    if not (value.isascii() and value.isalpha() and 2 <= len(value) <= 3):
+        raise refuse(InvalidOption, "must be an ISO-639-1 code such as 'en'")
+    return value.lower()
+
+
+def _one_file_part(value: Any) -> Any:
+    if isinstance(value, list):
+        raise refuse(MissingInput, "Send exactly one 'file' part holding a WAV recording.")
+    if isinstance(value, str):
+        raise refuse(InvalidOption, "must be a file part, not a text field")
+    return value
+
+
+# Requests
+
+
+class ChatTextPart(Shape):
+    """A text content part; other members (e.g. `cache_control`) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: Annotated[str, Field(json_schema_extra={"pattern": NO_NUL_PATTERN})] = ""
+
+
+MessageContent = Annotated[
+    Annotated[
+        str,
+        WithJsonSchema(
+            {"type": "string", "maxLength": MAX_MESSAGE_CHARS, "pattern": NO_NUL_PATTERN}
+        ),
+    ]
+    | list[ChatTextPart],
+    _as_a_whole("must be a string or an array of text content parts (only text is understood)"),
+    Field(
+        description=f"A string, or text content parts, joined; at most {MAX_MESSAGE_CHARS} "
+        "characters either way."
+    ),
+]
+
+
+class ChatMessage(Shape):
+    """One message; other members (e.g. `name`) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Annotated[
+        Literal["system", "developer", "user", "assistant"],
+        Field(description="`developer` counts as `system`."),
+    ]
+    content: MessageContent
+
+    @field_validator("content")
+    @classmethod
+    def _storable_text(cls, content: str | list[ChatTextPart]) -> str | list[ChatTextPart]:
+        text = _joined(content)
+        check_encodable(text)
+        if len(text) > MAX_MESSAGE_CHARS:
+            raise refuse(InvalidOption, f"must have at most {MAX_MESSAGE_CHARS} characters")
+        return content
+
+    @property
+    def text(self) -> str:
+        """The message's text, its parts joined."""
+        return _joined(self.content)
+
+    def as_history(self) -> Message:
+        """The message in the pipeline's roles (`developer` as `system`)."""
+        return {"role": CHAT_ROLES[self.role], "content": self.text}
+
+
+def _joined(content: str | list[ChatTextPart]) -> str:
+    return content if isinstance(content, str) else "".join(part.text for part in content)
+
+
+class StreamOptions(Shape):
+    """Options of a streamed completion."""
+
+    include_usage: Annotated[
+        bool, Field(description="Add a last chunk with `usage` and no choices.")
+    ] = False
+
+
+ReplyTokens = Annotated[
+    PositiveWhole | None,
+    Live("maximum", "max_tokens_limit"),
+]
+
+
+class ChatCompletionRequest(Shape):
+    """A chat completion request. No system prompt is added; an explicit null counts as absent
+    (but for `stream`)."""
+
+    # What JSON Schema can say of `stream_options`: it comes with `stream: true`.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {
+                "properties": {"stream_options": {"type": "object"}},
+                "required": ["stream_options"],
+            },
+            "then": {"properties": {"stream": {"const": True}}, "required": ["stream"]},
+        }
+    )
+
+    model: Annotated[
+        str,
+        _model_among(lambda settings: (llm_model_id(settings),)),
+        Field(
+            description="The language model's id, as listed by `GET /v1/models`; another id "
+            "is 404 `model_not_found`."
+        ),
+    ]
+    messages: Annotated[
+        list[ChatMessage],
+        Field(
+            min_length=1,
+            max_length=MAX_MESSAGES,
+            description="The chat, oldest first. The last message must be the user's, and is "
+            "the prompt: trimmed, it must be non-blank (422 `empty_text`, `param` `text`). The "
+            "earlier ones that fit the context window go with it, system messages always; a "
+            "prompt that leaves no room for the reply is 422 `context_length_exceeded`.",
+        ),
+    ]
+    stream: Annotated[
+        bool,
+        Field(description="Answer with `text/event-stream` chunks as the reply is generated."),
+    ] = False
+    stream_options: Annotated[
+        StreamOptions | None,
+        _as_a_whole("must be an object with at most include_usage, a boolean"),
+        Field(description="With `stream: true` only."),
+    ] = None
+    n: Annotated[
+        Annotated[
+            int,
+            AfterValidator(_only_one_choice),
+            BeforeValidator(integral),
+            Field(json_schema_extra={"const": 1}),
+        ]
+        | None,
+        Field(description="Only one choice is made."),
+    ] = None
+    max_completion_tokens: Annotated[
+        ReplyTokens,
+        Field(
+            description="Longest reply in tokens, 1 to MAX_TOKENS_LIMIT; wins over "
+            "`max_tokens`. When both are absent, DEFAULT_MAX_TOKENS."
+        ),
+        Live("default", "default_max_tokens"),
+    ] = None
+    max_tokens: Annotated[
+        ReplyTokens, Field(description="The older name of `max_completion_tokens`.")
+    ] = None
+    temperature: Annotated[
+        float | None,
+        Field(
+            ge=0,
+            le=MAX_TEMPERATURE,
+            allow_inf_nan=False,
+            description="Sampling temperature; DEFAULT_TEMPERATURE when absent.",
+        ),
+        Live("default", "default_temperature"),
+    ] = None
+    user: Annotated[Any, Field(description="Accepted and ignored.")] = None
+
+    @field_validator("messages")
+    @classmethod
+    def _ends_with_the_prompt(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        if messages[-1].role != "user":
+            raise refuse(InvalidOption, "must end with the user's message")
+        return messages
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streamed(
+        cls, options: StreamOptions | None, info: ValidationInfo
+    ) -> StreamOptions | None:
+        if options is not None and info.data.get("stream") is not True:
+            raise refuse(InvalidOption, "must come with stream: true")
+        return options
+
+    @model_validator(mode="after")
+    def _prompt_not_blank(self) -> ChatCompletionRequest:
+        # Raised as itself, not as a field's refusal, to keep the `param` clients know from
+        # the job routes: the prompt is `text` (the last message's content is its source).
+        if not self.prompt:
+            raise EmptyText("The prompt (the last message's content) is blank.", field="text")
+        return self
+
+    @property
+    def prompt(self) -> str:
+        """The last message's text, trimmed: what the model answers."""
+        return self.messages[-1].text.strip()
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a streamed answer ends with a usage chunk."""
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def history(self) -> list[Message]:
+        """The messages before the prompt, in the pipeline's roles."""
+        return [message.as_history() for message in self.messages[:-1]]
+
+    def generation_options(self) -> dict[str, Any]:
+        """The options stored on the job: only those given, and no added system prompt."""
+        options: dict[str, Any] = {"system": "", "whole_sentences": False}
+        limit = (
+            self.max_tokens if self.max_completion_tokens is None else self.max_completion_tokens
+        )
+        if limit is not None:
+            options["max_tokens"] = limit
+        if self.temperature is not None:
+            options["temperature"] = self.temperature
+        return options
+
+
+class SpeechRequest(Shape):
+    """A speech request."""
+
+    model: Annotated[
+        str,
+        _model_among(lambda _: TTS_MODEL_IDS),
+        Field(description="Both the same.", json_schema_extra={"enum": list(TTS_MODEL_IDS)}),
+    ]
+    input: Annotated[
+        str,
+        Field(max_length=MAX_SPEECH_CHARS),
+        AfterValidator(check_encodable),
+        AfterValidator(not_blank),
+        Field(
+            description=f"What to say: trimmed, it must be non-blank; at most {MAX_SPEECH_CHARS} "
+            "characters (OpenAI's limit, not MAX_TEXT_CHARS).",
+            json_schema_extra={"pattern": PROMPT_PATTERN, "minLength": 1},
+        ),
+    ]
+    voice: Annotated[
+        str,
+        Field(
+            description="One of OpenAI's voices, each spoken with TTS_VOICE, or one of the "
+            "server's TTS_VOICES."
+        ),
+    ]
+    response_format: Annotated[
+        str,
+        _one_of(tuple(SPEECH_FORMATS)),
+        Field(
+            description="`pcm` is 16-bit little-endian mono samples at 24 kHz without a "
+            "header; `mp3` and `opus` only where libsndfile writes them.",
+            json_schema_extra={"enum": list(SPEECH_FORMATS)},
+        ),
+    ] = DEFAULT_SPEECH_FORMAT
+    speed: Annotated[float, Field(ge=MIN_SPEED, le=MAX_SPEED, allow_inf_nan=False)] = 1.0
+
+    @field_validator("voice")
+    @classmethod
+    def _known_voice(cls, voice: str, info: ValidationInfo) -> str:
+        voices = speech_voices(running_settings(info))
+        if voice not in voices:
+            raise refuse(InvalidOption, f"must be one of {', '.join(voices)}")
+        return voice
+
+    def speech_options(self, settings: Settings) -> dict[str, Any]:
+        """The options stored on the job: the server's voice, and the speed."""
+        voice = settings.tts_voice if self.voice in OPENAI_VOICES else self.voice
+        return {"voice": voice, "speed": self.speed}
+
+
+class TranscriptionRequest(Shape):
+    """The recording as the `file` part, the rest as text fields, each at most once (but
+    `timestamp_granularities[]`)."""
+
+    missing_errors = {"file": MissingInput}
+
+    file: Annotated[
+        bytes,
+        BeforeValidator(_one_file_part),
+        Field(
+            description="The recording: a WAV (PCM, float, A-law, mu-law or ADPCM samples) of "
+            "at most MAX_AUDIO_SECONDS; the format is decided by the bytes, not the label."
+        ),
+    ]
+    model: Annotated[
+        str,
+        _model_among(lambda _: (WHISPER_MODEL_ID,)),
+        Field(json_schema_extra={"enum": [WHISPER_MODEL_ID]}),
+    ]
+    response_format: Annotated[
+        str,
+        _one_of(TRANSCRIPTION_FORMATS),
+        Field(json_schema_extra={"enum": list(TRANSCRIPTION_FORMATS)}),
+    ] = "json"
+    language: Annotated[
+        Annotated[
+            str,
+            AfterValidator(_language_code),
+            Field(json_schema_extra={"pattern": LANGUAGE_PATTERN}),
+        ]
+        | None,
+        Field(
+            description="The spoken language as an ISO-639-1 code such as `en`; "
+            "WHISPER_LANGUAGE when absent (`auto` detects it)."
+        ),
+    ] = None
+    prompt: Annotated[
+        Encodable | None,
+        Field(
+            max_length=MAX_TRANSCRIPTION_PROMPT_CHARS,
+            description="Text to guide the recogniser (spellings, the previous sentence).",
+        ),
+    ] = None
+    temperature: Annotated[
+        float | None,
+        Field(
+            ge=0,
+            le=MAX_TEMPERATURE,
+            allow_inf_nan=False,
+            description="Accepted for compatibility and unused (decoding is beam search).",
+        ),
+    ] = None
+    timestamp_granularities: Annotated[
+        list[Literal["segment"]],
+        _as_a_whole("must list only segment: segment timestamps are the only ones available"),
+        Field(
+            alias="timestamp_granularities[]",
+            description="Only `segment`, which `verbose_json` always has.",
+        ),
+    ] = []
+
+    def recognition_options(self) -> dict[str, Any]:
+        """The options stored on the job: the language and the prompt, when given."""
+        options: dict[str, Any] = {}
+        if self.language is not None:
+            options["language"] = self.language
+        if self.prompt:
+            options["prompt"] = self.prompt
+        return options
+
+
+# Answers
+
+
+class Model(Answer):
+    """A model this service answers with."""
+
+    id: str
+    object: Literal["model"]
+    created: Annotated[int, Field(description="Unix time (fixed).")]
+    owned_by: Literal["voicechat"]
+
+
+class ModelList(Answer):
+    """The models, in OpenAI's list shape."""
+
+    object: Literal["list"]
+    data: list[Model]
+
+    @classmethod
+    def of(cls, settings: Settings) -> ModelList:
+        """The models served under `settings`, one per stage."""
+        models = [
+            Model(id=i, object="model", created=MODELS_CREATED, owned_by="voicechat")
+            for i in served_model_ids(settings)
+        ]
+        return cls(object="list", data=models)
+
+
+class AssistantMessage(Answer):
+    """The reply."""
+
+    role: Literal["assistant"]
+    content: str
+    refusal: None
+
+
+class ChatChoice(Answer):
+    """The one choice."""
+
+    index: Literal[0]
+    message: AssistantMessage
+    logprobs: None
+    finish_reason: Annotated[
+        str, Field(description="`stop`, or `length` when cut at the token limit.")
+    ]
+
+
+class ChatCompletion(Answer):
+    """A chat completion, in OpenAI's shape; `id` is `chatcmpl-` and the job id."""
+
+    id: Annotated[str, Field(pattern=COMPLETION_ID)]
+    object: Literal["chat.completion"]
+    created: Annotated[int, Field(description="Unix time the job was made.")]
+    model: str
+    choices: Annotated[list[ChatChoice], Field(min_length=1, max_length=1)]
+    usage: Usage
+    system_fingerprint: None
+
+    @classmethod
+    def of(cls, job: Job, model: str) -> ChatCompletion:
+        """The completion a succeeded chat job made."""
+        reply = AssistantMessage(role="assistant", content=job.reply_text or "", refusal=None)
+        choice = ChatChoice(
+            index=0, message=reply, logprobs=None, finish_reason=job.finish_reason or "stop"
+        )
+        return cls(
+            id=f"chatcmpl-{job.id}",
+            object="chat.completion",
+            created=int(job.created_at.timestamp()),
+            model=model,
+            choices=[choice],
+            usage=Usage.of(job),
+            system_fingerprint=None,
+        )
+
+
+class ChatDelta(Answer):
+    """The next piece of the reply: the role on the first chunk, then content."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=False)
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(Answer):
+    """The one choice."""
+
+    index: Literal[0]
+    delta: ChatDelta
+    logprobs: None
+    finish_reason: Annotated[str | None, Field(description="Set on the last chunk only.")]
+
+
+class ChatCompletionChunk(Answer):
+    """One event of a streamed chat completion (`text/event-stream`); serialized without the
+    members left unset (`usage` but on the usage chunk, a delta's absent role or content)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=False)
+
+    id: Annotated[str, Field(pattern=COMPLETION_ID)]
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: Annotated[
+        list[ChatChunkChoice], Field(max_length=1, description="Empty on the usage chunk.")
+    ]
+    usage: Usage | None = None
+
+    def piece(self, delta: ChatDelta, finish_reason: str | None = None) -> ChatCompletionChunk:
+        """A chunk of this completion with one choice."""
+        choice = ChatChunkChoice(index=0, delta=delta, logprobs=None, finish_reason=finish_reason)
+        return self.model_copy(update={"choices": [choice]})
+
+    def body(self) -> dict[str, Any]:
+        """The chunk as JSON-ready data, without unset members."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class TranscriptSegment(Answer):
+    """A stretch of speech."""
+
+    id: Annotated[int, Field(ge=0)]
+    start: Annotated[float, Field(description="Seconds.")]
+    end: Annotated[float, Field(description="Seconds.")]
+    text: str
+
+
+class Transcription(Answer):
+    """A transcript (`response_format` `json`)."""
+
+    model_config = ConfigDict(json_schema_extra={"additionalProperties": False})
+
+    text: str
+
+
+class VerboseTranscription(Answer):
+    """A transcript with its segments (`response_format` `verbose_json`)."""
+
+    task: Literal["transcribe"]
+    language: Annotated[str | None, Field(description="The language heard, e.g. `en`.")]
+    duration: Annotated[float, Field(ge=0, description="Seconds of audio.")]
+    text: str
+    segments: list[TranscriptSegment]
+
+    @classmethod
+    def of(
+        cls, text: str, segments: list[dict[str, Any]], language: str | None, duration: float
+    ) -> VerboseTranscription:
+        """A transcript from the recogniser's text, segments and language."""
+        return cls(
+            task="transcribe",
+            language=language,
+            duration=round(duration, 3),
+            text=text,
+            segments=[
+                TranscriptSegment(id=i, start=s["start"], end=s["end"], text=s["text"])
+                for i, s in enumerate(segments)
+            ],
+        )
+
+
+class OpenAIErrorBody(Answer):
+    """What went wrong."""
+
+    message: Annotated[str, Field(description="For a person.")]
+    type: Literal["invalid_request_error", "server_error"]
+    param: Annotated[str | None, Field(description="The parameter at fault, e.g. `messages`.")]
+    code: Annotated[
+        str | None,
+        Field(
+            description="Stable machine code (the same as the problem codes of the other "
+            "routes), or null for a plain HTTP error."
+        ),
+    ]
+
+
+class OpenAIError(Answer):
+    """An error of the OpenAI-compatible routes, in OpenAI's shape."""
+
+    error: OpenAIErrorBody
+
+
+REQUESTS: tuple[type[Shape], ...] = (ChatCompletionRequest, SpeechRequest, TranscriptionRequest)
+ANSWERS: tuple[type[Answer], ...] = (
+    ModelList,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Transcription,
+    VerboseTranscription,
+    OpenAIError,
+)

@@ -1,0 +1,192 @@
+"""What every path declaration shares: references, responses, problem and OpenAI error answers.
+
+The error codes and their meanings are written here once, by HTTP status; each route's
+declaration names the codes it can answer with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.errors import PROBLEM_JSON
+
+Schema = dict[str, Any]
+
+# Every stable problem `code` the API answers with, by HTTP status, and what it means.
+PROBLEM_CODES: dict[int, dict[str, str]] = {
+    400: {
+        "malformed_json": "the body is not valid JSON or not a JSON object",
+        "malformed_multipart": "the multipart body cannot be parsed",
+        "conflicting_input": "both `text` and `audio` were sent",
+        "missing_input": "neither `text` nor `audio` was sent",
+        "bad_request": "the request cannot be read at all",
+        "invalid_header": "a request header is malformed: `Prefer: wait` is not a whole number "
+        "of seconds, or `Last-Event-ID` (or `after`) is not an event id",
+    },
+    404: {
+        "job_not_found": "no job has this id",
+        "conversation_not_found": "no conversation has this id",
+        "audio_not_found": "the job finished without a spoken reply (text reply, or it failed)",
+        "not_found": "no route matches the path",
+    },
+    405: {"method_not_allowed": "the route does not take this method; see `Allow`"},
+    409: {"job_not_finished": "the job is still queued or running"},
+    413: {"payload_too_large": "the body is over MAX_UPLOAD_MB"},
+    415: {
+        "unsupported_media_type": "the Content-Type is not one of the accepted forms",
+        "unsupported_audio_format": "the audio bytes are not a WAV file, whatever the label",
+    },
+    422: {
+        "invalid_option": "a field, option or query parameter is unknown, repeated, of the "
+        "wrong type or out of range; `field` names it",
+        "empty_text": "the text is blank",
+        "text_too_long": "the text is over MAX_TEXT_CHARS characters",
+        "invalid_cursor": "the cursor was not made by this service",
+        "invalid_audio": "the WAV is corrupt and cannot be decoded",
+        "audio_truncated": "the WAV's data chunk declares more bytes than arrived",
+        "empty_audio": "the WAV has no bytes or no samples",
+        "audio_too_long": "the recording is over MAX_AUDIO_SECONDS",
+        "unsupported_audio_encoding": "the WAV's sample encoding cannot be decoded",
+        "context_length_exceeded": "the system prompt and the prompt alone leave no room for "
+        "the reply in the model's context window; reported only when the request waited for "
+        "its job, which failed with this code",
+    },
+    500: {"internal_error": "an unexpected failure, logged under the request id"},
+    503: {
+        "broker_unavailable": "the job queue is unreachable; the job was recorded as failed, "
+        "so submit again",
+        "database_unavailable": "the database is unreachable; try again shortly",
+    },
+}
+OTHER_HTTP_ERROR = {"http_error": "any other HTTP error, e.g. 416 for an unsatisfiable Range"}
+
+# Codes a failed job may carry in its `error` (recorded by the worker), and what they mean.
+JOB_ERROR_CODES: dict[str, str] = {
+    "no_speech": "the recording holds no speech",
+    "context_length_exceeded": "the prompt leaves no room for the reply in the model's context "
+    "window",
+    "empty_reply": "the model produced no reply",
+    "engine_unavailable": "an engine or its model cannot be loaded",
+    "timeout": "the job ran past TASK_SOFT_TIME_LIMIT or TASK_TIME_LIMIT",
+    "worker_lost": "the job's worker was lost on every one of MAX_ATTEMPTS attempts",
+    "pipeline_error": "the pipeline failed",
+    "broker_unavailable": "the job could not be queued",
+    "internal_error": "the worker failed on the job",
+}
+
+
+def ref(kind: str, name: str) -> Schema:
+    """Returns a `$ref` to `#/components/<kind>/<name>`."""
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def schema_ref(name: str, **siblings: Any) -> Schema:
+    """Returns a `$ref` to a component schema, with optional sibling keywords."""
+    return {**ref("schemas", name), **siblings}
+
+
+def bullets(meanings: dict[str, str]) -> str:
+    """Renders codes and their meanings as a Markdown list."""
+    return "\n".join(f"- `{code}`: {meaning}" for code, meaning in meanings.items())
+
+
+def code_table() -> str:
+    """Renders every problem code, grouped by HTTP status."""
+    groups = [f"**{status}**\n\n{bullets(codes)}" for status, codes in PROBLEM_CODES.items()]
+    groups.append(f"**other statuses**\n\n{bullets(OTHER_HTTP_ERROR)}")
+    return "Stable machine code to branch on, by status:\n\n" + "\n\n".join(groups)
+
+
+def content(schema: Schema, media_type: str = "application/json") -> dict[str, Schema]:
+    """Returns a `content` map of one media type."""
+    return {media_type: {"schema": schema}}
+
+
+def headers(**named: Schema) -> dict[str, Schema]:
+    """Returns a response's headers: `X-Request-ID`, which every response carries, and `named`."""
+    return {"X-Request-ID": ref("headers", "RequestId"), **named}
+
+
+def response(description: str, schema: Schema, **named_headers: Schema) -> Schema:
+    """Returns a JSON response that, like every response, carries `X-Request-ID`."""
+    return {
+        "description": description,
+        "headers": headers(**named_headers),
+        "content": content(schema),
+    }
+
+
+def problem(status: int, summary: str, *codes: str) -> Schema:
+    """Returns a problem+json response limited to `codes`, each explained in the description."""
+    meanings = {code: PROBLEM_CODES[status][code] for code in codes}
+    narrowed = {"properties": {"status": {"const": status}, "code": {"enum": list(codes)}}}
+    return {
+        "description": f"{summary} `code` is one of:\n\n{bullets(meanings)}",
+        "headers": headers(),
+        "content": content({"allOf": [schema_ref("Problem"), narrowed]}, PROBLEM_JSON),
+    }
+
+
+def openai_error(status: int, summary: str, meanings: dict[str | None, str]) -> Schema:
+    """Returns an OpenAI-shaped error response limited to the codes in `meanings`.
+
+    Args:
+        status: The HTTP status.
+        summary: When it happens.
+        meanings: Each possible `code` and what it means; `None` for a plain HTTP error, whose
+            `code` is null.
+
+    Returns:
+        The `application/json` response.
+    """
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    narrowed = {
+        "properties": {
+            "error": {"properties": {"type": {"const": kind}, "code": {"enum": list(meanings)}}}
+        }
+    }
+    shown = {"null" if code is None else code: meaning for code, meaning in meanings.items()}
+    return {
+        "description": f"{summary} `error.code` is one of:\n\n{bullets(shown)}",
+        "headers": headers(),
+        "content": content({"allOf": [schema_ref("OpenAIError"), narrowed]}),
+    }
+
+
+def or_problem(answer: Schema, status: int, *codes: str) -> Schema:
+    """Adds to an OpenAI-shaped error response the problem+json that the app-wide handlers send
+    for `codes` (an unreachable database, an unexpected failure): the route's own handlers see
+    only domain and HTTP errors."""
+    alternative = problem(
+        status, "Or, from the app-wide handlers, `application/problem+json`:", *codes
+    )
+    return {
+        **answer,
+        "description": f"{answer['description']}\n\n{alternative['description']}",
+        "content": {**answer["content"], **alternative["content"]},
+    }
+
+
+def query_parameters(components: dict[str, Schema], name: str, note: str = "") -> list[Schema]:
+    """The properties of a query shape's component as optional query parameters.
+
+    Args:
+        components: The generated component schemas.
+        name: The component whose properties are the parameters.
+        note: Text put before each parameter's own description.
+
+    Returns:
+        The parameter objects, in the shape's field order.
+    """
+    parameters = []
+    for field, schema in components[name]["properties"].items():
+        described = {k: v for k, v in schema.items() if k != "description"}
+        text = f"{note} {schema.get('description', '')}".strip()
+        parameters.append({"name": field, "in": "query", "description": text, "schema": described})
+    return parameters
+
+
+COMMON_ERRORS = {
+    "500": ref("responses", "InternalError"),
+    "503": ref("responses", "DatabaseUnavailable"),
+}

@@ -1,0 +1,486 @@
+"""The request and response shapes of the job and conversation routes, each declared once.
+
+Validation (`api/validation.py`), the OpenAPI components (`api/openapi/`) and the JSON answers
+all come from these models. Bounds named by `Live` are the running settings' values.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from flask import url_for
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+
+from api.validation import Answer, Live, PositiveWhole, Shape, integral, refuse
+from models.errors import (
+    ConflictingInput,
+    EmptyText,
+    InvalidOption,
+    MissingInput,
+    TextTooLong,
+)
+from models.tables import Conversation, InputKind, Job, JobStatus, Operation, ReplyFormat, Turn
+
+RESOURCE_ID = "^[0-9a-f]{32}$"
+# The characters str.strip() removes (str.isspace()), spelled out: `\\s` means other sets in
+# other regex dialects (ECMA's takes U+FEFF, and leaves U+001C-U+001F and U+0085).
+BLANK = (
+    "\\t\\n\\u000b\\u000c\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680"
+    "\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+)
+# Non-blank and free of NUL (PostgreSQL refuses NUL in text): what JSON Schema can say of a prompt.
+PROMPT_PATTERN = f"^[^\\u0000]*[^\\u0000{BLANK}][^\\u0000]*$"
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+MAX_TEMPERATURE = 2.0
+
+
+def check_encodable(value: str) -> str:
+    """Refuses text the database cannot store: NUL, and lone surrogates (not UTF-8)."""
+    if "\x00" in value:
+        raise refuse(InvalidOption, "must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise refuse(InvalidOption, "must be valid Unicode text") from None
+    return value
+
+
+def not_blank(value: str) -> str:
+    """Trims a text; refuses it with `empty_text` when nothing is left."""
+    stripped = value.strip()
+    if not stripped:
+        raise refuse(EmptyText, "must not be blank")
+    return stripped
+
+
+def _resource_id(value: str) -> str:
+    if len(value) != 32 or any(c not in "0123456789abcdef" for c in value):
+        raise refuse(InvalidOption, "must be an id this service returned")
+    return value
+
+
+def is_resource_id(value: str) -> bool:
+    """Whether `value` has the shape of a job or conversation id (32 lowercase hex digits)."""
+    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
+Encodable = Annotated[
+    str, AfterValidator(check_encodable), Field(json_schema_extra={"pattern": NO_NUL_PATTERN})
+]
+# Trimmed; then non-blank and within MAX_TEXT_CHARS.
+PromptText = Annotated[
+    str,
+    AfterValidator(check_encodable),
+    AfterValidator(not_blank),
+    Live("maxLength", "max_text_chars", TextTooLong),
+    Field(
+        description="The prompt. Trimmed, then it must be non-blank and at most MAX_TEXT_CHARS "
+        "characters.",
+        json_schema_extra={"pattern": PROMPT_PATTERN, "minLength": 1},
+    ),
+]
+ResourceId = Annotated[
+    str, AfterValidator(_resource_id), Field(json_schema_extra={"pattern": RESOURCE_ID})
+]
+SystemPrompt = Annotated[
+    Encodable,
+    Live("maxLength", "max_system_chars"),
+    AfterValidator(str.strip),
+    Field(description="System prompt for the language model, trimmed; at most MAX_SYSTEM_CHARS."),
+]
+
+
+class JobOptions(Shape):
+    """What a prompt may carry besides itself; an explicit null counts as absent."""
+
+    reply: Annotated[
+        Annotated[ReplyFormat, Field(strict=False)] | None,
+        Field(description="How to answer; `text` when absent."),
+    ] = None
+    system: SystemPrompt | None = None
+    max_tokens: Annotated[
+        PositiveWhole | None,
+        Field(description="Longest reply in tokens; DEFAULT_MAX_TOKENS when absent."),
+        Live("maximum", "max_tokens_limit"),
+        Live("default", "default_max_tokens"),
+    ] = None
+    temperature: Annotated[
+        float | None,
+        Field(
+            ge=0,
+            le=MAX_TEMPERATURE,
+            allow_inf_nan=False,
+            description="Sampling temperature; DEFAULT_TEMPERATURE when absent.",
+        ),
+        Live("default", "default_temperature"),
+    ] = None
+    voice: Annotated[
+        str | None,
+        Field(description="Voice of the spoken reply, one of TTS_VOICES; TTS_VOICE when absent."),
+        Live("enum", "tts_voices"),
+        Live("default", "tts_voice"),
+    ] = None
+    conversation_id: Annotated[
+        ResourceId | None,
+        Field(
+            description="Answer within this conversation (made by `POST /v1/conversations`): "
+            "its system prompt (unless `system` is sent) and as many of its latest turns as fit "
+            "the context window go with the prompt, and the prompt and reply join it once the "
+            "job succeeds. 404 `conversation_not_found` when there is none."
+        ),
+    ] = None
+
+    def generation_options(self) -> dict[str, Any]:
+        """The options stored on the job row: only those given."""
+        names = ("system", "max_tokens", "temperature", "voice")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+class TextJobRequest(JobOptions):
+    """A text prompt (JSON, or a plain HTML form). Audio cannot travel in JSON."""
+
+    missing_errors = {"text": MissingInput}
+
+    text: PromptText
+
+
+class UploadJobRequest(JobOptions):
+    """A multipart form: exactly one of the `audio` file part or the `text` field, plus options
+    as fields. Each field may appear once; no other file part is accepted."""
+
+    model_config = {
+        "json_schema_extra": {"oneOf": [{"required": ["audio"]}, {"required": ["text"]}]}
+    }
+
+    text: PromptText | None = None
+    audio: Annotated[
+        bytes | None,
+        Field(
+            description="The recording, as a file part: a WAV (PCM, float, A-law, mu-law or "
+            "ADPCM samples) of at most MAX_AUDIO_SECONDS; the format is decided by the bytes, "
+            "not the label."
+        ),
+    ] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_prompt(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or set(data) - set(cls.model_fields):
+            return data  # unknown fields are reported first
+        if data.get("text") is not None and data.get("audio") is not None:
+            raise refuse(ConflictingInput, "Send either text or audio, not both.")
+        if data.get("text") is None and data.get("audio") is None:
+            raise refuse(MissingInput, "Send a prompt: a 'text' field or an 'audio' WAV.")
+        return data
+
+
+class ConversationRequest(Shape):
+    """A new conversation's settings; the body may also be empty."""
+
+    system: Annotated[
+        SystemPrompt | None,
+        Field(description="System prompt of every job in the conversation that sends none."),
+    ] = None
+
+
+class JobListQuery(Shape):
+    """The query of `GET /v1/jobs`."""
+
+    status: Annotated[
+        Annotated[JobStatus, Field(strict=False)] | None,
+        Field(description="Only jobs in this status."),
+    ] = None
+    limit: Annotated[
+        Annotated[int, Field(ge=1, le=100), BeforeValidator(integral)],
+        Field(description="Jobs per page."),
+    ] = 20
+    cursor: Annotated[
+        str | None, Field(description="The `next_cursor` of the previous page (opaque).")
+    ] = None
+
+
+# Answers
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    return round((end - start).total_seconds(), 3) if start and end else None
+
+
+Seconds = Annotated[float | None, Field(ge=0, description="Seconds, or null until known.")]
+Stamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+OptionalStamp = Annotated[str | None, Field(json_schema_extra={"format": "date-time"})]
+Path = Annotated[str, Field(json_schema_extra={"format": "uri-reference"})]
+
+
+class Usage(Answer):
+    """Tokens the language model read (prompt, system prompt and history) and wrote."""
+
+    prompt_tokens: Annotated[int, Field(ge=0)]
+    completion_tokens: Annotated[int, Field(ge=0)]
+    total_tokens: Annotated[int, Field(ge=0, description="The sum.")]
+
+    @classmethod
+    def of(cls, job: Job) -> Usage:
+        """The job's token counts (zero where the model reported none)."""
+        prompt, completion = job.prompt_tokens or 0, job.completion_tokens or 0
+        return cls(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
+
+
+class TextInput(Answer):
+    """A text prompt, as stored (trimmed)."""
+
+    kind: Literal["text"]
+    text: str
+
+
+class AudioInput(Answer):
+    """A recorded prompt."""
+
+    kind: Literal["audio"]
+    audio_seconds: Annotated[float, Field(ge=0, description="Recording length.")]
+
+
+class JobResult(Answer):
+    """The outcome; present only once the job succeeded."""
+
+    transcript: Annotated[str | None, Field(description="What was heard; null for a text prompt.")]
+    text: Annotated[str, Field(description="The reply; empty for `transcribe` and `speak` jobs.")]
+    audio_url: Annotated[
+        Path | None,
+        Field(description="Path of the spoken reply, `/v1/jobs/{job_id}/audio`; null without one."),
+    ]
+    audio_seconds: Annotated[float | None, Field(ge=0, description="Length of the spoken reply.")]
+    language: Annotated[
+        str | None, Field(description="Language the recogniser heard; null for a text prompt.")
+    ]
+    finish_reason: Annotated[
+        str | None,
+        Field(
+            description="Why the model stopped: `stop`, or `length` (at `max_tokens`; a reply to "
+            "`/v1/jobs` is then cut back to its last whole sentence); null without a reply."
+        ),
+    ]
+    usage: Annotated[
+        Usage | None, Field(description="Tokens the model read and wrote; null without a reply.")
+    ]
+
+
+class JobError(Answer):
+    """Why the job failed; present only on a failed job."""
+
+    code: Annotated[str, Field(description="Stable machine code (see the error codes).")]
+    message: Annotated[str, Field(description="For a person.")]
+
+
+class Timings(Answer):
+    """How long each part took; `queued_s` from creation to start, `total_s` to the finish."""
+
+    queued_s: Seconds
+    transcribe_s: Seconds
+    generate_s: Seconds
+    synthesize_s: Seconds
+    total_s: Seconds
+
+
+class JobView(Answer):
+    """A submitted prompt and what the pipeline made of it. Times are UTC (`Z`)."""
+
+    id: Annotated[str, Field(pattern=RESOURCE_ID)]
+    operation: Operation
+    conversation_id: Annotated[str | None, Field(pattern=RESOURCE_ID)]
+    status: JobStatus
+    stage: Annotated[
+        Literal["transcribing", "generating", "synthesizing"] | None,
+        Field(description="The pipeline stage the job is in, or null."),
+    ]
+    reply: ReplyFormat
+    input: Annotated[TextInput | AudioInput, Field(discriminator="kind")]
+    result: JobResult | None
+    error: JobError | None
+    timings: Timings
+    attempts: Annotated[int, Field(ge=0, description="Runs started so far.")]
+    events_url: Annotated[Path, Field(description="Path of the job's event stream.")]
+    created_at: Stamp
+    started_at: OptionalStamp
+    finished_at: OptionalStamp
+
+    @classmethod
+    def of(cls, job: Job) -> JobView:
+        """The public form of a job row."""
+        return cls(
+            id=job.id,
+            operation=Operation(job.operation),
+            conversation_id=job.conversation_id,
+            status=job.job_status,
+            stage=job.stage,  # type: ignore[arg-type]
+            reply=ReplyFormat(job.reply_format),
+            input=(
+                TextInput(kind="text", text=job.input_text or "")
+                if job.input_kind == InputKind.TEXT.value
+                else AudioInput(kind="audio", audio_seconds=job.input_audio_seconds or 0.0)
+            ),
+            result=_result(job) if job.job_status is JobStatus.SUCCEEDED else None,
+            error=JobError(code=job.error_code, message=job.error_message or "")
+            if job.error_code
+            else None,
+            timings=Timings(
+                queued_s=_seconds(job.created_at, job.started_at),
+                transcribe_s=job.transcribe_s,
+                generate_s=job.generate_s,
+                synthesize_s=job.synthesize_s,
+                total_s=_seconds(job.created_at, job.finished_at),
+            ),
+            attempts=job.attempts,
+            events_url=url_for("events.job_events", job_id=job.id),
+            created_at=_iso(job.created_at) or "",
+            started_at=_iso(job.started_at),
+            finished_at=_iso(job.finished_at),
+        )
+
+
+def _result(job: Job) -> JobResult:
+    has_audio = job.reply_audio_file is not None
+    return JobResult(
+        transcript=job.transcript,
+        text=job.reply_text or "",
+        audio_url=url_for("jobs.get_job_audio", job_id=job.id) if has_audio else None,
+        audio_seconds=job.reply_audio_seconds,
+        language=job.transcript_language,
+        finish_reason=job.finish_reason,
+        usage=Usage.of(job) if job.prompt_tokens is not None else None,
+    )
+
+
+class JobList(Answer):
+    """One page of jobs, newest first."""
+
+    data: list[JobView]
+    next_cursor: Annotated[
+        str | None, Field(description="Cursor of the next page; null on the last.")
+    ]
+
+
+class TurnView(Answer):
+    """One message of a conversation, added when its job succeeded."""
+
+    role: Literal["user", "assistant"]
+    content: Annotated[str, Field(description="What was said; a spoken prompt as its transcript.")]
+    job_id: Annotated[str | None, Field(description="The job that added the turn.")]
+    created_at: Stamp
+
+
+class ConversationView(Answer):
+    """A server-kept chat history. Times are UTC (`Z`)."""
+
+    id: Annotated[str, Field(pattern=RESOURCE_ID)]
+    system: Annotated[str | None, Field(description="Its system prompt, or null for the default.")]
+    created_at: Stamp
+    turns: Annotated[list[TurnView], Field(description="Oldest first.")]
+
+    @classmethod
+    def of(cls, conversation: Conversation, turns: list[Turn]) -> ConversationView:
+        """The public form of a conversation and its turns, oldest first."""
+        return cls(
+            id=conversation.id,
+            system=conversation.system,
+            created_at=_iso(conversation.created_at) or "",
+            turns=[
+                TurnView(
+                    role=turn.role,  # type: ignore[arg-type]
+                    content=turn.content,
+                    job_id=turn.job_id,
+                    created_at=_iso(turn.created_at) or "",
+                )
+                for turn in turns
+            ],
+        )
+
+
+class Problem(Answer):
+    """An RFC 9457 problem with a stable machine `code`."""
+
+    model_config = {
+        "json_schema_extra": {
+            "required": ["type", "title", "status", "detail", "code", "request_id"]
+        }
+    }
+
+    type: Annotated[
+        str, Field(description="Names the `code`.", json_schema_extra={"format": "uri"})
+    ]
+    title: Annotated[str, Field(description="Short; the same for every occurrence.")]
+    status: Annotated[int, Field(description="The HTTP status.")]
+    detail: Annotated[str, Field(description="What went wrong this time.")]
+    code: Annotated[str, Field(description="Stable machine code to branch on.")]
+    request_id: Annotated[str | None, Field(description="Also in the `X-Request-ID` header.")]
+    field: Annotated[
+        str | None,
+        Field(description="With `invalid_option` and the like: the field or parameter at fault."),
+    ] = None
+    job_id: Annotated[
+        str | None, Field(description="With `context_length_exceeded`: the job that failed.")
+    ] = None
+
+
+class Liveness(Answer):
+    """The process is up."""
+
+    status: Literal["ok"]
+
+
+class Check(Answer):
+    """One dependency's check."""
+
+    ok: bool
+    error: Annotated[str | None, Field(description="The exception's class name, when not ok.")] = (
+        None
+    )
+
+
+class WorkerCheck(Answer):
+    """Workers that have published a heartbeat recently."""
+
+    ok: Annotated[bool, Field(description="At least one worker is ready.")]
+    count: Annotated[int, Field(ge=0, description="Live workers with their models loaded.")]
+    details: Annotated[
+        list[dict[str, Any]], Field(description="What each live worker reports of itself.")
+    ]
+
+
+class Checks(Answer):
+    """Each dependency's result."""
+
+    database: Check
+    broker: Check
+    workers: WorkerCheck
+
+
+class Readiness(Answer):
+    """Ready only when every check is ok."""
+
+    status: Literal["ready", "not_ready"]
+    checks: Checks
+
+
+REQUESTS: tuple[type[Shape], ...] = (
+    TextJobRequest,
+    UploadJobRequest,
+    JobOptions,
+    ConversationRequest,
+    JobListQuery,
+)
+ANSWERS: tuple[type[Answer], ...] = (
+    JobView,
+    JobList,
+    ConversationView,
+    Problem,
+    Liveness,
+    Readiness,
+)

@@ -1,0 +1,131 @@
+"""The worker parent's recovery of lost jobs: dead children's jobs, and the reconciler's timer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from billiard.exceptions import WorkerLostError
+from celery import bootsteps
+from celery.exceptions import TimeLimitExceeded
+from celery.signals import task_failure
+from kombu.exceptions import OperationalError
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from models import event_log, transitions
+from models.db import make_engine, make_session_factory
+from models.event_log import JobEvents
+from models.queue import JOB_QUEUE, send_job
+from worker.celery_app import app, settings
+from worker.lease_keeper import host_prefix
+from worker.reconciler import reconcile
+
+_LOGGER = logging.getLogger(__name__)
+
+_PARENT_SESSIONS: sessionmaker[Session] | None = None
+_PARENT_EVENTS: JobEvents | None = None
+
+
+def publish(job_id: str) -> None:
+    """Sends a job's message again, as the API first sent it.
+
+    Args:
+        job_id: The job to deliver again.
+    """
+    send_job(app, job_id)
+
+
+def _parent_sessions() -> sessionmaker[Session]:
+    """Sessions for the worker's parent process, made once.
+
+    The engine has no pool: the parent forks new children later, and they must not inherit
+    open database connections; with NullPool every session opens and closes its own.
+    """
+    global _PARENT_SESSIONS
+    if _PARENT_SESSIONS is None:
+        _PARENT_SESSIONS = make_session_factory(
+            make_engine(settings.database_url, poolclass=NullPool)
+        )
+    return _PARENT_SESSIONS
+
+
+def _events() -> JobEvents:
+    """The parent's writer of job event streams, made once."""
+    global _PARENT_EVENTS
+    if _PARENT_EVENTS is None:
+        client = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        _PARENT_EVENTS = JobEvents(client, ttl_seconds=settings.events_ttl_seconds)
+    return _PARENT_EVENTS
+
+
+@task_failure.connect
+def _recover_lost_job(
+    sender: Any = None, exception: BaseException | None = None, args: Any = None, **_kwargs: Any
+) -> None:
+    """Handles a job whose child process died, in the parent, where the task cannot.
+
+    A child killed by the hard time limit ends its job `failed` with `timeout`. A child lost
+    otherwise (OOM killer, a crash in native code) has its job released and republished: the
+    next claim resumes after the last checkpoint and counts an attempt, up to MAX_ATTEMPTS.
+    """
+    if not isinstance(exception, TimeLimitExceeded | WorkerLostError) or not args:
+        return
+    job_id = str(args[0])
+    with _parent_sessions()() as session:
+        if isinstance(exception, TimeLimitExceeded):
+            message = f"The job ran past {settings.task_time_limit} seconds."
+            if transitions.fail(session, job_id, "timeout", message):
+                _LOGGER.warning("job failed in parent job_id=%s code=timeout", job_id)
+                error = {"code": "timeout", "message": message}
+                _events().publish(job_id, event_log.DONE, status="failed", error=error)
+        elif transitions.release(session, job_id, owner_prefix=host_prefix()):
+            _LOGGER.warning("worker lost; job released job_id=%s", job_id)
+            _events().publish(job_id, event_log.STATUS, status="queued")
+            publish(job_id)
+
+
+class Reconciler(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Runs the reconciler on a timer in the worker's parent process (worker/reconciler.py)."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.timer_ref: Any = None
+        self.broker: Redis | None = None
+
+    def start(self, parent: Any) -> None:
+        """Connects to the broker and starts the timer (`RECONCILE_INTERVAL_SECONDS`)."""
+        self.broker = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.timer_ref = parent.timer.call_repeatedly(
+            settings.reconcile_interval_seconds, self.run_once, priority=10
+        )
+
+    def stop(self, parent: Any) -> None:
+        """Cancels the timer and closes the broker connection."""
+        if self.timer_ref is not None:
+            self.timer_ref.cancel()
+        if self.broker is not None:
+            self.broker.close()
+
+    def run_once(self) -> None:
+        """One reconciliation pass; failures are logged and retried on the next tick."""
+        assert self.broker is not None
+        try:
+            with _parent_sessions()() as session:
+                reconcile(
+                    session,
+                    self.broker,
+                    publish,
+                    queue=JOB_QUEUE,
+                    queued_after_seconds=settings.reconcile_queued_after_seconds,
+                )
+        except (SQLAlchemyError, RedisError, OSError, OperationalError) as error:
+            _LOGGER.warning("reconcile pass failed error=%s", type(error).__name__)
+
+
+app.steps["worker"].add(Reconciler)
