@@ -20,7 +20,16 @@ from models.errors import (
     MissingInput,
     TextTooLong,
 )
-from models.tables import Conversation, InputKind, Job, JobStatus, Operation, ReplyFormat, Turn
+from models.tables import (
+    Conversation,
+    InputKind,
+    Job,
+    JobStatus,
+    Operation,
+    ReplyFormat,
+    Stage,
+    Turn,
+)
 
 RESOURCE_ID = "^[0-9a-f]{32}$"
 # The characters str.strip() removes (str.isspace()), spelled out: `\\s` means other sets in
@@ -296,10 +305,7 @@ class JobView(Answer):
     operation: Operation
     conversation_id: Annotated[str | None, Field(pattern=RESOURCE_ID)]
     status: JobStatus
-    stage: Annotated[
-        Literal["transcribing", "generating", "synthesizing"] | None,
-        Field(description="The pipeline stage the job is in, or null."),
-    ]
+    stage: Annotated[Stage | None, Field(description="The pipeline stage the job is in, or null.")]
     reply: ReplyFormat
     input: Annotated[TextInput | AudioInput, Field(discriminator="kind")]
     result: JobResult | None
@@ -319,7 +325,7 @@ class JobView(Answer):
             operation=Operation(job.operation),
             conversation_id=job.conversation_id,
             status=job.job_status,
-            stage=job.stage,  # type: ignore[arg-type]
+            stage=Stage(job.stage) if job.stage else None,
             reply=ReplyFormat(job.reply_format),
             input=(
                 TextInput(kind="text", text=job.input_text or "")

@@ -225,15 +225,7 @@ JOB_EVENT = {
         ),
         _event(
             "stage",
-            _data(
-                {
-                    "stage": {
-                        "type": "string",
-                        "enum": ["transcribing", "generating", "synthesizing"],
-                    }
-                },
-                "The stage entered.",
-            ),
+            _data({"stage": schema_ref("Stage")}, "The stage entered."),
             "The job entered a pipeline stage.",
         ),
         _event("transcript", TEXT, "What the recogniser heard."),
