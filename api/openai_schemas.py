@@ -27,10 +27,11 @@ from pydantic import (
 
 from api.openai_formats import DEFAULT_SPEECH_FORMAT, SPEECH_FORMATS, TRANSCRIPTION_FORMATS
 from api.schemas import (
-    MAX_TEMPERATURE,
     NO_NUL_PATTERN,
     PROMPT_PATTERN,
     Encodable,
+    ReplyTokens,
+    SamplingTemperature,
     Usage,
     check_encodable,
     not_blank,
@@ -38,7 +39,6 @@ from api.schemas import (
 from api.validation import (
     Answer,
     Live,
-    PositiveWhole,
     Shape,
     integral,
     refuse,
@@ -223,12 +223,6 @@ class StreamOptions(Shape):
     ] = False
 
 
-ReplyTokens = Annotated[
-    PositiveWhole | None,
-    Live("maximum", "max_tokens_limit"),
-]
-
-
 class ChatCompletionRequest(Shape):
     """A chat completion request. No system prompt is added; an explicit null counts as absent
     (but for `stream`)."""
@@ -293,16 +287,7 @@ class ChatCompletionRequest(Shape):
     max_tokens: Annotated[
         ReplyTokens, Field(description="The older name of `max_completion_tokens`.")
     ] = None
-    temperature: Annotated[
-        float | None,
-        Field(
-            ge=0,
-            le=MAX_TEMPERATURE,
-            allow_inf_nan=False,
-            description="Sampling temperature; DEFAULT_TEMPERATURE when absent.",
-        ),
-        Live("default", "default_temperature"),
-    ] = None
+    temperature: Annotated[SamplingTemperature, Live("default", "default_temperature")] = None
     user: Annotated[Any, Field(description="Accepted and ignored.")] = None
 
     @field_validator("messages")
@@ -451,13 +436,8 @@ class TranscriptionRequest(Shape):
         ),
     ] = None
     temperature: Annotated[
-        float | None,
-        Field(
-            ge=0,
-            le=MAX_TEMPERATURE,
-            allow_inf_nan=False,
-            description="Accepted for compatibility and unused (decoding is beam search).",
-        ),
+        SamplingTemperature,
+        Field(description="Accepted for compatibility and unused (decoding is beam search)."),
     ] = None
     timestamp_granularities: Annotated[
         list[Literal["segment"]],

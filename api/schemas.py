@@ -100,6 +100,14 @@ SystemPrompt = Annotated[
 ]
 
 
+# The reply's length in tokens, 1 to MAX_TOKENS_LIMIT; absent for the default.
+ReplyTokens = Annotated[PositiveWhole | None, Live("maximum", "max_tokens_limit")]
+SamplingTemperature = Annotated[
+    Annotated[float, Field(ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False)] | None,
+    Field(description="Sampling temperature; DEFAULT_TEMPERATURE when absent."),
+]
+
+
 class JobOptions(Shape):
     """What a prompt may carry besides itself; an explicit null counts as absent."""
 
@@ -109,21 +117,11 @@ class JobOptions(Shape):
     ] = None
     system: SystemPrompt | None = None
     max_tokens: Annotated[
-        PositiveWhole | None,
+        ReplyTokens,
         Field(description="Longest reply in tokens; DEFAULT_MAX_TOKENS when absent."),
-        Live("maximum", "max_tokens_limit"),
         Live("default", "default_max_tokens"),
     ] = None
-    temperature: Annotated[
-        float | None,
-        Field(
-            ge=0,
-            le=MAX_TEMPERATURE,
-            allow_inf_nan=False,
-            description="Sampling temperature; DEFAULT_TEMPERATURE when absent.",
-        ),
-        Live("default", "default_temperature"),
-    ] = None
+    temperature: Annotated[SamplingTemperature, Live("default", "default_temperature")] = None
     voice: Annotated[
         str | None,
         Field(description="Voice of the spoken reply, one of TTS_VOICES; TTS_VOICE when absent."),
