@@ -1,0 +1,73 @@
+"""The service started for a benchmark the way a user starts it: `python -m scripts.launch`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running(timeout: float = 600.0, **env: str) -> Iterator[str]:
+    """Runs the launcher in a temporary data folder and yields its URL once `/readyz` is 200.
+
+    Args:
+        timeout: How long the start may take (the real models load in about a minute).
+        **env: Settings for the service (e.g. `DATABASE_URL`, `LLM_ENGINE`).
+    """
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="voicechat-bench-") as data_dir:
+        environ = {
+            **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")},
+            "DATA_DIR": data_dir,
+            **env,
+        }
+        log = (Path(data_dir) / "service.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "scripts.launch", "--port", str(port)],
+            cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _until_ready(url, process, timeout)
+            yield url
+        finally:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            log.close()
+
+
+def _until_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the service exited with {process.returncode} before it was ready")
+        try:
+            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("the service was not ready in time")

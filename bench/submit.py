@@ -1,0 +1,115 @@
+"""Submit throughput: `POST /v1/jobs` under wrk against `GET /healthz` on the same server.
+
+Run: `.venv/bin/python -m bench.submit [--rounds N] [--seconds S] [--connections C]`. Needs
+Debian's `wrk`. Starts the service with the benchmark's null engines (`bench/engines.py`), on
+SQLite (the embedded default) and, when `BENCH_POSTGRES_URL` names one, on PostgreSQL.
+
+Each round runs wrk on `/healthz`, then on the submit route, back to back; the figure quoted is
+the median over rounds of submit's requests/s, p50 and p99, and of the per-round ratio of
+submit's throughput to `/healthz`'s (the bare route of the same server in the same round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.engines import NULL_ENGINES
+from bench.service import running
+
+BODY = json.dumps({"text": "What is the capital of France?"})
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+@dataclass(frozen=True)
+class Load:
+    """What one wrk run measured."""
+
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int  # non-2xx answers and socket errors: a figure with errors is not quoted
+
+
+def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> Load:
+    """Runs wrk with two threads and returns its throughput, latency quantiles and errors."""
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script is not None:
+        command += ["-s", str(script)]
+    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    quantiles = {
+        q: float(v) * _UNITS[u] for q, v, u in re.findall(r"(\d+)%\s+([\d.]+)(us|ms|s)\b", output)
+    }
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
+    return Load(rate, quantiles["50"], quantiles["99"], errors)
+
+
+def _post_script(folder: Path) -> Path:
+    script = folder / "submit.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(BODY)}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    return script
+
+
+def measure(url: str, rounds: int, seconds: int, connections: int) -> dict[str, float]:
+    """Median figures over `rounds` of healthz-then-submit."""
+    with tempfile.TemporaryDirectory() as folder:
+        script = _post_script(Path(folder))
+        wrk(f"{url}/healthz", 2, connections)  # warm-up: connections, imports, caches
+        pairs = [
+            (
+                wrk(f"{url}/healthz", seconds, connections),
+                wrk(f"{url}/v1/jobs", seconds, connections, script),
+            )
+            for _ in range(rounds)
+        ]
+    errors = sum(s.errors for _, s in pairs)
+    return {
+        "healthz_rps": statistics.median(h.requests_per_s for h, _ in pairs),
+        "submit_rps": statistics.median(s.requests_per_s for _, s in pairs),
+        "submit_p50_ms": statistics.median(s.p50_ms for _, s in pairs),
+        "submit_p99_ms": statistics.median(s.p99_ms for _, s in pairs),
+        "ratio": statistics.median(s.requests_per_s / h.requests_per_s for h, s in pairs),
+        "errors": float(errors),
+    }
+
+
+def run(rounds: int, seconds: int, connections: int) -> dict[str, dict[str, float]]:
+    """Measures on SQLite and, if configured, on PostgreSQL."""
+    databases = {"sqlite": ""}
+    if postgres := os.environ.get("BENCH_POSTGRES_URL", ""):
+        databases["postgresql"] = postgres
+    results = {}
+    for name, database_url in databases.items():
+        env = dict(NULL_ENGINES)
+        if database_url:
+            env["DATABASE_URL"] = database_url
+        with running(**env) as url:
+            results[name] = measure(url, rounds, seconds, connections)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    for name, figures in run(args.rounds, args.seconds, args.connections).items():
+        print(name, json.dumps({k: round(v, 2) for k, v in figures.items()}))
+
+
+if __name__ == "__main__":
+    main()
