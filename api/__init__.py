@@ -11,11 +11,11 @@ from redis import Redis
 
 from api import conversations, errors, follow, health, jobs, openai_routes, openapi
 from api.submission import ApiRequest
+from models import storage
 from models.db import make_engine, make_session_factory
 from models.event_log import JobEvents
 from models.queue import JobQueue
 from models.settings import Settings
-from models.storage import FileStore
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 BLUEPRINTS = (
@@ -76,8 +76,9 @@ def _connect(app: Flask, settings: Settings) -> None:
         events_redis, ttl_seconds=settings.events_ttl_seconds
     )
     app.extensions["voicechat.queue"] = JobQueue(settings.redis_url)
-    app.extensions["voicechat.uploads"] = FileStore(settings.uploads_dir)
-    app.extensions["voicechat.results"] = FileStore(settings.results_dir)
+    sessions = app.extensions["voicechat.sessions"]
+    app.extensions["voicechat.uploads"] = storage.open_store(settings, storage.UPLOADS, sessions)
+    app.extensions["voicechat.results"] = storage.open_store(settings, storage.RESULTS, sessions)
 
 
 def _track_requests(app: Flask) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file, url_for
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.follow import wait_for
 from api.schemas import JobList, JobListQuery, JobView, is_resource_id
 from api.submission import parse_submission
 from api.validation import single_values, validate
-from models import event_log, queries, transitions
+from models import event_log, queries, storage, transitions
 from models.errors import (
     AudioNotFound,
     ContextLengthExceeded,
@@ -21,7 +24,6 @@ from models.errors import (
     VoiceChatError,
 )
 from models.settings import Settings
-from models.storage import FileStore
 from models.tables import Conversation, InputKind, Job, JobStatus, ReplyFormat, new_job_id
 
 _LOGGER = logging.getLogger(__name__)
@@ -42,29 +44,26 @@ def submit(job: Job, audio: bytes | None = None) -> Job:
     Raises:
         BrokerUnavailable: The queue could not take it; the job is recorded failed.
     """
+    uploads: storage.Store = current_app.extensions["voicechat.uploads"]
     if audio is not None:
-        uploads: FileStore = current_app.extensions["voicechat.uploads"]
         # The file is stored before the row exists, so a queued row always has its audio.
         job.input_kind = InputKind.AUDIO.value
-        job.input_audio_file = uploads.write(job.id, audio)
+        job.input_audio_file = uploads.write(storage.upload_name(job.id), audio)
     g.db.add(job)
     try:
         g.db.commit()
     except Exception:
         if job.input_audio_file:  # no row will ever point at it
-            current_app.extensions["voicechat.uploads"].path(job.input_audio_file).unlink(
-                missing_ok=True
-            )
+            with contextlib.suppress(OSError, SQLAlchemyError):
+                uploads.delete(job.input_audio_file)
         raise
     try:
         current_app.extensions["voicechat.queue"].enqueue(job.id)
     except Exception as error:
         # Nothing will ever run this job: end it now rather than leave it queued forever.
         code = error.code if isinstance(error, VoiceChatError) else "internal_error"
-        transitions.fail(g.db, job.id, code, "The job could not be queued.")
-        current_app.extensions["voicechat.events"].publish(
-            job.id, event_log.DONE, status="failed", error={"code": code}
-        )
+        transitions.fail_unclaimed(g.db, job.id, code, "The job could not be queued.")
+        event_log.announce_end(g.db, current_app.extensions["voicechat.events"], job.id)
         raise
     _LOGGER.info(
         "job submitted job_id=%s operation=%s input=%s reply=%s",
@@ -153,14 +152,18 @@ def get_job_audio(job_id: str) -> Response:
     job = _load(job_id)
     if not job.job_status.terminal:
         raise JobNotFinished(f"Job {job_id} is {job.status}; its audio is not ready yet.")
-    results: FileStore = current_app.extensions["voicechat.results"]
-    if job.reply_audio_file is None or not results.exists(job.reply_audio_file):
+    results: storage.Store = current_app.extensions["voicechat.results"]
+    name = job.reply_audio_file
+    if name is None or not results.exists(name):
         raise AudioNotFound(f"Job {job_id} has no spoken reply.")
+    path = results.local_path(name)
+    # A reply's stored name is its attempt's and is never rewritten: a fine ETag either way.
     return send_file(
-        results.path(job.reply_audio_file),
+        path if path is not None else io.BytesIO(results.read(name)),
         mimetype="audio/wav",
         download_name=f"{job_id}.wav",
         conditional=True,
+        etag=True if path is not None else name,
         max_age=3600,
     )
 

@@ -46,7 +46,7 @@ from models.errors import (
     error_for_code,
 )
 from models.settings import Settings
-from models.storage import FileStore
+from models.storage import Store
 from models.tables import InputKind, Job, JobStatus, Operation, ReplyFormat, new_job_id
 
 blueprint = Blueprint("openai", __name__)
@@ -267,9 +267,9 @@ def speech() -> Response:
     )
     submit(job)
     finished = _succeeded(job, settings)
-    results: FileStore = current_app.extensions["voicechat.results"]
+    results: Store = current_app.extensions["voicechat.results"]
     assert finished.reply_audio_file is not None
-    wav = results.path(finished.reply_audio_file).read_bytes()
+    wav = results.read(finished.reply_audio_file)
     audio = openai_formats.encode_speech(wav, asked.response_format)
     response = Response(audio, mimetype=openai_formats.SPEECH_FORMATS[asked.response_format])
     response.headers["X-Job-Id"] = job.id

@@ -1,9 +1,14 @@
 """Each job's event log in a Redis Stream: the worker appends, the web process reads.
 
 A stream rather than pub/sub because a subscriber that joins late (or reconnects with
-`Last-Event-ID`) must still get what it missed, the final event above all. The log is a
-convenience for live clients: the job row stays the truth, so a failed append is logged and
-ignored, and readers fall back to the row.
+`Last-Event-ID`) must still get what it missed, the final event above all. The job row stays the
+truth: a failed append is logged and ignored, and readers fall back to the row.
+
+Appends are fenced like the row's writes (models/transitions.py): each carries its attempt, and a
+script appends it only if no later attempt has written and no `done` is in the log. So there is
+one `done` per job and nothing after it, and an attempt that lost its lease cannot add a word once
+its job is queued again or a later attempt runs; a restart is marked `status: queued` with the
+lost attempt before the next attempt's first event.
 """
 
 from __future__ import annotations
@@ -11,10 +16,15 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
+from sqlalchemy.orm import Session
+
+from models.tables import Job
+from models.transitions import mark_done_announced
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -22,7 +32,7 @@ KEY_PREFIX = "voicechat:events:"
 # A reply streams one event per token; a cap keeps a runaway job from filling Redis.
 MAX_EVENTS = 10_000
 
-STATUS = "status"  # queued / running (with the attempt), as the row changes
+STATUS = "status"  # queued (with the lost attempt) / running (with its attempt), as the row changes
 STAGE = "stage"  # transcribing / generating / synthesizing
 TRANSCRIPT = "transcript"  # what the recogniser heard
 DELTA = "delta"  # a piece of reply text as the language model produces it
@@ -39,9 +49,55 @@ class Event:
     data: dict[str, Any]
 
 
+# KEYS: the stream, the job's fence (a hash: `floor`, the lowest attempt that may still append,
+# and `done`, the id of the final event). ARGV: attempt, type, data, max length, ttl, status.
+_APPEND = """
+if redis.call('HEXISTS', KEYS[2], 'done') == 1 then return false end
+local attempt = tonumber(ARGV[1])
+local floor = tonumber(redis.call('HGET', KEYS[2], 'floor') or '0')
+local kind, status = ARGV[2], ARGV[6]
+if kind ~= 'done' and attempt < floor then return false end
+local function add(event_type, data)
+  return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'type', event_type, 'data', data)
+end
+if kind == 'status' and status == 'running' and attempt > 1 and floor < attempt then
+  add('status', '{"status":"queued","attempt":' .. (attempt - 1) .. '}')
+end
+local id = add(kind, ARGV[3])
+if kind == 'done' then
+  redis.call('HSET', KEYS[2], 'done', id)
+elseif kind == 'status' and status == 'queued' then
+  redis.call('HSET', KEYS[2], 'floor', attempt + 1)
+elseif attempt > floor then
+  redis.call('HSET', KEYS[2], 'floor', attempt)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return id
+"""
+
+
+class Append(Enum):
+    """What came of appending an event."""
+
+    APPENDED = "appended"
+    FENCED = "fenced"  # a later attempt has written, or the job's `done` is in the log
+    UNREACHABLE = "unreachable"  # Redis failed; logged (the row is the truth)
+
+
 def key(job_id: str) -> str:
     """Returns the stream key of a job."""
     return f"{KEY_PREFIX}{job_id}"
+
+
+def fence_key(job_id: str) -> str:
+    """Returns the key of a job's fence: which attempts may append, and its final event's id."""
+    return f"{KEY_PREFIX}{job_id}:fence"
+
+
+def _stream_id(text: str) -> tuple[int, int]:
+    milliseconds, _, sequence = text.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 class JobEvents:
@@ -50,15 +106,34 @@ class JobEvents:
     def __init__(self, redis: Redis, *, ttl_seconds: int) -> None:
         self.redis = redis
         self.ttl_seconds = ttl_seconds
+        self._append = redis.register_script(_APPEND)
 
-    def publish(self, job_id: str, event_type: str, **data: Any) -> None:
-        """Appends an event; a Redis failure is logged, never raised (the row is the truth)."""
-        fields = {"type": event_type, "data": json.dumps(data, separators=(",", ":"))}
+    def publish(
+        self, job_id: str, event_type: str, data: dict[str, Any], *, attempt: int
+    ) -> Append:
+        """Appends an event of `attempt`, unless the fence refuses it.
+
+        Args:
+            job_id: The job.
+            event_type: One of the event types above.
+            data: The event's fields.
+            attempt: The attempt writing (0 for the API, before any attempt); `done` is
+                appended whatever the attempt, once.
+
+        Returns:
+            Whether it was appended, refused by the fence, or Redis could not be reached (logged,
+            never raised).
+        """
+        arguments: list[str | int] = [
+            attempt,
+            event_type,
+            json.dumps(data, separators=(",", ":")),
+            MAX_EVENTS,
+            self.ttl_seconds,
+            str(data.get("status", "")) if event_type == STATUS else "",
+        ]
         try:
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(key(job_id), fields, maxlen=MAX_EVENTS, approximate=True)  # type: ignore[arg-type]
-                pipe.expire(key(job_id), self.ttl_seconds)
-                pipe.execute()
+            appended = self._append(keys=[key(job_id), fence_key(job_id)], args=arguments)
         except (RedisError, OSError) as error:
             _LOGGER.warning(
                 "event not published job_id=%s type=%s error=%s",
@@ -66,6 +141,17 @@ class JobEvents:
                 event_type,
                 type(error).__name__,
             )
+            return Append.UNREACHABLE
+        return Append.APPENDED if appended else Append.FENCED
+
+    def ended_by(self, job_id: str, after: str) -> bool:
+        """Whether stream id `after` is at or past the job's `done`: a reader has seen the end.
+
+        Raises:
+            RedisError: Redis is unreachable.
+        """
+        done = self.redis.hget(fence_key(job_id), "done")
+        return after != "0" and done is not None and _stream_id(after) >= _stream_id(_text(done))
 
     def read(self, job_id: str, after: str = "0", *, block_ms: int | None = None) -> list[Event]:
         """Returns the events after stream id `after`, waiting up to `block_ms` for the first.
@@ -82,6 +168,26 @@ class JobEvents:
                     Event(id=_text(entry_id), type=fields["type"], data=json.loads(fields["data"]))
                 )
         return events
+
+
+def announce_end(session: Session, events: JobEvents, job_id: str) -> bool:
+    """Appends a finished job's `done` event, read from its row, and records that it is there.
+
+    Whoever ends a job calls this once; the reconciler calls it again for any end whose
+    announcer died or could not reach Redis. The fence keeps it to one `done` either way.
+
+    Returns:
+        Whether the log now holds the job's `done` (False: not finished, or Redis unreachable).
+    """
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or not job.job_status.terminal:
+        return False
+    error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
+    data = {"status": job.status, "error": error}
+    if events.publish(job_id, DONE, data, attempt=job.attempts) is Append.UNREACHABLE:
+        return False
+    mark_done_announced(session, job_id)
+    return True
 
 
 def _text(value: bytes | str) -> str:

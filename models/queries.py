@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, false, or_, select
 from sqlalchemy.orm import Session
 
 from models.errors import InvalidCursor
-from models.tables import Job, JobStatus, Message, Turn, utcnow
+from models.tables import Job, JobStatus, Message, Turn
+from models.transitions import TERMINAL, database_clock
 
 
 @dataclass(frozen=True)
@@ -64,22 +65,50 @@ def list_jobs(
     return Page(jobs=rows, next_cursor=encode_cursor(rows[-1]) if more and rows else None)
 
 
-def expired_leases(session: Session, limit: int = 100) -> list[str]:
-    """Ids of running jobs whose holder stopped renewing its lease."""
+def expired_leases(session: Session, limit: int = 100) -> list[tuple[str, int]]:
+    """Running jobs whose holder stopped renewing its lease, by the database's clock.
+
+    Returns:
+        (job id, attempt) pairs: the attempt is what a release must find still in place.
+    """
+    query = (
+        select(Job.id, Job.attempts)
+        .where(
+            Job.status == JobStatus.RUNNING.value,
+            Job.lease_expires_at < database_clock(session),
+        )
+        .limit(limit)
+    )
+    return [(job_id, attempt) for job_id, attempt in session.execute(query)]
+
+
+def queued_longer_than(session: Session, seconds: float, limit: int = 1000) -> list[str]:
+    """Ids of jobs queued for more than `seconds` by the database's clock, oldest first."""
     query = (
         select(Job.id)
-        .where(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < utcnow())
+        .where(
+            Job.status == JobStatus.QUEUED.value,
+            Job.created_at < database_clock(session, -seconds),
+        )
+        .order_by(Job.created_at)
         .limit(limit)
     )
     return list(session.scalars(query))
 
 
-def queued_before(session: Session, cutoff: datetime, limit: int = 1000) -> list[str]:
-    """Ids of jobs queued since before `cutoff`, oldest first."""
+def unannounced_ends(session: Session, older_than_seconds: float, limit: int = 100) -> list[str]:
+    """Ids of finished jobs whose `done` event is not known to be in their event log.
+
+    Only those that ended more than `older_than_seconds` ago: a younger one's announcer may
+    still be about to publish (a second publish would be refused, but costs a round trip).
+    """
     query = (
         select(Job.id)
-        .where(Job.status == JobStatus.QUEUED.value, Job.created_at < cutoff)
-        .order_by(Job.created_at)
+        .where(
+            Job.done_announced == false(),
+            Job.status.in_(TERMINAL),
+            Job.finished_at < database_clock(session, -older_than_seconds),
+        )
         .limit(limit)
     )
     return list(session.scalars(query))

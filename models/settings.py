@@ -130,21 +130,12 @@ class Settings:
     reconcile_queued_after_seconds: int = 30
     events_ttl_seconds: int = 86400
     max_wait_seconds: int = 60
+    storage_backend: str = "local"
 
     @property
     def lease_seconds(self) -> int:
         """How long a claim on a running job lasts unless the worker's heartbeat renews it."""
         return self.worker_heartbeat_seconds * 3
-
-    @property
-    def uploads_dir(self) -> Path:
-        """Where uploaded recordings are stored under server-made names."""
-        return self.data_dir / "uploads"
-
-    @property
-    def results_dir(self) -> Path:
-        """Where spoken replies are stored under server-made names."""
-        return self.data_dir / "results"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -171,6 +162,7 @@ class Settings:
             **_request_limits(env),
             **_engine_choices(env),
             **_delivery(env),
+            storage_backend=_choice(env, "storage_backend", ("local", "database")),
         )
 
 
@@ -231,6 +223,14 @@ class _Environment:
         if not raw:
             return float(self.defaults[name])
         return parse_float(name.upper(), raw, minimum=minimum)
+
+
+def _choice(env: _Environment, name: str, choices: tuple[str, ...]) -> str:
+    """A text setting that must be one of `choices`."""
+    value = env.text(name)
+    if value not in choices:
+        raise SettingError(f"{name.upper()} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _request_limits(env: _Environment) -> dict[str, Any]:

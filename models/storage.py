@@ -1,55 +1,194 @@
-"""A job's files (uploaded recordings, spoken replies) under server-made names, atomically."""
+"""A job's files (uploaded recordings, spoken replies) under server-made names, in one of two
+stores: a local directory (one host) or the database (any number of hosts, no shared filesystem).
+
+Names are made by the server, never by the client: `{job_id}.wav` for an upload and
+`{job_id}-{attempt}.wav` for a reply. A reply is written under its attempt's own name, so an
+attempt that lost its lease can never overwrite the file another attempt's row points at; the
+row names its reply only through the lease holder's fenced `succeed`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.settings import Settings
+from models.tables import StoredFile
+
+UPLOADS = "uploads"
+RESULTS = "results"
 
 
-class FileStore:
-    """A directory of files named by the server, never by the client.
+def upload_name(job_id: str) -> str:
+    """The stored name of a job's uploaded recording."""
+    return f"{_checked(job_id)}.wav"
 
-    Names are `{job_id}.wav`; the job id is a hex string the server made, so no client text
-    ever reaches a path.
-    """
+
+def reply_name(job_id: str, attempt: int) -> str:
+    """The stored name of the spoken reply one attempt of a job made."""
+    return f"{_checked(job_id)}-{int(attempt)}.wav"
+
+
+def _checked(job_id: str) -> str:
+    if not job_id.isalnum():
+        raise ValueError("job ids are alphanumeric")
+    return job_id
+
+
+def _safe(name: str) -> str:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"not a stored file name: {name!r}")
+    return name
+
+
+class Store(Protocol):
+    """Where one kind of file (uploads, or replies) is kept."""
+
+    def write(self, name: str, data: bytes) -> str:
+        """Stores `data` under `name`, whole or not at all, and returns the name."""
+        ...
+
+    def read(self, name: str) -> bytes:
+        """Returns a stored file's bytes.
+
+        Raises:
+            FileNotFoundError: Nothing is stored under `name`.
+        """
+        ...
+
+    def exists(self, name: str) -> bool:
+        """Whether something is stored under `name`."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Removes a stored file; nothing happens if it is not there."""
+        ...
+
+    def local_path(self, name: str) -> Path | None:
+        """The file's path when the store is a local directory (to send it as it is), else None."""
+        ...
+
+    def as_file(self, name: str) -> contextlib.AbstractContextManager[Path]:
+        """A path holding the stored file while the context lasts (a copy if it is not local)."""
+        ...
+
+
+class LocalStore:
+    """A directory of files, for a single host (the default)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    @staticmethod
-    def name_for(job_id: str) -> str:
-        """Returns the file name stored on a job's row for its file in this store."""
-        if not job_id.isalnum():
-            raise ValueError("job ids are alphanumeric")
-        return f"{job_id}.wav"
-
     def path(self, name: str) -> Path:
         """Returns the path of a stored file, refusing names that would leave the store."""
-        if "/" in name or "\\" in name or name.startswith("."):
-            raise ValueError(f"not a stored file name: {name!r}")
-        return self.root / name
+        return self.root / _safe(name)
 
-    def write(self, job_id: str, data: bytes) -> str:
-        """Writes `data` for a job atomically and returns the stored name.
-
-        The bytes go to a temporary file in the same directory, are flushed to disk and then
-        renamed over the final name, so a reader never sees half a file.
-        """
+    def write(self, name: str, data: bytes) -> str:
+        """Writes `data` atomically: to a temporary file in the same directory, flushed to disk,
+        then renamed over the final name, so a reader never sees half a file."""
         self.root.mkdir(parents=True, exist_ok=True)
-        name = self.name_for(job_id)
+        final = self.path(name)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".wav")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, self.root / name)
+            # mkstemp makes 0600 files; the API may run as another user than the worker.
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, final)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         return name
 
+    def read(self, name: str) -> bytes:
+        return self.path(name).read_bytes()
+
     def exists(self, name: str) -> bool:
-        """Whether the stored file is there."""
         return self.path(name).is_file()
+
+    def delete(self, name: str) -> None:
+        self.path(name).unlink(missing_ok=True)
+
+    def local_path(self, name: str) -> Path | None:
+        return self.path(name)
+
+    @contextlib.contextmanager
+    def as_file(self, name: str) -> Iterator[Path]:
+        yield self.path(name)
+
+
+class DatabaseStore:
+    """Files as rows of `stored_files`: every host that reaches the database reaches them."""
+
+    def __init__(self, sessions: sessionmaker[Session], area: str, scratch: Path) -> None:
+        self.sessions = sessions
+        self.area = area
+        self.scratch = scratch  # where `as_file` puts its copies
+
+    def write(self, name: str, data: bytes) -> str:
+        with self.sessions() as session:
+            session.merge(StoredFile(area=self.area, name=_safe(name), data=data))
+            session.commit()
+        return name
+
+    def read(self, name: str) -> bytes:
+        with self.sessions() as session:
+            query = select(StoredFile.data).where(
+                StoredFile.area == self.area, StoredFile.name == _safe(name)
+            )
+            data = session.scalar(query)
+        if data is None:
+            raise FileNotFoundError(f"{self.area}/{name}")
+        return bytes(data)
+
+    def exists(self, name: str) -> bool:
+        with self.sessions() as session:
+            query = select(StoredFile.name).where(
+                StoredFile.area == self.area, StoredFile.name == _safe(name)
+            )
+            return session.scalar(query) is not None
+
+    def delete(self, name: str) -> None:
+        with self.sessions() as session:
+            session.execute(
+                delete(StoredFile).where(
+                    StoredFile.area == self.area, StoredFile.name == _safe(name)
+                )
+            )
+            session.commit()
+
+    def local_path(self, name: str) -> Path | None:
+        return None
+
+    @contextlib.contextmanager
+    def as_file(self, name: str) -> Iterator[Path]:
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".wav") as copy:
+            copy.write(self.read(name))
+            copy.flush()
+            yield Path(copy.name)
+
+
+def open_store(settings: Settings, area: str, sessions: sessionmaker[Session]) -> Store:
+    """The store of one kind of file, as `STORAGE_BACKEND` chooses.
+
+    Args:
+        settings: The running settings.
+        area: `UPLOADS` or `RESULTS`.
+        sessions: Database sessions, for the database store.
+
+    Returns:
+        The store.
+    """
+    if settings.storage_backend == "database":
+        return DatabaseStore(sessions, area, scratch=settings.data_dir / "tmp")
+    return LocalStore(settings.data_dir / area)

@@ -1,4 +1,5 @@
-"""The job table and its states: the single source of truth for every submitted prompt."""
+"""The tables (jobs, conversations, turns, stored files) and the job states: the single source of
+truth for every submitted prompt."""
 
 from __future__ import annotations
 
@@ -7,7 +8,19 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, TypedDict
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -108,6 +121,7 @@ class Job(Base):
         Index("ix_jobs_created_at_id", "created_at", "id"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
+        Index("ix_jobs_done_announced_status", "done_announced", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
@@ -147,6 +161,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Whether the job's `done` event is in its event log: set after the terminal transition's
+    # publish, so the reconciler can announce the end of a job whose announcer died first.
+    done_announced: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     @property
     def job_status(self) -> JobStatus:
@@ -175,4 +192,16 @@ class Turn(Base):
     job_id: Mapped[str | None] = mapped_column(String(32), default=None)
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class StoredFile(Base):
+    """A file of the database store (`STORAGE_BACKEND=database`): uploads and spoken replies that
+    every host reaches through the database, with no shared filesystem."""
+
+    __tablename__ = "stored_files"
+
+    area: Mapped[str] = mapped_column(String(16), primary_key=True)  # uploads, results
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

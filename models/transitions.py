@@ -1,19 +1,31 @@
-"""State changes of job rows; every transition is a conditional UPDATE on the row."""
+"""State changes of job rows; every transition is a conditional UPDATE on the row.
+
+A worker writes only as the holder of the job's lease: each of its writes names the lease holder
+and the attempt it claimed, so a worker that lost its lease (frozen past its expiry, cut off by a
+partition) changes nothing once another attempt has the job. Lease times come from the
+database's clock, the one clock every host shares: a host whose own clock is off cannot expire
+another host's lease early.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Update, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Update, and_, func, or_, select, type_coerce, update
 from sqlalchemy.orm import Session
 
-from models.tables import Job, JobStatus, Stage, Turn, utcnow
+from models.tables import Job, JobStatus, Stage, Turn, UTCDateTime
 
 TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELED.value)
 WORKER_LOST = "worker_lost"
+
+
+class LeaseLost(Exception):
+    """This attempt no longer holds its job: another attempt has it, or it ended; stop writing."""
 
 
 class ClaimOutcome(Enum):
@@ -24,7 +36,47 @@ class ClaimOutcome(Enum):
     EXHAUSTED = "exhausted"  # it had its attempts; it is now failed with `worker_lost`
 
 
-def _claimable(now: datetime) -> ColumnElement[bool]:
+@dataclass(frozen=True)
+class Lease:
+    """One attempt's hold on a job: who holds it and which attempt it is."""
+
+    job_id: str
+    owner: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of a claim, and the lease when it was won."""
+
+    outcome: ClaimOutcome
+    lease: Lease | None = None
+
+
+def database_clock(session: Session, seconds: float = 0.0) -> ColumnElement[datetime]:
+    """The database's current time, `seconds` ahead, as an SQL expression.
+
+    PostgreSQL's `clock_timestamp()` (not `now()`, which stands still for a transaction); on
+    SQLite, `strftime` with microseconds in the six digits SQLAlchemy stores, so the text
+    compares in order with stored times.
+
+    Args:
+        session: A session; its dialect picks the expression.
+        seconds: How far ahead of now.
+
+    Returns:
+        The expression, typed as a stored time.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        shift = f"{seconds:+.3f} seconds"
+        return type_coerce(func.strftime("%Y-%m-%d %H:%M:%f000", "now", shift), UTCDateTime)
+    clock: ColumnElement[Any] = func.clock_timestamp()
+    if seconds:
+        clock = clock + timedelta(seconds=seconds)
+    return type_coerce(clock, UTCDateTime)
+
+
+def _claimable(now: ColumnElement[datetime]) -> ColumnElement[bool]:
     return or_(
         Job.status == JobStatus.QUEUED.value,
         and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now),
@@ -33,14 +85,17 @@ def _claimable(now: datetime) -> ColumnElement[bool]:
 
 def claim(
     session: Session, job_id: str, *, owner: str, lease_seconds: int, max_attempts: int
-) -> ClaimOutcome:
+) -> Claim:
     """Takes a job for `owner`: a queued job, or a running one whose lease expired.
 
     The conditional UPDATE makes the claim exactly-once however often the message is delivered;
     each claim counts an attempt, and a job that has had `max_attempts` fails instead of looping.
+
+    Returns:
+        The outcome; when claimed, the lease with its attempt number.
     """
-    now = utcnow()
-    won = session.execute(
+    now = database_clock(session)
+    attempt = session.execute(
         update(Job)
         .where(Job.id == job_id, _claimable(now), Job.attempts < max_attempts)
         .values(
@@ -48,133 +103,171 @@ def claim(
             started_at=func.coalesce(Job.started_at, now),
             attempts=Job.attempts + 1,
             lease_owner=owner,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            lease_expires_at=database_clock(session, lease_seconds),
         )
-    )
+        .returning(Job.attempts)
+    ).scalar_one_or_none()
     session.commit()
-    if _count(won):
-        return ClaimOutcome.CLAIMED
+    if attempt is not None:
+        return Claim(ClaimOutcome.CLAIMED, Lease(job_id, owner, attempt))
     lost = session.execute(
         update(Job)
         .where(Job.id == job_id, _claimable(now), Job.attempts >= max_attempts)
         .values(
-            status=JobStatus.FAILED.value,
-            stage=None,
-            finished_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
+            **_ended(session, JobStatus.FAILED),
             error_code=WORKER_LOST,
             error_message=f"The worker running this job was lost {max_attempts} times.",
         )
     )
     session.commit()
-    return ClaimOutcome.EXHAUSTED if _count(lost) else ClaimOutcome.TAKEN
+    return Claim(ClaimOutcome.EXHAUSTED if _count(lost) else ClaimOutcome.TAKEN)
 
 
-def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: int) -> bool:
-    """Extends `owner`'s lease on a running job; returns False if the lease was lost."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.lease_owner == owner)
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-    )
-    session.commit()
-    return bool(_count(result))
+def renew_lease(session: Session, lease: Lease, lease_seconds: int) -> bool:
+    """Extends a lease from the database's clock; returns False if the lease was lost."""
+    return _update_held(session, lease, lease_expires_at=database_clock(session, lease_seconds))
 
 
-def release(session: Session, job_id: str, *, owner_prefix: str | None = None) -> bool:
-    """Puts a running job back in the queue after its worker was lost; checkpoints stay.
+def release_expired(session: Session, job_id: str, attempt: int) -> bool:
+    """Puts a running job back in the queue once its lease expired; checkpoints stay.
+
+    Expiry is checked in the UPDATE itself, so a lease renewed since the caller found it
+    expired is kept: releasing it would cost an attempt with no worker lost.
 
     Args:
         session: A database session.
         job_id: The job.
-        owner_prefix: Only release it if its lease holder's name starts with this (a worker's
-            parent releases only what its own children held).
+        attempt: The attempt found expired; a later attempt is never released by this call.
 
     Returns:
         Whether the job went back to `queued`.
     """
-    query = update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
-    if owner_prefix is not None:
-        query = query.where(Job.lease_owner.startswith(owner_prefix, autoescape=True))
-    result = session.execute(
-        query.values(
-            status=JobStatus.QUEUED.value, stage=None, lease_owner=None, lease_expires_at=None
-        )
+    query = update(Job).where(
+        Job.id == job_id,
+        Job.status == JobStatus.RUNNING.value,
+        Job.attempts == attempt,
+        Job.lease_expires_at < database_clock(session),
     )
+    result = session.execute(query.values(**_requeued()))
     session.commit()
     return bool(_count(result))
 
 
-def set_stage(session: Session, job_id: str, owner: str, stage: Stage, **checkpoint: Any) -> bool:
+def release_held_by(session: Session, job_id: str, owner_prefix: str) -> int | None:
+    """Puts a running job back in the queue after its holder died: a worker's parent releases
+    what one of its own children held (their lease holders' names start with `owner_prefix`).
+
+    Returns:
+        The attempt released, or None when the job was not held under that prefix.
+    """
+    query = update(Job).where(
+        Job.id == job_id,
+        Job.status == JobStatus.RUNNING.value,
+        Job.lease_owner.startswith(owner_prefix, autoescape=True),
+    )
+    attempt = session.execute(query.values(**_requeued()).returning(Job.attempts))
+    released = attempt.scalar_one_or_none()
+    session.commit()
+    return released
+
+
+def set_stage(session: Session, lease: Lease, stage: Stage, **checkpoint: Any) -> bool:
     """Records the stage a running job entered, with the results of the stage before it."""
-    return _update_held(session, job_id, owner, stage=stage.value, **checkpoint)
+    return _update_held(session, lease, stage=stage.value, **checkpoint)
 
 
 def succeed(
-    session: Session,
-    job_id: str,
-    owner: str,
-    *,
-    turns: Sequence[tuple[str, str]] = (),
-    **results: Any,
+    session: Session, lease: Lease, *, turns: Sequence[tuple[str, str]] = (), **results: Any
 ) -> bool:
-    """Marks a job `owner` holds succeeded with its final results; returns whether it changed.
+    """Marks a job the lease holds succeeded with its final results; returns whether it changed.
 
     `turns` (role, content) are added to the job's conversation in the same transaction, so a
     conversation never holds the turns of a job that did not succeed, nor misses them.
     """
-    result = session.execute(
-        _held(job_id, owner).values(
-            status=JobStatus.SUCCEEDED.value,
-            stage=None,
-            finished_at=utcnow(),
-            lease_owner=None,
-            lease_expires_at=None,
-            **results,
-        )
-    )
+    values = _ended(session, JobStatus.SUCCEEDED)
+    result = session.execute(_held(lease).values(**values, **results))
     changed = bool(_count(result))
     if changed and turns:
-        conversation_id = session.scalar(select(Job.conversation_id).where(Job.id == job_id))
+        conversation_id = session.scalar(select(Job.conversation_id).where(Job.id == lease.job_id))
         if conversation_id is not None:
             session.add_all(
-                Turn(conversation_id=conversation_id, job_id=job_id, role=role, content=content)
-                for role, content in turns
+                Turn(conversation_id=conversation_id, job_id=lease.job_id, role=role, content=c)
+                for role, c in turns
             )
     session.commit()
     return changed
 
 
-def fail(session: Session, job_id: str, code: str, message: str) -> bool:
-    """Marks a job that is not yet terminal as failed with a machine code and a message."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status.not_in(TERMINAL))
-        .values(
-            status=JobStatus.FAILED.value,
-            stage=None,
-            finished_at=utcnow(),
-            lease_owner=None,
-            lease_expires_at=None,
-            error_code=code,
-            error_message=message,
-        )
+def fail(session: Session, lease: Lease, code: str, message: str) -> bool:
+    """Marks a job the lease holds failed with a machine code and a message."""
+    values = _ended(session, JobStatus.FAILED)
+    return _update_held(session, lease, **values, error_code=code, error_message=message)
+
+
+def fail_held_by(session: Session, job_id: str, owner_prefix: str, code: str, message: str) -> bool:
+    """Fails a running job one of a worker parent's children held (see `release_held_by`)."""
+    query = update(Job).where(
+        Job.id == job_id,
+        Job.status == JobStatus.RUNNING.value,
+        Job.lease_owner.startswith(owner_prefix, autoescape=True),
     )
+    values = _ended(session, JobStatus.FAILED)
+    result = session.execute(query.values(**values, error_code=code, error_message=message))
     session.commit()
     return bool(_count(result))
 
 
-def _held(job_id: str, owner: str) -> Update:
-    # Only the current lease holder may write: a worker that lost its lease (and whose job
-    # was handed to another) cannot overwrite the new attempt's results.
+def fail_unclaimed(session: Session, job_id: str, code: str, message: str) -> bool:
+    """Fails a job no worker ever claimed (its message could not be sent)."""
+    query = update(Job).where(
+        Job.id == job_id, Job.status == JobStatus.QUEUED.value, Job.attempts == 0
+    )
+    values = _ended(session, JobStatus.FAILED)
+    result = session.execute(query.values(**values, error_code=code, error_message=message))
+    session.commit()
+    return bool(_count(result))
+
+
+def mark_done_announced(session: Session, job_id: str) -> None:
+    """Records that a finished job's `done` event is in its event log."""
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_(TERMINAL)).values(done_announced=True)
+    )
+    session.commit()
+
+
+def _ended(session: Session, status: JobStatus) -> dict[str, Any]:
+    return {
+        "status": status.value,
+        "stage": None,
+        "finished_at": database_clock(session),
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+
+
+def _requeued() -> dict[str, Any]:
+    return {
+        "status": JobStatus.QUEUED.value,
+        "stage": None,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+
+
+def _held(lease: Lease) -> Update:
+    # Only the current lease holder's attempt may write: a worker that lost its lease (and
+    # whose job was handed to another attempt) cannot overwrite the new attempt's results.
     return update(Job).where(
-        Job.id == job_id, Job.status == JobStatus.RUNNING.value, Job.lease_owner == owner
+        Job.id == lease.job_id,
+        Job.status == JobStatus.RUNNING.value,
+        Job.lease_owner == lease.owner,
+        Job.attempts == lease.attempt,
     )
 
 
-def _update_held(session: Session, job_id: str, owner: str, **values: Any) -> bool:
-    result = session.execute(_held(job_id, owner).values(**values))
+def _update_held(session: Session, lease: Lease, **values: Any) -> bool:
+    result = session.execute(_held(lease).values(**values))
     session.commit()
     return bool(_count(result))
 

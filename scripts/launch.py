@@ -1,7 +1,9 @@
 """Starts the whole service on one machine: Redis (embedded when REDIS_URL is unset), migrations,
-the Celery worker and gunicorn; prints the URL and waits until stopped.
+N Celery workers and gunicorn; prints the URL and waits until stopped.
 
-Usage: `python -m scripts.launch [--host H] [--port P] [--flower]` from the repository root.
+Usage: `python -m scripts.launch [--host H] [--port P] [--workers N] [--flower]` from the
+repository root. `--workers` defaults to WORKERS (1); WORKER_GPUS (`0,1`) pins worker i to the
+i-th GPU of the list, round robin.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import urllib.request
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from models.settings import SettingError, parse_int
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,15 +56,33 @@ def migrate(database_url: str) -> None:
     command.upgrade(config, "head")
 
 
-def service_commands(host: str, port: int, flower: bool) -> dict[str, list[str]]:
+def worker_command(index: int) -> list[str]:
+    """The command line of worker `index` (1, 2, ...): one process, one job at a time, named
+    apart from the host's other workers."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "--loglevel=INFO", "--concurrency=1", "--prefetch-multiplier=1",
+        "--queues=voicechat", f"--hostname=voicechat-{index}@%h",
+    ]  # fmt: skip
+
+
+def worker_environments(env: dict[str, str], workers: int) -> list[dict[str, str]]:
+    """What each worker's environment adds: WORKER_GPU from WORKER_GPUS, round robin.
+
+    Raises:
+        SettingError: WORKER_GPUS holds an entry that is not a GPU index.
+    """
+    gpus = [gpu.strip() for gpu in env.get("WORKER_GPUS", "").split(",") if gpu.strip()]
+    for gpu in gpus:
+        parse_int("WORKER_GPUS", gpu, minimum=0)
+    return [{"WORKER_GPU": gpus[index % len(gpus)]} if gpus else {} for index in range(workers)]
+
+
+def service_commands(host: str, port: int, flower: bool, workers: int = 1) -> dict[str, list[str]]:
     """The processes of the service, each a command line run from the repository root."""
     python = sys.executable
     commands = {
-        "worker": [
-            python, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "--loglevel=INFO", "--concurrency=1", "--prefetch-multiplier=1",
-            "--queues=voicechat", "--hostname=voicechat@%h",
-        ],
+        **{f"worker-{index}": worker_command(index) for index in range(1, workers + 1)},
         "api": [
             python, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
             "--bind", f"{host}:{port}", "api:create_app()",
@@ -73,8 +95,10 @@ def service_commands(host: str, port: int, flower: bool) -> dict[str, list[str]]
     return commands
 
 
-def wait_ready(url: str, processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
-    """Polls /readyz until it answers 200.
+def wait_ready(
+    url: str, processes: list[subprocess.Popen[bytes]], timeout: float, workers: int = 1
+) -> None:
+    """Polls /readyz until it answers 200 with `workers` workers ready.
 
     Raises:
         RuntimeError: A service process exited first.
@@ -87,7 +111,9 @@ def wait_ready(url: str, processes: list[subprocess.Popen[bytes]], timeout: floa
             if process.poll() is not None:
                 raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=5):
+            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as answer:
+                last = json.load(answer)
+            if last.get("checks", {}).get("workers", {}).get("count", workers) >= workers:
                 return
         except urllib.error.HTTPError as error:
             last = json.load(error)
@@ -97,7 +123,9 @@ def wait_ready(url: str, processes: list[subprocess.Popen[bytes]], timeout: floa
     raise TimeoutError(f"not ready after {timeout:.0f}s: {json.dumps(last)}")
 
 
-def supervise(processes: list[subprocess.Popen[bytes]], url: str, ready_timeout: float) -> int:
+def supervise(
+    processes: list[subprocess.Popen[bytes]], url: str, ready_timeout: float, workers: int = 1
+) -> int:
     """Waits for readiness, then until a signal arrives or a process dies; returns the exit code."""
     stopping = False
 
@@ -108,7 +136,7 @@ def supervise(processes: list[subprocess.Popen[bytes]], url: str, ready_timeout:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
-        wait_ready(url, processes, ready_timeout)
+        wait_ready(url, processes, ready_timeout, workers)
     except (RuntimeError, TimeoutError) as error:
         _LOGGER.error("start-up failed: %s", error)
         return 1
@@ -132,9 +160,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the voice chat service.")
     parser.add_argument("--host", default=os.environ.get("API_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("API_PORT", "8000")))
+    parser.add_argument(
+        "--workers", help="worker processes to start, one job at a time each (WORKERS, 1)"
+    )
     parser.add_argument("--flower", action="store_true", help="also start Flower on :5555")
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
+    try:
+        workers = parse_int(
+            "--workers", args.workers or os.environ.get("WORKERS") or "1", minimum=1
+        )
+        worker_envs = worker_environments(dict(os.environ), workers)
+    except SettingError as error:
+        parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s launch %(message)s")
 
     env = dict(os.environ)
@@ -150,10 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("DATABASE_URL", f"sqlite:///{data_dir / 'voicechat.db'}")
     migrate(env["DATABASE_URL"])
 
-    commands = service_commands(args.host, args.port, args.flower)
-    processes = [subprocess.Popen(cmd, cwd=ROOT, env=env) for cmd in commands.values()]
+    commands = service_commands(args.host, args.port, args.flower, workers)
+    each_worker = iter(worker_envs)
+    processes = [
+        subprocess.Popen(
+            cmd, cwd=ROOT, env={**env, **next(each_worker)} if name.startswith("worker") else env
+        )
+        for name, cmd in commands.items()
+    ]
     try:
-        return supervise(processes, f"http://{args.host}:{args.port}", args.ready_timeout)
+        url = f"http://{args.host}:{args.port}"
+        return supervise(processes, url, args.ready_timeout, workers)
     finally:
         for process in processes:
             if process.poll() is None:

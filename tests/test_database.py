@@ -13,7 +13,7 @@ from models import queries, transitions
 from models.db import make_engine, make_session_factory
 from models.errors import InvalidCursor
 from models.tables import Job, JobStatus, Stage, utcnow
-from models.transitions import ClaimOutcome
+from models.transitions import ClaimOutcome, Lease
 from tests.conftest import ROOT
 
 
@@ -71,8 +71,9 @@ def _claim(session, job_id: str, owner: str = "host:1", lease: int = 30):  # typ
 def test_a_job_is_claimed_exactly_once(sessions) -> None:  # type: ignore[no-untyped-def]
     with sessions() as session:
         job = _job(session)
-        assert _claim(session, job.id) is ClaimOutcome.CLAIMED
-        assert _claim(session, job.id, owner="host:2") is ClaimOutcome.TAKEN
+        won = _claim(session, job.id)
+        assert won.outcome is ClaimOutcome.CLAIMED and won.lease == Lease(job.id, "host:1", 1)
+        assert _claim(session, job.id, owner="host:2") == transitions.Claim(ClaimOutcome.TAKEN)
         session.refresh(job)
         assert (job.status, job.attempts, job.lease_owner) == ("running", 1, "host:1")
         assert job.started_at is not None and job.started_at.tzinfo is not None
@@ -81,44 +82,97 @@ def test_a_job_is_claimed_exactly_once(sessions) -> None:  # type: ignore[no-unt
 def test_an_expired_lease_is_claimed_again_until_attempts_run_out(sessions) -> None:  # type: ignore[no-untyped-def]
     with sessions() as session:
         job = _job(session)
-        assert _claim(session, job.id, owner="a:1", lease=-1) is ClaimOutcome.CLAIMED
-        transitions.set_stage(session, job.id, "a:1", Stage.GENERATING, transcript="hello")
-        assert queries.expired_leases(session) == [job.id]
-        assert _claim(session, job.id, owner="b:1", lease=-1) is ClaimOutcome.CLAIMED
-        # The first holder lost its lease: it can no longer write.
-        assert transitions.succeed(session, job.id, "a:1", reply_text="stale") is False
-        assert _claim(session, job.id, owner="c:1", lease=-1) is ClaimOutcome.CLAIMED
-        assert _claim(session, job.id, owner="d:1") is ClaimOutcome.EXHAUSTED
+        first = _claim(session, job.id, owner="a:1", lease=-1).lease
+        assert transitions.set_stage(session, first, Stage.GENERATING, transcript="hello")
+        assert queries.expired_leases(session) == [(job.id, 1)]
+        second = _claim(session, job.id, owner="b:1", lease=-1).lease
+        assert second == Lease(job.id, "b:1", 2)
+        # The first attempt lost its lease: none of its writes lands.
+        assert transitions.succeed(session, first, reply_text="stale") is False
+        assert transitions.fail(session, first, "timeout", "stale") is False
+        assert transitions.set_stage(session, first, Stage.SYNTHESIZING) is False
+        assert transitions.renew_lease(session, first, 30) is False
+        assert _claim(session, job.id, owner="c:1", lease=-1).outcome is ClaimOutcome.CLAIMED
+        assert _claim(session, job.id, owner="d:1").outcome is ClaimOutcome.EXHAUSTED
         session.refresh(job)
         assert (job.status, job.error_code, job.attempts) == ("failed", "worker_lost", 3)
         assert job.transcript == "hello" and job.reply_text is None
 
 
+def test_the_same_holder_on_a_later_attempt_is_a_different_lease(sessions) -> None:  # type: ignore[no-untyped-def]
+    with sessions() as session:
+        job = _job(session)
+        first = _claim(session, job.id, owner="a:1", lease=-1).lease
+        again = _claim(session, job.id, owner="a:1").lease
+        assert (first.attempt, again.attempt) == (1, 2)  # type: ignore[union-attr]
+        assert transitions.fail(session, first, "timeout", "stale") is False
+        assert transitions.succeed(session, again, reply_text="fresh") is True
+
+
 def test_leases_are_renewed_and_released(sessions) -> None:  # type: ignore[no-untyped-def]
     with sessions() as session:
         job = _job(session)
-        _claim(session, job.id, owner="a:1", lease=-1)
-        assert transitions.renew_lease(session, job.id, "b:1", 30) is False
-        assert transitions.renew_lease(session, job.id, "a:1", 30) is True
+        lease = _claim(session, job.id, owner="a:7:1", lease=-1).lease
+        assert transitions.renew_lease(session, Lease(job.id, "b:7:1", 1), 30) is False
+        assert transitions.renew_lease(session, lease, 30) is True
         assert queries.expired_leases(session) == []
-        assert transitions.release(session, job.id, owner_prefix="b:") is False
-        assert transitions.release(session, job.id, owner_prefix="a:") is True
+        # Renewed since it was found expired: the release re-checks expiry and keeps it.
+        assert transitions.release_expired(session, job.id, 1) is False
+        assert transitions.release_held_by(session, job.id, "b:7:") is None
+        assert transitions.release_held_by(session, job.id, "a:7:") == 1
         session.refresh(job)
         assert (job.status, job.lease_owner, job.attempts) == ("queued", None, 1)
+
+
+def test_an_expired_lease_is_released_only_for_the_attempt_found(sessions) -> None:  # type: ignore[no-untyped-def]
+    with sessions() as session:
+        job = _job(session)
+        _claim(session, job.id, owner="a:1", lease=-1)
+        [(found, attempt)] = queries.expired_leases(session)
+        _claim(session, job.id, owner="b:1", lease=-1)  # a second attempt took it meanwhile
+        assert transitions.release_expired(session, found, attempt) is False
+        assert transitions.release_expired(session, found, attempt + 1) is True
+
+
+def test_lease_times_come_from_the_database_clock(sessions, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # A host whose clock runs an hour ahead claims and renews; another host's reconciler must
+    # still see a live lease, and see it expire only by the database's clock.
+    import models.queries
+    import models.tables
+
+    real_now = models.tables.utcnow
+    for module in (models.tables, models.transitions, models.queries):
+        monkeypatch.setattr(
+            module, "utcnow", lambda: real_now() + timedelta(hours=1), raising=False
+        )
+    with sessions() as session:
+        job = _job(session, created_at=real_now())
+        lease = _claim(session, job.id, owner="fast:1", lease=30).lease
+        assert queries.expired_leases(session) == []
+        session.refresh(job)
+        assert job.lease_expires_at is not None
+        ahead = job.lease_expires_at - real_now()
+        assert timedelta(seconds=25) < ahead < timedelta(seconds=35), ahead
+        assert transitions.renew_lease(session, lease, -1)
+        assert queries.expired_leases(session) == [(job.id, 1)]
 
 
 def test_stages_checkpoint_and_finish(sessions) -> None:  # type: ignore[no-untyped-def]
     with sessions() as session:
         job = _job(session)
-        _claim(session, job.id)
-        transitions.set_stage(session, job.id, "host:1", Stage.GENERATING, transcript="hello")
+        lease = _claim(session, job.id).lease
+        transitions.set_stage(session, lease, Stage.GENERATING, transcript="hello")
         session.refresh(job)
         assert (job.stage, job.transcript) == ("generating", "hello")
-        assert transitions.succeed(session, job.id, "host:1", reply_text="hi there") is True
+        assert transitions.succeed(session, lease, reply_text="hi there") is True
         session.refresh(job)
         assert (job.status, job.stage, job.reply_text) == ("succeeded", None, "hi there")
-        # A terminal job never changes again.
-        assert transitions.fail(session, job.id, "late", "too late") is False
+        assert job.finished_at is not None and job.started_at is not None
+        assert job.finished_at >= job.started_at
+        # A terminal job never changes again, whoever asks.
+        assert transitions.fail(session, lease, "late", "too late") is False
+        assert transitions.fail_held_by(session, job.id, "host:", "late", "too late") is False
+        assert transitions.fail_unclaimed(session, job.id, "late", "too late") is False
         session.refresh(job)
         assert job.status == "succeeded" and job.error_code is None
 
@@ -126,21 +180,33 @@ def test_stages_checkpoint_and_finish(sessions) -> None:  # type: ignore[no-unty
 def test_failure_records_code_and_message(sessions) -> None:  # type: ignore[no-untyped-def]
     with sessions() as session:
         job = _job(session)
-        assert transitions.fail(session, job.id, "no_speech", "No speech.") is True
+        assert transitions.fail_unclaimed(session, job.id, "broker_unavailable", "No queue.")
         session.refresh(job)
         assert (job.status, job.error_code, job.error_message) == (
             "failed",
-            "no_speech",
-            "No speech.",
+            "broker_unavailable",
+            "No queue.",
         )
         assert job.finished_at is not None
+        other = _job(session)
+        lease = _claim(session, other.id).lease
+        assert transitions.fail_unclaimed(session, other.id, "x", "claimed") is False
+        assert transitions.fail(session, lease, "no_speech", "No speech.") is True
+
+
+def test_a_parent_fails_only_what_its_own_children_hold(sessions) -> None:  # type: ignore[no-untyped-def]
+    with sessions() as session:
+        job = _job(session)
+        _claim(session, job.id, owner="host:10:11")
+        assert transitions.fail_held_by(session, job.id, "host:1:", "timeout", "x") is False
+        assert transitions.fail_held_by(session, job.id, "host:10:", "timeout", "x") is True
 
 
 def test_listing_is_newest_first_and_pages_without_gaps(sessions) -> None:  # type: ignore[no-untyped-def]
     base = utcnow()
     with sessions() as session:
         made = [_job(session, created_at=base + timedelta(seconds=i // 2)) for i in range(7)]
-        transitions.fail(session, made[0].id, "x", "y")
+        transitions.fail_unclaimed(session, made[0].id, "x", "y")
         seen, cursor = [], None
         while True:
             page = queries.list_jobs(session, status=None, limit=3, cursor=cursor)

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from models.errors import ContextLengthExceeded, EngineUnavailable
-from scripts.launch import service_commands
+from scripts.launch import worker_command
 from tests.conftest import QUESTION, ROOT, make_settings
 from tests.stack import free_port
 from worker.engines import Message
@@ -347,7 +347,7 @@ def test_worker_with_an_unknown_engine_exits_at_start(tmp_path: Path) -> None:
         "DATABASE_URL": f"sqlite:///{tmp_path / 'voicechat.db'}",
         "LLM_ENGINE": "nonsense",
     }
-    command = service_commands("127.0.0.1", free_port(), flower=False)["worker"]
+    command = worker_command(1)
     started = time.monotonic()
     finished = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False

@@ -57,7 +57,7 @@ def test_sigkill_mid_stage_then_restart_completes_on_the_second_attempt(
     assert job["status"] == "succeeded", job
     assert job["attempts"] == 2
     assert "capital" in job["result"]["transcript"].lower()
-    assert _reply_files(stack, job_id) == [f"{job_id}.wav"]
+    assert _reply_files(stack, job_id) == [f"{job_id}-2.wav"]
 
 
 def test_sigterm_mid_job_lets_the_job_finish(
@@ -93,7 +93,7 @@ def test_a_crash_in_a_later_stage_resumes_from_the_checkpoint(
     # The reply was generated once; only the speech was made again.
     generated = (stack.data_dir / "generations.log").read_text().splitlines()
     assert [prompt for prompt in generated if prompt != "Hi"] == ["resume me"]  # "Hi": warm-ups
-    assert _reply_files(stack, job["id"]) == [f"{job['id']}.wav"]
+    assert _reply_files(stack, job["id"]) == [f"{job['id']}-2.wav"]
 
 
 def test_a_stage_that_always_crashes_fails_after_max_attempts(

@@ -1,4 +1,5 @@
-"""The pool child's lease keeper: renews the running job's lease and its readiness key."""
+"""The pool child's lease keeper: renews the running job's lease and its readiness key, and
+tells the running attempt the moment its lease is lost."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import os
 import socket
 import threading
+from dataclasses import dataclass, field
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -19,28 +21,33 @@ from worker import runtime
 
 _LOGGER = logging.getLogger(__name__)
 
-# The job this process runs now, if any, and the lease holder's name: the keeper renews it.
-_LEASE: dict[str, str | None] = {"job_id": None, "owner": None}
+
+@dataclass
+class Held:
+    """The lease this process's running attempt holds, and whether it has been lost."""
+
+    lease: transitions.Lease
+    lost: threading.Event = field(default_factory=threading.Event)
 
 
-def host_prefix() -> str:
-    """Returns the start every worker id on this host shares (a parent's children's ids)."""
-    return f"{socket.gethostname()}:"
+# The attempt this process runs now, if any: the keeper renews its lease.
+_HELD: dict[str, Held | None] = {"held": None}
+
+
+def children_prefix(parent_pid: int | None = None) -> str:
+    """The start of the worker ids of one Celery parent's pool children (this process's when
+    `parent_pid` is None): the host, then the parent's pid, so each worker on a host is apart."""
+    return f"{socket.gethostname()}:{os.getpid() if parent_pid is None else parent_pid}:"
 
 
 def worker_id() -> str:
-    """Names this worker process: as a job's lease holder, and in readiness reports."""
-    return f"{host_prefix()}{os.getpid()}"
+    """Names this pool child: as a job's lease holder, and in readiness reports."""
+    return f"{children_prefix(os.getppid())}{os.getpid()}"
 
 
-def hold_lease(job_id: str | None, owner: str) -> None:
-    """Tells the lease keeper which job's lease to keep renewing.
-
-    Args:
-        job_id: The job this process now runs; None when it finished.
-        owner: The lease holder's name, as the claim wrote it.
-    """
-    _LEASE.update(job_id=job_id, owner=owner)
+def hold_lease(held: Held | None) -> None:
+    """Tells the lease keeper which attempt's lease to keep renewing (None: no job runs)."""
+    _HELD["held"] = held
 
 
 class LeaseKeeper(threading.Thread):
@@ -65,13 +72,17 @@ class LeaseKeeper(threading.Thread):
         heartbeat.publish(self.client, self.worker_id, info, ttl_seconds=interval * 3)
 
     def renew(self) -> None:
-        """Extends the lease of the job this process is running, if any."""
-        job_id, owner = _LEASE["job_id"], _LEASE["owner"]
-        if job_id is None or owner is None:
+        """Extends the lease of the job this process is running, if any; a lease that cannot be
+        renewed is lost, and the attempt is told so (it stops at its next write)."""
+        held = _HELD["held"]
+        if held is None or held.lost.is_set():
             return
         with self.sessions() as session:
-            if not transitions.renew_lease(session, job_id, owner, self.settings.lease_seconds):
-                _LOGGER.warning("lease lost job_id=%s owner=%s", job_id, owner)
+            if not transitions.renew_lease(session, held.lease, self.settings.lease_seconds):
+                held.lost.set()
+                _LOGGER.warning(
+                    "lease lost job_id=%s attempt=%d", held.lease.job_id, held.lease.attempt
+                )
 
     def run(self) -> None:
         """Renews and beats every `WORKER_HEARTBEAT_SECONDS` until stopped."""

@@ -7,7 +7,8 @@ kills every worker fails after `MAX_ATTEMPTS`). A `queued` job whose message nev
 one-second window) is republished when no message for it is waiting in the broker. Messages a
 worker took but has not acknowledged do not count: their worker may be dead, and kombu would only
 restore them after the visibility timeout. Duplicate messages are harmless: the claim is a
-conditional UPDATE.
+conditional UPDATE. A job whose end was never announced (its announcer died after the terminal
+commit, or Redis was down) gets its `done` event now; the log's fence keeps it to one.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
 
 from redis import Redis
 from sqlalchemy.orm import Session
 
-from models import queries, transitions
-from models.tables import utcnow
+from models import event_log, queries, transitions
+from models.event_log import JobEvents
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class Report:
 
     released: tuple[str, ...]
     republished: tuple[str, ...]
+    announced: tuple[str, ...] = ()
 
 
 def _task_ids(payloads: Iterable[bytes | str]) -> set[str]:
@@ -64,40 +65,51 @@ def job_ids_waiting(client: Redis, queue: str) -> set[str]:
 def reconcile(
     session: Session,
     broker: Redis,
+    events: JobEvents,
     publish: Callable[[str], None],
     *,
     queue: str,
     queued_after_seconds: int,
 ) -> Report:
-    """Runs one pass: releases expired leases and republishes jobs missing from the broker.
+    """Runs one pass: releases expired leases, republishes jobs missing from the broker, and
+    announces ends that were never announced.
 
     Args:
         session: A database session.
         broker: The Redis the jobs are queued in.
+        events: The job event log: a released job's stream says it is queued again.
         publish: Sends the message for a job id.
         queue: The queue's name.
         queued_after_seconds: How long a job may stay queued with no message before it is
             republished (covers the moment between the API's commit and its publish).
 
     Returns:
-        The ids released and republished.
+        The ids released, republished and announced.
     """
-    released = [
-        job_id for job_id in queries.expired_leases(session) if transitions.release(session, job_id)
-    ]
-    cutoff = utcnow() - timedelta(seconds=queued_after_seconds)
-    stale = set(released) | set(queries.queued_before(session, cutoff))
+    released = []
+    for job_id, attempt in queries.expired_leases(session):
+        if transitions.release_expired(session, job_id, attempt):
+            released.append(job_id)
+            queued = {"status": "queued", "attempt": attempt}
+            events.publish(job_id, event_log.STATUS, queued, attempt=attempt)
+    stale = set(released) | set(queries.queued_longer_than(session, queued_after_seconds))
     republished = []
     if stale:
         present = job_ids_waiting(broker, queue)
         for job_id in sorted(stale - present):
             publish(job_id)
             republished.append(job_id)
-    if released or republished:
+    announced = [
+        job_id
+        for job_id in queries.unannounced_ends(session, older_than_seconds=queued_after_seconds)
+        if event_log.announce_end(session, events, job_id)
+    ]
+    if released or republished or announced:
         _LOGGER.warning(
-            "reconciled released=%d republished=%d ids=%s",
+            "reconciled released=%d republished=%d announced=%d ids=%s",
             len(released),
             len(republished),
+            len(announced),
             ",".join(republished),
         )
-    return Report(released=tuple(released), republished=tuple(republished))
+    return Report(tuple(released), tuple(republished), tuple(announced))

@@ -21,7 +21,7 @@ from models.db import make_engine, make_session_factory
 from models.event_log import JobEvents
 from models.queue import JOB_QUEUE, send_job
 from worker.celery_app import app, settings
-from worker.lease_keeper import host_prefix
+from worker.lease_keeper import children_prefix
 from worker.reconciler import reconcile
 
 _LOGGER = logging.getLogger(__name__)
@@ -75,16 +75,19 @@ def _recover_lost_job(
     if not isinstance(exception, TimeLimitExceeded | WorkerLostError) or not args:
         return
     job_id = str(args[0])
+    mine = children_prefix()  # fenced: only a job one of this worker's children still held
     with _parent_sessions()() as session:
         if isinstance(exception, TimeLimitExceeded):
             message = f"The job ran past {settings.task_time_limit} seconds."
-            if transitions.fail(session, job_id, "timeout", message):
+            if transitions.fail_held_by(session, job_id, mine, "timeout", message):
                 _LOGGER.warning("job failed in parent job_id=%s code=timeout", job_id)
-                error = {"code": "timeout", "message": message}
-                _events().publish(job_id, event_log.DONE, status="failed", error=error)
-        elif transitions.release(session, job_id, owner_prefix=host_prefix()):
-            _LOGGER.warning("worker lost; job released job_id=%s", job_id)
-            _events().publish(job_id, event_log.STATUS, status="queued")
+                event_log.announce_end(session, _events(), job_id)
+            return
+        attempt = transitions.release_held_by(session, job_id, mine)
+        if attempt is not None:
+            _LOGGER.warning("worker lost; job released job_id=%s attempt=%d", job_id, attempt)
+            queued = {"status": "queued", "attempt": attempt}
+            _events().publish(job_id, event_log.STATUS, queued, attempt=attempt)
             publish(job_id)
 
 
@@ -120,6 +123,7 @@ class Reconciler(bootsteps.StartStopStep):  # type: ignore[misc]
                 reconcile(
                     session,
                     self.broker,
+                    _events(),
                     publish,
                     queue=JOB_QUEUE,
                     queued_after_seconds=settings.reconcile_queued_after_seconds,

@@ -10,7 +10,10 @@ running or finished does nothing, and a redelivered job resumes after its last c
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import event_log, queries, transitions
+from models import event_log, queries, storage, transitions
 from models.db import make_engine, make_session_factory
 from models.errors import EngineUnavailable, JobTimedOut, VoiceChatError
 from models.event_log import JobEvents
-from models.storage import FileStore
 from models.tables import Conversation, Job, JobStatus, Operation, ReplyFormat, Stage
 from worker import lease_keeper, runtime
 from worker.celery_app import app, settings
@@ -33,6 +35,17 @@ _LOGGER = logging.getLogger(__name__)
 
 _SESSIONS: sessionmaker[Session] | None = None
 _EVENTS: JobEvents | None = None
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Where this process reads uploads and writes replies (`STORAGE_BACKEND`)."""
+
+    uploads: storage.Store
+    results: storage.Store
+
+
+_STORES: Stores | None = None
 
 
 def _sessions() -> sessionmaker[Session]:
@@ -50,6 +63,17 @@ def _events() -> JobEvents:
         client = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         _EVENTS = JobEvents(client, ttl_seconds=settings.events_ttl_seconds)
     return _EVENTS
+
+
+def stores() -> Stores:
+    """This process's file stores, made on first use (after any fork)."""
+    global _STORES
+    if _STORES is None:
+        _STORES = Stores(
+            uploads=storage.open_store(settings, storage.UPLOADS, _sessions()),
+            results=storage.open_store(settings, storage.RESULTS, _sessions()),
+        )
+    return _STORES
 
 
 def transcript_columns(transcript: Transcript, *, with_segments: bool = False) -> dict[str, Any]:
@@ -119,81 +143,103 @@ def _checkpoint_columns(done: Transcript | Reply | None) -> dict[str, Any]:
 
 
 class RowProgress:
-    """Writes stage changes and checkpoints to the job's row, as the lease holder, and tells
-    the job's event stream."""
+    """Writes stage changes and checkpoints to the job's row and its event stream, as the holder
+    of the attempt's lease: the moment either refuses a write, the attempt stops (LeaseLost)."""
 
-    def __init__(self, session: Session, job_id: str, owner: str) -> None:
+    def __init__(self, session: Session, held: lease_keeper.Held) -> None:
         self.session = session
-        self.job_id = job_id
-        self.owner = owner
+        self.held = held
+        self.lease = held.lease
         self.events = _events()
+
+    def tell(self, event_type: str, **data: Any) -> None:
+        """Appends an event of this attempt.
+
+        Raises:
+            LeaseLost: The lease is lost, or the log's fence refused the event.
+        """
+        if self.held.lost.is_set():
+            raise transitions.LeaseLost(self.lease.job_id)
+        appended = self.events.publish(
+            self.lease.job_id, event_type, data, attempt=self.lease.attempt
+        )
+        if appended is event_log.Append.FENCED:
+            raise transitions.LeaseLost(self.lease.job_id)
 
     def enter(self, stage: Stage, done: Transcript | Reply | None = None) -> None:
         """Writes the stage and the previous stage's result as one checkpoint, then tells."""
-        _LOGGER.info("job stage job_id=%s stage=%s", self.job_id, stage.value)
+        _LOGGER.info("job stage job_id=%s stage=%s", self.lease.job_id, stage.value)
         checkpoint = _checkpoint_columns(done)
-        transitions.set_stage(self.session, self.job_id, self.owner, stage, **checkpoint)
+        if not transitions.set_stage(self.session, self.lease, stage, **checkpoint):
+            raise transitions.LeaseLost(self.lease.job_id)
         if isinstance(done, Transcript):
-            self.events.publish(self.job_id, event_log.TRANSCRIPT, text=done.text)
-        self.events.publish(self.job_id, event_log.STAGE, stage=stage.value)
+            self.tell(event_log.TRANSCRIPT, text=done.text)
+        self.tell(event_log.STAGE, stage=stage.value)
 
     def delta(self, text: str) -> None:
-        """Appends a piece of the reply to the job's event stream."""
-        self.events.publish(self.job_id, event_log.DELTA, text=text)
-
-
-def _finished(job_id: str, session: Session) -> None:
-    """Appends the final event, read back from the row so it says what the row says."""
-    job = session.get(Job, job_id, populate_existing=True)
-    if job is None or not job.job_status.terminal:
-        return
-    error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
-    _events().publish(job_id, event_log.DONE, status=job.status, error=error)
+        """Appends a piece of the reply to the job's event stream (a lost lease stops the
+        generation here, at the next token)."""
+        self.tell(event_log.DELTA, text=text)
 
 
 @app.task(name="worker.run_job", acks_late=True)
 def run_job(job_id: str) -> None:
     """Runs one job by id; a job that is finished or held by a live worker is left alone."""
-    owner = lease_keeper.worker_id()
     with _sessions()() as session:
-        claimed = transitions.claim(
+        claim = transitions.claim(
             session,
             job_id,
-            owner=owner,
+            owner=lease_keeper.worker_id(),
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
         )
-        if claimed is transitions.ClaimOutcome.EXHAUSTED:
-            _finished(job_id, session)
-        if claimed is not transitions.ClaimOutcome.CLAIMED:
-            _LOGGER.info("job not run job_id=%s claim=%s", job_id, claimed.value)
+        if claim.outcome is transitions.ClaimOutcome.EXHAUSTED:
+            event_log.announce_end(session, _events(), job_id)
+        if claim.lease is None:
+            _LOGGER.info("job not run job_id=%s claim=%s", job_id, claim.outcome.value)
             return
-        job = session.get(Job, job_id)
-        assert job is not None
-        _LOGGER.info("job running job_id=%s attempt=%d", job_id, job.attempts)
-        _events().publish(
-            job_id, event_log.STATUS, status=JobStatus.RUNNING.value, attempt=job.attempts
-        )
-        lease_keeper.hold_lease(job_id, owner)
+        held = lease_keeper.Held(claim.lease)
+        lease_keeper.hold_lease(held)
         try:
-            _run(session, job, owner)
-        except VoiceChatError as error:
-            _LOGGER.info("job failed job_id=%s code=%s", job_id, error.code)
-            transitions.fail(session, job_id, error.code, error.detail)
-        except SoftTimeLimitExceeded:
-            timed_out = JobTimedOut(f"The job ran past {settings.task_soft_time_limit} seconds.")
-            _LOGGER.warning("job timed out job_id=%s", job_id)
-            transitions.fail(session, job_id, timed_out.code, timed_out.detail)
-        except Exception:
-            _LOGGER.exception("job crashed job_id=%s", job_id)
-            session.rollback()
-            transitions.fail(session, job_id, "internal_error", "The worker failed on this job.")
+            ended = _attempt(session, RowProgress(session, held))
         finally:
-            lease_keeper.hold_lease(None, owner)
-        _finished(job_id, session)
+            lease_keeper.hold_lease(None)
+        if ended:
+            event_log.announce_end(session, _events(), job_id)
 
 
-def _run(session: Session, job: Job, owner: str) -> None:
+def _attempt(session: Session, progress: RowProgress) -> bool:
+    """Runs one claimed attempt and records its outcome; returns whether it ended the job.
+
+    An attempt that loses its lease writes nothing more: no row change, no event, no file.
+    """
+    lease = progress.lease
+    _LOGGER.info("job running job_id=%s attempt=%d", lease.job_id, lease.attempt)
+    try:
+        progress.tell(event_log.STATUS, status=JobStatus.RUNNING.value, attempt=lease.attempt)
+        return _run(session, progress)
+    except transitions.LeaseLost:
+        session.rollback()
+        _LOGGER.warning("job lease lost job_id=%s attempt=%d", lease.job_id, lease.attempt)
+        return False
+    except VoiceChatError as error:
+        _LOGGER.info("job failed job_id=%s code=%s", lease.job_id, error.code)
+        return transitions.fail(session, lease, error.code, error.detail)
+    except SoftTimeLimitExceeded:
+        timed_out = JobTimedOut(f"The job ran past {settings.task_soft_time_limit} seconds.")
+        _LOGGER.warning("job timed out job_id=%s", lease.job_id)
+        return transitions.fail(session, lease, timed_out.code, timed_out.detail)
+    except Exception:
+        _LOGGER.exception("job crashed job_id=%s", lease.job_id)
+        session.rollback()
+        return transitions.fail(session, lease, "internal_error", "The worker failed on this job.")
+
+
+def _run(session: Session, progress: RowProgress) -> bool:
+    """Drives the pipeline and records its results through the fenced `succeed`."""
+    lease = progress.lease
+    job = session.get(Job, lease.job_id, populate_existing=True)
+    assert job is not None
     try:
         pipeline = runtime.get_pipeline(settings)
     except VoiceChatError:
@@ -201,22 +247,26 @@ def _run(session: Session, job: Job, owner: str) -> None:
     except Exception as error:
         message = "The worker's engines failed to load; see the worker log."
         raise EngineUnavailable(message) from error
-    outcome = pipeline.run(_job_input(session, job), RowProgress(session, job.id, owner))
+    with _recording(job) as audio_path:
+        outcome = pipeline.run(_job_input(session, job, audio_path), progress)
     results = _results(job, outcome)
+    replies = stores().results
+    name = None
     if outcome.audio is not None:
-        # Written before the row says so; a crash in between leaves a file the next attempt
-        # replaces atomically under the same name, so there is never a second reply.
-        name = FileStore(settings.results_dir).write(job.id, outcome.audio.to_wav())
+        # Under this attempt's own name: only the fenced `succeed` makes it the job's reply.
+        name = replies.write(storage.reply_name(job.id, lease.attempt), outcome.audio.to_wav())
         results.update(audio_columns(outcome.audio, name))
-        _events().publish(job.id, event_log.AUDIO, seconds=results["reply_audio_seconds"])
+        progress.tell(event_log.AUDIO, seconds=results["reply_audio_seconds"])
     turns = []
     if job.conversation_id and job.operation == Operation.CHAT.value:
         prompt = outcome.transcript.text if outcome.transcript else job.transcript or job.input_text
         turns = [("user", prompt or ""), ("assistant", outcome.reply_text)]
-    if not transitions.succeed(session, job.id, owner, turns=turns, **results):
-        _LOGGER.warning("job lease lost before it finished job_id=%s", job.id)
-        return
-    _LOGGER.info("job succeeded job_id=%s attempt=%d", job.id, job.attempts)
+    if not transitions.succeed(session, lease, turns=turns, **results):
+        if name is not None:
+            replies.delete(name)  # no row will ever point at it
+        raise transitions.LeaseLost(job.id)
+    _LOGGER.info("job succeeded job_id=%s attempt=%d", job.id, lease.attempt)
+    return True
 
 
 def _results(job: Job, outcome: Outcome) -> dict[str, Any]:
@@ -230,11 +280,20 @@ def _results(job: Job, outcome: Outcome) -> dict[str, Any]:
     return results
 
 
-def _job_input(session: Session, job: Job) -> JobInput:
+@contextlib.contextmanager
+def _recording(job: Job) -> Iterator[Path | None]:
+    """The job's uploaded recording as a file while the pipeline runs (None: a text prompt, or
+    the transcript is checkpointed and the recording is not needed again)."""
+    resumed = job.transcript is not None and job.operation == Operation.CHAT.value
+    if job.input_audio_file is None or resumed:
+        yield None
+        return
+    with stores().uploads.as_file(job.input_audio_file) as path:
+        yield path
+
+
+def _job_input(session: Session, job: Job, audio_path: Path | None) -> JobInput:
     """What the pipeline needs from the row: input, options, history and checkpoints."""
-    audio_path = None
-    if job.input_audio_file:
-        audio_path = Path(FileStore(settings.uploads_dir).path(job.input_audio_file))
     options = dict(job.options or {})
     history = list(job.history or [])
     if job.conversation_id:

@@ -1,0 +1,115 @@
+"""`/v1/chat/completions` against llama-cpp-python's own OpenAI-compatible server, same model.
+
+Run: `.venv/bin/python -m bench.chat [--rounds N]`. Starts the service on its defaults (the real
+models, SQLite, embedded Redis) and `python -m llama_cpp.server` on the same GGUF with the same
+threads and context; then, round by round and in turn, streams the same chat from each with the
+official `openai` client. Per round: time to the first content token, tokens per second over
+the whole answer, and the answer's wall time (1 / requests per second, one at a time); the
+figures quoted are medians over rounds, and each ratio (service / server) is taken round by round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import requests
+from openai import OpenAI
+
+from bench.service import free_port, running
+from models.settings import Settings
+from worker.engines.model_files import smollm2_path
+
+MESSAGES = [{"role": "user", "content": "Tell me three facts about the moon."}]
+MAX_TOKENS = 64
+
+
+@contextmanager
+def llama_server(threads: int, context: int) -> Iterator[str]:
+    """Runs llama-cpp-python's server on the packaged model; yields its `/v1` base URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(context),
+            "--n_threads", str(threads), "--logits_all", "false",
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{base_url}/models", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.3)
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def stream_once(client: OpenAI, model: str) -> dict[str, float]:
+    """Streams one answer; returns seconds to the first token, total seconds and tokens."""
+    started = time.perf_counter()
+    first = None
+    tokens = pieces = 0
+    stream = client.chat.completions.create(
+        model=model, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0.0, stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces += 1
+            if first is None:
+                first = time.perf_counter() - started
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+    total = time.perf_counter() - started
+    # llama-cpp-python's server sends no usage when streaming: it streams a token a chunk.
+    return {"ttft_s": first or total, "total_s": total, "tokens": float(tokens or pieces)}
+
+
+def measure(ours: OpenAI, theirs: OpenAI, model: str, rounds: int) -> dict[str, float]:
+    """Alternates the two servers for `rounds` rounds after one warm-up each."""
+    stream_once(ours, model)
+    stream_once(theirs, model)
+    pairs = [(stream_once(ours, model), stream_once(theirs, model)) for _ in range(rounds)]
+
+    def rate(run: dict[str, float]) -> float:
+        return run["tokens"] / run["total_s"]
+
+    return {
+        "service_ttft_ms": statistics.median(a["ttft_s"] for a, _ in pairs) * 1000,
+        "server_ttft_ms": statistics.median(b["ttft_s"] for _, b in pairs) * 1000,
+        "ttft_ratio": statistics.median(a["ttft_s"] / b["ttft_s"] for a, b in pairs),
+        "service_tokens_per_s": statistics.median(rate(a) for a, _ in pairs),
+        "server_tokens_per_s": statistics.median(rate(b) for _, b in pairs),
+        "throughput_ratio": statistics.median(rate(a) / rate(b) for a, b in pairs),
+        "requests_per_s_ratio": statistics.median(b["total_s"] / a["total_s"] for a, b in pairs),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    settings = Settings.from_env()
+    with running() as url, llama_server(settings.llm_threads, settings.llm_context_tokens) as base:
+        ours = OpenAI(base_url=f"{url}/v1", api_key="none")
+        theirs = OpenAI(base_url=base, api_key="none")
+        model = ours.models.list().data[0].id
+        figures = measure(ours, theirs, model, args.rounds)
+    print(json.dumps({k: round(v, 3) for k, v in figures.items()}))
+
+
+if __name__ == "__main__":
+    main()
