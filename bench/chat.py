@@ -11,7 +11,6 @@ figures quoted are medians over rounds, and each ratio (service / server) is tak
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import requests
 from openai import OpenAI
 
 from bench.service import free_port, running
+from bench.table import Row, markdown
 from models.settings import Settings
 from worker.engines.model_files import smollm2_path
 
@@ -98,17 +98,30 @@ def measure(ours: OpenAI, theirs: OpenAI, model: str, rounds: int) -> dict[str, 
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    args = parser.parse_args()
+def rows(rounds: int = 7) -> list[Row]:
+    """The chat figures as table rows."""
     settings = Settings.from_env()
     with running() as url, llama_server(settings.llm_threads, settings.llm_context_tokens) as base:
         ours = OpenAI(base_url=f"{url}/v1", api_key="none")
         theirs = OpenAI(base_url=base, api_key="none")
         model = ours.models.list().data[0].id
-        figures = measure(ours, theirs, model, args.rounds)
-    print(json.dumps({k: round(v, 3) for k, v in figures.items()}))
+        f = measure(ours, theirs, model, rounds)
+    bench, server = "chat completions, streamed", "llama_cpp.server"
+    return [
+        Row(bench, "tokens/s", f["service_tokens_per_s"], "tok/s", f["throughput_ratio"],
+            f"{server} {f['server_tokens_per_s']:.1f} tok/s"),
+        Row(bench, "time to first token", f["service_ttft_ms"], "ms", f["ttft_ratio"],
+            f"{server} {f['server_ttft_ms']:.0f} ms"),
+        Row(bench, "requests/s, one at a time", f["requests_per_s_ratio"], "x server",
+            f["requests_per_s_ratio"], server),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    print(markdown(rows(args.rounds)))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ round trip, measured in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -19,6 +18,7 @@ import requests
 
 from bench.engines import NULL_ENGINES
 from bench.service import running
+from bench.table import Row, markdown
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -55,13 +55,30 @@ def measure(url: str, jobs: int) -> dict[str, float]:
     }
 
 
+def rows(jobs: int = 200) -> list[Row]:
+    """The overhead figures as table rows."""
+    with running(**NULL_ENGINES) as url:
+        f = measure(url, jobs)
+    bench, healthz = "per-job overhead (null engines)", f"GET /healthz {f['healthz_p50_ms']:.1f} ms"
+    return [
+        Row(
+            bench,
+            "submit → succeeded and visible, p50",
+            f["overhead_p50_ms"],
+            "ms",
+            f["ratio_p50"],
+            healthz,
+        ),
+        Row(bench, "submit → succeeded and visible, p99", f["overhead_p99_ms"], "ms"),
+        Row(bench, "of which queued (row made → claimed), p50", f["queued_p50_ms"], "ms"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
     args = parser.parse_args()
-    with running(**NULL_ENGINES) as url:
-        figures = measure(url, args.jobs)
-    print(json.dumps({k: round(v, 2) for k, v in figures.items()}))
+    print(markdown(rows(args.jobs)))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soxr
 
+from bench.table import Row, markdown
 from models.settings import Settings
 from worker.runtime import get_pipeline
 
@@ -43,43 +43,41 @@ def best_of(rounds: int, action: Callable[[], Any]) -> tuple[float, Any]:
     return statistics.median(times), result
 
 
+def rows(rounds: int = 5) -> list[Row]:
+    """Each engine on the spoken test question, against the baseline workload."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        settings = Settings.from_env({"DATA_DIR": data_dir})
+        pipeline = get_pipeline(settings)
+        base, _ = best_of(rounds, baseline)
+        voice = settings.tts_voice
+        tts_s, audio = best_of(
+            rounds, lambda: pipeline.synthesizer.synthesize(QUESTION, voice=voice)
+        )
+        samples = soxr.resample(audio.samples.astype(np.float32) / 32768, audio.sample_rate, 16_000)
+        stt_s, _ = best_of(
+            rounds, lambda: pipeline.transcriber.transcribe(samples.astype(np.float32))
+        )
+        messages = pipeline.messages_for(QUESTION, {})
+        llm_s, reply = best_of(
+            rounds, lambda: pipeline.generator.generate(messages, max_tokens=64, temperature=0.0)
+        )
+    bench, against = "engines, called directly", f"NumPy baseline {base * 1000:.1f} ms"
+    heard, tokens = audio.duration, reply.completion_tokens
+    return [
+        Row(bench, f"transcribe {heard:.1f} s of speech (RTF {stt_s / heard:.2f})",
+            stt_s * 1000, "ms", stt_s / base, against),
+        Row(bench, f"generate {tokens} tokens ({tokens / llm_s:.0f} tokens/s)",
+            llm_s * 1000, "ms", llm_s / base, against),
+        Row(bench, f"synthesize {heard:.1f} s of speech (RTF {tts_s / heard:.3f})",
+            tts_s * 1000, "ms", tts_s / base, against),
+    ]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as data_dir:
-        settings = Settings.from_env({"DATA_DIR": data_dir})
-        pipeline = get_pipeline(settings)
-        base, _ = best_of(args.rounds, baseline)
-        voice = settings.tts_voice
-        tts_s, audio = best_of(
-            args.rounds, lambda: pipeline.synthesizer.synthesize(QUESTION, voice=voice)
-        )
-        samples = soxr.resample(audio.samples.astype(np.float32) / 32768, audio.sample_rate, 16_000)
-        stt_s, transcript = best_of(
-            args.rounds, lambda: pipeline.transcriber.transcribe(samples.astype(np.float32))
-        )
-        messages = pipeline.messages_for(QUESTION, {})
-        llm_s, reply = best_of(
-            args.rounds,
-            lambda: pipeline.generator.generate(messages, max_tokens=64, temperature=0.0),
-        )
-        Path(data_dir).joinpath("done").touch()
-    print(f"baseline (numpy workload)      {base * 1000:8.1f} ms   = 1.00")
-    print(
-        f"transcribe {audio.duration:4.1f} s of speech   {stt_s * 1000:8.1f} ms   = "
-        f"{stt_s / base:5.2f} x baseline, RTF {stt_s / audio.duration:.3f}"
-    )
-    print(
-        f"generate {reply.completion_tokens:3d} tokens            {llm_s * 1000:8.1f} ms   = "
-        f"{llm_s / base:5.2f} x baseline, {reply.completion_tokens / llm_s:.1f} tokens/s"
-    )
-    print(
-        f"synthesize {audio.duration:4.1f} s of speech   {tts_s * 1000:8.1f} ms   = "
-        f"{tts_s / base:5.2f} x baseline, RTF {tts_s / audio.duration:.3f}"
-    )
-    print(f"transcript: {transcript.text!r}")
-    print(f"reply: {reply.text!r}")
+    print(markdown(rows(args.rounds)))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bench.engines import NULL_ENGINES
 from bench.service import running
+from bench.table import Row, markdown
 
 BODY = json.dumps({"text": "What is the capital of France?"})
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -101,14 +102,28 @@ def run(rounds: int, seconds: int, connections: int) -> dict[str, dict[str, floa
     return results
 
 
+def rows(rounds: int = 3, seconds: int = 10, connections: int = 16) -> list[Row]:
+    """The submit figures as table rows, one set per database."""
+    table = []
+    for name, f in run(rounds, seconds, connections).items():
+        bench = f"submit ({name}, {connections} connections)"
+        healthz = f"GET /healthz {f['healthz_rps']:,.0f} req/s"
+        table += [
+            Row(bench, "POST /v1/jobs throughput", f["submit_rps"], "req/s", f["ratio"], healthz),
+            Row(bench, "POST /v1/jobs p50", f["submit_p50_ms"], "ms"),
+            Row(bench, "POST /v1/jobs p99", f["submit_p99_ms"], "ms"),
+            Row(bench, "errors (non-2xx, socket)", f["errors"], ""),
+        ]
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
-    for name, figures in run(args.rounds, args.seconds, args.connections).items():
-        print(name, json.dumps({k: round(v, 2) for k, v in figures.items()}))
+    print(markdown(rows(args.rounds, args.seconds, args.connections)))
 
 
 if __name__ == "__main__":
