@@ -6,7 +6,9 @@ Selected with e.g. `LLM_ENGINE=tests.engines:CrashingGenerator`.
 from __future__ import annotations
 
 import os
+import random
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -107,3 +109,57 @@ class CountingGenerator(EchoGenerator):
         with self.log.open("a") as handle:
             handle.write(messages[-1]["content"] + "\n")
         return super().generate(messages, **options)
+
+
+class PacedGenerator(EchoGenerator):
+    """Echoes word by word, a pause before each word of prompts that start with "slow" (so a
+    test can signal a worker mid-generation), and logs each generation's start and end with its
+    process id (to count the generations a fault interrupted and those run again)."""
+
+    pause_seconds = 0.25
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PacedGenerator:
+        return cls(settings.data_dir / "paced-generations.log")
+
+    def _note(self, what: str, prompt: str) -> None:
+        with self.log.open("a") as handle:
+            handle.write(f"{what}\t{os.getpid()}\t{prompt}\n")
+
+    def generate(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int,
+        temperature: float,
+        on_delta: Callable[[str], None] | None = None,
+    ) -> Reply:
+        prompt = messages[-1]["content"]
+        if prompt == "Hi":  # the worker's warm-up
+            return super().generate(messages, max_tokens=max_tokens, temperature=temperature)
+        self._note("start", prompt)
+        pause = self.pause_seconds if prompt.startswith("slow") else 0.0
+
+        def paced(piece: str) -> None:
+            time.sleep(pause)
+            if on_delta is not None:
+                on_delta(piece)
+
+        reply = super().generate(
+            messages, max_tokens=max_tokens, temperature=temperature, on_delta=paced
+        )
+        self._note("end", prompt)
+        return reply
+
+
+class VaryingToneSynthesizer(ToneSynthesizer):
+    """Says everything as a tone of random length (0.1-1.5 s): two attempts at one reply make
+    WAVs of different lengths, so a served file that is not the row's shows."""
+
+    def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> Audio:
+        frames = int(random.SystemRandom().uniform(0.1, 1.5) * 16_000)
+        t = np.arange(frames) / 16_000
+        return Audio((3000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16), 16_000, 0.0)

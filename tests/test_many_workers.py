@@ -1,0 +1,143 @@
+"""Two workers on one broker and one database are as safe as one: a worker frozen past its lease,
+or killed, mid-generation, while the other runs its job again.
+
+Real processes and real signals (SIGSTOP/SIGCONT, SIGKILL to the pool child that holds the
+job's lease), on SQLite and (with TEST_DATABASE_URL) PostgreSQL; the engines are the fast ones
+made for these tests (`tests/engines.py`), with a paced reply and a reply WAV of random length.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import soundfile as sf
+from redis import Redis
+from sqlalchemy import select
+
+from models.db import make_engine
+from models.event_log import key
+from models.tables import Job
+from tests.stack import FAST_ENGINES, Stack
+
+pytestmark = pytest.mark.e2e
+
+ENGINES = {
+    **FAST_ENGINES,
+    "LLM_ENGINE": "tests.engines:PacedGenerator",
+    "TTS_ENGINE": "tests.engines:VaryingToneSynthesizer",
+}
+SLOW_PROMPT = "slow " + " ".join(f"word{i}" for i in range(14))  # about 4 s of reply
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path, database_url: str) -> Iterator[Stack]:
+    stack = Stack(tmp_path, DATABASE_URL=database_url, **ENGINES)
+    try:
+        stack.start_redis()
+        stack.start_api()
+        stack.start_worker(1)
+        stack.start_worker(2)
+        yield stack
+    finally:
+        stack.close()
+
+
+def _holder(stack: Stack, job_id: str) -> str:
+    """The lease holder of a job's running attempt, read from its row."""
+    engine = make_engine(stack.env["DATABASE_URL"])
+    try:
+        with engine.connect() as connection:
+            owner = connection.execute(select(Job.lease_owner).where(Job.id == job_id)).scalar()
+    finally:
+        engine.dispose()
+    return str(owner or "")
+
+
+def _generating(stack: Stack, job_id: str) -> int:
+    """Waits until the job is generating; returns the pid of the pool child that holds it."""
+    stack._until(lambda: stack.job(job_id)["stage"] == "generating", "the job to generate")
+    owner = _holder(stack, job_id)
+    assert owner, "a generating job has a lease holder"
+    return int(owner.rsplit(":", 1)[1])  # host:parent-pid:child-pid
+
+
+def _events(stack: Stack, job_id: str) -> list[tuple[str, dict[str, Any]]]:
+    import json
+
+    client = Redis(port=stack.redis_port)
+    try:
+        entries = client.xrange(key(job_id))
+    finally:
+        client.close()
+    return [(raw[b"type"].decode(), json.loads(raw[b"data"])) for _id, raw in entries]
+
+
+def _check_one_truth(stack: Stack, job_id: str) -> dict[str, Any]:
+    """The row, the served WAV, the reply files and the event log agree, and both workers run."""
+    job = stack.wait(job_id)
+    assert (job["status"], job["attempts"]) == ("succeeded", 2), job
+    assert job["result"]["text"] == f"echo: {SLOW_PROMPT}"
+    served = stack.http.get(stack.url + job["result"]["audio_url"], timeout=10)
+    assert served.status_code == 200
+    seconds = sf.info(io.BytesIO(served.content)).duration
+    assert abs(seconds - job["result"]["audio_seconds"]) < 0.002, (seconds, job["result"])
+    files = sorted(p.name for p in (stack.data_dir / "results").iterdir() if job_id in p.name)
+    assert files == [f"{job_id}-2.wav"]
+    events = _events(stack, job_id)
+    assert [kind for kind, _ in events].count("done") == 1 and events[-1][0] == "done"
+    statuses = [data for kind, data in events if kind == "status"]
+    assert statuses == [
+        {"status": "running", "attempt": 1},
+        {"status": "queued", "attempt": 1},
+        {"status": "running", "attempt": 2},
+    ]
+    # The second attempt's reply is whole in the log after its start: the first added nothing
+    # once the job was queued again.
+    restart = events.index(("status", {"status": "running", "attempt": 2}))
+    rerun = "".join(data["text"] for kind, data in events[restart:] if kind == "delta")
+    assert rerun.strip() == f"echo: {SLOW_PROMPT}"
+    marker = events.index(("status", {"status": "queued", "attempt": 1}))
+    assert all(kind != "delta" for kind, _ in events[marker + 1 : restart])
+    for index, worker in stack.workers.items():
+        assert worker.poll() is None, f"worker {index} exited"
+    return job
+
+
+def _log_says(stack: Stack, text: str) -> Callable[[], bool]:
+    return lambda: any(text in log.read_text() for log in stack.data_dir.glob("worker-*.log"))
+
+
+def test_a_worker_frozen_past_its_lease_then_thawed_changes_nothing(two_workers: Stack) -> None:
+    stack = two_workers
+    job_id = stack.submit(json={"text": SLOW_PROMPT, "reply": "voice"})
+    child = _generating(stack, job_id)
+    os.kill(child, signal.SIGSTOP)
+    try:
+        # Its lease lapses; the reconciler releases the job and the other worker runs it again.
+        stack._until(lambda: stack.job(job_id)["status"] == "succeeded", "the rerun to finish")
+    finally:
+        os.kill(child, signal.SIGCONT)
+    # Thawed, the stale attempt finds its lease lost at its next word and stops there.
+    stack._until(_log_says(stack, f"job lease lost job_id={job_id} attempt=1"), "the stale stop")
+    _check_one_truth(stack, job_id)
+    lines = (stack.data_dir / "paced-generations.log").read_text().splitlines()
+    runs = [line.split("\t")[:2] for line in lines if line.endswith(SLOW_PROMPT)]
+    assert runs.count(["start", str(child)]) == 1 and ["end", str(child)] not in runs
+    assert [what for what, _pid in runs].count("end") == 1
+    assert stack.ready_workers() == 2
+
+
+def test_a_worker_killed_mid_generation_changes_nothing(two_workers: Stack) -> None:
+    stack = two_workers
+    job_id = stack.submit(json={"text": SLOW_PROMPT, "reply": "voice"})
+    child = _generating(stack, job_id)
+    os.kill(child, signal.SIGKILL)
+    # Its parent sees the child die, releases the job and publishes it again.
+    _check_one_truth(stack, job_id)
+    stack._until(lambda: stack.ready_workers() >= 2, "the parent's new child to be ready")
