@@ -10,6 +10,7 @@ from flask import Flask, Response, g, request
 from redis import Redis
 
 from api import conversations, errors, follow, health, jobs, openai_routes, openapi
+from api.held_requests import HeldRequests
 from api.submission import ApiRequest
 from models import storage
 from models.db import make_engine, make_session_factory
@@ -79,6 +80,7 @@ def _connect(app: Flask, settings: Settings) -> None:
     sessions = app.extensions["voicechat.sessions"]
     app.extensions["voicechat.uploads"] = storage.open_store(settings, storage.UPLOADS, sessions)
     app.extensions["voicechat.results"] = storage.open_store(settings, storage.RESULTS, sessions)
+    app.extensions["voicechat.held"] = HeldRequests(settings.max_held_requests)
 
 
 def _track_requests(app: Flask) -> None:

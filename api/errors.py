@@ -49,6 +49,13 @@ def status_for(error: errors.VoiceChatError) -> int:
     return 500
 
 
+def with_retry_after(response: Response, error: errors.VoiceChatError) -> Response:
+    """Adds `Retry-After` to the answer of an error that says when to come back."""
+    if isinstance(error, errors.ServerBusy):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
+
+
 def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Response:
     """Builds an RFC 9457 problem response.
 
@@ -79,7 +86,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(errors.VoiceChatError)
     def _domain(error: errors.VoiceChatError) -> Response:
-        return problem(status_for(error), error.code, error.title, error.detail, **error.extra)
+        answer = problem(status_for(error), error.code, error.title, error.detail, **error.extra)
+        return with_retry_after(answer, error)
 
     @app.errorhandler(HTTPException)
     def _http(error: HTTPException) -> Response:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+import select
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +21,7 @@ from flask import Blueprint, Response, current_app, request, stream_with_context
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.held_requests import Place, hold
 from api.schemas import JobView, is_resource_id
 from models import event_log
 from models.errors import InvalidHeader, JobNotFound
@@ -82,11 +86,33 @@ def follow(job_id: str, *, after: str = "0", timeout: float | None = None) -> It
 
 
 def wait_for(job_id: str, timeout: float) -> Job | None:
-    """Waits up to `timeout` seconds for a job to end; returns its final row, or None."""
+    """Waits up to `timeout` seconds for a job to end; returns its final row, or None (also
+    when the client has left, so that its held place is freed)."""
     for event in follow(job_id, timeout=timeout):
         if event.type == event_log.DONE:
             return read_job(job_id)
+        if event.type == IDLE and client_left():
+            return None
     return None
+
+
+def client_left() -> bool:
+    """Whether the client has closed its connection.
+
+    A held request's client sends nothing more, so a readable socket with nothing to read is a
+    closed one. Checked at each quiet beat: a stream's first write after the client left still
+    succeeds, and only the second fails, so without this a gone follower's place would be held
+    two beats. False where the server does not expose a plain socket (gunicorn does, but for
+    TLS, where a peek cannot tell).
+    """
+    client = request.environ.get("gunicorn.socket")
+    if not isinstance(client, socket.socket) or isinstance(client, ssl.SSLSocket):
+        return False
+    try:
+        readable, _, _ = select.select([client], [], [], 0)
+        return bool(readable) and client.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 # An SSE comment: ignored by clients, it keeps proxies from closing a quiet connection.
@@ -111,17 +137,39 @@ def sse_response(chunks: Iterator[str]) -> Response:
 
 @blueprint.get("/v1/jobs/<job_id>/events")
 def job_events(job_id: str) -> Response:
-    """Streams a job's events; `Last-Event-ID` (or `?after=`) resumes after a seen event."""
+    """Streams a job's events; `Last-Event-ID` (or `?after=`) resumes after a seen event.
+
+    Raises:
+        InvalidHeader: The event id to resume after is malformed.
+        ServerBusy: This process holds MAX_HELD_REQUESTS already (checked before the database).
+        JobNotFound: There is no such job.
+    """
     after = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
     if not _EVENT_ID.fullmatch(after):
         raise InvalidHeader("Last-Event-ID must be an event id this stream sent.")
-    if not is_resource_id(job_id) or read_job(job_id) is None:
+    if not is_resource_id(job_id):
         raise JobNotFound(f"No job has the id {job_id!r}.")
+    place = hold()
+    try:
+        if read_job(job_id) is None:
+            raise JobNotFound(f"No job has the id {job_id!r}.")
+    except BaseException:
+        place.release()
+        raise
+    response = sse_response(_event_stream(job_id, after, place))
+    # The place is freed when the server closes the response, even one never iterated.
+    response.call_on_close(place.release)
+    return response
 
-    def stream() -> Iterator[str]:
+
+def _event_stream(job_id: str, after: str, place: Place) -> Iterator[str]:
+    """The SSE text of a job's events, holding `place` until it ends."""
+    with place:
         yield "retry: 2000\n\n"
         for event in follow(job_id, after=after):
             if event.type == IDLE:
+                if client_left():
+                    return
                 yield KEEP_ALIVE
             elif event.type == event_log.DONE:
                 job = read_job(job_id)
@@ -132,5 +180,3 @@ def job_events(job_id: str) -> Response:
                 )
             else:
                 yield _sse(event.type, event.data, event.id)
-
-    return sse_response(stream())

@@ -5,14 +5,20 @@ from __future__ import annotations
 import logging
 import os
 
+from models.settings import Settings, parse_int
+
 bind = os.environ.get("API_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("API_WORKERS", "2"))
+workers = parse_int("API_WORKERS", os.environ.get("API_WORKERS") or "2", minimum=1)
 # gthread: a client that follows a job (SSE, `Prefer: wait`, the OpenAI routes) holds one thread
 # that sleeps in a Redis XREAD, using no CPU, while the others serve. Threads, not gevent: the
 # PostgreSQL driver (psycopg's C build) and Celery's publisher block in C, where gevent's
 # monkey-patching cannot yield, so one slow call would stall every client of the process.
 worker_class = "gthread"
-threads = int(os.environ.get("API_THREADS", "32"))
+# MAX_HELD_REQUESTS threads for held requests (api/held_requests.py refuses one more), and
+# API_THREADS that only short requests ever use: a probe never waits behind a follower.
+threads = Settings.from_env().max_held_requests + parse_int(
+    "API_THREADS", os.environ.get("API_THREADS") or "16", minimum=1
+)
 timeout = 60
 graceful_timeout = 30
 keepalive = 5

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, send_fi
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.follow import wait_for
+from api.held_requests import try_hold
 from api.schemas import JobList, JobListQuery, JobView, is_resource_id
 from api.submission import parse_submission
 from api.validation import single_values, validate
@@ -103,7 +104,8 @@ def preferred_wait(settings: Settings) -> int | None:
 @blueprint.post("/v1/jobs")
 def create_job() -> Response:
     """Validates a prompt, stores it and enqueues it; answers 202 at once, or with
-    `Prefer: wait=N`, 200 with the finished job if it ends within N seconds."""
+    `Prefer: wait=N`, 200 with the finished job if it ends within N seconds (the wait is
+    declined, 202 at once, when this process holds MAX_HELD_REQUESTS already)."""
     settings: Settings = current_app.extensions["voicechat.settings"]
     submission = parse_submission(request, settings)
     wait = preferred_wait(settings)
@@ -128,13 +130,16 @@ def create_job() -> Response:
         job.input_audio_seconds = round(submission.audio_info.seconds, 3)
     submit(job, submission.audio)
     status = 202
-    if wait:
-        finished = wait_for(job.id, wait)
+    # Past MAX_HELD_REQUESTS the wait is declined (RFC 7240): 202 at once, no Preference-Applied.
+    place = try_hold() if wait else None
+    if place is not None:
+        with place:
+            finished = wait_for(job.id, wait or 0)
         if finished is not None:
             job, status = finished_or_fail(finished), 200
     response = jsonify(JobView.of(job).model_dump(mode="json"))
     response.status_code = status
-    if wait is not None:
+    if wait == 0 or place is not None:
         response.headers["Preference-Applied"] = f"wait={wait}"
     response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
     return response

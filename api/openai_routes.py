@@ -16,8 +16,17 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.exceptions import HTTPException
 
 from api import openai_formats
-from api.errors import status_for
-from api.follow import IDLE, KEEP_ALIVE, follow, read_job, sse_response, wait_for
+from api.errors import status_for, with_retry_after
+from api.follow import (
+    IDLE,
+    KEEP_ALIVE,
+    client_left,
+    follow,
+    read_job,
+    sse_response,
+    wait_for,
+)
+from api.held_requests import Place, hold
 from api.jobs import submit
 from api.openai_schemas import (
     ChatCompletion,
@@ -78,7 +87,7 @@ def error_body(error: VoiceChatError) -> OpenAIError:
 
 @blueprint.errorhandler(VoiceChatError)
 def _openai_error(error: VoiceChatError) -> Response:
-    return _answer(error_body(error), status_for(error))
+    return with_retry_after(_answer(error_body(error), status_for(error)), error)
 
 
 @blueprint.errorhandler(HTTPException)
@@ -124,56 +133,67 @@ def chat_completions() -> Response:
     """Answers a chat, whole or streamed as `chat.completion.chunk` events."""
     settings = _settings()
     chat = validate(ChatCompletionRequest, _json_object(), settings)
-    job = submit(
-        Job(
-            id=new_job_id(),
-            status=JobStatus.QUEUED.value,
-            operation=Operation.CHAT.value,
-            reply_format=ReplyFormat.TEXT.value,
-            input_kind=InputKind.TEXT.value,
-            input_text=chat.prompt,
-            history=chat.history(),
-            options=chat.generation_options(),
+    place = hold()  # refused with 503 before any job is made
+    try:
+        job = submit(
+            Job(
+                id=new_job_id(),
+                status=JobStatus.QUEUED.value,
+                operation=Operation.CHAT.value,
+                reply_format=ReplyFormat.TEXT.value,
+                input_kind=InputKind.TEXT.value,
+                input_text=chat.prompt,
+                history=chat.history(),
+                options=chat.generation_options(),
+            )
         )
-    )
-    if chat.stream:
-        head = ChatCompletionChunk(
-            id=f"chatcmpl-{job.id}",
-            object="chat.completion.chunk",
-            created=int(job.created_at.timestamp()),
-            model=chat.model,
-            choices=[],
-        )
-        response = sse_response(_completion_chunks(job.id, head, chat.include_usage, settings))
-    else:
-        response = _answer(ChatCompletion.of(_succeeded(job, settings), chat.model))
+        if chat.stream:
+            head = ChatCompletionChunk(
+                id=f"chatcmpl-{job.id}",
+                object="chat.completion.chunk",
+                created=int(job.created_at.timestamp()),
+                model=chat.model,
+                choices=[],
+            )
+            chunks = _completion_chunks(job.id, head, chat.include_usage, settings, place)
+            response = sse_response(chunks)
+            response.call_on_close(place.release)  # also when the stream is never read
+        else:
+            with place:
+                response = _answer(ChatCompletion.of(_succeeded(job, settings), chat.model))
+    except BaseException:
+        place.release()
+        raise
     response.headers["X-Job-Id"] = job.id
     return response
 
 
 def _completion_chunks(
-    job_id: str, head: ChatCompletionChunk, include_usage: bool, settings: Settings
+    job_id: str, head: ChatCompletionChunk, include_usage: bool, settings: Settings, place: Place
 ) -> Iterator[str]:
     """The events of a streamed completion: the role, each piece, the end (or the job's error),
-    the usage when asked for, and `[DONE]`."""
+    the usage when asked for, and `[DONE]`; `place` is held until the stream ends."""
     frame = openai_formats.event_data
-    yield frame(head.piece(ChatDelta(role="assistant", content="")).body())
-    # A job rerun after its worker was lost streams its reply again from the start.
-    for event in follow(job_id, timeout=_sync_wait(settings)):
-        if event.type == event_log.DELTA:
-            yield frame(head.piece(ChatDelta(content=event.data["text"])).body())
-        elif event.type == IDLE:
-            yield KEEP_ALIVE
-    job = read_job(job_id)
-    if job is None or job.status != JobStatus.SUCCEEDED.value:
-        code = (job and job.error_code) or WaitTimedOut.code
-        message = (job and job.error_message) or "The job did not finish in time."
-        yield frame(error_body(error_for_code(code, message)).model_dump(mode="json"))
-    else:
-        yield frame(head.piece(ChatDelta(), job.finish_reason or "stop").body())
-        if include_usage:
-            yield frame(head.model_copy(update={"usage": Usage.of(job)}).body())
-    yield openai_formats.STREAM_END
+    with place:
+        yield frame(head.piece(ChatDelta(role="assistant", content="")).body())
+        # A job rerun after its worker was lost streams its reply again from the start.
+        for event in follow(job_id, timeout=_sync_wait(settings)):
+            if event.type == event_log.DELTA:
+                yield frame(head.piece(ChatDelta(content=event.data["text"])).body())
+            elif event.type == IDLE:
+                if client_left():
+                    return
+                yield KEEP_ALIVE
+        job = read_job(job_id)
+        if job is None or job.status != JobStatus.SUCCEEDED.value:
+            code = (job and job.error_code) or WaitTimedOut.code
+            message = (job and job.error_message) or "The job did not finish in time."
+            yield frame(error_body(error_for_code(code, message)).model_dump(mode="json"))
+        else:
+            yield frame(head.piece(ChatDelta(), job.finish_reason or "stop").body())
+            if include_usage:
+                yield frame(head.model_copy(update={"usage": Usage.of(job)}).body())
+        yield openai_formats.STREAM_END
 
 
 def _multipart_fields() -> dict[str, Any]:
@@ -222,17 +242,18 @@ def transcriptions() -> Response:
         input_audio_seconds=round(info.seconds, 3),
         options=options,
     )
-    submit(job, asked.file)
-    try:
-        finished = _succeeded(job, settings)
-        heard = VerboseTranscription.of(
-            finished.transcript or "",
-            finished.transcript_segments or [],
-            finished.transcript_language,
-            info.seconds,
-        )
-    except NoSpeech:  # OpenAI answers silence with an empty transcript, not an error
-        heard = VerboseTranscription.of("", [], options.get("language"), info.seconds)
+    with hold():  # refused with 503 before any job is made
+        submit(job, asked.file)
+        try:
+            finished = _succeeded(job, settings)
+            heard = VerboseTranscription.of(
+                finished.transcript or "",
+                finished.transcript_segments or [],
+                finished.transcript_language,
+                info.seconds,
+            )
+        except NoSpeech:  # OpenAI answers silence with an empty transcript, not an error
+            heard = VerboseTranscription.of("", [], options.get("language"), info.seconds)
     response = _transcript_response(asked.response_format, heard)
     response.headers["X-Job-Id"] = job.id
     return response
@@ -265,8 +286,9 @@ def speech() -> Response:
         input_text=asked.input,
         options=asked.speech_options(settings),
     )
-    submit(job)
-    finished = _succeeded(job, settings)
+    with hold():  # refused with 503 before any job is made
+        submit(job)
+        finished = _succeeded(job, settings)
     results: Store = current_app.extensions["voicechat.results"]
     assert finished.reply_audio_file is not None
     wav = results.read(finished.reply_audio_file)

@@ -166,6 +166,17 @@ class ServiceUnavailable(VoiceChatError):
     title = "Service unavailable"
 
 
+class ServerBusy(ServiceUnavailable):
+    """Every place for a held request (an event stream, a wait) is taken; retry shortly."""
+
+    code = "server_busy"
+    title = "Too many held requests"
+
+    def __init__(self, detail: str, *, retry_after: int = 5, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after = retry_after
+
+
 class BrokerUnavailable(ServiceUnavailable):
     code = "broker_unavailable"
     title = "Broker unavailable"

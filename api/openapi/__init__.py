@@ -111,6 +111,10 @@ HEADERS = {
         "`^[A-Za-z0-9._-]{1,64}$`, otherwise a fresh one. Logged with the request.",
         "schema": {"type": "string"},
     },
+    "RetryAfter": {
+        "description": "With `server_busy`: the seconds to wait before trying again.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
     "JobId": {
         "description": "The job the request became (see `/v1/jobs/{job_id}`).",
         "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},

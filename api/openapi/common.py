@@ -56,6 +56,8 @@ PROBLEM_CODES: dict[int, dict[str, str]] = {
         "broker_unavailable": "the job queue is unreachable; the job was recorded as failed, "
         "so submit again",
         "database_unavailable": "the database is unreachable; try again shortly",
+        "server_busy": "the process already holds MAX_HELD_REQUESTS requests open (event "
+        "streams, requests waiting for their job); try again after `Retry-After` seconds",
     },
 }
 OTHER_HTTP_ERROR = {"http_error": "any other HTTP error, e.g. 416 for an unsatisfiable Range"}
@@ -114,6 +116,11 @@ def response(description: str, schema: Schema, **named_headers: Schema) -> Schem
         "headers": headers(**named_headers),
         "content": content(schema),
     }
+
+
+def retry_after(answer: Schema) -> Schema:
+    """Adds the `Retry-After` header, sent with `server_busy`, to a 503 answer."""
+    return {**answer, "headers": {**answer["headers"], "Retry-After": ref("headers", "RetryAfter")}}
 
 
 def problem(status: int, summary: str, *codes: str) -> Schema:

@@ -14,6 +14,7 @@ from api.openapi.common import (
     query_parameters,
     ref,
     response,
+    retry_after,
     schema_ref,
 )
 from api.submission import WAV_MEDIA_TYPES
@@ -60,7 +61,9 @@ CREATE_JOB_ERRORS = {
         *(code for code in PROBLEM_CODES[422] if code != "invalid_cursor"),
     ),
     "500": ref("responses", "InternalError"),
-    "503": problem(503, "A backing service is unreachable.", *PROBLEM_CODES[503]),
+    "503": problem(
+        503, "A backing service is unreachable.", "broker_unavailable", "database_unavailable"
+    ),
 }
 CREATE_JOB_DESCRIPTION = (
     "Validates the prompt, stores it, queues it and answers at once with 202. Poll the job at "
@@ -102,7 +105,9 @@ def _create_job(settings: Settings, components: dict[str, Schema]) -> Schema:
     }
     ended = "With `Prefer: wait`: the job ended within the wait (a job that failed with "
     ended += "`context_length_exceeded` is answered with 422 instead)."
-    queued = "The job is queued (or, with `Prefer: wait`, still going when the wait ran out)."
+    queued = "The job is queued (or, with `Prefer: wait`, still going when the wait ran out; or "
+    queued += "the wait was declined, without `Preference-Applied`, because the process already "
+    queued += "holds MAX_HELD_REQUESTS requests open)."
     return {
         "operationId": "create_job",
         "tags": ["jobs"],
@@ -295,6 +300,15 @@ def _job_events(settings: Settings) -> Schema:
             "400": problem(400, "`Last-Event-ID` or `after` is not an event id.", "invalid_header"),
             "404": problem(404, "No such job.", "job_not_found"),
             **COMMON_ERRORS,
+            "503": retry_after(
+                problem(
+                    503,
+                    "The process already holds MAX_HELD_REQUESTS requests open (checked before "
+                    "the job is looked up), or the database is unreachable.",
+                    "server_busy",
+                    "database_unavailable",
+                )
+            ),
         },
     }
 

@@ -21,6 +21,7 @@ from api.openapi.common import (
     or_problem,
     ref,
     response,
+    retry_after,
     schema_ref,
 )
 from models.settings import Settings
@@ -74,8 +75,9 @@ def _shared_errors(settings: Settings) -> dict[str, Schema]:
     upload_mb = settings.max_upload_bytes // (1024 * 1024)
     unavailable = openai_error(
         503,
-        "A backing service is unreachable.",
-        {"broker_unavailable": PROBLEM_CODES[503]["broker_unavailable"]},
+        "Every place for a request that waits for its job is taken (checked once the request "
+        "is valid, before a job is made), or a backing service is unreachable.",
+        {code: PROBLEM_CODES[503][code] for code in ("server_busy", "broker_unavailable")},
     )
     return {
         "404": openai_error(
@@ -91,7 +93,7 @@ def _shared_errors(settings: Settings) -> dict[str, Schema]:
             "The body is too large.",
             {None: f"the body is over MAX_UPLOAD_MB ({upload_mb} MB)"},
         ),
-        "503": or_problem(unavailable, 503, "database_unavailable"),
+        "503": retry_after(or_problem(unavailable, 503, "database_unavailable")),
         "504": openai_error(
             504,
             "The job took too long to wait for.",

@@ -1,0 +1,100 @@
+"""The bound on requests held open in one API process: event streams and requests that wait.
+
+Each held request (an event stream, `Prefer: wait`, an OpenAI route waiting for its job) keeps
+one gunicorn thread asleep in a Redis read. Gunicorn runs MAX_HELD_REQUESTS + API_THREADS
+threads (api/gunicorn_conf.py), and a request is held only while it has one of the
+MAX_HELD_REQUESTS places here, so API_THREADS threads are always left for short requests
+(probes, reads, submits): they never queue behind followers. Past the bound the answer is
+immediate: 503 `server_busy` with `Retry-After`, or for `Prefer: wait` the usual 202 (RFC
+7240 lets a server decline a preference).
+"""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+
+from flask import current_app
+
+from models.errors import ServerBusy
+
+# What `Retry-After` says to a refused follower: places free as streams end, which no one can
+# foresee, so a short, fixed pause.
+RETRY_AFTER_SECONDS = 5
+
+
+class Place:
+    """One held request's place; released once, however many times `release` is called."""
+
+    def __init__(self, bound: HeldRequests) -> None:
+        self._bound = bound
+        self._lock = threading.Lock()
+        self._held = True
+
+    def release(self) -> None:
+        """Gives the place back (idempotent: a stream's close and its generator both call it)."""
+        with self._lock:
+            if not self._held:
+                return
+            self._held = False
+        self._bound.give_back()
+
+    def __enter__(self) -> Place:
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _error: BaseException | None,
+        _trace: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+class HeldRequests:
+    """A count of held requests that never blocks: a place is taken at once or not at all."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        """How many places are taken now."""
+        return self._count
+
+    def try_take(self) -> Place | None:
+        """Takes a place if one is free; None when all MAX_HELD_REQUESTS are taken."""
+        with self._lock:
+            if self._count >= self.limit:
+                return None
+            self._count += 1
+        return Place(self)
+
+    def give_back(self) -> None:
+        """Frees one place (only `Place.release` calls this)."""
+        with self._lock:
+            self._count -= 1
+
+
+def try_hold() -> Place | None:
+    """Takes a place for the current request, or None when this process holds its maximum."""
+    bound: HeldRequests = current_app.extensions["voicechat.held"]
+    return bound.try_take()
+
+
+def hold() -> Place:
+    """Takes a place for the current request.
+
+    Raises:
+        ServerBusy: Every place is taken; the answer is 503 with `Retry-After`.
+    """
+    place = try_hold()
+    if place is None:
+        raise ServerBusy(
+            "Every place for a held request (an event stream, or a request waiting for its job) "
+            f"is taken; retry in {RETRY_AFTER_SECONDS} s.",
+            retry_after=RETRY_AFTER_SECONDS,
+        )
+    return place

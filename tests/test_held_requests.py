@@ -1,0 +1,128 @@
+"""The bound on held requests, on real processes: past MAX_HELD_REQUESTS, prompt honest answers."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from api.held_requests import HeldRequests
+from tests.stack import Stack
+
+PLACES = 2
+
+
+def test_places_are_taken_at_once_or_not_at_all_and_released_once() -> None:
+    bound = HeldRequests(2)
+    first, second = bound.try_take(), bound.try_take()
+    assert first is not None and second is not None
+    assert bound.try_take() is None
+    first.release()
+    first.release()  # a stream's close and its generator both release: counted once
+    assert bound.count == 1
+    with bound.try_take() or pytest.fail("a place was free"):
+        assert bound.count == 2
+    assert bound.count == 1
+
+
+@pytest.fixture(scope="module")
+def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    # One API process with two places and no worker: every job stays queued, so a follower
+    # that gets in is held until it leaves.
+    stack = Stack(
+        tmp_path_factory.mktemp("held"),
+        API_WORKERS="1",
+        API_THREADS="4",
+        MAX_HELD_REQUESTS=str(PLACES),
+        MAX_WAIT_SECONDS="3600",
+    )
+    try:
+        stack.start_redis()
+        stack.start_api()
+        yield stack
+    finally:
+        stack.close()
+
+
+def _follow(stack: Stack, job_id: str) -> tuple[socket.socket, int, dict[str, str], bytes]:
+    """Opens an event stream on a raw socket; returns it with the status, headers and the
+    first bytes of the body (kept open: the follower stays)."""
+    client = socket.create_connection(("127.0.0.1", stack.api_port), timeout=30)
+    client.sendall(f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    reader = client.makefile("rb")
+    status = int(reader.readline().split()[1])
+    headers = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = reader.readline() + reader.readline() if status == 200 else b""
+    return client, status, headers, body
+
+
+@pytest.mark.e2e
+def test_past_the_bound_followers_are_refused_and_waits_declined(full_stack: Stack) -> None:
+    job_id = full_stack.submit(json={"text": "Who follows this?"})
+    held = [_follow(full_stack, job_id) for _ in range(PLACES)]
+    assert [status for _, status, _, _ in held] == [200] * PLACES
+    assert all(b"retry: 2000" in body for _, _, _, body in held)
+
+    client, status, headers, _ = _follow(full_stack, job_id)
+    client.close()
+    assert status == 503
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["retry-after"].isdigit()
+    problem = full_stack.http.get(f"{full_stack.url}/v1/jobs/{job_id}/events", timeout=30)
+    assert problem.status_code == 503 and problem.json()["code"] == "server_busy"
+
+    # Short requests are served beside the held ones: they have threads of their own.
+    assert full_stack.http.get(f"{full_stack.url}/healthz", timeout=30).status_code == 200
+    assert full_stack.job(job_id)["status"] == "queued"
+
+    # A wait of an hour is declined: the usual 202 comes back, without Preference-Applied.
+    declined = full_stack.http.post(
+        f"{full_stack.url}/v1/jobs",
+        json={"text": "Wait for me?"},
+        headers={"Prefer": "wait=3600"},
+        timeout=60,
+    )
+    assert declined.status_code == 202, declined.text
+    assert "Preference-Applied" not in declined.headers
+    assert declined.json()["status"] == "queued"
+
+    # The OpenAI routes answer in their own shape, before any job is made.
+    jobs_before = _job_count(full_stack)
+    chat = full_stack.http.post(
+        f"{full_stack.url}/v1/chat/completions",
+        json={"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi"}]},
+        timeout=60,
+    )
+    assert chat.status_code == 503
+    assert chat.json()["error"]["code"] == "server_busy"
+    assert chat.json()["error"]["type"] == "server_error"
+    assert chat.headers["Retry-After"].isdigit()
+    assert _job_count(full_stack) == jobs_before
+
+    # A follower that leaves frees its place (noticed at its stream's next quiet beat).
+    for gone, *_ in held:
+        gone.close()
+    _until_streaming(full_stack, job_id)
+
+
+def _job_count(stack: Stack) -> int:
+    return len(stack.http.get(f"{stack.url}/v1/jobs?limit=100", timeout=30).json()["data"])
+
+
+def _until_streaming(stack: Stack, job_id: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        response = requests.get(f"{stack.url}/v1/jobs/{job_id}/events", stream=True, timeout=30)
+        status = response.status_code
+        response.close()
+        if status == 200:
+            return
+        assert status == 503
+        time.sleep(1)
+    pytest.fail("the places of followers that left were never freed")
