@@ -1,7 +1,11 @@
-"""Worker liveness in Redis: each worker process with its models loaded keeps a key alive.
+"""Worker liveness in Redis: a registry of live workers, each entry expiring unless renewed.
 
-`/readyz` reads these keys instead of asking Celery (`inspect().ping()` waits a full timeout for
-replies), so readiness is one round trip.
+Each worker with its models loaded keeps its entry alive: its id in one sorted set scored by
+when it expires (Redis's own clock, so hosts' clocks never matter), and what it reports of
+itself in a key of its own that expires at the same time. `/readyz` reads the set, pruned by
+score on each read, instead of asking Celery (`inspect().ping()` waits a full timeout for
+replies) or scanning the keyspace (which holds an event stream per job): one read whatever
+Redis holds.
 """
 
 from __future__ import annotations
@@ -12,25 +16,52 @@ from typing import Any
 from redis import Redis
 
 KEY_PREFIX = "voicechat:worker:"
+REGISTRY = "voicechat:workers"
+
+
+def _server_now(client: Redis) -> float:
+    """Redis's clock, in seconds: every host scores and prunes by the same one."""
+    seconds, micros = client.time()
+    return float(seconds) + micros / 1_000_000
 
 
 def publish(client: Redis, worker_id: str, info: dict[str, Any], ttl_seconds: int) -> None:
-    """Records that a worker is alive and what it has loaded; the key expires unless renewed."""
-    client.set(KEY_PREFIX + worker_id, json.dumps(info, sort_keys=True), ex=ttl_seconds)
+    """Records that a worker is alive and what it has loaded; the entry expires unless renewed."""
+    expires = _server_now(client) + ttl_seconds
+    with client.pipeline() as pipe:  # MULTI: the entry and its report change together
+        pipe.set(KEY_PREFIX + worker_id, json.dumps(info, sort_keys=True), ex=ttl_seconds)
+        pipe.zadd(REGISTRY, {worker_id: expires})
+        pipe.execute()
 
 
 def withdraw(client: Redis, worker_id: str) -> None:
-    """Removes a worker's key at shutdown, so readiness drops at once."""
-    client.delete(KEY_PREFIX + worker_id)
+    """Removes a worker's entry at shutdown, so readiness drops at once."""
+    with client.pipeline() as pipe:
+        pipe.zrem(REGISTRY, worker_id)
+        pipe.delete(KEY_PREFIX + worker_id)
+        pipe.execute()
 
 
 def live_workers(client: Redis) -> list[dict[str, Any]]:
-    """Returns the info of every worker whose key has not expired."""
+    """Returns the report of every worker whose entry has not expired, by worker id.
+
+    Expired entries are pruned by score first: a worker that renews meanwhile has a later
+    score, so it is never pruned by mistake, and one pruned just before it renews is added
+    back by that renewal.
+    """
+    now = _server_now(client)
+    with client.pipeline() as pipe:
+        pipe.zremrangebyscore(REGISTRY, "-inf", now)
+        pipe.zrange(REGISTRY, 0, -1)
+        _, members = pipe.execute()
+    if not members:
+        return []
+    ids = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+    reports = client.mget([KEY_PREFIX + worker_id for worker_id in ids])
     workers = []
-    for key in client.scan_iter(match=KEY_PREFIX + "*", count=100):
-        raw = client.get(key)
+    for raw in reports:
         if raw is None:
-            continue  # expired between SCAN and GET
+            continue  # its report expired a moment before its score
         try:
             info = json.loads(raw)
         except ValueError:
