@@ -44,8 +44,9 @@ from api.openai_schemas import (
 from api.schemas import Usage
 from api.validation import parse_json_object, single_values, validate
 from models import event_log
-from models.audio import inspect_wav
+from models.audio import inspect_upload
 from models.errors import (
+    ContextLengthExceeded,
     InvalidOption,
     MalformedMultipart,
     NoSpeech,
@@ -160,12 +161,23 @@ def chat_completions() -> Response:
             response.call_on_close(place.release)  # also when the stream is never read
         else:
             with place:
-                response = _answer(ChatCompletion.of(_succeeded(job, settings), chat.model))
+                try:
+                    finished = _succeeded(job, settings)
+                except VoiceChatError as error:
+                    raise _in_chat_terms(error) from None
+                response = _answer(ChatCompletion.of(finished, chat.model))
     except BaseException:
         place.release()
         raise
     response.headers["X-Job-Id"] = job.id
     return response
+
+
+def _in_chat_terms(error: VoiceChatError) -> VoiceChatError:
+    """Names `messages` as the parameter of a prompt too long for the window, as OpenAI does."""
+    if isinstance(error, ContextLengthExceeded):
+        error.extra.setdefault("field", "messages")
+    return error
 
 
 def _completion_chunks(
@@ -188,7 +200,8 @@ def _completion_chunks(
         if job is None or job.status != JobStatus.SUCCEEDED.value:
             code = (job and job.error_code) or WaitTimedOut.code
             message = (job and job.error_message) or "The job did not finish in time."
-            yield frame(error_body(error_for_code(code, message)).model_dump(mode="json"))
+            failure = _in_chat_terms(error_for_code(code, message))
+            yield frame(error_body(failure).model_dump(mode="json"))
         else:
             yield frame(head.piece(ChatDelta(), job.finish_reason or "stop").body())
             if include_usage:
@@ -232,7 +245,7 @@ def transcriptions() -> Response:
     """Transcribes an uploaded WAV: json, text, verbose_json, srt or vtt."""
     settings = _settings()
     asked = validate(TranscriptionRequest, _multipart_fields(), settings, from_strings=True)
-    info = inspect_wav(asked.file, settings.max_audio_seconds)
+    info = inspect_upload(asked.file, settings)
     options = asked.recognition_options()
     job = Job(
         id=new_job_id(),

@@ -44,9 +44,16 @@ from api.validation import (
     refuse,
     running_settings,
 )
-from models.errors import EmptyText, InvalidOption, MissingInput, ModelNotFound
+from models.errors import (
+    EmptyText,
+    InvalidOption,
+    MessagesTooLong,
+    MissingInput,
+    ModelNotFound,
+)
 from models.settings import Settings
 from models.tables import Job, Message
+from models.whisper_languages import WHISPER_LANGUAGES
 
 WHISPER_MODEL_ID = "whisper-1"
 TTS_MODEL_IDS = ("tts-1", "tts-1-hd")
@@ -71,7 +78,6 @@ MAX_MESSAGE_CHARS = 32_000
 MAX_SPEECH_CHARS = 4096
 MAX_TRANSCRIPTION_PROMPT_CHARS = 2000
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
-LANGUAGE_PATTERN = "^[A-Za-z]{2,3}$"
 COMPLETION_ID = "^chatcmpl-[0-9a-f]{32}$"
 # The `created` of every model: the models are this service's, not dated releases.
 MODELS_CREATED = 1_700_000_000
@@ -137,12 +143,6 @@ def _only_one_choice(value: int) -> int:
     if value != 1:
         raise refuse(InvalidOption, "must be 1: one choice is made")
     return value
-
-
-def _language_code(value: str) -> str:
-    if not (value.isascii() and value.isalpha() and 2 <= len(value) <= 3):
-        raise refuse(InvalidOption, "must be an ISO-639-1 code such as 'en'")
-    return value.lower()
 
 
 def _one_file_part(value: Any) -> Any:
@@ -252,9 +252,11 @@ class ChatCompletionRequest(Shape):
             min_length=1,
             max_length=MAX_MESSAGES,
             description="The chat, oldest first. The last message must be the user's, and is "
-            "the prompt: trimmed, it must be non-blank (422 `empty_text`, `param` `text`). The "
-            "earlier ones that fit the context window go with it, system messages always; a "
-            "prompt that leaves no room for the reply is 422 `context_length_exceeded`.",
+            "the prompt: trimmed, it must be non-blank (422 `empty_text`, `param` "
+            "`messages[N].content`, N its index). Their contents hold at most MAX_CHAT_CHARS "
+            "characters in all (422 `messages_too_long`, `param` `messages`). The earlier ones "
+            "that fit the context window go with it, system messages always; a prompt that "
+            "leaves no room for the reply is 422 `context_length_exceeded` (`param` `messages`).",
         ),
     ]
     stream: Annotated[
@@ -292,9 +294,16 @@ class ChatCompletionRequest(Shape):
 
     @field_validator("messages")
     @classmethod
-    def _ends_with_the_prompt(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+    def _ends_with_the_prompt(
+        cls, messages: list[ChatMessage], info: ValidationInfo
+    ) -> list[ChatMessage]:
         if messages[-1].role != "user":
             raise refuse(InvalidOption, "must end with the user's message")
+        limit = running_settings(info).max_chat_chars
+        if sum(len(message.text) for message in messages) > limit:
+            raise refuse(
+                MessagesTooLong, f"must hold at most {limit} characters in all (MAX_CHAT_CHARS)"
+            )
         return messages
 
     @field_validator("stream_options")
@@ -308,10 +317,10 @@ class ChatCompletionRequest(Shape):
 
     @model_validator(mode="after")
     def _prompt_not_blank(self) -> ChatCompletionRequest:
-        # Raised as itself, not as a field's refusal, to keep the `param` clients know from
-        # the job routes: the prompt is `text` (the last message's content is its source).
+        # Raised as itself, after the field checks, with OpenAI's name of the blank content.
         if not self.prompt:
-            raise EmptyText("The prompt (the last message's content) is blank.", field="text")
+            where = f"messages[{len(self.messages) - 1}].content"
+            raise EmptyText(f"The prompt ({where}) is blank.", field=where)
         return self
 
     @property
@@ -419,13 +428,14 @@ class TranscriptionRequest(Shape):
     language: Annotated[
         Annotated[
             str,
-            AfterValidator(_language_code),
-            Field(json_schema_extra={"pattern": LANGUAGE_PATTERN}),
+            _one_of(WHISPER_LANGUAGES),
+            Field(json_schema_extra={"enum": list(WHISPER_LANGUAGES)}),
         ]
         | None,
         Field(
-            description="The spoken language as an ISO-639-1 code such as `en`; "
-            "WHISPER_LANGUAGE when absent (`auto` detects it)."
+            description="The spoken language: one of Whisper's language codes (ISO-639-1 in "
+            "lower case, such as `en`, and `haw`, `yue`); WHISPER_LANGUAGE when absent (`auto` "
+            "detects it)."
         ),
     ] = None
     prompt: Annotated[

@@ -14,7 +14,7 @@ from werkzeug.datastructures import FileStorage
 
 from api.schemas import JobOptions, TextJobRequest, UploadJobRequest
 from api.validation import parse_json_object, single_values, validate
-from models.audio import AudioInfo, inspect_wav
+from models.audio import AudioInfo, inspect_upload
 from models.errors import InvalidOption, MalformedMultipart, UnsupportedMediaType
 from models.settings import Settings
 
@@ -106,5 +106,5 @@ def _from_multipart(request: Request, settings: Settings) -> Submission:
 
 
 def _with_audio(options: JobOptions, audio: bytes, settings: Settings) -> Submission:
-    info = inspect_wav(audio, settings.max_audio_seconds)
+    info = inspect_upload(audio, settings)
     return Submission(options=options, audio=audio, audio_info=info)

@@ -14,9 +14,13 @@ from models.errors import (
     EmptyAudio,
     InvalidAudio,
     NotWav,
+    TooManyChunks,
     TruncatedAudio,
     UnsupportedAudioEncoding,
+    UnsupportedChannelCount,
+    UnsupportedSampleRate,
 )
+from models.settings import Settings
 
 WHISPER_SAMPLE_RATE = 16_000
 
@@ -26,6 +30,11 @@ _DECODABLE_FORMAT_TAGS = frozenset({0x0001, 0x0002, 0x0003, 0x0006, 0x0007, 0x00
 # Streaming writers (arecord, ffmpeg to a pipe) cannot know the length up front and leave these.
 _UNKNOWN_DATA_SIZES = frozenset({0, 0xFFFFFFFF})
 _BLOCK_FRAMES = 1 << 16
+# Chunks walked before the samples: real recordings carry a handful (fmt, fact, LIST, bext,
+# iXML, JUNK, PEAK, cue); a file of millions of empty chunks would cost seconds to walk.
+MAX_CHUNKS = 64
+# The settings' defaults (MIN_AUDIO_SAMPLE_RATE, MAX_AUDIO_SAMPLE_RATE), for callers without them.
+_SAMPLE_RATES = (Settings.min_audio_sample_rate, Settings.max_audio_sample_rate)
 
 
 @dataclass(frozen=True)
@@ -45,9 +54,11 @@ class AudioInfo:
 
 @dataclass(frozen=True)
 class _RiffLayout:
-    format_tag: int | None
-    data_offset: int | None
-    data_size: int | None
+    format_tag: int | None = None
+    channels: int | None = None
+    sample_rate: int | None = None
+    data_offset: int | None = None
+    data_size: int | None = None
 
 
 def looks_like_wav(data: bytes) -> bool:
@@ -56,30 +67,52 @@ def looks_like_wav(data: bytes) -> bool:
 
 
 def _riff_layout(data: bytes) -> _RiffLayout:
-    """Walks the top-level RIFF chunks for the format tag and the data chunk's declared size."""
-    format_tag: int | None = None
+    """Walks the top-level RIFF chunks, at most MAX_CHUNKS, for the format (its tag, channels
+    and sample rate) and the data chunk's offset and declared size.
+
+    Raises:
+        TooManyChunks: More than MAX_CHUNKS chunks come before the samples.
+    """
+    fmt = _RiffLayout()
     offset = 12
-    while offset + 8 <= len(data):
+    for _ in range(MAX_CHUNKS):
+        if offset + 8 > len(data):
+            return fmt
         chunk_id = data[offset : offset + 4]
         (size,) = struct.unpack_from("<I", data, offset + 4)
         body = offset + 8
-        if chunk_id == b"fmt " and body + 2 <= len(data):
-            (format_tag,) = struct.unpack_from("<H", data, body)
+        if chunk_id == b"fmt " and body + 8 <= len(data):
+            tag, channels, rate = struct.unpack_from("<HHI", data, body)
+            fmt = _RiffLayout(format_tag=tag, channels=channels, sample_rate=rate)
+        elif chunk_id == b"fmt " and body + 2 <= len(data):
+            fmt = _RiffLayout(format_tag=struct.unpack_from("<H", data, body)[0])
         elif chunk_id == b"data":
-            return _RiffLayout(format_tag, body, size)
+            return _RiffLayout(fmt.format_tag, fmt.channels, fmt.sample_rate, body, size)
         offset = body + size + (size & 1)  # chunks are padded to an even length
-    return _RiffLayout(format_tag, None, None)
+    if offset + 8 > len(data):
+        return fmt
+    raise TooManyChunks(f"The WAV has more than {MAX_CHUNKS} chunks before its samples.")
 
 
-def inspect_wav(data: bytes, max_seconds: float) -> AudioInfo:
+def inspect_wav(
+    data: bytes,
+    max_seconds: float,
+    *,
+    max_channels: int = Settings.max_audio_channels,
+    sample_rates: tuple[int, int] = _SAMPLE_RATES,
+) -> AudioInfo:
     """Validates an uploaded WAV by decoding it, and measures it.
 
-    The duration is counted from the samples actually decoded, never from the header, so a
-    44-byte file that claims hours of audio is caught as truncated, not waved through.
+    The header is checked first (chunks, encoding, channels, sample rate), so what decoding
+    costs is bounded before it starts. The duration is counted from the samples actually
+    decoded, never from the header, so a 44-byte file that claims hours of audio is caught as
+    truncated, not waved through.
 
     Args:
         data: The uploaded bytes.
         max_seconds: The longest recording accepted.
+        max_channels: The most channels accepted (the worker mixes them down to mono).
+        sample_rates: The lowest and highest sample rates accepted, in Hz.
 
     Returns:
         The recording's sample rate, channel count, frame count and sample encoding.
@@ -87,17 +120,22 @@ def inspect_wav(data: bytes, max_seconds: float) -> AudioInfo:
     Raises:
         EmptyAudio: No bytes, or no samples.
         NotWav: The bytes are not a WAV file.
+        TooManyChunks: More than MAX_CHUNKS chunks come before the samples.
         UnsupportedAudioEncoding: A WAV whose sample encoding cannot be decoded.
+        UnsupportedChannelCount: More than `max_channels` channels.
+        UnsupportedSampleRate: A sample rate outside `sample_rates`.
         TruncatedAudio: The data chunk claims more bytes than were received.
         InvalidAudio: The file is corrupt.
         AudioTooLong: The recording is longer than `max_seconds`.
     """
-    _check_container(data)
+    layout = _check_container(data)
+    _check_shape(layout.channels, layout.sample_rate, max_channels, sample_rates)
     try:
         with sf.SoundFile(io.BytesIO(data)) as wav:
             sample_rate, channels, subtype = wav.samplerate, wav.channels, wav.subtype
             if sample_rate <= 0 or channels <= 0:
                 raise InvalidAudio("The WAV header has no valid sample rate or channel count.")
+            _check_shape(channels, sample_rate, max_channels, sample_rates)
             frames = _count_frames(wav, max_seconds)
     except sf.LibsndfileError as error:
         raise InvalidAudio("The WAV file is corrupt and cannot be decoded.") from error
@@ -108,8 +146,35 @@ def inspect_wav(data: bytes, max_seconds: float) -> AudioInfo:
     return AudioInfo(sample_rate=sample_rate, channels=channels, frames=frames, subtype=subtype)
 
 
-def _check_container(data: bytes) -> None:
-    """Refuses, from the RIFF structure alone, what libsndfile would misread or not decode."""
+def inspect_upload(data: bytes, settings: Settings) -> AudioInfo:
+    """`inspect_wav` with the running settings' limits (MAX_AUDIO_SECONDS, MAX_AUDIO_CHANNELS,
+    MIN_AUDIO_SAMPLE_RATE, MAX_AUDIO_SAMPLE_RATE)."""
+    return inspect_wav(
+        data,
+        settings.max_audio_seconds,
+        max_channels=settings.max_audio_channels,
+        sample_rates=(settings.min_audio_sample_rate, settings.max_audio_sample_rate),
+    )
+
+
+def _check_shape(
+    channels: int | None, sample_rate: int | None, max_channels: int, sample_rates: tuple[int, int]
+) -> None:
+    """Refuses a channel count or sample rate outside the limits; None is not yet known."""
+    if channels is not None and channels > max_channels:
+        raise UnsupportedChannelCount(
+            f"The WAV has {channels} channels; at most {max_channels} are accepted."
+        )
+    low, high = sample_rates
+    if sample_rate is not None and sample_rate > 0 and not low <= sample_rate <= high:
+        raise UnsupportedSampleRate(
+            f"The WAV's sample rate is {sample_rate} Hz; {low} to {high} Hz is accepted."
+        )
+
+
+def _check_container(data: bytes) -> _RiffLayout:
+    """Refuses, from the RIFF structure alone, what libsndfile would misread or not decode;
+    returns what the structure says."""
     if not data:
         raise EmptyAudio("The audio is empty (zero bytes).")
     if not looks_like_wav(data):
@@ -131,6 +196,7 @@ def _check_container(data: bytes) -> None:
             f"The WAV is truncated: its data chunk declares {layout.data_size} bytes "
             f"but only {len(data) - layout.data_offset} arrived."
         )
+    return layout
 
 
 def _count_frames(wav: sf.SoundFile, max_seconds: float) -> int:

@@ -82,6 +82,11 @@ class TextTooLong(InvalidInput):
     title = "Text too long"
 
 
+class MessagesTooLong(InvalidInput):
+    code = "messages_too_long"
+    title = "Chat messages too long"
+
+
 class InvalidOption(InvalidInput):
     code = "invalid_option"
     title = "Invalid option"
@@ -117,6 +122,23 @@ class AudioTooLong(InvalidAudio):
 class UnsupportedAudioEncoding(InvalidAudio):
     code = "unsupported_audio_encoding"
     title = "Unsupported audio encoding"
+
+
+class UnsupportedChannelCount(InvalidAudio):
+    code = "unsupported_audio_channels"
+    title = "Too many audio channels"
+
+
+class UnsupportedSampleRate(InvalidAudio):
+    code = "unsupported_sample_rate"
+    title = "Unsupported sample rate"
+
+
+class TooManyChunks(InvalidAudio):
+    """The WAV holds more chunks before its samples than any real recording does."""
+
+    code = "audio_too_many_chunks"
+    title = "Too many WAV chunks"
 
 
 class NotFound(VoiceChatError):

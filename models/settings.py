@@ -9,6 +9,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from models.whisper_languages import WHISPER_LANGUAGES
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -91,8 +93,12 @@ class Settings:
     redis_url: str
     max_upload_bytes: int = 25 * 1024 * 1024
     max_audio_seconds: float = 600.0
+    max_audio_channels: int = 2
+    min_audio_sample_rate: int = 8_000
+    max_audio_sample_rate: int = 192_000
     max_text_chars: int = 4000
     max_system_chars: int = 4000
+    max_chat_chars: int = 200_000
     default_max_tokens: int = 200
     max_tokens_limit: int = 1024
     default_temperature: float = 0.3
@@ -247,13 +253,28 @@ def _request_limits(env: _Environment) -> dict[str, Any]:
     return {
         "max_upload_bytes": max_upload_bytes,
         "max_audio_seconds": env.decimal("max_audio_seconds", minimum=1.0),
+        **_audio_shape(env),
         "max_text_chars": env.whole("max_text_chars"),
         "max_system_chars": env.whole("max_system_chars"),
+        "max_chat_chars": env.whole("max_chat_chars"),
         "default_max_tokens": env.whole("default_max_tokens", maximum=max_tokens_limit),
         "max_tokens_limit": max_tokens_limit,
         "default_temperature": env.decimal("default_temperature", minimum=0.0),
         "max_wait_seconds": env.whole("max_wait_seconds", maximum=3600),
         "max_held_requests": env.whole("max_held_requests", minimum=0, maximum=10_000),
+    }
+
+
+def _audio_shape(env: _Environment) -> dict[str, Any]:
+    """The channels and sample rates an uploaded recording may have."""
+    low = env.whole("min_audio_sample_rate", maximum=768_000)
+    high = env.whole("max_audio_sample_rate", maximum=768_000)
+    if low > high:
+        raise SettingError("MIN_AUDIO_SAMPLE_RATE must not be above MAX_AUDIO_SAMPLE_RATE")
+    return {
+        "max_audio_channels": env.whole("max_audio_channels", maximum=8),
+        "min_audio_sample_rate": low,
+        "max_audio_sample_rate": high,
     }
 
 
@@ -263,6 +284,11 @@ def _engine_choices(env: _Environment) -> dict[str, Any]:
     voices = tuple(v.strip() for v in env.text("tts_voices", voice).split(",") if v.strip())
     if voice not in voices:
         raise SettingError(f"TTS_VOICE {voice!r} must be one of TTS_VOICES {list(voices)}")
+    language = env.text("whisper_language")
+    if language != "auto" and language not in WHISPER_LANGUAGES:
+        raise SettingError(
+            f"WHISPER_LANGUAGE must be auto or one of Whisper's language codes, got {language!r}"
+        )
     return {
         **{name: env.text(name) for name in _ENGINE_TEXT},
         "llm_context_tokens": env.whole("llm_context_tokens", minimum=256),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,58 @@ def test_normalises_to_16k_mono(tmp_path: object) -> None:
     assert samples.ndim == 1
     assert len(samples) == pytest.approx(32_000, abs=2)
     assert 0.15 < float(np.sqrt(np.mean(samples**2))) < 0.25  # the tone survives resampling
+
+
+def _with_header_field(data: bytes, offset: int, fmt: str, value: int) -> bytes:
+    patched = bytearray(data)
+    struct.pack_into(fmt, patched, offset, value)
+    return bytes(patched)
+
+
+@pytest.mark.parametrize("channels", [3, 6])
+def test_refuses_more_channels_than_allowed(channels: int) -> None:
+    with pytest.raises(errors.UnsupportedChannelCount):
+        inspect_wav(wav_bytes(tone(0.2, 16_000, channels), 16_000), LIMIT)
+
+
+def test_more_channels_when_allowed_are_mixed_down(tmp_path: Path) -> None:
+    data = wav_bytes(tone(0.5, 16_000, 6), 16_000)
+    assert inspect_wav(data, LIMIT, max_channels=8).channels == 6
+    path = tmp_path / "six.wav"
+    path.write_bytes(data)
+    assert load_for_transcription(str(path)).ndim == 1
+
+
+def test_a_header_claiming_1024_channels_is_refused_before_decoding() -> None:
+    # Channels are a 16-bit field at byte 22 of the canonical header: nothing is decoded.
+    header = _with_header_field(wav_bytes(tone(0.5, 16_000), 16_000), 22, "<H", 1024)
+    with pytest.raises(errors.UnsupportedChannelCount):
+        inspect_wav(header, LIMIT)
+
+
+@pytest.mark.parametrize("sample_rate", [1, 4_000, 7_999, 192_001, 2**31 - 1])
+def test_refuses_sample_rates_outside_8_to_192_khz(sample_rate: int) -> None:
+    data = _with_header_field(wav_bytes(tone(0.2, 16_000), 16_000), 24, "<I", sample_rate)
+    with pytest.raises(errors.UnsupportedSampleRate):
+        inspect_wav(data, LIMIT)
+
+
+@pytest.mark.parametrize("sample_rate", [8_000, 192_000])
+def test_accepts_the_edges_of_the_sample_rates(sample_rate: int) -> None:
+    assert inspect_wav(wav_bytes(tone(0.2, sample_rate), sample_rate), LIMIT).frames > 0
+
+
+def _with_junk_chunks(count: int) -> bytes:
+    data = wav_bytes(tone(0.2, 16_000), 16_000)
+    junk = b"JUNK\x02\x00\x00\x00\x00\x00" * count
+    body = data[12:36] + junk + data[36:]  # fmt, the junk, then data
+    return b"RIFF" + struct.pack("<I", len(body) + 4) + b"WAVE" + body
+
+
+def test_a_few_extra_chunks_are_read_past() -> None:
+    assert inspect_wav(_with_junk_chunks(20), LIMIT).frames == 3_200
+
+
+def test_a_walk_through_endless_chunks_is_cut_short() -> None:
+    with pytest.raises(errors.TooManyChunks):
+        inspect_wav(_with_junk_chunks(100_000), LIMIT)

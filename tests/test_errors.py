@@ -40,6 +40,12 @@ def _mp3_in_wav() -> bytes:
     return bytes(data)
 
 
+def _header_field(offset: int, fmt: str, value: int) -> bytes:
+    data = bytearray(_wav())
+    struct.pack_into(fmt, data, offset, value)
+    return bytes(data)
+
+
 def _over_ten_minutes() -> bytes:
     return wav_bytes(np.zeros((601 * 8_000, 1), np.float32), 8_000, subtype="PCM_U8")
 
@@ -184,6 +190,10 @@ AUDIO_CASES = {
     "over ten minutes": (_over_ten_minutes, "audio_too_long"),
     "undecodable encoding": (_mp3_in_wav, "unsupported_audio_encoding"),
     "corrupt": (lambda: b"RIFF\x24\x00\x00\x00WAVEjunk\x04\x00\x00\x00abcd", "invalid_audio"),
+    "8 channels": (lambda: wav_bytes(tone(0.2, 16_000, 8), 16_000), "unsupported_audio_channels"),
+    "1 Hz": (lambda: _header_field(24, "<I", 1), "unsupported_sample_rate"),
+    "2^31-1 Hz": (lambda: _header_field(24, "<I", 2**31 - 1), "unsupported_sample_rate"),
+    "1024 channels": (lambda: _header_field(22, "<H", 1024), "unsupported_audio_channels"),
 }
 
 

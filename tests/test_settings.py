@@ -47,6 +47,11 @@ def test_booleans_accept_the_usual_spellings(raw: str, value: bool) -> None:
         {"TASK_TIME_LIMIT": "400", "BROKER_VISIBILITY_TIMEOUT": "400"},
         {"TTS_VOICE": "nobody", "TTS_VOICES": "en_US-joe-medium"},
         {"DEFAULT_MAX_TOKENS": "2000", "MAX_TOKENS_LIMIT": "1000"},
+        {"WHISPER_LANGUAGE": "zz"},
+        {"MAX_HELD_REQUESTS": "-1"},
+        {"MAX_AUDIO_CHANNELS": "0"},
+        {"MAX_AUDIO_CHANNELS": "64"},
+        {"MIN_AUDIO_SAMPLE_RATE": "48000", "MAX_AUDIO_SAMPLE_RATE": "44100"},
     ],
 )
 def test_malformed_settings_name_the_variable(env: dict[str, str]) -> None:

@@ -41,12 +41,17 @@ PROBLEM_CODES: dict[int, dict[str, str]] = {
         "wrong type or out of range; `field` names it",
         "empty_text": "the text is blank",
         "text_too_long": "the text is over MAX_TEXT_CHARS characters",
+        "messages_too_long": "a chat's messages hold over MAX_CHAT_CHARS characters in all",
         "invalid_cursor": "the cursor was not made by this service",
         "invalid_audio": "the WAV is corrupt and cannot be decoded",
         "audio_truncated": "the WAV's data chunk declares more bytes than arrived",
         "empty_audio": "the WAV has no bytes or no samples",
         "audio_too_long": "the recording is over MAX_AUDIO_SECONDS",
         "unsupported_audio_encoding": "the WAV's sample encoding cannot be decoded",
+        "unsupported_audio_channels": "the WAV has more than MAX_AUDIO_CHANNELS channels",
+        "unsupported_sample_rate": "the WAV's sample rate is outside MIN_AUDIO_SAMPLE_RATE to "
+        "MAX_AUDIO_SAMPLE_RATE",
+        "audio_too_many_chunks": "the WAV has more than 64 chunks before its samples",
         "context_length_exceeded": "the system prompt and the prompt alone leave no room for "
         "the reply in the model's context window; reported only when the request waited for "
         "its job, which failed with this code",

@@ -58,7 +58,7 @@ CREATE_JOB_ERRORS = {
         422,
         "A value in the body is unacceptable, or (with `Prefer: wait`) the job failed because the "
         "prompt is too long for the model; `job_id` then names the failed job.",
-        *(code for code in PROBLEM_CODES[422] if code != "invalid_cursor"),
+        *(c for c in PROBLEM_CODES[422] if c not in ("invalid_cursor", "messages_too_long")),
     ),
     "500": ref("responses", "InternalError"),
     "503": problem(

@@ -55,7 +55,7 @@ def paths(settings: Settings, components: dict[str, Schema]) -> dict[str, Any]:
     errors = _shared_errors(settings)
     return {
         "/v1/models": {"get": LIST_MODELS},
-        "/v1/chat/completions": {"post": _chat_completions(errors)},
+        "/v1/chat/completions": {"post": _chat_completions(settings, errors)},
         "/v1/audio/transcriptions": {"post": _transcriptions(settings, errors)},
         "/v1/audio/speech": {"post": _speech(settings, errors)},
     }
@@ -160,7 +160,7 @@ CHAT_EVENT = {
 }
 
 
-def _chat_completions(errors: dict[str, Schema]) -> Schema:
+def _chat_completions(settings: Settings, errors: dict[str, Schema]) -> Schema:
     return {
         "operationId": "create_chat_completion",
         "tags": TAGS,
@@ -168,8 +168,10 @@ def _chat_completions(errors: dict[str, Schema]) -> Schema:
         "description": "OpenAI's chat completion, as a job (`X-Job-Id`) the request waits for: "
         "whole, or streamed as it is generated.\n\n"
         "Beyond the schema: the last message must be the user's, and its content, trimmed, "
-        "non-blank (422 `empty_text`, `param` `text`); content parts joined count against the "
-        "per-message limit; `stream_options` needs `stream: true`.",
+        "non-blank (422 `empty_text`, `param` `messages[N].content`); content parts joined "
+        "count against the per-message limit, and all contents together against MAX_CHAT_CHARS "
+        f"({settings.max_chat_chars} here; 422 `messages_too_long`); `stream_options` needs "
+        "`stream: true`.",
         "requestBody": {"required": True, "content": content(schema_ref("ChatCompletionRequest"))},
         "responses": {
             "200": {
@@ -190,6 +192,7 @@ def _chat_completions(errors: dict[str, Schema]) -> Schema:
                 "because the prompt is too long for the model.",
                 "invalid_option",
                 "empty_text",
+                "messages_too_long",
                 "context_length_exceeded",
             ),
             "500": _job_failed("empty_reply", *JOB_FAILURES),
@@ -260,6 +263,9 @@ def _transcriptions(settings: Settings, errors: dict[str, Schema]) -> Schema:
                 "empty_audio",
                 "audio_too_long",
                 "unsupported_audio_encoding",
+                "unsupported_audio_channels",
+                "unsupported_sample_rate",
+                "audio_too_many_chunks",
             ),
             "500": _job_failed(*JOB_FAILURES),
             "503": errors["503"],
