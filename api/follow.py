@@ -9,6 +9,7 @@ a lost event can delay the end but never hide it.
 from __future__ import annotations
 
 import json
+import random
 import re
 import select
 import socket
@@ -30,8 +31,10 @@ from models.tables import Job
 
 blueprint = Blueprint("events", __name__)
 
-# How long one blocking read waits before the row is checked and a keep-alive is sent.
+# How long one blocking read waits before the row is checked and a keep-alive is sent: between
+# 8 and 10 s, drawn per read, so that followers who came in together do not all wake together.
 BLOCK_SECONDS = 10.0
+_BLOCK_SPREAD = 0.2
 # Not in the stream: `follow` yields it after each blocking read that found nothing new, so a
 # caller can keep its connection alive.
 IDLE = "idle"
@@ -51,16 +54,20 @@ def read_job(job_id: str) -> Job | None:
         return job
 
 
-def follow(job_id: str, *, after: str = "0", timeout: float | None = None) -> Iterator[Event]:
+def follow(
+    job_id: str, *, after: str = "0", timeout: float | None = None, row_read: bool = False
+) -> Iterator[Event]:
     """Yields a job's events after stream id `after` until the final one, or until `timeout`.
 
     The final event is always `done`; if the stream lost it (Redis restarted, the entry
     expired), one is made from the job's row. After each quiet read an `IDLE` event is yielded.
-    A timeout ends the iteration without `done`.
+    A timeout ends the iteration without `done`. `row_read` says the caller has just read the
+    row and found the job going, so a first read that finds nothing does not read it again.
     """
     log: JobEvents = current_app.extensions["voicechat.events"]
     deadline = None if timeout is None else time.monotonic() + timeout
     block = 0.0  # the first read returns at once with whatever was missed
+    skip_row = row_read
     while True:
         remaining = BLOCK_SECONDS if deadline is None else deadline - time.monotonic()
         if remaining <= 0:
@@ -75,14 +82,15 @@ def follow(job_id: str, *, after: str = "0", timeout: float | None = None) -> It
             yield event
             if event.type == event_log.DONE:
                 return
-        if not batch:
+        if not batch and not skip_row:
             job = read_job(job_id)
             if job is None or job.job_status.terminal:
                 yield Event(id=after, type=event_log.DONE, data={"status": job and job.status})
                 return
-            if block:
-                yield Event(id=after, type=IDLE, data={})
-        block = BLOCK_SECONDS
+        if not batch and block:
+            yield Event(id=after, type=IDLE, data={})
+        skip_row = False
+        block = BLOCK_SECONDS * (1 - _BLOCK_SPREAD * random.random())
 
 
 def wait_for(job_id: str, timeout: float) -> Job | None:
@@ -151,22 +159,25 @@ def job_events(job_id: str) -> Response:
         raise JobNotFound(f"No job has the id {job_id!r}.")
     place = hold()
     try:
-        if read_job(job_id) is None:
+        job = read_job(job_id)
+        if job is None:
             raise JobNotFound(f"No job has the id {job_id!r}.")
     except BaseException:
         place.release()
         raise
-    response = sse_response(_event_stream(job_id, after, place))
+    going = not job.job_status.terminal
+    response = sse_response(_event_stream(job_id, after, place, going))
     # The place is freed when the server closes the response, even one never iterated.
     response.call_on_close(place.release)
     return response
 
 
-def _event_stream(job_id: str, after: str, place: Place) -> Iterator[str]:
-    """The SSE text of a job's events, holding `place` until it ends."""
+def _event_stream(job_id: str, after: str, place: Place, going: bool) -> Iterator[str]:
+    """The SSE text of a job's events, holding `place` until it ends; `going` says the view
+    has just found the job not yet finished."""
     with place:
         yield "retry: 2000\n\n"
-        for event in follow(job_id, after=after):
+        for event in follow(job_id, after=after, row_read=going):
             if event.type == IDLE:
                 if client_left():
                     return

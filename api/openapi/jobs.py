@@ -255,7 +255,7 @@ def _job_events(settings: Settings) -> Schema:
         "description": "Server-Sent Events; this schema describes each event (`event`, `id`, "
         "and `data`, one line of JSON), as OpenAPI 3.2's `itemSchema` does. The stream opens "
         "with `retry: 2000`, and a `: keep-alive` comment is sent after every "
-        f"{BLOCK_SECONDS:g} s of quiet.",
+        f"{BLOCK_SECONDS * 0.8:g} to {BLOCK_SECONDS:g} s of quiet.",
         **JOB_EVENT,
     }
     sse_headers = {
