@@ -167,9 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
     try:
-        workers = parse_int(
-            "--workers", args.workers or os.environ.get("WORKERS") or "1", minimum=1
-        )
+        name, raw = ("--workers", args.workers) if args.workers else ("WORKERS", None)
+        workers = parse_int(name, raw or os.environ.get("WORKERS") or "1", minimum=1)
         worker_envs = worker_environments(dict(os.environ), workers)
     except SettingError as error:
         parser.error(str(error))
