@@ -157,6 +157,10 @@ def job_events(job_id: str) -> Response:
         raise InvalidHeader("Last-Event-ID must be an event id this stream sent.")
     if not is_resource_id(job_id):
         raise JobNotFound(f"No job has the id {job_id!r}.")
+    if _seen_the_end(job_id, after):
+        # 204 is the answer after which EventSource does not reconnect (HTML: any status but
+        # 200 fails the connection for good); another `done` would have it loop for ever.
+        return Response(status=204)
     place = hold()
     try:
         job = read_job(job_id)
@@ -170,6 +174,15 @@ def job_events(job_id: str) -> Response:
     # The place is freed when the server closes the response, even one never iterated.
     response.call_on_close(place.release)
     return response
+
+
+def _seen_the_end(job_id: str, after: str) -> bool:
+    """Whether a reader resuming after event `after` has had the job's `done` already."""
+    log: JobEvents = current_app.extensions["voicechat.events"]
+    try:
+        return log.ended_by(job_id, after)
+    except (RedisError, OSError):
+        return False  # the stream answers from the row instead
 
 
 def _event_stream(job_id: str, after: str, place: Place, going: bool) -> Iterator[str]:

@@ -58,6 +58,7 @@ from models.errors import (
 from models.settings import Settings
 from models.storage import Store
 from models.tables import InputKind, Job, JobStatus, Operation, ReplyFormat, new_job_id
+from models.transitions import WORKER_LOST
 
 blueprint = Blueprint("openai", __name__)
 
@@ -188,10 +189,20 @@ def _completion_chunks(
     frame = openai_formats.event_data
     with place:
         yield frame(head.piece(ChatDelta(role="assistant", content="")).body())
-        # A job rerun after its worker was lost streams its reply again from the start.
+        sent = False
         for event in follow(job_id, timeout=_sync_wait(settings)):
             if event.type == event_log.DELTA:
+                sent = True
                 yield frame(head.piece(ChatDelta(content=event.data["text"])).body())
+            elif sent and event.type == event_log.STATUS and event.data["status"] == "queued":
+                # The worker was lost mid-reply and the job runs again: its text would come a
+                # second time. The client gets an error and the end instead (the job goes on).
+                lost = error_for_code(
+                    WORKER_LOST, f"The reply was cut off: job {job_id} runs again."
+                )
+                yield frame(error_body(lost).model_dump(mode="json"))
+                yield openai_formats.STREAM_END
+                return
             elif event.type == IDLE:
                 if client_left():
                     return

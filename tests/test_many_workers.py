@@ -9,6 +9,7 @@ made for these tests (`tests/engines.py`), with a paced reply and a reply WAV of
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import soundfile as sf
 from redis import Redis
 from sqlalchemy import select
@@ -67,15 +69,22 @@ def _generating(stack: Stack, job_id: str) -> int:
     return int(owner.rsplit(":", 1)[1])  # host:parent-pid:child-pid
 
 
-def _events(stack: Stack, job_id: str) -> list[tuple[str, dict[str, Any]]]:
-    import json
-
+def _entries(stack: Stack, job_id: str) -> list[tuple[str, str, dict[str, Any]]]:
     client = Redis(port=stack.redis_port)
     try:
         entries = client.xrange(key(job_id))
     finally:
         client.close()
-    return [(raw[b"type"].decode(), json.loads(raw[b"data"])) for _id, raw in entries]
+    return [(i.decode(), raw[b"type"].decode(), json.loads(raw[b"data"])) for i, raw in entries]
+
+
+def _events(stack: Stack, job_id: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(kind, data) for _id, kind, data in _entries(stack, job_id)]
+
+
+def _resumed_after(stack: Stack, job_id: str, event_id: str) -> requests.Response:
+    url = f"{stack.url}/v1/jobs/{job_id}/events"
+    return stack.http.get(url, headers={"Last-Event-ID": event_id}, timeout=30)
 
 
 def _check_one_truth(stack: Stack, job_id: str) -> dict[str, Any]:
@@ -104,6 +113,12 @@ def _check_one_truth(stack: Stack, job_id: str) -> dict[str, Any]:
     assert rerun.strip() == f"echo: {SLOW_PROMPT}"
     marker = events.index(("status", {"status": "queued", "attempt": 1}))
     assert all(kind != "delta" for kind, _ in events[marker + 1 : restart])
+    # A reader resuming after `done` is told the stream ended (204: EventSource stops);
+    # one resuming before it gets the rest, `done` last.
+    ids = [event_id for event_id, _kind, _data in _entries(stack, job_id)]
+    assert _resumed_after(stack, job_id, ids[-1]).status_code == 204
+    rest = _resumed_after(stack, job_id, ids[-2])
+    assert rest.status_code == 200 and rest.text.count("event: done") == 1
     for index, worker in stack.workers.items():
         assert worker.poll() is None, f"worker {index} exited"
     return job
@@ -141,3 +156,28 @@ def test_a_worker_killed_mid_generation_changes_nothing(two_workers: Stack) -> N
     # Its parent sees the child die, releases the job and publishes it again.
     _check_one_truth(stack, job_id)
     stack._until(lambda: stack.ready_workers() >= 2, "the parent's new child to be ready")
+
+
+def test_a_streaming_client_gets_an_error_not_the_same_text_twice(two_workers: Stack) -> None:
+    stack = two_workers
+    model = stack.http.get(f"{stack.url}/v1/models", timeout=10).json()["data"][0]["id"]
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": SLOW_PROMPT}]}
+    url = f"{stack.url}/v1/chat/completions"
+    frames: list[str] = []
+    with stack.http.post(url, json=body, stream=True, timeout=120) as answer:
+        assert answer.status_code == 200, answer.text
+        job_id = answer.headers["X-Job-Id"]
+        lines = (line for line in answer.iter_lines(decode_unicode=True) if line)
+        for line in lines:
+            frames.append(line.removeprefix("data: "))
+            if '"content":"echo:' in line:  # the first words reached the client: kill now
+                os.kill(_generating(stack, job_id), signal.SIGKILL)
+                break
+        frames.extend(line.removeprefix("data: ") for line in lines)
+    chunks = [json.loads(frame) for frame in frames[:-1]]
+    assert frames[-1] == "[DONE]"
+    assert chunks[-1]["error"]["code"] == "worker_lost", chunks[-1]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if "choices" in c)
+    assert text and f"echo: {SLOW_PROMPT}".startswith(text), text  # never the start twice
+    job = stack.wait(job_id)  # the job itself goes on and succeeds on its second attempt
+    assert (job["status"], job["attempts"]) == ("succeeded", 2)
