@@ -225,8 +225,10 @@ JOB_EVENT = {
                 "The job's new status.",
                 "status",
             ),
-            "A worker started the job (`running`, with the attempt), or a lost worker's job was "
-            "queued again (`queued`; its events then start over).",
+            "A worker started the job (`running`, with the attempt), or an attempt whose worker "
+            "was lost ended and the job is queued again (`queued`, with the lost attempt). The "
+            "`queued` event always comes before the next attempt's first event, whose events then "
+            "start over; nothing of the lost attempt follows it.",
         ),
         _event(
             "stage",
@@ -243,8 +245,8 @@ JOB_EVENT = {
         _event(
             "done",
             schema_ref("JobView"),
-            "The job, as `GET /v1/jobs/{job_id}` returns it; always the last event, after which "
-            "the stream closes.",
+            "The job, as `GET /v1/jobs/{job_id}` returns it; once per job and always the last "
+            "event, after which the stream closes.",
         ),
     ],
 }
@@ -296,6 +298,11 @@ def _job_events(settings: Settings) -> Schema:
                 "description": "The event stream.",
                 "headers": headers(**sse_headers),
                 "content": {"text/event-stream": {"schema": stream}},
+            },
+            "204": {
+                "description": "The event named by `Last-Event-ID` or `after` is the job's "
+                "`done` or later: the stream has ended (a browser's `EventSource` does not "
+                "reconnect after a 204)."
             },
             "400": problem(400, "`Last-Event-ID` or `after` is not an event id.", "invalid_header"),
             "404": problem(404, "No such job.", "job_not_found"),

@@ -145,8 +145,9 @@ CHAT_EVENT = {
     "as OpenAPI 3.2's `itemSchema` does. Each `data` is a `ChatCompletionChunk`: first the "
     "assistant role, then a `delta.content` per piece of the reply, then an empty delta with "
     "`finish_reason`, then with `include_usage` one with `usage` and no choices. A job that "
-    "fails sends an `OpenAIError` instead of the last chunks. The stream ends with "
-    "`data: [DONE]`.",
+    "fails sends an `OpenAIError` instead of the last chunks, and so does one whose worker was "
+    "lost after some of the reply was sent (`worker_lost`: the job runs again, see `X-Job-Id`, "
+    "but its text is never sent twice). The stream ends with `data: [DONE]`.",
     "properties": {
         "data": {
             "type": "string",
