@@ -19,6 +19,8 @@ from models.queue import JobQueue
 from models.settings import Settings
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Event-log connections for requests that are not held (a failed submit's `done`, first reads).
+_SHORT_REQUEST_CONNECTIONS = 100
 BLUEPRINTS = (
     jobs.blueprint,
     follow.blueprint,
@@ -69,9 +71,14 @@ def _connect(app: Flask, settings: Settings) -> None:
     app.extensions["voicechat.redis"] = Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2
     )
-    # Event streams are read with blocking XREADs: a socket timeout above the longest block.
+    # Event streams are read with blocking XREADs: a socket timeout above the longest block, and
+    # a connection for each held request beside those of short ones (redis-py's pool stops at
+    # 100 by default, and a follower past it would poll the row instead of blocking).
     events_redis = Redis.from_url(
-        settings.redis_url, socket_timeout=follow.BLOCK_SECONDS + 10, socket_connect_timeout=2
+        settings.redis_url,
+        socket_timeout=follow.BLOCK_SECONDS + 10,
+        socket_connect_timeout=2,
+        max_connections=settings.max_held_requests + _SHORT_REQUEST_CONNECTIONS,
     )
     app.extensions["voicechat.events"] = JobEvents(
         events_redis, ttl_seconds=settings.events_ttl_seconds

@@ -5,11 +5,14 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
 
+from api import create_app
 from api.held_requests import HeldRequests
+from tests.conftest import make_settings
 from tests.stack import Stack
 
 PLACES = 2
@@ -126,3 +129,10 @@ def _until_streaming(stack: Stack, job_id: str) -> None:
         assert status == 503
         time.sleep(1)
     pytest.fail("the places of followers that left were never freed")
+
+
+def test_every_held_request_can_have_its_own_event_log_connection(tmp_path: Path) -> None:
+    # redis-py's pool stops at 100 connections by default: past it, a follower would poll.
+    app = create_app({"settings": make_settings(tmp_path, MAX_HELD_REQUESTS="500")})
+    pool = app.extensions["voicechat.events"].redis.connection_pool
+    assert pool.max_connections > 500
