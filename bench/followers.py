@@ -1,20 +1,21 @@
-"""Many followers at once: every follower streams or is refused at once, and probes stay fast.
+"""Many followers at once: every one streams or is refused at once, and probes stay fast."""
 
-Run: `.venv/bin/python -m bench.followers [--followers 1000] [--hold 15] [--env NAME=VALUE ...]`.
-
-It starts Redis and the API with the launcher's own command lines (`tests/stack.py`, the
-processes `scripts/serve.sh` runs) and no worker, so every followed job stays queued and a
-follower that gets in is held for the whole run, as behind a busy worker. Then, while probes
-read `/healthz` and `GET /v1/jobs/{id}` on fresh connections every 10 ms, it opens all the
-followers at once (`GET /v1/jobs/{id}/events` over raw sockets, spread over a few queued jobs;
-with `--mix`, one in ten is a `POST /v1/jobs` with `Prefer: wait=60` and one in ten a chat
-completion), holds them `--hold` seconds (past the 10 s keep-alive beat, when every held
-stream wakes), and reports:
-
-- each follower's time to its answer: a streaming one to the first bytes of its stream, a
-  refused one to its 503 (which must carry `Retry-After`), a declined wait to its 202;
-- the probes' latency percentiles over the whole run.
-"""
+# Run: `.venv/bin/python -m bench.followers [--followers 1000] [--rate 250] [--hold 15] [--mix]
+# [--env NAME=VALUE ...]`.
+#
+# It starts Redis and the API with the launcher's own command lines (`tests/stack.py`, the
+# processes `scripts/serve.sh` runs) and no worker, so every followed job stays queued and a
+# follower that gets in is held for the whole run, as behind a busy worker. Then, while probes
+# read `/healthz` and `GET /v1/jobs/{id}` on fresh connections every 10 ms (started on time
+# whether or not the last one was answered), it opens the followers, `--rate` a second or all at
+# once (`GET /v1/jobs/{id}/events` over raw sockets, spread over a few queued jobs;
+# with `--mix`, one in ten is a `POST /v1/jobs` with `Prefer: wait=60` and one in ten a chat
+# completion), holds them `--hold` seconds (past the 8-10 s keep-alive beat, when every held
+# stream wakes), and reports:
+#
+# - each follower's time to its answer: a streaming one to the first bytes of its stream, a
+#   refused one to its 503 (which must carry `Retry-After`), a declined wait to its 202;
+# - the probes' latency percentiles over the whole run.
 
 from __future__ import annotations
 
@@ -198,7 +199,7 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=15.0, help="seconds to hold the followers")
     parser.add_argument("--jobs", type=int, default=10, help="queued jobs the followers follow")
     parser.add_argument(
-        "--rate", type=float, default=0, help="followers opened a second (0: all at once)"
+        "--rate", type=float, default=250, help="followers opened a second (0: all at once)"
     )
     parser.add_argument("--mix", action="store_true", help="add Prefer: wait and chat requests")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the API")

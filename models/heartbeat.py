@@ -1,12 +1,11 @@
-"""Worker liveness in Redis: a registry of live workers, each entry expiring unless renewed.
+"""Worker liveness in Redis: a registry of live workers, each entry expiring unless renewed."""
 
-Each worker with its models loaded keeps its entry alive: its id in one sorted set scored by
-when it expires (Redis's own clock, so hosts' clocks never matter), and what it reports of
-itself in a key of its own that expires at the same time. `/readyz` reads the set, pruned by
-score on each read, instead of asking Celery (`inspect().ping()` waits a full timeout for
-replies) or scanning the keyspace (which holds an event stream per job): one read whatever
-Redis holds.
-"""
+# Each worker with its models loaded keeps its entry alive: its id in one sorted set scored by
+# when it expires (Redis's own clock, so hosts' clocks never matter), and what it reports of
+# itself in a key of its own that expires at the same time. `/readyz` reads the set, pruned by
+# score on each read, instead of asking Celery (`inspect().ping()` waits a full timeout for
+# replies) or scanning the keyspace (which holds an event stream per job): one read whatever
+# Redis holds.
 
 from __future__ import annotations
 
