@@ -10,11 +10,16 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, hold_limit_seconds: int | None = None, **kwargs: Any) -> Engine:
     """Creates an engine for `url`, enabling WAL and a busy timeout on SQLite.
 
     Args:
         url: A SQLAlchemy database URL (SQLite or PostgreSQL).
+        hold_limit_seconds: For a worker's connections to PostgreSQL: the server ends a session
+            left idle inside a transaction this long, and probes its client's TCP connection
+            every few seconds, so a worker frozen or lost in the middle of a write (a paused VM,
+            a dead host) cannot hold a job's row lock, and with it the release of the job, for
+            longer. Give it more than the longest a worker may run a job.
         **kwargs: Passed on to `create_engine`.
 
     Returns:
@@ -34,6 +39,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.close()
 
         return engine
+    if hold_limit_seconds is not None:
+        options = (
+            f"-c idle_in_transaction_session_timeout={hold_limit_seconds * 1000} "
+            "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
+        )
+        kwargs.setdefault("connect_args", {})["options"] = options
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 

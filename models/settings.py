@@ -144,6 +144,12 @@ class Settings:
         """How long a claim on a running job lasts unless the worker's heartbeat renews it."""
         return self.worker_heartbeat_seconds * 3
 
+    @property
+    def worker_hold_limit_seconds(self) -> int:
+        """The longest a worker's database session may sit inside a transaction (models/db.py):
+        longer than any job may run."""
+        return self.task_time_limit + self.lease_seconds
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Builds settings from environment variables, strictly.

@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import DBAPIError
 
 from models import queries, transitions
 from models.db import make_engine, make_session_factory
@@ -224,3 +225,30 @@ def test_listing_is_newest_first_and_pages_without_gaps(sessions) -> None:  # ty
 def test_foreign_cursors_are_refused(cursor: str) -> None:
     with pytest.raises(InvalidCursor):
         queries.decode_cursor(cursor)
+
+
+def test_a_worker_stuck_inside_a_write_cannot_hold_the_row_for_ever(database_url: str) -> None:
+    # A worker frozen between its UPDATE and its COMMIT (SIGSTOP, a paused VM) holds the job's
+    # row lock; the server ends its session after the hold limit, and the release goes through.
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer per database: the limit is PostgreSQL's")
+    command.upgrade(_alembic(database_url), "head")
+    stuck_engine = make_engine(database_url, hold_limit_seconds=1)
+    other_engine = make_engine(database_url)
+    try:
+        with make_session_factory(other_engine)() as session:
+            job_id = _job(session).id
+            lease = _claim(session, job_id, owner="frozen:1:2", lease=-1).lease
+        stuck = make_session_factory(stuck_engine)()
+        assert transitions.renew_lease(stuck, lease, 30) is True  # committed, then:
+        stuck.execute(text("UPDATE jobs SET stage = 'generating' WHERE id = :id"), {"id": job_id})
+        # ...the worker freezes here, its transaction open and the row locked.
+        with make_session_factory(other_engine)() as session:
+            session.execute(text("SET lock_timeout = '10s'"))
+            assert transitions.release_held_by(session, job_id, "frozen:1:") == 1
+        with pytest.raises(DBAPIError):  # thawed, it finds its session gone
+            stuck.commit()
+        stuck.close()
+    finally:
+        stuck_engine.dispose()
+        other_engine.dispose()

@@ -63,7 +63,11 @@ class LeaseKeeper(threading.Thread):
         self.client = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.stopped = threading.Event()
         self.worker_id = worker_id()
-        self.sessions = make_session_factory(make_engine(settings.database_url))
+        self.sessions = make_session_factory(
+            make_engine(
+                settings.database_url, hold_limit_seconds=settings.worker_hold_limit_seconds
+            )
+        )
 
     def beat(self) -> None:
         """Publishes this process's readiness once."""

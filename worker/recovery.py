@@ -48,7 +48,11 @@ def _parent_sessions() -> sessionmaker[Session]:
     global _PARENT_SESSIONS
     if _PARENT_SESSIONS is None:
         _PARENT_SESSIONS = make_session_factory(
-            make_engine(settings.database_url, poolclass=NullPool)
+            make_engine(
+                settings.database_url,
+                hold_limit_seconds=settings.worker_hold_limit_seconds,
+                poolclass=NullPool,
+            )
         )
     return _PARENT_SESSIONS
 

@@ -52,7 +52,10 @@ def _sessions() -> sessionmaker[Session]:
     # Engines are created in the child on first use: a pool inherited over fork is unsafe.
     global _SESSIONS
     if _SESSIONS is None:
-        _SESSIONS = make_session_factory(make_engine(settings.database_url))
+        engine = make_engine(
+            settings.database_url, hold_limit_seconds=settings.worker_hold_limit_seconds
+        )
+        _SESSIONS = make_session_factory(engine)
     return _SESSIONS
 
 
@@ -252,19 +255,23 @@ def _run(session: Session, progress: RowProgress) -> bool:
     results = _results(job, outcome)
     replies = stores().results
     name = None
-    if outcome.audio is not None:
-        # Under this attempt's own name: only the fenced `succeed` makes it the job's reply.
-        name = replies.write(storage.reply_name(job.id, lease.attempt), outcome.audio.to_wav())
-        results.update(audio_columns(outcome.audio, name))
-        progress.tell(event_log.AUDIO, seconds=results["reply_audio_seconds"])
     turns = []
     if job.conversation_id and job.operation == Operation.CHAT.value:
         prompt = outcome.transcript.text if outcome.transcript else job.transcript or job.input_text
         turns = [("user", prompt or ""), ("assistant", outcome.reply_text)]
-    if not transitions.succeed(session, lease, turns=turns, **results):
+    try:
+        if outcome.audio is not None:
+            # Under this attempt's own name: only the fenced `succeed` makes it the job's reply.
+            reply = storage.reply_name(job.id, lease.attempt)
+            name = replies.write(reply, outcome.audio.to_wav())
+            results.update(audio_columns(outcome.audio, name))
+            progress.tell(event_log.AUDIO, seconds=results["reply_audio_seconds"])
+        if not transitions.succeed(session, lease, turns=turns, **results):
+            raise transitions.LeaseLost(job.id)
+    except transitions.LeaseLost:
         if name is not None:
             replies.delete(name)  # no row will ever point at it
-        raise transitions.LeaseLost(job.id)
+        raise
     _LOGGER.info("job succeeded job_id=%s attempt=%d", job.id, lease.attempt)
     return True
 
