@@ -36,6 +36,14 @@ def reply_name(job_id: str, attempt: int) -> str:
     return f"{_checked(job_id)}-{int(attempt)}.wav"
 
 
+def sentence_name(job_id: str, attempt: int, index: int) -> str:
+    """The stored name of one spoken sentence of an attempt's reply: 16-bit mono PCM, no header.
+
+    A player streams these while the job runs; the reply's WAV is them joined.
+    """
+    return f"{_checked(job_id)}-{int(attempt)}-s{int(index)}.pcm"
+
+
 def _checked(job_id: str) -> str:
     if not job_id.isalnum():
         raise ValueError("job ids are alphanumeric")
