@@ -107,3 +107,23 @@ def test_a_text_reply_has_no_stream(stack: Stack) -> None:
     bad = stack.http.get(f"{stack.url}/v1/jobs/{job_id}/audio?format=mp3", timeout=10)
     assert bad.status_code == 422 and bad.json()["field"] == "format"
     stack.wait(job_id)
+
+
+def test_openai_speech_streams_wav_and_24_khz_pcm(stack: Stack) -> None:
+    asked = {"model": "tts-1", "input": "One. Two. Three.", "voice": "alloy"}
+    wav = stack.http.post(
+        f"{stack.url}/v1/audio/speech", json={**asked, "response_format": "wav"}, timeout=60
+    )
+    assert wav.status_code == 200 and wav.headers["Content-Type"] == "audio/wav"
+    job_id = wav.headers["X-Job-Id"]
+    assert struct.unpack_from("<I", wav.content, 40)[0] == 0xFFFFFFFF  # sent as a stream
+    stored = _stored_samples(stack, job_id)
+    assert len(stored) == 3 * 8_000  # three sentences, each spoken when it was reached
+    assert np.array_equal(np.frombuffer(wav.content[44:], dtype="<i2"), stored)
+
+    pcm = stack.http.post(
+        f"{stack.url}/v1/audio/speech", json={**asked, "response_format": "pcm"}, timeout=60
+    )
+    assert pcm.status_code == 200 and pcm.headers["Content-Type"] == "audio/pcm"
+    samples = np.frombuffer(pcm.content, dtype="<i2")
+    assert abs(len(samples) - len(stored) * 24_000 // 16_000) <= 16  # OpenAI's pcm: 24 kHz
