@@ -64,6 +64,7 @@ CREATE_JOB_ERRORS = {
     "503": problem(
         503, "A backing service is unreachable.", "broker_unavailable", "database_unavailable"
     ),
+    "507": problem(507, "The recording cannot be stored: disk full.", "insufficient_storage"),
 }
 CREATE_JOB_DESCRIPTION = (
     "Validates the prompt, stores it, queues it and answers at once with 202. Poll the job at "

@@ -271,6 +271,9 @@ def _transcriptions(settings: Settings, errors: dict[str, Schema]) -> Schema:
             "500": _job_failed(*JOB_FAILURES),
             "503": errors["503"],
             "504": errors["504"],
+            "507": _problems(
+                507, "The recording cannot be stored: disk full.", "insufficient_storage"
+            ),
         },
     }
 
