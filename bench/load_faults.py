@@ -34,11 +34,8 @@ from typing import Any
 
 import soundfile as sf
 from redis import Redis
-from sqlalchemy import select
 
-from models.db import make_engine
 from models.event_log import key
-from models.tables import Job
 from tests.stack import FAST_ENGINES, Stack
 
 _LOGGER = logging.getLogger("bench.load_faults")
@@ -116,25 +113,13 @@ def _submit(stack: Stack, body: dict[str, Any], figures: Figures, lock: threadin
     raise AssertionError("the service refused a submission for 50 s")
 
 
-def _holder(stack: Stack, job_id: str) -> tuple[str, str | None, str]:
-    engine = make_engine(stack.env["DATABASE_URL"])
-    try:
-        with engine.connect() as connection:
-            row = connection.execute(
-                select(Job.status, Job.stage, Job.lease_owner).where(Job.id == job_id)
-            ).one()
-    finally:
-        engine.dispose()
-    return str(row[0]), row[1], str(row[2] or "")
-
-
 def _aim(stack: Stack, fault: str, index: int, figures: Figures, lock: threading.Lock) -> None:
     """Submits a slow job, waits until a child generates it, and signals that child."""
     prompt = f"slow target {index} " + " ".join(f"w{i}" for i in range(10))
     job_id = _submit(stack, {"text": prompt, "reply": "voice"}, figures, lock)
     deadline = time.monotonic() + 300
     while True:
-        status, stage, owner = _holder(stack, job_id)
+        status, stage, owner = stack.lease_of(job_id)
         if status == "running" and stage == "generating" and owner:
             break
         assert status not in TERMINAL and time.monotonic() < deadline, (job_id, status)
@@ -147,7 +132,7 @@ def _aim(stack: Stack, fault: str, index: int, figures: Figures, lock: threading
         # other worker), then thawed: it must find out and write nothing more.
         try:
             while time.monotonic() < deadline:
-                status, _stage, owner = _holder(stack, job_id)
+                status, _stage, owner = stack.lease_of(job_id)
                 if status != "running" or not owner.endswith(f":{pid}"):
                     break
                 time.sleep(0.1)

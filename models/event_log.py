@@ -36,7 +36,6 @@ STATUS = "status"  # queued (with the lost attempt) / running (with its attempt)
 STAGE = "stage"  # transcribing / generating / synthesizing
 TRANSCRIPT = "transcript"  # what the recogniser heard
 DELTA = "delta"  # a piece of reply text as the language model produces it
-SPEECH = "speech"  # one sentence of the spoken reply is stored, while the rest is generated
 AUDIO = "audio"  # the spoken reply is stored
 DONE = "done"  # the job reached a terminal status; always the last event
 

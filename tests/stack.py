@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from sqlalchemy import select
 
+from models.db import make_engine
+from models.tables import Job
 from scripts.launch import migrate, service_commands, worker_command
 from tests.conftest import ROOT, TERMINAL
 
@@ -160,6 +163,18 @@ class Stack:
 
         self._until(finished, f"job {job_id} to finish", timeout)
         return found
+
+    def lease_of(self, job_id: str) -> tuple[str, str | None, str]:
+        """A job's status, stage and lease holder (`host:parent-pid:child-pid`, or ""), read from
+        its row: the API does not show who holds a job, and a test aims its signals by it."""
+        engine = make_engine(self.env["DATABASE_URL"])
+        try:
+            with engine.connect() as connection:
+                query = select(Job.status, Job.stage, Job.lease_owner).where(Job.id == job_id)
+                status, stage, owner = connection.execute(query).one()
+        finally:
+            engine.dispose()
+        return str(status), stage, str(owner or "")
 
     def wait_for_stage(self, job_id: str, stage: str) -> None:
         self._until(lambda: self.job(job_id)["stage"] == stage, f"job {job_id} to reach {stage}")

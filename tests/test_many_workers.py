@@ -20,11 +20,8 @@ import pytest
 import requests
 import soundfile as sf
 from redis import Redis
-from sqlalchemy import select
 
-from models.db import make_engine
 from models.event_log import key
-from models.tables import Job
 from tests.stack import FAST_ENGINES, Stack
 
 pytestmark = pytest.mark.e2e
@@ -50,21 +47,10 @@ def two_workers(tmp_path: Path, database_url: str) -> Iterator[Stack]:
         stack.close()
 
 
-def _holder(stack: Stack, job_id: str) -> str:
-    """The lease holder of a job's running attempt, read from its row."""
-    engine = make_engine(stack.env["DATABASE_URL"])
-    try:
-        with engine.connect() as connection:
-            owner = connection.execute(select(Job.lease_owner).where(Job.id == job_id)).scalar()
-    finally:
-        engine.dispose()
-    return str(owner or "")
-
-
 def _generating(stack: Stack, job_id: str) -> int:
     """Waits until the job is generating; returns the pid of the pool child that holds it."""
     stack._until(lambda: stack.job(job_id)["stage"] == "generating", "the job to generate")
-    owner = _holder(stack, job_id)
+    _status, _stage, owner = stack.lease_of(job_id)
     assert owner, "a generating job has a lease holder"
     return int(owner.rsplit(":", 1)[1])  # host:parent-pid:child-pid
 

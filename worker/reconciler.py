@@ -90,8 +90,7 @@ def reconcile(
     for job_id, attempt in queries.expired_leases(session):
         if transitions.release_expired(session, job_id, attempt):
             released.append(job_id)
-            queued = {"status": "queued", "attempt": attempt}
-            events.publish(job_id, event_log.STATUS, queued, attempt=attempt)
+            events.requeued(job_id, attempt)
     stale = set(released) | set(queries.queued_longer_than(session, queued_after_seconds))
     republished = []
     if stale:

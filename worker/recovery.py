@@ -90,8 +90,7 @@ def _recover_lost_job(
         attempt = transitions.release_held_by(session, job_id, mine)
         if attempt is not None:
             _LOGGER.warning("worker lost; job released job_id=%s attempt=%d", job_id, attempt)
-            queued = {"status": "queued", "attempt": attempt}
-            _events().publish(job_id, event_log.STATUS, queued, attempt=attempt)
+            _events().requeued(job_id, attempt)
             publish(job_id)
 
 
