@@ -28,6 +28,7 @@ _STATUS: dict[type[errors.VoiceChatError], int] = {
     errors.ContextLengthExceeded: 422,
     errors.WaitTimedOut: 504,
     errors.ServiceUnavailable: 503,
+    errors.InsufficientStorage: 507,
     errors.VoiceChatError: 500,
 }
 

@@ -6,12 +6,15 @@ import contextlib
 import io
 import logging
 
+import numpy as np
+import soundfile as sf
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file, url_for
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.follow import wait_for
-from api.held_requests import try_hold
-from api.schemas import JobList, JobListQuery, JobView, is_resource_id
+from api.held_requests import hold, try_hold
+from api.schemas import AudioQuery, JobList, JobListQuery, JobView, is_resource_id
+from api.speech_stream import stream_reply
 from api.submission import parse_submission
 from api.validation import single_values, validate
 from models import event_log, queries, storage, transitions
@@ -153,14 +156,27 @@ def get_job(job_id: str) -> Response:
 
 @blueprint.get("/v1/jobs/<job_id>/audio")
 def get_job_audio(job_id: str) -> Response:
-    """Returns the spoken reply as a 16-bit PCM mono WAV."""
+    """Returns the spoken reply as a 16-bit PCM mono WAV (or raw PCM); while a voice job runs,
+    streams it sentence by sentence as the worker speaks it."""
+    settings: Settings = current_app.extensions["voicechat.settings"]
+    fields = single_values(request.args, "query parameter")
+    with_header = validate(AudioQuery, fields, settings, from_strings=True).format == "wav"
     job = _load(job_id)
     if not job.job_status.terminal:
-        raise JobNotFinished(f"Job {job_id} is {job.status}; its audio is not ready yet.")
+        if job.reply_format != ReplyFormat.VOICE.value:
+            raise JobNotFinished(f"Job {job_id} is {job.status}; its audio is not ready yet.")
+        # The attempt running now, or the next one for a job still queued.
+        attempt = job.attempts if job.status == JobStatus.RUNNING.value else job.attempts + 1
+        return stream_reply(job.id, attempt, hold(), with_header=with_header)
     results: storage.Store = current_app.extensions["voicechat.results"]
     name = job.reply_audio_file
     if name is None or not results.exists(name):
         raise AudioNotFound(f"Job {job_id} has no spoken reply.")
+    if not with_header:
+        samples, rate = sf.read(io.BytesIO(results.read(name)), dtype="int16")
+        response = Response(np.asarray(samples, dtype="<i2").tobytes(), mimetype="audio/pcm")
+        response.headers["X-Sample-Rate"] = str(rate)
+        return response
     path = results.local_path(name)
     # A reply's stored name is its attempt's and is never rewritten: a fine ETag either way.
     return send_file(

@@ -42,6 +42,7 @@ from api.openai_schemas import (
     VerboseTranscription,
 )
 from api.schemas import Usage
+from api.speech_stream import stream_reply
 from api.validation import parse_json_object, single_values, validate
 from models import event_log
 from models.audio import inspect_upload
@@ -128,6 +129,10 @@ def _succeeded(job: Job, settings: Settings) -> Job:
     if finished.status != JobStatus.SUCCEEDED.value:
         raise error_for_code(finished.error_code or "internal_error", finished.error_message or "")
     return finished
+
+
+# The speech formats sent as a stream (the others need the whole recording to encode).
+STREAMED_SPEECH = frozenset({"wav", "pcm"})
 
 
 @blueprint.post("/v1/chat/completions")
@@ -298,7 +303,8 @@ def _transcript_response(response_format: str, heard: VerboseTranscription) -> R
 
 @blueprint.post("/v1/audio/speech")
 def speech() -> Response:
-    """Speaks `input` and returns the audio in `response_format`."""
+    """Speaks `input` and returns the audio in `response_format`: `wav` and `pcm` streamed
+    sentence by sentence as they are spoken, the other formats encoded once it is all said."""
     settings = _settings()
     asked = validate(SpeechRequest, _json_object(), settings)
     job = Job(
@@ -310,6 +316,24 @@ def speech() -> Response:
         input_text=asked.input,
         options=asked.speech_options(settings),
     )
+    if asked.response_format in STREAMED_SPEECH:
+        # Streamed as OpenAI streams speech: each sentence as soon as it is spoken.
+        place = hold()  # refused with 503 before any job is made
+        try:
+            submit(job)
+        except BaseException:
+            place.release()
+            raise
+        pcm = asked.response_format == "pcm"
+        response = stream_reply(
+            job.id,
+            1,
+            place,
+            with_header=not pcm,
+            resample_to=openai_formats.PCM_RATE if pcm else None,
+        )
+        response.headers["X-Job-Id"] = job.id
+        return response
     with hold():  # refused with 503 before any job is made
         submit(job)
         finished = _succeeded(job, settings)

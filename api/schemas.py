@@ -207,6 +207,19 @@ class JobListQuery(Shape):
     ] = None
 
 
+class AudioQuery(Shape):
+    """The query of `GET /v1/jobs/{job_id}/audio`."""
+
+    format: Annotated[
+        Literal["wav", "pcm"],
+        Field(
+            description="`wav`: a 16-bit mono WAV (of unknown length while it streams); `pcm`: "
+            "the same samples, little-endian, without a header (the rate is in `X-Sample-Rate` "
+            "once the reply is stored; while it streams, the voice's rate, e.g. 22050 Hz)."
+        ),
+    ] = "wav"
+
+
 # Answers
 
 
@@ -479,6 +492,7 @@ REQUESTS: tuple[type[Shape], ...] = (
     JobOptions,
     ConversationRequest,
     JobListQuery,
+    AudioQuery,
 )
 ANSWERS: tuple[type[Answer], ...] = (
     JobView,

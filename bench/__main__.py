@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cases, chat, overhead, stages, submit
+from bench import cases, chat, first_audio, overhead, stages, submit
 from bench.table import Row, markdown
 
 OUT = Path(__file__).resolve().parent / "results.md"
@@ -39,6 +39,7 @@ def main() -> None:
     runs: list[Callable[[], list[Row]]] = [
         lambda: stages.rows(rounds),
         lambda: cases.rows(rounds),
+        lambda: first_audio.rows(rounds),
         lambda: submit.rows(rounds=2 if args.quick else 3, seconds=5 if args.quick else 10),
         lambda: overhead.rows(jobs=40 if args.quick else 200),
         lambda: chat.rows(rounds=3 if args.quick else 7),

@@ -183,6 +183,14 @@ class WaitTimedOut(VoiceChatError):
     title = "The job did not finish in time"
 
 
+class InsufficientStorage(VoiceChatError):
+    """The disk holding the service's files is full (or the file is over a size or quota
+    limit); nothing half-written is left behind."""
+
+    code = "insufficient_storage"
+    title = "Insufficient storage"
+
+
 class ServiceUnavailable(VoiceChatError):
     code = "service_unavailable"
     title = "Service unavailable"

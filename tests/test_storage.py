@@ -3,7 +3,11 @@ TEST_DATABASE_URL, PostgreSQL)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import stat
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,3 +72,18 @@ def test_where_each_backend_keeps_its_files(store: storage.Store, tmp_path: Path
         assert stat.S_IMODE(path.stat().st_mode) == 0o644
     else:
         assert path is None and not (tmp_path / "results").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reading as another user needs root to switch uid")
+def test_a_file_the_worker_wrote_as_root_is_read_by_the_api_as_uid_1000() -> None:
+    # The Jetson compose: the worker image runs as root, the API image as uid 1000 (Dockerfile).
+    folder = Path(tempfile.mkdtemp(prefix="voicechat-uid-"))
+    try:
+        folder.chmod(0o755)  # mkdtemp's 0700 would stop uid 1000 before the store's own modes
+        store = storage.LocalStore(folder / "results")
+        store.write("j1-1.wav", b"RIFF reply")
+        read = ["cat", str(folder / "results" / "j1-1.wav")]
+        done = subprocess.run(read, check=False, user=1000, group=1000, capture_output=True)
+        assert done.returncode == 0 and done.stdout == b"RIFF reply", done.stderr
+    finally:
+        shutil.rmtree(folder)

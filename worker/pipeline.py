@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -12,6 +13,7 @@ from models.errors import ContextLengthExceeded, EmptyReply
 from models.settings import Settings
 from models.tables import Operation, ReplyFormat, Stage
 from worker.engines import Audio, Generator, Message, Reply, Synthesizer, Transcriber, Transcript
+from worker.sentences import Speaker, split_sentences
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly voice assistant. Your answer will be read aloud, so reply in one to "
@@ -81,6 +83,16 @@ class Progress(Protocol):
 
     def delta(self, text: str) -> None:
         """Passes on a piece of reply text as the language model produces it."""
+        ...
+
+    def sentence(self, index: int, text: str, audio: Audio) -> None:
+        """Passes on one spoken sentence of the reply as soon as it is synthesized.
+
+        Args:
+            index: Its place in the reply, from 0.
+            text: The sentence as the reply has it.
+            audio: Its speech; the reply's audio is the sentences' audio joined in order.
+        """
         ...
 
 
@@ -185,16 +197,21 @@ class Pipeline:
             return Outcome(transcript=self._transcribe(job), reply=None, reply_text="", audio=None)
         if job.operation is Operation.SPEAK:
             progress.enter(Stage.SYNTHESIZING)
-            return Outcome(
-                transcript=None, reply=None, reply_text="", audio=self._speak(job.text or "", job)
-            )
+            speaker = self._speaker(job, progress, str.strip)
+            speaker.say(split_sentences(job.text or ""))
+            return Outcome(transcript=None, reply=None, reply_text="", audio=_spoken(speaker))
         return self._chat(job, progress)
 
     def _chat(self, job: JobInput, progress: Progress) -> Outcome:
-        """Hears the prompt, answers it and speaks the answer, skipping checkpointed stages."""
+        """Hears the prompt, answers it and speaks the answer, skipping checkpointed stages.
+
+        A spoken answer is synthesized sentence by sentence while the model generates it, so
+        its first sentence can be heard long before the reply is complete.
+        """
         transcript: Transcript | None = None
         reply: Reply | None = None
         reply_text = job.reply_text
+        speaker = self._speaker(job, progress) if job.reply is ReplyFormat.VOICE else None
         if reply_text is None:
             prompt = job.transcript or job.text
             if prompt is None:
@@ -202,16 +219,23 @@ class Pipeline:
                 transcript = self._transcribe(job)
                 prompt = transcript.text
             progress.enter(Stage.GENERATING, done=transcript)
-            reply = self._generate(prompt, job, progress)
+            reply = self._generate(prompt, job, progress, speaker)
             reply_text = reply.text
-        audio = None
-        if job.reply is ReplyFormat.VOICE:
-            progress.enter(Stage.SYNTHESIZING, done=reply)
-            spoken = speakable(reply_text)
-            if not spoken:
-                raise EmptyReply("The reply has no words to speak.")
-            audio = self._speak(spoken, job)
-        return Outcome(transcript=transcript, reply=reply, reply_text=reply_text, audio=audio)
+        if speaker is None:
+            return Outcome(transcript=transcript, reply=reply, reply_text=reply_text, audio=None)
+        progress.enter(Stage.SYNTHESIZING, done=reply)
+        if reply is None:  # resumed after the reply's checkpoint: all of it is still to speak
+            speaker.say(split_sentences(reply_text))
+        else:
+            speaker.end(whole_sentences=self._whole_sentences(job, reply))
+        return Outcome(
+            transcript=transcript, reply=reply, reply_text=reply_text, audio=_spoken(speaker)
+        )
+
+    def _speaker(
+        self, job: JobInput, progress: Progress, words: Callable[[str], str] = speakable
+    ) -> Speaker:
+        return Speaker(lambda text: self._speak(text, job), words, progress.sentence)
 
     def _transcribe(self, job: JobInput) -> Transcript:
         assert job.audio_path is not None
@@ -231,17 +255,42 @@ class Pipeline:
     def _max_tokens(self, options: dict[str, Any]) -> int:
         return int(options.get("max_tokens", self.settings.default_max_tokens))
 
-    def _generate(self, prompt: str, job: JobInput, progress: Progress) -> Reply:
+    @staticmethod
+    def _whole_sentences(job: JobInput, reply: Reply) -> bool:
+        # A voice should not stop mid-sentence, and the text should match what is said.
+        # (The OpenAI route turns this off: its clients expect the raw cut and "length".)
+        return reply.finish_reason == "length" and bool(job.options.get("whole_sentences", True))
+
+    def _generate(
+        self, prompt: str, job: JobInput, progress: Progress, speaker: Speaker | None
+    ) -> Reply:
+        def on_delta(text: str) -> None:
+            progress.delta(text)
+            if speaker is not None:
+                speaker.hear(text)
+
         reply = self.generator.generate(
             self.messages_for(prompt, job.options, job.history),
             max_tokens=self._max_tokens(job.options),
             temperature=job.options.get("temperature", self.settings.default_temperature),
-            on_delta=progress.delta,
+            on_delta=on_delta,
         )
-        if reply.finish_reason == "length" and job.options.get("whole_sentences", True):
-            # A voice should not stop mid-sentence, and the text should match what is said.
-            # (The OpenAI route turns this off: its clients expect the raw cut and "length".)
+        if speaker is not None:  # the sentences spoken meanwhile are not the model's time
+            reply = replace(reply, seconds=max(0.0, reply.seconds - speaker.seconds))
+        if self._whole_sentences(job, reply):
             reply = replace(reply, text=trim_to_sentence(reply.text))
         if not reply.text:
             raise EmptyReply("The language model produced an empty reply.")
         return reply
+
+
+def _spoken(speaker: Speaker) -> Audio:
+    """The reply's audio: its sentences joined.
+
+    Raises:
+        EmptyReply: No sentence had words to speak.
+    """
+    audio = speaker.joined()
+    if audio is None:
+        raise EmptyReply("The reply has no words to speak.")
+    return audio

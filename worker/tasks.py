@@ -154,6 +154,7 @@ class RowProgress:
         self.held = held
         self.lease = held.lease
         self.events = _events()
+        self.sentences: list[str] = []
 
     def tell(self, event_type: str, **data: Any) -> None:
         """Appends an event of this attempt.
@@ -184,6 +185,36 @@ class RowProgress:
         generation here, at the next token)."""
         self.tell(event_log.DELTA, text=text)
 
+    def sentence(self, index: int, text: str, audio: Audio) -> None:
+        """Stores one spoken sentence under this attempt's own name, then tells the job's log,
+        so a player can start before the reply is complete (a lost lease stops here too)."""
+        if self.held.lost.is_set():
+            raise transitions.LeaseLost(self.lease.job_id)
+        name = storage.sentence_name(self.lease.job_id, self.lease.attempt, index)
+        self.sentences.append(stores().results.write(name, audio.samples.astype("<i2").tobytes()))
+        seconds = round(audio.duration, 3)
+        self.tell(
+            event_log.SPEECH,
+            index=index,
+            attempt=self.lease.attempt,
+            text=text,
+            seconds=seconds,
+            rate=audio.sample_rate,
+        )
+
+    def forget_sentences(self) -> None:
+        """Deletes this attempt's sentence files (the reply's WAV holds them all, or the attempt
+        ended without one), and those an earlier attempt left when its process was killed."""
+        results = stores().results
+        for name in self.sentences:
+            results.delete(name)
+        self.sentences.clear()
+        for attempt in range(1, self.lease.attempt):
+            index = 0  # an attempt's sentences are numbered from 0 without a gap
+            while results.exists(name := storage.sentence_name(self.lease.job_id, attempt, index)):
+                results.delete(name)
+                index += 1
+
 
 @app.task(name="worker.run_job", acks_late=True)
 def run_job(job_id: str) -> None:
@@ -204,7 +235,9 @@ def run_job(job_id: str) -> None:
         held = lease_keeper.Held(claim.lease)
         lease_keeper.hold_lease(held)
         try:
-            ended = _attempt(session, RowProgress(session, held))
+            progress = RowProgress(session, held)
+            ended = _attempt(session, progress)
+            progress.forget_sentences()
         finally:
             lease_keeper.hold_lease(None)
         if ended:
@@ -223,6 +256,7 @@ def _attempt(session: Session, progress: RowProgress) -> bool:
         return _run(session, progress)
     except transitions.LeaseLost:
         session.rollback()
+        progress.forget_sentences()
         _LOGGER.warning("job lease lost job_id=%s attempt=%d", lease.job_id, lease.attempt)
         return False
     except VoiceChatError as error:

@@ -64,6 +64,7 @@ PROBLEM_CODES: dict[int, dict[str, str]] = {
         "server_busy": "the process already holds MAX_HELD_REQUESTS requests open (event "
         "streams, requests waiting for their job); try again after `Retry-After` seconds",
     },
+    507: {"insufficient_storage": "the disk holding the service's files is full; nothing was kept"},
 }
 OTHER_HTTP_ERROR = {"http_error": "any other HTTP error, e.g. 416 for an unsatisfiable Range"}
 
@@ -78,6 +79,7 @@ JOB_ERROR_CODES: dict[str, str] = {
     "worker_lost": "the job's worker was lost on every one of MAX_ATTEMPTS attempts",
     "pipeline_error": "the pipeline failed",
     "broker_unavailable": "the job could not be queued",
+    "insufficient_storage": "the worker's disk was full: the spoken reply could not be stored",
     "internal_error": "the worker failed on the job",
 }
 

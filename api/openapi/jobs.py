@@ -30,7 +30,7 @@ def paths(settings: Settings, components: dict[str, Schema]) -> dict[str, Any]:
     return {
         "/v1/jobs": {"post": _create_job(settings, components), "get": _list_jobs(components)},
         "/v1/jobs/{job_id}": {"get": GET_JOB},
-        "/v1/jobs/{job_id}/audio": {"get": GET_JOB_AUDIO},
+        "/v1/jobs/{job_id}/audio": {"get": _job_audio(components)},
         "/v1/jobs/{job_id}/events": {"get": _job_events(settings)},
         "/v1/conversations": {"post": CREATE_CONVERSATION},
         "/v1/conversations/{conversation_id}": {"get": GET_CONVERSATION},
@@ -64,6 +64,7 @@ CREATE_JOB_ERRORS = {
     "503": problem(
         503, "A backing service is unreachable.", "broker_unavailable", "database_unavailable"
     ),
+    "507": problem(507, "The recording cannot be stored: disk full.", "insufficient_storage"),
 }
 CREATE_JOB_DESCRIPTION = (
     "Validates the prompt, stores it, queues it and answers at once with 202. Poll the job at "
@@ -159,33 +160,57 @@ GET_JOB = {
     },
 }
 
-WAV_REPLY = {"audio/wav": {"schema": {**WAV, "description": "16-bit PCM mono WAV."}}}
-GET_JOB_AUDIO = {
-    "operationId": "get_job_audio",
-    "tags": ["jobs"],
-    "summary": "Fetch the spoken reply",
-    "description": "The reply of a succeeded `voice` job (also linked as `result.audio_url`). "
-    "Served inline as `{job_id}.wav` with `ETag` and `Last-Modified`, cacheable for an hour; "
-    "conditional and `Range` requests are honoured.",
-    "parameters": [ref("parameters", "JobId")],
-    "responses": {
-        "200": {"description": "The whole recording.", "headers": headers(), "content": WAV_REPLY},
-        "206": {
-            "description": "The requested byte range of the recording.",
-            "headers": headers(),
-            "content": WAV_REPLY,
-        },
-        "304": {
-            "description": "Not modified since the copy the client holds.",
-            "headers": headers(),
-        },
-        "404": problem(
-            404, "No such job, or it has no spoken reply.", "job_not_found", "audio_not_found"
-        ),
-        "409": problem(409, "The job has not finished yet.", "job_not_finished"),
-        **COMMON_ERRORS,
-    },
+AUDIO_REPLY = {
+    "audio/wav": {"schema": {**WAV, "description": "16-bit PCM mono WAV."}},
+    "audio/pcm": {"schema": {**WAV, "description": "The same samples, without a header."}},
 }
+
+
+def _job_audio(components: dict[str, Schema]) -> Schema:
+    return {
+        "operationId": "get_job_audio",
+        "tags": ["jobs"],
+        "summary": "Fetch or stream the spoken reply",
+        "description": "The reply of a `voice` job (also linked as `result.audio_url`). Once the "
+        "job succeeded: served inline as `{job_id}.wav` with `ETag` and `Last-Modified`, "
+        "cacheable for an hour; conditional and `Range` requests are honoured. While it runs: "
+        "streamed, each sentence as soon as the worker has spoken it (a WAV whose sizes say "
+        "unknown, `0xFFFFFFFF`, as players expect of a stream), so playing can start after the "
+        "first sentence; the stream ends with the reply, or early if the job fails or starts "
+        "again on another attempt (ask again). A streaming answer holds a place of "
+        "MAX_HELD_REQUESTS.",
+        "parameters": [ref("parameters", "JobId"), *query_parameters(components, "AudioQuery")],
+        "responses": {
+            "200": {
+                "description": "The whole recording, or the stream of it.",
+                "headers": headers(),
+                "content": AUDIO_REPLY,
+            },
+            "206": {
+                "description": "The requested byte range of the stored recording.",
+                "headers": headers(),
+                "content": AUDIO_REPLY,
+            },
+            "304": {
+                "description": "Not modified since the copy the client holds.",
+                "headers": headers(),
+            },
+            "404": problem(
+                404, "No such job, or it has no spoken reply.", "job_not_found", "audio_not_found"
+            ),
+            "409": problem(409, "A text-reply job has not finished yet.", "job_not_finished"),
+            "422": problem(422, "A query parameter is unknown or unacceptable.", "invalid_option"),
+            "500": ref("responses", "InternalError"),
+            "503": retry_after(
+                problem(
+                    503,
+                    "Every held-request place is taken (a stream), or the database is unreachable.",
+                    "server_busy",
+                    "database_unavailable",
+                )
+            ),
+        },
+    }
 
 
 def _json_text(schema: Schema) -> Schema:
@@ -237,6 +262,21 @@ JOB_EVENT = {
         ),
         _event("transcript", TEXT, "What the recogniser heard."),
         _event("delta", TEXT, "The next piece of the reply, as the model produces it."),
+        _event(
+            "speech",
+            _data(
+                {
+                    "index": {"type": "integer", "minimum": 0},
+                    "attempt": {"type": "integer", "minimum": 1},
+                    "text": {"type": "string"},
+                    "seconds": {"type": "number", "minimum": 0},
+                    "rate": {"type": "integer", "description": "Samples per second."},
+                },
+                "One sentence of the spoken reply: its place, its words, its length.",
+            ),
+            "A sentence of the spoken reply is synthesized, while the model may still be "
+            "generating the next; `GET /v1/jobs/{job_id}/audio` streams it.",
+        ),
         _event(
             "audio",
             _data({"seconds": {"type": "number", "minimum": 0}}, "The reply's length."),

@@ -271,6 +271,9 @@ def _transcriptions(settings: Settings, errors: dict[str, Schema]) -> Schema:
             "500": _job_failed(*JOB_FAILURES),
             "503": errors["503"],
             "504": errors["504"],
+            "507": _problems(
+                507, "The recording cannot be stored: disk full.", "insufficient_storage"
+            ),
         },
     }
 
@@ -284,7 +287,9 @@ def _speech(settings: Settings, errors: dict[str, Schema]) -> Schema:
         "operationId": "create_speech",
         "tags": TAGS,
         "summary": "Speak a text",
-        "description": "OpenAI's text to speech, as a job (`X-Job-Id`) the request waits for. "
+        "description": "OpenAI's text to speech, as a job (`X-Job-Id`). `wav` and `pcm` are "
+        "streamed as OpenAI streams speech: each sentence as soon as it is spoken (the WAV's "
+        "sizes say unknown, `0xFFFFFFFF`); the other formats are encoded once all is said. "
         f"OpenAI's voices speak with TTS_VOICE (`{settings.tts_voice}` here).",
         "requestBody": {"required": True, "content": content(schema_ref("SpeechRequest"))},
         "responses": {

@@ -1,0 +1,111 @@
+"""Speaking a reply sentence by sentence as it is generated, so the first audio comes early.
+
+The language model streams text; `SentenceCutter` hands out each sentence once it is complete,
+and `Speaker` synthesizes it at once and passes its audio on (to the job's event log, where a
+player can start), while the model goes on. The reply's audio is the sentences' audio joined,
+so the stored WAV is the same whether it was heard as a stream or fetched whole.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from worker.engines import Audio
+
+# A sentence ends at . ! ? or … (with closing quotes or brackets), once whitespace follows: in a
+# stream, the end of the text so far is not yet the end of a sentence ("3." may become "3.5").
+_STREAMED_END = re.compile(r"[.!?\u2026][\"')\]]*(?=\s)")
+
+
+class SentenceCutter:
+    """Collects streamed text and hands out each sentence as soon as it is complete."""
+
+    def __init__(self) -> None:
+        self._pending = ""
+        self.cut = 0  # sentences handed out so far
+
+    def feed(self, text: str) -> list[str]:
+        """Adds streamed text; returns the sentences it completed, trimmed, in order."""
+        self._pending += text
+        sentences = []
+        while match := _STREAMED_END.search(self._pending):
+            sentence = self._pending[: match.end()].strip()
+            self._pending = self._pending[match.end() :]
+            if sentence:
+                sentences.append(sentence)
+        self.cut += len(sentences)
+        return sentences
+
+    def finish(self, *, whole_sentences: bool) -> list[str]:
+        """The text left when the stream ends, as a last sentence.
+
+        Args:
+            whole_sentences: The reply was cut back to its last complete sentence (it ran out
+                of tokens): what is left is dropped, unless no sentence ended at all (as
+                `trim_to_sentence` keeps such a reply whole).
+        """
+        rest, self._pending = self._pending.strip(), ""
+        if not rest or (whole_sentences and self.cut):
+            return []
+        self.cut += 1
+        return [rest]
+
+
+def split_sentences(text: str) -> list[str]:
+    """A whole text's sentences, cut as a stream of it would be."""
+    cutter = SentenceCutter()
+    return [*cutter.feed(text), *cutter.finish(whole_sentences=False)]
+
+
+class Speaker:
+    """Synthesizes sentences one at a time and keeps their audio in order.
+
+    Args:
+        synthesize: Speaks one sentence (already made speakable, see `pipeline.speakable`).
+        speakable: Turns a sentence into words a voice can read ("" when none).
+        on_sentence: Told of each sentence's audio as soon as it exists, with its index.
+    """
+
+    def __init__(
+        self,
+        synthesize: Callable[[str], Audio],
+        speakable: Callable[[str], str],
+        on_sentence: Callable[[int, str, Audio], None],
+    ) -> None:
+        self._synthesize = synthesize
+        self._speakable = speakable
+        self._on_sentence = on_sentence
+        self._cutter = SentenceCutter()
+        self.parts: list[Audio] = []
+        self.seconds = 0.0  # time spent synthesizing
+
+    def hear(self, text: str) -> None:
+        """Takes a piece of streamed reply text; speaks each sentence it completes."""
+        self.say(self._cutter.feed(text))
+
+    def end(self, *, whole_sentences: bool) -> None:
+        """The stream ended: speaks what is left of it (see `SentenceCutter.finish`)."""
+        self.say(self._cutter.finish(whole_sentences=whole_sentences))
+
+    def say(self, sentences: list[str]) -> None:
+        """Speaks each sentence that has words, and passes its audio on."""
+        for sentence in sentences:
+            words = self._speakable(sentence)
+            if not words:
+                continue
+            started = time.perf_counter()
+            audio = self._synthesize(words)
+            self.seconds += time.perf_counter() - started
+            self.parts.append(audio)
+            self._on_sentence(len(self.parts) - 1, sentence, audio)
+
+    def joined(self) -> Audio | None:
+        """All the sentences' audio as one, or None when nothing had words."""
+        if not self.parts:
+            return None
+        samples = np.concatenate([part.samples for part in self.parts])
+        return Audio(samples, self.parts[0].sample_rate, self.seconds)
