@@ -152,13 +152,6 @@ class JobEvents:
             job_id, STATUS, {"status": "queued", "attempt": attempt}, attempt=attempt
         )
 
-    def requeued(self, job_id: str, attempt: int) -> Append:
-        """Tells that `attempt` was lost and its job is queued again; from then on the fence
-        refuses that attempt's events."""
-        return self.publish(
-            job_id, STATUS, {"status": "queued", "attempt": attempt}, attempt=attempt
-        )
-
     def ended_by(self, job_id: str, after: str) -> bool:
         """Whether stream id `after` is at or past the job's `done`: a reader has seen the end.
 
