@@ -109,6 +109,13 @@ class JobEvents:
         self.ttl_seconds = ttl_seconds
         self._append = redis.register_script(_APPEND)
 
+    @classmethod
+    def connect(cls, redis_url: str, *, ttl_seconds: int) -> JobEvents:
+        """A writer with a Redis client of its own, made in the process that uses it (after any
+        fork), with timeouts short enough that a lost Redis costs a job seconds, not minutes."""
+        client = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        return cls(client, ttl_seconds=ttl_seconds)
+
     def publish(
         self, job_id: str, event_type: str, data: dict[str, Any], *, attempt: int
     ) -> Append:

@@ -61,8 +61,9 @@ def _events() -> JobEvents:
     """The parent's writer of job event streams, made once."""
     global _PARENT_EVENTS
     if _PARENT_EVENTS is None:
-        client = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        _PARENT_EVENTS = JobEvents(client, ttl_seconds=settings.events_ttl_seconds)
+        _PARENT_EVENTS = JobEvents.connect(
+            settings.redis_url, ttl_seconds=settings.events_ttl_seconds
+        )
     return _PARENT_EVENTS
 
 

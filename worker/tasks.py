@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from redis import Redis
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import event_log, queries, storage, transitions
@@ -63,8 +62,7 @@ def _events() -> JobEvents:
     """This process's writer of job event streams, made on first use (after any fork)."""
     global _EVENTS
     if _EVENTS is None:
-        client = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        _EVENTS = JobEvents(client, ttl_seconds=settings.events_ttl_seconds)
+        _EVENTS = JobEvents.connect(settings.redis_url, ttl_seconds=settings.events_ttl_seconds)
     return _EVENTS
 
 
