@@ -124,7 +124,14 @@ def _sentence(results: storage.Store, name: str, rate: int, sent: _Sent) -> Iter
 
 
 def _rest_of_reply(results: storage.Store, job_id: str, sent: _Sent) -> Iterator[bytes]:
-    """What the sentences did not bring of a succeeded job's reply, from its stored WAV."""
+    """What the sentences did not bring of a succeeded job's reply, from its stored WAV.
+
+    The log has every sentence's event before `done`, so a stream that sent a sentence and
+    missed no file has sent the whole reply: only one that missed a file, or started too late
+    to hear any, reads the WAV.
+    """
+    if sent.rate is not None and not sent.broken:
+        return
     job = read_job(job_id)
     if job is None or job.status != JobStatus.SUCCEEDED.value or job.reply_audio_file is None:
         return
