@@ -113,18 +113,45 @@ class Base(DeclarativeBase):
     """Declarative base whose metadata Alembic's env.py binds to."""
 
 
+class ApiKey(Base):
+    """A client's key: `Authorization: Bearer <secret>`. Only the secret's SHA-256 is kept (the
+    secret is 32 random bytes, so a fast hash is safe, as GitHub does for its tokens)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    name: Mapped[str] = mapped_column(String(100))
+    # The secret's first characters, shown in listings so a key can be recognised.
+    prefix: Mapped[str] = mapped_column(String(16))
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Signs this key's webhook deliveries (Standard Webhooks' `whsec_` secret).
+    webhook_secret: Mapped[str] = mapped_column(String(64))
+    # Per-key overrides of RATE_LIMIT_PER_MINUTE and MAX_UNFINISHED_JOBS; None means the setting.
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer, default=None)
+    max_unfinished_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
 class Job(Base):
     """One submitted prompt and everything the pipeline made of it."""
 
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_created_at_id", "created_at", "id"),
+        Index("ix_jobs_api_key_id_created_at_id", "api_key_id", "created_at", "id"),
+        Index("ix_jobs_api_key_id_status", "api_key_id", "status"),
+        Index("ix_jobs_finished_at", "finished_at"),
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
         Index("ix_jobs_done_announced_status", "done_announced", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    # The key that made the job, the only one that sees it; None when the service runs open.
+    api_key_id: Mapped[str | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), default=None
+    )
     operation: Mapped[str] = mapped_column(
         String(16), default=Operation.CHAT.value, server_default=Operation.CHAT.value
     )
@@ -164,6 +191,13 @@ class Job(Base):
     # Whether the job's `done` event is in its event log: set after the terminal transition's
     # publish, so the reconciler can announce the end of a job whose announcer died first.
     done_announced: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Asked to stop (`POST /v1/jobs/{id}/cancel`): the worker ends it `canceled` at its next
+    # token, sentence or stage boundary.
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # When retention deleted the job's recording and reply audio (the row and text stay).
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON, default=None)
 
     @property
     def job_status(self) -> JobStatus:
@@ -177,6 +211,9 @@ class Conversation(Base):
     __tablename__ = "conversations"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    api_key_id: Mapped[str | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="SET NULL"), default=None, index=True
+    )
     system: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -204,4 +241,37 @@ class StoredFile(Base):
     area: Mapped[str] = mapped_column(String(16), primary_key=True)  # uploads, results
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class IdempotencyRecord(Base):
+    """An `Idempotency-Key` a client sent with `POST /v1/jobs`, scoped by its API key: the
+    request's fingerprint and the job it made (None while the first request is in flight)."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+    # The API key's id, or "" when the service runs open (a primary key column has no NULL).
+    scope: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One attempt to deliver a job's webhook event: what was sent and what came back."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(16))  # started, completed
+    # Standard Webhooks' `webhook-id`: the same on every retry of one event.
+    message_id: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    delivered: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

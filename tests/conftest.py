@@ -78,12 +78,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     from sqlalchemy import text
 
     from models.db import make_engine
+    from models.tables import Base
 
     url = str(request.param)
     engine = make_engine(url)
+    tables = [table.name for table in reversed(Base.metadata.sorted_tables)]
     with engine.begin() as connection:
-        for table in ("turns", "jobs", "conversations", "stored_files", "alembic_version"):
-            connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        for table in (*tables, "alembic_version"):
+            connection.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
     engine.dispose()
     yield url
 

@@ -1,0 +1,20 @@
+"""Who is calling: the API key a request came with, the owner of everything it creates and the
+only caller that may see it."""
+
+from __future__ import annotations
+
+from flask import g
+
+from models.tables import ApiKey
+
+
+def caller_id() -> str | None:
+    """The id of the API key this request came with; None when the service runs open."""
+    key_id: str | None = g.get("api_key_id")
+    return key_id
+
+
+def caller_key() -> ApiKey | None:
+    """The API key row this request came with; None when the service runs open."""
+    key_id = caller_id()
+    return None if key_id is None else g.db.get(ApiKey, key_id)
