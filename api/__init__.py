@@ -83,7 +83,9 @@ def _connect(app: Flask, settings: Settings) -> None:
     app.extensions["voicechat.events"] = JobEvents(
         events_redis, ttl_seconds=settings.events_ttl_seconds
     )
-    app.extensions["voicechat.queue"] = JobQueue(settings.redis_url)
+    app.extensions["voicechat.queue"] = JobQueue(
+        settings.redis_url, app.extensions["voicechat.redis"]
+    )
     sessions = app.extensions["voicechat.sessions"]
     app.extensions["voicechat.uploads"] = storage.open_store(settings, storage.UPLOADS, sessions)
     app.extensions["voicechat.results"] = storage.open_store(settings, storage.RESULTS, sessions)

@@ -96,6 +96,29 @@ def queued_longer_than(session: Session, seconds: float, limit: int = 1000) -> l
     return list(session.scalars(query))
 
 
+def database_time(session: Session, seconds: float = 0.0) -> datetime:
+    """The database's clock now, `seconds` ahead, as an aware datetime."""
+    value: datetime = session.scalar(select(database_clock(session, seconds)))  # type: ignore[assignment]
+    return value
+
+
+def queued_between(
+    session: Session, since: datetime, until: datetime, limit: int = 1000
+) -> list[str]:
+    """Ids of queued jobs created in [since, until), oldest first: the reconciler's new jobs."""
+    query = (
+        select(Job.id)
+        .where(
+            Job.status == JobStatus.QUEUED.value,
+            Job.created_at >= since,
+            Job.created_at < until,
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
 def unannounced_ends(session: Session, older_than_seconds: float, limit: int = 100) -> list[str]:
     """Ids of finished jobs whose `done` event is not known to be in their event log.
 

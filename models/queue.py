@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 
 from celery import Celery
 from kombu.exceptions import OperationalError
+from redis import Redis
+from redis.exceptions import RedisError
 
 from models.errors import BrokerUnavailable
 
@@ -13,21 +17,45 @@ _LOGGER = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "worker.run_job"
 JOB_QUEUE = "voicechat"
+# Every job whose message was sent, scored by when: kept in the broker's own Redis, so the
+# marks are lost exactly when the messages may have been (a restart, a flush), and the
+# reconciler checks a new job's mark instead of reading the whole queue (worker/reconciler.py).
+SENT = "voicechat:sent"
 
 
-def send_job(celery: Celery, job_id: str) -> None:
-    """Sends a job's message by task name, so the sender needs none of the worker's code.
+def send_job(celery: Celery, job_id: str, marks: Redis) -> None:
+    """Sends a job's message by task name, so the sender needs none of the worker's code, and
+    marks the job sent.
 
     The job id doubles as the task id, so the reconciler can tell which jobs have a message in
-    the broker, and a job sent again (after its worker was lost) keeps its id.
+    the broker, and a job sent again (after its worker was lost) keeps its id. A mark that
+    cannot be written costs at most a second, harmless message (the claim is conditional).
     """
     celery.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, queue=JOB_QUEUE)
+    try:
+        marks.zadd(SENT, {job_id: time.time()})
+    except (RedisError, OSError) as error:
+        _LOGGER.warning("sent mark lost job_id=%s error=%s", job_id, type(error).__name__)
+
+
+def unsent(client: Redis, job_ids: Sequence[str]) -> list[str]:
+    """The ids among `job_ids` that have no sent mark: their message may never have left."""
+    if not job_ids:
+        return []
+    scores = client.zmscore(SENT, list(job_ids))
+    return [job_id for job_id, score in zip(job_ids, scores, strict=True) if score is None]
+
+
+def forget_marks_before(client: Redis, seconds_ago: float) -> None:
+    """Drops the marks older than `seconds_ago`: jobs that old are past every check."""
+    client.zremrangebyscore(SENT, "-inf", time.time() - seconds_ago)
 
 
 class JobQueue:
     """The web process's Celery client: it only sends; it has no tasks and no result backend."""
 
-    def __init__(self, broker_url: str) -> None:
+    def __init__(self, broker_url: str, marks: Redis) -> None:
+        self.marks = marks
         self.celery = Celery("voicechat-api", broker=broker_url, set_as_current=False)
         self.celery.conf.update(
             broker_connection_timeout=3,
@@ -50,7 +78,7 @@ class JobQueue:
             BrokerUnavailable: Redis could not take the message.
         """
         try:
-            send_job(self.celery, job_id)
+            send_job(self.celery, job_id, self.marks)
         except (OperationalError, OSError) as error:
             _LOGGER.warning("enqueue failed job_id=%s error=%s", job_id, type(error).__name__)
             raise BrokerUnavailable("The job queue is unreachable; try again shortly.") from error

@@ -12,12 +12,13 @@ from alembic.config import Config
 from redis import Redis
 from sqlalchemy import update
 
-from models import transitions
+from models import heartbeat, queue, transitions
 from models.db import make_engine, make_session_factory
 from models.event_log import JobEvents
+from models.queue import JobQueue
 from models.tables import Job, utcnow
 from tests.conftest import ROOT
-from worker.reconciler import job_ids_waiting, reconcile
+from worker.reconciler import STATE, job_ids_waiting, reconcile
 
 
 def _message(task_id: str) -> str:
@@ -106,3 +107,52 @@ def test_releases_and_republishes_jobs_whose_lease_expired(sessions, broker) -> 
             queued_after_seconds=30,
         )  # fmt: skip
     assert again.republished == () and published == [dead]
+
+
+def _pass(session, broker, published: list[str]):  # type: ignore[no-untyped-def]
+    return reconcile(
+        session, broker, _events(broker), published.append, queue="voicechat",
+        queued_after_seconds=30,
+    )  # fmt: skip
+
+
+def test_a_pass_after_the_first_reads_only_new_jobs_by_their_marks(sessions, broker) -> None:  # type: ignore[no-untyped-def]
+    published: list[str] = []
+    with sessions() as session:
+        assert _pass(session, broker, published).full  # no pass before: the whole queue
+        # Older than every window: an incremental pass never reads it (nor the queue).
+        ancient = _job(session, age_seconds=3600)
+        orphan = _job(session, age_seconds=40)  # committed, never sent
+        sent = _job(session, age_seconds=40)
+        broker.zadd(queue.SENT, {sent: 1.0})  # sent, and the message is still waiting
+        broker.lpush("voicechat", _message(sent))
+        report = _pass(session, broker, published)
+    assert not report.full
+    assert published == [orphan] and report.republished == (orphan,)
+    assert ancient not in published
+
+
+@pytest.mark.parametrize("change", ["redis restarted", "a worker left"])
+def test_a_lost_broker_or_worker_makes_the_next_pass_read_the_whole_queue(
+    sessions, broker, change: str
+) -> None:  # type: ignore[no-untyped-def]
+    published: list[str] = []
+    with sessions() as session:
+        heartbeat.publish(broker, "host:1:2", {"worker_id": "host:1:2"}, ttl_seconds=60)
+        _pass(session, broker, published)
+        lost = _job(session, age_seconds=3600)  # marked sent, but its message is gone
+        broker.zadd(queue.SENT, {lost: 1.0})
+        if change == "redis restarted":
+            broker.hset(STATE, "run_id", "another server's run id")
+        else:
+            heartbeat.withdraw(broker, "host:1:2")
+        report = _pass(session, broker, published)
+        assert report.full and published == [lost]
+        assert not _pass(session, broker, published).full  # seen: back to incremental passes
+
+
+def test_every_send_marks_its_job(redis_server: str, broker: Redis) -> None:
+    job_queue = JobQueue(redis_server, broker)
+    job_queue.enqueue("a" * 32)
+    assert queue.unsent(broker, ["a" * 32, "b" * 32]) == ["b" * 32]
+    assert job_ids_waiting(broker, "voicechat") == {"a" * 32}

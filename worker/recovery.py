@@ -36,7 +36,7 @@ def publish(job_id: str) -> None:
     Args:
         job_id: The job to deliver again.
     """
-    send_job(app, job_id)
+    send_job(app, job_id, _events().redis)
 
 
 def _parent_sessions() -> sessionmaker[Session]:
