@@ -11,8 +11,10 @@ import soundfile as sf
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file, url_for
 from sqlalchemy.exc import SQLAlchemyError
 
+from api.access import caller_id
 from api.follow import wait_for
 from api.held_requests import hold, try_hold
+from api.limits import check_capacity
 from api.schemas import AudioQuery, JobList, JobListQuery, JobView, is_resource_id
 from api.speech_stream import stream_reply
 from api.submission import parse_submission
@@ -46,8 +48,13 @@ def submit(job: Job, audio: bytes | None = None) -> Job:
     """Stores a new job (and its recording), commits the row, and enqueues it.
 
     Raises:
+        QueueFull: The queue holds MAX_QUEUE_DEPTH jobs; nothing is stored.
+        TooManyUnfinishedJobs: The caller has its number of unfinished jobs; nothing is stored.
         BrokerUnavailable: The queue could not take it; the job is recorded failed.
     """
+    settings: Settings = current_app.extensions["voicechat.settings"]
+    check_capacity(g.db, current_app.extensions["voicechat.redis"], settings)
+    job.api_key_id = caller_id()
     uploads: storage.Store = current_app.extensions["voicechat.uploads"]
     if audio is not None:
         # The file is stored before the row exists, so a queued row always has its audio.

@@ -6,6 +6,7 @@ import logging
 
 from celery import Celery
 from kombu.exceptions import OperationalError
+from redis import Redis
 
 from models.errors import BrokerUnavailable
 
@@ -22,6 +23,17 @@ def send_job(celery: Celery, job_id: str) -> None:
     the broker, and a job sent again (after its worker was lost) keeps its id.
     """
     celery.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, queue=JOB_QUEUE)
+
+
+def waiting_jobs(client: Redis) -> int:
+    """How many jobs wait in the queue for a worker, in O(1): the length of the list kombu's
+    Redis transport keeps for it (jobs are sent without a priority, so there is one list).
+    A job a worker has taken (running, or prefetched) is not counted.
+
+    Raises:
+        redis.RedisError: Redis is unreachable.
+    """
+    return int(client.llen(JOB_QUEUE))
 
 
 class JobQueue:
