@@ -348,20 +348,16 @@ def _serve(app: Flask) -> Callable[[], None]:
     return stop
 
 
-def test_concurrent_retries_with_one_key_make_exactly_one_job(limited: LimitedApp) -> None:
-    app = limited.app()
+def _at_once(app: Flask, callers: int, **kwargs: Any) -> list[requests.Response]:
+    """Sends `callers` identical submits to `app`, served in threads, all released at once."""
     stop = _serve(app)
     url = f"{app.config['TEST_URL']}/v1/jobs"
-    callers = 8
     barrier = threading.Barrier(callers)
     answers: list[requests.Response] = []
 
     def send() -> None:
         barrier.wait()
-        answer = requests.post(
-            url, json={"text": "Once only"}, headers={"Idempotency-Key": "race"}, timeout=60
-        )
-        answers.append(answer)
+        answers.append(requests.post(url, timeout=60, **kwargs))
 
     try:
         threads = [threading.Thread(target=send) for _ in range(callers)]
@@ -371,6 +367,14 @@ def test_concurrent_retries_with_one_key_make_exactly_one_job(limited: LimitedAp
             thread.join()
     finally:
         stop()
+    assert len(answers) == callers
+    return answers
+
+
+def test_concurrent_retries_with_one_key_make_exactly_one_job(limited: LimitedApp) -> None:
+    answers = _at_once(
+        limited.app(), 8, json={"text": "Once only"}, headers={"Idempotency-Key": "race"}
+    )
     statuses = sorted(answer.status_code for answer in answers)
     assert set(statuses) <= {202, 409}, [answer.text for answer in answers]
     made = {answer.json()["id"] for answer in answers if answer.status_code == 202}
@@ -378,3 +382,13 @@ def test_concurrent_retries_with_one_key_make_exactly_one_job(limited: LimitedAp
     assert limited.jobs() == 1
     replays = [a for a in answers if a.headers.get("Idempotent-Replayed") == "true"]
     assert len(replays) == statuses.count(202) - 1
+
+
+def test_concurrent_submits_of_one_key_cannot_pass_its_quota(limited: LimitedApp) -> None:
+    if not limited.database_url.startswith("postgresql"):
+        pytest.skip("exact only on PostgreSQL, whose row lock serialises a key's submits")
+    key_id = limited.key(max_unfinished_jobs=2)
+    answers = _at_once(limited.app(), 8, json={"text": "Me first"}, headers={CALLER_HEADER: key_id})
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [202, 202] + [429] * 6, [answer.text for answer in answers]
+    assert limited.jobs() == 2
