@@ -100,7 +100,8 @@ IDEMPOTENCY_KEY = {
     "`idempotency_key_in_flight`. Keys are per API key and kept IDEMPOTENCY_TTL_SECONDS; a "
     "submit refused with 429 or 503 gives its key back. 1 to 255 printable ASCII characters, "
     "bare or quoted.",
-    "schema": {"type": "string", "minLength": 1, "maxLength": 257, "pattern": "^[ -~]+$"},
+    # Bare keys only: the quoted form is accepted too, but no schema can say both.
+    "schema": {"type": "string", "maxLength": 255, "pattern": "^[!#-~]([ -~]*[!-~])?$"},
 }
 CREATE_JOB_DESCRIPTION = (
     "Validates the prompt, stores it, queues it and answers at once with 202. Poll the job at "
