@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 from redis import Redis
 
-from api import conversations, errors, follow, health, jobs, openai_routes, openapi
+from api import conversations, errors, follow, health, jobs, limits, openai_routes, openapi
 from api.held_requests import HeldRequests
 from api.submission import ApiRequest
 from models import storage
@@ -57,6 +57,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     errors.register_error_handlers(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    # Last: its check runs after every other hook, once the caller is known.
+    limits.init_limiter(app, settings)
     # Built now, from the settings this app runs with, so the document shows the live limits.
     app.extensions["voicechat.openapi"] = openapi.build_document(settings)
     return app

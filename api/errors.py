@@ -6,10 +6,12 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, g, json
+from flask_limiter.errors import RateLimitExceeded
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from api.limits import breach
 from models import errors
 
 _LOGGER = logging.getLogger(__name__)
@@ -21,9 +23,11 @@ _STATUS: dict[type[errors.VoiceChatError], int] = {
     errors.BadRequest: 400,
     errors.NotFound: 404,
     errors.JobNotFinished: 409,
+    errors.IdempotencyKeyInFlight: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.InvalidInput: 422,
+    errors.TooManyRequests: 429,
     # The pipeline's verdict, reported by a route that waited for it.
     errors.ContextLengthExceeded: 422,
     errors.WaitTimedOut: 504,
@@ -52,7 +56,7 @@ def status_for(error: errors.VoiceChatError) -> int:
 
 def with_retry_after(response: Response, error: errors.VoiceChatError) -> Response:
     """Adds `Retry-After` to the answer of an error that says when to come back."""
-    if isinstance(error, errors.ServerBusy):
+    if isinstance(error, (errors.ServerBusy, errors.TooManyRequests)):
         response.headers["Retry-After"] = str(error.retry_after)
     return response
 
@@ -102,6 +106,10 @@ def register_error_handlers(app: Flask) -> None:
         if status == 405 and error.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
         return response
+
+    @app.errorhandler(RateLimitExceeded)
+    def _rate_limited(_error: RateLimitExceeded) -> Response:
+        return _domain(breach())
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)

@@ -11,11 +11,14 @@ import soundfile as sf
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file, url_for
 from sqlalchemy.exc import SQLAlchemyError
 
+from api import idempotency
+from api.access import caller_id
 from api.follow import wait_for
 from api.held_requests import hold, try_hold
+from api.limits import check_capacity
 from api.schemas import AudioQuery, JobList, JobListQuery, JobView, is_resource_id
 from api.speech_stream import stream_reply
-from api.submission import parse_submission
+from api.submission import Submission, parse_submission
 from api.validation import single_values, validate
 from models import event_log, queries, storage, transitions
 from models.errors import (
@@ -46,8 +49,13 @@ def submit(job: Job, audio: bytes | None = None) -> Job:
     """Stores a new job (and its recording), commits the row, and enqueues it.
 
     Raises:
+        QueueFull: The queue holds MAX_QUEUE_DEPTH jobs; nothing is stored.
+        TooManyUnfinishedJobs: The caller has its number of unfinished jobs; nothing is stored.
         BrokerUnavailable: The queue could not take it; the job is recorded failed.
     """
+    settings: Settings = current_app.extensions["voicechat.settings"]
+    check_capacity(g.db, current_app.extensions["voicechat.redis"], settings)
+    job.api_key_id = caller_id()
     uploads: storage.Store = current_app.extensions["voicechat.uploads"]
     if audio is not None:
         # The file is stored before the row exists, so a queued row always has its audio.
@@ -108,10 +116,45 @@ def preferred_wait(settings: Settings) -> int | None:
 def create_job() -> Response:
     """Validates a prompt, stores it and enqueues it; answers 202 at once, or with
     `Prefer: wait=N`, 200 with the finished job if it ends within N seconds (the wait is
-    declined, 202 at once, when this process holds MAX_HELD_REQUESTS already)."""
+    declined, 202 at once, when this process holds MAX_HELD_REQUESTS already). With an
+    `Idempotency-Key` the same request again answers with the job it made (api/idempotency.py)."""
     settings: Settings = current_app.extensions["voicechat.settings"]
+    key = idempotency.requested_key(request)
     submission = parse_submission(request, settings)
     wait = preferred_wait(settings)
+    job = _new_job(submission)
+    held = None
+    if key is not None:
+        print_ = idempotency.fingerprint(request, job, submission.audio)
+        earlier = idempotency.claim(g.db, key, print_, settings)
+        if isinstance(earlier, Job):
+            response = _job_answer(earlier, 202)
+            response.headers[idempotency.REPLAYED_HEADER] = "true"
+            return response
+        held = earlier
+        idempotency.bind(g.db, held, job.id)
+    try:
+        submit(job, submission.audio)
+    except BaseException:
+        if held is not None:
+            idempotency.release(g.db, held)
+        raise
+    status = 202
+    # Past MAX_HELD_REQUESTS the wait is declined (RFC 7240): 202 at once, no Preference-Applied.
+    place = try_hold() if wait else None
+    if place is not None:
+        with place:
+            finished = wait_for(job.id, wait or 0)
+        if finished is not None:
+            job, status = finished_or_fail(finished), 200
+    response = _job_answer(job, status)
+    if wait == 0 or place is not None:
+        response.headers["Preference-Applied"] = f"wait={wait}"
+    return response
+
+
+def _new_job(submission: Submission) -> Job:
+    """The job a validated submission asks for (its conversation checked), not yet stored."""
     options = submission.options
     if (
         options.conversation_id is not None
@@ -131,19 +174,12 @@ def create_job() -> Response:
     )
     if submission.audio_info is not None:
         job.input_audio_seconds = round(submission.audio_info.seconds, 3)
-    submit(job, submission.audio)
-    status = 202
-    # Past MAX_HELD_REQUESTS the wait is declined (RFC 7240): 202 at once, no Preference-Applied.
-    place = try_hold() if wait else None
-    if place is not None:
-        with place:
-            finished = wait_for(job.id, wait or 0)
-        if finished is not None:
-            job, status = finished_or_fail(finished), 200
+    return job
+
+
+def _job_answer(job: Job, status: int) -> Response:
     response = jsonify(JobView.of(job).model_dump(mode="json"))
     response.status_code = status
-    if wait == 0 or place is not None:
-        response.headers["Preference-Applied"] = f"wait={wait}"
     response.headers["Location"] = url_for("jobs.get_job", job_id=job.id)
     return response
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from flask_limiter.errors import RateLimitExceeded
 from pydantic import BaseModel
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.exceptions import HTTPException
@@ -28,11 +29,13 @@ from api.follow import (
 )
 from api.held_requests import Place, hold
 from api.jobs import submit
+from api.limits import breach
 from api.openai_schemas import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatDelta,
+    ErrorKind,
     ModelList,
     OpenAIError,
     OpenAIErrorBody,
@@ -51,6 +54,7 @@ from models.errors import (
     InvalidOption,
     MalformedMultipart,
     NoSpeech,
+    RateLimited,
     UnsupportedMediaType,
     VoiceChatError,
     WaitTimedOut,
@@ -64,6 +68,8 @@ from models.transitions import WORKER_LOST
 blueprint = Blueprint("openai", __name__)
 
 GRANULARITIES = "timestamp_granularities[]"
+# Our codes that OpenAI names otherwise.
+OPENAI_CODES = {RateLimited.code: "rate_limit_exceeded"}
 
 
 def _settings() -> Settings:
@@ -78,12 +84,16 @@ def _answer(body: BaseModel, status: int = 200) -> Response:
 
 
 def error_body(error: VoiceChatError) -> OpenAIError:
-    """OpenAI's error object for a domain error: the request's fault or the server's."""
+    """OpenAI's error object for a domain error: the request's fault or the server's, or (429)
+    too many requests, as OpenAI answers it: `type` `requests` and, for the rate limit, its
+    `rate_limit_exceeded`."""
+    status = status_for(error)
+    kind: ErrorKind = "invalid_request_error" if status < 500 else "server_error"
     detail = OpenAIErrorBody(
         message=error.detail,
-        type="invalid_request_error" if status_for(error) < 500 else "server_error",
+        type="requests" if status == 429 else kind,
         param=error.extra.get("field"),
-        code=error.code,
+        code=OPENAI_CODES.get(error.code, error.code),
     )
     return OpenAIError(error=detail)
 
@@ -91,6 +101,11 @@ def error_body(error: VoiceChatError) -> OpenAIError:
 @blueprint.errorhandler(VoiceChatError)
 def _openai_error(error: VoiceChatError) -> Response:
     return with_retry_after(_answer(error_body(error), status_for(error)), error)
+
+
+@blueprint.errorhandler(RateLimitExceeded)
+def _openai_rate_limited(_error: RateLimitExceeded) -> Response:
+    return _openai_error(breach())
 
 
 @blueprint.errorhandler(HTTPException)

@@ -630,11 +630,17 @@ class VerboseTranscription(Answer):
         )
 
 
+ErrorKind = Literal["invalid_request_error", "server_error", "requests"]
+
+
 class OpenAIErrorBody(Answer):
     """What went wrong."""
 
     message: Annotated[str, Field(description="For a person.")]
-    type: Literal["invalid_request_error", "server_error"]
+    type: Annotated[
+        ErrorKind,
+        Field(description="`requests` for too many requests (429), as OpenAI answers them."),
+    ]
     param: Annotated[str | None, Field(description="The parameter at fault, e.g. `messages`.")]
     code: Annotated[
         str | None,

@@ -44,6 +44,9 @@ ENGINES = {
     **FAST_ENGINES,
     "LLM_ENGINE": "tests.engines:PacedGenerator",
     "TTS_ENGINE": "tests.engines:VaryingToneSynthesizer",
+    # The load is all one caller's, submitted at once: no per-caller share, no queue bound.
+    "MAX_UNFINISHED_JOBS": "0",
+    "MAX_QUEUE_DEPTH": "0",
 }
 TERMINAL = ("succeeded", "failed", "canceled")
 

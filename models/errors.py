@@ -217,6 +217,57 @@ class DatabaseUnavailable(ServiceUnavailable):
     title = "Database unavailable"
 
 
+class QueueFull(ServerBusy):
+    """MAX_QUEUE_DEPTH jobs wait in the queue already: a new one is refused, not queued."""
+
+    code = "queue_full"
+    title = "The job queue is full"
+
+
+class TooManyRequests(VoiceChatError):
+    """The caller asked for more than its share; `retry_after` says when to come back."""
+
+    code = "too_many_requests"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after = retry_after
+
+
+class RateLimited(TooManyRequests):
+    """The caller's requests per minute are used up."""
+
+    code = "rate_limited"
+    title = "Rate limit exceeded"
+
+
+class TooManyUnfinishedJobs(TooManyRequests):
+    """The caller has MAX_UNFINISHED_JOBS (or its key's own number) queued or running."""
+
+    code = "too_many_unfinished_jobs"
+    title = "Too many unfinished jobs"
+
+
+class InvalidIdempotencyKey(InvalidHeader):
+    code = "invalid_idempotency_key"
+    title = "Invalid Idempotency-Key"
+
+
+class IdempotencyKeyReused(InvalidInput):
+    """The key was first sent with another request (draft-ietf-httpapi-idempotency-key-header)."""
+
+    code = "idempotency_key_reused"
+    title = "Idempotency-Key used with another request"
+
+
+class IdempotencyKeyInFlight(VoiceChatError):
+    """The first request with this key has not finished yet."""
+
+    code = "idempotency_key_in_flight"
+    title = "A request with this Idempotency-Key is in flight"
+
+
 class PipelineError(VoiceChatError):
     """A job failed in the worker; recorded on the job's row, never raised over HTTP."""
 

@@ -51,6 +51,17 @@ def forget_marks_before(client: Redis, seconds_ago: float) -> None:
     client.zremrangebyscore(SENT, "-inf", time.time() - seconds_ago)
 
 
+def waiting_jobs(client: Redis) -> int:
+    """How many jobs wait in the queue for a worker, in O(1): the length of the list kombu's
+    Redis transport keeps for it (jobs are sent without a priority, so there is one list).
+    A job a worker has taken (running, or prefetched) is not counted.
+
+    Raises:
+        redis.RedisError: Redis is unreachable.
+    """
+    return int(client.llen(JOB_QUEUE))
+
+
 class JobQueue:
     """The web process's Celery client: it only sends; it has no tasks and no result backend."""
 

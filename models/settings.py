@@ -138,6 +138,11 @@ class Settings:
     max_wait_seconds: int = 60
     max_held_requests: int = 200
     storage_backend: str = "local"
+    # Fair sharing (api/limits.py, api/idempotency.py); 0 turns a limit off.
+    rate_limit_per_minute: int = 600
+    max_unfinished_jobs: int = 100
+    max_queue_depth: int = 1000
+    idempotency_ttl_seconds: int = 86400
 
     @property
     def lease_seconds(self) -> int:
@@ -175,6 +180,7 @@ class Settings:
             **_request_limits(env),
             **_engine_choices(env),
             **_delivery(env),
+            **_fair_sharing(env),
             storage_backend=_choice(env, "storage_backend", ("local", "database")),
         )
 
@@ -324,4 +330,15 @@ def _delivery(env: _Environment) -> dict[str, Any]:
         "reconcile_interval_seconds": env.whole("reconcile_interval_seconds"),
         "reconcile_queued_after_seconds": env.whole("reconcile_queued_after_seconds"),
         "events_ttl_seconds": env.whole("events_ttl_seconds", minimum=60),
+    }
+
+
+def _fair_sharing(env: _Environment) -> dict[str, Any]:
+    """Each caller's share: requests per minute, unfinished jobs, the queue's depth, and how long
+    an Idempotency-Key is remembered (at least a day, as Stripe keeps them)."""
+    return {
+        "rate_limit_per_minute": env.whole("rate_limit_per_minute", minimum=0),
+        "max_unfinished_jobs": env.whole("max_unfinished_jobs", minimum=0),
+        "max_queue_depth": env.whole("max_queue_depth", minimum=0),
+        "idempotency_ttl_seconds": env.whole("idempotency_ttl_seconds", minimum=86400),
     }

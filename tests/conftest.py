@@ -153,7 +153,9 @@ def running_service(data_dir: Path, **env_overrides: str) -> Iterator[Service]:
     env = {
         key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DATABASE_URL")
     }
-    env.update(DATA_DIR=str(data_dir), API_WORKERS="2", LOG_LEVEL="INFO", **env_overrides)
+    # The tests poll fast from one address; tests/test_limits.py tests the rate limit.
+    env.update(DATA_DIR=str(data_dir), API_WORKERS="2", LOG_LEVEL="INFO", RATE_LIMIT_PER_MINUTE="0")
+    env.update(env_overrides)
     log = data_dir / "service.log"
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -53,6 +53,8 @@ class Stack:
             "WORKER_HEARTBEAT_SECONDS": "1",
             "RECONCILE_INTERVAL_SECONDS": "1",
             "RECONCILE_QUEUED_AFTER_SECONDS": "2",
+            # The tests poll fast from one address; tests/test_limits.py tests the limits.
+            "RATE_LIMIT_PER_MINUTE": "0",
             **env,
         }
         self.redis: Any = None

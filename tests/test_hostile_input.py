@@ -7,6 +7,7 @@ answer a generated request with a 5xx or with a response its own document does n
 from __future__ import annotations
 
 import struct
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -89,11 +90,14 @@ def _semantically_valid(ctx: Any, case: schemathesis.Case) -> schemathesis.Case:
 
     An uploaded recording must be a real WAV, a chat's last message is the user's prompt (not
     blank), and a listing
-    cursor is one the server made: these are documented in the descriptions, and a generated
-    request gets them here, so that every other schema-valid value must be accepted.
+    cursor is one the server made, and an `Idempotency-Key` is new unless it comes with the same
+    request: these are documented in the descriptions, and a generated request gets them here, so
+    that every other schema-valid value must be accepted.
     """
     if case.query:
         case.query.pop("cursor", None)
+    if case.headers and "Idempotency-Key" in case.headers:
+        case.headers["Idempotency-Key"] = uuid.uuid4().hex
     body = case.body
     if case.media_type in WAV_MEDIA_TYPES:
         case.body = WAV

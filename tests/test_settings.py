@@ -52,6 +52,10 @@ def test_booleans_accept_the_usual_spellings(raw: str, value: bool) -> None:
         {"MAX_AUDIO_CHANNELS": "0"},
         {"MAX_AUDIO_CHANNELS": "64"},
         {"MIN_AUDIO_SAMPLE_RATE": "48000", "MAX_AUDIO_SAMPLE_RATE": "44100"},
+        {"RATE_LIMIT_PER_MINUTE": "-1"},
+        {"MAX_UNFINISHED_JOBS": "ten"},
+        {"MAX_QUEUE_DEPTH": "1e3"},
+        {"IDEMPOTENCY_TTL_SECONDS": "3600"},  # keys are kept a day at least
     ],
 )
 def test_malformed_settings_name_the_variable(env: dict[str, str]) -> None:
@@ -64,3 +68,10 @@ def test_int_bounds() -> None:
     assert parse_int("N", "7", minimum=1, maximum=9) == 7
     with pytest.raises(SettingError):
         parse_int("N", "10", maximum=9)
+
+
+def test_zero_turns_a_share_off() -> None:
+    env = {"RATE_LIMIT_PER_MINUTE": "0", "MAX_UNFINISHED_JOBS": "0", "MAX_QUEUE_DEPTH": "0"}
+    settings = Settings.from_env(env)
+    assert (settings.rate_limit_per_minute, settings.max_unfinished_jobs) == (0, 0)
+    assert settings.max_queue_depth == 0

@@ -15,7 +15,7 @@ from pydantic.json_schema import JsonSchemaMode
 
 from api import openai_schemas, schemas
 from api.openapi import jobs, openai, service
-from api.openapi.common import code_table, problem
+from api.openapi.common import code_table, problem, with_rate_limits
 from api.validation import component_schemas, without_null
 from models.settings import Settings
 
@@ -57,6 +57,9 @@ def build_document(settings: Settings) -> dict[str, Any]:
     components["TextJobForm"] = without_null(components["TextJobRequest"])
     for name in FORM_SHAPES:
         components[name] = without_null(components[name])
+    paths = with_rate_limits(
+        {**jobs.paths(settings, components), **openai.paths(settings, components), **service.PATHS}
+    )
     return {
         "openapi": "3.1.0",
         "info": {
@@ -69,11 +72,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "tags": TAGS,
-        "paths": {
-            **jobs.paths(settings, components),
-            **openai.paths(settings, components),
-            **service.PATHS,
-        },
+        "paths": paths,
         "components": {
             "schemas": components,
             "parameters": PARAMETERS,
@@ -112,8 +111,27 @@ HEADERS = {
         "schema": {"type": "string"},
     },
     "RetryAfter": {
-        "description": "With `server_busy`: the seconds to wait before trying again.",
+        "description": "With `server_busy`, `queue_full`, `rate_limited` and "
+        "`too_many_unfinished_jobs`: the seconds to wait before trying again.",
         "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "RateLimitLimit": {
+        "description": "The caller's requests per minute (draft-ietf-httpapi-ratelimit-headers); "
+        "sent on every limited `/v1` answer.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "RateLimitRemaining": {
+        "description": "The requests left in the current minute.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "RateLimitReset": {
+        "description": "The seconds until the current minute's count starts over.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "IdempotentReplayed": {
+        "description": "`true` when the answer is the job an earlier request with the same "
+        "`Idempotency-Key` made.",
+        "schema": {"const": "true"},
     },
     "JobId": {
         "description": "The job the request became (see `/v1/jobs/{job_id}`).",

@@ -22,6 +22,8 @@ PROBLEM_CODES: dict[int, dict[str, str]] = {
         "bad_request": "the request cannot be read at all",
         "invalid_header": "a request header is malformed: `Prefer: wait` is not a whole number "
         "of seconds, or `Last-Event-ID` (or `after`) is not an event id",
+        "invalid_idempotency_key": "`Idempotency-Key` is repeated, or not 1 to 255 printable "
+        "ASCII characters",
     },
     404: {
         "job_not_found": "no job has this id",
@@ -30,7 +32,11 @@ PROBLEM_CODES: dict[int, dict[str, str]] = {
         "not_found": "no route matches the path",
     },
     405: {"method_not_allowed": "the route does not take this method; see `Allow`"},
-    409: {"job_not_finished": "the job is still queued or running"},
+    409: {
+        "job_not_finished": "the job is still queued or running",
+        "idempotency_key_in_flight": "the first request with this `Idempotency-Key` is still "
+        "being handled; retry shortly",
+    },
     413: {"payload_too_large": "the body is over MAX_UPLOAD_MB"},
     415: {
         "unsupported_media_type": "the Content-Type is not one of the accepted forms",
@@ -55,6 +61,14 @@ PROBLEM_CODES: dict[int, dict[str, str]] = {
         "context_length_exceeded": "the system prompt and the prompt alone leave no room for "
         "the reply in the model's context window; reported only when the request waited for "
         "its job, which failed with this code",
+        "idempotency_key_reused": "this `Idempotency-Key` came with a different request; use a "
+        "new key",
+    },
+    429: {
+        "rate_limited": "the caller's requests per minute (RATE_LIMIT_PER_MINUTE, or its key's "
+        "own) are used up; try again after `Retry-After` seconds",
+        "too_many_unfinished_jobs": "the caller has MAX_UNFINISHED_JOBS (or its key's own "
+        "number) jobs queued or running; try again after `Retry-After` seconds",
     },
     500: {"internal_error": "an unexpected failure, logged under the request id"},
     503: {
@@ -63,6 +77,8 @@ PROBLEM_CODES: dict[int, dict[str, str]] = {
         "database_unavailable": "the database is unreachable; try again shortly",
         "server_busy": "the process already holds MAX_HELD_REQUESTS requests open (event "
         "streams, requests waiting for their job); try again after `Retry-After` seconds",
+        "queue_full": "MAX_QUEUE_DEPTH jobs wait in the queue already; nothing was stored, try "
+        "again after `Retry-After` seconds",
     },
     507: {"insufficient_storage": "the disk holding the service's files is full; nothing was kept"},
 }
@@ -141,7 +157,9 @@ def problem(status: int, summary: str, *codes: str) -> Schema:
     }
 
 
-def openai_error(status: int, summary: str, meanings: dict[str | None, str]) -> Schema:
+def openai_error(
+    status: int, summary: str, meanings: dict[str | None, str], kind: str | None = None
+) -> Schema:
     """Returns an OpenAI-shaped error response limited to the codes in `meanings`.
 
     Args:
@@ -149,11 +167,12 @@ def openai_error(status: int, summary: str, meanings: dict[str | None, str]) -> 
         summary: When it happens.
         meanings: Each possible `code` and what it means; `None` for a plain HTTP error, whose
             `code` is null.
+        kind: The error's `type`; by default the request's fault below 500, else the server's.
 
     Returns:
         The `application/json` response.
     """
-    kind = "invalid_request_error" if status < 500 else "server_error"
+    kind = kind or ("invalid_request_error" if status < 500 else "server_error")
     narrowed = {
         "properties": {
             "error": {"properties": {"type": {"const": kind}, "code": {"enum": list(meanings)}}}
@@ -198,6 +217,42 @@ def query_parameters(components: dict[str, Schema], name: str, note: str = "") -
         text = f"{note} {schema.get('description', '')}".strip()
         parameters.append({"name": field, "in": "query", "description": text, "schema": described})
     return parameters
+
+
+def too_many(answer: Schema) -> Schema:
+    """Adds `Retry-After` and the `RateLimit-*` headers to a 429 answer."""
+    limit_headers = {
+        name: ref("headers", name.replace("-", ""))
+        for name in ("Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+    }
+    return {**answer, "headers": {**answer["headers"], **limit_headers}}
+
+
+# OpenAI's own name for the rate limit's code.
+OPENAI_RATE_LIMITED: dict[str | None, str] = {
+    "rate_limit_exceeded": "the caller's requests per minute (RATE_LIMIT_PER_MINUTE, or its "
+    "key's own) are used up; try again after `Retry-After` seconds"
+}
+
+
+def with_rate_limits(paths: dict[str, Any]) -> dict[str, Any]:
+    """Returns `paths` with the rate limit's 429 declared on every `/v1` operation that does not
+    declare a 429 of its own."""
+    limited: dict[str, Any] = {}
+    for path, item in paths.items():
+        if not path.startswith("/v1/"):
+            limited[path] = item
+            continue
+        limited[path] = {}
+        for method, operation in item.items():
+            if "OpenAI-compatible" in operation.get("tags", ()):
+                answer = openai_error(429, "Too many requests.", OPENAI_RATE_LIMITED, "requests")
+            else:
+                answer = problem(429, "Too many requests.", "rate_limited")
+            responses = {**operation["responses"]}
+            responses.setdefault("429", too_many(answer))
+            limited[path][method] = {**operation, "responses": responses}
+    return limited
 
 
 COMMON_ERRORS = {

@@ -16,6 +16,7 @@ from api.openapi.common import (
     response,
     retry_after,
     schema_ref,
+    too_many,
 )
 from api.submission import WAV_MEDIA_TYPES
 from models.settings import Settings
@@ -45,7 +46,13 @@ def _job_answer(description: str, wait_cap: int) -> Schema:
     }
     location = {"description": "Path of the job, `/v1/jobs/{job_id}`.", **LOCATION}
     return response(
-        description, schema_ref("JobView"), Location=location, **{"Preference-Applied": applied}
+        description,
+        schema_ref("JobView"),
+        Location=location,
+        **{
+            "Preference-Applied": applied,
+            "Idempotent-Replayed": ref("headers", "IdempotentReplayed"),
+        },
     )
 
 
@@ -60,11 +67,41 @@ CREATE_JOB_ERRORS = {
         "prompt is too long for the model; `job_id` then names the failed job.",
         *(c for c in PROBLEM_CODES[422] if c not in ("invalid_cursor", "messages_too_long")),
     ),
+    "409": problem(
+        409, "A request with the same `Idempotency-Key` is in flight.", "idempotency_key_in_flight"
+    ),
+    "429": too_many(
+        problem(
+            429,
+            "The caller is over its requests per minute, or has its number of unfinished jobs.",
+            *PROBLEM_CODES[429],
+        )
+    ),
     "500": ref("responses", "InternalError"),
-    "503": problem(
-        503, "A backing service is unreachable.", "broker_unavailable", "database_unavailable"
+    "503": retry_after(
+        problem(
+            503,
+            "The queue is full (nothing was stored), or a backing service is unreachable.",
+            "queue_full",
+            "broker_unavailable",
+            "database_unavailable",
+        )
     ),
     "507": problem(507, "The recording cannot be stored: disk full.", "insufficient_storage"),
+}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "description": "Makes retries safe (draft-ietf-httpapi-idempotency-key-header, as Stripe "
+    "does): the same key with the same request (body form, prompt text or recording bytes, "
+    "reply format, conversation and options; not `Prefer`) answers 202 with the job the first "
+    "one made, as it is now, and `Idempotent-Replayed: true`; with another request, 422 "
+    "`idempotency_key_reused`; while the first is still being handled, 409 "
+    "`idempotency_key_in_flight`. Keys are per API key and kept IDEMPOTENCY_TTL_SECONDS; a "
+    "submit refused with 429 or 503 gives its key back. 1 to 255 printable ASCII characters, "
+    "bare or quoted.",
+    # Bare keys only: the quoted form is accepted too, but no schema can say both.
+    "schema": {"type": "string", "maxLength": 255, "pattern": "^[!#-~]([ -~]*[!-~])?$"},
 }
 CREATE_JOB_DESCRIPTION = (
     "Validates the prompt, stores it, queues it and answers at once with 202. Poll the job at "
@@ -108,7 +145,8 @@ def _create_job(settings: Settings, components: dict[str, Schema]) -> Schema:
     ended += "`context_length_exceeded` is answered with 422 instead)."
     queued = "The job is queued (or, with `Prefer: wait`, still going when the wait ran out; or "
     queued += "the wait was declined, without `Preference-Applied`, because the process already "
-    queued += "holds MAX_HELD_REQUESTS requests open)."
+    queued += "holds MAX_HELD_REQUESTS requests open; or it is the job an earlier request with the "
+    queued += "same `Idempotency-Key` made, as it is now)."
     return {
         "operationId": "create_job",
         "tags": ["jobs"],
@@ -118,6 +156,7 @@ def _create_job(settings: Settings, components: dict[str, Schema]) -> Schema:
         ),
         "parameters": [
             prefer,
+            IDEMPOTENCY_KEY,
             *query_parameters(components, "JobOptions", "With a raw WAV body only."),
         ],
         "requestBody": {"required": True, "content": _job_bodies(settings)},

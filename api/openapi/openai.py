@@ -13,6 +13,7 @@ from api.openai_schemas import (
 )
 from api.openapi.common import (
     JOB_ERROR_CODES,
+    OPENAI_RATE_LIMITED,
     PROBLEM_CODES,
     Schema,
     content,
@@ -23,6 +24,7 @@ from api.openapi.common import (
     response,
     retry_after,
     schema_ref,
+    too_many,
 )
 from models.settings import Settings
 
@@ -77,7 +79,20 @@ def _shared_errors(settings: Settings) -> dict[str, Schema]:
         503,
         "Every place for a request that waits for its job is taken (checked once the request "
         "is valid, before a job is made), or a backing service is unreachable.",
-        {code: PROBLEM_CODES[503][code] for code in ("server_busy", "broker_unavailable")},
+        {
+            code: PROBLEM_CODES[503][code]
+            for code in ("server_busy", "queue_full", "broker_unavailable")
+        },
+    )
+    too_many_requests = openai_error(
+        429,
+        "The caller is over its requests per minute, or has its number of unfinished jobs "
+        "(checked before a job is made).",
+        {
+            **OPENAI_RATE_LIMITED,
+            "too_many_unfinished_jobs": PROBLEM_CODES[429]["too_many_unfinished_jobs"],
+        },
+        "requests",
     )
     return {
         "404": openai_error(
@@ -93,6 +108,7 @@ def _shared_errors(settings: Settings) -> dict[str, Schema]:
             "The body is too large.",
             {None: f"the body is over MAX_UPLOAD_MB ({upload_mb} MB)"},
         ),
+        "429": too_many(too_many_requests),
         "503": retry_after(or_problem(unavailable, 503, "database_unavailable")),
         "504": openai_error(
             504,
@@ -196,6 +212,7 @@ def _chat_completions(settings: Settings, errors: dict[str, Schema]) -> Schema:
                 "messages_too_long",
                 "context_length_exceeded",
             ),
+            "429": errors["429"],
             "500": _job_failed("empty_reply", *JOB_FAILURES),
             "503": errors["503"],
             "504": errors["504"],
@@ -268,6 +285,7 @@ def _transcriptions(settings: Settings, errors: dict[str, Schema]) -> Schema:
                 "unsupported_sample_rate",
                 "audio_too_many_chunks",
             ),
+            "429": errors["429"],
             "500": _job_failed(*JOB_FAILURES),
             "503": errors["503"],
             "504": errors["504"],
@@ -308,6 +326,7 @@ def _speech(settings: Settings, errors: dict[str, Schema]) -> Schema:
                 "invalid_option",
                 "empty_text",
             ),
+            "429": errors["429"],
             "500": _job_failed(*JOB_FAILURES),
             "503": errors["503"],
             "504": errors["504"],

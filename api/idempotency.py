@@ -1,0 +1,190 @@
+"""`Idempotency-Key` on `POST /v1/jobs`, as Stripe and draft-ietf-httpapi-idempotency-key-header
+mean it: the same key and the same request make one job, replayed to every retry.
+
+Two requests are the same when they would make the same job: the same body form (media type,
+without its parameters, so a multipart boundary does not count), the same prompt text or
+recording bytes, reply format (`reply` left out is `text`), conversation and options given
+(field order and JSON spacing do not count).
+`Prefer: wait` is how to answer, not what to do, and is not part of it. Keys are scoped by the
+caller's API key and kept IDEMPOTENCY_TTL_SECONDS (a day at least). A request refused after it took
+its key (a full queue, too many unfinished jobs, the broker unreachable) gives the key back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from flask import Request
+from sqlalchemy import ColumnElement, and_, delete, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from api.access import caller_id
+from models.errors import IdempotencyKeyInFlight, IdempotencyKeyReused, InvalidIdempotencyKey
+from models.settings import Settings
+from models.tables import IdempotencyRecord, Job, utcnow
+
+_LOGGER = logging.getLogger(__name__)
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_KEY_LENGTH = 255
+# A first request holds its key only until its job is stored (a second or so); one that crashed
+# on the way must not hold it for ever.
+IN_FLIGHT_STALE_SECONDS = 60
+_PRINTABLE = re.compile(r"^[\x20-\x7e]+$")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """This request's hold on a key: the row it wrote, told apart by its creation time."""
+
+    scope: str
+    key: str
+    created_at: datetime
+
+
+def requested_key(request: Request) -> str | None:
+    """Reads the `Idempotency-Key` header: 1 to 255 printable ASCII characters, bare or as the
+    draft's quoted string (`"..."`, with `\\"` and `\\\\` escapes).
+
+    Returns:
+        The key, or None when the header is absent.
+
+    Raises:
+        InvalidIdempotencyKey: The header is repeated, empty, too long or not printable ASCII.
+    """
+    values = request.headers.getlist(HEADER)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidIdempotencyKey("Send one Idempotency-Key header, not several.")
+    key = values[0].strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = re.sub(r'\\(["\\])', r"\1", key[1:-1])
+    if not (_PRINTABLE.match(key) and len(key) <= MAX_KEY_LENGTH):
+        raise InvalidIdempotencyKey(
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable ASCII characters."
+        )
+    return key
+
+
+def fingerprint(request: Request, job: Job, audio: bytes | None) -> str:
+    """The SHA-256 of what makes a request the same (see the module's docstring).
+
+    Args:
+        request: The request, for its method, path and media type.
+        job: The job it asks for, not yet stored.
+        audio: The recording it carries, if any.
+    """
+    made = {
+        "reply_format": job.reply_format,
+        "input_text": job.input_text,
+        "conversation_id": job.conversation_id,
+        "options": job.options,
+    }
+    parts = [
+        request.method.encode(),
+        request.path.encode(),
+        request.mimetype.encode(),
+        json.dumps(made, sort_keys=True, separators=(",", ":")).encode(),
+        audio or b"",
+    ]
+    digest = hashlib.sha256()
+    for part in parts:  # each length-prefixed, so no two lists of parts hash alike
+        digest.update(len(part).to_bytes(8, "big") + part)
+    return digest.hexdigest()
+
+
+def claim(session: Session, key: str, print_: str, settings: Settings) -> Claim | Job:
+    """Takes `key` for this request, or finds the job the same request made with it before.
+
+    The row is inserted and committed at once: of two requests with one key, the primary key
+    lets exactly one in. An expired row (IDEMPOTENCY_TTL_SECONDS), an in-flight one older than
+    IN_FLIGHT_STALE_SECONDS, or one whose job is gone is taken over by a conditional update.
+
+    Returns:
+        The claim, to `bind` to the new job (or `release`); or the earlier job, to replay.
+
+    Raises:
+        IdempotencyKeyReused: The key came with another request.
+        IdempotencyKeyInFlight: The first request with the key is still being handled.
+    """
+    scope, now = caller_id() or "", utcnow()
+    session.add(IdempotencyRecord(scope=scope, key=key, fingerprint=print_, created_at=now))
+    try:
+        session.commit()
+        return Claim(scope, key, now)
+    except IntegrityError:
+        session.rollback()
+    existing = session.get(IdempotencyRecord, (scope, key), populate_existing=True)
+    if existing is None:  # its first request failed and gave it back just now
+        raise IdempotencyKeyInFlight("A request with this Idempotency-Key just ended; retry.")
+    age = now - existing.created_at
+    job = None if existing.job_id is None else session.get(Job, existing.job_id)
+    stale = age > timedelta(seconds=settings.idempotency_ttl_seconds) or (
+        job is None
+        and (existing.job_id is not None or age.total_seconds() > IN_FLIGHT_STALE_SECONDS)
+    )
+    if stale:
+        return _take_over(session, existing, print_, now)
+    if job is None:
+        raise IdempotencyKeyInFlight(
+            "The first request with this Idempotency-Key is still being handled; retry shortly."
+        )
+    if existing.fingerprint != print_:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was sent with a different request; use a new key.",
+            field=HEADER,
+        )
+    _LOGGER.info("idempotent replay job_id=%s", job.id)
+    return job
+
+
+def _take_over(session: Session, stale: IdempotencyRecord, print_: str, now: datetime) -> Claim:
+    """Claims an expired or abandoned row, unless another request did so first."""
+    before = Claim(stale.scope, stale.key, stale.created_at)
+    taken = session.execute(
+        update(IdempotencyRecord)
+        .where(_matching(before))
+        .values(fingerprint=print_, job_id=None, created_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if getattr(taken, "rowcount", 0) != 1:
+        raise IdempotencyKeyInFlight("Another request took this Idempotency-Key just now; retry.")
+    return Claim(stale.scope, stale.key, now)
+
+
+def _matching(record: Claim) -> ColumnElement[bool]:
+    return and_(
+        IdempotencyRecord.scope == record.scope,
+        IdempotencyRecord.key == record.key,
+        IdempotencyRecord.created_at == record.created_at,
+    )
+
+
+def bind(session: Session, held: Claim, job_id: str) -> None:
+    """Names the job in the claimed row, in the transaction that will store the job."""
+    session.execute(
+        update(IdempotencyRecord)
+        .where(_matching(held))
+        .values(job_id=job_id)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def release(session: Session, held: Claim) -> None:
+    """Gives the key back after a request that failed (its job refused, or never queued), so a
+    retry with it is handled afresh; a failure here only leaves the row to go stale."""
+    try:
+        session.rollback()
+        session.execute(delete(IdempotencyRecord).where(_matching(held)))
+        session.commit()
+    except SQLAlchemyError as error:
+        _LOGGER.warning("idempotency key not released error=%s", type(error).__name__)
