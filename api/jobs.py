@@ -11,6 +11,7 @@ import soundfile as sf
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file, url_for
 from sqlalchemy.exc import SQLAlchemyError
 
+from api.access import caller_id, visible
 from api.follow import wait_for
 from api.held_requests import hold, try_hold
 from api.schemas import AudioQuery, JobList, JobListQuery, JobView, is_resource_id
@@ -37,9 +38,14 @@ blueprint = Blueprint("jobs", __name__)
 
 def _load(job_id: str) -> Job:
     job: Job | None = g.db.get(Job, job_id) if is_resource_id(job_id) else None
-    if job is None:
+    if job is None or not visible(job.api_key_id):  # another key's job is as unknown as none
         raise JobNotFound(f"No job has the id {job_id!r}.")
     return job
+
+
+def _own_conversation(conversation_id: str) -> bool:
+    conversation: Conversation | None = g.db.get(Conversation, conversation_id)
+    return conversation is not None and visible(conversation.api_key_id)
 
 
 def submit(job: Job, audio: bytes | None = None) -> Job:
@@ -49,6 +55,7 @@ def submit(job: Job, audio: bytes | None = None) -> Job:
         BrokerUnavailable: The queue could not take it; the job is recorded failed.
     """
     uploads: storage.Store = current_app.extensions["voicechat.uploads"]
+    job.api_key_id = caller_id()  # the only key that will see it
     if audio is not None:
         # The file is stored before the row exists, so a queued row always has its audio.
         job.input_kind = InputKind.AUDIO.value
@@ -113,10 +120,7 @@ def create_job() -> Response:
     submission = parse_submission(request, settings)
     wait = preferred_wait(settings)
     options = submission.options
-    if (
-        options.conversation_id is not None
-        and g.db.get(Conversation, options.conversation_id) is None
-    ):
+    if options.conversation_id is not None and not _own_conversation(options.conversation_id):
         raise ConversationNotFound(
             f"No conversation has the id {options.conversation_id!r}.", field="conversation_id"
         )
@@ -196,7 +200,7 @@ def list_jobs() -> Response:
     fields = single_values(request.args, "query parameter")
     query = validate(JobListQuery, fields, settings, from_strings=True)
     page = queries.list_jobs(
-        g.db, status=query.status, limit=query.limit, cursor=query.cursor or None
+        g.db, owner=caller_id(), status=query.status, limit=query.limit, cursor=query.cursor or None
     )
     listing = JobList(data=[JobView.of(job) for job in page.jobs], next_cursor=page.next_cursor)
     return jsonify(listing.model_dump(mode="json"))
