@@ -7,6 +7,7 @@ declared beside them in `api/openapi/`.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
@@ -14,7 +15,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
 from api import openai_schemas, schemas
-from api.openapi import jobs, openai, service
+from api.openapi import access, jobs, openai, service
 from api.openapi.common import code_table, problem
 from api.validation import component_schemas, without_null
 from models.settings import Settings
@@ -69,12 +70,19 @@ def build_document(settings: Settings) -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "tags": TAGS,
-        "paths": {
-            **jobs.paths(settings, components),
-            **openai.paths(settings, components),
-            **service.PATHS,
-        },
+        "security": access.SECURITY,
+        # A copy: the declarations are module constants, and each app's document is its own.
+        "paths": access.guard(
+            copy.deepcopy(
+                {
+                    **jobs.paths(settings, components),
+                    **openai.paths(settings, components),
+                    **service.PATHS,
+                }
+            )
+        ),
         "components": {
+            "securitySchemes": access.SECURITY_SCHEMES,
             "schemas": components,
             "parameters": PARAMETERS,
             "headers": HEADERS,
