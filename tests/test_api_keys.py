@@ -9,18 +9,16 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from api import create_app
 from models.db import make_engine, make_session_factory
 from models.tables import ApiKey, Job
-from scripts.launch import migrate
-from tests.conftest import ROOT, make_settings
+from tests.conftest import ROOT
 from tests.stack import FAST_ENGINES, Stack
 
 pytestmark = pytest.mark.e2e
@@ -173,16 +171,8 @@ def _until_succeeded(stack: Stack, job_id: str, secret: str) -> None:
         del stack.http.headers["Authorization"]
 
 
-@pytest.fixture
-def open_client(tmp_path: Path, redis_server: str) -> Any:
-    """The app with no key in its database: the open mode."""
-    url = f"sqlite:///{tmp_path / 'open.db'}"
-    migrate(url)
-    settings = make_settings(tmp_path, DATABASE_URL=url, REDIS_URL=redis_server)
-    return create_app({"settings": settings}).test_client()
-
-
-def test_with_no_key_the_service_runs_open_on_loopback(open_client: Any) -> None:
+def test_with_no_key_the_service_runs_open_on_loopback(client_with: Callable[..., Any]) -> None:
+    open_client = client_with()
     assert open_client.post("/v1/jobs", json={"text": "hello"}).status_code == 202
     # OpenAI's SDKs always send a key: in open mode it is ignored.
     with_dummy = open_client.post("/v1/jobs", json={"text": "hi"}, headers=bearer("sk-anything"))

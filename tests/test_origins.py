@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy import func, select
 
-from api import create_app
 from api.origins import host_allowed, origin_allowed
 from models.tables import Job
-from scripts.launch import migrate
-from tests.conftest import make_settings
 
 APP_ORIGIN = "https://app.example"
 PREFLIGHT = {"Origin": APP_ORIGIN, "Access-Control-Request-Method": "POST"}
-
-
-@pytest.fixture
-def client_with(tmp_path: Path, redis_server: str) -> Callable[..., Any]:
-    """Makes a test client of the app, open (no key), with the given settings."""
-    url = f"sqlite:///{tmp_path / 'voicechat.db'}"
-    migrate(url)
-
-    def make(**env: str) -> Any:
-        settings = make_settings(tmp_path, DATABASE_URL=url, REDIS_URL=redis_server, **env)
-        return create_app({"settings": settings}).test_client()
-
-    return make
 
 
 def _jobs(client: Any) -> int:
