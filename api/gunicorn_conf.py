@@ -7,8 +7,7 @@ import os
 import sys
 from typing import Any
 
-from models.api_keys import OPEN_NOTICE, check_bind
-from models.db import make_engine, make_session_factory
+from models.api_keys import OPEN_NOTICE, check_bind_at
 from models.settings import Settings, parse_int
 
 bind = os.environ.get("API_BIND", "127.0.0.1:8000")
@@ -42,11 +41,7 @@ def on_starting(server: Any) -> None:
     wherever gunicorn is started (the launcher, the compose files, by hand), one line and exit 1.
     Unix sockets and inherited descriptors count as local."""
     hosts = [address[0] for address in server.cfg.address if isinstance(address, tuple)]
-    engine = make_engine(Settings.from_env().database_url)
-    try:
-        check = check_bind(make_session_factory(engine), hosts)
-    finally:
-        engine.dispose()
+    check = check_bind_at(Settings.from_env().database_url, hosts)
     if check.refusal is not None:
         print(f"gunicorn: {check.refusal}", file=sys.stderr, flush=True)
         sys.exit(1)

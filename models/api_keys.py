@@ -15,10 +15,12 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.db import make_engine, make_session_factory
 from models.tables import ApiKey, utcnow
 
 SECRET_PREFIX = "vc_"
@@ -174,3 +176,16 @@ def check_bind(sessions: sessionmaker[Session], hosts: Iterable[str]) -> BindChe
         "or bind to 127.0.0.1"
     )
     return BindCheck(refusal=refusal, runs_open=True)
+
+
+def check_bind_at(database_url: str, hosts: Iterable[str]) -> BindCheck:
+    """`check_bind` against the database at `database_url`, in an engine of its own that waits
+    5 s at most for PostgreSQL to answer (a process about to start must not hang on it)."""
+    options: dict[str, Any] = {}
+    if database_url.startswith("postgres"):
+        options["connect_args"] = {"connect_timeout": 5}
+    engine = make_engine(database_url, **options)
+    try:
+        return check_bind(make_session_factory(engine), hosts)
+    finally:
+        engine.dispose()

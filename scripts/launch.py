@@ -30,8 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from models.api_keys import check_bind
-from models.db import make_engine, make_session_factory
+from models.api_keys import check_bind_at
 from models.settings import SettingError, Settings, parse_int
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -259,15 +258,6 @@ def flower_basic_auth(env: dict[str, str], data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def refusal_to_start(database_url: str, host: str) -> str | None:
-    """Why the API may not listen on `host` (no API key, and not loopback), or None."""
-    engine = make_engine(database_url)
-    try:
-        return check_bind(make_session_factory(engine), [host]).refusal
-    finally:
-        engine.dispose()
-
-
 def wait_ready(
     url: str, processes: list[subprocess.Popen[bytes]], timeout: float, workers: int = 1
 ) -> None:
@@ -388,7 +378,7 @@ def _start(args: argparse.Namespace, worker_envs: list[dict[str, str]], children
     data_dir = Path(env["DATA_DIR"])
     env.setdefault("DATABASE_URL", f"sqlite:///{data_dir / 'voicechat.db'}")
     migrate(env["DATABASE_URL"])
-    refusal = refusal_to_start(env["DATABASE_URL"], args.host)
+    refusal = check_bind_at(env["DATABASE_URL"], [args.host]).refusal
     if refusal is not None:  # gunicorn's own hook would refuse too; this says it before any start
         print(f"launch: {refusal}", file=sys.stderr, flush=True)
         return 1
