@@ -18,7 +18,8 @@ COPY worker ./worker
 COPY migrations ./migrations
 COPY scripts ./scripts
 
-ENV DATA_DIR=/data HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+# FLASK_APP: `flask keys create --name NAME` works as is (api/key_commands.py).
+ENV DATA_DIR=/data HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 FLASK_APP=api
 RUN useradd --create-home --uid 1000 voicechat && mkdir -p /data && chown voicechat /data
 USER voicechat
 EXPOSE 8000

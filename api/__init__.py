@@ -10,7 +10,10 @@ from flask import Flask, Response, g, request
 from redis import Redis
 
 from api import conversations, errors, follow, health, jobs, limits, openai_routes, openapi
+from api.authentication import register_authentication
 from api.held_requests import HeldRequests
+from api.key_commands import keys
+from api.origins import register_origin_checks
 from api.submission import ApiRequest
 from models import storage
 from models.db import make_engine, make_session_factory
@@ -54,6 +57,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.update(overrides)
     _connect(app, settings)
     _track_requests(app)
+    # In this order: the Host and Origin checks, then the key (both after the request's session).
+    register_origin_checks(app, settings)
+    register_authentication(app)
+    app.cli.add_command(keys)
     errors.register_error_handlers(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)

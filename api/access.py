@@ -18,3 +18,9 @@ def caller_key() -> ApiKey | None:
     """The API key row this request came with; None when the service runs open."""
     key_id = caller_id()
     return None if key_id is None else g.db.get(ApiKey, key_id)
+
+
+def visible(owner_id: str | None) -> bool:
+    """Whether the caller may see a row owned by key `owner_id`: only the key that made it, and
+    in open mode only the rows made open (owner None). Anything else is answered as unknown."""
+    return owner_id == caller_id()

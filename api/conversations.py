@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from sqlalchemy import select
 
+from api.access import caller_id, visible
 from api.schemas import ConversationRequest, ConversationView, is_resource_id
 from api.validation import parse_json_object, validate
 from models.errors import ConversationNotFound, UnsupportedMediaType
@@ -24,7 +25,7 @@ def create_conversation() -> Response:
         payload = parse_json_object(body)
     settings = current_app.extensions["voicechat.settings"]
     shape = validate(ConversationRequest, payload, settings)
-    conversation = Conversation(system=shape.system)
+    conversation = Conversation(system=shape.system, api_key_id=caller_id())
     g.db.add(conversation)
     g.db.commit()
     response = jsonify(ConversationView.of(conversation, []).model_dump(mode="json"))
@@ -41,7 +42,7 @@ def get_conversation(conversation_id: str) -> Response:
     conversation = (
         g.db.get(Conversation, conversation_id) if is_resource_id(conversation_id) else None
     )
-    if conversation is None:
+    if conversation is None or not visible(conversation.api_key_id):
         raise ConversationNotFound(f"No conversation has the id {conversation_id!r}.")
     turns = list(
         g.db.scalars(select(Turn).where(Turn.conversation_id == conversation.id).order_by(Turn.id))

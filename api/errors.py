@@ -21,11 +21,15 @@ PROBLEM_JSON = "application/problem+json"
 # Domain error → HTTP status; the most specific class in an error's MRO wins.
 _STATUS: dict[type[errors.VoiceChatError], int] = {
     errors.BadRequest: 400,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.JobNotFinished: 409,
     errors.IdempotencyKeyInFlight: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
+    # RFC 9110 §15.5.20: this server does not answer for the authority the request names.
+    errors.HostNotAllowed: 421,
     errors.InvalidInput: 422,
     errors.TooManyRequests: 429,
     # The pipeline's verdict, reported by a route that waited for it.

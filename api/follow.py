@@ -22,6 +22,7 @@ from flask import Blueprint, Response, current_app, request, stream_with_context
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.access import visible
 from api.held_requests import Place, hold
 from api.schemas import JobView, is_resource_id
 from models import event_log
@@ -158,14 +159,13 @@ def job_events(job_id: str) -> Response:
     if not is_resource_id(job_id):
         raise JobNotFound(f"No job has the id {job_id!r}.")
     if _seen_the_end(job_id, after):
+        _visible_job(job_id)  # another key learns nothing, not even that the stream ended
         # 204 is the answer after which EventSource does not reconnect (HTML: any status but
         # 200 fails the connection for good); another `done` would have it loop for ever.
         return Response(status=204)
     place = hold()
     try:
-        job = read_job(job_id)
-        if job is None:
-            raise JobNotFound(f"No job has the id {job_id!r}.")
+        job = _visible_job(job_id)
     except BaseException:
         place.release()
         raise
@@ -174,6 +174,18 @@ def job_events(job_id: str) -> Response:
     # The place is freed when the server closes the response, even one never iterated.
     response.call_on_close(place.release)
     return response
+
+
+def _visible_job(job_id: str) -> Job:
+    """The caller's job of this id, read in a short session.
+
+    Raises:
+        JobNotFound: There is no such job, or it is another key's.
+    """
+    job = read_job(job_id)
+    if job is None or not visible(job.api_key_id):
+        raise JobNotFound(f"No job has the id {job_id!r}.")
+    return job
 
 
 def _seen_the_end(job_id: str, after: str) -> bool:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+from typing import Any
 
+from models.api_keys import OPEN_NOTICE, check_bind_at
 from models.settings import Settings, parse_int
 
 bind = os.environ.get("API_BIND", "127.0.0.1:8000")
@@ -31,3 +34,16 @@ logging.basicConfig(
     level=os.environ.get("LOG_LEVEL", "INFO").upper(),
     format="%(asctime)s %(levelname)s %(name)s %(message)s",
 )
+
+
+def on_starting(server: Any) -> None:
+    """Refuses to start open (no API key) on any address but loopback, before a socket is bound:
+    wherever gunicorn is started (the launcher, the compose files, by hand), one line and exit 1.
+    Unix sockets and inherited descriptors count as local."""
+    hosts = [address[0] for address in server.cfg.address if isinstance(address, tuple)]
+    check = check_bind_at(Settings.from_env().database_url, hosts)
+    if check.refusal is not None:
+        print(f"gunicorn: {check.refusal}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    if check.runs_open:
+        logging.getLogger("api.gunicorn_conf").warning(OPEN_NOTICE)

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, send_fi
 from sqlalchemy.exc import SQLAlchemyError
 
 from api import idempotency
-from api.access import caller_id
+from api.access import caller_id, visible
 from api.follow import wait_for
 from api.held_requests import hold, try_hold
 from api.limits import check_capacity
@@ -40,9 +40,14 @@ blueprint = Blueprint("jobs", __name__)
 
 def _load(job_id: str) -> Job:
     job: Job | None = g.db.get(Job, job_id) if is_resource_id(job_id) else None
-    if job is None:
+    if job is None or not visible(job.api_key_id):  # another key's job is as unknown as none
         raise JobNotFound(f"No job has the id {job_id!r}.")
     return job
+
+
+def _own_conversation(conversation_id: str) -> bool:
+    conversation: Conversation | None = g.db.get(Conversation, conversation_id)
+    return conversation is not None and visible(conversation.api_key_id)
 
 
 def submit(job: Job, audio: bytes | None = None) -> Job:
@@ -55,8 +60,8 @@ def submit(job: Job, audio: bytes | None = None) -> Job:
     """
     settings: Settings = current_app.extensions["voicechat.settings"]
     check_capacity(g.db, current_app.extensions["voicechat.redis"], settings)
-    job.api_key_id = caller_id()
     uploads: storage.Store = current_app.extensions["voicechat.uploads"]
+    job.api_key_id = caller_id()  # the only key that will see it
     if audio is not None:
         # The file is stored before the row exists, so a queued row always has its audio.
         job.input_kind = InputKind.AUDIO.value
@@ -156,10 +161,7 @@ def create_job() -> Response:
 def _new_job(submission: Submission) -> Job:
     """The job a validated submission asks for (its conversation checked), not yet stored."""
     options = submission.options
-    if (
-        options.conversation_id is not None
-        and g.db.get(Conversation, options.conversation_id) is None
-    ):
+    if options.conversation_id is not None and not _own_conversation(options.conversation_id):
         raise ConversationNotFound(
             f"No conversation has the id {options.conversation_id!r}.", field="conversation_id"
         )
@@ -232,7 +234,7 @@ def list_jobs() -> Response:
     fields = single_values(request.args, "query parameter")
     query = validate(JobListQuery, fields, settings, from_strings=True)
     page = queries.list_jobs(
-        g.db, status=query.status, limit=query.limit, cursor=query.cursor or None
+        g.db, owner=caller_id(), status=query.status, limit=query.limit, cursor=query.cursor or None
     )
     listing = JobList(data=[JobView.of(job) for job in page.jobs], next_cursor=page.next_cursor)
     return jsonify(listing.model_dump(mode="json"))

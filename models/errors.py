@@ -176,6 +176,44 @@ class InvalidHeader(BadRequest):
     title = "Invalid request header"
 
 
+class Unauthorized(VoiceChatError):
+    """The request carries no usable API key while the service requires one."""
+
+    code = "unauthorized"
+    title = "Unauthorized"
+
+
+class MissingApiKey(Unauthorized):
+    code = "missing_api_key"
+    title = "API key required"
+
+
+class InvalidApiKey(Unauthorized):
+    """The key sent is unknown or revoked (the answer does not say which)."""
+
+    code = "invalid_api_key"
+    title = "Invalid API key"
+
+
+class Forbidden(VoiceChatError):
+    code = "forbidden"
+    title = "Forbidden"
+
+
+class OriginNotAllowed(Forbidden):
+    """A browser request from a web page of another origin than CORS_ORIGINS allows."""
+
+    code = "origin_not_allowed"
+    title = "Origin not allowed"
+
+
+class HostNotAllowed(VoiceChatError):
+    """The request's Host is not one of ALLOWED_HOSTS (a DNS-rebinding defence)."""
+
+    code = "host_not_allowed"
+    title = "Host not allowed"
+
+
 class WaitTimedOut(VoiceChatError):
     """The job did not finish within the time the request may be held open; it goes on."""
 

@@ -48,10 +48,17 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def list_jobs(
-    session: Session, *, status: JobStatus | None, limit: int, cursor: str | None
+    session: Session,
+    *,
+    owner: str | None,
+    status: JobStatus | None,
+    limit: int,
+    cursor: str | None,
 ) -> Page:
-    """Lists jobs newest first, `limit` at a time, by keyset pagination on (created_at, id)."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    """Lists the jobs of API key `owner` (None: the jobs made open) newest first, `limit` at a
+    time, by keyset pagination on (created_at, id): ix_jobs_api_key_id_created_at_id."""
+    owned = Job.api_key_id.is_(None) if owner is None else Job.api_key_id == owner
+    query = select(Job).where(owned).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
     if status is not None:
         query = query.where(Job.status == status.value)
     if cursor:

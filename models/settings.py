@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -143,6 +144,11 @@ class Settings:
     max_unfinished_jobs: int = 100
     max_queue_depth: int = 1000
     idempotency_ttl_seconds: int = 86400
+    # Who may call (api/origins.py): the Host names served, the browser origins given CORS.
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
+    cors_origins: tuple[str, ...] = ()
+    # Flower's user:password pairs (scripts/launch.py); generated into DATA_DIR when unset.
+    flower_basic_auth: str = field(default="", repr=False)
 
     @property
     def lease_seconds(self) -> int:
@@ -182,6 +188,7 @@ class Settings:
             **_delivery(env),
             **_fair_sharing(env),
             storage_backend=_choice(env, "storage_backend", ("local", "database")),
+            **_access(env),
         )
 
 
@@ -342,3 +349,41 @@ def _fair_sharing(env: _Environment) -> dict[str, Any]:
         "max_queue_depth": env.whole("max_queue_depth", minimum=0),
         "idempotency_ttl_seconds": env.whole("idempotency_ttl_seconds", minimum=86400),
     }
+
+
+_HOST_NAME = re.compile(r"^(\*|\[[0-9a-f:.]+\]|[a-z0-9_.-]+)$")
+_ORIGIN = re.compile(r"^https?://(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(:[0-9]{1,5})?$")
+
+
+def _listed(env: _Environment, name: str) -> tuple[str, ...]:
+    """A comma-separated setting as its stripped, lower-case entries; the field's default when
+    unset."""
+    raw = env.raw(name.upper())
+    if not raw:
+        return tuple(env.defaults[name])
+    return tuple(entry.strip().lower() for entry in raw.split(",") if entry.strip())
+
+
+def _access(env: _Environment) -> dict[str, Any]:
+    """The Host names and browser origins the API answers, and Flower's credentials."""
+    hosts = _listed(env, "allowed_hosts")
+    for host in hosts:
+        if not _HOST_NAME.match(host):
+            raise SettingError(
+                f"ALLOWED_HOSTS entries are host names without a port ([::1] for IPv6) or *, "
+                f"got {host!r}"
+            )
+    if not hosts:
+        raise SettingError("ALLOWED_HOSTS must name at least one host (or *)")
+    origins = tuple(origin.rstrip("/") for origin in _listed(env, "cors_origins"))
+    for origin in origins:
+        if not _ORIGIN.match(origin):
+            raise SettingError(
+                f"CORS_ORIGINS entries are origins like https://app.example:8443, got {origin!r}"
+            )
+    flower = env.raw("FLOWER_BASIC_AUTH")
+    for pair in flower.split(",") if flower else ():
+        user, _, password = pair.partition(":")
+        if not user.strip() or not password:
+            raise SettingError("FLOWER_BASIC_AUTH must be user:password (comma-separate pairs)")
+    return {"allowed_hosts": hosts, "cors_origins": origins, "flower_basic_auth": flower}

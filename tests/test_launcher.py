@@ -19,9 +19,10 @@ import redis
 import requests
 from sqlalchemy import select
 
+from models.api_keys import OPEN_NOTICE
 from models.db import make_engine
 from models.tables import Job
-from scripts.launch import REDIS_LOG, start_embedded_redis
+from scripts.launch import REDIS_LOG, migrate, service_commands, start_embedded_redis
 from tests.conftest import ROOT
 from tests.stack import FAST_ENGINES, free_port
 
@@ -78,7 +79,7 @@ def _until(condition: Callable[[], bool], what: str, timeout: float = 240.0) -> 
 class Launcher:
     """`python -m scripts.launch` in its own session, as a shell runs it in the foreground."""
 
-    def __init__(self, data_dir: Path, **env: str) -> None:
+    def __init__(self, data_dir: Path, *args: str, **env: str) -> None:
         self.data_dir = data_dir
         self.mark = uuid.uuid4().hex
         self.port = free_port()
@@ -88,7 +89,7 @@ class Launcher:
         self.env = {**base, **FAST_ENGINES, "DATA_DIR": str(data_dir), MARK: self.mark, **env}
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "scripts.launch", "--port", str(self.port)],
+                [sys.executable, "-m", "scripts.launch", "--port", str(self.port), *args],
                 cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
@@ -123,8 +124,8 @@ class Launcher:
 def launched(tmp_path: Path) -> Iterator[Callable[..., Launcher]]:
     started: list[Launcher] = []
 
-    def launch(**env: str) -> Launcher:
-        started.append(Launcher(tmp_path / "data", **env))
+    def launch(*args: str, **env: str) -> Launcher:
+        started.append(Launcher(tmp_path / "data", *args, **env))
         return started[-1]
 
     yield launch
@@ -190,3 +191,72 @@ def test_ctrl_c_while_a_job_runs_lets_it_finish(launched: Callable[..., Launcher
         engine.dispose()
     assert status == "succeeded", launcher.output()[-3000:]
     assert "end\t" in log.read_text()
+
+
+@pytest.mark.e2e
+def test_with_no_key_the_launcher_refuses_a_public_address(
+    launched: Callable[..., Launcher],
+) -> None:
+    launcher = launched("--host", "0.0.0.0")
+    assert launcher.process.wait(timeout=120) == 1
+    refusal = [line for line in launcher.output().splitlines() if "refusing" in line]
+    assert refusal == [
+        "launch: refusing to listen on 0.0.0.0: no API key exists, so the service would be open "
+        "to anyone who reaches it; create one with `flask --app api keys create --name NAME`, "
+        "or bind to 127.0.0.1"
+    ]
+    launcher.wait_gone()  # nothing was started
+
+
+def _gunicorn(tmp_path: Path, host: str) -> subprocess.Popen[str]:
+    """The API's gunicorn, as the compose files run it, on an empty (migrated) database."""
+    url = f"sqlite:///{tmp_path / 'voicechat.db'}"
+    migrate(url)
+    env = {**os.environ, "DATA_DIR": str(tmp_path), "DATABASE_URL": url, "API_WORKERS": "1"}
+    command = service_commands(host, free_port(), flower=False)["api"]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+@pytest.mark.e2e
+def test_gunicorn_refuses_to_start_open_on_a_public_address(tmp_path: Path) -> None:
+    refused = _gunicorn(tmp_path, "0.0.0.0")
+    output, _ = refused.communicate(timeout=120)
+    assert refused.returncode == 1, output
+    assert "gunicorn: refusing to listen on 0.0.0.0: no API key exists" in output
+    assert "Booting worker" not in output
+
+    local = _gunicorn(tmp_path, "127.0.0.1")
+    try:
+        assert local.stdout is not None
+        lines = iter(local.stdout.readline, "")
+        assert any(OPEN_NOTICE in line for line in lines)  # it goes on serving, open
+        assert local.poll() is None
+    finally:
+        local.terminate()
+        local.wait(timeout=60)
+
+
+@pytest.mark.e2e
+def test_flower_answers_only_with_the_generated_password(
+    launched: Callable[..., Launcher],
+) -> None:
+    flower_port = free_port()
+    launcher = launched("--flower", "--flower-port", str(flower_port))
+    launcher.wait_ready()
+    auth_file = launcher.data_dir / "flower-auth"
+    assert stat.S_IMODE(auth_file.stat().st_mode) == 0o600
+    user, password = auth_file.read_text().strip().split(":", 1)
+    assert str(auth_file) in launcher.output() and password not in launcher.output()
+    url = f"http://127.0.0.1:{flower_port}/"
+
+    def answers() -> bool:
+        try:
+            return requests.get(url, timeout=5).status_code == 401
+        except requests.ConnectionError:
+            return False
+
+    _until(answers, "Flower to answer")
+    assert requests.get(url, auth=(user, "wrong"), timeout=5).status_code == 401
+    assert requests.get(url, auth=(user, password), timeout=5).status_code == 200

@@ -7,6 +7,7 @@ declared beside them in `api/openapi/`.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify
@@ -14,7 +15,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
 from api import openai_schemas, schemas
-from api.openapi import jobs, openai, service
+from api.openapi import access, jobs, openai, service
 from api.openapi.common import code_table, problem, with_rate_limits
 from api.validation import component_schemas, without_null
 from models.settings import Settings
@@ -57,8 +58,17 @@ def build_document(settings: Settings) -> dict[str, Any]:
     components["TextJobForm"] = without_null(components["TextJobRequest"])
     for name in FORM_SHAPES:
         components[name] = without_null(components[name])
+    # A copy: the declarations are module constants, and each app's document is its own.
     paths = with_rate_limits(
-        {**jobs.paths(settings, components), **openai.paths(settings, components), **service.PATHS}
+        access.guard(
+            copy.deepcopy(
+                {
+                    **jobs.paths(settings, components),
+                    **openai.paths(settings, components),
+                    **service.PATHS,
+                }
+            )
+        )
     )
     return {
         "openapi": "3.1.0",
@@ -72,8 +82,10 @@ def build_document(settings: Settings) -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "tags": TAGS,
+        "security": access.SECURITY,
         "paths": paths,
         "components": {
+            "securitySchemes": access.SECURITY_SCHEMES,
             "schemas": components,
             "parameters": PARAMETERS,
             "headers": HEADERS,

@@ -25,9 +25,18 @@ PROBLEM_CODES: dict[int, dict[str, str]] = {
         "invalid_idempotency_key": "`Idempotency-Key` is repeated, or not 1 to 255 printable "
         "ASCII characters",
     },
+    401: {
+        "missing_api_key": "API keys exist and the request sent none (`Authorization: Bearer "
+        "<key>`), or the service runs open but the request is not from this machine",
+        "invalid_api_key": "the key sent is unknown or revoked",
+    },
+    403: {
+        "origin_not_allowed": "a browser request from a page of another origin than this "
+        "service's or CORS_ORIGINS (`Origin`, or `Sec-Fetch-Site: cross-site` on a POST)",
+    },
     404: {
-        "job_not_found": "no job has this id",
-        "conversation_not_found": "no conversation has this id",
+        "job_not_found": "no job has this id (or it is another API key's)",
+        "conversation_not_found": "no conversation has this id (or it is another API key's)",
         "audio_not_found": "the job finished without a spoken reply (text reply, or it failed)",
         "not_found": "no route matches the path",
     },
@@ -37,6 +46,7 @@ PROBLEM_CODES: dict[int, dict[str, str]] = {
         "idempotency_key_in_flight": "the first request with this `Idempotency-Key` is still "
         "being handled; retry shortly",
     },
+    421: {"host_not_allowed": "the request's `Host` is not one of ALLOWED_HOSTS"},
     413: {"payload_too_large": "the body is over MAX_UPLOAD_MB"},
     415: {
         "unsupported_media_type": "the Content-Type is not one of the accepted forms",

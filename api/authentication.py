@@ -1,0 +1,79 @@
+"""Bearer API keys on every /v1 route, and the open mode of a service that has none.
+
+`Authorization: Bearer <secret>` is looked up by its hash on each request (so a revoked key is
+refused at once) and sets `g.api_key_id`, which `api/access.py` reads. While the database holds
+no unrevoked key the service runs open, but only for requests from this machine that no proxy
+forwarded: open is for loopback, and a service bound elsewhere refuses to start open
+(api/gunicorn_conf.py, scripts/launch.py).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, g, request
+
+from models.api_keys import KeyMode, find_key, is_loopback
+from models.errors import InvalidApiKey, MissingApiKey
+
+_LOGGER = logging.getLogger(__name__)
+
+PROTECTED_PREFIX = "/v1/"
+_FORWARDED = ("Forwarded", "X-Forwarded-For")
+
+
+def _presented() -> str | None:
+    """The bearer token sent, "" for an Authorization header of another form, None for none."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def _open_to_this_request(mode: KeyMode) -> bool:
+    """Whether the service runs open and this request comes straight from this machine."""
+    if any(name in request.headers for name in _FORWARDED):
+        return False
+    return is_loopback(request.remote_addr or "") and not mode.keyed()
+
+
+def register_authentication(app: Flask) -> None:
+    """Authenticates every /v1 request (but CORS preflights, which carry no credentials)."""
+    mode = KeyMode(app.extensions["voicechat.sessions"])
+    app.extensions["voicechat.key_mode"] = mode
+
+    @app.before_request
+    def _authenticate() -> None:
+        if not request.path.startswith(PROTECTED_PREFIX) or request.method == "OPTIONS":
+            return
+        token = _presented()
+        if token:
+            key = find_key(g.db, token)
+            if key is not None:
+                g.api_key_id = key.id
+                return
+        # Open, a key sent anyway is ignored: OpenAI's SDKs always send one.
+        if _open_to_this_request(mode):
+            return
+        g.auth_failure = "invalid_token" if token is not None else None
+        _LOGGER.info(
+            "request refused request_id=%s reason=%s",
+            g.get("request_id"),
+            "invalid_api_key" if token is not None else "missing_api_key",
+        )
+        # OpenAI's SDKs branch on `invalid_api_key` for any key problem, a missing one included.
+        if token is not None or request.blueprint == "openai":
+            raise InvalidApiKey("The API key is unknown or revoked.")
+        raise MissingApiKey("Send an API key: `Authorization: Bearer <key>`.")
+
+    @app.after_request
+    def _challenge(response: Response) -> Response:
+        # RFC 6750 §3: a 401 names the scheme, and why a token sent was refused.
+        if response.status_code == 401:
+            failure = g.get("auth_failure")
+            challenge = 'Bearer realm="voicechat"'
+            if failure:
+                challenge += f', error="{failure}"'
+            response.headers["WWW-Authenticate"] = challenge
+        return response

@@ -1,0 +1,100 @@
+"""Who may address the API from where: the Host check, the Origin check and CORS.
+
+- Host: a request naming another host than ALLOWED_HOSTS is refused (421 `host_not_allowed`),
+  so a DNS-rebinding page, whose requests carry its own name, cannot read the answers.
+- Origin: a browser request from a page of another origin than this service's own or one of
+  CORS_ORIGINS is refused (403 `origin_not_allowed`). A form post is a CORS "simple" request
+  that the browser sends without asking first: in open mode, with no key to stop it, any page
+  a user visits could otherwise submit jobs. Browsers send `Origin` on every such post; where
+  it is missing, `Sec-Fetch-Site: cross-site` on an unsafe method is refused the same way.
+- CORS: no CORS header at all unless CORS_ORIGINS is set, and then for those origins only.
+
+The probes (/healthz, /readyz) are left out: orchestrators reach them by address.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, request
+
+from models.errors import HostNotAllowed, OriginNotAllowed
+from models.settings import Settings
+
+PROBES = frozenset({"/healthz", "/readyz"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, Prefer, X-Request-ID"
+ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
+EXPOSE_HEADERS = (
+    "Location, Preference-Applied, Retry-After, X-Job-Id, X-Request-ID, "
+    "RateLimit, RateLimit-Policy, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"
+)
+PREFLIGHT_MAX_AGE = "600"
+
+
+def host_name(authority: str) -> str:
+    """The host of a Host header or an origin's authority, without its port, lower-case
+    (`[::1]` keeps its brackets)."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority.split("]", 1)[0] + "]"
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def host_allowed(authority: str, allowed: tuple[str, ...]) -> bool:
+    """Whether a Host header names one of `allowed` (any port; `*` allows every host)."""
+    return "*" in allowed or host_name(authority) in allowed
+
+
+def origin_allowed(origin: str, own_authority: str, cors_origins: tuple[str, ...]) -> bool:
+    """Whether a request's `Origin` is this service's own (the host and port it was sent to)
+    or one of `cors_origins`. `null` (sandboxed frames, files) is never allowed."""
+    origin = origin.strip().lower().rstrip("/")
+    if origin in cors_origins:
+        return True
+    scheme, separator, authority = origin.partition("://")
+    return bool(separator) and scheme in ("http", "https") and authority == own_authority.lower()
+
+
+def register_origin_checks(app: Flask, settings: Settings) -> None:
+    """Refuses requests for other hosts and from other origins, and answers CORS."""
+    cors = settings.cors_origins
+
+    @app.before_request
+    def _check() -> Response | None:
+        if request.path in PROBES:
+            return None
+        if not host_allowed(request.host, settings.allowed_hosts):
+            raise HostNotAllowed(
+                "This server does not answer for that host name; see ALLOWED_HOSTS."
+            )
+        origin = request.headers.get("Origin")
+        if origin is None:
+            cross_site = request.headers.get("Sec-Fetch-Site") == "cross-site"
+            if cross_site and request.method not in SAFE_METHODS:
+                raise OriginNotAllowed("Requests from other sites' pages are refused.")
+            return None
+        if not origin_allowed(origin, request.host, cors):
+            raise OriginNotAllowed(
+                "Requests from this page's origin are refused; see CORS_ORIGINS."
+            )
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            return _preflight() if origin.lower().rstrip("/") in cors else None
+        return None
+
+    @app.after_request
+    def _cors(response: Response) -> Response:
+        origin = request.headers.get("Origin", "")
+        if cors:
+            response.vary.add("Origin")  # a cache must not give one origin's answer to another
+        if origin.lower().rstrip("/") in cors:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+        return response
+
+
+def _preflight() -> Response:
+    """The answer to a CORS preflight from an allowed origin (the origin is added after)."""
+    response = Response(status=204)
+    response.headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
+    response.headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
+    response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
+    return response
