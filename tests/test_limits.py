@@ -13,22 +13,22 @@ from typing import Any
 
 import pytest
 import requests
-from flask import Flask, g, request
+from flask import Flask, g
 from redis import Redis
 from sqlalchemy import func, select, update
 from werkzeug.serving import make_server
 
 from api import create_app
 from api.limits import requests_per_minute
+from models.api_keys import create_key
 from models.db import make_engine, make_session_factory
-from models.tables import ApiKey, IdempotencyRecord, Job, JobStatus, new_job_id, utcnow
+from models.tables import IdempotencyRecord, Job, JobStatus, utcnow
 from scripts.launch import migrate
 from tests.conftest import make_settings, tone, wav_bytes
 from tests.stack import free_port
 
 PROBLEM = "application/problem+json"
 CHAT = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi"}]}
-CALLER_HEADER = "X-Test-Caller"
 
 
 class LimitedApp:
@@ -40,33 +40,25 @@ class LimitedApp:
         self.redis_url = redis_url
         self.engine = make_engine(database_url)
         self.sessions = make_session_factory(self.engine)
+        self.secrets: dict[str, str] = {}
 
     def app(self, **env: str) -> Flask:
         settings = make_settings(
             self.tmp_path, DATABASE_URL=self.database_url, REDIS_URL=self.redis_url, **env
         )
-        app = create_app({"settings": settings})
-        # A stand-in for authentication: it sets the caller before every other hook (as the
-        # API key check will), from a header only tests send.
-        app.before_request_funcs.setdefault(None, []).insert(0, _caller_from_header)
-        return app
+        return create_app({"settings": settings})
 
     def key(self, **limits: int | None) -> str:
-        """Adds an API key row with the given overrides; returns its id."""
-        key_id = new_job_id()
+        """Makes an API key with the given overrides, as `flask keys create` does; returns its
+        id (`auth` gives the header that sends its secret)."""
         with self.sessions() as session:
-            session.add(
-                ApiKey(
-                    id=key_id,
-                    name="test",
-                    prefix="vc_test",
-                    secret_hash=key_id * 2,
-                    webhook_secret="whsec_test",
-                    **limits,
-                )
-            )
-            session.commit()
-        return key_id
+            made = create_key(session, "test", **limits)
+            self.secrets[made.row.id] = made.secret
+            return made.row.id
+
+    def auth(self, key_id: str) -> dict[str, str]:
+        """The Authorization header of a key made by `key`."""
+        return {"Authorization": f"Bearer {self.secrets[key_id]}"}
 
     def jobs(self) -> int:
         with self.sessions() as session:
@@ -77,12 +69,6 @@ class LimitedApp:
             values = {"status": JobStatus.SUCCEEDED.value, "finished_at": utcnow()}
             session.execute(update(Job).where(Job.id == job_id).values(**values))
             session.commit()
-
-
-def _caller_from_header() -> None:
-    caller = request.headers.get(CALLER_HEADER)
-    if caller:
-        g.api_key_id = caller
 
 
 @pytest.fixture
@@ -171,16 +157,16 @@ def test_a_key_s_own_requests_per_minute_override_the_setting(limited: LimitedAp
         g.db.close()
 
     client = app.test_client()
-    as_slow = {CALLER_HEADER: slow}
+    as_slow = limited.auth(slow)
     assert [client.get("/v1/jobs", headers=as_slow).status_code for _ in range(2)] == [200, 200]
     _problem(client.get("/v1/jobs", headers=as_slow), 429, "rate_limited")
 
     # The same address with another key: that key's own count, at the setting's limit.
-    answer = client.get("/v1/jobs", headers={CALLER_HEADER: plain})
+    answer = client.get("/v1/jobs", headers=limited.auth(plain))
     assert answer.status_code == 200 and answer.headers["RateLimit-Limit"] == "4"
     # 0 on a key: not limited at all.
     for _ in range(6):
-        answer = client.get("/v1/jobs", headers={CALLER_HEADER: unlimited})
+        answer = client.get("/v1/jobs", headers=limited.auth(unlimited))
         assert answer.status_code == 200 and "RateLimit-Limit" not in answer.headers
 
 
@@ -214,7 +200,7 @@ def test_past_its_unfinished_jobs_a_caller_gets_429_until_one_finishes(limited: 
 
     # A key counts its own jobs only, up to its own number.
     one_at_a_time = limited.key(max_unfinished_jobs=1)
-    as_key = {CALLER_HEADER: one_at_a_time}
+    as_key = limited.auth(one_at_a_time)
     assert client.post("/v1/jobs", json={"text": "mine"}, headers=as_key).status_code == 202
     _problem(
         client.post("/v1/jobs", json={"text": "again"}, headers=as_key),
@@ -272,7 +258,7 @@ def test_the_same_request_with_the_same_key_replays_its_job(limited: LimitedApp)
     _problem(changed, 422, "idempotency_key_reused")
     assert _submit(client, "order-2", json={"text": "Hello"}).json["id"] != job_id
     # Keys are per caller: another API key's "order-1" is its own.
-    as_key = {CALLER_HEADER: limited.key(), "Idempotency-Key": "order-1"}
+    as_key = {**limited.auth(limited.key()), "Idempotency-Key": "order-1"}
     theirs = client.post("/v1/jobs", json={"text": "Hello", "max_tokens": 20}, headers=as_key)
     assert theirs.status_code == 202 and theirs.json["id"] != job_id
     assert limited.jobs() == 3
@@ -388,7 +374,7 @@ def test_concurrent_submits_of_one_key_cannot_pass_its_quota(limited: LimitedApp
     if not limited.database_url.startswith("postgresql"):
         pytest.skip("exact only on PostgreSQL, whose row lock serialises a key's submits")
     key_id = limited.key(max_unfinished_jobs=2)
-    answers = _at_once(limited.app(), 8, json={"text": "Me first"}, headers={CALLER_HEADER: key_id})
+    answers = _at_once(limited.app(), 8, json={"text": "Me first"}, headers=limited.auth(key_id))
     statuses = sorted(answer.status_code for answer in answers)
     assert statuses == [202, 202] + [429] * 6, [answer.text for answer in answers]
     assert limited.jobs() == 2
