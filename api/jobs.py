@@ -11,13 +11,14 @@ import soundfile as sf
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file, url_for
 from sqlalchemy.exc import SQLAlchemyError
 
+from api.access import caller_id
 from api.follow import wait_for
 from api.held_requests import hold, try_hold
-from api.schemas import AudioQuery, JobList, JobListQuery, JobView, is_resource_id
+from api.schemas import AudioQuery, JobList, JobListQuery, JobOptions, JobView, is_resource_id
 from api.speech_stream import stream_reply
 from api.submission import parse_submission
 from api.validation import single_values, validate
-from models import event_log, queries, storage, transitions
+from models import event_log, queries, storage, transitions, webhooks
 from models.errors import (
     AudioNotFound,
     ContextLengthExceeded,
@@ -26,6 +27,7 @@ from models.errors import (
     JobNotFinished,
     JobNotFound,
     VoiceChatError,
+    WebhookSecretMissing,
 )
 from models.settings import Settings
 from models.tables import Conversation, InputKind, Job, JobStatus, ReplyFormat, new_job_id
@@ -67,7 +69,9 @@ def submit(job: Job, audio: bytes | None = None) -> Job:
         # Nothing will ever run this job: end it now rather than leave it queued forever.
         code = error.code if isinstance(error, VoiceChatError) else "internal_error"
         transitions.fail_unclaimed(g.db, job.id, code, "The job could not be queued.")
-        event_log.announce_end(g.db, current_app.extensions["voicechat.events"], job.id)
+        queue = current_app.extensions["voicechat.queue"]
+        events = current_app.extensions["voicechat.events"]
+        event_log.announce_end(g.db, events, job.id, webhooks=queue.send_webhook)
         raise
     _LOGGER.info(
         "job submitted job_id=%s operation=%s input=%s reply=%s",
@@ -77,6 +81,26 @@ def submit(job: Job, audio: bytes | None = None) -> Job:
         job.reply_format,
     )
     return job
+
+
+def check_webhook(options: JobOptions, settings: Settings) -> None:
+    """Checks a job's webhook past its form: its host's addresses, and a secret to sign with.
+
+    Raises:
+        InvalidWebhookUrl: The host does not resolve.
+        WebhookTargetNotAllowed: It resolves to a non-public address (without
+            WEBHOOK_ALLOW_PRIVATE).
+        WebhookSecretMissing: The service runs open and WEBHOOK_SECRET is unset.
+    """
+    if options.webhook is None:
+        return
+    if caller_id() is None and not settings.webhook_secret:
+        raise WebhookSecretMissing(
+            "The service runs without API keys and WEBHOOK_SECRET is unset: no secret would "
+            "sign this job's webhook.",
+            field="webhook",
+        )
+    webhooks.check_target(options.webhook, allow_private=settings.webhook_allow_private)
 
 
 def finished_or_fail(job: Job) -> Job:
@@ -120,6 +144,7 @@ def create_job() -> Response:
         raise ConversationNotFound(
             f"No conversation has the id {options.conversation_id!r}.", field="conversation_id"
         )
+    check_webhook(options, settings)
     job = Job(
         id=new_job_id(),
         status=JobStatus.QUEUED.value,
@@ -128,6 +153,8 @@ def create_job() -> Response:
         conversation_id=options.conversation_id,
         input_kind=InputKind.TEXT.value,
         input_text=submission.text,
+        webhook_url=options.webhook,
+        webhook_events=options.webhook_event_names(),
     )
     if submission.audio_info is not None:
         job.input_audio_seconds = round(submission.audio_info.seconds, 3)

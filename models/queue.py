@@ -13,6 +13,9 @@ _LOGGER = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "worker.run_job"
 JOB_QUEUE = "voicechat"
+# Work that needs no models (webhook deliveries, retention): its own worker, `-Q maintenance`.
+MAINTENANCE_QUEUE = "maintenance"
+DELIVER_WEBHOOK_TASK = "worker.deliver_webhook"
 
 
 def send_job(celery: Celery, job_id: str) -> None:
@@ -22,6 +25,18 @@ def send_job(celery: Celery, job_id: str) -> None:
     the broker, and a job sent again (after its worker was lost) keeps its id.
     """
     celery.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, queue=JOB_QUEUE)
+
+
+def send_webhook(
+    celery: Celery, job_id: str, event: str, *, attempt: int = 1, countdown: float = 0
+) -> None:
+    """Sends one webhook delivery attempt of a job's event to the maintenance queue, by name."""
+    celery.send_task(
+        DELIVER_WEBHOOK_TASK,
+        args=[job_id, event, attempt],
+        queue=MAINTENANCE_QUEUE,
+        countdown=countdown or None,
+    )
 
 
 class JobQueue:
@@ -54,3 +69,14 @@ class JobQueue:
         except (OperationalError, OSError) as error:
             _LOGGER.warning("enqueue failed job_id=%s error=%s", job_id, type(error).__name__)
             raise BrokerUnavailable("The job queue is unreachable; try again shortly.") from error
+
+    def send_webhook(self, job_id: str, event: str) -> None:
+        """Queues the first delivery attempt of a job's webhook event.
+
+        Raises:
+            BrokerUnavailable: Redis could not take the message.
+        """
+        try:
+            send_webhook(self.celery, job_id, event)
+        except (OperationalError, OSError) as error:
+            raise BrokerUnavailable("The job queue is unreachable.") from error
