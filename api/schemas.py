@@ -396,8 +396,8 @@ class WebhookAttempt(Answer):
         Field(
             description="Why it failed: `http_status` (not 2xx; redirects are not followed), "
             "`timeout`, `connection_failed`, `tls_failed`, `unresolvable`, "
-            "`target_not_allowed` or `no_secret` (the last two are not retried); null once "
-            "delivered."
+            "`target_not_allowed`, `no_secret` or `internal_error` (the last three are not "
+            "retried); null once delivered."
         ),
     ]
     delivered: Annotated[bool, Field(description="A 2xx answer.")]

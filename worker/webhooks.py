@@ -182,16 +182,22 @@ def attempt_delivery(session: Session, job: Job, event: str, attempt: int) -> Ou
     msg_id = webhooks.message_id(job.id, event)
     secret = _secret(session, job)
     if secret:
-        body = _body(job, event)
-        timestamp = int(time.time())
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": webhooks.sign(secret, msg_id, timestamp, body),
-        }
-        outcome = post(job.webhook_url or "", body, headers)
+        try:
+            body = _body(job, event)
+            timestamp = int(time.time())
+            signature = webhooks.sign(secret, msg_id, timestamp, body)
+        except Exception:  # recorded on the job, never retried: it would fail the same way
+            _LOGGER.exception("webhook not built job_id=%s event=%s", job.id, event)
+            outcome = Outcome(error="internal_error", retry=False)
+        else:
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": USER_AGENT,
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": signature,
+            }
+            outcome = post(job.webhook_url or "", body, headers)
     else:  # a key gone, or WEBHOOK_SECRET unset since the job was accepted: nothing signs
         outcome = Outcome(error="no_secret", retry=False)
     if outcome.status_code is not None and not outcome.delivered:
