@@ -504,6 +504,19 @@ def _result(job: Job) -> JobResult:
     )
 
 
+class WebhookEvent(Answer):
+    """The body of a webhook delivery: what happened to a job, and the job as it is now."""
+
+    type: Annotated[
+        Literal["job.started", "job.completed"],
+        Field(description="`job.completed`: the job ended, whatever its status."),
+    ]
+    timestamp: Annotated[
+        Stamp, Field(description="When it happened (`started_at`, `finished_at`).")
+    ]
+    data: Annotated[JobView, Field(description="The job as `GET /v1/jobs/{job_id}` shows it.")]
+
+
 class JobList(Answer):
     """One page of jobs, newest first."""
 
@@ -626,6 +639,7 @@ REQUESTS: tuple[type[Shape], ...] = (
 ANSWERS: tuple[type[Answer], ...] = (
     JobView,
     JobList,
+    WebhookEvent,
     ConversationView,
     Problem,
     Liveness,

@@ -361,3 +361,15 @@ def test_a_name_resolving_to_a_private_address_is_refused_at_delivery(
     }  # fmt: skip
     assert receiver.at("/rebound") == []
     assert json.loads(json.dumps(delivery))  # plain JSON
+
+
+def test_the_document_declares_the_webhook(client: FlaskClient) -> None:
+    document: dict[str, Any] = client.get("/openapi.json").json  # type: ignore[assignment]
+    options = document["components"]["schemas"]["TextJobRequest"]["properties"]
+    assert {"webhook", "webhook_events"} <= set(options)
+    event = document["webhooks"]["jobEvent"]["post"]
+    headers = {p["name"] for p in event["parameters"]}
+    assert headers == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    refusals = document["paths"]["/v1/jobs"]["post"]["responses"]["422"]["description"]
+    for code in ("invalid_webhook_url", "webhook_target_not_allowed", "webhook_secret_missing"):
+        assert code in refusals

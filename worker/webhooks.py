@@ -157,15 +157,15 @@ def _secret(session: Session, job: Job) -> str:
 
 def _body(job: Job, event: str) -> bytes:
     # The job view is declared once, in api/schemas.py; the worker renders it, as the API would.
-    from api.schemas import JobView, iso_time
+    from api.schemas import JobView, WebhookEvent, iso_time
 
     stamp = job.started_at if event == webhooks.STARTED else job.finished_at
-    payload = {
-        "type": f"job.{event}",
-        "timestamp": iso_time(stamp or utcnow()),
-        "data": JobView.of(job).model_dump(mode="json"),
-    }
-    return json.dumps(payload, separators=(",", ":")).encode()
+    payload = WebhookEvent(
+        type=f"job.{event}",  # type: ignore[arg-type]
+        timestamp=iso_time(stamp or utcnow()),
+        data=JobView.of(job),
+    )
+    return json.dumps(payload.model_dump(mode="json"), separators=(",", ":")).encode()
 
 
 def _recorded(session: Session, msg_id: str, attempt: int) -> bool:

@@ -69,6 +69,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "tags": TAGS,
+        "webhooks": jobs.WEBHOOKS,
         "paths": {
             **jobs.paths(settings, components),
             **openai.paths(settings, components),
