@@ -16,11 +16,11 @@ from api.access import caller_id, visible
 from api.follow import wait_for
 from api.held_requests import hold, try_hold
 from api.limits import check_capacity
-from api.schemas import AudioQuery, JobList, JobListQuery, JobView, is_resource_id
+from api.schemas import AudioQuery, JobList, JobListQuery, JobOptions, JobView, is_resource_id
 from api.speech_stream import stream_reply
 from api.submission import Submission, parse_submission
 from api.validation import single_values, validate
-from models import event_log, queries, storage, transitions
+from models import event_log, queries, storage, transitions, webhooks
 from models.errors import (
     AudioNotFound,
     ContextLengthExceeded,
@@ -29,6 +29,7 @@ from models.errors import (
     JobNotFinished,
     JobNotFound,
     VoiceChatError,
+    WebhookSecretMissing,
 )
 from models.settings import Settings
 from models.tables import Conversation, InputKind, Job, JobStatus, ReplyFormat, new_job_id
@@ -80,7 +81,9 @@ def submit(job: Job, audio: bytes | None = None) -> Job:
         # Nothing will ever run this job: end it now rather than leave it queued forever.
         code = error.code if isinstance(error, VoiceChatError) else "internal_error"
         transitions.fail_unclaimed(g.db, job.id, code, "The job could not be queued.")
-        event_log.announce_end(g.db, current_app.extensions["voicechat.events"], job.id)
+        queue = current_app.extensions["voicechat.queue"]
+        events = current_app.extensions["voicechat.events"]
+        event_log.announce_end(g.db, events, job.id, webhooks=queue.send_webhook)
         raise
     _LOGGER.info(
         "job submitted job_id=%s operation=%s input=%s reply=%s",
@@ -90,6 +93,26 @@ def submit(job: Job, audio: bytes | None = None) -> Job:
         job.reply_format,
     )
     return job
+
+
+def check_webhook(options: JobOptions, settings: Settings) -> None:
+    """Checks a job's webhook past its form: its host's addresses, and a secret to sign with.
+
+    Raises:
+        InvalidWebhookUrl: The host does not resolve.
+        WebhookTargetNotAllowed: It resolves to a non-public address (without
+            WEBHOOK_ALLOW_PRIVATE).
+        WebhookSecretMissing: The service runs open and WEBHOOK_SECRET is unset.
+    """
+    if options.webhook is None:
+        return
+    if caller_id() is None and not settings.webhook_secret:
+        raise WebhookSecretMissing(
+            "The service runs without API keys and WEBHOOK_SECRET is unset: no secret would "
+            "sign this job's webhook.",
+            field="webhook",
+        )
+    webhooks.check_target(options.webhook, allow_private=settings.webhook_allow_private)
 
 
 def finished_or_fail(job: Job) -> Job:
@@ -165,6 +188,7 @@ def _new_job(submission: Submission) -> Job:
         raise ConversationNotFound(
             f"No conversation has the id {options.conversation_id!r}.", field="conversation_id"
         )
+    check_webhook(options, current_app.extensions["voicechat.settings"])
     job = Job(
         id=new_job_id(),
         status=JobStatus.QUEUED.value,
@@ -173,6 +197,8 @@ def _new_job(submission: Submission) -> Job:
         conversation_id=options.conversation_id,
         input_kind=InputKind.TEXT.value,
         input_text=submission.text,
+        webhook_url=options.webhook,
+        webhook_events=options.webhook_event_names(),
     )
     if submission.audio_info is not None:
         job.input_audio_seconds = round(submission.audio_info.seconds, 3)

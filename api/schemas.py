@@ -9,14 +9,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from flask import url_for
-from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, model_validator
 
 from api.validation import Answer, Live, PositiveWhole, Shape, integral, refuse
 from models.errors import (
     ConflictingInput,
     EmptyText,
     InvalidOption,
+    InvalidWebhookUrl,
     MissingInput,
     TextTooLong,
 )
@@ -29,7 +29,9 @@ from models.tables import (
     ReplyFormat,
     Stage,
     Turn,
+    WebhookDelivery,
 )
+from models.webhooks import DEFAULT_EVENTS, EVENTS, MAX_URL_LENGTH, check_url
 
 RESOURCE_ID = "^[0-9a-f]{32}$"
 # The characters str.strip() removes (str.isspace()), spelled out: `\\s` means other sets in
@@ -107,6 +109,61 @@ SamplingTemperature = Annotated[
     Field(description="Sampling temperature; DEFAULT_TEMPERATURE when absent."),
 ]
 
+WEBHOOK_PATTERN = "^[Hh][Tt][Tt][Pp][Ss]?://[^\\s]+$"
+
+
+def _webhook_url(value: str) -> str:
+    try:
+        check_url(value)
+    except InvalidWebhookUrl as error:
+        raise refuse(InvalidWebhookUrl, error.detail.removeprefix("webhook ")) from None
+    return value
+
+
+def _event_list(value: Any, info: ValidationInfo) -> Any:
+    """A form or query string carries the events as one comma-separated value."""
+    if isinstance(value, str) and (info.context or {}).get("from_strings"):
+        return [part.strip() for part in value.split(",")]
+    return value
+
+
+def _distinct(value: list[str]) -> list[str]:
+    if len(set(value)) != len(value):
+        raise refuse(InvalidOption, "must not name an event twice")
+    return value
+
+
+WebhookUrl = Annotated[
+    str,
+    AfterValidator(_webhook_url),
+    Field(
+        description="Where to POST the job's events, signed per Standard Webhooks (see the "
+        "README's Webhooks section): an https or http URL with a host, without credentials, of "
+        f"at most {MAX_URL_LENGTH} characters (422 `invalid_webhook_url`). Its host must "
+        "resolve to public addresses only, unless WEBHOOK_ALLOW_PRIVATE (422 "
+        "`webhook_target_not_allowed`). With the service open (no API keys), WEBHOOK_SECRET "
+        "must be set (422 `webhook_secret_missing`).",
+        json_schema_extra={
+            "format": "uri",
+            "maxLength": MAX_URL_LENGTH,
+            "pattern": WEBHOOK_PATTERN,
+        },
+    ),
+]
+WebhookEvents = Annotated[
+    list[Literal["started", "completed"]],
+    BeforeValidator(_event_list),
+    AfterValidator(_distinct),
+    Field(
+        min_length=1,
+        max_length=len(EVENTS),
+        description="Which events to deliver: `started` (a worker took the job) and "
+        '`completed` (it ended: succeeded, failed or canceled); `["completed"]` when absent. '
+        "In a form or query string, one comma-separated value (`started,completed`).",
+        json_schema_extra={"uniqueItems": True},
+    ),
+]
+
 
 class JobOptions(Shape):
     """What a prompt may carry besides itself; an explicit null counts as absent."""
@@ -137,6 +194,20 @@ class JobOptions(Shape):
             "job succeeds. 404 `conversation_not_found` when there is none."
         ),
     ] = None
+    webhook: WebhookUrl | None = None
+    webhook_events: WebhookEvents | None = None
+
+    @model_validator(mode="after")
+    def _events_need_a_webhook(self) -> JobOptions:
+        if self.webhook_events is not None and self.webhook is None:
+            raise refuse(InvalidOption, "webhook_events is given without a webhook.")
+        return self
+
+    def webhook_event_names(self) -> list[str] | None:
+        """The events stored on the job: those asked for, the default with a webhook, or None."""
+        if self.webhook is None:
+            return None
+        return list(self.webhook_events or DEFAULT_EVENTS)
 
     def generation_options(self) -> dict[str, Any]:
         """The options stored on the job row: only those given."""
@@ -227,6 +298,11 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
+def iso_time(value: datetime) -> str:
+    """A time as the answers write it: ISO 8601 in UTC, with `Z`."""
+    return _iso(value) or ""
+
+
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
     return round((end - start).total_seconds(), 3) if start and end else None
 
@@ -309,6 +385,55 @@ class Timings(Answer):
     total_s: Seconds
 
 
+class WebhookAttempt(Answer):
+    """One attempt to deliver a webhook event, oldest first."""
+
+    event: Literal["started", "completed"]
+    attempt: Annotated[int, Field(ge=1, description="1 for the first try of this event.")]
+    status_code: Annotated[int | None, Field(description="The receiver's answer; null if none.")]
+    error: Annotated[
+        str | None,
+        Field(
+            description="Why it failed: `http_status` (not 2xx; redirects are not followed), "
+            "`timeout`, `connection_failed`, `tls_failed`, `unresolvable`, "
+            "`target_not_allowed`, `no_secret` or `internal_error` (the last three are not "
+            "retried); null once delivered."
+        ),
+    ]
+    delivered: Annotated[bool, Field(description="A 2xx answer.")]
+    at: Stamp
+
+
+class WebhookView(Answer):
+    """The job's webhook and its delivery attempts so far."""
+
+    url: str
+    events: list[Literal["started", "completed"]]
+    deliveries: list[WebhookAttempt]
+
+    @classmethod
+    def of(cls, job: Job) -> WebhookView | None:
+        """The job's webhook, or None when it has none."""
+        if not job.webhook_url:
+            return None
+        attempts: list[WebhookDelivery] = job.webhook_deliveries
+        return cls(
+            url=job.webhook_url,
+            events=list(job.webhook_events or DEFAULT_EVENTS),  # type: ignore[arg-type]
+            deliveries=[
+                WebhookAttempt(
+                    event=d.event,  # type: ignore[arg-type]
+                    attempt=d.attempt,
+                    status_code=d.status_code,
+                    error=d.error,
+                    delivered=d.delivered,
+                    at=iso_time(d.created_at),
+                )
+                for d in attempts
+            ],
+        )
+
+
 class JobView(Answer):
     """A submitted prompt and what the pipeline made of it. Times are UTC (`Z`)."""
 
@@ -327,6 +452,9 @@ class JobView(Answer):
     created_at: Stamp
     started_at: OptionalStamp
     finished_at: OptionalStamp
+    webhook: Annotated[
+        WebhookView | None, Field(description="The job's webhook and its deliveries, or null.")
+    ] = None
 
     @classmethod
     def of(cls, job: Job) -> JobView:
@@ -355,10 +483,11 @@ class JobView(Answer):
                 total_s=_seconds(job.created_at, job.finished_at),
             ),
             attempts=job.attempts,
-            events_url=url_for("events.job_events", job_id=job.id),
+            events_url=f"/v1/jobs/{job.id}/events",
             created_at=_iso(job.created_at) or "",
             started_at=_iso(job.started_at),
             finished_at=_iso(job.finished_at),
+            webhook=WebhookView.of(job),
         )
 
 
@@ -367,12 +496,25 @@ def _result(job: Job) -> JobResult:
     return JobResult(
         transcript=job.transcript,
         text=job.reply_text or "",
-        audio_url=url_for("jobs.get_job_audio", job_id=job.id) if has_audio else None,
+        audio_url=f"/v1/jobs/{job.id}/audio" if has_audio else None,
         audio_seconds=job.reply_audio_seconds,
         language=job.transcript_language,
         finish_reason=job.finish_reason,
         usage=Usage.of(job) if job.prompt_tokens is not None else None,
     )
+
+
+class WebhookEvent(Answer):
+    """The body of a webhook delivery: what happened to a job, and the job as it is now."""
+
+    type: Annotated[
+        Literal["job.started", "job.completed"],
+        Field(description="`job.completed`: the job ended, whatever its status."),
+    ]
+    timestamp: Annotated[
+        Stamp, Field(description="When it happened (`started_at`, `finished_at`).")
+    ]
+    data: Annotated[JobView, Field(description="The job as `GET /v1/jobs/{job_id}` shows it.")]
 
 
 class JobList(Answer):
@@ -497,6 +639,7 @@ REQUESTS: tuple[type[Shape], ...] = (
 ANSWERS: tuple[type[Answer], ...] = (
     JobView,
     JobList,
+    WebhookEvent,
     ConversationView,
     Problem,
     Liveness,

@@ -299,7 +299,8 @@ def validate(
         # JSON takes the shape's own strictness (strict, but for enums written as strings);
         # strings from a form or query are converted.
         strict = False if from_strings else None
-        return shape.model_validate(data, strict=strict, context={"settings": settings})
+        context = {"settings": settings, "from_strings": from_strings}
+        return shape.model_validate(data, strict=strict, context=context)
     except ValidationError as error:
         raise domain_error(shape, error, settings) from None
 

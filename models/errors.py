@@ -141,6 +141,29 @@ class TooManyChunks(InvalidAudio):
     title = "Too many WAV chunks"
 
 
+class InvalidWebhookUrl(InvalidInput):
+    """The webhook is not an absolute http(s) URL with a host, free of credentials."""
+
+    code = "invalid_webhook_url"
+    title = "Invalid webhook URL"
+
+
+class WebhookTargetNotAllowed(InvalidInput):
+    """The webhook's host resolves to a private, loopback, link-local or other special address
+    (allowed only with WEBHOOK_ALLOW_PRIVATE)."""
+
+    code = "webhook_target_not_allowed"
+    title = "Webhook target not allowed"
+
+
+class WebhookSecretMissing(InvalidInput):
+    """A webhook was asked for while the service runs open and WEBHOOK_SECRET is unset: nothing
+    could sign its deliveries."""
+
+    code = "webhook_secret_missing"
+    title = "No webhook secret"
+
+
 class NotFound(VoiceChatError):
     code = "not_found"
     title = "Not found"

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from models.tables import Job
 from models.transitions import mark_done_announced
+from models.webhooks import COMPLETED, WebhookSender, announce
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -185,14 +186,25 @@ class JobEvents:
         return events
 
 
-def announce_end(session: Session, events: JobEvents, job_id: str) -> bool:
-    """Appends a finished job's `done` event, read from its row, and records that it is there.
+def announce_end(
+    session: Session, events: JobEvents, job_id: str, *, webhooks: WebhookSender
+) -> bool:
+    """Appends a finished job's `done` event, read from its row, queues its `completed`
+    webhook if it asked for one, and records that both are done.
 
     Whoever ends a job calls this once; the reconciler calls it again for any end whose
-    announcer died or could not reach Redis. The fence keeps it to one `done` either way.
+    announcer died or could not reach Redis. The fence keeps it to one `done` either way; a
+    webhook queued twice carries the same `webhook-id` and is delivered once (worker/webhooks.py).
+
+    Args:
+        session: A database session.
+        events: The job event log.
+        job_id: The job.
+        webhooks: Sends a webhook delivery to the maintenance queue.
 
     Returns:
-        Whether the log now holds the job's `done` (False: not finished, or Redis unreachable).
+        Whether the log now holds the job's `done` and its webhook is queued (False: not
+        finished, or Redis unreachable).
     """
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or not job.job_status.terminal:
@@ -200,6 +212,8 @@ def announce_end(session: Session, events: JobEvents, job_id: str) -> bool:
     error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
     data = {"status": job.status, "error": error}
     if events.publish(job_id, DONE, data, attempt=job.attempts) is Append.UNREACHABLE:
+        return False
+    if not announce(session, job_id, COMPLETED, webhooks):
         return False
     mark_done_announced(session, job_id)
     return True

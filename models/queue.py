@@ -21,6 +21,9 @@ JOB_QUEUE = "voicechat"
 # marks are lost exactly when the messages may have been (a restart, a flush), and the
 # reconciler checks a new job's mark instead of reading the whole queue (worker/reconciler.py).
 SENT = "voicechat:sent"
+# Work that needs no models (webhook deliveries, retention): its own worker, `-Q maintenance`.
+MAINTENANCE_QUEUE = "maintenance"
+DELIVER_WEBHOOK_TASK = "worker.deliver_webhook"
 
 
 def send_job(celery: Celery, job_id: str, marks: Redis) -> None:
@@ -62,11 +65,24 @@ def waiting_jobs(client: Redis) -> int:
     return int(client.llen(JOB_QUEUE))
 
 
+def send_webhook(
+    celery: Celery, job_id: str, event: str, *, attempt: int = 1, countdown: float = 0
+) -> None:
+    """Sends one webhook delivery attempt of a job's event to the maintenance queue, by name."""
+    celery.send_task(
+        DELIVER_WEBHOOK_TASK,
+        args=[job_id, event, attempt],
+        queue=MAINTENANCE_QUEUE,
+        countdown=countdown or None,
+    )
+
+
 class JobQueue:
     """The web process's Celery client: it only sends; it has no tasks and no result backend."""
 
-    def __init__(self, broker_url: str, marks: Redis) -> None:
-        self.marks = marks
+    def __init__(self, broker_url: str, marks: Redis | None = None) -> None:
+        # The sent marks go to the broker's Redis: the API passes its own client of it.
+        self.marks = marks if marks is not None else Redis.from_url(broker_url)
         self.celery = Celery("voicechat-api", broker=broker_url, set_as_current=False)
         self.celery.conf.update(
             broker_connection_timeout=3,
@@ -93,3 +109,14 @@ class JobQueue:
         except (OperationalError, OSError) as error:
             _LOGGER.warning("enqueue failed job_id=%s error=%s", job_id, type(error).__name__)
             raise BrokerUnavailable("The job queue is unreachable; try again shortly.") from error
+
+    def send_webhook(self, job_id: str, event: str) -> None:
+        """Queues the first delivery attempt of a job's webhook event.
+
+        Raises:
+            BrokerUnavailable: Redis could not take the message.
+        """
+        try:
+            send_webhook(self.celery, job_id, event)
+        except (OperationalError, OSError) as error:
+            raise BrokerUnavailable("The job queue is unreachable.") from error

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import os
 import re
@@ -149,6 +151,11 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # Flower's user:password pairs (scripts/launch.py); generated into DATA_DIR when unset.
     flower_basic_auth: str = field(default="", repr=False)
+    webhook_allow_private: bool = False
+    webhook_secret: str = field(default="", repr=False)
+    webhook_max_attempts: int = 5
+    webhook_backoff_seconds: tuple[int, ...] = (5, 30, 120, 600, 1800)
+    webhook_timeout_seconds: int = 10
 
     @property
     def lease_seconds(self) -> int:
@@ -189,6 +196,7 @@ class Settings:
             **_fair_sharing(env),
             storage_backend=_choice(env, "storage_backend", ("local", "database")),
             **_access(env),
+            **_webhooks(env),
         )
 
 
@@ -387,3 +395,48 @@ def _access(env: _Environment) -> dict[str, Any]:
         if not user.strip() or not password:
             raise SettingError("FLOWER_BASIC_AUTH must be user:password (comma-separate pairs)")
     return {"allowed_hosts": hosts, "cors_origins": origins, "flower_basic_auth": flower}
+
+
+# Standard Webhooks' secrets: `whsec_` and the base64 of 24 to 64 random bytes.
+WEBHOOK_SECRET_PREFIX = "whsec_"
+
+
+def parse_webhook_secret(name: str, raw: str) -> bytes:
+    """Decodes a `whsec_` secret to its key bytes.
+
+    Raises:
+        SettingError: The text is not `whsec_` and the base64 of 24 to 64 bytes.
+    """
+    if not raw.startswith(WEBHOOK_SECRET_PREFIX):
+        raise SettingError(f"{name} must start with {WEBHOOK_SECRET_PREFIX}")
+    try:
+        key = base64.b64decode(raw[len(WEBHOOK_SECRET_PREFIX) :], validate=True)
+    except binascii.Error:
+        raise SettingError(f"{name} must be whsec_ and base64 text") from None
+    if not 24 <= len(key) <= 64:
+        raise SettingError(f"{name} must hold 24 to 64 bytes, got {len(key)}")
+    return key
+
+
+def _webhooks(env: _Environment) -> dict[str, Any]:
+    """Where webhooks may go, what signs them, and how their delivery is retried."""
+    allow = env.raw("WEBHOOK_ALLOW_PRIVATE")
+    secret = env.raw("WEBHOOK_SECRET")
+    if secret:
+        parse_webhook_secret("WEBHOOK_SECRET", secret)
+    raw_backoff = env.raw("WEBHOOK_BACKOFF_SECONDS")
+    backoff = (
+        tuple(
+            parse_int("WEBHOOK_BACKOFF_SECONDS", part, minimum=0, maximum=86_400)
+            for part in raw_backoff.split(",")
+        )
+        if raw_backoff
+        else env.defaults["webhook_backoff_seconds"]
+    )
+    return {
+        "webhook_allow_private": parse_bool("WEBHOOK_ALLOW_PRIVATE", allow) if allow else False,
+        "webhook_secret": secret,
+        "webhook_max_attempts": env.whole("webhook_max_attempts", maximum=20),
+        "webhook_backoff_seconds": backoff,
+        "webhook_timeout_seconds": env.whole("webhook_timeout_seconds", maximum=60),
+    }

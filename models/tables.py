@@ -21,7 +21,7 @@ from sqlalchemy import (
     Text,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 UTC = timezone.utc  # noqa: UP017 - the Jetson MLC images run Python 3.10, which has no datetime.UTC
@@ -198,6 +198,10 @@ class Job(Base):
     expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
     webhook_events: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    # Read-only: the rows are written by the delivery task and removed with the job (CASCADE).
+    webhook_deliveries: Mapped[list[WebhookDelivery]] = relationship(
+        viewonly=True, order_by="WebhookDelivery.id"
+    )
 
     @property
     def job_status(self) -> JobStatus:

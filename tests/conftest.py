@@ -69,24 +69,30 @@ def _database_urls() -> list[object]:
     return urls
 
 
-@pytest.fixture(params=_database_urls())
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: SQLite in a temporary folder, or the PostgreSQL under test."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'test.db'}"
-        return
+def empty_database(url: str) -> None:
+    """Drops every table of the database at `url` (the PostgreSQL under test), so that what an
+    earlier test left there (rows, API keys) cannot change what the next one sees."""
     from sqlalchemy import text
 
     from models.db import make_engine
     from models.tables import Base
 
-    url = str(request.param)
     engine = make_engine(url)
     tables = [table.name for table in reversed(Base.metadata.sorted_tables)]
     with engine.begin() as connection:
         for table in (*tables, "alembic_version"):
             connection.execute(text(f"DROP TABLE IF EXISTS {table} CASCADE"))
     engine.dispose()
+
+
+@pytest.fixture(params=_database_urls())
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: SQLite in a temporary folder, or the PostgreSQL under test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    url = str(request.param)
+    empty_database(url)
     yield url
 
 

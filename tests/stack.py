@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ class Stack:
         self.redis: Any = None
         self.api: subprocess.Popen[bytes] | None = None
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
+        self.maintenance: subprocess.Popen[bytes] | None = None
         self.worker_starts = 0
         self.http = requests.Session()
         migrate(self.env["DATABASE_URL"])
@@ -109,6 +111,18 @@ class Stack:
         self.workers[index] = self._spawn(worker_command(index), f"worker-{index}.log", **env)
         self._until(lambda: self.ready_workers() > ready, f"worker {index} to be ready")
 
+    def start_maintenance_worker(self, **env: str) -> None:
+        """Starts the maintenance worker (webhook deliveries; no models) and waits until it
+        consumes its queue. It has no readiness key: its log says when it is ready."""
+        command = [
+            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+            "-Q", "maintenance", "--pool", "threads", "--concurrency", "4",
+            "-n", "maintenance@%h", "--loglevel=INFO",
+        ]  # fmt: skip
+        log = self.data_dir / "maintenance.log"
+        self.maintenance = self._spawn(command, log.name, WORKER_ROLE="maintenance", **env)
+        self._until(lambda: log.exists() and " ready." in log.read_text(), "maintenance ready")
+
     def kill_worker(self, sig: signal.Signals = signal.SIGKILL, index: int = 1) -> None:
         """Signals a whole worker (parent and pool child) and waits for it to exit."""
         process = self.workers.pop(index)
@@ -128,7 +142,7 @@ class Stack:
             return 0
 
     def close(self) -> None:
-        for process in (*self.workers.values(), self.api):
+        for process in (*self.workers.values(), self.maintenance, self.api):
             if process is not None and process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=30)

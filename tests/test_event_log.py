@@ -97,6 +97,10 @@ def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
+def _no_webhook(job_id: str, event: str) -> None:
+    raise AssertionError(f"the job has no webhook, yet {event} was sent for {job_id}")
+
+
 def test_an_end_is_announced_from_the_row_once(
     events: JobEvents, sessions: sessionmaker[Session]
 ) -> None:
@@ -104,13 +108,50 @@ def test_an_end_is_announced_from_the_row_once(
         job = Job(reply_format="text", input_kind="text", input_text="hi", options={})
         session.add(job)
         session.commit()
-        assert event_log.announce_end(session, events, job.id) is False  # not finished yet
+        assert (
+            event_log.announce_end(session, events, job.id, webhooks=_no_webhook) is False
+        )  # not finished yet
         lease = transitions.claim(session, job.id, owner="w:1", lease_seconds=30, max_attempts=3)
         assert lease.lease is not None
         transitions.fail(session, lease.lease, "no_speech", "No speech.")
-        assert event_log.announce_end(session, events, job.id) is True
-        assert event_log.announce_end(session, events, job.id) is True  # the fence refuses it
+        assert event_log.announce_end(session, events, job.id, webhooks=_no_webhook) is True
+        assert (
+            event_log.announce_end(session, events, job.id, webhooks=_no_webhook) is True
+        )  # the fence refuses it
         session.refresh(job)
         assert job.done_announced is True
     error = {"code": "no_speech", "message": "No speech."}
     assert _log(events, job.id) == [("done", {"status": "failed", "error": error})]
+
+
+def test_an_end_is_announced_only_once_its_webhook_is_queued(
+    events: JobEvents, sessions: sessionmaker[Session]
+) -> None:
+    sent: list[tuple[str, str]] = []
+
+    def broker_down(job_id: str, event: str) -> None:
+        raise OSError("connection refused")
+
+    with sessions() as session:
+        job = Job(
+            reply_format="text",
+            input_kind="text",
+            input_text="hi",
+            options={},
+            webhook_url="https://example.com/hook",
+            webhook_events=["completed"],
+        )
+        session.add(job)
+        session.commit()
+        lease = transitions.claim(session, job.id, owner="w:1", lease_seconds=30, max_attempts=3)
+        assert lease.lease is not None
+        transitions.fail(session, lease.lease, "no_speech", "No speech.")
+        # The webhook could not be queued: the end stays unannounced, for the reconciler.
+        assert event_log.announce_end(session, events, job.id, webhooks=broker_down) is False
+        session.refresh(job)
+        assert job.done_announced is False
+        assert event_log.announce_end(session, events, job.id, webhooks=lambda *a: sent.append(a))
+        session.refresh(job)
+        assert job.done_announced is True
+    assert sent == [(job.id, "completed")]
+    assert [event.type for event in events.read(job.id)] == ["done"]  # one done still

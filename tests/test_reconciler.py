@@ -60,6 +60,10 @@ def _job(session, age_seconds: float = 0) -> str:  # type: ignore[no-untyped-def
     return job.id
 
 
+def _no_webhook(job_id: str, event: str) -> None:
+    raise AssertionError(f"no job here has a webhook, yet {event} was sent for {job_id}")
+
+
 def test_broker_membership_reads_waiting_messages_only(broker: Redis) -> None:
     broker.lpush("voicechat", _message("a"), "not json", json.dumps({"no": "headers"}))
     broker.lpush("voicechat\x06\x163", _message("b"))
@@ -78,6 +82,7 @@ def test_republishes_old_queued_jobs_without_a_message(sessions, broker) -> None
         broker.lpush("voicechat", _message(waiting))
         report = reconcile(
             session, broker, _events(broker), published.append, queue="voicechat",
+            webhooks=_no_webhook,
             queued_after_seconds=30,
         )  # fmt: skip
     assert published == [orphan] and report.republished == (orphan,)
@@ -93,6 +98,7 @@ def test_releases_and_republishes_jobs_whose_lease_expired(sessions, broker) -> 
             transitions.claim(session, job_id, owner="w:1", lease_seconds=lease, max_attempts=3)
         report = reconcile(
             session, broker, _events(broker), published.append, queue="voicechat",
+            webhooks=_no_webhook,
             queued_after_seconds=30,
         )  # fmt: skip
         assert report.released == (dead,) and published == [dead]
@@ -104,6 +110,7 @@ def test_releases_and_republishes_jobs_whose_lease_expired(sessions, broker) -> 
         session.commit()
         again = reconcile(
             session, broker, _events(broker), published.append, queue="voicechat",
+            webhooks=_no_webhook,
             queued_after_seconds=30,
         )  # fmt: skip
     assert again.republished == () and published == [dead]
@@ -112,7 +119,7 @@ def test_releases_and_republishes_jobs_whose_lease_expired(sessions, broker) -> 
 def _pass(session, broker, published: list[str]):  # type: ignore[no-untyped-def]
     return reconcile(
         session, broker, _events(broker), published.append, queue="voicechat",
-        queued_after_seconds=30,
+        webhooks=_no_webhook, queued_after_seconds=30,
     )  # fmt: skip
 
 

@@ -6,7 +6,7 @@ import os
 
 from celery import Celery
 
-from models.queue import JOB_QUEUE
+from models.queue import DELIVER_WEBHOOK_TASK, JOB_QUEUE, MAINTENANCE_QUEUE
 from models.settings import Settings
 
 settings = Settings.from_env()
@@ -22,10 +22,11 @@ if gpu := os.environ.get("WORKER_GPU", "").strip():
 app = Celery(
     "voicechat",
     broker=settings.redis_url,
-    include=["worker.tasks", "worker.lifecycle", "worker.recovery"],
+    include=["worker.tasks", "worker.lifecycle", "worker.recovery", "worker.webhooks"],
 )
 app.conf.update(
     task_default_queue=JOB_QUEUE,
+    task_routes={DELIVER_WEBHOOK_TASK: {"queue": MAINTENANCE_QUEUE}},
     task_ignore_result=True,
     task_acks_late=True,
     worker_prefetch_multiplier=1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery.signals import celeryd_init, worker_process_init, worker_process_shutdown
@@ -13,6 +14,10 @@ from worker.celery_app import settings
 from worker.lease_keeper import LeaseKeeper
 
 _LOGGER = logging.getLogger(__name__)
+
+# A maintenance worker (`-Q maintenance`: webhook deliveries) loads and checks no engines.
+# Minimal on this branch; the retention branch brings the same switch.
+MAINTENANCE = os.environ.get("WORKER_ROLE", "").strip() == "maintenance"
 
 # The pool child's lease keeper, started once its engines are loaded.
 _KEEPER: LeaseKeeper | None = None
@@ -26,6 +31,8 @@ def _refuse_unusable_engines(**_kwargs: Any) -> None:
     validation.py). SystemExit passes through Celery's signal dispatch, which catches Exception
     only, and ends the parent with status 1 and one line on stderr naming the setting.
     """
+    if MAINTENANCE:
+        return
     from worker.engines.validation import validate_engines
 
     try:
@@ -38,6 +45,8 @@ def _refuse_unusable_engines(**_kwargs: Any) -> None:
 def _load_engines(**_kwargs: Any) -> None:
     """Loads and warms the engines in the pool's child, then starts its lease keeper."""
     global _KEEPER
+    if MAINTENANCE:
+        return
     _KEEPER = LeaseKeeper(settings)
     try:
         runtime.get_pipeline(settings)

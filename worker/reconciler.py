@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from models import event_log, heartbeat, queries, transitions
 from models import queue as queue_marks
 from models.event_log import JobEvents
+from models.webhooks import WebhookSender
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ def reconcile(
     events: JobEvents,
     publish: Callable[[str], None],
     *,
+    webhooks: WebhookSender,
     queue: str,
     queued_after_seconds: int,
 ) -> Report:
@@ -149,6 +151,7 @@ def reconcile(
         broker: The Redis the jobs are queued in.
         events: The job event log: a released job's stream says it is queued again.
         publish: Sends the message for a job id.
+        webhooks: Sends a webhook delivery (an end announced now gets its `completed` one).
         queue: The queue's name.
         queued_after_seconds: How long a job may stay queued with no message before it is
             republished (covers the moment between the API's commit and its publish).
@@ -178,7 +181,7 @@ def reconcile(
     announced = [
         job_id
         for job_id in queries.unannounced_ends(session, older_than_seconds=queued_after_seconds)
-        if event_log.announce_end(session, events, job_id)
+        if event_log.announce_end(session, events, job_id, webhooks=webhooks)
     ]
     if released or republished or announced:
         _LOGGER.warning(

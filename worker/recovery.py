@@ -23,6 +23,7 @@ from models.queue import JOB_QUEUE, send_job
 from worker.celery_app import app, settings
 from worker.lease_keeper import children_prefix
 from worker.reconciler import reconcile
+from worker.webhooks import queue_delivery
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def _recover_lost_job(
             message = f"The job ran past {settings.task_time_limit} seconds."
             if transitions.fail_held_by(session, job_id, mine, "timeout", message):
                 _LOGGER.warning("job failed in parent job_id=%s code=timeout", job_id)
-                event_log.announce_end(session, _events(), job_id)
+                event_log.announce_end(session, _events(), job_id, webhooks=queue_delivery)
             return
         attempt = transitions.release_held_by(session, job_id, mine)
         if attempt is not None:
@@ -129,6 +130,7 @@ class Reconciler(bootsteps.StartStopStep):  # type: ignore[misc]
                     self.broker,
                     _events(),
                     publish,
+                    webhooks=queue_delivery,
                     queue=JOB_QUEUE,
                     queued_after_seconds=settings.reconcile_queued_after_seconds,
                 )

@@ -20,7 +20,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import event_log, queries, storage, transitions
+from models import event_log, queries, storage, transitions, webhooks
 from models.db import make_engine, make_session_factory
 from models.errors import EngineUnavailable, JobTimedOut, VoiceChatError
 from models.event_log import JobEvents
@@ -29,6 +29,7 @@ from worker import lease_keeper, runtime
 from worker.celery_app import app, settings
 from worker.engines import Audio, Reply, Transcript
 from worker.pipeline import JobInput, Outcome
+from worker.webhooks import queue_delivery
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -226,10 +227,13 @@ def run_job(job_id: str) -> None:
             max_attempts=settings.max_attempts,
         )
         if claim.outcome is transitions.ClaimOutcome.EXHAUSTED:
-            event_log.announce_end(session, _events(), job_id)
+            event_log.announce_end(session, _events(), job_id, webhooks=queue_delivery)
         if claim.lease is None:
             _LOGGER.info("job not run job_id=%s claim=%s", job_id, claim.outcome.value)
             return
+        # Every claim, not only the first: one whose worker died before it queued the event
+        # gets it from the next; the delivery task sends each event's `webhook-id` once.
+        webhooks.announce(session, job_id, webhooks.STARTED, queue_delivery)
         held = lease_keeper.Held(claim.lease)
         lease_keeper.hold_lease(held)
         try:
@@ -239,7 +243,7 @@ def run_job(job_id: str) -> None:
         finally:
             lease_keeper.hold_lease(None)
         if ended:
-            event_log.announce_end(session, _events(), job_id)
+            event_log.announce_end(session, _events(), job_id, webhooks=queue_delivery)
 
 
 def _attempt(session: Session, progress: RowProgress) -> bool:

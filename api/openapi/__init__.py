@@ -83,6 +83,7 @@ def build_document(settings: Settings) -> dict[str, Any]:
         "servers": [{"url": "/"}],
         "tags": TAGS,
         "security": access.SECURITY,
+        "webhooks": jobs.WEBHOOKS,
         "paths": paths,
         "components": {
             "securitySchemes": access.SECURITY_SCHEMES,

@@ -71,6 +71,12 @@ PROBLEM_CODES: dict[int, dict[str, str]] = {
         "context_length_exceeded": "the system prompt and the prompt alone leave no room for "
         "the reply in the model's context window; reported only when the request waited for "
         "its job, which failed with this code",
+        "invalid_webhook_url": "`webhook` is not an http(s) URL with a host and without "
+        "credentials, of at most 2048 characters, or its host does not resolve",
+        "webhook_target_not_allowed": "`webhook`'s host resolves to a private, loopback, "
+        "link-local, multicast, reserved or unspecified address (WEBHOOK_ALLOW_PRIVATE is off)",
+        "webhook_secret_missing": "a webhook was asked for while the service runs without API "
+        "keys and WEBHOOK_SECRET is unset",
         "idempotency_key_reused": "this `Idempotency-Key` came with a different request; use a "
         "new key",
     },
@@ -225,7 +231,10 @@ def query_parameters(components: dict[str, Schema], name: str, note: str = "") -
     for field, schema in components[name]["properties"].items():
         described = {k: v for k, v in schema.items() if k != "description"}
         text = f"{note} {schema.get('description', '')}".strip()
-        parameters.append({"name": field, "in": "query", "description": text, "schema": described})
+        parameter = {"name": field, "in": "query", "description": text, "schema": described}
+        if described.get("type") == "array":  # one comma-separated value, never repeated
+            parameter.update(style="form", explode=False)
+        parameters.append(parameter)
     return parameters
 
 

@@ -38,6 +38,53 @@ def paths(settings: Settings, components: dict[str, Schema]) -> dict[str, Any]:
     }
 
 
+def _signature_header(name: str, description: str, pattern: str) -> Schema:
+    schema = {"type": "string", "pattern": pattern}
+    return {
+        "name": name,
+        "in": "header",
+        "required": True,
+        "description": description,
+        "schema": schema,
+    }
+
+
+WEBHOOKS = {
+    "jobEvent": {
+        "post": {
+            "operationId": "job_event",
+            "tags": ["jobs"],
+            "summary": "A job's webhook event",
+            "description": "Sent to a job's `webhook` for each of its `webhook_events`, from the "
+            "maintenance worker, signed per Standard Webhooks (https://www.standardwebhooks.com)"
+            ": verify `webhook-signature` before trusting the body (the README shows how), and "
+            "drop a `webhook-id` already seen. Answer 2xx within WEBHOOK_TIMEOUT_SECONDS; "
+            "anything else is retried with backoff.",
+            "parameters": [
+                _signature_header(
+                    "webhook-id",
+                    "`msg_{job_id}_{event}`: the same on every retry of one event.",
+                    "^msg_[0-9a-f]{32}_(started|completed)$",
+                ),
+                _signature_header("webhook-timestamp", "Unix seconds of this attempt.", "^[0-9]+$"),
+                _signature_header(
+                    "webhook-signature",
+                    "`v1,` and the base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}."
+                    "{body}`, keyed with the base64-decoded part of the secret after `whsec_`: "
+                    "the API key's webhook secret, or WEBHOOK_SECRET when the service runs open.",
+                    "^v1,[A-Za-z0-9+/=]+$",
+                ),
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": schema_ref("WebhookEvent")}},
+            },
+            "responses": {"2XX": {"description": "Delivered; nothing more is sent for it."}},
+        }
+    }
+}
+
+
 def _job_answer(description: str, wait_cap: int) -> Schema:
     applied = {
         "description": "With `Prefer: wait=N`: `wait=` and the seconds waited at most (N, capped "
@@ -111,6 +158,12 @@ CREATE_JOB_DESCRIPTION = (
     "usual.\n\nThe options travel in the body for JSON and forms, and as query parameters for a "
     "raw WAV body (where they are ignored otherwise). Media types of the form `application/*+json`"
     " are read as JSON. The whole body may be at most MAX_UPLOAD_MB ({upload_mb} MB here)."
+    "\n\nWith `webhook`, the job's `webhook_events` (`started`, `completed`) are POSTed there "
+    "as `WebhookEvent`s (see `webhooks` in this document), signed per Standard Webhooks with "
+    "the headers `webhook-id` (the same on every retry of one event), `webhook-timestamp` and "
+    "`webhook-signature`; a failed delivery (network error or an answer other than 2xx; "
+    "redirects are not followed) is retried up to WEBHOOK_MAX_ATTEMPTS times, and each attempt "
+    "is shown in the job's `webhook.deliveries`."
 )
 
 
@@ -120,13 +173,18 @@ def _job_bodies(settings: Settings) -> Schema:
         "description": "The recording as the whole body: a WAV of at most MAX_AUDIO_SECONDS "
         f"({settings.max_audio_seconds:g} s here).",
     }
+    # A form carries the webhook's events as one comma-separated field, never repeated.
+    events = {"webhook_events": {"style": "form", "explode": False}}
     return {
         "application/json": {"schema": schema_ref("TextJobRequest")},
         "multipart/form-data": {
             "schema": schema_ref("UploadJobRequest"),
-            "encoding": {"audio": {"contentType": "audio/wav"}},
+            "encoding": {"audio": {"contentType": "audio/wav"}, **events},
         },
-        "application/x-www-form-urlencoded": {"schema": schema_ref("TextJobForm")},
+        "application/x-www-form-urlencoded": {
+            "schema": schema_ref("TextJobForm"),
+            "encoding": events,
+        },
         **{media_type: {"schema": wav} for media_type in sorted(WAV_MEDIA_TYPES)},
     }
 

@@ -1,0 +1,179 @@
+"""Job webhooks: which events a job wants, where they may go, and how a delivery is signed.
+
+Shared by the API (checks at submit) and the maintenance worker (checks again at delivery, after
+its own DNS resolution, and signs). Signatures follow the Standard Webhooks spec
+(https://www.standardwebhooks.com): `webhook-id`, `webhook-timestamp` and `webhook-signature`,
+`v1,` and the base64 HMAC-SHA256 of `{id}.{timestamp}.{body}` under the secret's bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable
+from urllib.parse import SplitResult, urlsplit
+
+from sqlalchemy.orm import Session
+
+from models.errors import InvalidWebhookUrl, WebhookTargetNotAllowed
+from models.settings import parse_webhook_secret
+from models.tables import Job
+
+_LOGGER = logging.getLogger(__name__)
+
+STARTED = "started"
+COMPLETED = "completed"  # any terminal status: succeeded, failed or canceled
+EVENTS = (STARTED, COMPLETED)
+DEFAULT_EVENTS = (COMPLETED,)
+MAX_URL_LENGTH = 2048
+SCHEMES = ("https", "http")
+
+# Sends the delivery of (job id, event) to the maintenance queue; raises when it cannot.
+WebhookSender = Callable[[str, str], None]
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def check_url(url: str) -> SplitResult:
+    """Checks a webhook URL's form (no network): http(s), a host, no credentials, ≤ 2048 chars.
+
+    Raises:
+        InvalidWebhookUrl: The URL is unacceptable; the message says why.
+    """
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidWebhookUrl(f"webhook must be at most {MAX_URL_LENGTH} characters.")
+    if not url.isascii() or any(c.isspace() or ord(c) < 32 for c in url):
+        raise InvalidWebhookUrl("webhook must be an ASCII URL without spaces.")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise InvalidWebhookUrl("webhook is not a valid URL.") from None
+    if parts.scheme not in SCHEMES:
+        raise InvalidWebhookUrl("webhook must be an https or http URL.")
+    if not parts.hostname:
+        raise InvalidWebhookUrl("webhook must name a host.")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidWebhookUrl("webhook must not carry credentials; sign, don't embed them.")
+    return parts
+
+
+def port_of(parts: SplitResult) -> int:
+    """The URL's port, or its scheme's default."""
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def allowed_address(address: Address) -> bool:
+    """Whether an address is a public one a webhook may reach without WEBHOOK_ALLOW_PRIVATE."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    special = (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+    )
+    return address.is_global and not special
+
+
+def resolve_target(parts: SplitResult, *, allow_private: bool) -> list[Address]:
+    """Resolves the URL's host once and checks every address it has.
+
+    Every address must be allowed, not only the first: a name that mixes a public address with a
+    private one would otherwise pass the check and be connected to the private one.
+
+    Returns:
+        The addresses, in the resolver's order; connect to one of these, never resolve again.
+
+    Raises:
+        OSError: The name does not resolve (socket.gaierror).
+        WebhookTargetNotAllowed: An address is private (and WEBHOOK_ALLOW_PRIVATE is off).
+    """
+    host = parts.hostname or ""
+    infos = socket.getaddrinfo(host, port_of(parts), type=socket.SOCK_STREAM)
+    addresses: list[Address] = []
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if address not in addresses:
+            addresses.append(address)
+    if not allow_private:
+        for address in addresses:
+            if not allowed_address(address):
+                raise WebhookTargetNotAllowed(
+                    "webhook's host resolves to a private, loopback, link-local or other "
+                    "non-public address.",
+                    field="webhook",
+                )
+    return addresses
+
+
+def check_target(url: str, *, allow_private: bool) -> None:
+    """The submit-time check: the URL's form, then its resolved addresses.
+
+    Raises:
+        InvalidWebhookUrl: The URL is malformed, or its host does not resolve.
+        WebhookTargetNotAllowed: It resolves to an address that is not public.
+    """
+    parts = check_url(url)
+    try:
+        resolve_target(parts, allow_private=allow_private)
+    except OSError:
+        raise InvalidWebhookUrl("webhook's host does not resolve.", field="webhook") from None
+
+
+def message_id(job_id: str, event: str) -> str:
+    """The `webhook-id` of a job's event: the same on every retry, and if the event is sent
+    twice (an end announced again by the reconciler), so a receiver can drop the copy."""
+    return f"msg_{job_id}_{event}"
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` header's value for one delivery.
+
+    Args:
+        secret: A `whsec_` secret (an API key's, or WEBHOOK_SECRET).
+        msg_id: The `webhook-id`.
+        timestamp: The `webhook-timestamp`, Unix seconds.
+        body: The exact bytes sent.
+
+    Returns:
+        `v1,` and the base64 HMAC-SHA256 of `{msg_id}.{timestamp}.{body}`.
+    """
+    key = parse_webhook_secret("webhook secret", secret)
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def wants(job: Job, event: str) -> bool:
+    """Whether the job asked for a webhook on `event`."""
+    return bool(job.webhook_url) and event in (job.webhook_events or DEFAULT_EVENTS)
+
+
+def announce(session: Session, job_id: str, event: str, send: WebhookSender) -> bool:
+    """Sends a job's `event` delivery to the maintenance queue if the job wants it.
+
+    Called after the transition that made the event has committed, by whoever made it.
+
+    Returns:
+        Whether nothing more is owed: the job wants no such webhook, or it is queued (False: the
+        queue was unreachable; logged, and a caller that can retry does).
+    """
+    job = session.get(Job, job_id)
+    if job is None or not wants(job, event):
+        return True
+    try:
+        send(job_id, event)
+    except Exception as error:  # the broker is out: the caller retries, or the event is lost
+        _LOGGER.warning(
+            "webhook not queued job_id=%s event=%s error=%s", job_id, event, type(error).__name__
+        )
+        return False
+    _LOGGER.info("webhook queued job_id=%s event=%s", job_id, event)
+    return True

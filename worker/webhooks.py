@@ -1,0 +1,252 @@
+"""The webhook delivery task (maintenance queue): sign, post to the checked address, record, retry.
+
+Each attempt resolves the target's name once, refuses it if any address is not public (unless
+WEBHOOK_ALLOW_PRIVATE), and connects to the address it checked: the name is never resolved a
+second time, so a rebinding DNS answer cannot slip a private address in between the check and
+the connection. Plain http sends the name in `Host`; https also verifies the certificate against
+the name (SNI), over the socket opened to the checked address. Redirects are never followed
+(http.client does not follow them; a 3xx is a failed attempt), and at most MAX_RESPONSE_BYTES of
+the answer are read.
+
+A retry is a new message with a countdown. Redis hands an unacknowledged message to another
+worker after its visibility timeout, and a message waiting for its countdown is unacknowledged,
+so a long backoff may run twice: each attempt takes a Redis lock and is skipped if recorded.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import SplitResult
+
+from redis import Redis
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import webhooks
+from models.db import make_engine, make_session_factory
+from models.errors import WebhookTargetNotAllowed
+from models.queue import send_webhook
+from models.tables import ApiKey, Job, WebhookDelivery, utcnow
+from worker.celery_app import app, settings
+
+_LOGGER = logging.getLogger(__name__)
+
+MAX_RESPONSE_BYTES = 64 * 1024
+USER_AGENT = "voicechat-webhooks/1"
+LOCK_PREFIX = "voicechat:webhook-attempt:"
+
+_LOCK = threading.Lock()
+_SESSIONS: sessionmaker[Session] | None = None
+_REDIS: Redis | None = None
+
+
+def queue_delivery(job_id: str, event: str) -> None:
+    """Sends the first attempt of a job's webhook event to the maintenance queue (the
+    `WebhookSender` the job worker and its parent hand to `announce_end`)."""
+    send_webhook(app, job_id, event)
+
+
+def _sessions() -> sessionmaker[Session]:
+    global _SESSIONS
+    with _LOCK:  # the maintenance worker runs tasks in threads
+        if _SESSIONS is None:
+            _SESSIONS = make_session_factory(make_engine(settings.database_url))
+        return _SESSIONS
+
+
+def _redis() -> Redis:
+    global _REDIS
+    with _LOCK:
+        if _REDIS is None:
+            _REDIS = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        return _REDIS
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt came to: the answer's status, or why there was none."""
+
+    status_code: int | None = None
+    error: str | None = None  # a stable word: timeout, connection_failed, target_not_allowed, ...
+    retry: bool = True
+
+    @property
+    def delivered(self) -> bool:
+        """A 2xx answer."""
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    """An HTTP connection to an address already checked, speaking to the URL's name."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    """An HTTPS connection to an address already checked; the certificate is verified for the
+    URL's name, which also goes out as SNI."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self.address = address
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> Outcome:
+    """Posts one delivery to the address the URL's name resolves to, once checked.
+
+    Returns:
+        The status code of the answer, or the error that stopped the attempt.
+    """
+    parts = webhooks.check_url(url)
+    try:
+        addresses = webhooks.resolve_target(parts, allow_private=settings.webhook_allow_private)
+    except WebhookTargetNotAllowed:
+        return Outcome(error="target_not_allowed", retry=False)
+    except OSError:
+        return Outcome(error="unresolvable")
+    connection = _connection(parts, str(addresses[0]))
+    try:
+        connection.request("POST", _target(parts), body=body, headers=headers)
+        response = connection.getresponse()
+        response.read(MAX_RESPONSE_BYTES)  # bounded: the rest is dropped with the connection
+        return Outcome(status_code=response.status, error=None)
+    except TimeoutError:
+        return Outcome(error="timeout")
+    except ssl.SSLError:
+        return Outcome(error="tls_failed")
+    except (OSError, http.client.HTTPException):
+        return Outcome(error="connection_failed")
+    finally:
+        connection.close()
+
+
+def _connection(parts: SplitResult, address: str) -> http.client.HTTPConnection:
+    kind = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
+    timeout = settings.webhook_timeout_seconds
+    return kind(parts.hostname or "", webhooks.port_of(parts), address, timeout)
+
+
+def _target(parts: SplitResult) -> str:
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def _secret(session: Session, job: Job) -> str:
+    """The job's API key's secret; WEBHOOK_SECRET for a job made while the service ran open."""
+    if job.api_key_id is not None:
+        key = session.get(ApiKey, job.api_key_id)
+        return key.webhook_secret if key is not None else ""
+    return settings.webhook_secret
+
+
+def _body(job: Job, event: str) -> bytes:
+    # The job view is declared once, in api/schemas.py; the worker renders it, as the API would.
+    from api.schemas import JobView, WebhookEvent, iso_time
+
+    stamp = job.started_at if event == webhooks.STARTED else job.finished_at
+    payload = WebhookEvent(
+        type=f"job.{event}",  # type: ignore[arg-type]
+        timestamp=iso_time(stamp or utcnow()),
+        data=JobView.of(job),
+    )
+    return json.dumps(payload.model_dump(mode="json"), separators=(",", ":")).encode()
+
+
+def _recorded(session: Session, msg_id: str, attempt: int) -> bool:
+    """Whether this event was delivered already, or this attempt of it has run."""
+    query = select(WebhookDelivery.id).where(
+        WebhookDelivery.message_id == msg_id,
+        (WebhookDelivery.delivered.is_(True)) | (WebhookDelivery.attempt == attempt),
+    )
+    return session.scalar(query.limit(1)) is not None
+
+
+def attempt_delivery(session: Session, job: Job, event: str, attempt: int) -> Outcome:
+    """Signs and posts one attempt, and records it on the job."""
+    msg_id = webhooks.message_id(job.id, event)
+    secret = _secret(session, job)
+    if secret:
+        try:
+            body = _body(job, event)
+            timestamp = int(time.time())
+            signature = webhooks.sign(secret, msg_id, timestamp, body)
+        except Exception:  # recorded on the job, never retried: it would fail the same way
+            _LOGGER.exception("webhook not built job_id=%s event=%s", job.id, event)
+            outcome = Outcome(error="internal_error", retry=False)
+        else:
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": USER_AGENT,
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": signature,
+            }
+            outcome = post(job.webhook_url or "", body, headers)
+    else:  # a key gone, or WEBHOOK_SECRET unset since the job was accepted: nothing signs
+        outcome = Outcome(error="no_secret", retry=False)
+    if outcome.status_code is not None and not outcome.delivered:
+        outcome = Outcome(status_code=outcome.status_code, error="http_status")
+    session.add(
+        WebhookDelivery(
+            job_id=job.id,
+            event=event,
+            message_id=msg_id,
+            attempt=attempt,
+            status_code=outcome.status_code,
+            error=outcome.error,
+            delivered=outcome.delivered,
+        )
+    )
+    session.commit()
+    return outcome
+
+
+def backoff_seconds(attempt: int) -> int:
+    """The wait after failed attempt `attempt` (1, 2, ...): WEBHOOK_BACKOFF_SECONDS's entry, its
+    last for every attempt past the list."""
+    steps = settings.webhook_backoff_seconds
+    return steps[min(attempt, len(steps)) - 1]
+
+
+@app.task(name="worker.deliver_webhook", acks_late=True, ignore_result=True)
+def deliver_webhook(job_id: str, event: str, attempt: int = 1) -> None:
+    """Delivers one attempt of a job's webhook event; queues the next after a failure, up to
+    WEBHOOK_MAX_ATTEMPTS."""
+    msg_id = webhooks.message_id(job_id, event)
+    lock = f"{LOCK_PREFIX}{msg_id}:{attempt}"
+    # Held for longer than an attempt can take; a crashed attempt's lock expires for its retry.
+    if not _redis().set(lock, "1", nx=True, ex=settings.webhook_timeout_seconds * 3 + 30):
+        return
+    with _sessions()() as session:
+        job = session.get(Job, job_id)
+        if job is None or not webhooks.wants(job, event) or _recorded(session, msg_id, attempt):
+            return
+        outcome = attempt_delivery(session, job, event, attempt)
+    log: Any = _LOGGER.info if outcome.delivered else _LOGGER.warning
+    log(
+        "webhook attempt job_id=%s event=%s attempt=%d status=%s error=%s",
+        job_id,
+        event,
+        attempt,
+        outcome.status_code,
+        outcome.error,
+    )
+    if not outcome.delivered and outcome.retry and attempt < settings.webhook_max_attempts:
+        wait = backoff_seconds(attempt)
+        send_webhook(app, job_id, event, attempt=attempt + 1, countdown=wait)
