@@ -21,6 +21,8 @@ _STATUS: dict[type[errors.VoiceChatError], int] = {
     errors.BadRequest: 400,
     errors.NotFound: 404,
     errors.JobNotFinished: 409,
+    errors.JobFinished: 409,
+    errors.JobCanceled: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.InvalidInput: 422,

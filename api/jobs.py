@@ -11,6 +11,7 @@ import soundfile as sf
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file, url_for
 from sqlalchemy.exc import SQLAlchemyError
 
+from api.cancellation import cancel
 from api.follow import wait_for
 from api.held_requests import hold, try_hold
 from api.schemas import AudioQuery, JobList, JobListQuery, JobView, is_resource_id
@@ -152,6 +153,17 @@ def create_job() -> Response:
 def get_job(job_id: str) -> Response:
     """Returns a job's current state."""
     return jsonify(JobView.of(_load(job_id)).model_dump(mode="json"))
+
+
+@blueprint.post("/v1/jobs/<job_id>/cancel")
+@blueprint.delete("/v1/jobs/<job_id>")
+def cancel_job(job_id: str) -> Response:
+    """Cancels a job: 200 with the job once canceled (at once while queued, or before), 202
+    with it while its worker is stopping; 409 `job_finished` once it succeeded or failed."""
+    job, status = cancel(g.db, _load(job_id))
+    response = jsonify(JobView.of(job).model_dump(mode="json"))
+    response.status_code = status
+    return response
 
 
 @blueprint.get("/v1/jobs/<job_id>/audio")

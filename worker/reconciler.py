@@ -38,6 +38,7 @@ class Report:
     released: tuple[str, ...]
     republished: tuple[str, ...]
     announced: tuple[str, ...] = ()
+    canceled: tuple[str, ...] = ()  # expired leases of jobs asked to stop: ended, not rerun
 
 
 def _task_ids(payloads: Iterable[bytes | str]) -> set[str]:
@@ -71,8 +72,8 @@ def reconcile(
     queue: str,
     queued_after_seconds: int,
 ) -> Report:
-    """Runs one pass: releases expired leases, republishes jobs missing from the broker, and
-    announces ends that were never announced.
+    """Runs one pass: releases expired leases (ending `canceled` those asked to stop),
+    republishes jobs missing from the broker, and announces ends that were never announced.
 
     Args:
         session: A database session.
@@ -84,11 +85,13 @@ def reconcile(
             republished (covers the moment between the API's commit and its publish).
 
     Returns:
-        The ids released, republished and announced.
+        The ids released, republished, announced and canceled.
     """
-    released = []
+    released, canceled = [], []
     for job_id, attempt in queries.expired_leases(session):
-        if transitions.release_expired(session, job_id, attempt):
+        if transitions.cancel_expired(session, job_id, attempt):
+            canceled.append(job_id)  # its `done` is announced with the other ends below
+        elif transitions.release_expired(session, job_id, attempt):
             released.append(job_id)
             events.requeued(job_id, attempt)
     stale = set(released) | set(queries.queued_longer_than(session, queued_after_seconds))
@@ -98,17 +101,19 @@ def reconcile(
         for job_id in sorted(stale - present):
             publish(job_id)
             republished.append(job_id)
+    unannounced = queries.unannounced_ends(session, older_than_seconds=queued_after_seconds)
     announced = [
         job_id
-        for job_id in queries.unannounced_ends(session, older_than_seconds=queued_after_seconds)
+        for job_id in dict.fromkeys([*canceled, *unannounced])
         if event_log.announce_end(session, events, job_id)
     ]
     if released or republished or announced:
         _LOGGER.warning(
-            "reconciled released=%d republished=%d announced=%d ids=%s",
+            "reconciled released=%d republished=%d announced=%d canceled=%d ids=%s",
             len(released),
             len(republished),
             len(announced),
+            len(canceled),
             ",".join(republished),
         )
-    return Report(tuple(released), tuple(republished), tuple(announced))
+    return Report(tuple(released), tuple(republished), tuple(announced), tuple(canceled))
