@@ -313,6 +313,8 @@ def _run(session: Session, progress: RowProgress) -> bool:
         raise EngineUnavailable(message) from error
     with _recording(job) as audio_path:
         outcome = pipeline.run(_job_input(session, job, audio_path), progress)
+    if progress.cancel.requested(now=True):  # the last stage's end is a boundary too
+        raise transitions.CancelRequested(job.id)
     results = _results(job, outcome)
     replies = stores().results
     name = None

@@ -30,7 +30,10 @@ PROBLEM_CODES: dict[int, dict[str, str]] = {
         "not_found": "no route matches the path",
     },
     405: {"method_not_allowed": "the route does not take this method; see `Allow`"},
-    409: {"job_not_finished": "the job is still queued or running"},
+    409: {
+        "job_not_finished": "the job is still queued or running",
+        "job_finished": "the job already succeeded or failed: there is nothing to cancel",
+    },
     413: {"payload_too_large": "the body is over MAX_UPLOAD_MB"},
     415: {
         "unsupported_media_type": "the Content-Type is not one of the accepted forms",
@@ -81,6 +84,7 @@ JOB_ERROR_CODES: dict[str, str] = {
     "broker_unavailable": "the job could not be queued",
     "insufficient_storage": "the worker's disk was full: the spoken reply could not be stored",
     "internal_error": "the worker failed on the job",
+    "canceled": "the job was canceled (its status is `canceled`, not `failed`)",
 }
 
 
