@@ -26,6 +26,8 @@ _STATUS: dict[type[errors.VoiceChatError], int] = {
     errors.NotFound: 404,
     errors.JobNotFinished: 409,
     errors.IdempotencyKeyInFlight: 409,
+    errors.JobFinished: 409,
+    errors.JobCanceled: 409,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     # RFC 9110 §15.5.20: this server does not answer for the authority the request names.

@@ -43,6 +43,8 @@ IDLE = "idle"
 # unsigned integer), or 0 for the start. The document declares the same pattern.
 EVENT_ID_PATTERN = "^(0|[0-9]{1,19}-[0-9]{1,19})$"
 _EVENT_ID = re.compile(EVENT_ID_PATTERN)
+# How often a wait looks whether its client is still there while its job's events come.
+LOOK_SECONDS = 0.5
 
 
 def read_job(job_id: str) -> Job | None:
@@ -96,12 +98,16 @@ def follow(
 
 def wait_for(job_id: str, timeout: float) -> Job | None:
     """Waits up to `timeout` seconds for a job to end; returns its final row, or None (also
-    when the client has left, so that its held place is freed)."""
+    when the client has left, so that its held place is freed). The client is looked at on
+    each quiet beat, and every `LOOK_SECONDS` while events come (a running job's tokens)."""
+    look = time.monotonic() + LOOK_SECONDS
     for event in follow(job_id, timeout=timeout):
         if event.type == event_log.DONE:
             return read_job(job_id)
-        if event.type == IDLE and client_left():
-            return None
+        if event.type == IDLE or time.monotonic() >= look:
+            if client_left():
+                return None
+            look = time.monotonic() + LOOK_SECONDS
     return None
 
 

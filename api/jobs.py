@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api import idempotency
 from api.access import caller_id, visible
+from api.cancellation import cancel
 from api.follow import wait_for
 from api.held_requests import hold, try_hold
 from api.limits import check_capacity
@@ -216,6 +217,17 @@ def _job_answer(job: Job, status: int) -> Response:
 def get_job(job_id: str) -> Response:
     """Returns a job's current state."""
     return jsonify(JobView.of(_load(job_id)).model_dump(mode="json"))
+
+
+@blueprint.post("/v1/jobs/<job_id>/cancel")
+@blueprint.delete("/v1/jobs/<job_id>")
+def cancel_job(job_id: str) -> Response:
+    """Cancels a job: 200 with the job once canceled (at once while queued, or before), 202
+    with it while its worker is stopping; 409 `job_finished` once it succeeded or failed."""
+    job, status = cancel(g.db, _load(job_id))
+    response = jsonify(JobView.of(job).model_dump(mode="json"))
+    response.status_code = status
+    return response
 
 
 @blueprint.get("/v1/jobs/<job_id>/audio")

@@ -17,6 +17,7 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.exceptions import HTTPException
 
 from api import openai_formats
+from api.cancellation import cancel_for_departed_client, canceled_on_leave
 from api.errors import status_for, with_retry_after
 from api.follow import (
     IDLE,
@@ -52,6 +53,7 @@ from models.audio import inspect_upload
 from models.errors import (
     ContextLengthExceeded,
     InvalidOption,
+    JobCanceled,
     MalformedMultipart,
     NoSpeech,
     RateLimited,
@@ -137,8 +139,12 @@ def _sync_wait(settings: Settings) -> float:
 
 
 def _succeeded(job: Job, settings: Settings) -> Job:
-    """Waits for the job; raises the job's own error if it failed, or WaitTimedOut."""
+    """Waits for the job; raises the job's own error if it failed, or WaitTimedOut. A client
+    that leaves meanwhile cancels the job (JobCanceled, answered to no one)."""
     finished = wait_for(job.id, _sync_wait(settings))
+    if finished is None and client_left():
+        cancel_for_departed_client(job.id)
+        raise JobCanceled(f"The client left; job {job.id} is canceled.")
     if finished is None:
         raise WaitTimedOut(f"Job {job.id} is still running; follow it at /v1/jobs/{job.id}.")
     if finished.status != JobStatus.SUCCEEDED.value:
@@ -178,7 +184,7 @@ def chat_completions() -> Response:
                 choices=[],
             )
             chunks = _completion_chunks(job.id, head, chat.include_usage, settings, place)
-            response = sse_response(chunks)
+            response = sse_response(canceled_on_leave(job.id, chunks))
             response.call_on_close(place.release)  # also when the stream is never read
         else:
             with place:
@@ -346,6 +352,7 @@ def speech() -> Response:
             place,
             with_header=not pcm,
             resample_to=openai_formats.PCM_RATE if pcm else None,
+            cancel_on_leave=True,
         )
         response.headers["X-Job-Id"] = job.id
         return response

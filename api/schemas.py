@@ -344,7 +344,8 @@ class AudioInput(Answer):
 
 
 class JobResult(Answer):
-    """The outcome; present only once the job succeeded."""
+    """The outcome; present once the job succeeded, and on a canceled job what it had made
+    before it stopped (the reply text so far; never audio)."""
 
     transcript: Annotated[str | None, Field(description="What was heard; null for a text prompt.")]
     text: Annotated[str, Field(description="The reply; empty for `transcribe` and `speak` jobs.")]
@@ -369,7 +370,7 @@ class JobResult(Answer):
 
 
 class JobError(Answer):
-    """Why the job failed; present only on a failed job."""
+    """Why the job failed (or `canceled`); present only on a failed or canceled job."""
 
     code: Annotated[str, Field(description="Stable machine code (see the error codes).")]
     message: Annotated[str, Field(description="For a person.")]
@@ -471,7 +472,7 @@ class JobView(Answer):
                 if job.input_kind == InputKind.TEXT.value
                 else AudioInput(kind="audio", audio_seconds=job.input_audio_seconds or 0.0)
             ),
-            result=_result(job) if job.job_status is JobStatus.SUCCEEDED else None,
+            result=_result(job) if _has_result(job) else None,
             error=JobError(code=job.error_code, message=job.error_message or "")
             if job.error_code
             else None,
@@ -489,6 +490,12 @@ class JobView(Answer):
             finished_at=_iso(job.finished_at),
             webhook=WebhookView.of(job),
         )
+
+
+def _has_result(job: Job) -> bool:
+    if job.job_status is JobStatus.CANCELED:  # what it made before it stopped, if anything
+        return job.reply_text is not None or job.transcript is not None
+    return job.job_status is JobStatus.SUCCEEDED
 
 
 def _result(job: Job) -> JobResult:

@@ -20,6 +20,7 @@ import soundfile as sf
 import soxr
 from flask import Response, current_app, stream_with_context
 
+from api.cancellation import canceled_on_leave
 from api.follow import IDLE, client_left, follow, read_job
 from api.held_requests import Place
 from models import event_log, storage
@@ -69,7 +70,13 @@ class _Sent:
 
 
 def stream_reply(
-    job_id: str, attempt: int, place: Place, *, with_header: bool, resample_to: int | None = None
+    job_id: str,
+    attempt: int,
+    place: Place,
+    *,
+    with_header: bool,
+    resample_to: int | None = None,
+    cancel_on_leave: bool = False,
 ) -> Response:
     """Streams attempt `attempt`'s spoken reply of job `job_id`, holding `place` until it ends.
 
@@ -79,9 +86,14 @@ def stream_reply(
         place: The held-request place this stream occupies.
         with_header: A WAV (True) or raw 16-bit little-endian PCM (False).
         resample_to: For raw PCM, the sample rate to send (OpenAI's `pcm` is 24 kHz).
+        cancel_on_leave: A client that leaves before the end cancels the job (the OpenAI
+            route's, whose job exists for this client alone).
     """
     sent = _Sent(with_header=with_header, resample_to=resample_to)
-    chunks = stream_with_context(_chunks(job_id, attempt, place, sent))
+    chunks = _chunks(job_id, attempt, place, sent)
+    if cancel_on_leave:
+        chunks = canceled_on_leave(job_id, chunks)
+    chunks = stream_with_context(chunks)
     response = Response(chunks, mimetype="audio/wav" if with_header else "audio/pcm")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"

@@ -194,6 +194,20 @@ class JobNotFinished(VoiceChatError):
     title = "Job not finished"
 
 
+class JobFinished(VoiceChatError):
+    """The job already succeeded or failed: there is nothing left to cancel."""
+
+    code = "job_finished"
+    title = "Job already finished"
+
+
+class JobCanceled(VoiceChatError):
+    """The job was canceled before it finished (reported by a route that waited for it)."""
+
+    code = "canceled"
+    title = "Job canceled"
+
+
 class InvalidHeader(BadRequest):
     code = "invalid_header"
     title = "Invalid request header"

@@ -152,3 +152,9 @@ def conversation_messages(session: Session, conversation_id: str) -> list[Messag
         .order_by(Turn.id)
     )
     return [Message(role=role, content=content) for role, content in session.execute(query)]
+
+
+def cancel_requested(session: Session, job_id: str) -> bool:
+    """Whether a job was asked to stop (its row's `cancel_requested`, the truth the worker's
+    lease keeper reads at each renewal)."""
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))

@@ -22,10 +22,17 @@ from models.tables import Job, JobStatus, Stage, Turn, UTCDateTime
 
 TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELED.value)
 WORKER_LOST = "worker_lost"
+# The error code and message of a canceled job (`POST /v1/jobs/{id}/cancel`).
+CANCELED = "canceled"
+CANCELED_MESSAGE = "The job was canceled at the client's request."
 
 
 class LeaseLost(Exception):
     """This attempt no longer holds its job: another attempt has it, or it ended; stop writing."""
+
+
+class CancelRequested(Exception):
+    """This attempt's job was asked to stop: end it `canceled` (as the lease's holder) and stop."""
 
 
 class ClaimOutcome(Enum):
@@ -34,6 +41,7 @@ class ClaimOutcome(Enum):
     CLAIMED = "claimed"  # this caller runs it now
     TAKEN = "taken"  # finished, or held by a live worker: nothing to do
     EXHAUSTED = "exhausted"  # it had its attempts; it is now failed with `worker_lost`
+    CANCELED = "canceled"  # it was asked to stop while no worker ran it; it is now canceled
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,7 @@ def claim(
 
     The conditional UPDATE makes the claim exactly-once however often the message is delivered;
     each claim counts an attempt, and a job that has had `max_attempts` fails instead of looping.
+    A job asked to stop (`cancel_requested`) is never claimed: it ends `canceled` instead.
 
     Returns:
         The outcome; when claimed, the lease with its attempt number.
@@ -97,7 +106,12 @@ def claim(
     now = database_clock(session)
     attempt = session.execute(
         update(Job)
-        .where(Job.id == job_id, _claimable(now), Job.attempts < max_attempts)
+        .where(
+            Job.id == job_id,
+            _claimable(now),
+            Job.attempts < max_attempts,
+            Job.cancel_requested.is_(False),
+        )
         .values(
             status=JobStatus.RUNNING.value,
             started_at=func.coalesce(Job.started_at, now),
@@ -110,6 +124,10 @@ def claim(
     session.commit()
     if attempt is not None:
         return Claim(ClaimOutcome.CLAIMED, Lease(job_id, owner, attempt))
+    query = update(Job).where(Job.id == job_id, _claimable(now), Job.cancel_requested.is_(True))
+    if _count(session.execute(query.values(**_canceled(session)))):
+        session.commit()
+        return Claim(ClaimOutcome.CANCELED)
     lost = session.execute(
         update(Job)
         .where(Job.id == job_id, _claimable(now), Job.attempts >= max_attempts)
@@ -142,15 +160,33 @@ def release_expired(session: Session, job_id: str, attempt: int) -> bool:
     Returns:
         Whether the job went back to `queued`.
     """
-    query = update(Job).where(
+    query = _expired(session, job_id, attempt).where(Job.cancel_requested.is_(False))
+    result = session.execute(query.values(**_requeued()))
+    session.commit()
+    return bool(_count(result))
+
+
+def cancel_expired(session: Session, job_id: str, attempt: int) -> bool:
+    """Ends `canceled` a running job asked to stop whose lease expired: its worker died before
+    it could stop, and the job is not run again (the reconciler's counterpart of
+    `release_expired`, under the same conditions).
+
+    Returns:
+        Whether the job is now canceled.
+    """
+    query = _expired(session, job_id, attempt).where(Job.cancel_requested.is_(True))
+    result = session.execute(query.values(**_canceled(session)))
+    session.commit()
+    return bool(_count(result))
+
+
+def _expired(session: Session, job_id: str, attempt: int) -> Update:
+    return update(Job).where(
         Job.id == job_id,
         Job.status == JobStatus.RUNNING.value,
         Job.attempts == attempt,
         Job.lease_expires_at < database_clock(session),
     )
-    result = session.execute(query.values(**_requeued()))
-    session.commit()
-    return bool(_count(result))
 
 
 def release_held_by(session: Session, job_id: str, owner_prefix: str) -> int | None:
@@ -160,11 +196,7 @@ def release_held_by(session: Session, job_id: str, owner_prefix: str) -> int | N
     Returns:
         The attempt released, or None when the job was not held under that prefix.
     """
-    query = update(Job).where(
-        Job.id == job_id,
-        Job.status == JobStatus.RUNNING.value,
-        Job.lease_owner.startswith(owner_prefix, autoescape=True),
-    )
+    query = _held_by(job_id, owner_prefix).where(Job.cancel_requested.is_(False))
     attempt = session.execute(query.values(**_requeued()).returning(Job.attempts))
     released = attempt.scalar_one_or_none()
     session.commit()
@@ -206,15 +238,61 @@ def fail(session: Session, lease: Lease, code: str, message: str) -> bool:
 
 def fail_held_by(session: Session, job_id: str, owner_prefix: str, code: str, message: str) -> bool:
     """Fails a running job one of a worker parent's children held (see `release_held_by`)."""
-    query = update(Job).where(
-        Job.id == job_id,
-        Job.status == JobStatus.RUNNING.value,
-        Job.lease_owner.startswith(owner_prefix, autoescape=True),
-    )
+    query = _held_by(job_id, owner_prefix)
     values = _ended(session, JobStatus.FAILED)
     result = session.execute(query.values(**values, error_code=code, error_message=message))
     session.commit()
     return bool(_count(result))
+
+
+def cancel_held_by(session: Session, job_id: str, owner_prefix: str) -> bool:
+    """Ends `canceled` a running job asked to stop whose holder, a child of this worker's
+    parent, died before it could stop: it is not run again (see `release_held_by`)."""
+    query = _held_by(job_id, owner_prefix).where(Job.cancel_requested.is_(True))
+    result = session.execute(query.values(**_canceled(session)))
+    session.commit()
+    return bool(_count(result))
+
+
+def _held_by(job_id: str, owner_prefix: str) -> Update:
+    return update(Job).where(
+        Job.id == job_id,
+        Job.status == JobStatus.RUNNING.value,
+        Job.lease_owner.startswith(owner_prefix, autoescape=True),
+    )
+
+
+def cancel_queued(session: Session, job_id: str) -> bool:
+    """Ends `canceled` a job no worker runs, at once: only while it is still queued, so a
+    worker that receives its message later finds nothing to claim.
+
+    Returns:
+        Whether the job is now canceled.
+    """
+    query = update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+    result = session.execute(query.values(**_canceled(session)))
+    session.commit()
+    return bool(_count(result))
+
+
+def request_cancel(session: Session, job_id: str) -> bool:
+    """Asks an unfinished job to stop: its worker ends it `canceled` at its next token, sentence
+    or stage boundary; a worker that dies first has it ended so by its recovery, and a claim
+    ends it so instead of running it.
+
+    Returns:
+        Whether the job was unfinished (False: it had succeeded, failed or been canceled).
+    """
+    query = update(Job).where(Job.id == job_id, Job.status.not_in(TERMINAL))
+    result = session.execute(query.values(cancel_requested=True))
+    session.commit()
+    return bool(_count(result))
+
+
+def cancel_held(session: Session, lease: Lease, **kept: Any) -> bool:
+    """Ends `canceled` a job the lease holds, keeping `kept` (the reply text so far); a worker
+    that lost its lease changes nothing. The conversation gets no turn from it."""
+    return _update_held(session, lease, **_canceled(session), **kept)
 
 
 def fail_unclaimed(session: Session, job_id: str, code: str, message: str) -> bool:
@@ -243,6 +321,15 @@ def _ended(session: Session, status: JobStatus) -> dict[str, Any]:
         "finished_at": database_clock(session),
         "lease_owner": None,
         "lease_expires_at": None,
+    }
+
+
+def _canceled(session: Session) -> dict[str, Any]:
+    return {
+        **_ended(session, JobStatus.CANCELED),
+        "cancel_requested": True,
+        "error_code": CANCELED,
+        "error_message": CANCELED_MESSAGE,
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +20,14 @@ def _read_events(
     service: Service, path: str, headers: dict[str, str] | None = None, timeout: float = 240
 ) -> list[dict[str, Any]]:
     """Reads an event stream over a raw HTTP connection until the `done` event."""
-    url = urlsplit(service.url)
+    return list(iter_events(service.url, path, headers, timeout))
+
+
+def iter_events(
+    base_url: str, path: str, headers: dict[str, str] | None = None, timeout: float = 240
+) -> Iterator[dict[str, Any]]:
+    """Yields the events of a stream over a raw HTTP connection as they come, until `done`."""
+    url = urlsplit(base_url)
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
     connection.request("GET", path, headers=headers or {})
     response = connection.getresponse()
@@ -35,8 +43,9 @@ def _read_events(
             if not line:
                 if "event" in current:
                     events.append(current)
+                    yield current
                     if current["event"] == "done":
-                        return events
+                        return
                 current = {}
             elif line.startswith("event: "):
                 current["event"] = line[7:]

@@ -1,5 +1,5 @@
 """The pool child's lease keeper: renews the running job's lease and its readiness key, and
-tells the running attempt the moment its lease is lost."""
+tells the running attempt the moment its lease is lost or its job is asked to stop."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import logging
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from models import heartbeat, transitions
+from models import cancel_signal, heartbeat, queries, transitions
 from models.db import make_engine, make_session_factory
 from models.settings import Settings
 from worker import runtime
@@ -24,10 +26,41 @@ _LOGGER = logging.getLogger(__name__)
 
 @dataclass
 class Held:
-    """The lease this process's running attempt holds, and whether it has been lost."""
+    """The lease this process's running attempt holds, whether it has been lost, and whether
+    its job was asked to stop."""
 
     lease: transitions.Lease
     lost: threading.Event = field(default_factory=threading.Event)
+    canceled: threading.Event = field(default_factory=threading.Event)
+
+
+class CancelWatch:
+    """Whether the running attempt's job was asked to stop: the keeper's word from the row, or
+    the job's cancel key in Redis, read at most every `CHECK_SECONDS` (an attempt asks at every
+    token: a GET per token would cost more than the check is worth)."""
+
+    def __init__(
+        self, redis: Redis, held: Held, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.redis = redis
+        self.held = held
+        self.clock = clock
+        self.next_look = 0.0
+
+    def requested(self, *, now: bool = False) -> bool:
+        """Whether to stop; `now` reads the key whenever it was last read (a stage boundary)."""
+        if self.held.canceled.is_set():
+            return True
+        if not now and self.clock() < self.next_look:
+            return False
+        self.next_look = self.clock() + cancel_signal.CHECK_SECONDS
+        try:
+            raised = cancel_signal.is_raised(self.redis, self.held.lease.job_id)
+        except (RedisError, OSError):
+            return False  # the keeper reads the row at its next renewal
+        if raised:
+            self.held.canceled.set()
+        return raised
 
 
 # The attempt this process runs now, if any: the keeper renews its lease.
@@ -77,7 +110,8 @@ class LeaseKeeper(threading.Thread):
 
     def renew(self) -> None:
         """Extends the lease of the job this process is running, if any; a lease that cannot be
-        renewed is lost, and the attempt is told so (it stops at its next write)."""
+        renewed is lost, and the attempt is told so (it stops at its next write), as it is when
+        the row says the job was asked to stop."""
         held = _HELD["held"]
         if held is None or held.lost.is_set():
             return
@@ -87,6 +121,8 @@ class LeaseKeeper(threading.Thread):
                 _LOGGER.warning(
                     "lease lost job_id=%s attempt=%d", held.lease.job_id, held.lease.attempt
                 )
+            elif queries.cancel_requested(session, held.lease.job_id):
+                held.canceled.set()  # the row is the truth, should the cancel key be gone
 
     def run(self) -> None:
         """Renews and beats every `WORKER_HEARTBEAT_SECONDS` until stopped."""

@@ -54,6 +54,7 @@ class Report:
     released: tuple[str, ...]
     republished: tuple[str, ...]
     announced: tuple[str, ...] = ()
+    canceled: tuple[str, ...] = ()  # expired leases of jobs asked to stop: ended, not rerun
     full: bool = False
 
 
@@ -143,8 +144,8 @@ def reconcile(
     queue: str,
     queued_after_seconds: int,
 ) -> Report:
-    """Runs one pass: releases expired leases, republishes jobs missing from the broker, and
-    announces ends that were never announced.
+    """Runs one pass: releases expired leases (ending `canceled` those asked to stop),
+    republishes jobs missing from the broker, and announces ends that were never announced.
 
     Args:
         session: A database session.
@@ -157,11 +158,13 @@ def reconcile(
             republished (covers the moment between the API's commit and its publish).
 
     Returns:
-        The ids released, republished and announced.
+        The ids released, republished, announced and canceled.
     """
-    released = []
+    released, canceled = [], []
     for job_id, attempt in queries.expired_leases(session):
-        if transitions.release_expired(session, job_id, attempt):
+        if transitions.cancel_expired(session, job_id, attempt):
+            canceled.append(job_id)  # its `done` is announced with the other ends below
+        elif transitions.release_expired(session, job_id, attempt):
             released.append(job_id)
             events.requeued(job_id, attempt)
     now = Horizon.now(broker)
@@ -178,20 +181,22 @@ def reconcile(
         publish(job_id)
     Horizon(now.run_id, now.workers, horizon).save(broker)
     queue_marks.forget_marks_before(broker, _MARK_KEEP_SECONDS)
+    unannounced = queries.unannounced_ends(session, older_than_seconds=queued_after_seconds)
     announced = [
         job_id
-        for job_id in queries.unannounced_ends(session, older_than_seconds=queued_after_seconds)
+        for job_id in dict.fromkeys([*canceled, *unannounced])
         if event_log.announce_end(session, events, job_id, webhooks=webhooks)
     ]
     if released or republished or announced:
         _LOGGER.warning(
-            "reconciled released=%d republished=%d announced=%d ids=%s",
+            "reconciled released=%d republished=%d announced=%d canceled=%d ids=%s",
             len(released),
             len(republished),
             len(announced),
+            len(canceled),
             ",".join(republished),
         )
-    return Report(tuple(released), tuple(republished), tuple(announced), full=full)
+    return Report(tuple(released), tuple(republished), tuple(announced), tuple(canceled), full=full)
 
 
 def _lost_in_full(

@@ -77,12 +77,17 @@ def _recover_lost_job(
     A child killed by the hard time limit ends its job `failed` with `timeout`. A child lost
     otherwise (OOM killer, a crash in native code) has its job released and republished: the
     next claim resumes after the last checkpoint and counts an attempt, up to MAX_ATTEMPTS.
+    Either way a job asked to stop ends `canceled` instead: it is not run again.
     """
     if not isinstance(exception, TimeLimitExceeded | WorkerLostError) or not args:
         return
     job_id = str(args[0])
     mine = children_prefix()  # fenced: only a job one of this worker's children still held
     with _parent_sessions()() as session:
+        if transitions.cancel_held_by(session, job_id, mine):
+            _LOGGER.warning("worker lost; job canceled as asked job_id=%s", job_id)
+            event_log.announce_end(session, _events(), job_id, webhooks=queue_delivery)
+            return
         if isinstance(exception, TimeLimitExceeded):
             message = f"The job ran past {settings.task_time_limit} seconds."
             if transitions.fail_held_by(session, job_id, mine, "timeout", message):

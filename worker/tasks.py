@@ -146,7 +146,8 @@ def _checkpoint_columns(done: Transcript | Reply | None) -> dict[str, Any]:
 
 class RowProgress:
     """Writes stage changes and checkpoints to the job's row and its event stream, as the holder
-    of the attempt's lease: the moment either refuses a write, the attempt stops (LeaseLost)."""
+    of the attempt's lease: the moment either refuses a write, the attempt stops (LeaseLost).
+    Each write is also a boundary where a job asked to stop does (CancelRequested)."""
 
     def __init__(self, session: Session, held: lease_keeper.Held) -> None:
         self.session = session
@@ -154,15 +155,20 @@ class RowProgress:
         self.lease = held.lease
         self.events = _events()
         self.sentences: list[str] = []
+        self.cancel = lease_keeper.CancelWatch(self.events.redis, held)
+        self.generated: list[str] = []  # this attempt's reply so far, kept if it is canceled
 
     def tell(self, event_type: str, **data: Any) -> None:
         """Appends an event of this attempt.
 
         Raises:
             LeaseLost: The lease is lost, or the log's fence refused the event.
+            CancelRequested: The job was asked to stop.
         """
         if self.held.lost.is_set():
             raise transitions.LeaseLost(self.lease.job_id)
+        if self.cancel.requested():
+            raise transitions.CancelRequested(self.lease.job_id)
         appended = self.events.publish(
             self.lease.job_id, event_type, data, attempt=self.lease.attempt
         )
@@ -175,20 +181,28 @@ class RowProgress:
         checkpoint = _checkpoint_columns(done)
         if not transitions.set_stage(self.session, self.lease, stage, **checkpoint):
             raise transitions.LeaseLost(self.lease.job_id)
+        if isinstance(done, Reply):
+            self.generated.clear()  # the checkpoint holds the reply now
+        # After the checkpoint: a job canceled here keeps what its last stage made.
+        if self.cancel.requested(now=True):
+            raise transitions.CancelRequested(self.lease.job_id)
         if isinstance(done, Transcript):
             self.tell(event_log.TRANSCRIPT, text=done.text)
         self.tell(event_log.STAGE, stage=stage.value)
 
     def delta(self, text: str) -> None:
         """Appends a piece of the reply to the job's event stream (a lost lease stops the
-        generation here, at the next token)."""
+        generation here, at the next token, and so does a cancel)."""
         self.tell(event_log.DELTA, text=text)
+        self.generated.append(text)
 
     def sentence(self, index: int, text: str, audio: Audio) -> None:
         """Stores one spoken sentence under this attempt's own name, then tells the job's log,
         so a player can start before the reply is complete (a lost lease stops here too)."""
         if self.held.lost.is_set():
             raise transitions.LeaseLost(self.lease.job_id)
+        if self.cancel.requested():
+            raise transitions.CancelRequested(self.lease.job_id)
         name = storage.sentence_name(self.lease.job_id, self.lease.attempt, index)
         self.sentences.append(stores().results.write(name, audio.samples.astype("<i2").tobytes()))
         seconds = round(audio.duration, 3)
@@ -226,7 +240,7 @@ def run_job(job_id: str) -> None:
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
         )
-        if claim.outcome is transitions.ClaimOutcome.EXHAUSTED:
+        if claim.outcome in (transitions.ClaimOutcome.EXHAUSTED, transitions.ClaimOutcome.CANCELED):
             event_log.announce_end(session, _events(), job_id, webhooks=queue_delivery)
         if claim.lease is None:
             _LOGGER.info("job not run job_id=%s claim=%s", job_id, claim.outcome.value)
@@ -261,6 +275,9 @@ def _attempt(session: Session, progress: RowProgress) -> bool:
         progress.forget_sentences()
         _LOGGER.warning("job lease lost job_id=%s attempt=%d", lease.job_id, lease.attempt)
         return False
+    except transitions.CancelRequested:
+        session.rollback()
+        return _canceled(session, progress)
     except VoiceChatError as error:
         _LOGGER.info("job failed job_id=%s code=%s", lease.job_id, error.code)
         return transitions.fail(session, lease, error.code, error.detail)
@@ -272,6 +289,18 @@ def _attempt(session: Session, progress: RowProgress) -> bool:
         _LOGGER.exception("job crashed job_id=%s", lease.job_id)
         session.rollback()
         return transitions.fail(session, lease, "internal_error", "The worker failed on this job.")
+
+
+def _canceled(session: Session, progress: RowProgress) -> bool:
+    """Ends a job asked to stop `canceled`, keeping the reply text generated so far (a reply
+    checkpointed by an earlier stage stays as it is); returns whether the lease allowed it."""
+    lease = progress.lease
+    kept = {"reply_text": "".join(progress.generated)} if progress.generated else {}
+    if not transitions.cancel_held(session, lease, **kept):
+        _LOGGER.warning("job lease lost job_id=%s attempt=%d", lease.job_id, lease.attempt)
+        return False
+    _LOGGER.info("job canceled job_id=%s attempt=%d", lease.job_id, lease.attempt)
+    return True
 
 
 def _run(session: Session, progress: RowProgress) -> bool:
@@ -288,6 +317,8 @@ def _run(session: Session, progress: RowProgress) -> bool:
         raise EngineUnavailable(message) from error
     with _recording(job) as audio_path:
         outcome = pipeline.run(_job_input(session, job, audio_path), progress)
+    if progress.cancel.requested(now=True):  # the last stage's end is a boundary too
+        raise transitions.CancelRequested(job.id)
     results = _results(job, outcome)
     replies = stores().results
     name = None
@@ -304,7 +335,7 @@ def _run(session: Session, progress: RowProgress) -> bool:
             progress.tell(event_log.AUDIO, seconds=results["reply_audio_seconds"])
         if not transitions.succeed(session, lease, turns=turns, **results):
             raise transitions.LeaseLost(job.id)
-    except transitions.LeaseLost:
+    except (transitions.LeaseLost, transitions.CancelRequested):
         if name is not None:
             replies.delete(name)  # no row will ever point at it
         raise

@@ -45,6 +45,7 @@ PROBLEM_CODES: dict[int, dict[str, str]] = {
         "job_not_finished": "the job is still queued or running",
         "idempotency_key_in_flight": "the first request with this `Idempotency-Key` is still "
         "being handled; retry shortly",
+        "job_finished": "the job already succeeded or failed: there is nothing to cancel",
     },
     421: {"host_not_allowed": "the request's `Host` is not one of ALLOWED_HOSTS"},
     413: {"payload_too_large": "the body is over MAX_UPLOAD_MB"},
@@ -113,6 +114,7 @@ JOB_ERROR_CODES: dict[str, str] = {
     "broker_unavailable": "the job could not be queued",
     "insufficient_storage": "the worker's disk was full: the spoken reply could not be stored",
     "internal_error": "the worker failed on the job",
+    "canceled": "the job was canceled (its status is `canceled`, not `failed`)",
 }
 
 

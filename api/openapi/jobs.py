@@ -30,7 +30,8 @@ def paths(settings: Settings, components: dict[str, Schema]) -> dict[str, Any]:
     """The job and conversation paths, with the limits of `settings`."""
     return {
         "/v1/jobs": {"post": _create_job(settings, components), "get": _list_jobs(components)},
-        "/v1/jobs/{job_id}": {"get": GET_JOB},
+        "/v1/jobs/{job_id}": {"get": GET_JOB, "delete": _cancel_job("delete_job")},
+        "/v1/jobs/{job_id}/cancel": {"post": _cancel_job("cancel_job")},
         "/v1/jobs/{job_id}/audio": {"get": _job_audio(components)},
         "/v1/jobs/{job_id}/events": {"get": _job_events(settings)},
         "/v1/conversations": {"post": CREATE_CONVERSATION},
@@ -256,6 +257,38 @@ GET_JOB = {
         **COMMON_ERRORS,
     },
 }
+
+CANCEL_JOB_DESCRIPTION = (
+    "Cancels the job. A queued job ends `canceled` at once (200; its event stream ends with "
+    "`done`, and no worker will run it). A running job is asked to stop (202 with the job as it "
+    "is, still `running`): its worker stops at the next token, sentence or stage boundary and "
+    "ends it `canceled` with `error.code` `canceled`, keeping in `result` the reply text made so "
+    "far (no audio, and no turn in its conversation); its event stream ends with `done`. Asking "
+    "again is harmless: a canceled job answers 200 as it is. A job that succeeded or failed "
+    "answers 409 `job_finished`. `DELETE /v1/jobs/{job_id}` and `POST /v1/jobs/{job_id}/cancel` "
+    "are the same operation."
+)
+
+
+def _cancel_job(operation_id: str) -> Schema:
+    return {
+        "operationId": operation_id,
+        "tags": ["jobs"],
+        "summary": "Cancel a job",
+        "description": CANCEL_JOB_DESCRIPTION,
+        "parameters": [ref("parameters", "JobId")],
+        "responses": {
+            "200": response("The job is canceled (now, or it was already).", schema_ref("JobView")),
+            "202": response(
+                "The job is running and its worker was asked to stop; follow it to its end.",
+                schema_ref("JobView"),
+            ),
+            "404": problem(404, "No such job.", "job_not_found"),
+            "409": problem(409, "The job already succeeded or failed.", "job_finished"),
+            **COMMON_ERRORS,
+        },
+    }
+
 
 AUDIO_REPLY = {
     "audio/wav": {"schema": {**WAV, "description": "16-bit PCM mono WAV."}},

@@ -108,6 +108,14 @@ def _shared_errors(settings: Settings) -> dict[str, Schema]:
             "The body is too large.",
             {None: f"the body is over MAX_UPLOAD_MB ({upload_mb} MB)"},
         ),
+        "409": openai_error(
+            409,
+            "The job was canceled before it finished.",
+            {
+                "canceled": "the job was canceled (`DELETE /v1/jobs/{job_id}`, or "
+                "`POST /v1/jobs/{job_id}/cancel`) while this request waited for it"
+            },
+        ),
         "429": too_many(too_many_requests),
         "503": retry_after(or_problem(unavailable, 503, "database_unavailable")),
         "504": openai_error(
@@ -212,6 +220,7 @@ def _chat_completions(settings: Settings, errors: dict[str, Schema]) -> Schema:
                 "messages_too_long",
                 "context_length_exceeded",
             ),
+            "409": errors["409"],
             "429": errors["429"],
             "500": _job_failed("empty_reply", *JOB_FAILURES),
             "503": errors["503"],
@@ -285,6 +294,7 @@ def _transcriptions(settings: Settings, errors: dict[str, Schema]) -> Schema:
                 "unsupported_sample_rate",
                 "audio_too_many_chunks",
             ),
+            "409": errors["409"],
             "429": errors["429"],
             "500": _job_failed(*JOB_FAILURES),
             "503": errors["503"],
@@ -326,6 +336,7 @@ def _speech(settings: Settings, errors: dict[str, Schema]) -> Schema:
                 "invalid_option",
                 "empty_text",
             ),
+            "409": errors["409"],
             "429": errors["429"],
             "500": _job_failed(*JOB_FAILURES),
             "503": errors["503"],
