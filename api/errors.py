@@ -21,6 +21,7 @@ _STATUS: dict[type[errors.VoiceChatError], int] = {
     errors.BadRequest: 400,
     errors.NotFound: 404,
     errors.JobNotFinished: 409,
+    errors.AudioExpired: 410,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.InvalidInput: 422,

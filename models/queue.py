@@ -13,6 +13,10 @@ _LOGGER = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "worker.run_job"
 JOB_QUEUE = "voicechat"
+# Housekeeping (retention, webhook deliveries): its own worker, which loads no models, so a
+# sweep never waits behind a job and a job never behind a sweep.
+MAINTENANCE_QUEUE = "maintenance"
+RETENTION_TASK = "worker.sweep_retention"
 
 
 def send_job(celery: Celery, job_id: str) -> None:

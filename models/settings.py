@@ -138,6 +138,13 @@ class Settings:
     max_wait_seconds: int = 60
     max_held_requests: int = 200
     storage_backend: str = "local"
+    # Retention (worker/retention.py), run by the maintenance worker every interval.
+    audio_ttl_seconds: int = 86_400
+    job_ttl_seconds: int = 30 * 86_400
+    conversation_ttl_seconds: int = 30 * 86_400
+    retention_interval_seconds: int = 300
+    # What a worker process does: run jobs (loads the models) or the maintenance queue (none).
+    worker_role: str = "jobs"
 
     @property
     def lease_seconds(self) -> int:
@@ -176,6 +183,8 @@ class Settings:
             **_engine_choices(env),
             **_delivery(env),
             storage_backend=_choice(env, "storage_backend", ("local", "database")),
+            **_retention(env),
+            worker_role=_choice(env, "worker_role", ("jobs", "maintenance")),
         )
 
 
@@ -324,4 +333,23 @@ def _delivery(env: _Environment) -> dict[str, Any]:
         "reconcile_interval_seconds": env.whole("reconcile_interval_seconds"),
         "reconcile_queued_after_seconds": env.whole("reconcile_queued_after_seconds"),
         "events_ttl_seconds": env.whole("events_ttl_seconds", minimum=60),
+    }
+
+
+# Idempotency keys live as long as their job's row, and must be kept at least a day (issue 12).
+_SHORTEST_JOB_TTL = 86_400
+
+
+def _retention(env: _Environment) -> dict[str, Any]:
+    """How long uploads, replies, job rows and conversations are kept, and how often retention
+    runs (worker/retention.py)."""
+    audio = env.whole("audio_ttl_seconds", minimum=60)
+    jobs = env.whole("job_ttl_seconds", minimum=_SHORTEST_JOB_TTL)
+    if jobs < audio:
+        raise SettingError("JOB_TTL_SECONDS must not be below AUDIO_TTL_SECONDS")
+    return {
+        "audio_ttl_seconds": audio,
+        "job_ttl_seconds": jobs,
+        "conversation_ttl_seconds": env.whole("conversation_ttl_seconds", minimum=60),
+        "retention_interval_seconds": env.whole("retention_interval_seconds", maximum=86_400),
     }

@@ -8,6 +8,7 @@ from typing import Any
 from celery.signals import celeryd_init, worker_process_init, worker_process_shutdown
 
 from models.errors import EngineUnavailable
+from models.queue import JOB_QUEUE, MAINTENANCE_QUEUE
 from worker import runtime
 from worker.celery_app import settings
 from worker.lease_keeper import LeaseKeeper
@@ -16,10 +17,20 @@ _LOGGER = logging.getLogger(__name__)
 
 # The pool child's lease keeper, started once its engines are loaded.
 _KEEPER: LeaseKeeper | None = None
+_MAINTENANCE_ONLY = (
+    f"WORKER_ROLE=maintenance loads no models: start it with -Q {MAINTENANCE_QUEUE} only, "
+    f"never on the job queue {JOB_QUEUE!r}"
+)
+
+
+def runs_jobs() -> bool:
+    """Whether this worker runs jobs (it loads the models) rather than the maintenance queue
+    (WORKER_ROLE=maintenance: no models, no readiness entry, so /readyz never counts it)."""
+    return settings.worker_role == "jobs"
 
 
 @celeryd_init.connect
-def _refuse_unusable_engines(**_kwargs: Any) -> None:
+def _refuse_unusable_engines(options: dict[str, Any] | None = None, **_kwargs: Any) -> None:
     """Stops `celery worker` before it forks when an engine setting cannot work.
 
     Checks names, libraries and model files without loading anything (worker/engines/
@@ -28,6 +39,15 @@ def _refuse_unusable_engines(**_kwargs: Any) -> None:
     """
     from worker.engines.validation import validate_engines
 
+    if not runs_jobs():
+        queues = (options or {}).get("queues") or []
+        if isinstance(queues, str):
+            queues = queues.split(",")
+        if JOB_QUEUE in queues or not queues:
+            # It would take jobs it has no models for.
+            raise SystemExit(f"voicechat worker not started: {_MAINTENANCE_ONLY}")
+        _LOGGER.info("maintenance worker: no engines checked or loaded")
+        return
     try:
         validate_engines(settings)
     except EngineUnavailable as error:
@@ -38,6 +58,8 @@ def _refuse_unusable_engines(**_kwargs: Any) -> None:
 def _load_engines(**_kwargs: Any) -> None:
     """Loads and warms the engines in the pool's child, then starts its lease keeper."""
     global _KEEPER
+    if not runs_jobs():  # never sent by the maintenance worker's thread pool; by a prefork one
+        return
     _KEEPER = LeaseKeeper(settings)
     try:
         runtime.get_pipeline(settings)

@@ -31,6 +31,7 @@ PROBLEM_CODES: dict[int, dict[str, str]] = {
     },
     405: {"method_not_allowed": "the route does not take this method; see `Allow`"},
     409: {"job_not_finished": "the job is still queued or running"},
+    410: {"audio_expired": "retention deleted the audio after AUDIO_TTL_SECONDS; the job is kept"},
     413: {"payload_too_large": "the body is over MAX_UPLOAD_MB"},
     415: {
         "unsupported_media_type": "the Content-Type is not one of the accepted forms",
