@@ -290,3 +290,15 @@ def test_orphaned_and_partial_files_are_swept_and_fresh_ones_kept(
     assert uploads.exists(storage.upload_name(arriving))
     assert uploads.exists(storage.upload_name(live))
     assert not crashed.exists() and writing.exists()
+
+
+def test_a_maintenance_worker_refuses_the_job_queue(tmp_path: Path) -> None:
+    # It has no models: on the job queue it would take jobs it cannot run.
+    on_jobs = [part if part != "maintenance" else "voicechat" for part in maintenance_command()]
+    done = subprocess.run(
+        on_jobs, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "DATA_DIR": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0",
+             **MAINTENANCE_ENV},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "WORKER_ROLE=maintenance loads no models" in done.stderr

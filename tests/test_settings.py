@@ -52,6 +52,10 @@ def test_booleans_accept_the_usual_spellings(raw: str, value: bool) -> None:
         {"MAX_AUDIO_CHANNELS": "0"},
         {"MAX_AUDIO_CHANNELS": "64"},
         {"MIN_AUDIO_SAMPLE_RATE": "48000", "MAX_AUDIO_SAMPLE_RATE": "44100"},
+        {"JOB_TTL_SECONDS": "3600"},  # idempotency keys are kept a day at least
+        {"AUDIO_TTL_SECONDS": str(40 * 86400), "JOB_TTL_SECONDS": str(30 * 86400)},
+        {"RETENTION_INTERVAL_SECONDS": "0"},
+        {"WORKER_ROLE": "gpu"},
     ],
 )
 def test_malformed_settings_name_the_variable(env: dict[str, str]) -> None:
