@@ -16,8 +16,10 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol
 
 from redis import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import and_, delete, exists, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -63,9 +65,28 @@ class Sweep:
         return max(counts) >= BATCH
 
 
-def job_files(job: Job, uploads: storage.Store, results: storage.Store) -> None:
+# What a pass reads of a job: plain values, still there after the session's transaction ends.
+_FILE_COLUMNS = (Job.id, Job.attempts, Job.input_audio_file, Job.reply_format, Job.expired_at)
+
+
+class _JobFiles(Protocol):
+    """What names a job's files: a row of `_FILE_COLUMNS`."""
+
+    id: str
+    attempts: int
+    input_audio_file: str | None
+    reply_format: str
+
+
+def delete_job_files(job: _JobFiles, uploads: storage.Store, results: storage.Store) -> None:
     """Deletes every file a job may have: its recording, each attempt's reply and sentences
-    (an attempt whose process was killed leaves its own behind)."""
+    (an attempt whose process was killed leaves its own behind).
+
+    Args:
+        job: The job's `_FILE_COLUMNS`.
+        uploads: The recordings' store.
+        results: The replies' store.
+    """
     if job.input_audio_file:
         uploads.delete(job.input_audio_file)
     if job.reply_format != ReplyFormat.VOICE.value:
@@ -90,8 +111,8 @@ def expire_audio(
         How many jobs were found to expire.
     """
     jobs = list(
-        session.scalars(
-            select(Job)
+        session.execute(
+            select(*_FILE_COLUMNS)
             .where(
                 Job.expired_at.is_(None),
                 Job.finished_at < database_clock(session, -ttl_seconds),
@@ -111,7 +132,7 @@ def expire_audio(
     )
     session.commit()
     for job in jobs:
-        job_files(job, uploads, results)
+        delete_job_files(job, uploads, results)
     _LOGGER.info("audio expired jobs=%d", len(jobs))
     return len(jobs)
 
@@ -130,8 +151,8 @@ def purge_jobs(
         How many jobs were purged.
     """
     jobs = list(
-        session.scalars(
-            select(Job)
+        session.execute(
+            select(*_FILE_COLUMNS)
             .where(
                 Job.finished_at < database_clock(session, -ttl_seconds),
                 Job.status.in_(TERMINAL),
@@ -142,12 +163,18 @@ def purge_jobs(
     )
     if not jobs:
         return 0
+    session.rollback()  # no transaction held open while files are deleted
     for job in jobs:
         if job.expired_at is None:
-            job_files(job, uploads, results)
+            delete_job_files(job, uploads, results)
     ids = [job.id for job in jobs]
     # Files and streams before the rows: a pass cut short finds the rows again next time.
-    redis.delete(*[key for i in ids for key in (event_log.key(i), event_log.fence_key(i))])
+    try:
+        redis.delete(*[key for i in ids for key in (event_log.key(i), event_log.fence_key(i))])
+    except RedisError as error:  # the streams expire by themselves (EVENTS_TTL_SECONDS)
+        _LOGGER.warning(
+            "event streams not deleted jobs=%d error=%s", len(ids), type(error).__name__
+        )
     session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.job_id.in_(ids)))
     session.execute(delete(WebhookDelivery).where(WebhookDelivery.job_id.in_(ids)))
     session.execute(delete(Job).where(Job.id.in_(ids), Job.status.in_(TERMINAL)))
