@@ -178,12 +178,17 @@ class LocalStore:
                 yield entry.name
 
     def sweep_partial(self, cutoff: datetime) -> int:
-        swept = 0
-        for entry in _entries_before(self.root, cutoff):
-            if entry.name.startswith(_PARTIAL_PREFIX):
-                Path(entry.path).unlink(missing_ok=True)
-                swept += 1
-        return swept
+        return _sweep_partial(self.root, cutoff)
+
+
+def _sweep_partial(folder: Path, cutoff: datetime) -> int:
+    """Removes the temporary files of `folder` last modified before `cutoff`."""
+    swept = 0
+    for entry in _entries_before(folder, cutoff):
+        if entry.name.startswith(_PARTIAL_PREFIX):
+            Path(entry.path).unlink(missing_ok=True)
+            swept += 1
+    return swept
 
 
 def _entries_before(folder: Path, cutoff: datetime) -> Iterator[os.DirEntry[str]]:
@@ -275,12 +280,7 @@ class DatabaseStore:
 
     def sweep_partial(self, cutoff: datetime) -> int:
         # A row is written whole or not at all; only the copies `as_file` made can be left over.
-        swept = 0
-        for entry in _entries_before(self.scratch, cutoff):
-            if entry.name.startswith(_PARTIAL_PREFIX):
-                Path(entry.path).unlink(missing_ok=True)
-                swept += 1
-        return swept
+        return _sweep_partial(self.scratch, cutoff)
 
 
 def open_store(settings: Settings, area: str, sessions: sessionmaker[Session]) -> Store:
