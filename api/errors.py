@@ -28,6 +28,7 @@ _STATUS: dict[type[errors.VoiceChatError], int] = {
     errors.IdempotencyKeyInFlight: 409,
     errors.JobFinished: 409,
     errors.JobCanceled: 409,
+    errors.AudioExpired: 410,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     # RFC 9110 §15.5.20: this server does not answer for the authority the request names.

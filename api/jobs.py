@@ -23,6 +23,7 @@ from api.submission import Submission, parse_submission
 from api.validation import single_values, validate
 from models import event_log, queries, storage, transitions, webhooks
 from models.errors import (
+    AudioExpired,
     AudioNotFound,
     ContextLengthExceeded,
     ConversationNotFound,
@@ -246,6 +247,8 @@ def get_job_audio(job_id: str) -> Response:
         return stream_reply(job.id, attempt, hold(), with_header=with_header)
     results: storage.Store = current_app.extensions["voicechat.results"]
     name = job.reply_audio_file
+    if name is not None and job.expired_at is not None:
+        raise AudioExpired(f"Job {job_id}'s spoken reply was deleted when it expired.")
     if name is None or not results.exists(name):
         raise AudioNotFound(f"Job {job_id} has no spoken reply.")
     if not with_header:

@@ -367,6 +367,13 @@ class JobResult(Answer):
     usage: Annotated[
         Usage | None, Field(description="Tokens the model read and wrote; null without a reply.")
     ]
+    audio_expired: Annotated[
+        bool,
+        Field(
+            description="The spoken reply was deleted by retention (AUDIO_TTL_SECONDS after the "
+            "job finished): `audio_url` is then null and the audio answers 410 `audio_expired`."
+        ),
+    ] = False
 
 
 class JobError(Answer):
@@ -499,7 +506,8 @@ def _has_result(job: Job) -> bool:
 
 
 def _result(job: Job) -> JobResult:
-    has_audio = job.reply_audio_file is not None
+    expired = job.reply_audio_file is not None and job.expired_at is not None
+    has_audio = job.reply_audio_file is not None and not expired
     return JobResult(
         transcript=job.transcript,
         text=job.reply_text or "",
@@ -508,6 +516,7 @@ def _result(job: Job) -> JobResult:
         language=job.transcript_language,
         finish_reason=job.finish_reason,
         usage=Usage.of(job) if job.prompt_tokens is not None else None,
+        audio_expired=expired,
     )
 
 

@@ -189,6 +189,13 @@ class AudioNotFound(NotFound):
     title = "No audio for this job"
 
 
+class AudioExpired(VoiceChatError):
+    """Retention deleted the job's audio (AUDIO_TTL_SECONDS); the job and its text are kept."""
+
+    code = "audio_expired"
+    title = "Audio expired"
+
+
 class JobNotFinished(VoiceChatError):
     code = "job_not_finished"
     title = "Job not finished"

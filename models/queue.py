@@ -21,9 +21,11 @@ JOB_QUEUE = "voicechat"
 # marks are lost exactly when the messages may have been (a restart, a flush), and the
 # reconciler checks a new job's mark instead of reading the whole queue (worker/reconciler.py).
 SENT = "voicechat:sent"
-# Work that needs no models (webhook deliveries, retention): its own worker, `-Q maintenance`.
+# Housekeeping (retention, webhook deliveries): its own worker, which loads no models, so a
+# sweep never waits behind a job and a job never behind a sweep.
 MAINTENANCE_QUEUE = "maintenance"
 DELIVER_WEBHOOK_TASK = "worker.deliver_webhook"
+RETENTION_TASK = "worker.sweep_retention"
 
 
 def send_job(celery: Celery, job_id: str, marks: Redis) -> None:

@@ -156,6 +156,13 @@ class Settings:
     webhook_max_attempts: int = 5
     webhook_backoff_seconds: tuple[int, ...] = (5, 30, 120, 600, 1800)
     webhook_timeout_seconds: int = 10
+    # Retention (worker/retention.py), run by the maintenance worker every interval.
+    audio_ttl_seconds: int = 86_400
+    job_ttl_seconds: int = 30 * 86_400
+    conversation_ttl_seconds: int = 30 * 86_400
+    retention_interval_seconds: int = 300
+    # What a worker process does: run jobs (loads the models) or the maintenance queue (none).
+    worker_role: str = "jobs"
 
     @property
     def lease_seconds(self) -> int:
@@ -197,6 +204,8 @@ class Settings:
             storage_backend=_choice(env, "storage_backend", ("local", "database")),
             **_access(env),
             **_webhooks(env),
+            **_retention(env),
+            worker_role=_choice(env, "worker_role", ("jobs", "maintenance")),
         )
 
 
@@ -439,4 +448,23 @@ def _webhooks(env: _Environment) -> dict[str, Any]:
         "webhook_max_attempts": env.whole("webhook_max_attempts", maximum=20),
         "webhook_backoff_seconds": backoff,
         "webhook_timeout_seconds": env.whole("webhook_timeout_seconds", maximum=60),
+    }
+
+
+# Idempotency keys live as long as their job's row, and must be kept at least a day (issue 12).
+_SHORTEST_JOB_TTL = 86_400
+
+
+def _retention(env: _Environment) -> dict[str, Any]:
+    """How long uploads, replies, job rows and conversations are kept, and how often retention
+    runs (worker/retention.py)."""
+    audio = env.whole("audio_ttl_seconds", minimum=60)
+    jobs = env.whole("job_ttl_seconds", minimum=_SHORTEST_JOB_TTL)
+    if jobs < audio:
+        raise SettingError("JOB_TTL_SECONDS must not be below AUDIO_TTL_SECONDS")
+    return {
+        "audio_ttl_seconds": audio,
+        "job_ttl_seconds": jobs,
+        "conversation_ttl_seconds": env.whole("conversation_ttl_seconds", minimum=60),
+        "retention_interval_seconds": env.whole("retention_interval_seconds", maximum=86_400),
     }

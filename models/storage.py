@@ -14,6 +14,7 @@ import errno
 import os
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +24,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.errors import InsufficientStorage
 from models.settings import Settings
 from models.tables import StoredFile
+
+# Partial writes: LocalStore's temporary files before their rename, DatabaseStore's copies.
+_PARTIAL_PREFIX = ".tmp-"
+# How many names one query of the database store reads while listing.
+_LISTING_PAGE = 500
 
 # A full disk, a quota, or a file over the process's size limit (RLIMIT_FSIZE): the write fails
 # for want of room, not because of the request, and is reported as such (issue 11).
@@ -48,6 +54,13 @@ def sentence_name(job_id: str, attempt: int, index: int) -> str:
     A player streams these while the job runs; the reply's WAV is them joined.
     """
     return f"{_checked(job_id)}-{int(attempt)}-s{int(index)}.pcm"
+
+
+def job_id_of(name: str) -> str | None:
+    """The job a stored name belongs to (its part before the first `-` or `.`), or None when the
+    name is none of the server's."""
+    job_id = name.split(".", 1)[0].split("-", 1)[0]
+    return job_id if job_id.isalnum() else None
 
 
 def _checked(job_id: str) -> str:
@@ -93,6 +106,14 @@ class Store(Protocol):
         """A path holding the stored file while the context lasts (a copy if it is not local)."""
         ...
 
+    def names_before(self, cutoff: datetime) -> Iterator[str]:
+        """The names of the files stored before `cutoff`, lazily, in no set order."""
+        ...
+
+    def sweep_partial(self, cutoff: datetime) -> int:
+        """Removes what writes and copies a crash left behind before `cutoff`; returns how many."""
+        ...
+
 
 class LocalStore:
     """A directory of files, for a single host (the default)."""
@@ -121,7 +142,7 @@ class LocalStore:
 
     def _write(self, final: Path, data: bytes) -> str:
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".wav")
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=_PARTIAL_PREFIX, suffix=".wav")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -150,6 +171,37 @@ class LocalStore:
     @contextlib.contextmanager
     def as_file(self, name: str) -> Iterator[Path]:
         yield self.path(name)
+
+    def names_before(self, cutoff: datetime) -> Iterator[str]:
+        for entry in _entries_before(self.root, cutoff):
+            if not entry.name.startswith("."):
+                yield entry.name
+
+    def sweep_partial(self, cutoff: datetime) -> int:
+        return _sweep_partial(self.root, cutoff)
+
+
+def _sweep_partial(folder: Path, cutoff: datetime) -> int:
+    """Removes the temporary files of `folder` last modified before `cutoff`."""
+    swept = 0
+    for entry in _entries_before(folder, cutoff):
+        if entry.name.startswith(_PARTIAL_PREFIX):
+            Path(entry.path).unlink(missing_ok=True)
+            swept += 1
+    return swept
+
+
+def _entries_before(folder: Path, cutoff: datetime) -> Iterator[os.DirEntry[str]]:
+    """The regular files of `folder` last modified before `cutoff` (none if it is missing)."""
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return
+    limit = cutoff.timestamp()
+    for entry in entries:
+        with contextlib.suppress(FileNotFoundError):  # deleted meanwhile, by another sweep
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < limit:
+                yield entry
 
 
 class DatabaseStore:
@@ -198,10 +250,37 @@ class DatabaseStore:
     @contextlib.contextmanager
     def as_file(self, name: str) -> Iterator[Path]:
         self.scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".wav") as copy:
+        with tempfile.NamedTemporaryFile(
+            dir=self.scratch, prefix=_PARTIAL_PREFIX, suffix=".wav"
+        ) as copy:
             copy.write(self.read(name))
             copy.flush()
             yield Path(copy.name)
+
+    def names_before(self, cutoff: datetime) -> Iterator[str]:
+        after = ""  # keyset pages by name: each query reads one page, however many are stored
+        while True:
+            with self.sessions() as session:
+                page = list(
+                    session.scalars(
+                        select(StoredFile.name)
+                        .where(
+                            StoredFile.area == self.area,
+                            StoredFile.name > after,
+                            StoredFile.created_at < cutoff,
+                        )
+                        .order_by(StoredFile.name)
+                        .limit(_LISTING_PAGE)
+                    )
+                )
+            yield from page
+            if len(page) < _LISTING_PAGE:
+                return
+            after = page[-1]
+
+    def sweep_partial(self, cutoff: datetime) -> int:
+        # A row is written whole or not at all; only the copies `as_file` made can be left over.
+        return _sweep_partial(self.scratch, cutoff)
 
 
 def open_store(settings: Settings, area: str, sessions: sessionmaker[Session]) -> Store:

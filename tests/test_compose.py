@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,7 +69,9 @@ def test_jetson_compose_runs_a_gpu_worker_per_gpu_with_the_orin_engines() -> Non
     workers = {
         name: service
         for name, service in services.items()
-        if "worker" in service.get("command", []) and "celery" in service["command"]
+        if "worker" in service.get("command", [])
+        and "celery" in service["command"]
+        and service["environment"].get("WORKER_ROLE") != "maintenance"
     }
     assert workers, "no celery worker service"
     gpus = []
@@ -100,6 +103,28 @@ def test_jetson_compose_runs_a_gpu_worker_per_gpu_with_the_orin_engines() -> Non
     assert not any("basic-auth" in part for part in flower["command"])  # nothing hard-coded
     api = services["api"]["command"]
     assert api[0] == "gunicorn" and "python:api.gunicorn_conf" in api and "api:create_app()" in api
+
+
+@pytest.mark.parametrize("path", [ROOT / "docker-compose.yaml", JETSON / "docker-compose.yaml"])
+def test_compose_runs_one_beat_and_a_maintenance_worker_apart_from_the_job_workers(
+    path: Path,
+) -> None:
+    services: dict[str, Any] = yaml.safe_load(path.read_text())["services"]
+    celery = {
+        name: s["command"] for name, s in services.items() if "celery" in s.get("command", [])
+    }
+    beats = [name for name, command in celery.items() if "beat" in command]
+    assert len(beats) == 1 and "deploy" not in services[beats[0]]  # one beat, never scaled
+    assert any(part == "--schedule=/data/celerybeat-schedule" for part in celery[beats[0]])
+    maintenance = services["maintenance"]
+    command = maintenance["command"]
+    assert command[command.index("-Q") + 1] == "maintenance"
+    assert command[command.index("--pool") + 1] == "threads"
+    assert maintenance["environment"]["WORKER_ROLE"] == "maintenance"
+    assert "runtime" not in maintenance  # no GPU: it loads no models
+    for name, command in celery.items():
+        if "worker" in command and name != "maintenance":
+            assert "--queues=voicechat" in command and "-Q" not in command, name
 
 
 def test_jetson_example_settings_choose_the_orin_engines() -> None:

@@ -164,11 +164,27 @@ def test_ctrl_c_during_start_leaves_no_child_running(launched: Callable[..., Lau
 
 @pytest.mark.e2e
 def test_a_killed_launcher_takes_its_children_down(launched: Callable[..., Launcher]) -> None:
-    launcher = launched(WORKERS="2")
+    launcher = launched(WORKERS="2", RETENTION_INTERVAL_SECONDS="1")
     launcher.wait_ready()
-    assert len(launcher.children()) >= 5  # Redis, gunicorn and its workers, 2 workers (+ pools)
+    # Redis, gunicorn and its workers, 2 workers (+ pools), the maintenance worker, beat.
+    assert len(launcher.children()) >= 7
+    commands = [_command_line(pid) for pid in launcher.children()]
+    assert sum(" beat " in line for line in commands) == 1, commands  # one beat per deployment
+    assert any("-Q maintenance --pool threads" in line for line in commands), commands
+    # Beat sends the sweep; the maintenance worker (no models) runs it and is no job worker.
+    _until(lambda: "retention sweep done" in launcher.output(), "a retention sweep")
+    assert list(launcher.data_dir.glob("celerybeat-schedule*"))
+    ready = requests.get(f"{launcher.url}/readyz", timeout=10).json()
+    assert ready["checks"]["workers"]["count"] == 2
     launcher.process.kill()
     launcher.wait_gone()
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 @pytest.mark.e2e

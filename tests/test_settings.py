@@ -56,6 +56,10 @@ def test_booleans_accept_the_usual_spellings(raw: str, value: bool) -> None:
         {"MAX_UNFINISHED_JOBS": "ten"},
         {"MAX_QUEUE_DEPTH": "1e3"},
         {"IDEMPOTENCY_TTL_SECONDS": "3600"},  # keys are kept a day at least
+        {"JOB_TTL_SECONDS": "3600"},  # idempotency keys are kept a day at least
+        {"AUDIO_TTL_SECONDS": str(40 * 86400), "JOB_TTL_SECONDS": str(30 * 86400)},
+        {"RETENTION_INTERVAL_SECONDS": "0"},
+        {"WORKER_ROLE": "gpu"},
     ],
 )
 def test_malformed_settings_name_the_variable(env: dict[str, str]) -> None:

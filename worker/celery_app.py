@@ -6,7 +6,7 @@ import os
 
 from celery import Celery
 
-from models.queue import DELIVER_WEBHOOK_TASK, JOB_QUEUE, MAINTENANCE_QUEUE
+from models.queue import DELIVER_WEBHOOK_TASK, JOB_QUEUE, MAINTENANCE_QUEUE, RETENTION_TASK
 from models.settings import Settings
 
 settings = Settings.from_env()
@@ -22,11 +22,20 @@ if gpu := os.environ.get("WORKER_GPU", "").strip():
 app = Celery(
     "voicechat",
     broker=settings.redis_url,
-    include=["worker.tasks", "worker.lifecycle", "worker.recovery", "worker.webhooks"],
+    include=[
+        "worker.tasks",
+        "worker.lifecycle",
+        "worker.recovery",
+        "worker.retention",
+        "worker.webhooks",
+    ],
 )
 app.conf.update(
     task_default_queue=JOB_QUEUE,
-    task_routes={DELIVER_WEBHOOK_TASK: {"queue": MAINTENANCE_QUEUE}},
+    task_routes={
+        DELIVER_WEBHOOK_TASK: {"queue": MAINTENANCE_QUEUE},
+        RETENTION_TASK: {"queue": MAINTENANCE_QUEUE},
+    },
     task_ignore_result=True,
     task_acks_late=True,
     worker_prefetch_multiplier=1,
@@ -44,4 +53,18 @@ app.conf.update(
     worker_send_task_events=True,
     task_send_sent_event=True,
     worker_hijack_root_logger=False,
+    # Housekeeping goes to the maintenance worker (`-Q maintenance`, WORKER_ROLE=maintenance),
+    # never to a job worker (`-Q voicechat`), which loads models and runs one job at a time.
+    # Celery beat (one per deployment) sends these; a pass not taken within its interval is
+    # dropped (`expires`), so a stopped maintenance worker does not come back to a pile of them.
+    beat_schedule={
+        "retention": {
+            "task": RETENTION_TASK,
+            "schedule": float(settings.retention_interval_seconds),
+            "options": {
+                "queue": MAINTENANCE_QUEUE,
+                "expires": float(settings.retention_interval_seconds),
+            },
+        },
+    },
 )

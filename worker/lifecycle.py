@@ -3,38 +3,51 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from celery.signals import celeryd_init, worker_process_init, worker_process_shutdown
 
 from models.errors import EngineUnavailable
+from models.queue import JOB_QUEUE, MAINTENANCE_QUEUE
 from worker import runtime
 from worker.celery_app import settings
 from worker.lease_keeper import LeaseKeeper
 
 _LOGGER = logging.getLogger(__name__)
 
-# A maintenance worker (`-Q maintenance`: webhook deliveries) loads and checks no engines.
-# Minimal on this branch; the retention branch brings the same switch.
-MAINTENANCE = os.environ.get("WORKER_ROLE", "").strip() == "maintenance"
-
 # The pool child's lease keeper, started once its engines are loaded.
 _KEEPER: LeaseKeeper | None = None
+_MAINTENANCE_ONLY = (
+    f"WORKER_ROLE=maintenance loads no models: start it with -Q {MAINTENANCE_QUEUE} only, "
+    f"never on the job queue {JOB_QUEUE!r}"
+)
+
+
+def runs_jobs() -> bool:
+    """Whether this worker runs jobs (it loads the models) rather than the maintenance queue
+    (WORKER_ROLE=maintenance: no models, no readiness entry, so /readyz never counts it)."""
+    return settings.worker_role == "jobs"
 
 
 @celeryd_init.connect
-def _refuse_unusable_engines(**_kwargs: Any) -> None:
+def _refuse_unusable_engines(options: dict[str, Any] | None = None, **_kwargs: Any) -> None:
     """Stops `celery worker` before it forks when an engine setting cannot work.
 
     Checks names, libraries and model files without loading anything (worker/engines/
     validation.py). SystemExit passes through Celery's signal dispatch, which catches Exception
     only, and ends the parent with status 1 and one line on stderr naming the setting.
     """
-    if MAINTENANCE:
-        return
     from worker.engines.validation import validate_engines
 
+    if not runs_jobs():
+        queues = (options or {}).get("queues") or []
+        if isinstance(queues, str):
+            queues = queues.split(",")
+        if JOB_QUEUE in queues or not queues:
+            # It would take jobs it has no models for.
+            raise SystemExit(f"voicechat worker not started: {_MAINTENANCE_ONLY}")
+        _LOGGER.info("maintenance worker: no engines checked or loaded")
+        return
     try:
         validate_engines(settings)
     except EngineUnavailable as error:
@@ -45,7 +58,7 @@ def _refuse_unusable_engines(**_kwargs: Any) -> None:
 def _load_engines(**_kwargs: Any) -> None:
     """Loads and warms the engines in the pool's child, then starts its lease keeper."""
     global _KEEPER
-    if MAINTENANCE:
+    if not runs_jobs():  # never sent by the maintenance worker's thread pool; by a prefork one
         return
     _KEEPER = LeaseKeeper(settings)
     try:

@@ -47,6 +47,7 @@ PROBLEM_CODES: dict[int, dict[str, str]] = {
         "being handled; retry shortly",
         "job_finished": "the job already succeeded or failed: there is nothing to cancel",
     },
+    410: {"audio_expired": "retention deleted the audio after AUDIO_TTL_SECONDS; the job is kept"},
     421: {"host_not_allowed": "the request's `Host` is not one of ALLOWED_HOSTS"},
     413: {"payload_too_large": "the body is over MAX_UPLOAD_MB"},
     415: {

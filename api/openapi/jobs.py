@@ -329,6 +329,7 @@ def _job_audio(components: dict[str, Schema]) -> Schema:
                 404, "No such job, or it has no spoken reply.", "job_not_found", "audio_not_found"
             ),
             "409": problem(409, "A text-reply job has not finished yet.", "job_not_finished"),
+            "410": problem(410, "The spoken reply was deleted by retention.", "audio_expired"),
             "422": problem(422, "A query parameter is unknown or unacceptable.", "invalid_option"),
             "500": ref("responses", "InternalError"),
             "503": retry_after(

@@ -1,0 +1,315 @@
+"""Retention: finished jobs' audio deleted after AUDIO_TTL_SECONDS (the job kept, marked expired),
+job rows and conversations purged after their own TTLs, and what crashes left behind swept.
+
+Plain functions over a session, the file stores and Redis, and one thin task the maintenance
+worker runs every RETENTION_INTERVAL_SECONDS (Celery beat). Each pass does bounded work (at most
+`BATCH` rows or files of each kind) through indexes, never touches a queued or running job, and is
+safe beside another pass: every delete is of what is there, every mark conditional, so a second
+sweep at the same time finds nothing left to do or does the same thing again harmlessly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol
+
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import and_, delete, exists, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from models import event_log, storage
+from models.db import make_engine, make_session_factory
+from models.queue import MAINTENANCE_QUEUE, RETENTION_TASK
+from models.settings import Settings
+from models.tables import (
+    Conversation,
+    IdempotencyRecord,
+    Job,
+    ReplyFormat,
+    Turn,
+    WebhookDelivery,
+    utcnow,
+)
+from models.transitions import TERMINAL, database_clock
+from worker.celery_app import app, settings
+
+_LOGGER = logging.getLogger(__name__)
+
+# The most rows (or files) of each kind one pass handles; a full batch sends the next pass at once.
+BATCH = 500
+# A file younger than this may belong to a write in progress (an upload is stored before its
+# row is committed): never an orphan yet.
+ORPHAN_AGE = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What one pass did: counts of each kind of work."""
+
+    expired_jobs: int = 0
+    purged_jobs: int = 0
+    purged_conversations: int = 0
+    orphans: int = 0
+    partial_files: int = 0
+
+    @property
+    def more(self) -> bool:
+        """Whether a batch was full, so more work may be waiting."""
+        counts = (self.expired_jobs, self.purged_jobs, self.purged_conversations, self.orphans)
+        return max(counts) >= BATCH
+
+
+# What a pass reads of a job: plain values, still there after the session's transaction ends.
+_FILE_COLUMNS = (Job.id, Job.attempts, Job.input_audio_file, Job.reply_format, Job.expired_at)
+
+
+class _JobFiles(Protocol):
+    """What names a job's files: a row of `_FILE_COLUMNS`."""
+
+    id: str
+    attempts: int
+    input_audio_file: str | None
+    reply_format: str
+
+
+def delete_job_files(job: _JobFiles, uploads: storage.Store, results: storage.Store) -> None:
+    """Deletes every file a job may have: its recording, each attempt's reply and sentences
+    (an attempt whose process was killed leaves its own behind).
+
+    Args:
+        job: The job's `_FILE_COLUMNS`.
+        uploads: The recordings' store.
+        results: The replies' store.
+    """
+    if job.input_audio_file:
+        uploads.delete(job.input_audio_file)
+    if job.reply_format != ReplyFormat.VOICE.value:
+        return  # a text reply's job never stored a result file
+    for attempt in range(1, max(job.attempts, 1) + 1):
+        results.delete(storage.reply_name(job.id, attempt))
+        index = 0  # an attempt's sentences are numbered from 0 without a gap
+        while results.exists(name := storage.sentence_name(job.id, attempt, index)):
+            results.delete(name)
+            index += 1
+
+
+def expire_audio(
+    session: Session, uploads: storage.Store, results: storage.Store, ttl_seconds: int
+) -> int:
+    """Marks up to `BATCH` jobs finished over `ttl_seconds` ago expired, then deletes their files.
+
+    Marked first, so the API answers 410 from then on and never serves half-deleted audio; a
+    pass cut short between the two leaves files of an expired job, which `sweep_orphans` removes.
+
+    Returns:
+        How many jobs were found to expire.
+    """
+    jobs = list(
+        session.execute(
+            select(*_FILE_COLUMNS)
+            .where(
+                Job.expired_at.is_(None),
+                Job.finished_at < database_clock(session, -ttl_seconds),
+                Job.status.in_(TERMINAL),
+            )
+            .order_by(Job.finished_at)  # ix_jobs_unexpired_finished_at
+            .limit(BATCH)
+        )
+    )
+    if not jobs:
+        return 0
+    ids = [job.id for job in jobs]
+    session.execute(
+        update(Job)
+        .where(Job.id.in_(ids), Job.expired_at.is_(None))
+        .values(expired_at=database_clock(session))
+    )
+    session.commit()
+    for job in jobs:
+        delete_job_files(job, uploads, results)
+    _LOGGER.info("audio expired jobs=%d", len(jobs))
+    return len(jobs)
+
+
+def purge_jobs(
+    session: Session,
+    uploads: storage.Store,
+    results: storage.Store,
+    redis: Redis,
+    ttl_seconds: int,
+) -> int:
+    """Deletes up to `BATCH` jobs finished over `ttl_seconds` ago: their files, event streams,
+    idempotency keys and webhook deliveries, then the rows.
+
+    Returns:
+        How many jobs were purged.
+    """
+    jobs = list(
+        session.execute(
+            select(*_FILE_COLUMNS)
+            .where(
+                Job.finished_at < database_clock(session, -ttl_seconds),
+                Job.status.in_(TERMINAL),
+            )
+            .order_by(Job.finished_at)  # ix_jobs_finished_at
+            .limit(BATCH)
+        )
+    )
+    if not jobs:
+        return 0
+    session.rollback()  # no transaction held open while files are deleted
+    for job in jobs:
+        if job.expired_at is None:
+            delete_job_files(job, uploads, results)
+    ids = [job.id for job in jobs]
+    # Files and streams before the rows: a pass cut short finds the rows again next time.
+    try:
+        redis.delete(*[key for i in ids for key in (event_log.key(i), event_log.fence_key(i))])
+    except RedisError as error:  # the streams expire by themselves (EVENTS_TTL_SECONDS)
+        _LOGGER.warning(
+            "event streams not deleted jobs=%d error=%s", len(ids), type(error).__name__
+        )
+    session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.job_id.in_(ids)))
+    session.execute(delete(WebhookDelivery).where(WebhookDelivery.job_id.in_(ids)))
+    session.execute(delete(Job).where(Job.id.in_(ids), Job.status.in_(TERMINAL)))
+    session.commit()
+    _LOGGER.info("jobs purged jobs=%d", len(ids))
+    return len(ids)
+
+
+def purge_conversations(session: Session, ttl_seconds: int) -> int:
+    """Deletes up to `BATCH` conversations with no activity for `ttl_seconds` (no turn, no job
+    since, none of their jobs unfinished), with their turns (the foreign key cascades); their
+    jobs, if still kept, lose their `conversation_id`.
+
+    Returns:
+        How many conversations were purged.
+    """
+    cutoff = database_clock(session, -ttl_seconds)
+    idle = and_(
+        Conversation.created_at < cutoff,
+        ~exists().where(Turn.conversation_id == Conversation.id, Turn.created_at >= cutoff),
+        ~exists().where(
+            Job.conversation_id == Conversation.id,
+            or_(Job.created_at >= cutoff, Job.status.not_in(TERMINAL)),
+        ),
+    )
+    ids = list(session.scalars(select(Conversation.id).where(idle).limit(BATCH)))
+    if not ids:
+        return 0
+    # Idleness is checked again in the DELETE itself: a job may have joined one since the read.
+    result = session.execute(delete(Conversation).where(Conversation.id.in_(ids), idle))
+    session.commit()
+    purged = int(getattr(result, "rowcount", 0) or 0)
+    _LOGGER.info("conversations purged conversations=%d", purged)
+    return purged
+
+
+def sweep_orphans(session: Session, stores: Iterable[storage.Store]) -> tuple[int, int]:
+    """Deletes, in each store, files over `ORPHAN_AGE` old whose job has no row or has expired,
+    and partial writes a crash left; up to `BATCH` orphans a pass.
+
+    Returns:
+        The orphans and the partial files deleted.
+    """
+    cutoff = utcnow() - ORPHAN_AGE
+    orphans = partial = 0
+    for store in stores:
+        partial += store.sweep_partial(cutoff)
+        for names in _chunks(store.names_before(cutoff), BATCH):
+            owners = {name: storage.job_id_of(name) for name in names}
+            wanted = {job_id for job_id in owners.values() if job_id}
+            kept = set(
+                session.scalars(select(Job.id).where(Job.id.in_(wanted), Job.expired_at.is_(None)))
+            )
+            session.rollback()  # no transaction left open while files are deleted
+            for name, job_id in owners.items():
+                if job_id is not None and job_id not in kept and orphans < BATCH:
+                    store.delete(name)
+                    orphans += 1
+            if orphans >= BATCH:
+                return orphans, partial
+    return orphans, partial
+
+
+def _chunks(names: Iterator[str], size: int) -> Iterator[list[str]]:
+    while chunk := list(itertools.islice(names, size)):
+        yield chunk
+
+
+def sweep(
+    session: Session,
+    uploads: storage.Store,
+    results: storage.Store,
+    redis: Redis,
+    settings: Settings,
+) -> Sweep:
+    """One retention pass: audio expiry, row purges, orphans.
+
+    Args:
+        session: A database session.
+        uploads: The recordings' store.
+        results: The replies' store.
+        redis: Where the job event streams live.
+        settings: The TTLs.
+
+    Returns:
+        What the pass did.
+    """
+    expired = expire_audio(session, uploads, results, settings.audio_ttl_seconds)
+    jobs = purge_jobs(session, uploads, results, redis, settings.job_ttl_seconds)
+    conversations = purge_conversations(session, settings.conversation_ttl_seconds)
+    orphans, partial = sweep_orphans(session, (uploads, results))
+    return Sweep(expired, jobs, conversations, orphans, partial)
+
+
+@dataclass(frozen=True)
+class _Clients:
+    sessions: sessionmaker[Session]
+    uploads: storage.Store
+    results: storage.Store
+    redis: Redis
+
+
+_CLIENTS: _Clients | None = None
+_CLIENTS_LOCK = threading.Lock()  # the maintenance worker runs tasks in threads
+
+
+def _clients() -> _Clients:
+    """This process's database, file stores and Redis, made on first use."""
+    global _CLIENTS
+    with _CLIENTS_LOCK:
+        if _CLIENTS is None:
+            sessions = make_session_factory(make_engine(settings.database_url))
+            _CLIENTS = _Clients(
+                sessions=sessions,
+                uploads=storage.open_store(settings, storage.UPLOADS, sessions),
+                results=storage.open_store(settings, storage.RESULTS, sessions),
+                redis=Redis.from_url(settings.redis_url, socket_timeout=10),
+            )
+        return _CLIENTS
+
+
+@app.task(name=RETENTION_TASK, acks_late=False)
+def sweep_retention() -> None:
+    """Runs one retention pass; when a batch was full, sends the next pass at once."""
+    clients = _clients()
+    with clients.sessions() as session:
+        done = sweep(session, clients.uploads, clients.results, clients.redis, settings)
+    _LOGGER.info(
+        "retention sweep done expired=%d purged_jobs=%d purged_conversations=%d orphans=%d "
+        "partial_files=%d",
+        done.expired_jobs,
+        done.purged_jobs,
+        done.purged_conversations,
+        done.orphans,
+        done.partial_files,
+    )
+    if done.more:
+        sweep_retention.apply_async(queue=MAINTENANCE_QUEUE)
