@@ -217,6 +217,10 @@ def test_old_jobs_and_idle_conversations_are_purged_with_everything_they_own(
     running = _job(deployment, JobStatus.RUNNING, age=3 * DAY, conversation_id=conversations[2])
     with deployment.sessions() as session:
         session.add(IdempotencyRecord(scope="", key="k-old", fingerprint="f", job_id=old))
+        # Keys whose first request died in flight: one past IDEMPOTENCY_TTL_SECONDS, one not.
+        abandoned = {"scope": "", "fingerprint": "f", "job_id": None}
+        session.add(IdempotencyRecord(key="k-dead", created_at=utcnow() - 2 * DAY, **abandoned))
+        session.add(IdempotencyRecord(key="k-in-flight", **abandoned))
         session.add(WebhookDelivery(job_id=old, event="completed", message_id="m", attempt=1))
         session.commit()
     events = event_log.JobEvents(deployment.redis, ttl_seconds=3600)
@@ -231,7 +235,7 @@ def test_old_jobs_and_idle_conversations_are_purged_with_everything_they_own(
     assert deployment.redis.exists(event_log.key(old), event_log.fence_key(old)) == 0
     assert deployment.redis.exists(event_log.key(recent)) == 1
     with deployment.sessions() as session:
-        assert session.scalars(select(IdempotencyRecord)).all() == []
+        assert list(session.scalars(select(IdempotencyRecord.key))) == ["k-in-flight"]
         assert session.scalars(select(WebhookDelivery)).all() == []
         left = set(session.scalars(select(Conversation.id)))
         turns = set(session.scalars(select(Turn.conversation_id)))

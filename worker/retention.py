@@ -57,11 +57,13 @@ class Sweep:
     purged_conversations: int = 0
     orphans: int = 0
     partial_files: int = 0
+    abandoned_keys: int = 0
 
     @property
     def more(self) -> bool:
         """Whether a batch was full, so more work may be waiting."""
         counts = (self.expired_jobs, self.purged_jobs, self.purged_conversations, self.orphans)
+        # abandoned_keys is one unbounded DELETE: never a reason for another pass.
         return max(counts) >= BATCH
 
 
@@ -183,6 +185,23 @@ def purge_jobs(
     return len(ids)
 
 
+def purge_abandoned_keys(session: Session, ttl_seconds: int) -> int:
+    """Deletes `Idempotency-Key`s older than `ttl_seconds` that never got their job (the first
+    request died in flight); keys with a job go with their job's row (`purge_jobs`).
+
+    Returns:
+        How many keys were deleted.
+    """
+    result = session.execute(
+        delete(IdempotencyRecord).where(
+            IdempotencyRecord.job_id.is_(None),
+            IdempotencyRecord.created_at < database_clock(session, -ttl_seconds),
+        )
+    )
+    session.commit()
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def purge_conversations(session: Session, ttl_seconds: int) -> int:
     """Deletes up to `BATCH` conversations with no activity for `ttl_seconds` (no turn, no job
     since, none of their jobs unfinished), with their turns (the foreign key cascades); their
@@ -250,7 +269,7 @@ def sweep(
     redis: Redis,
     settings: Settings,
 ) -> Sweep:
-    """One retention pass: audio expiry, row purges, orphans.
+    """One retention pass: audio expiry, row purges, orphans, abandoned idempotency keys.
 
     Args:
         session: A database session.
@@ -266,7 +285,8 @@ def sweep(
     jobs = purge_jobs(session, uploads, results, redis, settings.job_ttl_seconds)
     conversations = purge_conversations(session, settings.conversation_ttl_seconds)
     orphans, partial = sweep_orphans(session, (uploads, results))
-    return Sweep(expired, jobs, conversations, orphans, partial)
+    keys = purge_abandoned_keys(session, settings.idempotency_ttl_seconds)
+    return Sweep(expired, jobs, conversations, orphans, partial, keys)
 
 
 @dataclass(frozen=True)
@@ -304,12 +324,13 @@ def sweep_retention() -> None:
         done = sweep(session, clients.uploads, clients.results, clients.redis, settings)
     _LOGGER.info(
         "retention sweep done expired=%d purged_jobs=%d purged_conversations=%d orphans=%d "
-        "partial_files=%d",
+        "partial_files=%d abandoned_keys=%d",
         done.expired_jobs,
         done.purged_jobs,
         done.purged_conversations,
         done.orphans,
         done.partial_files,
+        done.abandoned_keys,
     )
     if done.more:
         sweep_retention.apply_async(queue=MAINTENANCE_QUEUE)
