@@ -321,19 +321,26 @@ def wait_ready(
 
 
 def supervise(
-    processes: list[subprocess.Popen[bytes]], url: str, ready_timeout: float, workers: int = 1
+    processes: list[subprocess.Popen[bytes]],
+    url: str,
+    ready_timeout: float,
+    workers: int = 1,
+    *,
+    keyed: bool = False,
 ) -> int:
-    """Waits for readiness, then until a process dies (1) or a signal raises StopRequested."""
+    """Waits for readiness, then until a process dies (1) or a signal raises StopRequested;
+    `keyed` says requests need an API key, so the example sends one."""
     try:
         wait_ready(url, processes, ready_timeout, workers)
     except (RuntimeError, TimeoutError) as error:
         _LOGGER.error("start-up failed: %s", error)
         return 1
     print(f"\nVoice chat service ready at {url}", flush=True)
+    auth = ' -H "Authorization: Bearer $KEY"' if keyed else ""
     print(
-        f"Try: curl -s -X POST {url}/v1/jobs -H 'Content-Type: application/json' "
+        f"Try: curl -s -X POST {url}/v1/jobs{auth} -H 'Content-Type: application/json' "
         '-d \'{"text": "What is the capital of France?"}\'\n'
-        f"then: curl -s {url}/v1/jobs/<id>\n",
+        f"then: curl -s{auth} {url}/v1/jobs/<id>\n",
         flush=True,
     )
     while all(process.poll() is None for process in processes):
@@ -416,7 +423,8 @@ def _start(args: argparse.Namespace, worker_envs: list[dict[str, str]], children
     data_dir = Path(env["DATA_DIR"])
     env.setdefault("DATABASE_URL", f"sqlite:///{data_dir / 'voicechat.db'}")
     migrate(env["DATABASE_URL"])
-    refusal = check_bind_at(env["DATABASE_URL"], [args.host]).refusal
+    bind = check_bind_at(env["DATABASE_URL"], [args.host])
+    refusal = bind.refusal
     if refusal is not None:  # gunicorn's own hook would refuse too; this says it before any start
         print(f"launch: {refusal}", file=sys.stderr, flush=True)
         return 1
@@ -443,7 +451,13 @@ def _start(args: argparse.Namespace, worker_envs: list[dict[str, str]], children
         with signals_held():
             children.processes[name] = spawn(cmd, cwd=ROOT, env={**env, **extra})
     url = f"http://{args.host}:{args.port}"
-    return supervise(list(children.processes.values()), url, args.ready_timeout, args.workers)
+    return supervise(
+        list(children.processes.values()),
+        url,
+        args.ready_timeout,
+        args.workers,
+        keyed=not bind.runs_open,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
