@@ -48,15 +48,7 @@ from api.openai_schemas import (
     TranscriptionRequest,
     VerboseTranscription,
 )
-from api.openapi.declare import (
-    SSE_HEADERS,
-    answer,
-    documented,
-    family,
-    json_body,
-    ref,
-    schema_ref,
-)
+from api.openapi.declare import SSE_HEADERS, answer, documented, family, json_body, ref, schema_ref
 from api.schemas import Usage
 from api.speech_stream import stream_reply
 from api.validation import parse_json_object, single_values, validate
