@@ -67,7 +67,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # Last: its check runs after every other hook, once the caller is known.
     limits.init_limiter(app, settings)
     # Built now, from the settings this app runs with, so the document shows the live limits.
-    app.extensions["voicechat.openapi"] = openapi.build_document(settings)
+    app.extensions["voicechat.openapi"] = openapi.build_document(app, settings)
     return app
 
 

@@ -6,17 +6,45 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from sqlalchemy import select
 
 from api.access import caller_id, visible
+from api.openapi.declare import answer, documented, json_body
 from api.schemas import ConversationRequest, ConversationView, is_resource_id
 from api.validation import parse_json_object, validate
-from models.errors import ConversationNotFound, UnsupportedMediaType
+from models.errors import (
+    ConversationNotFound,
+    InvalidOption,
+    MalformedJson,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from models.tables import Conversation, Turn
 
 blueprint = Blueprint("conversations", __name__)
 
 
 @blueprint.post("/v1/conversations")
+@documented(
+    {
+        201: answer(
+            "The conversation, without turns yet.",
+            "ConversationView",
+            headers={
+                "Location": {
+                    "description": "Path of the conversation, `/v1/conversations/{id}`.",
+                    "schema": {"type": "string", "format": "uri-reference"},
+                }
+            },
+        )
+    },
+    errors=(MalformedJson, PayloadTooLarge, UnsupportedMediaType, InvalidOption),
+    body=json_body("ConversationRequest", required=False),
+)
 def create_conversation() -> Response:
-    """Starts a conversation, optionally with its own system prompt; answers 201."""
+    """Start a conversation.
+
+    Starts an empty conversation, optionally with its own system prompt; submit prompts to it
+    with `conversation_id`. The body may be empty (with any Content-Type) for a conversation
+    without a system prompt of its own.
+    """
     body = request.get_data(cache=False)
     payload: dict[str, object] = {}
     if body.strip():
@@ -37,8 +65,15 @@ def create_conversation() -> Response:
 
 
 @blueprint.get("/v1/conversations/<conversation_id>")
+@documented(
+    {200: answer("The conversation and all its turns.", "ConversationView")},
+    errors=(ConversationNotFound,),
+)
 def get_conversation(conversation_id: str) -> Response:
-    """Returns a conversation with its turns, oldest first (voice prompts as transcripts)."""
+    """Read a conversation.
+
+    The conversation with its turns, oldest first (voice prompts as their transcripts).
+    """
     conversation = (
         g.db.get(Conversation, conversation_id) if is_resource_id(conversation_id) else None
     )

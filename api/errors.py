@@ -53,9 +53,9 @@ _HTTP_CODES = {
 }
 
 
-def status_for(error: errors.VoiceChatError) -> int:
-    """Returns the HTTP status of a domain error."""
-    for cls in type(error).__mro__:
+def status_for(error: errors.VoiceChatError | type[errors.VoiceChatError]) -> int:
+    """Returns the HTTP status of a domain error, or of its class."""
+    for cls in (error if isinstance(error, type) else type(error)).__mro__:
         if cls in _STATUS:
             return _STATUS[cls]
     return 500

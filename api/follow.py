@@ -24,9 +24,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.access import visible
 from api.held_requests import Place, hold
+from api.openapi.declare import (
+    SSE_HEADERS,
+    Schema,
+    answer,
+    documented,
+    header,
+    json_text,
+    schema_ref,
+)
 from api.schemas import JobView, is_resource_id
 from models import event_log
-from models.errors import InvalidHeader, JobNotFound
+from models.errors import InvalidHeader, JobNotFound, ServerBusy
 from models.event_log import Event, JobEvents
 from models.tables import Job
 
@@ -150,14 +159,119 @@ def sse_response(chunks: Iterator[str]) -> Response:
     return response
 
 
-@blueprint.get("/v1/jobs/<job_id>/events")
-def job_events(job_id: str) -> Response:
-    """Streams a job's events; `Last-Event-ID` (or `?after=`) resumes after a seen event.
+def _event(event: str, description: str, data: Schema) -> Schema:
+    """One kind of job event, as a parsed Server-Sent Event."""
+    properties = {"event": {"const": event}, "id": EVENT_ID, "data": json_text(data)}
+    return {
+        "type": "object",
+        "description": description,
+        "properties": properties,
+        "required": ["event", "data"],
+    }
 
-    Raises:
-        InvalidHeader: The event id to resume after is malformed.
-        ServerBusy: This process holds MAX_HELD_REQUESTS already (checked before the database).
-        JobNotFound: There is no such job.
+
+def _data(description: str, required: tuple[str, ...] = (), **properties: Schema) -> Schema:
+    return {
+        "type": "object",
+        "description": description,
+        "properties": properties,
+        "required": list(required or properties),
+    }
+
+
+EVENT_ID = {"type": "string", "pattern": EVENT_ID_PATTERN}
+_WHOLE = {"type": "integer", "minimum": 1}
+_SECONDS = {"type": "number", "minimum": 0}
+_TEXT = _data("A piece of text.", text={"type": "string"})
+# Each event a job's stream may carry, in the order they come.
+JOB_EVENTS = [
+    _event(
+        "status",
+        "A worker started the job (`running`, with the attempt), or an attempt whose worker was "
+        "lost ended and the job is queued again (`queued`, with the lost attempt). The `queued` "
+        "event always comes before the next attempt's first event, whose events then start "
+        "over; nothing of the lost attempt follows it.",
+        _data(
+            "The job's new status.",
+            ("status",),
+            status={"type": "string", "enum": ["running", "queued"]},
+            attempt=_WHOLE,
+        ),
+    ),
+    _event(
+        "stage",
+        "The job entered a pipeline stage.",
+        _data("The stage entered.", stage=schema_ref("Stage")),
+    ),
+    _event("transcript", "What the recogniser heard.", _TEXT),
+    _event("delta", "The next piece of the reply, as the model produces it.", _TEXT),
+    _event(
+        "speech",
+        "A sentence of the spoken reply is synthesized, while the model may still be generating "
+        "the next; `GET /v1/jobs/{job_id}/audio` streams it.",
+        _data(
+            "One sentence of the spoken reply: its place, its words, its length.",
+            index={"type": "integer", "minimum": 0},
+            attempt=_WHOLE,
+            text={"type": "string"},
+            seconds=_SECONDS,
+            rate={"type": "integer", "description": "Samples per second."},
+        ),
+    ),
+    _event("audio", "The spoken reply is stored.", _data("The reply's length.", seconds=_SECONDS)),
+    _event(
+        "done",
+        "The job, as `GET /v1/jobs/{job_id}` returns it; once per job and always the last "
+        "event, after which the stream closes.",
+        schema_ref("JobView"),
+    ),
+]
+_STREAM = {
+    "description": "Server-Sent Events; this schema describes each event (`event`, `id`, and "
+    "`data`, one line of JSON), as OpenAPI 3.2's `itemSchema` does. The stream opens with "
+    "`retry: 2000`, and a `: keep-alive` comment is sent after every {quiet} s of quiet.",
+    "oneOf": JOB_EVENTS,
+}
+
+
+@blueprint.get("/v1/jobs/<job_id>/events")
+@documented(
+    {
+        200: answer(
+            "The event stream.",
+            body={"text/event-stream": {"schema": _STREAM}},
+            headers=SSE_HEADERS,
+        ),
+        204: answer(
+            "The event named by `Last-Event-ID` or `after` is the job's `done` or later: the "
+            "stream has ended (a browser's `EventSource` does not reconnect after a 204)."
+        ),
+    },
+    errors=(InvalidHeader, JobNotFound, ServerBusy),
+    notes={503: "Every held-request place is checked before the job is looked up."},
+    parameters=(
+        header(
+            "Last-Event-ID",
+            "Resume after this event `id`; `0` replays from the start. Wins over `after`.",
+            EVENT_ID,
+        ),
+        {
+            "name": "after",
+            "in": "query",
+            "description": "Like `Last-Event-ID`, for clients that cannot set it.",
+            "schema": EVENT_ID,
+        },
+    ),
+    facts={"quiet": f"{BLOCK_SECONDS * (1 - _BLOCK_SPREAD):g} to {BLOCK_SECONDS:g}"},
+)
+def get_job_events(job_id: str) -> Response:
+    """Follow a job.
+
+    Streams the job's events as they happen (also linked as `events_url`), from the first, or
+    after the event named by `Last-Event-ID` (which a browser's `EventSource` sends when it
+    reconnects) or `after`, until the final `done`. A finished job's stream replays what is
+    kept and ends at once; events are kept EVENTS_TTL_SECONDS ({events_ttl_seconds} s here)
+    after the last one, and a `done` is made from the job when they are gone.
     """
     after = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
     if not _EVENT_ID.fullmatch(after):

@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from api.openapi.declare import answer, documented
 from api.schemas import Liveness, Readiness
 from models import heartbeat
 
@@ -17,14 +18,27 @@ blueprint = Blueprint("health", __name__)
 
 
 @blueprint.get("/healthz")
+@documented({200: answer("Alive.", "Liveness")})
 def healthz() -> Response:
-    """The process is up; touches nothing else."""
+    """Liveness.
+
+    The process is up; touches nothing else.
+    """
     return jsonify(Liveness(status="ok").model_dump(mode="json"))
 
 
 @blueprint.get("/readyz")
+@documented(
+    {
+        200: answer("Ready.", "Readiness"),
+        503: answer("Not ready; `checks` says why.", "Readiness"),
+    }
+)
 def readyz() -> Response:
-    """Ready when the database and broker answer and a worker has its models loaded."""
+    """Readiness.
+
+    Ready when the database and broker answer and at least one worker has its models loaded.
+    """
     checks: dict[str, Any] = {}
     try:
         g.db.execute(text("SELECT 1"))

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from api.access import caller_id
+from api.openapi.declare import header
 from models.errors import IdempotencyKeyInFlight, IdempotencyKeyReused, InvalidIdempotencyKey
 from models.settings import Settings
 from models.tables import IdempotencyRecord, Job, utcnow
@@ -38,6 +39,19 @@ MAX_KEY_LENGTH = 255
 # on the way must not hold it for ever.
 IN_FLIGHT_STALE_SECONDS = 60
 _PRINTABLE = re.compile(r"^[\x20-\x7e]+$")
+PARAMETER = header(
+    HEADER,
+    "Makes retries safe (draft-ietf-httpapi-idempotency-key-header, as Stripe does): the same "
+    "key with the same request (body form, prompt text or recording bytes, reply format, "
+    "conversation and options; not `Prefer`) answers 202 with the job the first one made, as it "
+    "is now, and `Idempotent-Replayed: true`; with another request, 422 "
+    "`idempotency_key_reused`; while the first is still being handled, 409 "
+    "`idempotency_key_in_flight`. Keys are per API key and kept IDEMPOTENCY_TTL_SECONDS; a "
+    "submit refused with 429 or 503 gives its key back. 1 to 255 printable ASCII characters, "
+    "bare or quoted.",
+    # Bare keys only: the quoted form is accepted too, but no schema can say both.
+    {"type": "string", "maxLength": MAX_KEY_LENGTH, "pattern": "^[!#-~]([ -~]*[!-~])?$"},
+)
 
 
 @dataclass(frozen=True)

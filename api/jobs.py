@@ -17,21 +17,41 @@ from api.cancellation import cancel
 from api.follow import wait_for
 from api.held_requests import hold, try_hold
 from api.limits import check_capacity
+from api.openapi.declare import Query, Schema, answer, documented, family, header, ref, schema_ref
 from api.schemas import AudioQuery, JobList, JobListQuery, JobOptions, JobView, is_resource_id
 from api.speech_stream import stream_reply
-from api.submission import Submission, parse_submission
+from api.submission import WAV_MEDIA_TYPES, Submission, parse_submission
 from api.validation import single_values, validate
 from models import event_log, queries, storage, transitions, webhooks
 from models.errors import (
     AudioExpired,
     AudioNotFound,
+    BadRequest,
+    BrokerUnavailable,
     ContextLengthExceeded,
     ConversationNotFound,
+    EmptyText,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    InsufficientStorage,
+    InvalidAudio,
+    InvalidCursor,
     InvalidHeader,
+    InvalidOption,
+    InvalidWebhookUrl,
+    JobFinished,
     JobNotFinished,
     JobNotFound,
+    PayloadTooLarge,
+    QueueFull,
+    RateLimited,
+    ServerBusy,
+    TextTooLong,
+    TooManyUnfinishedJobs,
+    UnsupportedMediaType,
     VoiceChatError,
     WebhookSecretMissing,
+    WebhookTargetNotAllowed,
 )
 from models.settings import Settings
 from models.tables import Conversation, InputKind, Job, JobStatus, ReplyFormat, new_job_id
@@ -39,6 +59,13 @@ from models.tables import Conversation, InputKind, Job, JobStatus, ReplyFormat, 
 _LOGGER = logging.getLogger(__name__)
 
 blueprint = Blueprint("jobs", __name__)
+
+WAV = {"type": "string", "format": "binary"}
+LOCATION = {"schema": {"type": "string", "format": "uri-reference"}}
+AUDIO_REPLY = {
+    "audio/wav": {"schema": {**WAV, "description": "16-bit PCM mono WAV."}},
+    "audio/pcm": {"schema": {**WAV, "description": "The same samples, without a header."}},
+}
 
 
 def _load(job_id: str) -> Job:
@@ -142,12 +169,110 @@ def preferred_wait(settings: Settings) -> int | None:
     return None
 
 
+def _submitted(description: str) -> Schema:
+    applied = {
+        "description": "With `Prefer: wait=N`: `wait=` and the seconds waited at most (N, capped "
+        "at MAX_WAIT_SECONDS, here {max_wait_seconds}).",
+        "schema": {"type": "string", "pattern": "^wait=[0-9]+$"},
+    }
+    return answer(
+        description,
+        "JobView",
+        headers={
+            "Location": {"description": "Path of the job, `/v1/jobs/{job_id}`.", **LOCATION},
+            "Preference-Applied": applied,
+            "Idempotent-Replayed": ref("headers", "IdempotentReplayed"),
+        },
+    )
+
+
+# A form carries the webhook's events as one comma-separated field, never repeated.
+_EVENTS = {"webhook_events": {"style": "form", "explode": False}}
+_RAW_WAV = {
+    **WAV,
+    "description": "The recording as the whole body: a WAV of at most MAX_AUDIO_SECONDS "
+    "({max_audio_seconds} s here).",
+}
+_PREFER = header(
+    "Prefer",
+    "RFC 7240 preferences; only `wait=N` is read, N a whole number of seconds (at most six "
+    "digits, optionally quoted), capped at MAX_WAIT_SECONDS ({max_wait_seconds} here). Other "
+    "preferences are ignored; a malformed `wait` is 400 `invalid_header`.",
+    {"type": "string", "pattern": '^wait="?[0-9]{1,6}"?$', "examples": ["wait=30"]},
+)
+
+
 @blueprint.post("/v1/jobs")
+@documented(
+    answers={
+        200: _submitted(
+            "With `Prefer: wait`: the job ended within the wait (a job that failed with "
+            "`context_length_exceeded` is answered with 422 instead)."
+        ),
+        202: _submitted(
+            "The job is queued (or, with `Prefer: wait`, still going when the wait ran out, or "
+            "the wait was declined, without `Preference-Applied`; or it is the job an earlier "
+            "request with the same `Idempotency-Key` made, as it is now)."
+        ),
+    },
+    errors=(
+        *family(BadRequest),
+        ConversationNotFound,
+        IdempotencyKeyInFlight,
+        PayloadTooLarge,
+        *family(UnsupportedMediaType),
+        InvalidOption,
+        EmptyText,
+        TextTooLong,
+        *family(InvalidAudio),
+        ContextLengthExceeded,
+        InvalidWebhookUrl,
+        WebhookTargetNotAllowed,
+        WebhookSecretMissing,
+        IdempotencyKeyReused,
+        RateLimited,
+        TooManyUnfinishedJobs,
+        QueueFull,
+        BrokerUnavailable,
+        InsufficientStorage,
+    ),
+    notes={422: "With `Prefer: wait`, a job that failed too is named by `job_id`."},
+    parameters=(_PREFER, idempotency.PARAMETER, Query("JobOptions", "With a raw WAV body only.")),
+    body={
+        "required": True,
+        "content": {
+            "application/json": {"schema": schema_ref("TextJobRequest")},
+            "multipart/form-data": {
+                "schema": schema_ref("UploadJobRequest"),
+                "encoding": {"audio": {"contentType": "audio/wav"}, **_EVENTS},
+            },
+            "application/x-www-form-urlencoded": {
+                "schema": schema_ref("TextJobForm"),
+                "encoding": _EVENTS,
+            },
+            **{media_type: {"schema": _RAW_WAV} for media_type in sorted(WAV_MEDIA_TYPES)},
+        },
+    },
+)
 def create_job() -> Response:
-    """Validates a prompt, stores it and enqueues it; answers 202 at once, or with
-    `Prefer: wait=N`, 200 with the finished job if it ends within N seconds (the wait is
-    declined, 202 at once, when this process holds MAX_HELD_REQUESTS already). With an
-    `Idempotency-Key` the same request again answers with the job it made (api/idempotency.py)."""
+    """Submit a prompt.
+
+    Validates the prompt, stores it, queues it and answers at once with 202. Poll the job at
+    `Location`, or follow its `events_url`, until its status is terminal (succeeded, failed or
+    canceled).
+
+    With `Prefer: wait=N` (RFC 7240), the request is held up to N seconds: a job that ends by
+    then is answered with 200 and its final state, one still going with 202 as usual. The wait
+    is declined (202 at once) while the process holds MAX_HELD_REQUESTS requests open.
+
+    The options travel in the body for JSON and forms, and as query parameters for a raw WAV
+    body (where they are ignored otherwise). Media types of the form `application/*+json` are
+    read as JSON. The whole body may be at most MAX_UPLOAD_MB ({max_upload_bytes} bytes here).
+
+    With `webhook`, the job's `webhook_events` (`started`, `completed`) are POSTed there,
+    signed, as this document's `webhooks` describe; a failed delivery is retried up to
+    WEBHOOK_MAX_ATTEMPTS times, and each attempt is shown in the job's `webhook.deliveries`.
+    """
     settings: Settings = current_app.extensions["voicechat.settings"]
     key = idempotency.requested_key(request)
     submission = parse_submission(request, settings)
@@ -215,16 +340,33 @@ def _job_answer(job: Job, status: int) -> Response:
 
 
 @blueprint.get("/v1/jobs/<job_id>")
+@documented({200: answer("The job's current state.", "JobView")}, errors=(JobNotFound,))
 def get_job(job_id: str) -> Response:
-    """Returns a job's current state."""
+    """Read a job."""
     return jsonify(JobView.of(_load(job_id)).model_dump(mode="json"))
 
 
 @blueprint.post("/v1/jobs/<job_id>/cancel")
-@blueprint.delete("/v1/jobs/<job_id>")
+@blueprint.delete("/v1/jobs/<job_id>", endpoint="delete_job")
+@documented(
+    {
+        200: answer("The job is canceled (now, or it was already).", "JobView"),
+        202: answer("The job is running and its worker was asked to stop.", "JobView"),
+    },
+    errors=(JobNotFound, JobFinished),
+)
 def cancel_job(job_id: str) -> Response:
-    """Cancels a job: 200 with the job once canceled (at once while queued, or before), 202
-    with it while its worker is stopping; 409 `job_finished` once it succeeded or failed."""
+    """Cancel a job.
+
+    A queued job ends `canceled` at once (200; its event stream ends with `done`, and no
+    worker will run it). A running job is asked to stop (202 with the job as it is, still
+    `running`): its worker stops at the next token, sentence or stage boundary and ends it
+    `canceled` with `error.code` `canceled`, keeping in `result` the reply text made so far (no
+    audio, and no turn in its conversation); its event stream ends with `done`. Asking again is
+    harmless: a canceled job answers 200 as it is. A job that succeeded or failed answers 409
+    `job_finished`. `DELETE /v1/jobs/{job_id}` and `POST /v1/jobs/{job_id}/cancel` are the
+    same operation.
+    """
     job, status = cancel(g.db, _load(job_id))
     response = jsonify(JobView.of(job).model_dump(mode="json"))
     response.status_code = status
@@ -232,9 +374,27 @@ def cancel_job(job_id: str) -> Response:
 
 
 @blueprint.get("/v1/jobs/<job_id>/audio")
+@documented(
+    {
+        200: answer("The whole recording, or the stream of it.", body=AUDIO_REPLY),
+        206: answer("The requested byte range of the stored recording.", body=AUDIO_REPLY),
+        304: answer("Not modified since the copy the client holds."),
+    },
+    errors=(JobNotFound, AudioNotFound, JobNotFinished, AudioExpired, InvalidOption, ServerBusy),
+    notes={409: "A text-reply job has not finished yet."},
+    parameters=(Query("AudioQuery"),),
+)
 def get_job_audio(job_id: str) -> Response:
-    """Returns the spoken reply as a 16-bit PCM mono WAV (or raw PCM); while a voice job runs,
-    streams it sentence by sentence as the worker speaks it."""
+    """Fetch or stream the spoken reply.
+
+    The reply of a `voice` job (also linked as `result.audio_url`), as a 16-bit PCM mono WAV
+    or raw PCM. Once the job succeeded: served inline as `{job_id}.wav` with `ETag` and
+    `Last-Modified`, cacheable for an hour; conditional and `Range` requests are honoured.
+    While it runs: streamed, each sentence as soon as the worker has spoken it (a WAV whose
+    sizes say unknown, `0xFFFFFFFF`, as players expect of a stream), so playing can start after
+    the first sentence; the stream ends with the reply, or early if the job fails or starts
+    again on another attempt (ask again). A streaming answer holds a place of MAX_HELD_REQUESTS.
+    """
     settings: Settings = current_app.extensions["voicechat.settings"]
     fields = single_values(request.args, "query parameter")
     with_header = validate(AudioQuery, fields, settings, from_strings=True).format == "wav"
@@ -269,8 +429,17 @@ def get_job_audio(job_id: str) -> Response:
 
 
 @blueprint.get("/v1/jobs")
+@documented(
+    {200: answer("One page of jobs.", "JobList")},
+    errors=(InvalidOption, InvalidCursor),
+    parameters=(Query("JobListQuery"),),
+)
 def list_jobs() -> Response:
-    """Lists jobs newest first, with an opaque cursor for the next page."""
+    """List jobs.
+
+    Jobs newest first, one page at a time. Pass `next_cursor` back as `cursor` (with the same
+    `status`) for the next page. Any other query parameter is refused.
+    """
     settings: Settings = current_app.extensions["voicechat.settings"]
     fields = single_values(request.args, "query parameter")
     query = validate(JobListQuery, fields, settings, from_strings=True)

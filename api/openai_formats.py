@@ -11,6 +11,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from api.openapi.declare import content, json_text, schema_ref
+
 # Transcript formats, as OpenAI names them; `json` and `verbose_json` are answer models.
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 SUBTITLE_MEDIA_TYPES = {
@@ -32,6 +34,42 @@ PCM_RATE = 24_000
 OPUS_RATE = 48_000
 # The last event of a streamed chat completion, as OpenAI sends it.
 STREAM_END = "data: [DONE]\n\n"
+
+# The documented answers of each format (api/openapi/).
+CHAT_ANSWERS = {
+    **content(schema_ref("ChatCompletion")),
+    "text/event-stream": {
+        "schema": {
+            "type": "object",
+            "description": "With `stream: true`, Server-Sent Events; this schema describes each "
+            "event, as OpenAPI 3.2's `itemSchema` does. Each `data` is a `ChatCompletionChunk`: "
+            "first the assistant role, then a `delta.content` per piece of the reply, then an "
+            "empty delta with `finish_reason`, then with `include_usage` one with `usage` and no "
+            "choices. A job that fails sends an `OpenAIError` instead of the last chunks, and so "
+            "does one whose worker was lost after some of the reply was sent (`worker_lost`: the "
+            "job runs again, see `X-Job-Id`, but its text is never sent twice). The stream ends "
+            "with `data: [DONE]`.",
+            "properties": {
+                "data": {
+                    "type": "string",
+                    "if": {"const": "[DONE]"},
+                    "else": json_text(
+                        {"oneOf": [schema_ref("ChatCompletionChunk"), schema_ref("OpenAIError")]}
+                    ),
+                },
+            },
+            "required": ["data"],
+        }
+    },
+}
+TRANSCRIPT_ANSWERS = {
+    **content({"oneOf": [schema_ref("Transcription"), schema_ref("VerboseTranscription")]}),
+    **{media_type: {"schema": {"type": "string"}} for media_type in SUBTITLE_MEDIA_TYPES.values()},
+}
+SPEECH_ANSWERS = {
+    media_type: {"schema": {"type": "string", "format": "binary", "description": f"`{name}`."}}
+    for name, media_type in SPEECH_FORMATS.items()
+}
 
 
 class Cue(NamedTuple):

@@ -32,6 +32,9 @@ from api.held_requests import Place, hold
 from api.jobs import submit
 from api.limits import breach
 from api.openai_schemas import (
+    OPENAI_CODES,
+    TTS_MODEL_IDS,
+    WHISPER_MODEL_ID,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -45,21 +48,38 @@ from api.openai_schemas import (
     TranscriptionRequest,
     VerboseTranscription,
 )
+from api.openapi.declare import SSE_HEADERS, answer, documented, family, json_body, ref, schema_ref
 from api.schemas import Usage
 from api.speech_stream import stream_reply
 from api.validation import parse_json_object, single_values, validate
 from models import event_log
 from models.audio import inspect_upload
 from models.errors import (
+    BrokerUnavailable,
     ContextLengthExceeded,
+    EmptyReply,
+    EmptyText,
+    EngineUnavailable,
+    InsufficientStorage,
+    InvalidAudio,
     InvalidOption,
     JobCanceled,
+    JobTimedOut,
+    MalformedJson,
     MalformedMultipart,
+    MessagesTooLong,
+    MissingInput,
+    ModelNotFound,
     NoSpeech,
-    RateLimited,
+    PayloadTooLarge,
+    PipelineError,
+    QueueFull,
+    ServerBusy,
+    TooManyUnfinishedJobs,
     UnsupportedMediaType,
     VoiceChatError,
     WaitTimedOut,
+    WorkerLost,
     error_for_code,
 )
 from models.settings import Settings
@@ -70,8 +90,26 @@ from models.transitions import WORKER_LOST
 blueprint = Blueprint("openai", __name__)
 
 GRANULARITIES = "timestamp_granularities[]"
-# Our codes that OpenAI names otherwise.
-OPENAI_CODES = {RateLimited.code: "rate_limit_exceeded"}
+# What a route that makes a job and waits for it may answer besides its own refusals: the
+# model's check, the limits, the wait, and the job's own failure (its `error.code`, as a 500).
+JOB_ROUTE_ERRORS: tuple[type[VoiceChatError], ...] = (
+    ModelNotFound,
+    PayloadTooLarge,
+    JobCanceled,
+    TooManyUnfinishedJobs,
+    ServerBusy,
+    QueueFull,
+    BrokerUnavailable,
+    WaitTimedOut,
+    EngineUnavailable,
+    JobTimedOut,
+    WorkerLost,
+    PipelineError,
+    VoiceChatError,
+)
+# The job the request became, on every answer of a route that makes one.
+JOB_ID = {"X-Job-Id": ref("headers", "JobId")}
+NOTES = {503: "Checked once the request is valid, before a job is made."}
 
 
 def _settings() -> Settings:
@@ -122,8 +160,17 @@ def _openai_http_error(error: HTTPException) -> Response:
 
 
 @blueprint.get("/v1/models")
+@documented(
+    {200: answer("The models.", "ModelList")},
+    facts={"whisper": WHISPER_MODEL_ID, "tts": ", ".join(f"`{i}`" for i in TTS_MODEL_IDS)},
+)
 def list_models() -> Response:
-    """Lists the models this service answers with (one per stage)."""
+    """List models.
+
+    The models this service answers with, one per stage: the language model (its id is
+    LLM_MODEL, else the file name of LLM_MODEL_PATH without extension, else
+    `SmolLM2-135M-Instruct`), `{whisper}` for transcription and {tts} for speech.
+    """
     return _answer(ModelList.of(_settings()))
 
 
@@ -157,8 +204,38 @@ STREAMED_SPEECH = frozenset({"wav", "pcm"})
 
 
 @blueprint.post("/v1/chat/completions")
-def chat_completions() -> Response:
-    """Answers a chat, whole or streamed as `chat.completion.chunk` events."""
+@documented(
+    {
+        200: answer(
+            "The completion; a stream of chunks with `stream: true`.",
+            body=openai_formats.CHAT_ANSWERS,
+            headers={**JOB_ID, **SSE_HEADERS},
+        )
+    },
+    errors=(
+        MalformedJson,
+        UnsupportedMediaType,
+        InvalidOption,
+        EmptyText,
+        MessagesTooLong,
+        ContextLengthExceeded,
+        EmptyReply,
+        *JOB_ROUTE_ERRORS,
+    ),
+    notes=NOTES,
+    body=json_body("ChatCompletionRequest"),
+)
+def create_chat_completion() -> Response:
+    """Chat completion.
+
+    OpenAI's chat completion, as a job (`X-Job-Id`) the request waits for: whole, or streamed
+    as `chat.completion.chunk` events as it is generated.
+
+    Beyond the schema: the last message must be the user's, and its content, trimmed,
+    non-blank (422 `empty_text`, `param` `messages[N].content`); content parts joined count
+    against the per-message limit, and all contents together against MAX_CHAT_CHARS
+    ({max_chat_chars} here; 422 `messages_too_long`); `stream_options` needs `stream: true`.
+    """
     settings = _settings()
     chat = validate(ChatCompletionRequest, _json_object(), settings)
     place = hold()  # refused with 503 before any job is made
@@ -278,8 +355,46 @@ def _multipart_fields() -> dict[str, Any]:
 
 
 @blueprint.post("/v1/audio/transcriptions")
-def transcriptions() -> Response:
-    """Transcribes an uploaded WAV: json, text, verbose_json, srt or vtt."""
+@documented(
+    {
+        200: answer(
+            "The transcript in `response_format`: `json` and `verbose_json` as JSON, `text` as "
+            "plain text (with a final newline), `srt` and `vtt` as subtitles.",
+            body=openai_formats.TRANSCRIPT_ANSWERS,
+            headers=JOB_ID,
+        )
+    },
+    errors=(
+        MalformedMultipart,
+        MissingInput,
+        *family(UnsupportedMediaType),
+        InvalidOption,
+        *family(InvalidAudio),
+        InsufficientStorage,
+        *JOB_ROUTE_ERRORS,
+    ),
+    notes=NOTES,
+    body={
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": schema_ref(
+                    "TranscriptionRequest",
+                    description="The recording (a WAV of at most MAX_AUDIO_SECONDS, "
+                    "{max_audio_seconds} s here) as the `file` part. `language` defaults to "
+                    "WHISPER_LANGUAGE (`{whisper_language}` here).",
+                ),
+                "encoding": {"file": {"contentType": "audio/wav"}},
+            }
+        },
+    },
+)
+def create_transcription() -> Response:
+    """Transcribe a recording.
+
+    OpenAI's transcription (json, text, verbose_json, srt or vtt), as a job (`X-Job-Id`) the
+    request waits for. A recording without speech gives an empty transcript.
+    """
     settings = _settings()
     asked = validate(TranscriptionRequest, _multipart_fields(), settings, from_strings=True)
     info = inspect_upload(asked.file, settings)
@@ -323,9 +438,24 @@ def _transcript_response(response_format: str, heard: VerboseTranscription) -> R
 
 
 @blueprint.post("/v1/audio/speech")
-def speech() -> Response:
-    """Speaks `input` and returns the audio in `response_format`: `wav` and `pcm` streamed
-    sentence by sentence as they are spoken, the other formats encoded once it is all said."""
+@documented(
+    {
+        200: answer(
+            "The audio, in `response_format`.", body=openai_formats.SPEECH_ANSWERS, headers=JOB_ID
+        )
+    },
+    errors=(MalformedJson, UnsupportedMediaType, InvalidOption, EmptyText, *JOB_ROUTE_ERRORS),
+    notes=NOTES,
+    body=json_body("SpeechRequest"),
+)
+def create_speech() -> Response:
+    """Speak a text.
+
+    OpenAI's text to speech, as a job (`X-Job-Id`). `wav` and `pcm` are streamed as OpenAI
+    streams speech: each sentence as soon as it is spoken (the WAV's sizes say unknown,
+    `0xFFFFFFFF`); the other formats are encoded once all is said. OpenAI's voices speak with
+    TTS_VOICE (`{tts_voice}` here).
+    """
     settings = _settings()
     asked = validate(SpeechRequest, _json_object(), settings)
     job = Job(

@@ -50,6 +50,7 @@ from models.errors import (
     MessagesTooLong,
     MissingInput,
     ModelNotFound,
+    RateLimited,
 )
 from models.settings import Settings
 from models.tables import Job, Message
@@ -631,6 +632,8 @@ class VerboseTranscription(Answer):
 
 
 ErrorKind = Literal["invalid_request_error", "server_error", "requests"]
+# Our codes that OpenAI names otherwise.
+OPENAI_CODES = {RateLimited.code: "rate_limit_exceeded"}
 
 
 class OpenAIErrorBody(Answer):

@@ -1,7 +1,8 @@
 """The domain's exception hierarchy; each error carries a stable machine `code`.
 
 The API maps these to HTTP in one place (`api/errors.py`); the worker records `code` and the
-message on the failed job's row.
+message on the failed job's row. A class's docstring is what its code means in the OpenAPI
+document (`api/openapi/`), where `{setting}` is filled in with the running value.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from typing import Any
 
 
 class VoiceChatError(Exception):
-    """Base of every error the service reports to a client."""
+    """An unexpected failure, logged under the request id (or by the worker, on the job); the
+    base of every error the service reports."""
 
     code = "internal_error"
     title = "Internal error"
@@ -29,31 +31,43 @@ class BadRequest(VoiceChatError):
 
 
 class MalformedJson(BadRequest):
+    """The body is not valid JSON or not a JSON object."""
+
     code = "malformed_json"
     title = "Malformed JSON"
 
 
 class MalformedMultipart(BadRequest):
+    """The multipart body cannot be parsed."""
+
     code = "malformed_multipart"
     title = "Malformed multipart body"
 
 
 class ConflictingInput(BadRequest):
+    """Both `text` and `audio` were sent."""
+
     code = "conflicting_input"
     title = "Both text and audio given"
 
 
 class MissingInput(BadRequest):
+    """Neither `text` nor `audio` was sent (for a transcription: no single `file` part)."""
+
     code = "missing_input"
     title = "Neither text nor audio given"
 
 
 class PayloadTooLarge(VoiceChatError):
+    """The body is over MAX_UPLOAD_MB ({max_upload_bytes} bytes here)."""
+
     code = "payload_too_large"
     title = "Payload too large"
 
 
 class UnsupportedMediaType(VoiceChatError):
+    """The Content-Type is not one of the accepted forms."""
+
     code = "unsupported_media_type"
     title = "Unsupported media type"
 
@@ -73,26 +87,37 @@ class InvalidInput(VoiceChatError):
 
 
 class EmptyText(InvalidInput):
+    """The text is blank."""
+
     code = "empty_text"
     title = "Empty text"
 
 
 class TextTooLong(InvalidInput):
+    """The text is over MAX_TEXT_CHARS ({max_text_chars} here) characters."""
+
     code = "text_too_long"
     title = "Text too long"
 
 
 class MessagesTooLong(InvalidInput):
+    """A chat's messages hold over MAX_CHAT_CHARS ({max_chat_chars} here) characters in all."""
+
     code = "messages_too_long"
     title = "Chat messages too long"
 
 
 class InvalidOption(InvalidInput):
+    """A field, option or query parameter is unknown, repeated, of the wrong type or out of
+    range; `field` (`param` on the OpenAI routes) names it."""
+
     code = "invalid_option"
     title = "Invalid option"
 
 
 class InvalidCursor(InvalidInput):
+    """The cursor was not made by this service."""
+
     code = "invalid_cursor"
     title = "Invalid cursor"
 
@@ -105,44 +130,57 @@ class InvalidAudio(InvalidInput):
 
 
 class TruncatedAudio(InvalidAudio):
+    """The WAV's data chunk declares more bytes than arrived."""
+
     code = "audio_truncated"
     title = "Truncated audio"
 
 
 class EmptyAudio(InvalidAudio):
+    """The WAV has no bytes or no samples."""
+
     code = "empty_audio"
     title = "Empty audio"
 
 
 class AudioTooLong(InvalidAudio):
+    """The recording is over MAX_AUDIO_SECONDS ({max_audio_seconds} here)."""
+
     code = "audio_too_long"
     title = "Audio too long"
 
 
 class UnsupportedAudioEncoding(InvalidAudio):
+    """The WAV's sample encoding cannot be decoded."""
+
     code = "unsupported_audio_encoding"
     title = "Unsupported audio encoding"
 
 
 class UnsupportedChannelCount(InvalidAudio):
+    """The WAV has more than MAX_AUDIO_CHANNELS channels."""
+
     code = "unsupported_audio_channels"
     title = "Too many audio channels"
 
 
 class UnsupportedSampleRate(InvalidAudio):
+    """The WAV's sample rate is outside MIN_AUDIO_SAMPLE_RATE to MAX_AUDIO_SAMPLE_RATE."""
+
     code = "unsupported_sample_rate"
     title = "Unsupported sample rate"
 
 
 class TooManyChunks(InvalidAudio):
-    """The WAV holds more chunks before its samples than any real recording does."""
+    """The WAV holds more chunks (over 64) before its samples than any real recording does."""
 
     code = "audio_too_many_chunks"
     title = "Too many WAV chunks"
 
 
 class InvalidWebhookUrl(InvalidInput):
-    """The webhook is not an absolute http(s) URL with a host, free of credentials."""
+    """`webhook` is not an http(s) URL with a host and without credentials, of at most 2048
+    characters, or its host does not resolve."""
 
     code = "invalid_webhook_url"
     title = "Invalid webhook URL"
@@ -165,26 +203,36 @@ class WebhookSecretMissing(InvalidInput):
 
 
 class NotFound(VoiceChatError):
+    """No route matches the path."""
+
     code = "not_found"
     title = "Not found"
 
 
 class JobNotFound(NotFound):
+    """No job has this id (or it is another API key's)."""
+
     code = "job_not_found"
     title = "Job not found"
 
 
 class ConversationNotFound(NotFound):
+    """No conversation has this id (or it is another API key's)."""
+
     code = "conversation_not_found"
     title = "Conversation not found"
 
 
 class ModelNotFound(NotFound):
+    """`model` names no model of this route (see `GET /v1/models`); `param` is `model`."""
+
     code = "model_not_found"
     title = "Model not found"
 
 
 class AudioNotFound(NotFound):
+    """The job finished without a spoken reply (text reply, or it failed)."""
+
     code = "audio_not_found"
     title = "No audio for this job"
 
@@ -197,6 +245,8 @@ class AudioExpired(VoiceChatError):
 
 
 class JobNotFinished(VoiceChatError):
+    """The job is still queued or running."""
+
     code = "job_not_finished"
     title = "Job not finished"
 
@@ -209,13 +259,17 @@ class JobFinished(VoiceChatError):
 
 
 class JobCanceled(VoiceChatError):
-    """The job was canceled before it finished (reported by a route that waited for it)."""
+    """The job was canceled (`DELETE /v1/jobs/{job_id}`) before it finished, while a route
+    waited for it."""
 
     code = "canceled"
     title = "Job canceled"
 
 
 class InvalidHeader(BadRequest):
+    """A request header is malformed: `Prefer: wait` is not a whole number of seconds, or
+    `Last-Event-ID` (or `after`) is not an event id."""
+
     code = "invalid_header"
     title = "Invalid request header"
 
@@ -228,24 +282,31 @@ class Unauthorized(VoiceChatError):
 
 
 class MissingApiKey(Unauthorized):
+    """API keys exist and the request sent none (`Authorization: Bearer <key>`), or the
+    service runs open but the request is not from this machine."""
+
     code = "missing_api_key"
     title = "API key required"
 
 
 class InvalidApiKey(Unauthorized):
-    """The key sent is unknown or revoked (the answer does not say which)."""
+    """The key sent is unknown or revoked (the answer does not say which); on the OpenAI
+    routes, a missing key too."""
 
     code = "invalid_api_key"
     title = "Invalid API key"
 
 
 class Forbidden(VoiceChatError):
+    """The request is refused."""
+
     code = "forbidden"
     title = "Forbidden"
 
 
 class OriginNotAllowed(Forbidden):
-    """A browser request from a web page of another origin than CORS_ORIGINS allows."""
+    """A browser request from a page of another origin than this service's or CORS_ORIGINS
+    (`Origin`, or `Sec-Fetch-Site: cross-site` on a POST)."""
 
     code = "origin_not_allowed"
     title = "Origin not allowed"
@@ -259,7 +320,8 @@ class HostNotAllowed(VoiceChatError):
 
 
 class WaitTimedOut(VoiceChatError):
-    """The job did not finish within the time the request may be held open; it goes on."""
+    """The job did not finish within twice TASK_TIME_LIMIT ({task_time_limit} s here); it
+    goes on, under `/v1/jobs/{job_id}`."""
 
     code = "wait_timeout"
     title = "The job did not finish in time"
@@ -267,19 +329,22 @@ class WaitTimedOut(VoiceChatError):
 
 class InsufficientStorage(VoiceChatError):
     """The disk holding the service's files is full (or the file is over a size or quota
-    limit); nothing half-written is left behind."""
+    limit); nothing half-written is kept."""
 
     code = "insufficient_storage"
     title = "Insufficient storage"
 
 
 class ServiceUnavailable(VoiceChatError):
+    """A backing service is unavailable."""
+
     code = "service_unavailable"
     title = "Service unavailable"
 
 
 class ServerBusy(ServiceUnavailable):
-    """Every place for a held request (an event stream, a wait) is taken; retry shortly."""
+    """The process already holds MAX_HELD_REQUESTS requests open (event streams, requests
+    waiting for their job); try again after `Retry-After` seconds."""
 
     code = "server_busy"
     title = "Too many held requests"
@@ -290,17 +355,22 @@ class ServerBusy(ServiceUnavailable):
 
 
 class BrokerUnavailable(ServiceUnavailable):
+    """The job queue is unreachable; the job was recorded as failed, so submit again."""
+
     code = "broker_unavailable"
     title = "Broker unavailable"
 
 
 class DatabaseUnavailable(ServiceUnavailable):
+    """The database is unreachable; try again shortly."""
+
     code = "database_unavailable"
     title = "Database unavailable"
 
 
 class QueueFull(ServerBusy):
-    """MAX_QUEUE_DEPTH jobs wait in the queue already: a new one is refused, not queued."""
+    """MAX_QUEUE_DEPTH jobs wait in the queue already: nothing was stored; try again after
+    `Retry-After` seconds."""
 
     code = "queue_full"
     title = "The job queue is full"
@@ -318,56 +388,69 @@ class TooManyRequests(VoiceChatError):
 
 
 class RateLimited(TooManyRequests):
-    """The caller's requests per minute are used up."""
+    """The caller's requests per minute (RATE_LIMIT_PER_MINUTE, or its key's own) are used
+    up; try again after `Retry-After` seconds."""
 
     code = "rate_limited"
     title = "Rate limit exceeded"
 
 
 class TooManyUnfinishedJobs(TooManyRequests):
-    """The caller has MAX_UNFINISHED_JOBS (or its key's own number) queued or running."""
+    """The caller has MAX_UNFINISHED_JOBS (or its key's own number) jobs queued or running;
+    try again after `Retry-After` seconds."""
 
     code = "too_many_unfinished_jobs"
     title = "Too many unfinished jobs"
 
 
 class InvalidIdempotencyKey(InvalidHeader):
+    """`Idempotency-Key` is repeated, or not 1 to 255 printable ASCII characters."""
+
     code = "invalid_idempotency_key"
     title = "Invalid Idempotency-Key"
 
 
 class IdempotencyKeyReused(InvalidInput):
-    """The key was first sent with another request (draft-ietf-httpapi-idempotency-key-header)."""
+    """This `Idempotency-Key` came with another request
+    (draft-ietf-httpapi-idempotency-key-header); use a new key."""
 
     code = "idempotency_key_reused"
     title = "Idempotency-Key used with another request"
 
 
 class IdempotencyKeyInFlight(VoiceChatError):
-    """The first request with this key has not finished yet."""
+    """The first request with this `Idempotency-Key` is still being handled; retry shortly."""
 
     code = "idempotency_key_in_flight"
     title = "A request with this Idempotency-Key is in flight"
 
 
 class PipelineError(VoiceChatError):
-    """A job failed in the worker; recorded on the job's row, never raised over HTTP."""
+    """The job's pipeline failed in the worker (recorded on its row); a route that waited
+    for it reports it."""
 
     code = "pipeline_error"
     title = "Pipeline error"
 
 
 class NoSpeech(PipelineError):
+    """The recording holds no speech."""
+
     code = "no_speech"
     title = "No speech in the audio"
 
 
 class ContextLengthExceeded(PipelineError):
+    """The system prompt and the prompt alone leave no room for the reply in the model's
+    context window (reported by a route that waited for the job)."""
+
     code = "context_length_exceeded"
     title = "Prompt too long for the model"
 
 
 class EmptyReply(PipelineError):
+    """The model produced no reply."""
+
     code = "empty_reply"
     title = "The model produced no reply"
 
@@ -380,8 +463,18 @@ class EngineUnavailable(PipelineError):
 
 
 class JobTimedOut(PipelineError):
+    """The job ran past TASK_SOFT_TIME_LIMIT or TASK_TIME_LIMIT."""
+
     code = "timeout"
     title = "Job took too long"
+
+
+class WorkerLost(PipelineError):
+    """The job's worker was lost on every one of MAX_ATTEMPTS attempts (or, to a streaming
+    client that had some of the reply, once: the job runs again)."""
+
+    code = "worker_lost"
+    title = "Worker lost"
 
 
 def error_for_code(code: str, detail: str) -> VoiceChatError:

@@ -18,10 +18,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, Update, and_, func, or_, select, type_coerce, update
 from sqlalchemy.orm import Session
 
+from models.errors import WorkerLost
 from models.tables import Job, JobStatus, Stage, Turn, UTCDateTime
 
 TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELED.value)
-WORKER_LOST = "worker_lost"
+WORKER_LOST = WorkerLost.code
 # The error code and message of a canceled job (`POST /v1/jobs/{id}/cancel`).
 CANCELED = "canceled"
 CANCELED_MESSAGE = "The job was canceled at the client's request."

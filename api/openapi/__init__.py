@@ -1,34 +1,51 @@
-"""The service's OpenAPI 3.1 document, built from the running settings when the app is made.
+"""The service's OpenAPI 3.1 document, built from the app's routes and running settings.
 
-Components come from the pydantic shapes (`api/schemas.py`, `api/openai_schemas.py`); what no
-model can say (paths, each route's problem codes, `Prefer: wait`, Range, the SSE events) is
-declared beside them in `api/openapi/`.
+Components come from the pydantic shapes (`api/schemas.py`, `api/openai_schemas.py`). Each
+operation comes from its view: the summary and description from its docstring, the operation id
+from its endpoint, the path parameters from its rule, and the rest from its `@documented`
+declaration (`api/openapi/declare.py`), whose errors become the answers of `problems.py`.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
+import re
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Flask, Response, current_app, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
+from werkzeug.routing import Rule
 
 from api import openai_schemas, schemas
-from api.openapi import access, jobs, openai, service
-from api.openapi.common import code_table, problem, with_rate_limits
+from api.openapi.declare import Query, Route, Schema, answer, content, documented, ref
+from api.openapi.problems import code_table, error_answers
+from api.openapi.webhooks import WEBHOOKS
 from api.validation import component_schemas, without_null
+from models.errors import VoiceChatError
 from models.settings import Settings
 
 blueprint = Blueprint("openapi", __name__)
 
 # Shapes read only from forms or query strings.
 FORM_SHAPES = ("UploadJobRequest", "JobOptions", "JobListQuery", "TranscriptionRequest")
+OPENAI_TAG = "OpenAI-compatible"
+# Each blueprint's tag.
+TAG_OF = {
+    "jobs": "jobs",
+    "events": "jobs",
+    "conversations": "conversations",
+    "openai": OPENAI_TAG,
+    "health": "health",
+    "openapi": "meta",
+}
 TAGS = [
     {"name": "jobs", "description": "Prompts and their replies."},
     {"name": "conversations", "description": "Histories that prompts are answered within."},
     {
-        "name": "OpenAI-compatible",
+        "name": OPENAI_TAG,
         "description": "OpenAI's API shapes over the same jobs, for the official SDKs with "
         '`base_url` pointed here. Errors are `application/json` `{"error": {message, '
         "type, param, code}}`, but for an unreachable database or an unexpected failure, "
@@ -37,39 +54,77 @@ TAGS = [
     {"name": "health", "description": "Probes for orchestrators."},
     {"name": "meta", "description": "About the API itself."},
 ]
+SECURITY_SCHEMES: dict[str, Schema] = {
+    "ApiKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key made with `flask --app api keys create --name NAME`, sent "
+        "as `Authorization: Bearer <key>` on every /v1 route. While no key exists the service "
+        "runs open, for requests from its own machine only, and any key sent is ignored.",
+    }
+}
+NUMBER = {"type": "string", "pattern": "^[0-9]+$"}
+HEADERS = {
+    "RequestId": {
+        "description": "The request's id: the client's `X-Request-ID` when it matches "
+        "`^[A-Za-z0-9._-]{1,64}$`, otherwise a fresh one. Logged with the request.",
+        "schema": {"type": "string"},
+    },
+    "RetryAfter": {"description": "The seconds to wait before trying again.", "schema": NUMBER},
+    "RateLimitLimit": {
+        "description": "The caller's requests per minute (draft-ietf-httpapi-ratelimit-headers); "
+        "sent on every limited `/v1` answer.",
+        "schema": NUMBER,
+    },
+    "RateLimitRemaining": {"description": "The requests left this minute.", "schema": NUMBER},
+    "RateLimitReset": {
+        "description": "The seconds until the current minute's count starts over.",
+        "schema": NUMBER,
+    },
+    "IdempotentReplayed": {
+        "description": "`true` when the answer is the job an earlier request with the same "
+        "`Idempotency-Key` made.",
+        "schema": {"const": "true"},
+    },
+    "JobId": {
+        "description": "The job the request became (see `/v1/jobs/{job_id}`).",
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+    },
+}
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_ARGUMENT = re.compile(r"<(?:\w+:)?(\w+)>")
+_PARAGRAPH = re.compile(r"\n\s*\n")
 
 
-def build_document(settings: Settings) -> dict[str, Any]:
-    """Builds the OpenAPI document with the limits of `settings`.
+def build_document(app: Flask, settings: Settings) -> dict[str, Any]:
+    """Builds the OpenAPI document of `app`'s routes with the limits of `settings`.
 
     Args:
+        app: The application, its blueprints registered.
         settings: The running settings; every bound and default they set is shown as set.
 
     Returns:
         The document, a JSON-ready dict.
     """
-    requests = (*schemas.REQUESTS, *openai_schemas.REQUESTS)
-    answers = (*schemas.ANSWERS, *openai_schemas.ANSWERS)
-    shapes: list[tuple[type[BaseModel], JsonSchemaMode]] = [(s, "validation") for s in requests]
-    shapes += [(shape, "serialization") for shape in answers]
-    components = component_schemas(shapes, settings)
-    components["Problem"]["properties"]["code"]["description"] = code_table()
-    # Forms and query strings carry no null: their shapes are documented without it.
-    components["TextJobForm"] = without_null(components["TextJobRequest"])
-    for name in FORM_SHAPES:
-        components[name] = without_null(components[name])
-    # A copy: the declarations are module constants, and each app's document is its own.
-    paths = with_rate_limits(
-        access.guard(
-            copy.deepcopy(
-                {
-                    **jobs.paths(settings, components),
-                    **openai.paths(settings, components),
-                    **service.PATHS,
-                }
-            )
-        )
-    )
+    components = _components(settings)
+    paths: dict[str, Any] = {}
+    answered: list[type[VoiceChatError]] = []
+    arguments: list[str] = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        view = app.view_functions[rule.endpoint]
+        route: Route = getattr(view, "openapi_route", Route())
+        values = {**_setting_values(settings), **route.facts}
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            operation, problems = _operation(rule, view, route, components)
+            path = _ARGUMENT.sub(r"{\1}", rule.rule)
+            paths.setdefault(path, {})[method.lower()] = _filled(operation, values)
+            answered += problems
+        arguments += [name for name in _ARGUMENT.findall(rule.rule) if name not in arguments]
+    table = _fill(code_table(answered), _setting_values(settings))
+    components["Problem"]["properties"]["code"]["description"] = table
+    parameters = {_camel(name): _path_parameter(name) for name in arguments}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -82,78 +137,126 @@ def build_document(settings: Settings) -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "tags": TAGS,
-        "security": access.SECURITY,
-        "webhooks": jobs.WEBHOOKS,
+        "security": [{"ApiKey": []}, {}],  # a key, or none when the service runs open
+        "webhooks": WEBHOOKS,
         "paths": paths,
         "components": {
-            "securitySchemes": access.SECURITY_SCHEMES,
+            "securitySchemes": SECURITY_SCHEMES,
             "schemas": components,
-            "parameters": PARAMETERS,
+            "parameters": parameters,
             "headers": HEADERS,
-            "responses": {
-                "InternalError": problem(500, "An unexpected failure.", "internal_error"),
-                "DatabaseUnavailable": problem(
-                    503, "The database is unreachable.", "database_unavailable"
-                ),
-            },
         },
     }
 
 
-PARAMETERS = {
-    "JobId": {
-        "name": "job_id",
-        "in": "path",
-        "required": True,
-        "description": "The job's id, as returned on submission.",
-        "schema": {"type": "string"},
-    },
-    "ConversationId": {
-        "name": "conversation_id",
-        "in": "path",
-        "required": True,
-        "description": "The conversation's id, as returned on creation.",
-        "schema": {"type": "string"},
-    },
-}
+def _components(settings: Settings) -> dict[str, Schema]:
+    """The component schemas of every request and answer shape, as `settings` bound them."""
+    requests = (*schemas.REQUESTS, *openai_schemas.REQUESTS)
+    answers = (*schemas.ANSWERS, *openai_schemas.ANSWERS)
+    shapes: list[tuple[type[BaseModel], JsonSchemaMode]] = [(s, "validation") for s in requests]
+    shapes += [(shape, "serialization") for shape in answers]
+    components = component_schemas(shapes, settings)
+    # Forms and query strings carry no null: their shapes are documented without it.
+    components["TextJobForm"] = without_null(components["TextJobRequest"])
+    for name in FORM_SHAPES:
+        components[name] = without_null(components[name])
+    # The choices the validators read from the running settings, so the document is as strict.
+    chat = components["ChatCompletionRequest"]["properties"]
+    chat["model"]["enum"] = [openai_schemas.llm_model_id(settings)]
+    speech = components["SpeechRequest"]["properties"]
+    speech["voice"]["enum"] = openai_schemas.speech_voices(settings)
+    return components
 
-HEADERS = {
-    "RequestId": {
-        "description": "The request's id: the client's `X-Request-ID` when it matches "
-        "`^[A-Za-z0-9._-]{1,64}$`, otherwise a fresh one. Logged with the request.",
+
+def _operation(
+    rule: Rule, view: Any, route: Route, components: dict[str, Schema]
+) -> tuple[Schema, list[type[VoiceChatError]]]:
+    """One operation of `rule`, from its view's docstring and declaration."""
+    summary, _, description = inspect.cleandoc(view.__doc__ or "").partition("\n")
+    blueprint_name, _, name = rule.endpoint.rpartition(".")
+    openai = TAG_OF[blueprint_name] == OPENAI_TAG
+    errors, problems = error_answers(rule.rule, route.errors, route.notes, openai)
+    responses = {**errors, **copy.deepcopy(route.answers)}
+    for response in responses.values():  # every response carries its request's id
+        response["headers"] = {
+            "X-Request-ID": ref("headers", "RequestId"),
+            **response.get("headers", {}),
+        }
+    operation: Schema = {
+        "operationId": name,
+        "tags": [TAG_OF[blueprint_name]],
+        "summary": summary.strip().rstrip("."),
+        "description": "\n\n".join(" ".join(p.split()) for p in _PARAGRAPH.split(description)),
+        "parameters": [
+            *(ref("parameters", _camel(arg)) for arg in _ARGUMENT.findall(rule.rule)),
+            *_parameters(route.parameters, components),
+        ],
+        "requestBody": copy.deepcopy(route.body),
+        "responses": {str(status): responses[status] for status in sorted(responses)},
+    }
+    operation = {k: v for k, v in operation.items() if v}
+    if not rule.rule.startswith("/v1/"):
+        operation["security"] = []
+    return operation, problems
+
+
+def _parameters(
+    declared: tuple[Schema | Query, ...], components: dict[str, Schema]
+) -> list[Schema]:
+    """The declared parameters, each query shape's fields as optional query parameters."""
+    found: list[Schema] = []
+    for parameter in declared:
+        if not isinstance(parameter, Query):
+            found.append(copy.deepcopy(parameter))
+            continue
+        for field, schema in components[parameter.shape]["properties"].items():
+            described = {k: v for k, v in schema.items() if k != "description"}
+            text = f"{parameter.note} {schema.get('description', '')}".strip()
+            query = {"name": field, "in": "query", "description": text, "schema": described}
+            if described.get("type") == "array":  # one comma-separated value, never repeated
+                query.update(style="form", explode=False)
+            found.append(query)
+    return found
+
+
+def _setting_values(settings: Settings) -> dict[str, object]:
+    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+    return {k: f"{v:g}" if isinstance(v, float) else v for k, v in values.items()}
+
+
+def _filled(node: Any, values: dict[str, object]) -> Any:
+    """`node` with `{name}` in its descriptions replaced by the value of that name, if any."""
+    if isinstance(node, dict):
+        return {
+            k: _fill(v, values) if k == "description" and isinstance(v, str) else _filled(v, values)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_filled(item, values) for item in node]
+    return node
+
+
+def _fill(text: str, values: dict[str, object]) -> str:
+    return _PLACEHOLDER.sub(lambda m: str(values.get(m[1], m[0])), text)
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_"))
+
+
+def _path_parameter(name: str) -> Schema:
+    noun = name.removesuffix("_id")
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": f"The {noun}'s id, as returned when it was made.",
         "schema": {"type": "string"},
-    },
-    "RetryAfter": {
-        "description": "With `server_busy`, `queue_full`, `rate_limited` and "
-        "`too_many_unfinished_jobs`: the seconds to wait before trying again.",
-        "schema": {"type": "string", "pattern": "^[0-9]+$"},
-    },
-    "RateLimitLimit": {
-        "description": "The caller's requests per minute (draft-ietf-httpapi-ratelimit-headers); "
-        "sent on every limited `/v1` answer.",
-        "schema": {"type": "string", "pattern": "^[0-9]+$"},
-    },
-    "RateLimitRemaining": {
-        "description": "The requests left in the current minute.",
-        "schema": {"type": "string", "pattern": "^[0-9]+$"},
-    },
-    "RateLimitReset": {
-        "description": "The seconds until the current minute's count starts over.",
-        "schema": {"type": "string", "pattern": "^[0-9]+$"},
-    },
-    "IdempotentReplayed": {
-        "description": "`true` when the answer is the job an earlier request with the same "
-        "`Idempotency-Key` made.",
-        "schema": {"const": "true"},
-    },
-    "JobId": {
-        "description": "The job the request became (see `/v1/jobs/{job_id}`).",
-        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-    },
-}
+    }
 
 
 @blueprint.get("/openapi.json")
+@documented({200: answer("The OpenAPI 3.1 description.", body=content({"type": "object"}))})
 def openapi_json() -> Response:
-    """Returns the OpenAPI document, as built for this app's settings."""
+    """This document, as built for this app's settings."""
     return jsonify(current_app.extensions["voicechat.openapi"])
