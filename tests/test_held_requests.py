@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from sqlalchemy.orm import Session
 
 from api import create_app
 from api.held_requests import HeldRequests
+from models.api_keys import create_key
+from models.db import make_engine
 from tests.conftest import make_settings
 from tests.stack import Stack
 
@@ -50,11 +53,16 @@ def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.close()
 
 
-def _follow(stack: Stack, job_id: str) -> tuple[socket.socket, int, dict[str, str], bytes]:
+def _follow(
+    stack: Stack, job_id: str, headers: dict[str, str] | None = None, timeout: float = 30
+) -> tuple[socket.socket, int, dict[str, str], bytes]:
     """Opens an event stream on a raw socket; returns it with the status, headers and the
     first bytes of the body (kept open: the follower stays)."""
-    client = socket.create_connection(("127.0.0.1", stack.api_port), timeout=30)
-    client.sendall(f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    client = socket.create_connection(("127.0.0.1", stack.api_port), timeout=timeout)
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    client.sendall(
+        f"GET /v1/jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode()
+    )
     reader = client.makefile("rb")
     status = int(reader.readline().split()[1])
     headers = {}
@@ -136,3 +144,29 @@ def test_every_held_request_can_have_its_own_event_log_connection(tmp_path: Path
     app = create_app({"settings": make_settings(tmp_path, MAX_HELD_REQUESTS="500")})
     pool = app.extensions["voicechat.events"].redis.connection_pool
     assert pool.max_connections > 500
+
+
+@pytest.mark.e2e
+def test_held_requests_keep_no_database_connection(tmp_path: Path) -> None:
+    # With keys, each request reads its key through the request's session; a follower that
+    # kept that connection for its whole stream would leave none in the pool (SQLAlchemy's
+    # default: 5, and 10 more) for the next requests, which would wait for one.
+    followers = 20
+    stack = Stack(tmp_path, API_WORKERS="1", MAX_HELD_REQUESTS=str(followers + 2))
+    try:
+        stack.start_redis()
+        stack.start_api()
+        engine = make_engine(stack.env["DATABASE_URL"])
+        with Session(engine) as session:
+            secret = create_key(session, "followers").secret
+        engine.dispose()
+        auth = {"Authorization": f"Bearer {secret}"}
+        job_id = stack.submit(json={"text": "Who follows this?"}, headers=auth)
+        held = [_follow(stack, job_id, auth, timeout=10) for _ in range(followers)]
+        assert [status for _, status, _, _ in held] == [200] * followers
+        answer = stack.http.get(f"{stack.url}/v1/jobs/{job_id}", headers=auth, timeout=10)
+        assert answer.status_code == 200 and answer.json()["status"] == "queued"
+        for client, _, _, _ in held:
+            client.close()
+    finally:
+        stack.close()
