@@ -139,7 +139,7 @@ class Settings:
     reconcile_queued_after_seconds: int = 30
     events_ttl_seconds: int = 86400
     max_wait_seconds: int = 60
-    max_held_requests: int = 200
+    max_held_requests: int = 500
     storage_backend: str = "local"
     # Fair sharing (api/limits.py, api/idempotency.py); 0 turns a limit off.
     rate_limit_per_minute: int = 600
