@@ -166,8 +166,10 @@ class JobEvents:
         Raises:
             RedisError: Redis is unreachable.
         """
+        if after == "0":  # a reader from the start has seen nothing: no round trip
+            return False
         done = self.redis.hget(fence_key(job_id), "done")
-        return after != "0" and done is not None and _stream_id(after) >= _stream_id(_text(done))
+        return done is not None and _stream_id(after) >= _stream_id(_text(done))
 
     def read(self, job_id: str, after: str = "0", *, block_ms: int | None = None) -> list[Event]:
         """Returns the events after stream id `after`, waiting up to `block_ms` for the first.
