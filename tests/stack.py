@@ -10,7 +10,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,13 @@ from sqlalchemy import select
 
 from models.db import make_engine
 from models.tables import Job
-from scripts.launch import migrate, service_commands, worker_command
+from scripts.launch import (
+    MAINTENANCE_ENV,
+    maintenance_command,
+    migrate,
+    service_commands,
+    worker_command,
+)
 from tests.conftest import ROOT, TERMINAL
 
 FAST_ENGINES = {
@@ -114,13 +119,8 @@ class Stack:
     def start_maintenance_worker(self, **env: str) -> None:
         """Starts the maintenance worker (webhook deliveries; no models) and waits until it
         consumes its queue. It has no readiness key: its log says when it is ready."""
-        command = [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "-Q", "maintenance", "--pool", "threads", "--concurrency", "4",
-            "-n", "maintenance@%h", "--loglevel=INFO",
-        ]  # fmt: skip
         log = self.data_dir / "maintenance.log"
-        self.maintenance = self._spawn(command, log.name, WORKER_ROLE="maintenance", **env)
+        self.maintenance = self._spawn(maintenance_command(), log.name, **MAINTENANCE_ENV, **env)
         self._until(lambda: log.exists() and " ready." in log.read_text(), "maintenance ready")
 
     def kill_worker(self, sig: signal.Signals = signal.SIGKILL, index: int = 1) -> None:
