@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from typing import Any
 
 from flask import Flask, Response, g, request
+from kombu.exceptions import OperationalError
 from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from api import conversations, errors, follow, health, jobs, limits, openai_routes, openapi
 from api.authentication import register_authentication
@@ -21,6 +26,7 @@ from models.event_log import JobEvents
 from models.queue import JobQueue
 from models.settings import Settings
 
+_LOGGER = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Event-log connections for requests that are not held (a failed submit's `done`, first reads).
 _SHORT_REQUEST_CONNECTIONS = 100
@@ -69,6 +75,18 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # Built now, from the settings this app runs with, so the document shows the live limits.
     app.extensions["voicechat.openapi"] = openapi.build_document(app, settings)
     return app
+
+
+def warm_up(app: Flask) -> None:
+    """Opens the app's connections now (database, Redis, the publisher) rather than on the
+    first request; a service that cannot reach them yet connects on demand, as before."""
+    try:
+        with app.extensions["voicechat.engine"].connect() as connection:
+            connection.execute(text("SELECT 1"))
+        app.extensions["voicechat.events"].redis.ping()
+        app.extensions["voicechat.queue"].warm()
+    except (SQLAlchemyError, RedisError, OperationalError, OSError) as error:
+        _LOGGER.warning("connections not warmed error=%s", type(error).__name__)
 
 
 def _connect(app: Flask, settings: Settings) -> None:

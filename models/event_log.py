@@ -110,6 +110,15 @@ class JobEvents:
         self.ttl_seconds = ttl_seconds
         self._append = redis.register_script(_APPEND)
 
+    def warm(self) -> None:
+        """Connects and loads the append script now, so the first event written pays for
+        neither (EVALSHA would first miss, then load it).
+
+        Raises:
+            RedisError: Redis is unreachable.
+        """
+        self.redis.script_load(_APPEND)
+
     @classmethod
     def connect(cls, redis_url: str, *, ttl_seconds: int) -> JobEvents:
         """A writer with a Redis client of its own, made in the process that uses it (after any

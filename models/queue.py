@@ -100,6 +100,16 @@ class JobQueue:
             },
         )
 
+    def warm(self) -> None:
+        """Connects the publisher now, so the first submit pays no connection set-up.
+
+        Raises:
+            OperationalError: Redis is unreachable.
+        """
+        with self.celery.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=1)
+        self.marks.ping()
+
     def enqueue(self, job_id: str) -> None:
         """Publishes a job for the worker.
 

@@ -6,10 +6,12 @@ import logging
 from typing import Any
 
 from celery.signals import celeryd_init, worker_process_init, worker_process_shutdown
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
 from models.errors import EngineUnavailable
 from models.queue import JOB_QUEUE, MAINTENANCE_QUEUE
-from worker import runtime
+from worker import runtime, tasks
 from worker.celery_app import settings
 from worker.lease_keeper import LeaseKeeper
 
@@ -67,6 +69,10 @@ def _load_engines(**_kwargs: Any) -> None:
         # Jobs will fail with engine_unavailable and /readyz says why; the log has the trace.
         _LOGGER.exception("engines failed to load")
         runtime.record_load_error(error)
+    try:
+        tasks.warm_up_connections()
+    except (SQLAlchemyError, RedisError, OSError) as error:  # the first job connects instead
+        _LOGGER.warning("connections not warmed error=%s", type(error).__name__)
     _KEEPER.start()
 
 

@@ -67,6 +67,25 @@ def _events() -> JobEvents:
     return _EVENTS
 
 
+# A job id no row has: the warm-up's claim matches nothing.
+_WARM_UP_ID = "0" * 32
+
+
+def warm_up_connections() -> None:
+    """Opens this child's database and Redis connections and runs the claim once (it matches
+    no row), before the first job: that job otherwise paid for the connections, the script's
+    load and the statements' compilation (about 30 ms more in the worker than the next job)."""
+    with _sessions()() as session:
+        transitions.claim(
+            session,
+            _WARM_UP_ID,
+            owner=lease_keeper.worker_id(),
+            lease_seconds=settings.lease_seconds,
+            max_attempts=settings.max_attempts,
+        )
+    _events().warm()
+
+
 def stores() -> Stores:
     """This process's file stores, made on first use (after any fork)."""
     global _STORES
