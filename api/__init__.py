@@ -85,6 +85,7 @@ def warm_up(app: Flask) -> None:
             connection.execute(text("SELECT 1"))
         app.extensions["voicechat.events"].redis.ping()
         app.extensions["voicechat.queue"].warm()
+        app.extensions["voicechat.key_mode"].keyed()  # the first "any keys?" read, compiled
     except (SQLAlchemyError, RedisError, OperationalError, OSError) as error:
         _LOGGER.warning("connections not warmed error=%s", type(error).__name__)
 

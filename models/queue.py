@@ -108,6 +108,9 @@ class JobQueue:
         """
         with self.celery.producer_or_acquire() as producer:
             producer.connection.ensure_connection(max_retries=1)
+        # send_task loads the (disabled) result backend on its first call: 18 ms, profiled.
+        backend = self.celery.backend
+        _LOGGER.debug("publisher ready backend=%s", type(backend).__name__)
         self.marks.ping()
 
     def enqueue(self, job_id: str) -> None:
