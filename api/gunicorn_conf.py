@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 from api import warm_up
@@ -52,5 +53,7 @@ def on_starting(server: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     """Connects the process's clients (database, Redis, the publisher) before its first
-    request, which otherwise paid for them: the first job after start took tens of ms more."""
-    warm_up(worker.wsgi)
+    request, which otherwise paid for them: the first job after start took tens of ms more.
+    In a thread of its own: a database or Redis slow to answer must never hold up the worker's
+    boot (gunicorn would kill a worker that boots past its timeout), only this warm-up."""
+    threading.Thread(target=warm_up, args=(worker.wsgi,), name="warm-up", daemon=True).start()
