@@ -11,7 +11,6 @@ warm one, and the worker's pool child's resident memory with all three models lo
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -23,7 +22,7 @@ import soxr
 
 from bench.service import running
 from bench.stages import QUESTION, best_of
-from bench.table import Row, markdown
+from bench.table import Row, run_rounds
 from models.settings import Settings
 from worker.runtime import get_pipeline
 
@@ -107,10 +106,7 @@ def rows(rounds: int = 5) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    print(markdown(rows(args.rounds)))
+    run_rounds(__doc__, rows)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,13 @@ time to its last, when the whole WAV exists, measured on the same request.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import requests
 
 from bench.service import running
-from bench.table import Row, markdown
+from bench.table import Row, run_rounds
 
 PROMPTS = {
     "one sentence": ("Say hello in one short sentence.", 40),
@@ -58,10 +57,7 @@ def rows(rounds: int = 5) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    print(markdown(rows(args.rounds)))
+    run_rounds(__doc__, rows)
 
 
 if __name__ == "__main__":

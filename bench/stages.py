@@ -8,7 +8,6 @@ figures to compare between commits and machines.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import soxr
 
-from bench.table import Row, markdown
+from bench.table import Row, run_rounds
 from models.settings import Settings
 from worker.runtime import get_pipeline
 
@@ -74,10 +73,7 @@ def rows(rounds: int = 5) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    print(markdown(rows(args.rounds)))
+    run_rounds(__doc__, rows)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -25,3 +27,10 @@ def markdown(rows: list[Row]) -> str:
         value = f"{row.value:,.1f} {row.unit}".strip()
         lines.append(f"| {row.bench} | {row.measure} | {value} | {ratio} | {row.baseline} |")
     return "\n".join(lines) + "\n"
+
+
+def run_rounds(doc: str, rows: Callable[[int], list[Row]]) -> None:
+    """The command line of a bench that takes only `--rounds`: prints its table."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    print(markdown(rows(parser.parse_args().rounds)))

@@ -5,12 +5,14 @@ Command lines come from `scripts.launch`, the same ones `scripts/serve.sh` runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +142,17 @@ class Stack:
             return int(answer["checks"]["workers"]["count"])
         except (requests.RequestException, ValueError, KeyError, TypeError):
             return 0
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[Stack]:
+        """Redis, the API and one worker, all stopped on leaving."""
+        try:
+            self.start_redis()
+            self.start_api()
+            self.start_worker()
+            yield self
+        finally:
+            self.close()
 
     def close(self) -> None:
         for process in (*self.workers.values(), self.maintenance, self.api):

@@ -31,14 +31,8 @@ SPOKEN = " ".join(f"This is sentence number {n} of a long speech." for n in rang
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The service with one worker on the real engines, shared by this module's tests."""
-    running = Stack(tmp_path_factory.mktemp("cancel"))
-    try:
-        running.start_redis()
-        running.start_api()
-        running.start_worker()
+    with Stack(tmp_path_factory.mktemp("cancel")).serving() as running:
         yield running
-    finally:
-        running.close()
 
 
 def _cancel(stack: Stack, job_id: str, method: str = "POST") -> tuple[int, dict[str, Any]]:

@@ -72,14 +72,8 @@ def test_mutated_wavs_give_audio_info_or_a_domain_error(
 @pytest.fixture(scope="module")
 def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # The fast engines: the subject is the HTTP surface, and generated jobs finish at once.
-    stack = Stack(tmp_path_factory.mktemp("schemathesis"), **FAST_ENGINES)
-    try:
-        stack.start_redis()
-        stack.start_api()
-        stack.start_worker()
+    with Stack(tmp_path_factory.mktemp("schemathesis"), **FAST_ENGINES).serving() as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 WAV = wav_bytes(tone(0.3, 16_000), 16_000)

@@ -28,14 +28,8 @@ PROMPT = "slow One. Two. Three. Four."  # "slow": the paced echo pauses before e
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     engines = {**FAST_ENGINES, "LLM_ENGINE": "tests.engines:PacedGenerator"}
-    stack = Stack(tmp_path_factory.mktemp("speech-stream"), **engines)
-    try:
-        stack.start_redis()
-        stack.start_api()
-        stack.start_worker()
+    with Stack(tmp_path_factory.mktemp("speech-stream"), **engines).serving() as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 def _open(stack: Stack, path: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
