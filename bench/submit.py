@@ -1,8 +1,9 @@
 """Submit throughput: `POST /v1/jobs` under wrk against `GET /healthz` on the same server.
 
 Run: `.venv/bin/python -m bench.submit [--rounds N] [--seconds S] [--connections C]`. Needs
-Debian's `wrk`. Starts the service with the benchmark's null engines (`bench/engines.py`), on
-SQLite (the embedded default) and, when `BENCH_POSTGRES_URL` names one, on PostgreSQL.
+Debian's `wrk`. Starts the service with the benchmark's null engines and limits it never reaches
+(`bench/engines.py`), on SQLite (the embedded default) and, when `BENCH_POSTGRES_URL` names one,
+on PostgreSQL.
 
 Each round runs wrk on `/healthz`, then on the submit route, back to back; the figure quoted is
 the median over rounds of submit's requests/s, p50 and p99, and of the per-round ratio of
@@ -21,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.engines import NULL_ENGINES
+from bench.engines import NULL_ENGINES, UNREACHED_LIMITS
 from bench.service import running
 from bench.table import Row, markdown
 
@@ -94,7 +95,7 @@ def run(rounds: int, seconds: int, connections: int) -> dict[str, dict[str, floa
         databases["postgresql"] = postgres
     results = {}
     for name, database_url in databases.items():
-        env = dict(NULL_ENGINES)
+        env = {**NULL_ENGINES, **UNREACHED_LIMITS}
         if database_url:
             env["DATABASE_URL"] = database_url
         with running(**env) as url:
