@@ -96,8 +96,8 @@ def submit(job: Job, audio: bytes | None = None) -> Job:
         # The file is stored before the row exists, so a queued row always has its audio.
         job.input_kind = InputKind.AUDIO.value
         job.input_audio_file = uploads.write(storage.upload_name(job.id), audio)
-    g.db.add(job)
     try:
+        transitions.insert_queued(g.db, job)
         g.db.commit()
     except Exception:
         if job.input_audio_file:  # no row will ever point at it

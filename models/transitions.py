@@ -15,7 +15,17 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Update, and_, func, or_, select, type_coerce, update
+from sqlalchemy import (
+    ColumnElement,
+    Update,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from models.errors import WorkerLost
@@ -90,6 +100,31 @@ def _claimable(now: ColumnElement[datetime]) -> ColumnElement[bool]:
         Job.status == JobStatus.QUEUED.value,
         and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now),
     )
+
+
+def insert_queued(session: Session, job: Job) -> None:
+    """Adds a new job's row in the session's transaction as one INSERT, and fills in `job`'s
+    column defaults, so the caller can answer with it. `job` stays transient: no unit of work
+    flushes it, which cost the submit path more than the INSERT itself (profiled under load).
+
+    Args:
+        session: A database session; the caller commits.
+        job: The new job, its id and input set.
+    """
+    values = {}
+    for column in _JOB_COLUMNS:
+        value = getattr(job, column.key)
+        if value is None and column.default is not None:
+            default: Any = column.default
+            value = default.arg(None) if default.is_callable else default.arg
+            setattr(job, column.key, value)
+        if value is not None:  # left out: SQL NULL, where a JSON column would store 'null'
+            values[column.key] = value
+    session.connection().execute(_INSERT_JOB, values)
+
+
+_JOB_COLUMNS = tuple(Job.__table__.columns)
+_INSERT_JOB = insert(Job)
 
 
 def claim(
