@@ -137,6 +137,24 @@ def test_a_conversation_is_followed_over_two_questions(stack: Stack) -> None:
     ]
 
 
+def test_chat_answers_each_line_in_one_conversation(stack: Stack) -> None:
+    done = subprocess.run(
+        [str(VOICECHAT), "chat"],
+        env=_env(stack.url),
+        input="My name is Ada.\nWhat is my name?\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "echo: My name is Ada.\necho: What is my name?\n"
+    found = re.search(r"^voicechat: conversation ([0-9a-f]{32});", done.stderr, re.MULTILINE)
+    assert found, done.stderr
+    answer = stack.http.get(f"{stack.url}/v1/conversations/{found[1]}", timeout=10)
+    assert [turn["role"] for turn in answer.json()["turns"]] == ["user", "assistant"] * 2
+
+
 def test_ctrl_c_cancels_the_running_job_and_exits_130(stack: Stack) -> None:
     words = " ".join(f"word{n}" for n in range(200))  # 50 s of paced echo
     process = subprocess.Popen(
@@ -234,3 +252,24 @@ def test_no_service_is_explained() -> None:
     done = voicechat(f"http://127.0.0.1:{free_port()}", "ask", "Hello.")
     assert done.returncode == 3
     assert "connection refused. Is the service running?" in done.stderr
+
+
+def test_a_wait_too_long_and_a_full_queue_are_told_apart(tmp_path: Path) -> None:
+    """No worker: a job waits in the queue, and with MAX_QUEUE_DEPTH=1 the next is refused."""
+    stack = Stack(tmp_path, **FAST_ENGINES, MAX_QUEUE_DEPTH="1")
+    try:
+        stack.start_redis()
+        stack.start_api()
+        waited = voicechat(stack.url, "--timeout", "2", "ask", "Hello.")
+        assert waited.returncode == 6, waited.stderr
+        job_id = _job_id(waited.stderr)
+        assert f"no reply within 2 s; job {job_id} goes on" in waited.stderr
+        assert stack.job(job_id)["status"] == "queued"
+
+        busy = voicechat(stack.url, "ask", "Hello again.")
+        assert busy.returncode == 5, busy.stderr
+        assert re.fullmatch(
+            r"voicechat: HTTP 503 queue_full: .+ \(try again in \d+ s\)\n", busy.stderr
+        ), busy.stderr
+    finally:
+        stack.close()
