@@ -57,6 +57,7 @@ could not be reached; 4 the service refused the request; 5 the service is busy (
 again later); 6 no reply within --timeout; 130 interrupted (the job is canceled).
 
 environment: VOICECHAT_URL (--url), VOICECHAT_API_KEY (--api-key)."""
+RAW = argparse.RawDescriptionHelpFormatter
 
 
 class Usage(Exception):
@@ -159,12 +160,13 @@ class Client:
         """Prints the ended job's reply (or why there is none) and saves its audio."""
         result = job.get("result") or {}
         if job["status"] != "succeeded":
+            self.progress.end_line()
             self.progress.done()
             if save_to is not None:
                 save_to.discard()
             error = job.get("error") or {}
-            reason = f"{error.get('code', job['status'])}: {error.get('message', '')}".strip()
-            self.progress.note(f"job {job['id']} {job['status']} ({reason.rstrip(': ')})")
+            why = ": ".join(str(part) for part in (error.get("code"), error.get("message")) if part)
+            self.progress.note(f"job {job['id']} {job['status']}" + (f": {why}" if why else ""))
             return Exit.NO_REPLY
         self.progress.final(str(result.get("text") or ""))
         if save_to is not None and save_to.finish(job):
@@ -179,7 +181,10 @@ class Client:
             return
         try:
             job = self.service.cancel(job_id, read_seconds=CANCEL_SECONDS)
-            self.progress.note(f"interrupted: job {job_id} canceled ({job['status']})")
+            if job["status"] == "canceled":
+                self.progress.note(f"interrupted: job {job_id} canceled")
+            else:  # 202: running, its worker stops at its next word, sentence or stage
+                self.progress.note(f"interrupted: job {job_id} canceled (its worker is stopping)")
         except Refused as refused:  # e.g. 409 `job_finished`: it ended meanwhile
             self.progress.note(f"interrupted: job {job_id} not canceled: {refused}")
         except (ServiceError, KeyboardInterrupt):
@@ -278,15 +283,55 @@ def run_cancel(client: Client, args: argparse.Namespace) -> Exit:
     return Exit.OK
 
 
+def _prompt_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--reply", choices=("text", "voice"), help="default: text")
+    command.add_argument("--voice", help="one of the service's TTS_VOICES")
+    command.add_argument("--max-tokens", type=int, help="the reply's length limit")
+
+
+def _add_commands(commands: Any) -> None:
+    """The subcommands, on `add_subparsers()`'s answer."""
+
+    def command(name: str, about: str) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = commands.add_parser(
+            name, help=about, description=about, epilog=EPILOG, formatter_class=RAW
+        )
+        return made
+
+    ask = command("ask", "Ask one question, by text or by a recording.")
+    ask.add_argument("text", nargs="?", help="the question, as text")
+    ask.add_argument("--audio", type=Path, help="the question, as a recording (e.g. a WAV)")
+    _prompt_options(ask)
+    ask.add_argument("-o", "--output", type=Path, help="save the spoken reply (implies voice)")
+    ask.add_argument("--force", action="store_true", help="overwrite the -o file")
+    following = ask.add_mutually_exclusive_group()
+    following.add_argument("--conversation", metavar="ID", help="ask within this conversation")
+    following.add_argument(
+        "--new-conversation", action="store_true", help="start a conversation (its id is printed)"
+    )
+    ask.set_defaults(run=run_ask)
+
+    chat = command("chat", "Type questions in one conversation, one a line.")
+    chat.add_argument("--conversation", metavar="ID", help="continue this conversation")
+    _prompt_options(chat)
+    chat.set_defaults(run=run_chat, output=None)
+
+    job = command("job", "Show a job as JSON.")
+    job.add_argument("job_id", metavar="ID")
+    job.set_defaults(run=run_job)
+    cancel = command("cancel", "Cancel a job.")
+    cancel.add_argument("job_id", metavar="ID")
+    cancel.set_defaults(run=run_cancel)
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line."""
-    raw = argparse.RawDescriptionHelpFormatter
     top = argparse.ArgumentParser(
         prog="voicechat",
         description="Ask the voice chat service by text or by a recording; the reply is "
         "printed (and its speech saved with -o).",
         epilog=EPILOG,
-        formatter_class=raw,
+        formatter_class=RAW,
     )
     top.add_argument(
         "--url",
@@ -304,42 +349,7 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT,
         help="seconds to wait for a reply (default %(default)g)",
     )
-    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def prompt_options(command: argparse.ArgumentParser) -> None:
-        command.add_argument("--reply", choices=("text", "voice"), help="default: text")
-        command.add_argument("--voice", help="one of the service's TTS_VOICES")
-        command.add_argument("--max-tokens", type=int, help="the reply's length limit")
-
-    def command(name: str, about: str) -> argparse.ArgumentParser:
-        return commands.add_parser(
-            name, help=about, description=about, epilog=EPILOG, formatter_class=raw
-        )
-
-    ask = command("ask", "Ask one question, by text or by a recording.")
-    ask.add_argument("text", nargs="?", help="the question, as text")
-    ask.add_argument("--audio", type=Path, help="the question, as a recording (e.g. a WAV)")
-    prompt_options(ask)
-    ask.add_argument("-o", "--output", type=Path, help="save the spoken reply (implies voice)")
-    ask.add_argument("--force", action="store_true", help="overwrite the -o file")
-    following = ask.add_mutually_exclusive_group()
-    following.add_argument("--conversation", metavar="ID", help="ask within this conversation")
-    following.add_argument(
-        "--new-conversation", action="store_true", help="start a conversation (its id is printed)"
-    )
-    ask.set_defaults(run=run_ask)
-
-    chat = command("chat", "Type questions in one conversation, one a line.")
-    chat.add_argument("--conversation", metavar="ID", help="continue this conversation")
-    prompt_options(chat)
-    chat.set_defaults(run=run_chat, output=None)
-
-    job = command("job", "Show a job as JSON.")
-    job.add_argument("job_id", metavar="ID")
-    job.set_defaults(run=run_job)
-    cancel = command("cancel", "Cancel a job.")
-    cancel.add_argument("job_id", metavar="ID")
-    cancel.set_defaults(run=run_cancel)
+    _add_commands(top.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     return top
 
 

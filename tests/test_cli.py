@@ -114,6 +114,37 @@ def test_a_recording_gets_a_spoken_reply_saved_as_a_wav(stack: Stack, tmp_path: 
     assert sf.info(str(tmp_path / "reply.wav")).frames == 8_000
 
 
+def test_the_spoken_reply_is_written_while_it_is_made(stack: Stack, tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [str(VOICECHAT), "ask", "slow One. Two. Three. Four. Five. Six.", "-o", "reply.wav"],
+        env=_env(stack.url),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stderr is not None
+        job_id = _job_id(process.stderr.readline())
+        partial_while_running = False
+        while process.poll() is None and not partial_while_running:
+            path = tmp_path / "reply.wav"
+            one_sentence = 44 + 2 * 8_000  # the header and half a second of 16-bit tone
+            if path.exists() and path.stat().st_size >= one_sentence:
+                partial_while_running = stack.job(job_id)["status"] == "running"
+            time.sleep(0.05)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert out == "echo: slow One. Two. Three. Four. Five. Six.\n"
+    assert partial_while_running, "the file grew only once the job had ended"
+    stored = stack.http.get(f"{stack.url}/v1/jobs/{job_id}/audio", timeout=10)
+    assert (tmp_path / "reply.wav").read_bytes() == stored.content
+    assert sf.info(str(tmp_path / "reply.wav")).frames == 6 * 8_000
+
+
 def test_a_conversation_is_followed_over_two_questions(stack: Stack) -> None:
     first = voicechat(stack.url, "ask", "--new-conversation", "My name is Ada.")
     assert first.returncode == 0, first.stderr
@@ -179,7 +210,7 @@ def test_ctrl_c_cancels_the_running_job_and_exits_130(stack: Stack) -> None:
             process.kill()
     assert process.returncode == 130, seen + err
     job_id = _job_id(seen)
-    assert f"interrupted: job {job_id} canceled" in err
+    assert f"interrupted: job {job_id} canceled (its worker is stopping)" in err
     job = stack.wait(job_id, timeout=60)
     assert job["status"] == "canceled" and job["error"]["code"] == "canceled"
     # The words streamed before the interrupt, on their own line; the job kept them too.
