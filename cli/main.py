@@ -341,7 +341,8 @@ def parser() -> argparse.ArgumentParser:
     top.add_argument(
         "--api-key",
         default=os.environ.get("VOICECHAT_API_KEY"),
-        help="an API key (VOICECHAT_API_KEY; none for a service running open)",
+        help="an API key (better in VOICECHAT_API_KEY: a command line shows in `ps`; none for "
+        "a service running open)",
     )
     top.add_argument(
         "--timeout",

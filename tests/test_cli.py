@@ -8,6 +8,7 @@ The service is Redis, gunicorn and a Celery worker on the plumbing fakes of test
 from __future__ import annotations
 
 import io
+import json
 import os
 import pty
 import re
@@ -80,6 +81,12 @@ def test_a_typed_question_gets_its_text_reply_on_stdout(stack: Stack) -> None:
     # Progress is on stderr, one plain line a stage (stderr is no terminal here).
     assert _stages(done.stderr) == ["queued", "generating"]
     assert "\r" not in done.stderr and "\033" not in done.stderr
+
+    shown = voicechat(stack.url, "job", job["id"])
+    assert shown.returncode == 0 and json.loads(shown.stdout) == stack.job(job["id"])
+    finished = voicechat(stack.url, "cancel", job["id"])
+    assert finished.returncode == 4
+    assert finished.stderr.startswith("voicechat: HTTP 409 job_finished: ")
 
 
 def test_a_recording_gets_a_spoken_reply_saved_as_a_wav(stack: Stack, tmp_path: Path) -> None:
@@ -216,6 +223,8 @@ def test_ctrl_c_cancels_the_running_job_and_exits_130(stack: Stack) -> None:
     # The words streamed before the interrupt, on their own line; the job kept them too.
     assert out.startswith("echo: slow word0") and out.endswith("\n") and "word199" not in out
     assert job["result"]["text"].startswith(out.strip())
+    again = voicechat(stack.url, "cancel", job_id)
+    assert again.returncode == 0 and again.stdout == f"{job_id} canceled\n"
 
 
 def test_a_terminal_shows_one_progress_line(stack: Stack) -> None:
@@ -283,6 +292,22 @@ def test_no_service_is_explained() -> None:
     done = voicechat(f"http://127.0.0.1:{free_port()}", "ask", "Hello.")
     assert done.returncode == 3
     assert "connection refused. Is the service running?" in done.stderr
+
+
+def test_wrong_usage_is_refused_before_any_request(tmp_path: Path) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"  # a request would exit 3, not 2
+    (tmp_path / "question.wav").write_bytes(wav_bytes(tone(0.5, 16_000), 16_000))
+    cases = {
+        ("ask",): "give the prompt as text or as --audio FILE",
+        ("ask", "Hi.", "--audio", "question.wav"): "give the prompt as text or as --audio FILE",
+        ("ask", "--audio", "missing.wav"): "cannot read missing.wav",
+        ("ask", "Hi.", "--reply", "text", "-o", "reply.wav"): "-o saves a spoken reply",
+        ("ask", "Hi.", "--conversation", "x", "--new-conversation"): "not allowed with",
+    }
+    for args, message in cases.items():
+        done = voicechat(nowhere, *args, cwd=tmp_path)
+        assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
+    assert not (tmp_path / "reply.wav").exists()
 
 
 def test_a_wait_too_long_and_a_full_queue_are_told_apart(tmp_path: Path) -> None:
