@@ -58,6 +58,8 @@ install_engines() {
 }
 
 install_part base "requirements.txt requirements-models.txt" install_base
+# The `voicechat` command-line client (cli/), its dependencies in requirements.txt.
+install_part client pyproject.toml "${pip[@]}" --no-deps -e .
 if $dev; then
   install_part dev requirements-dev.txt "${pip[@]}" -r requirements-dev.txt
 fi

@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh --dev
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy api worker models
+.venv/bin/mypy api worker models cli
 exec .venv/bin/python -m pytest "$@"

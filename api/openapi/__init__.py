@@ -40,6 +40,7 @@ TAG_OF = {
     "openai": OPENAI_TAG,
     "health": "health",
     "openapi": "meta",
+    "docs": "meta",
 }
 TAGS = [
     {"name": "jobs", "description": "Prompts and their replies."},
@@ -246,11 +247,12 @@ def _camel(name: str) -> str:
 
 def _path_parameter(name: str) -> Schema:
     noun = name.removesuffix("_id")
+    described = f"The {noun}'s id, as returned when it was made."
     return {
         "name": name,
         "in": "path",
         "required": True,
-        "description": f"The {noun}'s id, as returned when it was made.",
+        "description": described if name.endswith("_id") else f"The {name.replace('_', ' ')}.",
         "schema": {"type": "string"},
     }
 

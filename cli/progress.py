@@ -1,0 +1,109 @@
+"""What a waiting command shows: the job's stage on stderr, the reply text on stdout.
+
+On a terminal the stage is one line redrawn in place; otherwise (a log, a pipe) each stage is a
+line of its own. The reply's text streams to stdout as the model produces it; while it streams
+to the same terminal, the stage line is not drawn over it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TextIO
+
+PREFIX = "voicechat: "
+_ERASE = "\r\033[K"  # back to the line's start, and clear it
+
+
+class Progress:
+    """The display of one job, or of several in turn (`voicechat chat`).
+
+    Args:
+        out: Where the reply text goes (stdout).
+        err: Where stages and notes go (stderr); a terminal gets a single redrawn line.
+    """
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self.out = out
+        self.err = err
+        self.live = err.isatty()
+        self.text_on_terminal = self.live and out.isatty()
+        self.started = time.monotonic()
+        self.shown = ""  # the stage line on the terminal now, if any
+        self.received = ""  # the reply text received so far
+        self.streamed = ""  # the part of it written to stdout
+        self.line_open = False  # stdout holds the start of a line
+
+    def start(self) -> None:
+        """Begins a new job's display."""
+        self.started = time.monotonic()
+        self.received = self.streamed = ""
+
+    def stage(self, name: str) -> None:
+        """Shows the stage the job is in (queued, transcribing, generating, synthesizing)."""
+        seconds = time.monotonic() - self.started
+        line = f"{PREFIX}{name} ({seconds:.1f} s)"
+        if not self.live:
+            self.err.write(line + "\n")
+        elif not (self.text_on_terminal and self.streamed):
+            self.err.write(_ERASE + line)
+            self.shown = line
+        self.err.flush()
+
+    def note(self, message: str) -> None:
+        """Writes a message line on stderr, keeping the stage line below it."""
+        self._clear()
+        if self.text_on_terminal:
+            self.end_line()
+        self.err.write(PREFIX + message + "\n")
+        if self.shown:
+            self.err.write(self.shown)
+        self.err.flush()
+
+    def text(self, piece: str) -> None:
+        """Writes the next piece of the reply to stdout; white space at its ends is held back
+        (a model's tokens start or end with spaces), so stdout gets the reply as it ends."""
+        self.received += piece
+        visible = self.received.strip()
+        if len(visible) == len(self.streamed):
+            return
+        if self.text_on_terminal:
+            self._clear()
+            self.shown = ""
+        self.out.write(visible[len(self.streamed) :])
+        self.out.flush()
+        self.line_open = True
+        self.streamed = visible
+
+    def restart_text(self) -> None:
+        """The reply starts over (the job's attempt was lost and it runs again)."""
+        self.end_line()
+        self.received = self.streamed = ""
+
+    def final(self, text: str) -> None:
+        """Ends the reply on stdout with `text`, the job's whole reply: written again whole if
+        what streamed was not it (a lost attempt's words), else just the line's end."""
+        if self.streamed != text.strip():
+            self.end_line()
+            self.out.write(text.strip())
+        self.out.write("\n")
+        self.out.flush()
+        self.received = self.streamed = ""
+        self.line_open = False
+        self.done()
+
+    def done(self) -> None:
+        """Removes the stage line from the terminal."""
+        self._clear()
+        self.shown = ""
+
+    def end_line(self) -> None:
+        """Ends the line of reply text on stdout, if one is open."""
+        if self.line_open:
+            self.out.write("\n")
+            self.out.flush()
+            self.line_open = False
+
+    def _clear(self) -> None:
+        if self.live and self.shown:
+            self.err.write(_ERASE)
+            self.err.flush()

@@ -1,0 +1,113 @@
+"""The spoken reply saved to a file while the job makes it, sentence by sentence.
+
+The service streams a running job's reply as one WAV whose sizes say "unknown" (0xFFFFFFFF);
+once the job succeeded the sizes are written in, so that every reader takes the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from pathlib import Path
+from typing import BinaryIO
+
+from cli.service import Service, ServiceError
+
+_LOGGER = logging.getLogger(__name__)
+
+# A RIFF header's chunks before the samples are few (`fmt `, maybe `LIST`); stop looking after.
+_MAX_CHUNKS = 64
+
+
+class ReplyAudio:
+    """Saves a job's spoken reply to `path` in a thread of its own, from the moment the job is
+    submitted; `finish` completes the file or removes it.
+
+    Args:
+        service: The service the job is on.
+        path: The file to write (refused if it exists, unless `force`).
+        force: Overwrite `path`.
+        wait_seconds: How long the stream may stay silent (the job's whole wait).
+
+    Raises:
+        FileExistsError: `path` exists and `force` is false.
+    """
+
+    def __init__(self, service: Service, path: Path, force: bool, wait_seconds: float) -> None:
+        self.service = service
+        self.path = path
+        self.wait_seconds = wait_seconds
+        self.file: BinaryIO = path.open("wb+" if force else "xb+")
+        self.whole = False  # the stream ended as the reply did, not on an error
+        self.thread: threading.Thread | None = None
+
+    def start(self, job_id: str) -> None:
+        """Starts streaming the reply of `job_id` into the file."""
+        self.thread = threading.Thread(target=self._stream, args=(job_id,), daemon=True)
+        self.thread.start()
+
+    def _stream(self, job_id: str) -> None:
+        try:
+            self.service.download_audio(job_id, self.file, self.wait_seconds)
+            self.whole = True
+        except (ServiceError, OSError, ValueError) as error:  # ValueError: the file was closed
+            _LOGGER.debug("reply stream broke job_id=%s error=%s", job_id, error)
+
+    def finish(self, job: dict[str, object]) -> bool:
+        """Completes the file once `job` ended: the stream's sizes written in, or, if the
+        stream could not be whole (it failed, or the job took another attempt), the stored
+        reply fetched again. A job that did not succeed leaves no file.
+
+        Returns:
+            Whether the file holds the reply.
+
+        Raises:
+            ServiceError: The stored reply could not be fetched.
+        """
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+        if job.get("status") != "succeeded":
+            self.discard()
+            return False
+        streamed = self.whole and self.thread is not None and not self.thread.is_alive()
+        if not streamed or job.get("attempts") != 1:
+            _LOGGER.debug("fetching the stored reply again job_id=%s", job.get("id"))
+            self.file.seek(0)
+            self.file.truncate()
+            self.service.download_audio(str(job["id"]), self.file, self.wait_seconds)
+        set_wav_sizes(self.file)
+        self.file.close()
+        return True
+
+    def discard(self) -> None:
+        """Closes and removes the file (a canceled or failed job's, or an interrupted one)."""
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def set_wav_sizes(wav: BinaryIO) -> None:
+    """Writes the RIFF and `data` sizes of a WAV whose samples run to the end of the file.
+
+    A file that is not a RIFF WAV, or whose `data` chunk is not found, is left as it is.
+    """
+    end = wav.seek(0, 2)
+    wav.seek(0)
+    header = wav.read(12)
+    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+        return
+    position = 12
+    for _ in range(_MAX_CHUNKS):
+        wav.seek(position)
+        chunk = wav.read(8)
+        if len(chunk) < 8:
+            return
+        name, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if name == b"data":
+            wav.seek(position + 4)
+            wav.write(struct.pack("<I", end - position - 8))
+            wav.seek(4)
+            wav.write(struct.pack("<I", end - 8))
+            wav.flush()
+            return
+        position += 8 + size + (size & 1)  # chunks are padded to an even length

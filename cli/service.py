@@ -1,0 +1,231 @@
+"""The service's public HTTP API as the command line uses it: jobs, their events, their audio."""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import requests
+
+from cli.sse import Event, events_of, lines_of
+
+_LOGGER = logging.getLogger(__name__)
+
+CONNECT_SECONDS = 10.0
+# The longest read of a plain request (a submit may carry a 25 MB upload).
+READ_SECONDS = 60.0
+# The event stream sends a keep-alive after 8-10 s of quiet: a longer silence is a lost link.
+EVENTS_READ_SECONDS = 30.0
+# Reconnections of an event stream in a row that brought no event before giving up.
+EVENTS_RECONNECTS = 3
+
+
+class ServiceError(Exception):
+    """A request did not get the answer it asked for; the message says why, for a person."""
+
+
+class Unreachable(ServiceError):
+    """No answer at all: nothing listens at the URL, the connection broke or timed out."""
+
+
+class WaitTimedOut(ServiceError):
+    """The job did not finish within the time the caller was willing to wait."""
+
+
+class Refused(ServiceError):
+    """The service answered with an error: its problem's `code` and `detail`, and when to
+    come back for 429 and 503 (`Retry-After`)."""
+
+    def __init__(self, status: int, code: str, detail: str, retry_after: str | None) -> None:
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.retry_after = retry_after
+        message = f"HTTP {status} {code}: {detail}" if code else f"HTTP {status}: {detail}"
+        if retry_after is not None:
+            message += f" (try again in {retry_after} s)"
+        elif status in (429, 503):
+            message += " (try again later)"
+        super().__init__(message)
+
+    @property
+    def busy(self) -> bool:
+        """Whether it is worth trying again later: rate limits, quotas, a full queue."""
+        return self.status in (429, 503)
+
+    @classmethod
+    def of(cls, response: requests.Response) -> Refused:
+        """The error an error answer says: problem+json (RFC 9457), OpenAI's error object,
+        or, from anything else (a proxy), its status and the start of its text."""
+        code, detail = "", ""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            inner: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else body
+            code = str(inner.get("code") or "")
+            detail = str(inner.get("detail") or inner.get("message") or inner.get("title") or "")
+        if not detail:
+            detail = response.reason or "error"
+            text = response.text.strip().splitlines()
+            if text and body is None:
+                detail += f": {text[0][:200]}"
+        retry_after = response.headers.get("Retry-After")
+        return cls(response.status_code, code, detail, retry_after)
+
+
+def _unreachable(url: str, error: requests.RequestException) -> Unreachable:
+    """Says in words why `url` gave no answer (never the request's headers: the key is in
+    them)."""
+    if isinstance(error, requests.ConnectTimeout):
+        why = f"no connection within {CONNECT_SECONDS:g} s"
+    elif isinstance(error, requests.Timeout):
+        why = "it stopped answering"
+    elif _refused_connection(error):
+        return Unreachable(
+            f"cannot connect to {url}: connection refused. Is the service running? "
+            "(`scripts/serve.sh` starts it; --url or VOICECHAT_URL names another.)"
+        )
+    else:
+        why = f"the connection failed ({type(error).__name__})"
+    return Unreachable(f"cannot reach {url}: {why}")
+
+
+def _refused_connection(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    for _ in range(10):  # requests wraps urllib3's error, which wraps the socket's
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError) or "Connection refused" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__ or _reason(seen)
+    return False
+
+
+def _reason(error: BaseException) -> BaseException | None:
+    reason = getattr(error, "reason", None) or (error.args[0] if error.args else None)
+    return reason if isinstance(reason, BaseException) else None
+
+
+class Service:
+    """One service, reached at `url` with an optional API key.
+
+    Args:
+        url: The service's base URL, e.g. `http://127.0.0.1:8000`.
+        api_key: Sent as `Authorization: Bearer`; None sends none (a service running open).
+    """
+
+    def __init__(self, url: str, api_key: str | None) -> None:
+        self.url = url.rstrip("/")
+        self.http = requests.Session()
+        self.http.headers["User-Agent"] = "voicechat-cli"
+        if api_key:
+            self.http.headers["Authorization"] = f"Bearer {api_key}"
+
+    def request(
+        self, method: str, path: str, *, read_seconds: float = READ_SECONDS, **options: Any
+    ) -> requests.Response:
+        """Sends one request; answers only a 2xx or 3xx.
+
+        Raises:
+            Unreachable: No answer came.
+            Refused: The answer was an error.
+        """
+        try:
+            response = self.http.request(
+                method, self.url + path, timeout=(CONNECT_SECONDS, read_seconds), **options
+            )
+        except requests.RequestException as error:
+            raise _unreachable(self.url, error) from None
+        if response.status_code >= 400:
+            raise Refused.of(response)
+        return response
+
+    def create_conversation(self) -> str:
+        """Starts a conversation; returns its id."""
+        return str(self.request("POST", "/v1/conversations").json()["id"])
+
+    def submit(self, text: str | None, audio: Path | None, options: dict[str, str]) -> Any:
+        """Submits a prompt, as text or as a recording; returns the job (202's body).
+
+        Args:
+            text: The prompt's text, or None for `audio`.
+            audio: A recording in any format the service takes, sent as the multipart part
+                `audio` (the service reads the bytes, not the name or the label).
+            options: `reply`, `conversation_id`, `voice`, `max_tokens`, ..., as form values.
+        """
+        if audio is None:
+            return self.request("POST", "/v1/jobs", json={"text": text, **options}).json()
+        media_type = mimetypes.guess_type(audio.name)[0] or "application/octet-stream"
+        with audio.open("rb") as recording:
+            files = {"audio": (audio.name, recording, media_type)}
+            return self.request("POST", "/v1/jobs", data=options, files=files).json()
+
+    def job(self, job_id: str) -> Any:
+        """The job as it is now."""
+        return self.request("GET", f"/v1/jobs/{job_id}").json()
+
+    def cancel(self, job_id: str, read_seconds: float = READ_SECONDS) -> Any:
+        """Cancels a job; returns it (still `running` while its worker stops it)."""
+        return self.request("POST", f"/v1/jobs/{job_id}/cancel", read_seconds=read_seconds).json()
+
+    def events(self, job_id: str, deadline: float) -> Iterator[Event]:
+        """The job's events from the first, ending with `done`; a broken stream is resumed
+        after the last event seen (`Last-Event-ID`), a few times in a row at most.
+
+        Args:
+            job_id: The job.
+            deadline: `time.monotonic()` after which to stop waiting.
+
+        Raises:
+            WaitTimedOut: The deadline passed before `done`.
+            Unreachable: The stream could not be opened or resumed.
+            Refused: The service would not stream (e.g. 503 `server_busy`).
+        """
+        last_id, failures = "0", 0
+        while True:
+            read_seconds = min(EVENTS_READ_SECONDS, max(1.0, deadline - time.monotonic()))
+            headers = {"Accept": "text/event-stream", "Last-Event-ID": last_id}
+            path = f"/v1/jobs/{job_id}/events"
+            response = self.request(
+                "GET", path, headers=headers, stream=True, read_seconds=read_seconds
+            )
+            if response.status_code == 204:  # resumed after `done`: nothing more will come
+                return
+            try:
+                with response:
+                    for event in events_of(lines_of(response.iter_content(chunk_size=None))):
+                        failures = 0
+                        last_id = event.id or last_id
+                        yield event
+                        if event.type == "done":
+                            return
+                        if time.monotonic() > deadline:
+                            raise WaitTimedOut(f"job {job_id} did not finish in time")
+            except requests.RequestException as error:
+                _LOGGER.debug("event stream broke job_id=%s error=%s", job_id, error)
+            if time.monotonic() > deadline:
+                raise WaitTimedOut(f"job {job_id} did not finish in time")
+            failures += 1
+            if failures > EVENTS_RECONNECTS:
+                raise Unreachable(f"the event stream of job {job_id} kept breaking")
+
+    def download_audio(self, job_id: str, into: BinaryIO, read_seconds: float) -> int:
+        """Writes the job's spoken reply to `into` as it comes (streamed while the job runs);
+        returns the bytes written."""
+        written = 0
+        path = f"/v1/jobs/{job_id}/audio"
+        with self.request("GET", path, stream=True, read_seconds=read_seconds) as response:
+            try:
+                for chunk in response.iter_content(chunk_size=None):
+                    into.write(chunk)
+                    into.flush()
+                    written += len(chunk)
+            except requests.RequestException as error:
+                raise _unreachable(self.url, error) from None
+        return written
