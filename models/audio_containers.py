@@ -45,8 +45,11 @@ WHISPER_SAMPLE_RATE = 16_000
 _MAX_ELEMENTS = 200_000
 # At most one packet per 2.5 ms (Opus' shortest frame): more is no real recording.
 _MAX_PACKETS_PER_SECOND = 400
-# Codec delay and padding make packets cover slightly more or less than a header declares.
+# Codec delay and padding make packets cover slightly more or less than a header declares (an
+# encoder's last frame is padded; Opus' pre-skip is counted on one side only): a few hundredths
+# of a second, so that 0.1 s less is a cut, and 0.25 s more than the limit is too long.
 _SLACK_SECONDS = 0.25
+_CUT_SECONDS = 0.1
 _ID3_HEADER = 10
 # Zero bytes some taggers leave between an ID3 tag and the first MPEG frame.
 _MAX_ID3_PADDING = 64 * 1024
@@ -182,7 +185,7 @@ def probe(
             seconds = _demuxed_seconds(reader, stream, max_seconds)
     except _READ_ERRORS as error:
         raise UnsupportedAudioFormat(f"The {name} recording cannot be read.") from error
-    if declared is not None and seconds < declared - _SLACK_SECONDS - 0.01 * declared:
+    if declared is not None and seconds < declared - _CUT_SECONDS - 0.01 * declared:
         raise TruncatedAudio(
             f"The {_NAMES[container]} recording is truncated: its header declares {declared:.2f} s "
             f"but its packets hold {seconds:.2f} s."
