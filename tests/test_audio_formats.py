@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from models import audio_containers, errors
+from models import audio_containers, errors, storage
 from models.audio import inspect_upload, load_for_transcription
 from models.settings import Settings
 from tests.conftest import Service, make_settings, tone, wav_bytes
@@ -117,6 +117,14 @@ def test_chromiums_mediarecorder_webm_is_measured_and_decoded(limits: Settings) 
 def test_a_wav_keeps_its_own_path(limits: Settings) -> None:
     info = inspect_upload(wav_bytes(tone(1.0), 16_000), limits)
     assert (info.container, info.extension, info.subtype) == ("wav", "wav", "PCM_16")
+
+
+def test_stored_names_are_the_jobs_with_the_containers_extension() -> None:
+    assert storage.upload_name("abc123", "webm") == "abc123.webm"
+    assert storage.job_id_of("abc123.m4a") == "abc123"  # retention finds its job
+    for extension in ("../wav", "", "w.av"):
+        with pytest.raises(ValueError):
+            storage.upload_name("abc123", extension)
 
 
 # Refusals at the edge ----------------------------------------------------------------------
