@@ -20,7 +20,7 @@ from api.limits import check_capacity
 from api.openapi.declare import Query, Schema, answer, documented, family, header, ref, schema_ref
 from api.schemas import AudioQuery, JobList, JobListQuery, JobOptions, JobView, is_resource_id
 from api.speech_stream import stream_reply
-from api.submission import WAV_MEDIA_TYPES, Submission, parse_submission
+from api.submission import AUDIO_MEDIA_TYPES, Submission, parse_submission
 from api.validation import single_values, validate
 from models import event_log, queries, storage, transitions, webhooks
 from models.errors import (
@@ -80,8 +80,9 @@ def _own_conversation(conversation_id: str) -> bool:
     return conversation is not None and visible(conversation.api_key_id)
 
 
-def submit(job: Job, audio: bytes | None = None) -> Job:
-    """Stores a new job (and its recording), commits the row, and enqueues it.
+def submit(job: Job, audio: bytes | None = None, extension: str = "wav") -> Job:
+    """Stores a new job (and its recording, named after the job with its container's
+    `extension`), commits the row, and enqueues it.
 
     Raises:
         QueueFull: The queue holds MAX_QUEUE_DEPTH jobs; nothing is stored.
@@ -95,7 +96,7 @@ def submit(job: Job, audio: bytes | None = None) -> Job:
     if audio is not None:
         # The file is stored before the row exists, so a queued row always has its audio.
         job.input_kind = InputKind.AUDIO.value
-        job.input_audio_file = uploads.write(storage.upload_name(job.id), audio)
+        job.input_audio_file = uploads.write(storage.upload_name(job.id, extension), audio)
     try:
         transitions.insert_queued(g.db, job)
         g.db.commit()
@@ -188,11 +189,14 @@ def _submitted(description: str) -> Schema:
 
 # A form carries the webhook's events as one comma-separated field, never repeated.
 _EVENTS = {"webhook_events": {"style": "form", "explode": False}}
-_RAW_WAV = {
+_RAW_AUDIO = {
     **WAV,
-    "description": "The recording as the whole body: a WAV of at most MAX_AUDIO_SECONDS "
+    "description": "The recording as the whole body: a WAV, WebM, Ogg, MP3, MP4/M4A or FLAC "
+    "file (decided by its bytes, not this label) of at most MAX_AUDIO_SECONDS "
     "({max_audio_seconds} s here).",
 }
+# The multipart part's media types (OpenAPI's comma-separated `contentType`); any label is taken.
+UPLOAD_MEDIA_TYPES = "audio/wav, audio/webm, audio/ogg, audio/mpeg, audio/mp4, audio/flac"
 _PREFER = header(
     "Prefer",
     "RFC 7240 preferences; only `wait=N` is read, N a whole number of seconds (at most six "
@@ -237,20 +241,24 @@ _PREFER = header(
         InsufficientStorage,
     ),
     notes={422: "With `Prefer: wait`, a job that failed too is named by `job_id`."},
-    parameters=(_PREFER, idempotency.PARAMETER, Query("JobOptions", "With a raw WAV body only.")),
+    parameters=(
+        _PREFER,
+        idempotency.PARAMETER,
+        Query("JobOptions", "With a raw recording body only."),
+    ),
     body={
         "required": True,
         "content": {
             "application/json": {"schema": schema_ref("TextJobRequest")},
             "multipart/form-data": {
                 "schema": schema_ref("UploadJobRequest"),
-                "encoding": {"audio": {"contentType": "audio/wav"}, **_EVENTS},
+                "encoding": {"audio": {"contentType": UPLOAD_MEDIA_TYPES}, **_EVENTS},
             },
             "application/x-www-form-urlencoded": {
                 "schema": schema_ref("TextJobForm"),
                 "encoding": _EVENTS,
             },
-            **{media_type: {"schema": _RAW_WAV} for media_type in sorted(WAV_MEDIA_TYPES)},
+            **{media_type: {"schema": _RAW_AUDIO} for media_type in sorted(AUDIO_MEDIA_TYPES)},
         },
     },
 )
@@ -265,9 +273,13 @@ def create_job() -> Response:
     then is answered with 200 and its final state, one still going with 202 as usual. The wait
     is declined (202 at once) while the process holds MAX_HELD_REQUESTS requests open.
 
-    The options travel in the body for JSON and forms, and as query parameters for a raw WAV
-    body (where they are ignored otherwise). Media types of the form `application/*+json` are
-    read as JSON. The whole body may be at most MAX_UPLOAD_MB ({max_upload_bytes} bytes here).
+    The options travel in the body for JSON and forms, and as query parameters for a raw
+    recording body (where they are ignored otherwise). A recording may be a WAV, WebM or
+    Matroska (Opus, Vorbis: what MediaRecorder records), Ogg (Opus, Vorbis, FLAC), MP3,
+    MP4/M4A (AAC, ALAC) or FLAC file: its format is read from its bytes, never from its label
+    or file name, and its length is measured before anything is decoded. Media types of the
+    form `application/*+json` are read as JSON. The whole body may be at most MAX_UPLOAD_MB
+    ({max_upload_bytes} bytes here).
 
     With `webhook`, the job's `webhook_events` (`started`, `completed`) are POSTed there,
     signed, as this document's `webhooks` describe; a failed delivery is retried up to
@@ -289,7 +301,8 @@ def create_job() -> Response:
         held = earlier
         idempotency.bind(g.db, held, job.id)
     try:
-        submit(job, submission.audio)
+        extension = submission.audio_info.extension if submission.audio_info else "wav"
+        submit(job, submission.audio, extension)
     except BaseException:
         if held is not None:
             idempotency.release(g.db, held)

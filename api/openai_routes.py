@@ -29,7 +29,7 @@ from api.follow import (
     wait_for,
 )
 from api.held_requests import Place, hold
-from api.jobs import submit
+from api.jobs import UPLOAD_MEDIA_TYPES, submit
 from api.limits import breach
 from api.openai_schemas import (
     OPENAI_CODES,
@@ -380,11 +380,12 @@ def _multipart_fields() -> dict[str, Any]:
             "multipart/form-data": {
                 "schema": schema_ref(
                     "TranscriptionRequest",
-                    description="The recording (a WAV of at most MAX_AUDIO_SECONDS, "
-                    "{max_audio_seconds} s here) as the `file` part. `language` defaults to "
+                    description="The recording (a WAV, WebM, Ogg, MP3, MP4/M4A or FLAC file "
+                    "of at most MAX_AUDIO_SECONDS, {max_audio_seconds} s here) as the `file` "
+                    "part. `language` defaults to "
                     "WHISPER_LANGUAGE (`{whisper_language}` here).",
                 ),
-                "encoding": {"file": {"contentType": "audio/wav"}},
+                "encoding": {"file": {"contentType": UPLOAD_MEDIA_TYPES}},
             }
         },
     },
@@ -408,7 +409,7 @@ def create_transcription() -> Response:
         options=options,
     )
     with hold():  # refused with 503 before any job is made
-        submit(job, asked.file)
+        submit(job, asked.file, info.extension)
         try:
             finished = _succeeded(job, settings)
             heard = VerboseTranscription.of(

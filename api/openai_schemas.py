@@ -148,7 +148,7 @@ def _only_one_choice(value: int) -> int:
 
 def _one_file_part(value: Any) -> Any:
     if isinstance(value, list):
-        raise refuse(MissingInput, "Send exactly one 'file' part holding a WAV recording.")
+        raise refuse(MissingInput, "Send exactly one 'file' part holding the recording.")
     if isinstance(value, str):
         raise refuse(InvalidOption, "must be a file part, not a text field")
     return value
@@ -412,8 +412,10 @@ class TranscriptionRequest(Shape):
         bytes,
         BeforeValidator(_one_file_part),
         Field(
-            description="The recording: a WAV (PCM, float, A-law, mu-law or ADPCM samples) of "
-            "at most MAX_AUDIO_SECONDS; the format is decided by the bytes, not the label."
+            description="The recording: a WAV (PCM, float, A-law, mu-law or ADPCM samples), "
+            "WebM or Matroska (Opus, Vorbis), Ogg (Opus, Vorbis, FLAC), MP3, MP4/M4A (AAC, "
+            "ALAC) or FLAC file of at most MAX_AUDIO_SECONDS; the format is decided by the "
+            "bytes, not the label or the file name."
         ),
     ]
     model: Annotated[

@@ -236,8 +236,9 @@ class UploadJobRequest(JobOptions):
         bytes | None,
         Field(
             description="The recording, as a file part: a WAV (PCM, float, A-law, mu-law or "
-            "ADPCM samples) of at most MAX_AUDIO_SECONDS; the format is decided by the bytes, "
-            "not the label."
+            "ADPCM samples), WebM or Matroska (Opus, Vorbis), Ogg (Opus, Vorbis, FLAC), MP3, "
+            "MP4/M4A (AAC, ALAC) or FLAC file of at most MAX_AUDIO_SECONDS; the format is "
+            "decided by the bytes, not the label or the file name."
         ),
     ] = None
 
@@ -249,7 +250,7 @@ class UploadJobRequest(JobOptions):
         if data.get("text") is not None and data.get("audio") is not None:
             raise refuse(ConflictingInput, "Send either text or audio, not both.")
         if data.get("text") is None and data.get("audio") is None:
-            raise refuse(MissingInput, "Send a prompt: a 'text' field or an 'audio' WAV.")
+            raise refuse(MissingInput, "Send a prompt: a 'text' field or an 'audio' recording.")
         return data
 
 

@@ -1,7 +1,7 @@
 """Reads the body forms of `POST /v1/jobs` into one validated `Submission`.
 
 JSON and plain forms carry a `TextJobRequest`, multipart forms an `UploadJobRequest`, and a raw
-WAV body its options in the query string (`JobOptions`); each is validated by its model.
+recording body its options in the query string (`JobOptions`); each is validated by its model.
 """
 
 from __future__ import annotations
@@ -19,6 +19,25 @@ from models.errors import InvalidOption, MalformedMultipart, UnsupportedMediaTyp
 from models.settings import Settings
 
 WAV_MEDIA_TYPES = frozenset({"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave"})
+# What browsers (MediaRecorder: audio/webm, audio/ogg, audio/mp4) and other clients label the
+# other accepted formats. The label only admits a raw body; its bytes decide its format.
+COMPRESSED_MEDIA_TYPES = frozenset(
+    {
+        "audio/webm",
+        "video/webm",
+        "audio/ogg",
+        "audio/opus",
+        "audio/mpeg",
+        "audio/mp3",
+        "audio/mp4",
+        "audio/m4a",
+        "audio/x-m4a",
+        "audio/aac",
+        "audio/flac",
+        "audio/x-flac",
+    }
+)
+AUDIO_MEDIA_TYPES = WAV_MEDIA_TYPES | COMPRESSED_MEDIA_TYPES
 
 
 class ApiRequest(Request):
@@ -44,7 +63,7 @@ def parse_submission(request: Request, settings: Settings) -> Submission:
     """Reads a job submission in any of its body forms.
 
     Args:
-        request: The incoming request (JSON, multipart or urlencoded form, or a raw WAV body).
+        request: The incoming request (JSON, multipart or urlencoded form, or a raw recording).
         settings: The running settings: limits and the known voices.
 
     Returns:
@@ -66,14 +85,15 @@ def parse_submission(request: Request, settings: Settings) -> Submission:
         return Submission(options=prompt, text=prompt.text)
     if mimetype == "multipart/form-data":
         return _from_multipart(request, settings)
-    if mimetype in WAV_MEDIA_TYPES:
+    if mimetype in AUDIO_MEDIA_TYPES:
         fields = single_values(request.args, "query parameter")
         options = validate(JobOptions, fields, settings, from_strings=True)
         return _with_audio(options, request.get_data(cache=False), settings)
     shown = mimetype or "none"
     raise UnsupportedMediaType(
         f"Content-Type {shown} is not accepted; send application/json, multipart/form-data, "
-        "application/x-www-form-urlencoded or audio/wav."
+        "application/x-www-form-urlencoded or a recording (audio/wav, audio/webm, audio/ogg, "
+        "audio/mpeg, audio/mp4 or audio/flac)."
     )
 
 

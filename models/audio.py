@@ -1,10 +1,12 @@
-"""WAV validation at the edge and normalisation for Whisper, decided by the bytes alone."""
+"""Uploaded recordings: validated at the edge and normalised for Whisper, decided by the bytes
+alone (WAV here, with soundfile; the compressed containers in `models/audio_containers.py`)."""
 
 from __future__ import annotations
 
 import io
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -13,10 +15,10 @@ from models.errors import (
     AudioTooLong,
     EmptyAudio,
     InvalidAudio,
-    NotWav,
     TooManyChunks,
     TruncatedAudio,
     UnsupportedAudioEncoding,
+    UnsupportedAudioFormat,
     UnsupportedChannelCount,
     UnsupportedSampleRate,
 )
@@ -33,23 +35,37 @@ _BLOCK_FRAMES = 1 << 16
 # Chunks walked before the samples: real recordings carry a handful (fmt, fact, LIST, bext,
 # iXML, JUNK, PEAK, cue); a file of millions of empty chunks would cost seconds to walk.
 MAX_CHUNKS = 64
+# Enough of a stored file to name its format (past an ID3 tag's padding; a longer tag is
+# recognised as cut, which still names MP3).
+_HEAD_BYTES = 64 * 1024
 # The settings' defaults (MIN_AUDIO_SAMPLE_RATE, MAX_AUDIO_SAMPLE_RATE), for callers without them.
 _SAMPLE_RATES = (Settings.min_audio_sample_rate, Settings.max_audio_sample_rate)
 
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """What the validator learnt from a WAV, counted from the samples actually decoded."""
+    """What the validator learnt from a recording: a WAV's frames counted from the samples
+    decoded, a compressed one's from its packets' durations."""
 
     sample_rate: int
     channels: int
     frames: int
-    subtype: str
+    subtype: str  # a WAV's sample encoding (PCM_16, ...), or the codec (opus, mp3, ...)
+    container: str = "wav"
 
     @property
     def seconds(self) -> float:
         """Duration in seconds."""
         return self.frames / self.sample_rate
+
+    @property
+    def extension(self) -> str:
+        """The extension the stored upload gets: the container's, never the client's."""
+        if self.container == "wav":
+            return "wav"
+        from models.audio_containers import EXTENSIONS
+
+        return EXTENSIONS[self.container]
 
 
 @dataclass(frozen=True)
@@ -119,7 +135,7 @@ def inspect_wav(
 
     Raises:
         EmptyAudio: No bytes, or no samples.
-        NotWav: The bytes are not a WAV file.
+        UnsupportedAudioFormat: The bytes are not a WAV file.
         TooManyChunks: More than MAX_CHUNKS chunks come before the samples.
         UnsupportedAudioEncoding: A WAV whose sample encoding cannot be decoded.
         UnsupportedChannelCount: More than `max_channels` channels.
@@ -147,13 +163,58 @@ def inspect_wav(
 
 
 def inspect_upload(data: bytes, settings: Settings) -> AudioInfo:
-    """`inspect_wav` with the running settings' limits (MAX_AUDIO_SECONDS, MAX_AUDIO_CHANNELS,
-    MIN_AUDIO_SAMPLE_RATE, MAX_AUDIO_SAMPLE_RATE)."""
-    return inspect_wav(
+    """Validates an uploaded recording in any accepted format, under the running settings'
+    limits (MAX_AUDIO_SECONDS, MAX_AUDIO_CHANNELS, MIN_AUDIO_SAMPLE_RATE, MAX_AUDIO_SAMPLE_RATE).
+
+    The format is the bytes' (magic numbers), never the label's or the file name's: a WAV is
+    decoded by `inspect_wav`; WebM, Ogg, MP3, MP4/M4A and FLAC are measured by
+    `audio_containers.probe`, from their structure and packets, without decoding.
+
+    Args:
+        data: The uploaded bytes (at most MAX_UPLOAD_MB: the request was refused before).
+        settings: The running settings.
+
+    Returns:
+        The recording's sample rate, channels, length, codec and container.
+
+    Raises:
+        EmptyAudio: No bytes, or no samples.
+        UnsupportedAudioFormat: None of the accepted formats, or unreadable (415; with its
+            subclasses NoAudioStream and UnsupportedAudioCodec).
+        InvalidAudio: A subclass naming what is wrong (truncated, too long, its shape, ...).
+    """
+    sample_rates = (settings.min_audio_sample_rate, settings.max_audio_sample_rate)
+    if not data:
+        raise EmptyAudio("The audio is empty (zero bytes).")
+    if looks_like_wav(data):
+        return inspect_wav(
+            data,
+            settings.max_audio_seconds,
+            max_channels=settings.max_audio_channels,
+            sample_rates=sample_rates,
+        )
+    from models import audio_containers  # PyAV, only once a compressed recording comes
+
+    container = audio_containers.sniff(data)
+    if container is None:
+        raise UnsupportedAudioFormat(
+            "The audio is none of WAV, WebM, Ogg, MP3, MP4/M4A or FLAC (decided by its bytes, "
+            "not its label or file name)."
+        )
+    probe = audio_containers.probe(
         data,
+        container,
         settings.max_audio_seconds,
-        max_channels=settings.max_audio_channels,
-        sample_rates=(settings.min_audio_sample_rate, settings.max_audio_sample_rate),
+        lambda channels, rate: _check_shape(
+            channels, rate, settings.max_audio_channels, sample_rates
+        ),
+    )
+    return AudioInfo(
+        sample_rate=probe.sample_rate,
+        channels=probe.channels,
+        frames=max(1, round(probe.seconds * probe.sample_rate)),
+        subtype=probe.codec,
+        container=container,
     )
 
 
@@ -163,12 +224,12 @@ def _check_shape(
     """Refuses a channel count or sample rate outside the limits; None is not yet known."""
     if channels is not None and channels > max_channels:
         raise UnsupportedChannelCount(
-            f"The WAV has {channels} channels; at most {max_channels} are accepted."
+            f"The recording has {channels} channels; at most {max_channels} are accepted."
         )
     low, high = sample_rates
     if sample_rate is not None and sample_rate > 0 and not low <= sample_rate <= high:
         raise UnsupportedSampleRate(
-            f"The WAV's sample rate is {sample_rate} Hz; {low} to {high} Hz is accepted."
+            f"The recording's sample rate is {sample_rate} Hz; {low} to {high} Hz is accepted."
         )
 
 
@@ -178,7 +239,7 @@ def _check_container(data: bytes) -> _RiffLayout:
     if not data:
         raise EmptyAudio("The audio is empty (zero bytes).")
     if not looks_like_wav(data):
-        raise NotWav("The audio is not a WAV file (no RIFF/WAVE header).")
+        raise UnsupportedAudioFormat("The audio is not a WAV file (no RIFF/WAVE header).")
     layout = _riff_layout(data)
     if layout.format_tag is not None and layout.format_tag not in _DECODABLE_FORMAT_TAGS:
         raise UnsupportedAudioEncoding(
@@ -210,18 +271,31 @@ def _count_frames(wav: sf.SoundFile, max_seconds: float) -> int:
     return frames
 
 
-def load_for_transcription(path: str) -> np.ndarray:
-    """Reads a WAV and returns it as 16 kHz mono float32, the form Whisper expects.
+def load_for_transcription(
+    path: str | Path, max_seconds: float = Settings.max_audio_seconds
+) -> np.ndarray:
+    """Reads a stored recording and returns it as 16 kHz mono float32, the form Whisper expects.
 
     Args:
-        path: A WAV file that `inspect_wav` accepted.
+        path: A recording that `inspect_upload` accepted (its format is read from its bytes).
+        max_seconds: The longest recording decoded (a compressed one is decoded only so far).
 
     Returns:
         The samples, in [-1, 1].
 
     Raises:
         InvalidAudio: The file cannot be decoded.
+        AudioTooLong: A compressed recording decodes to more than `max_seconds`.
     """
+    with open(path, "rb") as handle:
+        head = handle.read(_HEAD_BYTES)
+    if not looks_like_wav(head):
+        from models import audio_containers
+
+        container = audio_containers.sniff(head)
+        if container is None:
+            raise InvalidAudio("The stored recording is in no format this service reads.")
+        return audio_containers.decode(path, container, max_seconds)
     import soxr  # only the worker resamples
 
     try:

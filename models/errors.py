@@ -72,11 +72,26 @@ class UnsupportedMediaType(VoiceChatError):
     title = "Unsupported media type"
 
 
-class NotWav(UnsupportedMediaType):
-    """The uploaded bytes are not a WAV file, whatever the label said."""
+class UnsupportedAudioFormat(UnsupportedMediaType):
+    """The uploaded bytes are none of the accepted formats (WAV, WebM or Matroska, Ogg, MP3,
+    MP4/M4A, FLAC), whatever the label or file name said, or their container cannot be read."""
 
     code = "unsupported_audio_format"
-    title = "Audio is not a WAV file"
+    title = "Unsupported audio format"
+
+
+class NoAudioStream(UnsupportedAudioFormat):
+    """The container holds no audio stream (a video without sound, say)."""
+
+    code = "no_audio_stream"
+    title = "No audio stream"
+
+
+class UnsupportedAudioCodec(UnsupportedAudioFormat):
+    """The recording's codec is none of Opus, Vorbis, MP3, AAC, FLAC or ALAC."""
+
+    code = "unsupported_audio_codec"
+    title = "Unsupported audio codec"
 
 
 class InvalidInput(VoiceChatError):
@@ -123,21 +138,24 @@ class InvalidCursor(InvalidInput):
 
 
 class InvalidAudio(InvalidInput):
-    """The WAV is corrupt or cannot be decoded."""
+    """The WAV is corrupt, or a recording cannot be decoded (found by the worker: the job
+    fails with this code)."""
 
     code = "invalid_audio"
     title = "Invalid audio"
 
 
 class TruncatedAudio(InvalidAudio):
-    """The WAV's data chunk declares more bytes than arrived."""
+    """The recording stops short of what its container declares: a WAV's data chunk, a WebM
+    element, an Ogg page, an MP4 box or an ID3 tag runs past the end, or the packets cover
+    less than the duration a FLAC, MP3 (Xing/Info), WebM or MP4 header states."""
 
     code = "audio_truncated"
     title = "Truncated audio"
 
 
 class EmptyAudio(InvalidAudio):
-    """The WAV has no bytes or no samples."""
+    """The recording has no bytes, or no samples (no audio packets)."""
 
     code = "empty_audio"
     title = "Empty audio"
@@ -158,14 +176,14 @@ class UnsupportedAudioEncoding(InvalidAudio):
 
 
 class UnsupportedChannelCount(InvalidAudio):
-    """The WAV has more than MAX_AUDIO_CHANNELS channels."""
+    """The recording has more than MAX_AUDIO_CHANNELS channels."""
 
     code = "unsupported_audio_channels"
     title = "Too many audio channels"
 
 
 class UnsupportedSampleRate(InvalidAudio):
-    """The WAV's sample rate is outside MIN_AUDIO_SAMPLE_RATE to MAX_AUDIO_SAMPLE_RATE."""
+    """The recording's sample rate is outside MIN_AUDIO_SAMPLE_RATE to MAX_AUDIO_SAMPLE_RATE."""
 
     code = "unsupported_sample_rate"
     title = "Unsupported sample rate"

@@ -1,10 +1,11 @@
 """A job's files (uploaded recordings, spoken replies) under server-made names, in one of two
 stores: a local directory (one host) or the database (any number of hosts, no shared filesystem).
 
-Names are made by the server, never by the client: `{job_id}.wav` for an upload and
-`{job_id}-{attempt}.wav` for a reply. A reply is written under its attempt's own name, so an
-attempt that lost its lease can never overwrite the file another attempt's row points at; the
-row names its reply only through the lease holder's fenced `succeed`.
+Names are made by the server, never by the client: `{job_id}.{ext}` for an upload (the
+extension of the container its bytes were recognised as: `wav`, `webm`, `ogg`, `mp3`, `m4a`,
+`flac`) and `{job_id}-{attempt}.wav` for a reply. A reply is written under its attempt's own
+name, so an attempt that lost its lease can never overwrite the file another attempt's row
+points at; the row names its reply only through the lease holder's fenced `succeed`.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ UPLOADS = "uploads"
 RESULTS = "results"
 
 
-def upload_name(job_id: str) -> str:
-    """The stored name of a job's uploaded recording."""
-    return f"{_checked(job_id)}.wav"
+def upload_name(job_id: str, extension: str = "wav") -> str:
+    """The stored name of a job's uploaded recording, with its container's extension."""
+    if not extension.isalnum():
+        raise ValueError("extensions are alphanumeric")
+    return f"{_checked(job_id)}.{extension}"
 
 
 def reply_name(job_id: str, attempt: int) -> str:
@@ -142,7 +145,7 @@ class LocalStore:
 
     def _write(self, final: Path, data: bytes) -> str:
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=_PARTIAL_PREFIX, suffix=".wav")
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=_PARTIAL_PREFIX, suffix=final.suffix)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -251,7 +254,7 @@ class DatabaseStore:
     def as_file(self, name: str) -> Iterator[Path]:
         self.scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(
-            dir=self.scratch, prefix=_PARTIAL_PREFIX, suffix=".wav"
+            dir=self.scratch, prefix=_PARTIAL_PREFIX, suffix=Path(_safe(name)).suffix
         ) as copy:
             copy.write(self.read(name))
             copy.flush()

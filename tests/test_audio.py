@@ -61,7 +61,7 @@ def test_rejects_a_wav_without_samples() -> None:
     ids=["mp3", "ogg", "flac", "text", "avi"],
 )
 def test_rejects_what_is_not_a_wav_whatever_its_label(data: bytes) -> None:
-    with pytest.raises(errors.NotWav):
+    with pytest.raises(errors.UnsupportedAudioFormat):
         inspect_wav(data, LIMIT)
 
 

@@ -240,7 +240,7 @@ class Pipeline:
     def _transcribe(self, job: JobInput) -> Transcript:
         assert job.audio_path is not None
         return self.transcriber.transcribe(
-            load_for_transcription(str(job.audio_path)),
+            load_for_transcription(job.audio_path, self.settings.max_audio_seconds),
             language=job.options.get("language"),
             prompt=job.options.get("prompt"),
         )

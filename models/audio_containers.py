@@ -1,0 +1,441 @@
+"""Compressed recordings (WebM/Matroska, Ogg, MP3, MP4/M4A, FLAC) through PyAV: recognised by
+their bytes, measured at the edge by their structure and packets (never decoded there), and
+decoded to 16 kHz mono by the worker."""
+
+from __future__ import annotations
+
+import io
+import logging
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import av
+import av.container
+import numpy as np
+
+from models.errors import (
+    AudioTooLong,
+    EmptyAudio,
+    InvalidAudio,
+    NoAudioStream,
+    TruncatedAudio,
+    UnsupportedAudioCodec,
+    UnsupportedAudioFormat,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+WEBM, OGG, MP3, MP4, FLAC = "webm", "ogg", "mp3", "mp4", "flac"
+# The FFmpeg demuxer each container is opened with. Named, so FFmpeg never probes the bytes for
+# another format (some demuxers, such as HLS or concat, would open further files or URLs).
+_DEMUXERS = {WEBM: "matroska", OGG: "ogg", MP3: "mp3", MP4: "mp4", FLAC: "flac"}
+# How messages name each container.
+_NAMES = {WEBM: "WebM", OGG: "Ogg", MP3: "MP3", MP4: "MP4", FLAC: "FLAC"}
+# The extension a stored upload gets from its container (the client's file name never counts).
+EXTENSIONS = {WEBM: "webm", OGG: "ogg", MP3: "mp3", MP4: "m4a", FLAC: "flac"}
+# Codecs, by FFmpeg's canonical names, that browsers record and OpenAI's clients send.
+ACCEPTED_CODECS = frozenset({"opus", "vorbis", "mp3", "aac", "flac", "alac"})
+WHISPER_SAMPLE_RATE = 16_000
+
+# Elements, pages or boxes walked to find a cut: Chromium's MediaRecorder writes a WebM block
+# per 60 ms, so ten minutes are 10,000; past this bound the walk gives no verdict.
+_MAX_ELEMENTS = 200_000
+# At most one packet per 2.5 ms (Opus' shortest frame): more is no real recording.
+_MAX_PACKETS_PER_SECOND = 400
+# Codec delay and padding make packets cover slightly more or less than a header declares (an
+# encoder's last frame is padded; Opus' pre-skip is counted on one side only): a few hundredths
+# of a second, so that 0.1 s less is a cut, and 0.25 s more than the limit is too long.
+_SLACK_SECONDS = 0.25
+_CUT_SECONDS = 0.1
+_ID3_HEADER = 10
+# Zero bytes some taggers leave between an ID3 tag and the first MPEG frame.
+_MAX_ID3_PADDING = 64 * 1024
+# What PyAV may raise on hostile bytes: FFmpeg's errors, and its own on values out of range or a
+# resampler fed frames whose layout changed mid-stream.
+_READ_ERRORS: tuple[type[Exception], ...] = (
+    av.FFmpegError,
+    ValueError,
+    UnicodeError,
+    OverflowError,
+)
+
+_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+_EBML_SEGMENT = 0x18538067
+_EBML_CLUSTER = 0x1F43B675
+# (offset, magic, container); MP3, which may start with an ID3 tag, is sniffed apart.
+_MAGIC = ((0, _EBML_MAGIC, WEBM), (0, b"OggS", OGG), (0, b"fLaC", FLAC), (4, b"ftyp", MP4))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What demuxing a compressed recording told, without decoding it."""
+
+    container: str
+    codec: str
+    sample_rate: int
+    channels: int
+    seconds: float
+
+
+def sniff(data: bytes) -> str | None:
+    """Names the container the bytes start like (`webm`, `ogg`, `mp3`, `mp4`, `flac`), or None.
+
+    Decided by magic numbers alone; WAV is `models.audio.looks_like_wav`'s.
+    """
+    for offset, magic, container in _MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            return container
+    tag_end = _id3_end(data)
+    if tag_end is None:
+        return MP3 if _mpeg_frame_at(data, 0) else None
+    if tag_end > len(data):
+        return MP3  # a tag cut short: the structure check calls it truncated
+    start = tag_end
+    limit = min(len(data), tag_end + _MAX_ID3_PADDING)
+    while start < limit and data[start] == 0:
+        start += 1
+    return MP3 if _mpeg_frame_at(data, start) else None
+
+
+def _id3_end(data: bytes) -> int | None:
+    """Where an ID3v2 tag at the start ends (maybe past the bytes), or None without one."""
+    if len(data) < _ID3_HEADER or data[:3] != b"ID3" or data[3] not in (2, 3, 4):
+        return None
+    size_bytes = data[6:10]
+    if any(byte & 0x80 for byte in size_bytes):  # sizes are syncsafe: 7 bits a byte
+        return None
+    size = 0
+    for byte in size_bytes:
+        size = (size << 7) | byte
+    footer = _ID3_HEADER if data[5] & 0x10 else 0
+    return _ID3_HEADER + size + footer
+
+
+def _mpeg_frame_at(data: bytes, offset: int) -> bool:
+    """Whether an MPEG audio layer III frame header starts at `offset`."""
+    if offset + 4 > len(data):
+        return False
+    first, second, third = data[offset], data[offset + 1], data[offset + 2]
+    return (
+        first == 0xFF
+        and second & 0xE0 == 0xE0  # frame sync
+        and (second >> 3) & 3 != 1  # MPEG version: 1 is reserved
+        and (second >> 1) & 3 == 1  # layer III
+        and third >> 4 not in (0, 15)  # bitrate index: free format or invalid
+        and (third >> 2) & 3 != 3  # sample rate index: reserved
+    )
+
+
+def probe(
+    data: bytes,
+    container: str,
+    max_seconds: float,
+    check_shape: Callable[[int, int], None] | None = None,
+) -> Probe:
+    """Measures a compressed recording by its container and packets, without decoding it.
+
+    The cheap checks come first: the bytes' structure (an element, page or box running past
+    the end is a cut), the stream's codec and shape, and a duration the header declares. Then
+    the packets are demuxed (not decoded) and their durations counted, stopping once past
+    `max_seconds`: a header may lie or say nothing (Chromium's MediaRecorder writes no
+    duration), the packets cannot.
+
+    Args:
+        data: The uploaded bytes, which `sniff` named `container`.
+        container: `webm`, `ogg`, `mp3`, `mp4` or `flac`.
+        max_seconds: The longest recording accepted.
+        check_shape: Called with the channel count and sample rate before any packet is read.
+
+    Returns:
+        The container, codec, sample rate, channels and duration.
+
+    Raises:
+        UnsupportedAudioFormat: The container cannot be read.
+        NoAudioStream: It holds no audio stream.
+        UnsupportedAudioCodec: Its audio is in none of `ACCEPTED_CODECS`.
+        TruncatedAudio: The bytes stop short of what the container declares.
+        EmptyAudio: The audio stream has no packets.
+        AudioTooLong: The recording is longer than `max_seconds`.
+        VoiceChatError: Whatever `check_shape` raises.
+    """
+    name = _NAMES[container]
+    if _cut_short(data, container):
+        raise TruncatedAudio(f"The {name} recording is truncated: its data is cut short.")
+    try:
+        with _open(io.BytesIO(data), container) as reader:
+            stream = _audio_stream(reader, container)
+            codec = stream.codec_context
+            sample_rate, channels = int(codec.sample_rate or 0), int(codec.channels or 0)
+            if sample_rate <= 0 or channels <= 0:
+                raise UnsupportedAudioFormat(
+                    f"The {_NAMES[container]} recording states no sample rate or channel count."
+                )
+            if check_shape is not None:
+                check_shape(channels, sample_rate)
+            declared = _declared_seconds(reader, stream, container, data)
+            if declared is not None and declared > max_seconds + _SLACK_SECONDS:
+                raise AudioTooLong(
+                    f"The audio is longer than the limit of {max_seconds:g} seconds "
+                    f"(its header says {declared:.1f})."
+                )
+            codec_name = _codec_name(stream)
+            seconds = _demuxed_seconds(reader, stream, max_seconds)
+    except _READ_ERRORS as error:
+        raise UnsupportedAudioFormat(f"The {name} recording cannot be read.") from error
+    if declared is not None and seconds < declared - _CUT_SECONDS - 0.01 * declared:
+        raise TruncatedAudio(
+            f"The {_NAMES[container]} recording is truncated: its header declares {declared:.2f} s "
+            f"but its packets hold {seconds:.2f} s."
+        )
+    return Probe(container, codec_name, sample_rate, channels, seconds)
+
+
+def decode(path: Path | str, container: str, max_seconds: float) -> np.ndarray:
+    """Decodes a compressed recording to 16 kHz mono float32, the form Whisper expects.
+
+    A packet the decoder refuses is skipped, as players do; a recording most of whose packets
+    are refused is invalid.
+
+    Args:
+        path: A file that `probe` accepted.
+        container: What `sniff` named it.
+        max_seconds: The longest recording accepted (decoding stops past it).
+
+    Returns:
+        The samples, in [-1, 1].
+
+    Raises:
+        InvalidAudio: The file cannot be decoded (or decodes to no samples).
+        AudioTooLong: It decodes to more than `max_seconds`.
+        UnsupportedAudioFormat: It holds no audio stream, or one in a codec not taken.
+    """
+    limit = int((max_seconds + _SLACK_SECONDS) * WHISPER_SAMPLE_RATE)
+    chunks: list[np.ndarray] = []
+    samples = decoded = refused = 0
+    try:
+        with _open(str(path), container) as reader:
+            stream = _audio_stream(reader, container)
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=WHISPER_SAMPLE_RATE)
+            for packet in reader.demux(stream):
+                try:
+                    frames = packet.decode()  # the last, empty, packet flushes the decoder
+                except av.InvalidDataError:
+                    refused += 1
+                    continue
+                decoded += 1 if packet.size else 0
+                for out in (out for frame in frames for out in resampler.resample(frame)):
+                    chunks.append(out.to_ndarray()[0])
+                    samples += out.samples
+                if samples > limit:
+                    raise AudioTooLong(
+                        f"The audio is longer than the limit of {max_seconds:g} seconds."
+                    )
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray()[0])
+                samples += out.samples
+    except _READ_ERRORS as error:
+        raise InvalidAudio("The stored recording cannot be decoded.") from error
+    if refused > decoded or not samples:
+        _LOGGER.info("recording undecodable packets=%d refused=%d", decoded + refused, refused)
+        raise InvalidAudio("The stored recording cannot be decoded.")
+    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+
+
+def _open(source: Any, container: str) -> av.container.InputContainer:
+    # Tags are shown to no one: text that is not UTF-8 must not fail the read.
+    reader = av.open(source, "r", format=_DEMUXERS[container], metadata_errors="ignore")
+    return cast(av.container.InputContainer, reader)
+
+
+def _audio_stream(reader: av.container.InputContainer, container: str) -> Any:
+    """The first audio stream, in a codec we take."""
+    if not reader.streams.audio:
+        raise NoAudioStream(f"The {_NAMES[container]} file holds no audio stream.")
+    stream = reader.streams.audio[0]
+    codec = _codec_name(stream)
+    if codec not in ACCEPTED_CODECS:
+        raise UnsupportedAudioCodec(
+            f"The {_NAMES[container]} file's audio is {codec}; send Opus, Vorbis, MP3, AAC, "
+            "FLAC or ALAC (or a WAV)."
+        )
+    return stream
+
+
+def _codec_name(stream: Any) -> str:
+    return str(stream.codec_context.codec.canonical_name)
+
+
+def _declared_seconds(
+    reader: av.container.InputContainer, stream: Any, container: str, data: bytes
+) -> float | None:
+    """The duration the header states, or None: none stated, or only FFmpeg's guess from the
+    bitrate (an MP3 without a Xing, Info or VBRI frame)."""
+    if container == MP3 and not any(tag in data[:16384] for tag in (b"Xing", b"Info", b"VBRI")):
+        return None
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if reader.duration:
+        return float(reader.duration) / 1_000_000
+    return None
+
+
+def _demuxed_seconds(reader: av.container.InputContainer, stream: Any, max_seconds: float) -> float:
+    """Counts the packets' durations (and their timestamps' span), stopping once past the limit.
+
+    Raises:
+        EmptyAudio: No packet.
+        AudioTooLong: Over `max_seconds`, or more packets than that much audio holds.
+    """
+    time_base = float(stream.time_base or 0)
+    if time_base <= 0:
+        raise UnsupportedAudioFormat("The recording's stream has no time base.")
+    max_packets = int(max_seconds * _MAX_PACKETS_PER_SECOND) + 1
+    packets = total = 0
+    first: int | None = None
+    end = 0
+    seconds = 0.0
+    for packet in reader.demux(stream):
+        if not packet.size:
+            continue  # the demuxer's flush packet
+        packets += 1
+        duration = max(int(packet.duration or 0), 0)
+        total += duration
+        if packet.pts is not None:
+            first = packet.pts if first is None else min(first, packet.pts)
+            end = max(end, packet.pts + duration)
+        seconds = max(total, end - (first or 0)) * time_base
+        if seconds > max_seconds or packets > max_packets:
+            raise AudioTooLong(f"The audio is longer than the limit of {max_seconds:g} seconds.")
+    if packets == 0:
+        raise EmptyAudio("The audio holds no samples.")
+    if seconds <= 0:
+        raise UnsupportedAudioFormat("The recording's packets carry no timing.")
+    return seconds
+
+
+def _cut_short(data: bytes, container: str) -> bool:
+    """Whether the container's own structure runs past the end of the bytes."""
+    walk = {WEBM: _ebml_cut, OGG: _ogg_cut, MP4: _mp4_cut, FLAC: _flac_cut, MP3: _id3_cut}
+    return walk[container](data)
+
+
+def _id3_cut(data: bytes) -> bool:
+    end = _id3_end(data)
+    return end is not None and end > len(data)
+
+
+def _ebml_vint(data: bytes, pos: int, *, marker: bool) -> tuple[int, int] | None:
+    """An EBML variable-length integer at `pos`: (value, length); None when it runs past the
+    end. A zero first byte (no length marker) is no integer: (-1, 1)."""
+    if pos >= len(data):
+        return None
+    first = data[pos]
+    if first == 0:
+        return -1, 1
+    length = 9 - first.bit_length()
+    if pos + length > len(data):
+        return None
+    value = int.from_bytes(data[pos : pos + length], "big")
+    return (value if marker else value & ((1 << (7 * length)) - 1)), length
+
+
+def _ebml_element(data: bytes, pos: int) -> tuple[int, int, int | None] | bool:
+    """The element at `pos`: its id, where its body starts and its size (None: unknown); True
+    when its header runs past the end, False when no element starts there."""
+    ident = _ebml_vint(data, pos, marker=True)
+    size = None if ident is None else _ebml_vint(data, pos + ident[1], marker=False)
+    if ident is None or size is None:
+        return True
+    if ident[0] < 0 or size[0] < 0:
+        return False
+    unknown = size[0] == (1 << (7 * size[1])) - 1
+    return ident[0], pos + ident[1] + size[1], None if unknown else size[0]
+
+
+def _ebml_cut(data: bytes) -> bool:
+    """Walks WebM's elements; a Segment and an unknown-size Cluster (as MediaRecorder writes
+    them, for it cannot seek back) are entered, every other element is skipped by its size."""
+    pos = 0
+    for _ in range(_MAX_ELEMENTS):
+        if pos >= len(data):
+            return False
+        element = _ebml_element(data, pos)
+        if isinstance(element, bool):
+            return element
+        ident, body, size = element
+        if size is not None and body + size > len(data):
+            return True
+        if ident == _EBML_SEGMENT or (ident == _EBML_CLUSTER and size is None):
+            pos = body  # entered: its children are walked in turn
+        elif size is None:
+            return False  # an unknown size elsewhere: PyAV judges
+        else:
+            pos = body + size
+    return False
+
+
+def _ogg_cut(data: bytes) -> bool:
+    """Walks the Ogg pages: 27 header bytes, a segment table, then the segments."""
+    pos = 0
+    for _ in range(_MAX_ELEMENTS):
+        if pos >= len(data):
+            return False
+        if len(data) - pos < 27:
+            return b"OggS".startswith(data[pos : pos + 4])
+        if data[pos : pos + 4] != b"OggS":
+            return False  # not a page here: PyAV judges
+        segments = data[pos + 26]
+        if pos + 27 + segments > len(data):
+            return True
+        pos += 27 + segments + sum(data[pos + 27 : pos + 27 + segments])
+        if pos > len(data):
+            return True
+    return False
+
+
+def _mp4_box(data: bytes, pos: int) -> int | None:
+    """The size of the box at `pos` (0: it runs to the end of the file; -1: no box starts
+    there), or None when its header runs past the end."""
+    if pos + 8 > len(data):
+        return None
+    (size,) = struct.unpack_from(">I", data, pos)
+    if size == 1:  # a 64-bit size follows the type
+        if pos + 16 > len(data):
+            return None
+        (size,) = struct.unpack_from(">Q", data, pos + 8)
+        return int(size) if size >= 16 else -1
+    return int(size) if size == 0 or size >= 8 else -1
+
+
+def _mp4_cut(data: bytes) -> bool:
+    """Walks the top-level MP4 boxes (ftyp, moov, mdat, moof, ...) by their sizes."""
+    pos = 0
+    for _ in range(_MAX_ELEMENTS):
+        if pos >= len(data):
+            return False
+        size = _mp4_box(data, pos)
+        if size is None or pos + size > len(data):
+            return True
+        if size <= 0:
+            return False  # the last box, or not a box: PyAV judges
+        pos += size
+    return False
+
+
+def _flac_cut(data: bytes) -> bool:
+    """Walks FLAC's metadata blocks, up to the one flagged last."""
+    pos = 4
+    for _ in range(_MAX_ELEMENTS):
+        if pos + 4 > len(data):
+            return True
+        length = int.from_bytes(data[pos + 1 : pos + 4], "big")
+        last = data[pos] & 0x80
+        pos += 4 + length
+        if pos > len(data):
+            return True
+        if last:
+            return False
+    return False
