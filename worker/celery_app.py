@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import celeryd_init, setup_logging
 
 from models.logging_config import configure
 from models.queue import DELIVER_WEBHOOK_TASK, JOB_QUEUE, MAINTENANCE_QUEUE, RETENTION_TASK
@@ -71,6 +71,13 @@ app.conf.update(
         },
     },
 )
+
+
+@celeryd_init.connect
+def _log_early(**_kwargs: Any) -> None:
+    """Sets up the log lines before the worker's first warnings (its privilege check comes
+    before Celery's own logging set-up), so that no line of the worker is left unformatted."""
+    configure(settings.log_format)
 
 
 @setup_logging.connect
