@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
@@ -17,7 +18,7 @@ from models.api_keys import create_key
 from models.db import make_engine, make_session_factory
 from models.logging_config import REDACTED, redact
 from tests.conftest import make_settings, tone, wav_bytes
-from tests.stack import FAST_ENGINES, Stack
+from tests.stack import FAST_ENGINES, Stack, free_port
 
 # More words than EchoGenerator's 2048-token context holds with room for the reply.
 TOO_LONG = "a " * 1990
@@ -35,7 +36,7 @@ class Ran:
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ran]:
     data_dir = tmp_path_factory.mktemp("observed")
-    stack = Stack(data_dir, **FAST_ENGINES)
+    stack = Stack(data_dir, **FAST_ENGINES, WORKER_METRICS_PORT=str(free_port()))
     engine = make_engine(stack.env["DATABASE_URL"])
     with make_session_factory(engine)() as session:
         secret = create_key(session, "observer").secret
@@ -103,6 +104,12 @@ def test_metrics_count_the_jobs_their_stages_and_the_workers(ran: Ran) -> None:
     assert _value(families["voicechat_broker_up"]) == 1
     assert _value(families["voicechat_queue_depth"]) == 0
     assert _value(families["voicechat_workers_ready"]) == 1
+
+    # The worker's own server (WORKER_METRICS_PORT, for workers on other hosts): the same sums.
+    own = requests.get(f"http://127.0.0.1:{ran.stack.env['WORKER_METRICS_PORT']}/", timeout=30)
+    own_families = _families(own.text)
+    assert _value(own_families["voicechat_stage_seconds"], "_count", stage="generate") == 3
+    assert _value(own_families["voicechat_worker_models_loaded"]) == 1
 
     requests_ = families["voicechat_http_requests"]
     assert _value(requests_, "_total", route="/v1/jobs", method="POST", status="202") == 4
