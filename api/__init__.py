@@ -24,6 +24,7 @@ from api import (
     limits,
     openai_routes,
     openapi,
+    prometheus,
 )
 from api.authentication import register_authentication
 from api.held_requests import HeldRequests
@@ -33,6 +34,7 @@ from api.submission import ApiRequest
 from models import storage
 from models.db import make_engine, make_session_factory
 from models.event_log import JobEvents
+from models.logging_config import REQUEST_ID
 from models.queue import JobQueue
 from models.settings import Settings
 
@@ -46,6 +48,7 @@ BLUEPRINTS = (
     conversations.blueprint,
     openai_routes.blueprint,
     health.blueprint,
+    prometheus.blueprint,
     openapi.blueprint,
     docs.blueprint,
 )
@@ -74,6 +77,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.update(overrides)
     _connect(app, settings)
     _track_requests(app)
+    prometheus.register_request_figures(app)
     # In this order: the Host and Origin checks, then the key (both after the request's session).
     register_origin_checks(app, settings)
     register_authentication(app)
@@ -135,13 +139,15 @@ def _connect(app: Flask, settings: Settings) -> None:
 
 
 def _track_requests(app: Flask) -> None:
-    """Gives each request an id and a database session, and closes the session after it."""
+    """Gives each request an id (on every line logged while it is served) and a database
+    session, and closes the session after it."""
     session_factory = app.extensions["voicechat.sessions"]
 
     @app.before_request
     def _open_request() -> None:
         supplied = request.headers.get("X-Request-ID", "")
         g.request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+        REQUEST_ID.set(g.request_id)
         g.db = session_factory()
 
     @app.after_request
@@ -154,3 +160,4 @@ def _track_requests(app: Flask) -> None:
         session = g.pop("db", None)
         if session is not None:
             session.close()
+        REQUEST_ID.set(None)  # the thread's next lines belong to no request until its next

@@ -9,7 +9,9 @@ import threading
 from typing import Any
 
 from api import warm_up
+from models import metrics
 from models.api_keys import OPEN_NOTICE, check_bind_at
+from models.logging_config import dict_config
 from models.settings import Settings, parse_int
 
 bind = os.environ.get("API_BIND", "127.0.0.1:8000")
@@ -29,12 +31,13 @@ graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
 errorlog = "-"
-# The query string is left out of the access log: it may carry prompt text.
-access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
-
-logging.basicConfig(
-    level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-    format="%(asctime)s %(levelname)s %(name)s %(message)s",
+# The query string is left out of the access log: it may carry prompt text. The request's id
+# comes from the answer's X-Request-ID (models/logging_config.py puts it on the line).
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s'
+# gunicorn's own lines, the access log and the app's all go through one handler, as JSON
+# (LOG_FORMAT=json) or text.
+logconfig_dict = dict_config(
+    Settings.from_env().log_format, os.environ.get("LOG_LEVEL", "INFO").upper()
 )
 
 
@@ -57,3 +60,8 @@ def post_worker_init(worker: Any) -> None:
     In a thread of its own: a database or Redis slow to answer must never hold up the worker's
     boot (gunicorn would kill a worker that boots past its timeout), only this warm-up."""
     threading.Thread(target=warm_up, args=(worker.wsgi,), name="warm-up", daemon=True).start()
+
+
+def child_exit(_server: Any, worker: Any) -> None:
+    """Drops a finished worker's live gauges from the host's metrics (multiprocess mode)."""
+    metrics.process_gone(worker.pid)

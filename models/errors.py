@@ -315,11 +315,27 @@ class InvalidApiKey(Unauthorized):
     title = "Invalid API key"
 
 
+class InvalidMetricsToken(Unauthorized):
+    """METRICS_TOKEN is set and the request did not send it as `Authorization: Bearer
+    <token>`."""
+
+    code = "invalid_metrics_token"
+    title = "Metrics token required"
+
+
 class Forbidden(VoiceChatError):
     """The request is refused."""
 
     code = "forbidden"
     title = "Forbidden"
+
+
+class MetricsNotAllowed(Forbidden):
+    """METRICS_TOKEN is unset, so the metrics are served only to requests from this machine
+    that no proxy forwarded."""
+
+    code = "metrics_not_allowed"
+    title = "Metrics not allowed"
 
 
 class OriginNotAllowed(Forbidden):

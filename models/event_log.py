@@ -23,6 +23,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
+from models import metrics
 from models.tables import Job
 from models.transitions import mark_done_announced
 from models.webhooks import COMPLETED, WebhookSender, announce
@@ -206,6 +207,7 @@ def announce_end(
     Whoever ends a job calls this once; the reconciler calls it again for any end whose
     announcer died or could not reach Redis. The fence keeps it to one `done` either way; a
     webhook queued twice carries the same `webhook-id` and is delivered once (worker/webhooks.py).
+    The process that appends the `done` counts the job in `voicechat_jobs_finished`.
 
     Args:
         session: A database session.
@@ -222,8 +224,11 @@ def announce_end(
         return False
     error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
     data = {"status": job.status, "error": error}
-    if events.publish(job_id, DONE, data, attempt=job.attempts) is Append.UNREACHABLE:
+    appended = events.publish(job_id, DONE, data, attempt=job.attempts)
+    if appended is Append.UNREACHABLE:
         return False
+    if appended is Append.APPENDED:  # the fence lets one `done` through: the job counts once
+        metrics.job_finished(job.status, job.error_code)
     if not announce(session, job_id, COMPLETED, webhooks):
         return False
     mark_done_announced(session, job_id)

@@ -163,6 +163,12 @@ class Settings:
     retention_interval_seconds: int = 300
     # What a worker process does: run jobs (loads the models) or the maintenance queue (none).
     worker_role: str = "jobs"
+    # Observability (models/logging_config.py, models/metrics.py, api/prometheus.py).
+    log_format: str = "json"
+    metrics_token: str = field(default="", repr=False)
+    # A worker's own /metrics server (WORKER_METRICS_PORT, `[host:]port`); port 0: none.
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = 0
 
     @property
     def lease_seconds(self) -> int:
@@ -206,6 +212,7 @@ class Settings:
             **_webhooks(env),
             **_retention(env),
             worker_role=_choice(env, "worker_role", ("jobs", "maintenance")),
+            **_observability(env),
         )
 
 
@@ -467,4 +474,35 @@ def _retention(env: _Environment) -> dict[str, Any]:
         "job_ttl_seconds": jobs,
         "conversation_ttl_seconds": env.whole("conversation_ttl_seconds", minimum=60),
         "retention_interval_seconds": env.whole("retention_interval_seconds", maximum=86_400),
+    }
+
+
+# A bearer token as RFC 6750 allows it, and long enough not to be guessed.
+_METRICS_TOKEN = re.compile(r"^[A-Za-z0-9._~+/-]{16,}=*$")
+_METRICS_ADDRESS = re.compile(
+    r"^(?:(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):)?(?P<port>[^:]+)$"
+)
+
+
+def _observability(env: _Environment) -> dict[str, Any]:
+    """How logs are written, who may read /metrics, and where a worker serves its own."""
+    token = env.raw("METRICS_TOKEN")
+    if token and not _METRICS_TOKEN.match(token):
+        raise SettingError(
+            "METRICS_TOKEN must be at least 16 characters of A-Z a-z 0-9 . _ ~ + / - "
+            '(e.g. python -c "import secrets; print(secrets.token_urlsafe(32))")'
+        )
+    address = env.raw("WORKER_METRICS_PORT")
+    host, port = env.defaults["worker_metrics_host"], 0
+    if address:
+        parts = _METRICS_ADDRESS.match(address)
+        if parts is None:
+            raise SettingError(f"WORKER_METRICS_PORT must be PORT or HOST:PORT, got {address!r}")
+        host = (parts["host"] or host).strip("[]")
+        port = parse_int("WORKER_METRICS_PORT", parts["port"], minimum=1, maximum=65_535)
+    return {
+        "log_format": _choice(env, "log_format", ("json", "text")),
+        "metrics_token": token,
+        "worker_metrics_host": host,
+        "worker_metrics_port": port,
     }

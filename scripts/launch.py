@@ -2,11 +2,13 @@
 N Celery workers, the maintenance worker, Celery beat and gunicorn; prints the URL and waits
 until stopped.
 
-Usage: `python -m scripts.launch [--host H] [--port P] [--workers N] [--flower]` from the
+Usage: `python -m scripts.launch [--host H] [--port P] [--workers N] [--no-flower]` from the
 repository root. `--workers` defaults to WORKERS (1); WORKER_GPUS (`0,1`) pins worker i to the
 i-th GPU of the list, round robin. With no API key it starts on loopback only (open), and
-refuses any other `--host`. `--flower` runs Flower on 127.0.0.1:5555 behind FLOWER_BASIC_AUTH,
-or a password generated into DATA_DIR/flower-auth.
+refuses any other `--host`. Flower runs on 127.0.0.1:5555 behind FLOWER_BASIC_AUTH, or a
+password generated into DATA_DIR/flower-auth, unless `--no-flower`. Every process but Flower
+writes its Prometheus figures to DATA_DIR/prometheus, emptied at each start, which the API's
+/metrics sums.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ _LOGGER = logging.getLogger("launch")
 REDIS_LOG = "valkey.log"
 LOCK_FILE = "launch.lock"
 FLOWER_AUTH_FILE = "flower-auth"
+METRICS_DIR = "prometheus"
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Loaded here, not between fork and exec, where only async-signal-safe calls belong.
@@ -198,6 +201,7 @@ def migrate(database_url: str) -> None:
     command.upgrade(config, "head")
 
 
+# `--quiet`: no banner printed beside the log lines, which are JSON by default (LOG_FORMAT).
 # Neither mingle nor gossip: mingle spends the consumer's first second asking other workers for
 # revoked task ids (cancel is the service's own, on the row), so a worker whose models were ready
 # took its first job a second late (the first job after start took 0.8 s with engines that do
@@ -209,7 +213,7 @@ def worker_command(index: int) -> list[str]:
     """The command line of worker `index` (1, 2, ...): one process, one job at a time, named
     apart from the host's other workers."""
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "--quiet", "worker",
         "--loglevel=INFO", "--concurrency=1", "--prefetch-multiplier=1",
         "--queues=voicechat", f"--hostname=voicechat-{index}@%h", *WITHOUT_COORDINATION,
     ]  # fmt: skip
@@ -223,7 +227,7 @@ BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 def maintenance_command() -> list[str]:
     """The command line of the maintenance worker (run it with `MAINTENANCE_ENV`)."""
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "--quiet", "worker",
         "--loglevel=INFO", "-Q", "maintenance", "--pool", "threads", "--concurrency", "4",
         "-n", "maintenance@%h", *WITHOUT_COORDINATION,
     ]  # fmt: skip
@@ -233,7 +237,8 @@ def beat_command(data_dir: Path) -> list[str]:
     """The command line of Celery beat, which sends the periodic tasks (one per deployment); its
     schedule file (when each task last ran) lives under the data folder."""
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat", "--loglevel=INFO",
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "--quiet", "beat",
+        "--loglevel=INFO",
         f"--schedule={data_dir / BEAT_SCHEDULE_FILE}",
     ]  # fmt: skip
 
@@ -280,6 +285,17 @@ def service_commands(
             "--address=127.0.0.1", f"--port={flower_port}",
         ]  # fmt: skip
     return commands
+
+
+def metrics_environment(data_dir: Path) -> dict[str, str]:
+    """PROMETHEUS_MULTIPROC_DIR for the service's processes: DATA_DIR/prometheus, emptied of
+    the figures of a previous start (a new start counts from zero, and no dead process's live
+    gauge lingers)."""
+    folder = data_dir / METRICS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    return {"PROMETHEUS_MULTIPROC_DIR": str(folder)}
 
 
 def flower_basic_auth(env: dict[str, str], data_dir: Path) -> str:
@@ -334,9 +350,12 @@ def supervise(
     workers: int = 1,
     *,
     keyed: bool = False,
+    flower: subprocess.Popen[bytes] | None = None,
+    flower_note: str = "",
 ) -> int:
     """Waits for readiness, then until a process dies (1) or a signal raises StopRequested;
-    `keyed` says requests need an API key, so the example sends one."""
+    `keyed` says requests need an API key, so the example sends one. Flower is no part of the
+    service: its exit (a port taken by another one) is logged, and the rest goes on."""
     try:
         wait_ready(url, processes, ready_timeout, workers)
     except (RuntimeError, TimeoutError) as error:
@@ -350,7 +369,12 @@ def supervise(
         f"then: curl -s{auth} {url}/v1/jobs/<id>\n",
         flush=True,
     )
+    if flower_note:
+        print(flower_note, flush=True)
     while all(process.poll() is None for process in processes):
+        if flower is not None and flower.poll() is not None:
+            _LOGGER.warning("Flower exited with %s; the service goes on", flower.returncode)
+            flower = None
         time.sleep(0.5)
     _LOGGER.error("a service process exited; stopping the rest")
     return 1
@@ -408,7 +432,10 @@ def _arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[dict[st
         "--workers", help="worker processes to start, one job at a time each (WORKERS, 1)"
     )
     parser.add_argument(
-        "--flower", action="store_true", help="also start Flower on 127.0.0.1 (basic auth)"
+        "--flower",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="start Flower on 127.0.0.1 behind basic auth (the default; --no-flower: not)",
     )
     parser.add_argument("--flower-port", type=int, default=5555)
     parser.add_argument("--ready-timeout", type=float, default=600.0)
@@ -435,8 +462,16 @@ def _start(args: argparse.Namespace, worker_envs: list[dict[str, str]], children
     if refusal is not None:  # gunicorn's own hook would refuse too; this says it before any start
         print(f"launch: {refusal}", file=sys.stderr, flush=True)
         return 1
+    flower_note = ""
     if args.flower:
+        where = "FLOWER_BASIC_AUTH" if env.get("FLOWER_BASIC_AUTH") else data_dir / FLOWER_AUTH_FILE
         env["FLOWER_BASIC_AUTH"] = flower_basic_auth(env, data_dir)
+        flower_note = (
+            f"Flower (Celery's dashboard): http://127.0.0.1:{args.flower_port}/ "
+            f"(user:password in {where})\n"
+        )
+    # Flower keeps figures of its own: they stay out of the folder the service's are read from.
+    figures = metrics_environment(data_dir)
     if not env.get("REDIS_URL"):
         with signals_held():  # recorded before a Ctrl-C can interrupt, so it is stopped
             children.redis = spawn_embedded_redis(data_dir / "redis")
@@ -455,15 +490,19 @@ def _start(args: argparse.Namespace, worker_envs: list[dict[str, str]], children
     for name, cmd in commands.items():
         extra = next(each_worker) if name.startswith("worker") else {}
         extra = MAINTENANCE_ENV if name == "maintenance" else extra
+        extra = extra if name == "flower" else {**figures, **extra}
         with signals_held():
             children.processes[name] = spawn(cmd, cwd=ROOT, env={**env, **extra})
     url = f"http://{args.host}:{args.port}"
+    flower = children.processes.get("flower")
     return supervise(
-        list(children.processes.values()),
+        [process for name, process in children.processes.items() if name != "flower"],
         url,
         args.ready_timeout,
         args.workers,
         keyed=not bind.runs_open,
+        flower=flower,
+        flower_note=flower_note,
     )
 
 

@@ -181,7 +181,16 @@ def running_service(data_dir: Path, **env_overrides: str) -> Iterator[Service]:
     log = data_dir / "service.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "scripts.launch", "--port", str(port), "--ready-timeout", "600"],
+            [
+                sys.executable,
+                "-m",
+                "scripts.launch",
+                "--port",
+                str(port),
+                "--ready-timeout",
+                "600",
+                "--no-flower",
+            ],
             cwd=ROOT,
             env=env,
             stdout=out,

@@ -24,6 +24,7 @@ from models.tables import Job
 from scripts.launch import (
     MAINTENANCE_ENV,
     maintenance_command,
+    metrics_environment,
     migrate,
     service_commands,
     worker_command,
@@ -63,6 +64,8 @@ class Stack:
             "RECONCILE_QUEUED_AFTER_SECONDS": "2",
             # The tests poll fast from one address; tests/test_limits.py tests the limits.
             "RATE_LIMIT_PER_MINUTE": "0",
+            # Every process's figures in one folder, as the launcher does (models/metrics.py).
+            **metrics_environment(data_dir),
             **env,
         }
         self.redis: Any = None

@@ -87,6 +87,8 @@ class Launcher:
         data_dir.mkdir(parents=True, exist_ok=True)
         base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
         self.env = {**base, **FAST_ENGINES, "DATA_DIR": str(data_dir), MARK: self.mark, **env}
+        if "--no-flower" not in args and "--flower-port" not in args:  # Flower starts too
+            args = (*args, "--flower-port", str(free_port()))
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "scripts.launch", "--port", str(self.port), *args],
@@ -255,12 +257,13 @@ def test_gunicorn_refuses_to_start_open_on_a_public_address(tmp_path: Path) -> N
 
 
 @pytest.mark.e2e
-def test_flower_answers_only_with_the_generated_password(
+def test_flower_starts_by_default_and_answers_only_with_the_generated_password(
     launched: Callable[..., Launcher],
 ) -> None:
     flower_port = free_port()
-    launcher = launched("--flower", "--flower-port", str(flower_port))
+    launcher = launched("--flower-port", str(flower_port))  # no flag: Flower is started
     launcher.wait_ready()
+    assert f"http://127.0.0.1:{flower_port}/" in launcher.output()
     auth_file = launcher.data_dir / "flower-auth"
     assert stat.S_IMODE(auth_file.stat().st_mode) == 0o600
     user, password = auth_file.read_text().strip().split(":", 1)

@@ -60,6 +60,11 @@ def test_booleans_accept_the_usual_spellings(raw: str, value: bool) -> None:
         {"AUDIO_TTL_SECONDS": str(40 * 86400), "JOB_TTL_SECONDS": str(30 * 86400)},
         {"RETENTION_INTERVAL_SECONDS": "0"},
         {"WORKER_ROLE": "gpu"},
+        {"LOG_FORMAT": "xml"},
+        {"METRICS_TOKEN": "short"},
+        {"METRICS_TOKEN": "has spaces in it, sixteen+"},
+        {"WORKER_METRICS_PORT": "70000"},
+        {"WORKER_METRICS_PORT": "host:port"},
     ],
 )
 def test_malformed_settings_name_the_variable(env: dict[str, str]) -> None:
@@ -79,3 +84,14 @@ def test_zero_turns_a_share_off() -> None:
     settings = Settings.from_env(env)
     assert (settings.rate_limit_per_minute, settings.max_unfinished_jobs) == (0, 0)
     assert settings.max_queue_depth == 0
+
+
+def test_observability_settings() -> None:
+    assert Settings.from_env({}).log_format == "json"
+    assert Settings.from_env({}).worker_metrics_port == 0
+    local = Settings.from_env({"WORKER_METRICS_PORT": "9101"})
+    assert (local.worker_metrics_host, local.worker_metrics_port) == ("127.0.0.1", 9101)
+    anywhere = Settings.from_env({"WORKER_METRICS_PORT": "0.0.0.0:9101", "LOG_FORMAT": "text"})
+    assert (anywhere.worker_metrics_host, anywhere.log_format) == ("0.0.0.0", "text")
+    token = "t" * 16
+    assert token not in repr(Settings.from_env({"METRICS_TOKEN": token}))

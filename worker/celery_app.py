@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import celeryd_init, setup_logging
 
+from models.logging_config import configure
 from models.queue import DELIVER_WEBHOOK_TASK, JOB_QUEUE, MAINTENANCE_QUEUE, RETENTION_TASK
 from models.settings import Settings
 
@@ -68,3 +71,18 @@ app.conf.update(
         },
     },
 )
+
+
+@celeryd_init.connect
+def _log_early(**_kwargs: Any) -> None:
+    """Sets up the log lines before the worker's first warnings (its privilege check comes
+    before Celery's own logging set-up), so that no line of the worker is left unformatted."""
+    configure(settings.log_format)
+
+
+@setup_logging.connect
+def _log_lines(loglevel: int | str | None = None, **_kwargs: Any) -> None:
+    """Every process of Celery (worker, pool child, maintenance worker, beat) logs through the
+    service's one handler, JSON or text by LOG_FORMAT: a receiver of this signal stands in
+    for Celery's own set-up, which would put its own format on the root logger."""
+    configure(settings.log_format, loglevel or "INFO")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery.signals import celeryd_init, worker_process_init, worker_process_shutdown
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
+from models import metrics
 from models.errors import EngineUnavailable
 from models.queue import JOB_QUEUE, MAINTENANCE_QUEUE
 from worker import runtime, tasks
@@ -54,6 +56,21 @@ def _refuse_unusable_engines(options: dict[str, Any] | None = None, **_kwargs: A
         validate_engines(settings)
     except EngineUnavailable as error:
         raise SystemExit(f"voicechat worker not started: {error}") from None
+    _serve_metrics()
+
+
+def _serve_metrics() -> None:
+    """Serves the host's figures on WORKER_METRICS_PORT, for a worker on another host than the
+    API's (whose /metrics reads this host's only). It needs PROMETHEUS_MULTIPROC_DIR: the
+    figures are recorded in the pool's child, and the parent serves them from that folder."""
+    if not settings.worker_metrics_port:
+        return
+    if metrics.multiprocess_dir() is None:
+        raise SystemExit(
+            "voicechat worker not started: WORKER_METRICS_PORT needs PROMETHEUS_MULTIPROC_DIR "
+            "(an empty folder of this host's own)"
+        )
+    metrics.serve(settings.worker_metrics_host, settings.worker_metrics_port)
 
 
 @worker_process_init.connect
@@ -65,6 +82,7 @@ def _load_engines(**_kwargs: Any) -> None:
     _KEEPER = LeaseKeeper(settings)
     try:
         runtime.get_pipeline(settings)
+        metrics.MODELS_LOADED.set(1)
     except Exception as error:
         # Jobs will fail with engine_unavailable and /readyz says why; the log has the trace.
         _LOGGER.exception("engines failed to load")
@@ -78,7 +96,10 @@ def _load_engines(**_kwargs: Any) -> None:
 
 @worker_process_shutdown.connect
 def _stop_child(**_kwargs: Any) -> None:
-    """Withdraws the child's readiness and releases its engines as the child exits."""
+    """Withdraws the child's readiness (its key and its gauge) and releases its engines as the
+    child exits."""
     if _KEEPER is not None:
         _KEEPER.stop()
     runtime.close_engines()
+    metrics.MODELS_LOADED.set(0)
+    metrics.process_gone(os.getpid())

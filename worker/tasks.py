@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,11 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.orm import Session, sessionmaker
 
-from models import event_log, queries, storage, transitions, webhooks
+from models import event_log, metrics, queries, storage, transitions, webhooks
 from models.db import make_engine, make_session_factory
 from models.errors import EngineUnavailable, JobTimedOut, VoiceChatError
 from models.event_log import JobEvents
+from models.logging_config import JOB_ID
 from models.tables import Conversation, Job, JobStatus, Operation, ReplyFormat, Stage
 from worker import lease_keeper, runtime
 from worker.celery_app import app, settings
@@ -176,6 +178,7 @@ class RowProgress:
         self.sentences: list[str] = []
         self.cancel = lease_keeper.CancelWatch(self.events.redis, held)
         self.generated: list[str] = []  # this attempt's reply so far, kept if it is canceled
+        self.started = time.perf_counter()
 
     def tell(self, event_type: str, **data: Any) -> None:
         """Appends an event of this attempt.
@@ -224,6 +227,8 @@ class RowProgress:
             raise transitions.CancelRequested(self.lease.job_id)
         name = storage.sentence_name(self.lease.job_id, self.lease.attempt, index)
         self.sentences.append(stores().results.write(name, audio.samples.astype("<i2").tobytes()))
+        if index == 0:
+            metrics.FIRST_AUDIO_SECONDS.observe(time.perf_counter() - self.started)
         seconds = round(audio.duration, 3)
         self.tell(
             event_log.SPEECH,
@@ -250,7 +255,16 @@ class RowProgress:
 
 @app.task(name="worker.run_job", acks_late=True)
 def run_job(job_id: str) -> None:
-    """Runs one job by id; a job that is finished or held by a live worker is left alone."""
+    """Runs one job by id; a job that is finished or held by a live worker is left alone.
+    Every line logged meanwhile carries its `job_id`."""
+    token = JOB_ID.set(job_id)
+    try:
+        _run_job(job_id)
+    finally:
+        JOB_ID.reset(token)
+
+
+def _run_job(job_id: str) -> None:
     with _sessions()() as session:
         claim = transitions.claim(
             session,
@@ -336,6 +350,7 @@ def _run(session: Session, progress: RowProgress) -> bool:
         raise EngineUnavailable(message) from error
     with _recording(job) as audio_path:
         outcome = pipeline.run(_job_input(session, job, audio_path), progress)
+    _time_stages(outcome)
     if progress.cancel.requested(now=True):  # the last stage's end is a boundary too
         raise transitions.CancelRequested(job.id)
     results = _results(job, outcome)
@@ -360,6 +375,14 @@ def _run(session: Session, progress: RowProgress) -> bool:
         raise
     _LOGGER.info("job succeeded job_id=%s attempt=%d", job.id, lease.attempt)
     return True
+
+
+def _time_stages(outcome: Outcome) -> None:
+    """Records how long each stage this run did took (their results carry their timings)."""
+    timed = (("transcribe", outcome.transcript), ("generate", outcome.reply))
+    for stage, result in (*timed, ("synthesize", outcome.audio)):
+        if result is not None:
+            metrics.STAGE_SECONDS.labels(stage).observe(result.seconds)
 
 
 def _results(job: Job, outcome: Outcome) -> dict[str, Any]:

@@ -39,6 +39,7 @@ TAG_OF = {
     "conversations": "conversations",
     "openai": OPENAI_TAG,
     "health": "health",
+    "metrics": "health",
     "openapi": "meta",
     "docs": "meta",
 }
@@ -52,7 +53,7 @@ TAGS = [
         "type, param, code}}`, but for an unreachable database or an unexpected failure, "
         "which are problems as everywhere.",
     },
-    {"name": "health", "description": "Probes for orchestrators."},
+    {"name": "health", "description": "Probes for orchestrators, and metrics for Prometheus."},
     {"name": "meta", "description": "About the API itself."},
 ]
 SECURITY_SCHEMES: dict[str, Schema] = {
@@ -62,7 +63,14 @@ SECURITY_SCHEMES: dict[str, Schema] = {
         "description": "An API key made with `flask --app api keys create --name NAME`, sent "
         "as `Authorization: Bearer <key>` on every /v1 route. While no key exists the service "
         "runs open, for requests from its own machine only, and any key sent is ignored.",
-    }
+    },
+    "MetricsToken": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "METRICS_TOKEN, sent as `Authorization: Bearer <token>` to `/metrics` "
+        "when it is set; unset, `/metrics` answers requests from the service's own machine "
+        "with none.",
+    },
 }
 NUMBER = {"type": "string", "pattern": "^[0-9]+$"}
 HEADERS = {
@@ -196,8 +204,9 @@ def _operation(
         "responses": {str(status): responses[status] for status in sorted(responses)},
     }
     operation = {k: v for k, v in operation.items() if v}
-    if not rule.rule.startswith("/v1/"):
-        operation["security"] = []
+    if not rule.rule.startswith("/v1/"):  # none, or its own schemes or none
+        schemes: list[Schema] = [{name: []} for name in route.security]
+        operation["security"] = [*schemes, {}] if schemes else []
     return operation, problems
 
 

@@ -37,6 +37,7 @@ class Route:
     body: Schema | None = None
     notes: Mapping[int, str] = field(default_factory=dict)
     facts: Mapping[str, object] = field(default_factory=dict)
+    security: tuple[str, ...] = ()
 
 
 def documented(
@@ -47,6 +48,7 @@ def documented(
     body: Schema | None = None,
     notes: Mapping[int, str] | None = None,
     facts: Mapping[str, object] | None = None,
+    security: tuple[str, ...] = (),
 ) -> Callable[[View], View]:
     """Declares a view's operation beyond its docstring.
 
@@ -59,11 +61,13 @@ def documented(
         body: The request body object.
         notes: Text put before the code list of an error status, for what only this route says.
         facts: Values for `{name}` in the text, beside the settings'.
+        security: The security schemes that may authenticate a route outside `/v1` (which
+            otherwise needs none); the route may also be called with none.
 
     Returns:
         A decorator that records the declaration on the view and returns it unchanged.
     """
-    route = Route(answers, errors, parameters, body, notes or {}, facts or {})
+    route = Route(answers, errors, parameters, body, notes or {}, facts or {}, security)
 
     def record(view: View) -> View:
         setattr(view, "openapi_route", route)  # noqa: B010 (an attribute no type declares)

@@ -1,0 +1,141 @@
+"""`GET /metrics` for Prometheus, and the figures of every request the API answers.
+
+Who may read it: with METRICS_TOKEN set, whoever sends it as `Authorization: Bearer <token>`
+(from anywhere, since a scraper usually runs on another host); unset, only requests straight
+from this machine (loopback, no proxy's forwarding header), whatever the key mode. It is no
+`/v1` route, so API keys and the rate limit never apply: a scraper needs no key and is never
+throttled. The figures are counts and timings only: no id, no text, no key.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Iterator
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis import Redis
+from redis.exceptions import RedisError
+
+from api.openapi.declare import answer, content, documented
+from models import heartbeat, metrics
+from models.api_keys import is_loopback
+from models.errors import InvalidMetricsToken, MetricsNotAllowed
+from models.queue import waiting_jobs
+from models.settings import Settings
+
+_LOGGER = logging.getLogger(__name__)
+
+blueprint = Blueprint("metrics", __name__)
+_FORWARDED = ("Forwarded", "X-Forwarded-For")
+UNMATCHED = "unmatched"
+_BROKER_UP = "1 when Redis answered this scrape, else 0."
+
+
+class LiveFigures(Collector):
+    """What is read from Redis at each scrape: the queue's depth, the ready workers, and
+    whether the broker answered. A Redis that does not answer leaves the first two out and
+    `voicechat_broker_up` at 0: the scrape itself never fails."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    def describe(self) -> list[Metric]:
+        """Names the families without reading Redis (the registry asks when one is added)."""
+        return [
+            GaugeMetricFamily("voicechat_broker_up", ""),
+            GaugeMetricFamily("voicechat_queue_depth", ""),
+            GaugeMetricFamily("voicechat_workers_ready", ""),
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        """Reads the figures now."""
+        try:
+            depth = waiting_jobs(self.redis)
+            workers = heartbeat.live_workers(self.redis)
+        except (RedisError, OSError) as error:
+            _LOGGER.warning("live figures unread error=%s", type(error).__name__)
+            yield GaugeMetricFamily("voicechat_broker_up", _BROKER_UP, value=0)
+            return
+        yield GaugeMetricFamily("voicechat_broker_up", _BROKER_UP, value=1)
+        yield GaugeMetricFamily(
+            "voicechat_queue_depth", "Jobs waiting in the queue for a worker.", value=depth
+        )
+        ready = sum(1 for worker in workers if worker.get("models_loaded"))
+        yield GaugeMetricFamily(
+            "voicechat_workers_ready",
+            "Job workers, on any host, with their models loaded (what /readyz counts).",
+            value=ready,
+        )
+
+
+def _check_reader(settings: Settings) -> None:
+    """Refuses a reader the settings do not allow (see the module's docstring).
+
+    Raises:
+        InvalidMetricsToken: METRICS_TOKEN is set and was not sent.
+        MetricsNotAllowed: METRICS_TOKEN is unset and the request is not from this machine.
+    """
+    if settings.metrics_token:
+        scheme, _, sent = request.headers.get("Authorization", "").strip().partition(" ")
+        expected = settings.metrics_token.encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), expected):
+            g.auth_failure = "invalid_token" if sent else None
+            raise InvalidMetricsToken("Send METRICS_TOKEN: `Authorization: Bearer <token>`.")
+        return
+    forwarded = any(name in request.headers for name in _FORWARDED)
+    if forwarded or not is_loopback(request.remote_addr or ""):
+        raise MetricsNotAllowed(
+            "The metrics are served to this machine only; set METRICS_TOKEN to scrape from "
+            "elsewhere."
+        )
+
+
+@blueprint.get("/metrics")
+@documented(
+    {
+        200: answer(
+            "The figures, in Prometheus's text format (0.0.4).",
+            body=content({"type": "string"}, metrics.CONTENT_TYPE),
+        )
+    },
+    errors=(InvalidMetricsToken, MetricsNotAllowed),
+    notes={
+        401: "With METRICS_TOKEN set.",
+        403: "With METRICS_TOKEN unset, to a request from another machine or through a proxy.",
+    },
+    security=("MetricsToken",),
+)
+def prometheus_metrics() -> Response:
+    """Prometheus metrics.
+
+    Jobs finished by status and error code, stage latencies, time to first audio, the queue's
+    depth, ready workers and HTTP requests, summed over this host's processes (the API's and
+    the workers'). With METRICS_TOKEN set, send it as `Authorization: Bearer <token>`; unset,
+    only requests from this machine are answered. Never rate limited; no API key.
+    """
+    _check_reader(current_app.extensions["voicechat.settings"])
+    body = metrics.exposition(LiveFigures(current_app.extensions["voicechat.redis"]))
+    return Response(body, content_type=metrics.CONTENT_TYPE)
+
+
+def register_request_figures(app: Flask) -> None:
+    """Counts and times every answer by route, method and status."""
+
+    @app.before_request
+    def _start_clock() -> None:
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        started = g.get("request_started")
+        rule = request.url_rule
+        route = rule.rule if rule is not None else UNMATCHED
+        metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        if started is not None:
+            seconds = time.perf_counter() - started
+            metrics.HTTP_SECONDS.labels(route, request.method).observe(seconds)
+        return response

@@ -1,0 +1,179 @@
+"""How every process logs: one JSON object a line (LOG_FORMAT=json) or text for a person, with
+the request and the job being served on each line, and no secret on any.
+
+The ids travel in context variables: the API sets `REQUEST_ID` for the length of a request
+(api/__init__.py), the worker sets `JOB_ID` around a job (worker/tasks.py), and a filter on the
+one handler copies them onto every record. Lines that name a job in their text (`job_id=…`, as
+the house style writes them) or in Celery's own task records get its id too, whichever thread
+or process logged them. gunicorn's access lines take the request's id from the answer's
+`X-Request-ID`: gunicorn writes them after the request's context is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import os
+import re
+from contextvars import ContextVar
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+from models.queue import RUN_JOB_TASK
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+JOB_ID: ContextVar[str | None] = ContextVar("job_id", default=None)
+
+_JOB_IN_TEXT = re.compile(r"\bjob_id=([0-9a-f]{32})\b")
+# What a secret looks like wherever it shows up: an API key, a webhook secret, a bearer
+# credential or a password in a URL. Replaced in the finished line, so no field escapes it.
+_SECRETS = re.compile(
+    r"\bvc_[A-Za-z0-9_-]{8,}"
+    r"|\bwhsec_[A-Za-z0-9+/=]{8,}"
+    r"|(?i:\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}"
+    r"|(?<=://)[^/@\s:\"]+:[^/@\s\"]+(?=@)"
+)
+REDACTED = "[redacted]"
+# Settings whose values are secrets of their own shape: each is replaced wherever it appears.
+_SECRET_SETTINGS = ("METRICS_TOKEN", "LLM_API_KEY", "WEBHOOK_SECRET", "FLOWER_BASIC_AUTH")
+# gunicorn's access record: its arguments are the atoms of `access_log_format`.
+_ACCESS_FIELDS = {"m": "method", "U": "path", "s": "status", "M": "duration_ms"}
+
+
+def _configured_secrets() -> tuple[str, ...]:
+    found: list[str] = []
+    for name in _SECRET_SETTINGS:
+        for value in os.environ.get(name, "").split(","):
+            secret = value.partition(":")[2] if name == "FLOWER_BASIC_AUTH" else value
+            if len(secret.strip()) >= 8:
+                found.append(secret.strip())
+    return tuple(found)
+
+
+def redact(text: str, literal: tuple[str, ...] = ()) -> str:
+    """Returns `text` with every secret in it replaced by `[redacted]`.
+
+    Args:
+        text: A formatted log line.
+        literal: Configured secret values to replace wherever they appear.
+
+    Returns:
+        The line without secrets.
+    """
+    for secret in literal:
+        text = text.replace(secret, REDACTED)
+    return _SECRETS.sub(REDACTED, text)
+
+
+class ContextFilter(logging.Filter):
+    """Puts `request_id` and `job_id` on each record that has them; never drops one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Adds the ids of the request and the job being served, when there are any."""
+        if record.name == "gunicorn.access" and isinstance(record.args, dict):
+            atoms = record.args
+            for atom, name in _ACCESS_FIELDS.items():
+                setattr(record, name, atoms.get(atom))
+            record.request_id = atoms.get("{x-request-id}o") or None
+        if getattr(record, "request_id", None) is None and (request := REQUEST_ID.get()):
+            record.request_id = request
+        if getattr(record, "job_id", None) is None and (job := _job_of(record)):
+            record.job_id = job
+        return True
+
+
+def _job_of(record: logging.LogRecord) -> str | None:
+    """The job a record is about: the one running here, the task Celery reports on (a job's
+    task id is its id), or the one its text names."""
+    job = JOB_ID.get()
+    if job:
+        return job
+    args = record.args
+    if isinstance(args, dict) and args.get("name") == RUN_JOB_TASK and args.get("id"):
+        return str(args["id"])
+    if "job_id=" in str(record.msg):
+        named = _JOB_IN_TEXT.search(record.getMessage())
+        return named[1] if named else None
+    return None
+
+
+class JsonLineFormatter(JsonFormatter):
+    """One JSON object a line: time, level, logger, process, message, the ids, any extras."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(levelname)s %(name)s %(process)d %(message)s",
+            rename_fields={"levelname": "level", "name": "logger"},
+            timestamp="time",
+        )
+        self.secrets = _configured_secrets()
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Formats the record as JSON, secrets removed."""
+        return redact(super().format(record), self.secrets)
+
+
+class TextFormatter(logging.Formatter):
+    """A line for a person: time, level, logger, message, then the ids it lacks."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        self.secrets = _configured_secrets()
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Formats the record as text, secrets removed."""
+        line = super().format(record)
+        for name in ("request_id", "job_id"):
+            value = getattr(record, name, None)
+            if value and f"{name}=" not in record.getMessage():
+                line += f" {name}={value}"
+        return redact(line, self.secrets)
+
+
+def dict_config(log_format: str, level: str | int = "INFO") -> dict[str, Any]:
+    """The `logging.config.dictConfig` of a process: one handler on stderr, every logger
+    (gunicorn's and Celery's included) through it.
+
+    Args:
+        log_format: `json` or `text` (LOG_FORMAT).
+        level: The root logger's level.
+
+    Returns:
+        The configuration, also usable as gunicorn's `logconfig_dict`.
+    """
+    formatter = JsonLineFormatter if log_format == "json" else TextFormatter
+    through_root = {"level": "INFO", "handlers": [], "propagate": True}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"context": {"()": ContextFilter}},
+        "formatters": {"line": {"()": formatter}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "formatter": "line",
+                "filters": ["context"],
+            }
+        },
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {
+            "gunicorn.error": through_root,
+            "gunicorn.access": through_root,
+            "celery": {"handlers": [], "propagate": True},
+            "celery.task": {"handlers": [], "propagate": True},
+            "celery.redirected": {"handlers": [], "propagate": True},
+        },
+    }
+
+
+def configure(log_format: str, level: str | int = "INFO") -> None:
+    """Sets up this process's logging (`dict_config`), warnings included.
+
+    Args:
+        log_format: `json` or `text` (LOG_FORMAT).
+        level: The root logger's level.
+    """
+    logging.config.dictConfig(dict_config(log_format, level))
+    logging.captureWarnings(True)
