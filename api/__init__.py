@@ -14,7 +14,17 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from api import conversations, errors, follow, health, jobs, limits, openai_routes, openapi
+from api import (
+    conversations,
+    errors,
+    follow,
+    health,
+    jobs,
+    limits,
+    openai_routes,
+    openapi,
+    page,
+)
 from api.authentication import register_authentication
 from api.held_requests import HeldRequests
 from api.key_commands import keys
@@ -37,6 +47,7 @@ BLUEPRINTS = (
     openai_routes.blueprint,
     health.blueprint,
     openapi.blueprint,
+    page.blueprint,
 )
 
 
