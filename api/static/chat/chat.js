@@ -98,12 +98,13 @@ function showAlert(message, code) {
   page.alert.replaceChildren(...parts);
 }
 
+/** When to ask again, from the answer's Retry-After. */
 function retryText(seconds) {
   if (seconds === null) {
-    return " Try again in a moment.";
+    return " Ask again in a moment.";
   }
   const at = new Date(Date.now() + seconds * 1000).toLocaleTimeString();
-  return ` Try again in ${seconds} s (at ${at}).`;
+  return ` Ask again after ${at} (Retry-After: ${seconds} s).`;
 }
 
 /** A sentence for the person at the page from a refusal of the service. */

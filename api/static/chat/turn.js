@@ -87,6 +87,11 @@ export class Turn {
   /** Marks `stage` current, and every stage before it done. */
   stage(stage) {
     this.element.dataset.state = "running";
+    // What the job went through, in order, for whoever checks the page (a test, a person).
+    const seen = (this.element.dataset.stagesSeen || "").split(" ").filter(Boolean);
+    if (seen[seen.length - 1] !== stage) {
+      this.element.dataset.stagesSeen = [...seen, stage].join(" ");
+    }
     let reached = false;
     for (const item of [...this.stages.children].reverse()) {
       if (item.dataset.stage === stage) {
@@ -111,6 +116,7 @@ export class Turn {
 
   appendReply(text) {
     this.replyText.textContent += text;
+    this.element.dataset.deltas = String(Number(this.element.dataset.deltas || 0) + 1);
   }
 
   /** Shows how much reply audio has arrived and been scheduled, and when the first came. */
