@@ -4,8 +4,9 @@ spoken test question played into its microphone (Chromium's fake capture device)
 Against the service started as the README says, with the real engines: a question spoken by
 holding the talk button comes back transcribed with its spoken reply played, and a typed
 follow-up is answered in the same server-kept conversation; a refused question shows its
-problem. Against a keyed stack with the fake engines (the plumbing): the API-key field, 401,
-429 and a spoken reply streamed with a key. Screenshots go to the test's folder, and also to
+problem, and a silent recording's failed job its `no_speech`. Against a keyed stack with the
+fake engines (the plumbing): the API-key field, 401, 429, a spoken reply streamed with a key and
+a question recorded with the keyboard. Screenshots go to the test's folder, and also to
 SCREENSHOT_DIR when it is set.
 """
 
@@ -218,7 +219,7 @@ def test_a_spoken_question_and_a_typed_follow_up(
     chat.close()
 
 
-def test_a_refused_question_shows_its_problem(
+def test_a_refused_question_and_a_failed_job_are_shown(
     browser: Any, service: Service, engine_settings: Settings, screenshots: Screenshots
 ) -> None:
     chat = ChatPage(browser, service.url)
@@ -230,6 +231,15 @@ def test_a_refused_question_shows_its_problem(
     assert chat.page.locator(".turn").count() == 0
     assert chat.page.locator("#prompt").input_value() == too_long
     screenshots.take(chat.page, "refused")
+
+    # Let go before the question starts: the silence is sent, and its job fails.
+    chat.hold_to_talk(LEAD_SECONDS * 0.7)
+    silent = chat.finished(1)
+    assert silent.get_attribute("data-state") == "failed", silent.inner_text()
+    alert = chat.alert()
+    assert "No speech was heard" in alert and "no_speech" in alert, alert
+    assert "No speech was heard" in silent.locator(".note").inner_text()
+    screenshots.take(chat.page, "no-speech")
     chat.close()
 
 

@@ -169,6 +169,7 @@ export class Turn {
     this.element.setAttribute("aria-busy", "false");
     for (const item of this.stages.children) {
       item.removeAttribute("aria-current");
+      item.className = item.className === "current" ? "failed" : item.className;
     }
     if (this.spoken && this.promptText.textContent === "…") {
       this.promptText.textContent = "(not transcribed)";
