@@ -52,6 +52,7 @@ def index() -> Response:
 
 @blueprint.after_app_request
 def _protect(response: Response) -> Response:
+    """Sends the page and its files with the headers that keep them to this origin."""
     if request.endpoint in _SERVED:
         response.headers.update(SECURITY_HEADERS)
     return response

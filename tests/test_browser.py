@@ -183,7 +183,7 @@ def test_a_spoken_question_and_a_typed_follow_up(
 ) -> None:
     chat = ChatPage(browser, service.url)
     # Spoken: hold the button for the question, then hear the reply as it streams.
-    chat.hold_to_talk(microphone.speech_ends + 0.5)
+    chat.hold_to_talk(microphone.speech_ends + TAIL_SECONDS)
     spoken = chat.finished(1)
     assert spoken.get_attribute("data-state") == "succeeded", spoken.inner_text()
     transcript = spoken.locator(".prompt-text").inner_text()
@@ -201,6 +201,12 @@ def test_a_spoken_question_and_a_typed_follow_up(
     samples = int(info.get_attribute("data-audio-bytes") or 0) / 2  # 16-bit
     assert samples / job["result"]["audio_seconds"] == pytest.approx(22_050, rel=0.01)
     assert spoken.locator("a.download").get_attribute("href").startswith("blob:")
+    # And it was played through to its end by the page's AudioContext.
+    chat.page.wait_for_function(
+        "(seconds) => Number(document.querySelector('.audio-info').dataset.audioPlayed) >= seconds",
+        arg=played - 0.01,
+        timeout=30_000,
+    )
     screenshots.take(chat.page, "spoken")
 
     # Typed, with a written reply, in the same conversation.
@@ -288,7 +294,11 @@ def test_api_keys_and_limits_in_the_page(
     turn = chat.finished(1, timeout=60_000)
     assert turn.get_attribute("data-state") == "succeeded", turn.inner_text()
     assert turn.locator(".reply-text").inner_text() == "echo: Hello there"
-    assert float(turn.locator(".audio-info").get_attribute("data-audio-seconds") or 0) > 0.4
+    info = turn.locator(".audio-info")
+    assert float(info.get_attribute("data-audio-seconds") or 0) == pytest.approx(0.5, abs=0.01)
+    chat.page.wait_for_function(
+        "() => Number(document.querySelector('.audio-info').dataset.audioPlayed) >= 0.49"
+    )
     assert chat.page.evaluate("sessionStorage.getItem('voicechat.apiKey')") == key
 
     # Without a mouse: hold Space on the focused talk button for 1.5 s.

@@ -192,6 +192,7 @@ async function submit(prompt, reply) {
 function playReply(jobId, rate, turn, sentAt) {
   player?.stop();
   const current = new ReplyPlayer(audioContext());
+  current.onplayed = (seconds) => turn.played(seconds);
   player = current;
   const controller = new AbortController();
   let bytes = 0;

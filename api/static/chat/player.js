@@ -12,6 +12,8 @@ export class ReplyPlayer {
     this.next = 0;
     this.sources = new Set();
     this.seconds = 0; // of audio scheduled so far
+    this.played = 0; // of audio played to its end
+    this.onplayed = null; // called with `played` as each piece ends
   }
 
   /**
@@ -27,7 +29,12 @@ export class ReplyPlayer {
     source.connect(this.context.destination);
     const start = Math.max(this.next, this.context.currentTime + LEAD_SECONDS);
     source.start(start);
-    source.onended = () => this.sources.delete(source);
+    source.onended = () => {
+      if (this.sources.delete(source)) {
+        this.played += buffer.duration;
+        this.onplayed?.(this.played);
+      }
+    };
     this.sources.add(source);
     this.next = start + buffer.duration;
     this.seconds += buffer.duration;
@@ -35,10 +42,11 @@ export class ReplyPlayer {
 
   /** Stops whatever is playing or scheduled. */
   stop() {
-    for (const source of this.sources) {
+    const stopping = [...this.sources];
+    this.sources.clear(); // before stop(): a stopped piece does not count as played
+    for (const source of stopping) {
       source.stop();
     }
-    this.sources.clear();
     this.next = 0;
   }
 }

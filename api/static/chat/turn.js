@@ -123,10 +123,15 @@ export class Turn {
   audio(bytes, seconds, firstAfter) {
     this.audioInfo.hidden = false;
     this.audioInfo.dataset.audioBytes = String(bytes);
-    this.audioInfo.dataset.audioSeconds = seconds.toFixed(2);
+    this.audioInfo.dataset.audioSeconds = seconds.toFixed(3);
     this.audioInfo.textContent =
       `Reply audio: ${seconds.toFixed(1)} s, ` +
       `the first sound ${firstAfter.toFixed(1)} s after sending.`;
+  }
+
+  /** Counts the reply audio played to its end so far. */
+  played(seconds) {
+    this.audioInfo.dataset.audioPlayed = seconds.toFixed(3);
   }
 
   /** Offers the finished reply's WAV to replay and to save. */
