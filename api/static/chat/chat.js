@@ -207,6 +207,8 @@ function playReply(jobId, rate, turn, sentAt) {
     },
     controller.signal,
   );
+  // Awaited once the job ends, or abandoned (aborted) when the job starts again: never unhandled.
+  done.catch(() => {});
   return { controller, done };
 }
 
