@@ -314,3 +314,22 @@ def test_api_keys_and_limits_in_the_page(
     assert 1.2 < seconds < 2.5
     screenshots.take(chat.page, "keyed")
     chat.close()
+
+
+def test_a_busy_service_is_read_instead_of_followed(
+    browser: Any, tmp_path: Path, screenshots: Screenshots
+) -> None:
+    # No place for any event or audio stream: every follower gets 503 `server_busy`.
+    with Stack(tmp_path, MAX_HELD_REQUESTS="0", **FAST_ENGINES).serving() as stack:
+        assert stack.status_of(f"/v1/jobs/{'0' * 32}/events") == 503
+        chat = ChatPage(browser, stack.url)
+        chat.ask("Hello there", reply="voice")
+        turn = chat.finished(1, timeout=60_000)
+        assert turn.get_attribute("data-state") == "succeeded", turn.inner_text()
+        assert turn.locator(".reply-text").inner_text() == "echo: Hello there"
+        # The finished reply's stored audio is not a held stream: it is played all the same.
+        info = turn.locator(".audio-info")
+        assert float(info.get_attribute("data-audio-seconds") or 0) == pytest.approx(0.5, abs=0.01)
+        assert chat.page.locator("#alert").inner_text() == ""
+        screenshots.take(chat.page, "polled")
+        chat.close()

@@ -19,6 +19,7 @@ import {
 import { Turn } from "./turn.js";
 
 const CONVERSATION_STORAGE = "voicechat.conversationId";
+const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 // A press shorter than this is taken for a click, not a question.
 const MIN_RECORDING_SECONDS = 0.3;
 const TALK_KEYS = new Set([" ", "Enter"]);
@@ -219,8 +220,50 @@ async function offerWav(jobId, turn) {
   turn.offerWav(url, jobId);
 }
 
+/** Reads a job every few seconds until it ends: for when the service holds too many streams. */
+async function poll(jobId, turn, seconds) {
+  for (;;) {
+    const job = await getJob(jobId);
+    if (TERMINAL.has(job.status)) {
+      return job;
+    }
+    turn.stage(job.stage || "queued");
+    announce(STAGE_STATUS[job.stage || "queued"]);
+    await new Promise((resolve) => setTimeout(resolve, 1000 * (seconds || 2)));
+  }
+}
+
 /** Follows a job's events to its end, playing a spoken reply as its sentences come. */
 async function follow(jobId, turn, reply, sentAt) {
+  let audio = null;
+  let final = null;
+  try {
+    final = await readEvents(jobId, turn, reply, sentAt, (playing) => {
+      audio = playing;
+    });
+  } catch (error) {
+    if (!(error instanceof ServiceError && error.code === "server_busy")) {
+      throw error;
+    }
+    // No place for one more event stream (MAX_HELD_REQUESTS): the job is read instead.
+    final = await poll(jobId, turn, error.retryAfter);
+  }
+  const job = final && "result" in final ? final : await getJob(jobId);
+  if (job.status === "succeeded" && reply === "voice") {
+    // The stream ends with the job; a job that was over before it began is played whole.
+    audio ??= { ...playReply(jobId, null, turn, sentAt) };
+    try {
+      await audio.done;
+      await offerWav(jobId, turn);
+    } catch (error) {
+      report(error); // the reply text stands; only its audio is missing
+    }
+  }
+  return job;
+}
+
+/** Shows a job's events as they come; returns its `done` event's data. */
+async function readEvents(jobId, turn, reply, sentAt, onAudio) {
   let audio = null;
   let attempt = null;
   let final = null;
@@ -246,22 +289,12 @@ async function follow(jobId, turn, reply, sentAt) {
       // The first sentence is ready: play from now on, as the rest is spoken.
       audio?.controller.abort();
       audio = { attempt: data.attempt, ...playReply(jobId, data.rate, turn, sentAt) };
+      onAudio(audio);
     } else if (event.type === "done") {
       final = data;
     }
   }
-  const job = final && "result" in final ? final : await getJob(jobId);
-  if (job.status === "succeeded" && reply === "voice") {
-    // The stream ends with the job; a job that was over before it began is played whole.
-    audio ??= { ...playReply(jobId, null, turn, sentAt) };
-    try {
-      await audio.done;
-      await offerWav(jobId, turn);
-    } catch (error) {
-      report(error); // the reply text stands; only its audio is missing
-    }
-  }
-  return job;
+  return final;
 }
 
 /** Asks one question, typed (`{text}`) or spoken (`{wav, seconds}`), and shows the answer. */
