@@ -24,6 +24,7 @@ from api import (
     limits,
     openai_routes,
     openapi,
+    page,
     prometheus,
 )
 from api.authentication import register_authentication
@@ -51,6 +52,7 @@ BLUEPRINTS = (
     prometheus.blueprint,
     openapi.blueprint,
     docs.blueprint,
+    page.blueprint,
 )
 
 

@@ -100,6 +100,10 @@ HEADERS = {
         "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
     },
 }
+# Endpoints that are not the API: static files, and the page for people at `/` (api/page.py),
+# which calls the API as any client does. A client generated from the document has no use for
+# them, and a page is no operation: it takes no parameters and answers HTML.
+NOT_THE_API = frozenset({"static", "page.index"})
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _ARGUMENT = re.compile(r"<(?:\w+:)?(\w+)>")
 _PARAGRAPH = re.compile(r"\n\s*\n")
@@ -120,7 +124,7 @@ def build_document(app: Flask, settings: Settings) -> dict[str, Any]:
     answered: list[type[VoiceChatError]] = []
     arguments: list[str] = []
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint in NOT_THE_API:
             continue
         view = app.view_functions[rule.endpoint]
         route: Route = getattr(view, "openapi_route", Route())
