@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from api import create_app
+from api.openapi import NOT_THE_API
 from models.api_keys import MODE_CACHE_SECONDS
 from tests.conftest import ROOT, TERMINAL, Service, make_settings
 from tests.test_api_keys import created, keys_command
@@ -48,7 +49,8 @@ def _template(path: str) -> re.Pattern[str]:
 
 def _served_operations(tmp_path: Path) -> set[tuple[str, str]]:
     """(method, path template) of every operation of the OpenAPI document and of every rule of
-    the Flask url_map (Flask's own static files aside)."""
+    the Flask url_map, but for what is not the API (the page and its static files, which
+    tests/test_browser.py drives in a real browser)."""
     app = create_app({"settings": make_settings(tmp_path, REDIS_URL="redis://127.0.0.1:1/0")})
     document = app.test_client().get("/openapi.json").json
     assert document is not None
@@ -56,7 +58,7 @@ def _served_operations(tmp_path: Path) -> set[tuple[str, str]]:
         (method.upper(), path) for path, item in document["paths"].items() for method in item
     }
     for rule in app.url_map.iter_rules():
-        if rule.endpoint != "static":
+        if rule.endpoint not in NOT_THE_API:
             path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
             operations |= {(method, path) for method in (rule.methods or set()) & _METHODS}
     return operations
