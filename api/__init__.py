@@ -33,7 +33,7 @@ from api.key_commands import keys
 from api.origins import register_origin_checks
 from api.submission import ApiRequest
 from models import storage
-from models.db import make_engine, make_session_factory
+from models.db import PING_IDLE_SECONDS, make_engine, make_session_factory
 from models.event_log import JobEvents
 from models.logging_config import REQUEST_ID
 from models.queue import JobQueue
@@ -109,7 +109,7 @@ def warm_up(app: Flask) -> None:
 
 def _connect(app: Flask, settings: Settings) -> None:
     """Makes the clients of the database, Redis, the queue and the file stores."""
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, ping_idle_seconds=PING_IDLE_SECONDS)
     app.extensions["voicechat.settings"] = settings
     app.extensions["voicechat.engine"] = engine
     app.extensions["voicechat.sessions"] = make_session_factory(engine)

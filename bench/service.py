@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -42,28 +43,40 @@ def running(timeout: float = 600.0, **env: str) -> Iterator[str]:
         }
         log = (Path(data_dir) / "service.log").open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "scripts.launch", "--port", str(port)],
+            # No Flower: a benchmark reads nothing from it, and its fixed port is one per machine.
+            [sys.executable, "-m", "scripts.launch", "--port", str(port), "--no-flower"],
             cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         try:
-            _until_ready(url, process, timeout)
+            _until_ready(url, process, timeout, Path(data_dir) / "service.log")
             yield url
         finally:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            _stop(process)
             log.close()
 
 
-def _until_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stops the launcher's process group: SIGINT, then SIGKILL after two minutes."""
+    with contextlib.suppress(ProcessLookupError):  # the launcher exited on its own
+        os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _until_ready(url: str, process: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the service exited with {process.returncode} before it was ready")
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            raise RuntimeError(
+                f"the service exited with {process.returncode} before it was ready; "
+                "its log ends:\n" + "\n".join(tail)
+            )
         try:
             if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return

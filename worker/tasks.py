@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import event_log, metrics, queries, storage, transitions, webhooks
-from models.db import make_engine, make_session_factory
+from models.db import PING_IDLE_SECONDS, make_engine, make_session_factory
 from models.errors import EngineUnavailable, JobTimedOut, VoiceChatError
 from models.event_log import JobEvents
 from models.logging_config import JOB_ID
@@ -55,7 +56,9 @@ def _sessions() -> sessionmaker[Session]:
     global _SESSIONS
     if _SESSIONS is None:
         engine = make_engine(
-            settings.database_url, hold_limit_seconds=settings.worker_hold_limit_seconds
+            settings.database_url,
+            hold_limit_seconds=settings.worker_hold_limit_seconds,
+            ping_idle_seconds=PING_IDLE_SECONDS,
         )
         _SESSIONS = make_session_factory(engine)
     return _SESSIONS
@@ -68,6 +71,11 @@ def _events() -> JobEvents:
         _EVENTS = JobEvents.connect(settings.redis_url, ttl_seconds=settings.events_ttl_seconds)
     return _EVENTS
 
+
+# A claim the database could not take is tried again after 1, 2, 4 ... s, at most this apart:
+# the job is still queued and its message is about to be acknowledged, so without a retry it
+# would wait for nothing (its sent mark tells the reconciler that it has a message).
+CLAIM_RETRY_MAX_SECONDS = 30
 
 # A job id no row has: the warm-up's claim matches nothing.
 _WARM_UP_ID = "0" * 32
@@ -266,13 +274,28 @@ def run_job(job_id: str) -> None:
 
 def _run_job(job_id: str) -> None:
     with _sessions()() as session:
-        claim = transitions.claim(
-            session,
-            job_id,
-            owner=lease_keeper.worker_id(),
-            lease_seconds=settings.lease_seconds,
-            max_attempts=settings.max_attempts,
-        )
+        try:
+            claim = transitions.claim(
+                session,
+                job_id,
+                owner=lease_keeper.worker_id(),
+                lease_seconds=settings.lease_seconds,
+                max_attempts=settings.max_attempts,
+            )
+        except DBAPIError as error:
+            if not (error.connection_invalidated or isinstance(error, OperationalError)):
+                raise
+            # The database went away (a restart, a failover): the job is untouched, so its
+            # message is sent again, as the same task, to be claimed once the database is back.
+            retries = run_job.request.retries
+            countdown = min(2**retries, CLAIM_RETRY_MAX_SECONDS)
+            _LOGGER.warning(
+                "claim failed, retried job_id=%s in_s=%d error=%s",
+                job_id,
+                countdown,
+                type(error.orig).__name__,
+            )
+            raise run_job.retry(countdown=countdown, max_retries=None) from error
         if claim.outcome in (transitions.ClaimOutcome.EXHAUSTED, transitions.ClaimOutcome.CANCELED):
             event_log.announce_end(session, _events(), job_id, webhooks=queue_delivery)
         if claim.lease is None:
