@@ -103,6 +103,9 @@ def warm_up(app: Flask) -> None:
         app.extensions["voicechat.events"].redis.ping()
         app.extensions["voicechat.queue"].warm()
         app.extensions["voicechat.key_mode"].keyed()  # the first "any keys?" read, compiled
+        # The rate limiter's first count loads its Lua script and opens its connection: a
+        # counter no caller has, which expires in a second.
+        app.extensions["voicechat.limiter"].storage.incr("voicechat/warm-up", 1)
     except (SQLAlchemyError, RedisError, OperationalError, OSError) as error:
         _LOGGER.warning("connections not warmed error=%s", type(error).__name__)
 

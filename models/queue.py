@@ -108,6 +108,8 @@ class JobQueue:
         """
         with self.celery.producer_or_acquire() as producer:
             producer.connection.ensure_connection(max_retries=1)
+            # kombu declares a queue on its first publish (a few Redis commands); now instead.
+            producer.maybe_declare(self.celery.amqp.queues[JOB_QUEUE])
         # send_task loads the (disabled) result backend on its first call: 18 ms, profiled.
         backend = self.celery.backend
         _LOGGER.debug("publisher ready backend=%s", type(backend).__name__)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from models.settings import Settings
-from worker.engines import Audio, Message, Reply, Transcript
+from worker.engines import WARM_UP_PROMPTS, Audio, Message, Reply, Transcript
 
 
 class InstantTranscriber:
@@ -73,7 +73,7 @@ class CrashingGenerator(EchoGenerator):
     """Kills its own process on every prompt but the warm-up's, like a segfault in native code."""
 
     def generate(self, messages: list[Message], **options: Any) -> Reply:
-        if messages[-1]["content"] != "Hi":  # the worker warms up with "Hi"
+        if messages[-1]["content"] not in WARM_UP_PROMPTS:
             os.kill(os.getpid(), signal.SIGKILL)
         return super().generate(messages, **options)
 
@@ -138,7 +138,7 @@ class PacedGenerator(EchoGenerator):
         on_delta: Callable[[str], None] | None = None,
     ) -> Reply:
         prompt = messages[-1]["content"]
-        if prompt == "Hi":  # the worker's warm-up
+        if prompt in WARM_UP_PROMPTS:
             return super().generate(messages, max_tokens=max_tokens, temperature=temperature)
         self._note("start", prompt)
         pause = self.pause_seconds if prompt.startswith("slow") else 0.0

@@ -17,6 +17,7 @@ from sqlalchemy import insert
 from models.db import make_engine
 from models.tables import Job, JobStatus, new_job_id, utcnow
 from tests.stack import FAST_ENGINES, Stack
+from worker.engines import WARM_UP_PROMPTS
 
 pytestmark = pytest.mark.e2e
 
@@ -92,7 +93,7 @@ def test_a_crash_in_a_later_stage_resumes_from_the_checkpoint(
     assert job["result"]["text"] == "echo: resume me"
     # The reply was generated once; only the speech was made again.
     generated = (stack.data_dir / "generations.log").read_text().splitlines()
-    assert [prompt for prompt in generated if prompt != "Hi"] == ["resume me"]  # "Hi": warm-ups
+    assert [prompt for prompt in generated if prompt not in WARM_UP_PROMPTS] == ["resume me"]
     assert _reply_files(stack, job["id"]) == [f"{job['id']}-2.wav"]
 
 

@@ -16,7 +16,13 @@ import numpy as np
 
 from models.errors import NoSpeech
 from models.settings import Settings
-from worker.engines import build_generator, build_synthesizer, build_transcriber
+from worker.engines import (
+    WARM_UP_PROMPTS,
+    WARM_UP_TOKENS,
+    build_generator,
+    build_synthesizer,
+    build_transcriber,
+)
 from worker.pipeline import Pipeline
 
 _LOGGER = logging.getLogger(__name__)
@@ -108,5 +114,7 @@ def warm_up(pipeline: Pipeline) -> None:
     audio = pipeline.synthesizer.synthesize("Ready.", voice=settings.tts_voice)
     with contextlib.suppress(NoSpeech):  # one second of silence: exactly the expected answer
         pipeline.transcriber.transcribe(np.zeros(16_000, dtype=np.float32))
-    pipeline.generator.generate(pipeline.messages_for("Hi", {}), max_tokens=1, temperature=0.0)
+    for prompt in WARM_UP_PROMPTS:
+        messages = pipeline.messages_for(prompt, {})
+        pipeline.generator.generate(messages, max_tokens=WARM_UP_TOKENS, temperature=0.0)
     _LOGGER.debug("warm-up done audio_s=%.2f", audio.duration)
