@@ -2,8 +2,8 @@
 
 Run: `.venv/bin/python -m bench.submit [--rounds N] [--seconds S] [--connections C]`. Needs
 Debian's `wrk`. Starts the service with the benchmark's null engines and limits it never reaches
-(`bench/engines.py`), on SQLite (the embedded default) and, when `BENCH_POSTGRES_URL` names one,
-on PostgreSQL.
+(`bench/engines.py`), on SQLite (the embedded default) and, when `BENCH_POSTGRES_URL` names a
+PostgreSQL server, in a new database made on it for the run (and dropped after).
 
 Each round runs wrk on `/healthz`, then on the submit route, back to back; the figure quoted is
 the median over rounds of submit's requests/s, p50 and p99, and of the per-round ratio of
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.engines import NULL_ENGINES, UNREACHED_LIMITS
-from bench.service import running
+from bench.service import fresh_database, running
 from bench.table import Row, markdown
 
 BODY = json.dumps({"text": "What is the capital of France?"})
@@ -90,16 +90,16 @@ def measure(url: str, rounds: int, seconds: int, connections: int) -> dict[str, 
 
 def run(rounds: int, seconds: int, connections: int) -> dict[str, dict[str, float]]:
     """Measures on SQLite and, if configured, on PostgreSQL."""
-    databases = {"sqlite": ""}
-    if postgres := os.environ.get("BENCH_POSTGRES_URL", ""):
-        databases["postgresql"] = postgres
+    env = {**NULL_ENGINES, **UNREACHED_LIMITS}
     results = {}
-    for name, database_url in databases.items():
-        env = {**NULL_ENGINES, **UNREACHED_LIMITS}
-        if database_url:
-            env["DATABASE_URL"] = database_url
-        with running(**env) as url:
-            results[name] = measure(url, rounds, seconds, connections)
+    with running(**env) as url:
+        results["sqlite"] = measure(url, rounds, seconds, connections)
+    if postgres := os.environ.get("BENCH_POSTGRES_URL", ""):
+        with (
+            fresh_database(postgres) as database_url,
+            running(**env, DATABASE_URL=database_url) as url,
+        ):
+            results["postgresql"] = measure(url, rounds, seconds, connections)
     return results
 
 
