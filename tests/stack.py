@@ -210,3 +210,15 @@ class Stack:
 
     def wait_for_stage(self, job_id: str, stage: str) -> None:
         self._until(lambda: self.job(job_id)["stage"] == stage, f"job {job_id} to reach {stage}")
+
+
+@contextlib.contextmanager
+def api_only(folder: Path, **env: str) -> Iterator[Stack]:
+    """Redis and the API, no worker (every job stays queued); closed afterwards."""
+    stack = Stack(folder, **env)
+    try:
+        stack.start_redis()
+        stack.start_api()
+        yield stack
+    finally:
+        stack.close()

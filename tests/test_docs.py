@@ -15,7 +15,7 @@ import pytest
 
 from api import create_app
 from tests.conftest import make_settings
-from tests.stack import FAST_ENGINES, Stack
+from tests.stack import FAST_ENGINES, Stack, api_only
 
 MEDIA_TYPES = {".css": "text/css", ".js": "text/javascript", ".png": "image/png"}
 EXTERNAL = re.compile(r"(?:https?:)?//", re.IGNORECASE)
@@ -127,19 +127,14 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def api_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("docs"), **FAST_ENGINES)
-    try:
-        stack.start_redis()
-        stack.start_api()
+def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with api_only(tmp_path_factory.mktemp("docs"), **FAST_ENGINES) as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 @pytest.mark.e2e
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (apt: chromium)")
-def test_a_browser_renders_the_document_under_the_policy(api_only: Stack, tmp_path: Path) -> None:
+def test_a_browser_renders_the_document_under_the_policy(api_stack: Stack, tmp_path: Path) -> None:
     """Swagger UI, held to the page's Content-Security-Policy, reads this OpenAPI 3.1 document
     and shows its operations (Swagger UI 4 could not: it refuses `openapi: 3.1.0`)."""
     done = subprocess.run(
@@ -151,7 +146,7 @@ def test_a_browser_renders_the_document_under_the_policy(api_only: Stack, tmp_pa
             f"--user-data-dir={tmp_path / 'profile'}",
             "--virtual-time-budget=15000",
             "--dump-dom",
-            f"{api_only.url}/docs",
+            f"{api_stack.url}/docs",
         ],
         capture_output=True,
         text=True,

@@ -16,7 +16,7 @@ from api.held_requests import HeldRequests
 from models.api_keys import create_key
 from models.db import make_engine
 from tests.conftest import make_settings
-from tests.stack import Stack
+from tests.stack import Stack, api_only
 
 PLACES = 2
 
@@ -38,19 +38,14 @@ def test_places_are_taken_at_once_or_not_at_all_and_released_once() -> None:
 def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # One API process with two places and no worker: every job stays queued, so a follower
     # that gets in is held until it leaves.
-    stack = Stack(
+    with api_only(
         tmp_path_factory.mktemp("held"),
         API_WORKERS="1",
         API_THREADS="4",
         MAX_HELD_REQUESTS=str(PLACES),
         MAX_WAIT_SECONDS="3600",
-    )
-    try:
-        stack.start_redis()
-        stack.start_api()
+    ) as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 def _follow(
