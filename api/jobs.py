@@ -23,6 +23,7 @@ from api.speech_stream import stream_reply
 from api.submission import AUDIO_MEDIA_TYPES, Submission, parse_submission
 from api.validation import single_values, validate
 from models import event_log, queries, storage, transitions, webhooks
+from models.db import write_turn
 from models.errors import (
     AudioExpired,
     AudioNotFound,
@@ -98,8 +99,9 @@ def submit(job: Job, audio: bytes | None = None, extension: str = "wav") -> Job:
         job.input_kind = InputKind.AUDIO.value
         job.input_audio_file = uploads.write(storage.upload_name(job.id, extension), audio)
     try:
-        transitions.insert_queued(g.db, job)
-        g.db.commit()
+        with write_turn(current_app.extensions["voicechat.engine"]):
+            transitions.insert_queued(g.db, job)
+            g.db.commit()
     except Exception:
         if job.input_audio_file:  # no row will ever point at it
             with contextlib.suppress(OSError, SQLAlchemyError):
