@@ -6,6 +6,8 @@ threads and context; then, round by round and in turn, streams the same chat fro
 official `openai` client. Per round: time to the first content token, tokens per second over
 the whole answer, and the answer's wall time (1 / requests per second, one at a time); the
 figures quoted are medians over rounds, and each ratio (service / server) is taken round by round.
+Then, as many rounds again on the service alone, its time to first token split into steps by the
+job's timestamps and its events' ids (`STEPS`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 
 import requests
 from openai import OpenAI
@@ -78,6 +81,49 @@ def stream_once(client: OpenAI, model: str) -> dict[str, float]:
     return {"ttft_s": first or total, "total_s": total, "tokens": float(tokens or pieces)}
 
 
+# Where the service's time to first token goes, from the job's timestamps and its events' stream
+# ids (milliseconds on the server's clock, which is this machine's): the request to the row, the
+# row to the claim, the claim to the `running` event, to the stage's event, to the first reply
+# text's event, and that event to the client.
+STEPS = ("row made", "claimed", "running event", "stage event", "first text event", "client")
+
+
+def first_token_steps(url: str, model: str) -> dict[str, float]:
+    """Streams one chat with `requests`, then reads the job and replays its events: the
+    milliseconds each step of `STEPS` took, from the one before it (the first: from sending)."""
+    body = {"model": model, "messages": MESSAGES, "max_tokens": MAX_TOKENS, "temperature": 0.0}
+    sent = time.time()
+    first = None
+    with requests.post(
+        f"{url}/v1/chat/completions", json={**body, "stream": True}, stream=True, timeout=60
+    ) as answer:
+        job_id = answer.headers["X-Job-Id"]
+        for line in answer.iter_lines():
+            # The first chunk carries the role and "" as its content; the first text follows.
+            text = line.startswith(b"data: {") and b'"content":"' in line
+            if first is None and text and b'"content":""' not in line:
+                first = time.time()
+    job = requests.get(f"{url}/v1/jobs/{job_id}", timeout=10).json()
+    replay = requests.get(f"{url}/v1/jobs/{job_id}/events", timeout=30).text
+    seen: dict[str, float] = {}
+    kind = ""
+    for line in replay.splitlines():
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("id: ") and kind not in seen:
+            seen[kind] = int(line[4:].split("-")[0]) / 1000
+    marks = [
+        sent,
+        datetime.fromisoformat(job["created_at"]).timestamp(),
+        datetime.fromisoformat(job["started_at"]).timestamp(),
+        seen["status"],
+        seen["stage"],
+        seen["delta"],
+        first or time.time(),
+    ]
+    return {step: (b - a) * 1000 for step, a, b in zip(STEPS, marks, marks[1:], strict=True)}
+
+
 def measure(ours: OpenAI, theirs: OpenAI, model: str, rounds: int) -> dict[str, float]:
     """Alternates the two servers for `rounds` rounds after one warm-up each."""
     stream_once(ours, model)
@@ -106,6 +152,7 @@ def rows(rounds: int = 7) -> list[Row]:
         theirs = OpenAI(base_url=base, api_key="none")
         model = ours.models.list().data[0].id
         f = measure(ours, theirs, model, rounds)
+        steps = [first_token_steps(url, model) for _ in range(rounds)]
     bench, server = "chat completions, streamed", "llama_cpp.server"
     return [
         Row(bench, "tokens/s", f["service_tokens_per_s"], "tok/s", f["throughput_ratio"],
@@ -114,6 +161,8 @@ def rows(rounds: int = 7) -> list[Row]:
             f"{server} {f['server_ttft_ms']:.0f} ms"),
         Row(bench, "requests/s, one at a time", f["requests_per_s_ratio"], "x server",
             f["requests_per_s_ratio"], server),
+        *(Row(bench, f"time to first token, step to {step}",
+              statistics.median(s[step] for s in steps), "ms") for step in STEPS),
     ]  # fmt: skip
 
 

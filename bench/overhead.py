@@ -5,7 +5,8 @@ null engines (`bench/engines.py`), so every millisecond measured is the service'
 validation and row, the broker, the worker's claim, stage writes and events, the final row, and
 the answer. Each job is sent with `Prefer: wait=30`, which answers as soon as the job's `done`
 event arrives and its row reads `succeeded`. Quoted against the same client's `GET /healthz`
-round trip, measured in the same run.
+round trip, measured in the same run; and split into steps by the job's own timestamps (made,
+claimed, finished; the service runs on the client's machine, so on its clock).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from datetime import datetime
+from typing import Any
 
 import requests
 
@@ -27,16 +30,36 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
+# Where a job's time goes, from its own timestamps: the request to its row, the row to the claim,
+# the claim to the end, and the end to the answer in the client's hands.
+STEPS = {
+    "submitted": "request → row made",
+    "queued": "row made → claimed",
+    "running": "claimed → succeeded",
+    "answered": "succeeded → answer received",
+}
+
+
+def _steps(job: dict[str, Any], sent: float, received: float) -> dict[str, float]:
+    created, started, finished = (
+        datetime.fromisoformat(job[name]).timestamp()
+        for name in ("created_at", "started_at", "finished_at")
+    )
+    spans = (created - sent, started - created, finished - started, received - finished)
+    return {step: span * 1000 for step, span in zip(STEPS, spans, strict=True)}
+
+
 def measure(url: str, jobs: int) -> dict[str, float]:
     """Times `jobs` sequential text jobs and as many `/healthz` round trips."""
     http = requests.Session()
     for _ in range(20):  # warm-up
         http.post(f"{url}/v1/jobs", json={"text": "Hi."}, headers={"Prefer": "wait=30"}, timeout=60)
-    waits, bare, queued = [], [], []
+    waits, bare, steps = [], [], []
     for _ in range(jobs):
         started = time.perf_counter()
         http.get(f"{url}/healthz", timeout=10)
         bare.append((time.perf_counter() - started) * 1000)
+        sent = time.time()  # the service's timestamps are on this machine's clock too
         started = time.perf_counter()
         answer = http.post(
             f"{url}/v1/jobs", json={"text": "Hi."}, headers={"Prefer": "wait=30"}, timeout=60
@@ -45,11 +68,11 @@ def measure(url: str, jobs: int) -> dict[str, float]:
         job = answer.json()
         if answer.status_code != 200 or job["status"] != "succeeded":
             raise RuntimeError(f"job did not finish within the wait: {answer.status_code}")
-        queued.append(job["timings"]["queued_s"] * 1000)
+        steps.append(_steps(job, sent, sent + waits[-1] / 1000))
     return {
         "overhead_p50_ms": statistics.median(waits),
         "overhead_p99_ms": quantile(waits, 0.99),
-        "queued_p50_ms": statistics.median(queued),
+        **{f"{step}_p50_ms": statistics.median(s[step] for s in steps) for step in STEPS},
         "healthz_p50_ms": statistics.median(bare),
         "ratio_p50": statistics.median(waits) / statistics.median(bare),
     }
@@ -70,7 +93,10 @@ def rows(jobs: int = 200) -> list[Row]:
             healthz,
         ),
         Row(bench, "submit → succeeded and visible, p99", f["overhead_p99_ms"], "ms"),
-        Row(bench, "of which queued (row made → claimed), p50", f["queued_p50_ms"], "ms"),
+        *(
+            Row(bench, f"of which {what}, p50", f[f"{step}_p50_ms"], "ms")
+            for step, what in STEPS.items()
+        ),
     ]
 
 

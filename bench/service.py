@@ -28,6 +28,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# The launcher's process id by the URL it serves, while it runs: the service's processes (the
+# API, the workers, beat, the embedded Redis) are all in the launcher's session.
+_LAUNCHERS: dict[str, int] = {}
+
+
+def service_cpu_seconds(url: str) -> float:
+    """The CPU time (user and system) the service at `url` has used so far, summed over the
+    processes of its launcher's session; a PostgreSQL server it uses is not among them."""
+    session = _LAUNCHERS[url]
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process has just exited
+            continue
+        if int(fields[3]) == session:  # stat's 6th field; utime and stime are its 14th, 15th
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
 def fresh_database(server_url: str) -> Iterator[str]:
     """Makes an empty database on the PostgreSQL server of `server_url` and yields its URL;
@@ -68,12 +90,14 @@ def running(timeout: float = 600.0, **env: str) -> Iterator[str]:
             cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
+        _LAUNCHERS[url] = process.pid
         try:
             _until_ready(url, process, timeout, Path(data_dir) / "service.log")
             yield url
         finally:
             _stop(process)
             log.close()
+            del _LAUNCHERS[url]
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

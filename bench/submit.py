@@ -7,7 +7,9 @@ PostgreSQL server, in a new database made on it for the run (and dropped after).
 
 Each round runs wrk on `/healthz`, then on the submit route, back to back; the figure quoted is
 the median over rounds of submit's requests/s, p50 and p99, and of the per-round ratio of
-submit's throughput to `/healthz`'s (the bare route of the same server in the same round).
+submit's throughput to `/healthz`'s (the bare route of the same server in the same round). Also
+the service's CPU time per request (all its processes: the API, the worker draining the jobs as
+they come, the embedded Redis; not a PostgreSQL server), for each route.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.engines import NULL_ENGINES, UNREACHED_LIMITS
-from bench.service import fresh_database, running
+from bench.service import fresh_database, running, service_cpu_seconds
 from bench.table import Row, markdown
 
 BODY = json.dumps({"text": "What is the capital of France?"})
@@ -38,21 +40,28 @@ class Load:
     p50_ms: float
     p99_ms: float
     errors: int  # non-2xx answers and socket errors: a figure with errors is not quoted
+    cpu_ms: float = 0.0  # the service's CPU time per request (`service_cpu_seconds`)
 
 
 def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> Load:
-    """Runs wrk with two threads and returns its throughput, latency quantiles and errors."""
+    """Runs wrk with two threads and returns its throughput, latency quantiles and errors, and
+    the CPU time the service spent per request meanwhile."""
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if script is not None:
         command += ["-s", str(script)]
+    service = url.split("/", 3)
+    base = "/".join(service[:3])
+    cpu = service_cpu_seconds(base)
     output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    cpu = service_cpu_seconds(base) - cpu
+    sent = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     quantiles = {
         q: float(v) * _UNITS[u] for q, v, u in re.findall(r"(\d+)%\s+([\d.]+)(us|ms|s)\b", output)
     }
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
     errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
-    return Load(rate, quantiles["50"], quantiles["99"], errors)
+    return Load(rate, quantiles["50"], quantiles["99"], errors, cpu * 1000 / max(sent, 1))
 
 
 def _post_script(folder: Path) -> Path:
@@ -84,6 +93,9 @@ def measure(url: str, rounds: int, seconds: int, connections: int) -> dict[str, 
         "submit_p50_ms": statistics.median(s.p50_ms for _, s in pairs),
         "submit_p99_ms": statistics.median(s.p99_ms for _, s in pairs),
         "ratio": statistics.median(s.requests_per_s / h.requests_per_s for h, s in pairs),
+        "healthz_cpu_ms": statistics.median(h.cpu_ms for h, _ in pairs),
+        "submit_cpu_ms": statistics.median(s.cpu_ms for _, s in pairs),
+        "cpu_ratio": statistics.median(s.cpu_ms / h.cpu_ms for h, s in pairs),
         "errors": float(errors),
     }
 
@@ -113,6 +125,14 @@ def rows(rounds: int = 3, seconds: int = 10, connections: int = 16) -> list[Row]
             Row(bench, "POST /v1/jobs throughput", f["submit_rps"], "req/s", f["ratio"], healthz),
             Row(bench, "POST /v1/jobs p50", f["submit_p50_ms"], "ms"),
             Row(bench, "POST /v1/jobs p99", f["submit_p99_ms"], "ms"),
+            Row(
+                bench,
+                "service CPU per POST /v1/jobs",
+                f["submit_cpu_ms"],
+                "ms",
+                f["cpu_ratio"],
+                f"GET /healthz {f['healthz_cpu_ms']:.2f} ms",
+            ),
             Row(bench, "errors (non-2xx, socket)", f["errors"], ""),
         ]
     return table
