@@ -29,15 +29,15 @@ def free_port() -> int:
 
 
 # The launcher's process id by the URL it serves, while it runs: the service's processes (the
-# API, the workers, beat, the embedded Redis) are all in the launcher's session.
+# API, the workers, beat, the embedded Redis) are its descendants.
 _LAUNCHERS: dict[str, int] = {}
 
 
 def service_cpu_seconds(url: str) -> float:
-    """The CPU time (user and system) the service at `url` has used so far, summed over the
-    processes of its launcher's session; a PostgreSQL server it uses is not among them."""
-    session = _LAUNCHERS[url]
-    ticks = 0
+    """The CPU time (user and system) the service at `url` has used so far, summed over its
+    launcher and the launcher's descendants; a PostgreSQL server it uses is not among them."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -45,9 +45,16 @@ def service_cpu_seconds(url: str) -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the process has just exited
             continue
-        if int(fields[3]) == session:  # stat's 6th field; utime and stime are its 14th, 15th
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])  # stat's 4th field; utime and stime are its 14th, 15th
+        ticks[pid] = int(fields[11]) + int(fields[12])
+    family = {_LAUNCHERS[url]}
+    grew = True
+    while grew:
+        more = {pid for pid, parent in parents.items() if parent in family} - family
+        family |= more
+        grew = bool(more)
+    return sum(ticks.get(pid, 0) for pid in family) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
