@@ -121,7 +121,7 @@ def first_token_steps(url: str, model: str) -> dict[str, float]:
         seen["delta"],
         first or time.time(),
     ]
-    return {step: (b - a) * 1000 for step, a, b in zip(STEPS, marks, marks[1:], strict=True)}
+    return {step: (b - a) * 1000 for step, a, b in zip(STEPS, marks[:-1], marks[1:], strict=True)}
 
 
 def measure(ours: OpenAI, theirs: OpenAI, model: str, rounds: int) -> dict[str, float]:
