@@ -20,9 +20,8 @@ from models.settings import Settings
 from models.tables import Message as Message  # re-exported: the chat shape the stages speak
 
 # What the worker's warm-up (worker/runtime.py) asks the language model, a few tokens each:
-# llama.cpp then has evaluated prompts and decoded token by token before the first job. One
-# token of "Hi" left the first question 60% slower than the next (176 against 110 ms, in one
-# process); two prompts of eight tokens leave it about 25% slower.
+# llama.cpp then has evaluated prompts and decoded token by token before the first job. A warm-up
+# of one token of "Hi" never decoded, and left that to the first job (bench.cases).
 WARM_UP_PROMPTS = ("Hi", "Say hello to the world in one short sentence.")
 WARM_UP_TOKENS = 8
 
