@@ -322,8 +322,10 @@ def _run_job(job_id: str) -> None:
         except DBAPIError as error:
             if not (error.connection_invalidated or isinstance(error, OperationalError)):
                 raise
-            # The database went away (a restart, a failover): the job is untouched, so its
-            # message is sent again, as the same task, to be claimed once the database is back.
+            # The database went away (a restart, a failover): the job is still queued (or, if
+            # the claim's commit landed but its answer was lost, running on a lease nobody renews,
+            # which the reconciler releases once it expires). Its message is sent again, as the
+            # same task, to be claimed once the database is back.
             retries = run_job.request.retries
             countdown = min(2**retries, CLAIM_RETRY_MAX_SECONDS)
             _LOGGER.warning(
