@@ -333,3 +333,33 @@ def test_a_busy_service_is_read_instead_of_followed(
         assert chat.page.locator("#alert").inner_text() == ""
         screenshots.take(chat.page, "polled")
         chat.close()
+
+
+def test_a_reply_is_stopped_and_what_it_said_stays(
+    browser: Any, tmp_path: Path, screenshots: Screenshots
+) -> None:
+    # A generator that says one word every 0.25 s, for prompts that start with "slow".
+    engines = {**FAST_ENGINES, "LLM_ENGINE": "tests.engines:PacedGenerator"}
+    with Stack(tmp_path, **engines).serving() as stack:
+        chat = ChatPage(browser, stack.url)
+        stop = chat.page.locator("#stop")
+        assert stop.is_hidden()
+        chat.ask("slow " + " ".join(f"word{n}" for n in range(40)), reply="voice")
+        reply = chat.turn(1).locator(".reply-text")
+        chat.page.wait_for_function(
+            "() => document.querySelector('.turn .reply-text').textContent.includes('slow')"
+        )
+        stop.click()
+        turn = chat.finished(1, timeout=60_000)
+        assert turn.get_attribute("data-state") == "canceled", turn.inner_text()
+        assert "Stopped" in turn.locator(".note").inner_text()
+        assert chat.page.locator("#alert").inner_text() == ""  # asked for: not an error
+        assert stop.is_hidden()
+        job = stack.job(str(turn.get_attribute("data-job-id")))
+        assert (job["status"], job["error"]["code"]) == ("canceled", "canceled")
+        # What the page shows is what the job kept: the words said before the stop.
+        kept = job["result"]["text"]
+        assert kept.startswith("echo: slow") and "word39" not in kept
+        assert reply.inner_text().strip() == kept.strip()
+        screenshots.take(chat.page, "stopped")
+        chat.close()

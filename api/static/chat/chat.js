@@ -6,6 +6,7 @@ import { Recorder, RecordingError } from "./recorder.js";
 import {
   ServiceError,
   apiKey,
+  cancelJob,
   createConversation,
   getConversation,
   getJob,
@@ -43,6 +44,8 @@ const JOB_FAILURES = {
   broker_unavailable: "The question could not be queued: try again in a moment.",
   canceled: "The question was canceled.",
 };
+// Said of a turn the person stopped with the Stop button: not an error, so no alert.
+const STOPPED = "Stopped: the reply so far is kept.";
 
 const page = {
   turns: document.getElementById("turns"),
@@ -52,6 +55,7 @@ const page = {
   form: document.getElementById("ask"),
   prompt: document.getElementById("prompt"),
   send: document.getElementById("send"),
+  stop: document.getElementById("stop"),
   talk: document.getElementById("talk"),
   talkLabel: document.getElementById("talk-label"),
   talkTimer: document.getElementById("talk-timer"),
@@ -67,6 +71,7 @@ let context = null; // one AudioContext, made on the first gesture (browsers' au
 let recorder = null;
 let player = null; // the reply playing now
 let busy = false;
+let asking = null; // the job being answered: its id, and whether the person stopped it
 let talking = null; // the recording under way: {started: Promise, timer}
 let wavUrls = [];
 
@@ -326,10 +331,15 @@ async function ask(prompt) {
   try {
     turn.jobId = job.id;
     turn.stage("queued");
+    asking = { jobId: job.id, stopped: false };
+    page.stop.hidden = false;
     const ended = await follow(job.id, turn, reply, sentAt);
     turn.finish(ended);
     if (ended.status === "succeeded") {
       announce("The reply is complete.");
+    } else if (ended.status === "canceled" && asking.stopped) {
+      turn.stopped(STOPPED);
+      announce(STOPPED);
     } else {
       const code = ended.error?.code || ended.status;
       const message = JOB_FAILURES[code] || `The question could not be answered: ${code}.`;
@@ -340,10 +350,31 @@ async function ask(prompt) {
   } catch (error) {
     report(error, turn);
   } finally {
+    asking = null;
+    page.stop.hidden = true;
     setBusy(false);
     turn.element.scrollIntoView({ block: "end" });
   }
 }
+
+/** Stops the job being answered: the service ends it `canceled`, keeping what it said. */
+async function stop() {
+  const current = asking;
+  if (current === null || current.stopped) {
+    return;
+  }
+  current.stopped = true;
+  player?.stop();
+  announce("Stopping…");
+  try {
+    await cancelJob(current.jobId);
+  } catch (error) {
+    current.stopped = false;
+    report(error);
+  }
+}
+
+page.stop.addEventListener("click", () => stop());
 
 // Hold to talk ------------------------------------------------------------------------------
 

@@ -95,6 +95,11 @@ export async function getJob(jobId) {
   return (await call(`/v1/jobs/${encodeURIComponent(jobId)}`)).json();
 }
 
+/** Asks the service to stop a job; the job's events then end it `canceled`. */
+export async function cancelJob(jobId) {
+  return (await call(`/v1/jobs/${encodeURIComponent(jobId)}/cancel`, { method: "POST" })).json();
+}
+
 /**
  * Submits a typed prompt.
  * @param {string} text

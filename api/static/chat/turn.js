@@ -168,6 +168,11 @@ export class Turn {
     }
   }
 
+  /** The person stopped the turn: what was said until then stands, and `message` says so. */
+  stopped(message) {
+    this.note.textContent = message;
+  }
+
   /** The turn could not be answered: `message` says why. */
   fail(message) {
     this.element.dataset.state = "failed";
