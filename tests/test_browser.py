@@ -353,6 +353,8 @@ def test_a_reply_is_stopped_and_what_it_said_stays(
         turn = chat.finished(1, timeout=60_000)
         assert turn.get_attribute("data-state") == "canceled", turn.inner_text()
         assert "Stopped" in turn.locator(".note").inner_text()
+        assert turn.get_attribute("data-stopped") == "true"
+        assert turn.locator(".stages li.stopped").inner_text() == "Generating"
         assert chat.page.locator("#alert").inner_text() == ""  # asked for: not an error
         assert stop.is_hidden()
         job = stack.job(str(turn.get_attribute("data-job-id")))

@@ -170,6 +170,10 @@ export class Turn {
 
   /** The person stopped the turn: what was said until then stands, and `message` says so. */
   stopped(message) {
+    this.element.dataset.stopped = "true";
+    for (const item of this.stages.children) {
+      item.className = item.className === "current" ? "stopped" : item.className;
+    }
     this.note.textContent = message;
   }
 
