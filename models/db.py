@@ -89,9 +89,9 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
         if idle_since is None or time.monotonic() - idle_since < idle_seconds:
             return  # new (just connected), or in use a moment ago
         try:
-            dbapi_connection.execute("SELECT 1")
+            engine.dialect.do_ping(dbapi_connection)  # what `pool_pre_ping` runs
             dbapi_connection.rollback()  # leave no transaction open on a pooled connection
-        except Exception as error:  # psycopg's OperationalError and kin: the connection is gone
+        except engine.dialect.loaded_dbapi.Error as error:  # the connection is gone
             raise exc.DisconnectionError(str(error)) from error
 
 

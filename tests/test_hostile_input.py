@@ -64,11 +64,17 @@ def test_any_bytes_after_a_wav_header_give_audio_info_or_a_domain_error(tail: by
 def test_mutated_wavs_give_audio_info_or_a_domain_error(
     valid: bytes, flips: list[tuple[int, int]], cut: int
 ) -> None:
+    _check(_mutated(valid, flips, cut))
+
+
+def _mutated(valid: bytes, flips: list[tuple[int, int]], cut: int) -> bytes:
+    """`valid` cut short by `cut` bytes, with each (offset, value) of `flips` written over it
+    (offsets drawn small: the header region, where parsers break)."""
     data = bytearray(valid[: max(0, len(valid) - cut)])
-    for offset, value in flips:  # corrupt the header region, where parsers break
+    for offset, value in flips:
         if offset < len(data):
             data[offset] = value
-    _check(bytes(data))
+    return bytes(data)
 
 
 COMPRESSED = [encode(wav_bytes(tone(0.4, 22_050), 22_050), kind) for kind in FORMATS]
@@ -86,12 +92,8 @@ def test_mutated_recordings_give_audio_info_or_a_domain_error(
 ) -> None:
     """WebM, Ogg, MP3, M4A and FLAC with bytes changed (their headers first) and cut short:
     PyAV may only ever answer through a domain error."""
-    data = bytearray(valid[: max(0, len(valid) - cut)])
-    for offset, value in flips:
-        if offset < len(data):
-            data[offset] = value
     try:
-        info = inspect_upload(bytes(data), LIMITS)
+        info = inspect_upload(_mutated(valid, flips, cut), LIMITS)
     except VoiceChatError:
         return
     assert info.frames > 0 and info.sample_rate > 0 and info.seconds <= 5.25

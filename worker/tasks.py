@@ -208,6 +208,16 @@ class RowProgress:
             raise transitions.LeaseLost(self.lease.job_id)
         if self.cancel.requested():
             raise transitions.CancelRequested(self.lease.job_id)
+        self._append(event_type, data)
+
+    def _append(self, event_type: str, data: dict[str, Any]) -> None:
+        """Appends an event to the job's log under the lease, asked to stop or not.
+
+        Raises:
+            LeaseLost: The lease is lost, or the log's fence refused the event.
+        """
+        if self.held.lost.is_set():
+            raise transitions.LeaseLost(self.lease.job_id)
         appended = self.events.publish(
             self.lease.job_id, event_type, data, attempt=self.lease.attempt
         )
@@ -251,14 +261,8 @@ class RowProgress:
         """
         if not self.unsent:
             return
-        if self.held.lost.is_set():
-            raise transitions.LeaseLost(self.lease.job_id)
         text = "".join(self.unsent)
-        appended = self.events.publish(
-            self.lease.job_id, event_log.DELTA, {"text": text}, attempt=self.lease.attempt
-        )
-        if appended is event_log.Append.FENCED:
-            raise transitions.LeaseLost(self.lease.job_id)
+        self._append(event_log.DELTA, {"text": text})
         self.unsent.clear()
         self.generated.append(text)  # what a cancel keeps is what was streamed
         self.next_delta = time.perf_counter() + DELTA_INTERVAL_SECONDS
