@@ -27,6 +27,7 @@ from api import (
     page,
     prometheus,
 )
+from api.access import release_connection
 from api.authentication import register_authentication
 from api.held_requests import HeldRequests
 from api.key_commands import keys
@@ -158,6 +159,9 @@ def _track_requests(app: Flask) -> None:
     @app.after_request
     def _tag_response(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        # The view is done with the database: a streamed body runs on after this, and must not
+        # keep the connection the session checked out (the pool's 15 would go to followers).
+        release_connection()
         return response
 
     @app.teardown_request

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from flask import g
 
-from models.tables import ApiKey
-
 
 def caller_id() -> str | None:
     """The id of the API key this request came with; None when the service runs open."""
@@ -14,13 +12,16 @@ def caller_id() -> str | None:
     return key_id
 
 
-def caller_key() -> ApiKey | None:
-    """The API key row this request came with; None when the service runs open."""
-    key_id = caller_id()
-    return None if key_id is None else g.db.get(ApiKey, key_id)
-
-
 def visible(owner_id: str | None) -> bool:
     """Whether the caller may see a row owned by key `owner_id`: only the key that made it, and
     in open mode only the rows made open (owner None). Anything else is answered as unknown."""
     return owner_id == caller_id()
+
+
+def release_connection() -> None:
+    """Ends the request's database session, handing its connection back to the pool; the
+    session stays usable and checks out another if it is used again. Called before a request
+    is held (a wait, a stream), which then reads the database in short sessions of its own."""
+    session = g.get("db")
+    if session is not None:
+        session.close()

@@ -40,7 +40,8 @@ def _open_to_this_request(mode: KeyMode) -> bool:
 
 def register_authentication(app: Flask) -> None:
     """Authenticates every /v1 request (but CORS preflights, which carry no credentials)."""
-    mode = KeyMode(app.extensions["voicechat.sessions"])
+    sessions = app.extensions["voicechat.sessions"]
+    mode = KeyMode(sessions)
     app.extensions["voicechat.key_mode"] = mode
 
     @app.before_request
@@ -49,9 +50,13 @@ def register_authentication(app: Flask) -> None:
             return
         token = _presented()
         if token:
-            key = find_key(g.db, token)
+            # A short session of its own: a streamed answer would keep the request's session,
+            # and the connection it checked out, for as long as it streams.
+            with sessions() as session:
+                key = find_key(session, token)
             if key is not None:
                 g.api_key_id = key.id
+                g.api_key_requests_per_minute = key.requests_per_minute  # for api/limits.py
                 return
         # Open, a key sent anyway is ignored: OpenAI's SDKs always send one.
         if _open_to_this_request(mode):

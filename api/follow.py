@@ -24,7 +24,7 @@ from flask import Blueprint, Response, current_app, request, stream_with_context
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.access import visible
+from api.access import release_connection, visible
 from api.held_requests import Place, hold
 from api.openapi.declare import (
     SSE_HEADERS,
@@ -98,6 +98,7 @@ def follow(
     A timeout ends the iteration without `done`. `row_read` says the caller has just read the
     row and found the job going, so a first read that finds nothing does not read it again.
     """
+    release_connection()  # held from here on: no database connection kept meanwhile
     log: JobEvents = current_app.extensions["voicechat.events"]
     deadline = None if timeout is None else time.monotonic() + timeout
     block = 0.0  # the first read returns at once with whatever was missed

@@ -17,7 +17,7 @@ from redis import Redis, RedisError
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from api.access import caller_id, caller_key
+from api.access import caller_id
 from models.errors import QueueFull, RateLimited, TooManyUnfinishedJobs
 from models.queue import waiting_jobs
 from models.settings import Settings
@@ -67,8 +67,7 @@ def requests_per_minute() -> int:
     0 is no limit. Read once per request."""
     if "requests_per_minute" not in g:
         settings: Settings = current_app.extensions["voicechat.settings"]
-        key = caller_key()
-        own = None if key is None else key.requests_per_minute
+        own = g.get("api_key_requests_per_minute")
         g.requests_per_minute = settings.rate_limit_per_minute if own is None else own
     per_minute: int = g.requests_per_minute
     return per_minute
