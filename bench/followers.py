@@ -1,10 +1,11 @@
 """Many followers at once: every one streams or is refused at once, and probes stay fast."""
 
 # Run: `.venv/bin/python -m bench.followers [--followers 1000] [--rate 250] [--hold 15] [--mix]
-# [--env NAME=VALUE ...]`.
+# [--open] [--env NAME=VALUE ...]`.
 #
 # It starts Redis and the API with the launcher's own command lines (`tests/stack.py`, the
-# processes `scripts/serve.sh` runs) and no worker, so every followed job stays queued and a
+# processes `scripts/serve.sh` runs), keyed as deployed (every request sends an API key;
+# `--open`: none, the service runs open), and no worker, so every followed job stays queued and a
 # follower that gets in is held for the whole run, as behind a busy worker. Then, while probes
 # read `/healthz` and `GET /v1/jobs/{id}` on fresh connections every 10 ms (started on time
 # whether or not the last one was answered), it opens the followers, `--rate` a second or all at
@@ -107,13 +108,13 @@ async def follow(
         answers.append(Answer(f"error {type(error).__name__}", time.perf_counter() - started))
 
 
-async def probe_once(port: int, path: str, run: Run) -> None:
+async def probe_once(port: int, path: str, run: Run, auth: dict[str, str]) -> None:
     """Reads `path` on a fresh connection, timing it."""
     timings = run.probes.setdefault(path, [])
     started = time.perf_counter()
     try:
         reader, writer = await asyncio.open_connection(HOST, port)
-        writer.write(_request("GET", path, Connection="close"))
+        writer.write(_request("GET", path, Connection="close", **auth))
         status, _ = await _head(reader)
         await reader.read(-1)
         writer.close()
@@ -124,24 +125,26 @@ async def probe_once(port: int, path: str, run: Run) -> None:
     timings.append(time.perf_counter() - started)
 
 
-async def probe(port: int, path: str, stop: asyncio.Event, run: Run) -> None:
+async def probe(port: int, path: str, stop: asyncio.Event, run: Run, auth: dict[str, str]) -> None:
     """Starts a probe of `path` every PROBE_INTERVAL until `stop`, whether or not the last one
     has been answered: a slow answer cannot thin out the probes of a slow moment."""
     pending = []
     next_at = time.perf_counter()
     while not stop.is_set():
-        pending.append(asyncio.ensure_future(probe_once(port, path, run)))
+        pending.append(asyncio.ensure_future(probe_once(port, path, run, auth)))
         next_at += PROBE_INTERVAL
         await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
     await asyncio.gather(*pending)
 
 
-async def measure(args: argparse.Namespace, port: int, jobs: list[str]) -> Run:
+async def measure(
+    args: argparse.Namespace, port: int, jobs: list[str], auth: dict[str, str]
+) -> Run:
     """Opens the followers at `args.rate` a second while probing, holds them `args.hold`
-    seconds, and closes them."""
+    seconds, and closes them; each request sends `auth`."""
     run, stop, release = Run(), asyncio.Event(), asyncio.Event()
     probes = [
-        asyncio.ensure_future(probe(port, path, stop, run))
+        asyncio.ensure_future(probe(port, path, stop, run, auth))
         for path in ("/healthz", f"/v1/jobs/{jobs[0]}")
     ]
     await asyncio.sleep(1.0)  # the probes' quiet baseline
@@ -150,11 +153,11 @@ async def measure(args: argparse.Namespace, port: int, jobs: list[str]) -> Run:
     for index in range(args.followers):
         job = jobs[index % len(jobs)]
         if args.mix and index % 10 == 1:
-            request = _request("POST", "/v1/jobs", {"text": "Hi"}, Prefer="wait=60")
+            request = _request("POST", "/v1/jobs", {"text": "Hi"}, Prefer="wait=60", **auth)
         elif args.mix and index % 10 == 2:
-            request = _request("POST", "/v1/chat/completions", CHAT)
+            request = _request("POST", "/v1/chat/completions", CHAT, **auth)
         else:
-            request = _request("GET", f"/v1/jobs/{job}/events", Accept="text/event-stream")
+            request = _request("GET", f"/v1/jobs/{job}/events", Accept="text/event-stream", **auth)
         tasks.append(asyncio.ensure_future(follow(port, request, release, run.followers, 10.0)))
         if args.rate:
             await asyncio.sleep(max(0.0, started + (index + 1) / args.rate - time.perf_counter()))
@@ -202,18 +205,23 @@ def main() -> None:
         "--rate", type=float, default=250, help="followers opened a second (0: all at once)"
     )
     parser.add_argument("--mix", action="store_true", help="add Prefer: wait and chat requests")
+    parser.add_argument("--open", action="store_true", help="no API key: the open mode")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the API")
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
     with tempfile.TemporaryDirectory() as data_dir:
-        stack = Stack(Path(data_dir), LOG_LEVEL="WARNING", **env)
+        stack = Stack(Path(data_dir), open_mode=args.open, LOG_LEVEL="WARNING", **env)
         try:
             stack.start_redis()
             stack.start_api()
             jobs = [stack.submit(json={"text": f"Question {n}?"}) for n in range(args.jobs)]
-            run = asyncio.run(measure(args, stack.api_port, jobs))
+            run = asyncio.run(measure(args, stack.api_port, jobs, stack.auth))
         finally:
             stack.close()
+    print(
+        "keyed" if not args.open else "open",
+        "PostgreSQL" if "postgresql" in env.get("DATABASE_URL", "") else "SQLite",
+    )
     report(run, args.followers)
 
 

