@@ -132,8 +132,8 @@ def check_webhook(options: JobOptions, settings: Settings) -> None:
 
     Raises:
         InvalidWebhookUrl: The host does not resolve.
-        WebhookTargetNotAllowed: It resolves to a non-public address (without
-            WEBHOOK_ALLOW_PRIVATE).
+        WebhookTargetNotAllowed: It resolves to a non-public address outside
+            WEBHOOK_ALLOWED_NETWORKS.
         WebhookSecretMissing: The service runs open and WEBHOOK_SECRET is unset.
     """
     if options.webhook is None:
@@ -144,7 +144,7 @@ def check_webhook(options: JobOptions, settings: Settings) -> None:
             "sign this job's webhook.",
             field="webhook",
         )
-    webhooks.check_target(options.webhook, allow_private=settings.webhook_allow_private)
+    webhooks.check_target(options.webhook, networks=settings.webhook_allowed_networks)
 
 
 def finished_or_fail(job: Job) -> Job:

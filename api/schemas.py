@@ -140,7 +140,7 @@ WebhookUrl = Annotated[
         description="Where to POST the job's events, signed per Standard Webhooks (see the "
         "README's Webhooks section): an https or http URL with a host, without credentials, of "
         f"at most {MAX_URL_LENGTH} characters (422 `invalid_webhook_url`). Its host must "
-        "resolve to public addresses only, unless WEBHOOK_ALLOW_PRIVATE (422 "
+        "resolve to public addresses, or private ones inside WEBHOOK_ALLOWED_NETWORKS (422 "
         "`webhook_target_not_allowed`). With the service open (no API keys), WEBHOOK_SECRET "
         "must be set (422 `webhook_secret_missing`).",
         json_schema_extra={

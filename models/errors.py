@@ -205,8 +205,8 @@ class InvalidWebhookUrl(InvalidInput):
 
 
 class WebhookTargetNotAllowed(InvalidInput):
-    """The webhook's host resolves to a private, loopback, link-local or other special address
-    (allowed only with WEBHOOK_ALLOW_PRIVATE)."""
+    """The webhook's host resolves to a link-local or other special address, or to a private or
+    loopback one outside WEBHOOK_ALLOWED_NETWORKS."""
 
     code = "webhook_target_not_allowed"
     title = "Webhook target not allowed"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import math
 import os
 import re
@@ -151,7 +152,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     # Flower's user:password pairs (scripts/launch.py); generated into DATA_DIR when unset.
     flower_basic_auth: str = field(default="", repr=False)
-    webhook_allow_private: bool = False
+    # Private and loopback networks webhooks may reach (link-local and the like never: issue 20).
+    webhook_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     webhook_secret: str = field(default="", repr=False)
     webhook_max_attempts: int = 5
     webhook_backoff_seconds: tuple[int, ...] = (5, 30, 120, 600, 1800)
@@ -436,7 +438,14 @@ def parse_webhook_secret(name: str, raw: str) -> bytes:
 
 def _webhooks(env: _Environment) -> dict[str, Any]:
     """Where webhooks may go, what signs them, and how their delivery is retried."""
-    allow = env.raw("WEBHOOK_ALLOW_PRIVATE")
+    networks = []
+    for entry in _listed(env, "webhook_allowed_networks"):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise SettingError(
+                f"WEBHOOK_ALLOWED_NETWORKS entries are CIDRs like 10.0.0.0/8, got {entry!r}"
+            ) from None
     secret = env.raw("WEBHOOK_SECRET")
     if secret:
         parse_webhook_secret("WEBHOOK_SECRET", secret)
@@ -450,7 +459,7 @@ def _webhooks(env: _Environment) -> dict[str, Any]:
         else env.defaults["webhook_backoff_seconds"]
     )
     return {
-        "webhook_allow_private": parse_bool("WEBHOOK_ALLOW_PRIVATE", allow) if allow else False,
+        "webhook_allowed_networks": tuple(networks),
         "webhook_secret": secret,
         "webhook_max_attempts": env.whole("webhook_max_attempts", maximum=20),
         "webhook_backoff_seconds": backoff,

@@ -36,6 +36,7 @@ SCHEMES = ("https", "http")
 WebhookSender = Callable[[str, str], None]
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def check_url(url: str) -> SplitResult:
@@ -67,33 +68,38 @@ def port_of(parts: SplitResult) -> int:
     return parts.port or (443 if parts.scheme == "https" else 80)
 
 
-def allowed_address(address: Address) -> bool:
-    """Whether an address is a public one a webhook may reach without WEBHOOK_ALLOW_PRIVATE."""
+def allowed_address(address: Address, networks: tuple[Network, ...] = ()) -> bool:
+    """Whether a webhook may reach an address: a public one, or a private or loopback one inside
+    `networks` (WEBHOOK_ALLOWED_NETWORKS).
+
+    Link-local, multicast, reserved and unspecified addresses are refused even inside a listed
+    network: 169.254.169.254 is a cloud's metadata service (issue 20).
+    """
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    special = (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
-    )
-    return address.is_global and not special
+    # ::1 lies in IPv6's reserved ::/8, and is loopback first.
+    reserved = address.is_reserved and not address.is_loopback
+    if address.is_link_local or address.is_multicast or reserved or address.is_unspecified:
+        return False
+    return address.is_global or any(address in network for network in networks)
 
 
-def resolve_target(parts: SplitResult, *, allow_private: bool) -> list[Address]:
+def resolve_target(parts: SplitResult, *, networks: tuple[Network, ...]) -> list[Address]:
     """Resolves the URL's host once and checks every address it has.
 
     Every address must be allowed, not only the first: a name that mixes a public address with a
     private one would otherwise pass the check and be connected to the private one.
+
+    Args:
+        parts: The checked URL.
+        networks: The private and loopback networks allowed (WEBHOOK_ALLOWED_NETWORKS).
 
     Returns:
         The addresses, in the resolver's order; connect to one of these, never resolve again.
 
     Raises:
         OSError: The name does not resolve (socket.gaierror).
-        WebhookTargetNotAllowed: An address is private (and WEBHOOK_ALLOW_PRIVATE is off).
+        WebhookTargetNotAllowed: An address is not public, nor inside an allowed network.
     """
     host = parts.hostname or ""
     infos = socket.getaddrinfo(host, port_of(parts), type=socket.SOCK_STREAM)
@@ -102,27 +108,25 @@ def resolve_target(parts: SplitResult, *, allow_private: bool) -> list[Address]:
         address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
         if address not in addresses:
             addresses.append(address)
-    if not allow_private:
-        for address in addresses:
-            if not allowed_address(address):
-                raise WebhookTargetNotAllowed(
-                    "webhook's host resolves to a private, loopback, link-local or other "
-                    "non-public address.",
-                    field="webhook",
-                )
+    if not all(allowed_address(address, networks) for address in addresses):
+        raise WebhookTargetNotAllowed(
+            "webhook's host resolves to a private, loopback, link-local or other non-public "
+            "address that webhooks may not reach.",
+            field="webhook",
+        )
     return addresses
 
 
-def check_target(url: str, *, allow_private: bool) -> None:
+def check_target(url: str, *, networks: tuple[Network, ...]) -> None:
     """The submit-time check: the URL's form, then its resolved addresses.
 
     Raises:
         InvalidWebhookUrl: The URL is malformed, or its host does not resolve.
-        WebhookTargetNotAllowed: It resolves to an address that is not public.
+        WebhookTargetNotAllowed: It resolves to an address that is not allowed.
     """
     parts = check_url(url)
     try:
-        resolve_target(parts, allow_private=allow_private)
+        resolve_target(parts, networks=networks)
     except OSError:
         raise InvalidWebhookUrl("webhook's host does not resolve.", field="webhook") from None
 

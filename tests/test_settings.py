@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from models.settings import SettingError, Settings, parse_bool, parse_int
@@ -65,6 +67,8 @@ def test_booleans_accept_the_usual_spellings(raw: str, value: bool) -> None:
         {"METRICS_TOKEN": "has spaces in it, sixteen+"},
         {"WORKER_METRICS_PORT": "70000"},
         {"WORKER_METRICS_PORT": "host:port"},
+        {"WEBHOOK_ALLOWED_NETWORKS": "10.0.0.0/8,intranet"},
+        {"WEBHOOK_ALLOWED_NETWORKS": "10.0.0.0/33"},
     ],
 )
 def test_malformed_settings_name_the_variable(env: dict[str, str]) -> None:
@@ -95,3 +99,12 @@ def test_observability_settings() -> None:
     assert (anywhere.worker_metrics_host, anywhere.log_format) == ("0.0.0.0", "text")
     token = "t" * 16
     assert token not in repr(Settings.from_env({"METRICS_TOKEN": token}))
+
+
+def test_webhook_networks_are_cidrs() -> None:
+    assert Settings.from_env({}).webhook_allowed_networks == ()
+    listed = Settings.from_env({"WEBHOOK_ALLOWED_NETWORKS": "10.1.2.3/8, ::1"})
+    assert listed.webhook_allowed_networks == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )

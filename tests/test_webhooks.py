@@ -3,7 +3,7 @@
 The API tier runs the app in-process on a real Redis and database. The delivery tier starts the
 API, the job worker (fast engines: these tests are about the plumbing) and the maintenance worker
 as processes (`tests.stack.Stack`), and receives on a local HTTP server on 127.0.0.1, which only
-WEBHOOK_ALLOW_PRIVATE lets through. Signatures are verified with the `standardwebhooks`
+WEBHOOK_ALLOWED_NETWORKS lets through. Signatures are verified with the `standardwebhooks`
 package, an implementation independent of the service's own.
 """
 
@@ -29,9 +29,11 @@ from standardwebhooks.webhooks import Webhook
 from api import create_app
 from models.api_keys import create_key, revoke_key
 from models.db import make_engine
+from models.errors import WebhookTargetNotAllowed
 from models.queue import JobQueue
+from models.settings import Settings
 from models.tables import Job, JobStatus, utcnow
-from models.webhooks import allowed_address
+from models.webhooks import allowed_address, check_url, resolve_target
 from tests.conftest import ROOT, empty_database, make_settings, tone, wav_bytes
 from tests.stack import FAST_ENGINES, Stack
 
@@ -189,6 +191,52 @@ def test_a_private_target_is_refused_at_submit(client: FlaskClient, host: str) -
     assert problem["field"] == "webhook"
 
 
+# (WEBHOOK_ALLOWED_NETWORKS, target host, allowed): a listed network opens private and loopback
+# targets only; link-local and the like stay refused even when listed (issue 20).
+NETWORK_CASES = [
+    ("169.254.0.0/16", "169.254.169.254", False),
+    ("0.0.0.0/0", "169.254.169.254", False),
+    ("0.0.0.0/0,::/0", "[::ffff:169.254.169.254]", False),
+    ("0.0.0.0/0,::/0", "[fe80::1]", False),
+    ("0.0.0.0/0", "0.0.0.0", False),
+    ("0.0.0.0/0", "224.0.0.1", False),
+    ("127.0.0.0/8", "127.0.0.1", True),
+    ("127.0.0.0/8", "[::ffff:127.0.0.1]", True),
+    ("::1/128", "[::1]", True),
+    ("127.0.0.0/8", "10.1.2.3", False),
+    ("10.0.0.0/16", "10.1.2.3", False),
+    ("10.0.0.0/8", "10.1.2.3", True),
+]
+
+
+@pytest.mark.parametrize(("networks", "host", "allowed"), NETWORK_CASES)
+def test_allowed_networks_open_private_targets_at_submit(
+    tmp_path: Path, redis_server: str, networks: str, host: str, allowed: bool
+) -> None:
+    client = _client(
+        tmp_path, redis_server, WEBHOOK_SECRET=SECRET, WEBHOOK_ALLOWED_NETWORKS=networks
+    )
+    response = client.post("/v1/jobs", json={"text": "hi", "webhook": f"http://{host}:8080/hook"})
+    if allowed:
+        assert response.status_code == 202, response.get_data(as_text=True)
+    else:
+        _refusal(response, "webhook_target_not_allowed")
+
+
+@pytest.mark.parametrize(("networks", "host", "allowed"), NETWORK_CASES)
+def test_allowed_networks_open_private_targets_at_delivery(
+    networks: str, host: str, allowed: bool
+) -> None:
+    # The check each delivery attempt makes (worker/webhooks.py's `post`), before connecting.
+    listed = Settings.from_env({"WEBHOOK_ALLOWED_NETWORKS": networks}).webhook_allowed_networks
+    parts = check_url(f"http://{host}:8080/hook")
+    if allowed:
+        assert resolve_target(parts, networks=listed)
+    else:
+        with pytest.raises(WebhookTargetNotAllowed):
+            resolve_target(parts, networks=listed)
+
+
 def test_an_open_service_without_a_secret_refuses_webhooks(
     tmp_path: Path, redis_server: str
 ) -> None:
@@ -214,7 +262,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         tmp_path_factory.mktemp("webhooks"),
         **FAST_ENGINES,
         **_database_env(),
-        WEBHOOK_ALLOW_PRIVATE="true",
+        WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8,::1/128",
         WEBHOOK_SECRET=SECRET,
         WEBHOOK_BACKOFF_SECONDS="1",
         WEBHOOK_MAX_ATTEMPTS="3",
@@ -361,7 +409,7 @@ def test_a_name_resolving_to_a_private_address_is_refused_at_delivery(
 ) -> None:
     # The job was accepted (its name resolved elsewhere, or the DNS answer changed since): the
     # maintenance worker, with private targets not allowed, resolves `localhost` itself.
-    stack = Stack(tmp_path, **_database_env(), WEBHOOK_SECRET=SECRET, WEBHOOK_ALLOW_PRIVATE="false")
+    stack = Stack(tmp_path, **_database_env(), WEBHOOK_SECRET=SECRET)
     try:
         stack.start_redis()
         stack.start_api()

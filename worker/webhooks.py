@@ -1,7 +1,7 @@
 """The webhook delivery task (maintenance queue): sign, post to the checked address, record, retry.
 
-Each attempt resolves the target's name once, refuses it if any address is not public (unless
-WEBHOOK_ALLOW_PRIVATE), and connects to the address it checked: the name is never resolved a
+Each attempt resolves the target's name once, refuses it if any address is not public (nor in
+WEBHOOK_ALLOWED_NETWORKS), and connects to the address it checked: the name is never resolved a
 second time, so a rebinding DNS answer cannot slip a private address in between the check and
 the connection. Plain http sends the name in `Host`; https also verifies the certificate against
 the name (SNI), over the socket opened to the checked address. Redirects are never followed
@@ -116,7 +116,7 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> Outcome:
     """
     parts = webhooks.check_url(url)
     try:
-        addresses = webhooks.resolve_target(parts, allow_private=settings.webhook_allow_private)
+        addresses = webhooks.resolve_target(parts, networks=settings.webhook_allowed_networks)
     except WebhookTargetNotAllowed:
         return Outcome(error="target_not_allowed", retry=False)
     except OSError:
