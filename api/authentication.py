@@ -13,7 +13,7 @@ import logging
 
 from flask import Flask, Response, g, request
 
-from models.api_keys import KeyMode, find_key, is_loopback
+from models.api_keys import KeyMode, find_caller, is_loopback
 from models.errors import InvalidApiKey, MissingApiKey
 
 _LOGGER = logging.getLogger(__name__)
@@ -40,8 +40,8 @@ def _open_to_this_request(mode: KeyMode) -> bool:
 
 def register_authentication(app: Flask) -> None:
     """Authenticates every /v1 request (but CORS preflights, which carry no credentials)."""
-    sessions = app.extensions["voicechat.sessions"]
-    mode = KeyMode(sessions)
+    engine = app.extensions["voicechat.engine"]
+    mode = KeyMode(app.extensions["voicechat.sessions"])
     app.extensions["voicechat.key_mode"] = mode
 
     @app.before_request
@@ -50,13 +50,10 @@ def register_authentication(app: Flask) -> None:
             return
         token = _presented()
         if token:
-            # A short session of its own: a streamed answer would keep the request's session,
-            # and the connection it checked out, for as long as it streams.
-            with sessions() as session:
-                key = find_key(session, token)
-            if key is not None:
-                g.api_key_id = key.id
-                g.api_key_requests_per_minute = key.requests_per_minute  # for api/limits.py
+            caller = find_caller(engine, token)
+            if caller is not None:
+                g.api_key_id = caller.key_id
+                g.api_key_requests_per_minute = caller.requests_per_minute  # api/limits.py
                 return
         # Open, a key sent anyway is ignored: OpenAI's SDKs always send one.
         if _open_to_this_request(mode):

@@ -22,7 +22,7 @@ import numpy as np
 import requests
 import soxr
 
-from bench.service import running
+from bench.service import client, running
 from bench.stages import QUESTION, best_of
 from bench.table import Row, run_rounds
 from models.settings import Settings
@@ -100,7 +100,7 @@ def rows(rounds: int = 5) -> list[Row]:
     }
     table = []
     with running() as url:
-        http = requests.Session()
+        http = client(url)
         first = _first_and_warm(http, url, wav, rounds)
         for case in CASES:
             wall = statistics.median(_send(http, url, case, wav) for _ in range(rounds))
@@ -111,7 +111,7 @@ def rows(rounds: int = 5) -> list[Row]:
     # The first job is one sample a start: the figure is the median over FIRST_JOB_STARTS starts.
     for _ in range(FIRST_JOB_STARTS - 1):
         with running() as url:
-            first += _first_and_warm(requests.Session(), url, wav, rounds)
+            first += _first_and_warm(client(url), url, wav, rounds)
     ratio = statistics.median(f / w for f, w in first)
     warm = statistics.median(w for _, w in first) * 1000
     table.append(Row("worker", f"first job after start (median of {FIRST_JOB_STARTS} starts)",

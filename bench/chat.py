@@ -24,7 +24,7 @@ from datetime import datetime
 import requests
 from openai import OpenAI
 
-from bench.service import free_port, running
+from bench.service import auth, client, free_port, running
 from bench.table import Row, markdown
 from models.settings import Settings
 from worker.engines.model_files import smollm2_path
@@ -94,7 +94,8 @@ def first_token_steps(url: str, model: str) -> dict[str, float]:
     body = {"model": model, "messages": MESSAGES, "max_tokens": MAX_TOKENS, "temperature": 0.0}
     sent = time.time()
     first = None
-    with requests.post(
+    http = client(url)
+    with http.post(
         f"{url}/v1/chat/completions", json={**body, "stream": True}, stream=True, timeout=60
     ) as answer:
         job_id = answer.headers["X-Job-Id"]
@@ -103,8 +104,8 @@ def first_token_steps(url: str, model: str) -> dict[str, float]:
             text = line.startswith(b"data: {") and b'"content":"' in line
             if first is None and text and b'"content":""' not in line:
                 first = time.time()
-    job = requests.get(f"{url}/v1/jobs/{job_id}", timeout=10).json()
-    replay = requests.get(f"{url}/v1/jobs/{job_id}/events", timeout=30).text
+    job = http.get(f"{url}/v1/jobs/{job_id}", timeout=10).json()
+    replay = http.get(f"{url}/v1/jobs/{job_id}/events", timeout=30).text
     seen: dict[str, float] = {}
     kind = ""
     for line in replay.splitlines():
@@ -148,7 +149,8 @@ def rows(rounds: int = 7) -> list[Row]:
     """The chat figures as table rows."""
     settings = Settings.from_env()
     with running() as url, llama_server(settings.llm_threads, settings.llm_context_tokens) as base:
-        ours = OpenAI(base_url=f"{url}/v1", api_key="none")
+        key = auth(url)["Authorization"].removeprefix("Bearer ")
+        ours = OpenAI(base_url=f"{url}/v1", api_key=key)
         theirs = OpenAI(base_url=base, api_key="none")
         model = ours.models.list().data[0].id
         f = measure(ours, theirs, model, rounds)

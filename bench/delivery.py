@@ -1,7 +1,8 @@
 """How fast answers reach a client: streaming and waiting, against polling and whole replies.
 
 Run: `.venv/bin/python -m bench.delivery [--rounds N] [--url URL]`. Without `--url` it starts the
-service on its defaults (embedded Redis, SQLite, the real models) the way `scripts/serve.sh` does.
+service on its defaults (embedded Redis, SQLite, the real models) the way `scripts/serve.sh` does,
+keyed; with it, the key is read from VOICECHAT_API_KEY.
 
 Two comparisons, each against a baseline measured in the same process on the same prompt:
 - time to the first reply text through the OpenAI streaming route, against the time to the
@@ -15,50 +16,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
 
 import requests
 from openai import OpenAI
 
+from bench.service import auth, running
+
 PROMPT = "Describe the sea in three sentences."
 MAX_TOKENS = 80
-
-
-@contextmanager
-def service() -> Iterator[str]:
-    """Starts the service on its defaults in a temporary data folder."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory() as data_dir:
-        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-        env.update(DATA_DIR=data_dir, LOG_LEVEL="WARNING")
-        log = Path(data_dir) / "service.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "scripts.launch", "--port", str(port)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            while "service ready" not in log.read_text():
-                if process.poll() is not None:
-                    raise SystemExit(f"the service did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.5)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=90)
 
 
 def median_of(rounds: int, action: Callable[[], float]) -> float:
@@ -71,18 +39,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--url", help="a running service; started here when omitted")
     args = parser.parse_args()
-    with service() if args.url is None else _given(args.url) as url:
-        run(url, args.rounds)
+    if args.url is None:
+        with running() as url:
+            run(url, args.rounds, auth(url))
+    else:
+        key = os.environ.get("VOICECHAT_API_KEY", "")
+        run(args.url.rstrip("/"), args.rounds, {"Authorization": f"Bearer {key}"} if key else {})
 
 
-@contextmanager
-def _given(url: str) -> Iterator[str]:
-    yield url.rstrip("/")
-
-
-def run(url: str, rounds: int) -> None:
-    """Prints the figures for the service at `url`."""
-    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+def run(url: str, rounds: int, headers: dict[str, str]) -> None:
+    """Prints the figures for the service at `url`, sending `headers` (its API key)."""
+    key = headers.get("Authorization", "").removeprefix("Bearer ") or "none"
+    client = OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
     model = client.models.list().data[0].id
     messages = [{"role": "user", "content": PROMPT}]
 
@@ -112,6 +80,7 @@ def run(url: str, rounds: int) -> None:
         return first
 
     http = requests.Session()
+    http.headers.update(headers)
     job = {"text": "Say hello.", "max_tokens": 8, "temperature": 0}
 
     def waited() -> float:

@@ -14,7 +14,7 @@ import time
 
 import requests
 
-from bench.service import running
+from bench.service import client, running
 from bench.table import Row, run_rounds
 
 PROMPTS = {
@@ -44,7 +44,7 @@ def rows(rounds: int = 5) -> list[Row]:
     """The first-audio figures as table rows."""
     table = []
     with running() as url:
-        http = requests.Session()
+        http = client(url)
         for name, (prompt, max_tokens) in PROMPTS.items():
             once(http, url, prompt, max_tokens)  # warm-up
             runs = [once(http, url, prompt, max_tokens) for _ in range(rounds)]

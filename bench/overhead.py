@@ -17,10 +17,8 @@ import time
 from datetime import datetime
 from typing import Any
 
-import requests
-
 from bench.engines import NULL_ENGINES, UNREACHED_LIMITS
-from bench.service import running
+from bench.service import client, running
 from bench.table import Row, markdown
 
 
@@ -51,7 +49,7 @@ def _steps(job: dict[str, Any], sent: float, received: float) -> dict[str, float
 
 def measure(url: str, jobs: int) -> dict[str, float]:
     """Times `jobs` sequential text jobs and as many `/healthz` round trips."""
-    http = requests.Session()
+    http = client(url)
     for _ in range(20):  # warm-up
         http.post(f"{url}/v1/jobs", json={"text": "Hi."}, headers={"Prefer": "wait=30"}, timeout=60)
     waits, bare, steps = [], [], []

@@ -17,6 +17,11 @@ from pathlib import Path
 import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from models.api_keys import create_key
+from models.settings import Settings
+from scripts.launch import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,6 +36,31 @@ def free_port() -> int:
 # The launcher's process id by the URL it serves, while it runs: the service's processes (the
 # API, the workers, beat, the embedded Redis) are its descendants.
 _LAUNCHERS: dict[str, int] = {}
+# The API key each running service was started with: benchmarks run keyed, as deployed.
+_SECRETS: dict[str, str] = {}
+
+
+def auth(url: str) -> dict[str, str]:
+    """The `Authorization` header of the service running at `url`."""
+    return {"Authorization": f"Bearer {_SECRETS[url]}"}
+
+
+def client(url: str) -> requests.Session:
+    """An HTTP session that sends the API key of the service running at `url`."""
+    http = requests.Session()
+    http.headers.update(auth(url))
+    return http
+
+
+def _add_key(database_url: str) -> str:
+    """Migrates the database at `database_url` and makes an API key in it; returns its secret."""
+    engine = create_engine(database_url)
+    try:
+        migrate(database_url)
+        with Session(engine) as session:
+            return create_key(session, "bench").secret
+    finally:
+        engine.dispose()
 
 
 def service_cpu_seconds(url: str) -> float:
@@ -77,7 +107,8 @@ def fresh_database(server_url: str) -> Iterator[str]:
 
 @contextmanager
 def running(timeout: float = 600.0, **env: str) -> Iterator[str]:
-    """Runs the launcher in a temporary data folder and yields its URL once `/readyz` is 200.
+    """Runs the launcher in a temporary data folder, keyed (an API key is made first: `auth`,
+    `client`), and yields its URL once `/readyz` is 200.
 
     Args:
         timeout: How long the start may take (the real models load in about a minute).
@@ -90,6 +121,8 @@ def running(timeout: float = 600.0, **env: str) -> Iterator[str]:
             "DATA_DIR": data_dir,
             **env,
         }
+        database_url = Settings.from_env({**environ, "DATA_DIR": data_dir}).database_url
+        secret = _add_key(database_url)
         log = (Path(data_dir) / "service.log").open("wb")
         process = subprocess.Popen(
             # No Flower: a benchmark reads nothing from it, and its fixed port is one per machine.
@@ -97,14 +130,14 @@ def running(timeout: float = 600.0, **env: str) -> Iterator[str]:
             cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        _LAUNCHERS[url] = process.pid
+        _LAUNCHERS[url], _SECRETS[url] = process.pid, secret
         try:
             _until_ready(url, process, timeout, Path(data_dir) / "service.log")
             yield url
         finally:
             _stop(process)
             log.close()
-            del _LAUNCHERS[url]
+            del _LAUNCHERS[url], _SECRETS[url]
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.engines import NULL_ENGINES, UNREACHED_LIMITS
-from bench.service import fresh_database, running, service_cpu_seconds
+from bench.service import auth, fresh_database, running, service_cpu_seconds
 from bench.table import Row, markdown
 
 BODY = json.dumps({"text": "What is the capital of France?"})
@@ -64,20 +64,19 @@ def wrk(url: str, seconds: int, connections: int, script: Path | None = None) ->
     return Load(rate, quantiles["50"], quantiles["99"], errors, cpu * 1000 / max(sent, 1))
 
 
-def _post_script(folder: Path) -> Path:
+def _post_script(folder: Path, headers: dict[str, str]) -> Path:
     script = folder / "submit.lua"
-    script.write_text(
-        'wrk.method = "POST"\n'
-        f"wrk.body = {json.dumps(BODY)}\n"
-        'wrk.headers["Content-Type"] = "application/json"\n'
-    )
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(BODY)}"]
+    lines += [f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}" for name, value in
+              {"Content-Type": "application/json", **headers}.items()]  # fmt: skip
+    script.write_text("\n".join(lines) + "\n")
     return script
 
 
 def measure(url: str, rounds: int, seconds: int, connections: int) -> dict[str, float]:
     """Median figures over `rounds` of healthz-then-submit."""
     with tempfile.TemporaryDirectory() as folder:
-        script = _post_script(Path(folder))
+        script = _post_script(Path(folder), auth(url))
         wrk(f"{url}/healthz", 2, connections)  # warm-up: connections, imports, caches
         pairs = [
             (

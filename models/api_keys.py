@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_engine, make_session_factory
@@ -80,12 +80,26 @@ def create_key(
     return NewKey(row=row, secret=secret, webhook_secret=webhook_secret)
 
 
-def find_key(session: Session, secret: str) -> ApiKey | None:
-    """The unrevoked key whose secret this is (one lookup on the unique hash), or None."""
-    query = select(ApiKey).where(
-        ApiKey.secret_hash == hash_secret(secret), ApiKey.revoked_at.is_(None)
-    )
-    return session.scalars(query).first()
+@dataclass(frozen=True)
+class Caller:
+    """What a request needs of its key: whose it is, and its own rate limit (None: the
+    service's)."""
+
+    key_id: str
+    requests_per_minute: int | None
+
+
+_CALLER = select(ApiKey.id, ApiKey.requests_per_minute).where(
+    ApiKey.secret_hash == bindparam("secret_hash"), ApiKey.revoked_at.is_(None)
+)
+
+
+def find_caller(engine: Engine, secret: str) -> Caller | None:
+    """The unrevoked key whose secret this is, or None: one lookup on the unique hash, on a
+    connection held only for it (no ORM object: this runs on every keyed request)."""
+    with engine.connect() as connection:
+        row = connection.execute(_CALLER, {"secret_hash": hash_secret(secret)}).first()
+    return None if row is None else Caller(row.id, row.requests_per_minute)
 
 
 def list_keys(session: Session) -> list[ApiKey]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import os
 import re
 import shutil
@@ -125,9 +126,14 @@ def screenshots(tmp_path: Path, request: pytest.FixtureRequest) -> Screenshots:
 class ChatPage:
     """A browser tab on the page, with what the tests read of it."""
 
-    def __init__(self, browser: Any, url: str) -> None:
+    def __init__(self, browser: Any, url: str, key: str = "") -> None:
+        """Opens the page; with `key`, as a user who entered that API key in this tab."""
         self.context = browser.new_context(viewport={"width": 960, "height": 900})
         self.context.grant_permissions(["microphone"], origin=url)
+        if key:
+            self.context.add_init_script(
+                f"sessionStorage.setItem('voicechat.apiKey', {json.dumps(key)})"
+            )
         self.page = self.context.new_page()
         self.failures: list[str] = []  # uncaught exceptions and Content-Security-Policy refusals
         self.page.on("pageerror", lambda error: self.failures.append(str(error)))
@@ -181,7 +187,7 @@ def _words(text: str) -> set[str]:
 def test_a_spoken_question_and_a_typed_follow_up(
     browser: Any, service: Service, microphone: Microphone, screenshots: Screenshots
 ) -> None:
-    chat = ChatPage(browser, service.url)
+    chat = ChatPage(browser, service.url, service.secret)
     # Spoken: hold the button for the question, then hear the reply as it streams.
     chat.hold_to_talk(microphone.speech_ends + TAIL_SECONDS)
     spoken = chat.finished(1)
@@ -228,7 +234,7 @@ def test_a_spoken_question_and_a_typed_follow_up(
 def test_a_refused_question_and_a_failed_job_are_shown(
     browser: Any, service: Service, engine_settings: Settings, screenshots: Screenshots
 ) -> None:
-    chat = ChatPage(browser, service.url)
+    chat = ChatPage(browser, service.url, service.secret)
     too_long = "a" * (engine_settings.max_text_chars + 1)
     chat.ask(too_long, reply="text")
     alert = chat.alert()
@@ -322,7 +328,7 @@ def test_a_busy_service_is_read_instead_of_followed(
     # No place for any event or audio stream: every follower gets 503 `server_busy`.
     with Stack(tmp_path, MAX_HELD_REQUESTS="0", **FAST_ENGINES).serving() as stack:
         assert stack.status_of(f"/v1/jobs/{'0' * 32}/events") == 503
-        chat = ChatPage(browser, stack.url)
+        chat = ChatPage(browser, stack.url, stack.secret)
         chat.ask("Hello there", reply="voice")
         turn = chat.finished(1, timeout=60_000)
         assert turn.get_attribute("data-state") == "succeeded", turn.inner_text()
@@ -341,7 +347,7 @@ def test_a_reply_is_stopped_and_what_it_said_stays(
     # A generator that says one word every 0.25 s, for prompts that start with "slow".
     engines = {**FAST_ENGINES, "LLM_ENGINE": "tests.engines:PacedGenerator"}
     with Stack(tmp_path, **engines).serving() as stack:
-        chat = ChatPage(browser, stack.url)
+        chat = ChatPage(browser, stack.url, stack.secret)
         stop = chat.page.locator("#stop")
         assert stop.is_hidden()
         chat.ask("slow " + " ".join(f"word{n}" for n in range(40)), reply="voice")

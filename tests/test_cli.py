@@ -40,19 +40,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
 
 
-def _env(url: str) -> dict[str, str]:
+def _env(service: Stack | str) -> dict[str, str]:
+    """The command's environment for a stack (its URL and its key) or a bare URL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOICECHAT_")}
-    return {**env, "VOICECHAT_URL": url}
+    if isinstance(service, str):
+        return {**env, "VOICECHAT_URL": service}
+    return {**env, "VOICECHAT_URL": service.url, "VOICECHAT_API_KEY": service.secret}
 
 
 def voicechat(
-    url: str, *args: str, cwd: Path | None = None, timeout: float = 120
+    service: Stack | str, *args: str, cwd: Path | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """Runs the installed command, its stdout and stderr pipes (not a terminal)."""
+    """Runs the installed command against `service`, its stdout and stderr pipes (not a
+    terminal)."""
     assert VOICECHAT.exists(), "scripts/bootstrap.sh installs the voicechat command"
     return subprocess.run(
         [str(VOICECHAT), *args],
-        env=_env(url),
+        env=_env(service),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -72,7 +76,7 @@ def _stages(stderr: str) -> list[str]:
 
 
 def test_a_typed_question_gets_its_text_reply_on_stdout(stack: Stack) -> None:
-    done = voicechat(stack.url, "ask", "What is the capital of France?")
+    done = voicechat(stack, "ask", "What is the capital of France?")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "echo: What is the capital of France?\n"
     job = stack.job(_job_id(done.stderr))
@@ -82,9 +86,9 @@ def test_a_typed_question_gets_its_text_reply_on_stdout(stack: Stack) -> None:
     assert _stages(done.stderr) == ["queued", "generating"]
     assert "\r" not in done.stderr and "\033" not in done.stderr
 
-    shown = voicechat(stack.url, "job", job["id"])
+    shown = voicechat(stack, "job", job["id"])
     assert shown.returncode == 0 and json.loads(shown.stdout) == stack.job(job["id"])
-    finished = voicechat(stack.url, "cancel", job["id"])
+    finished = voicechat(stack, "cancel", job["id"])
     assert finished.returncode == 4
     assert finished.stderr.startswith("voicechat: HTTP 409 job_finished: ")
 
@@ -92,7 +96,7 @@ def test_a_typed_question_gets_its_text_reply_on_stdout(stack: Stack) -> None:
 def test_a_recording_gets_a_spoken_reply_saved_as_a_wav(stack: Stack, tmp_path: Path) -> None:
     question = tmp_path / "question.wav"
     question.write_bytes(wav_bytes(tone(1.0, 16_000), 16_000))
-    done = voicechat(stack.url, "ask", "--audio", str(question), "-o", "reply.wav", cwd=tmp_path)
+    done = voicechat(stack, "ask", "--audio", str(question), "-o", "reply.wav", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "echo: instant transcript\n"
     assert "voicechat: heard: instant transcript\n" in done.stderr
@@ -110,12 +114,12 @@ def test_a_recording_gets_a_spoken_reply_saved_as_a_wav(stack: Stack, tmp_path: 
 
     # An existing file is kept unless --force says otherwise; nothing is submitted.
     jobs_before = len(stack.http.get(f"{stack.url}/v1/jobs?limit=100", timeout=10).json()["data"])
-    again = voicechat(stack.url, "ask", "Hello.", "-o", "reply.wav", cwd=tmp_path)
+    again = voicechat(stack, "ask", "Hello.", "-o", "reply.wav", cwd=tmp_path)
     assert again.returncode == 2 and "reply.wav exists: --force overwrites it" in again.stderr
     assert (tmp_path / "reply.wav").read_bytes() == stored.content
     jobs_after = len(stack.http.get(f"{stack.url}/v1/jobs?limit=100", timeout=10).json()["data"])
     assert jobs_after == jobs_before
-    forced = voicechat(stack.url, "ask", "Hello there.", "-o", "reply.wav", "--force", cwd=tmp_path)
+    forced = voicechat(stack, "ask", "Hello there.", "-o", "reply.wav", "--force", cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr
     assert _stages(forced.stderr) == ["queued", "generating", "synthesizing"]
     assert sf.info(str(tmp_path / "reply.wav")).frames == 8_000
@@ -124,7 +128,7 @@ def test_a_recording_gets_a_spoken_reply_saved_as_a_wav(stack: Stack, tmp_path: 
 def test_the_spoken_reply_is_written_while_it_is_made(stack: Stack, tmp_path: Path) -> None:
     process = subprocess.Popen(
         [str(VOICECHAT), "ask", "slow One. Two. Three. Four. Five. Six.", "-o", "reply.wav"],
-        env=_env(stack.url),
+        env=_env(stack),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -153,14 +157,14 @@ def test_the_spoken_reply_is_written_while_it_is_made(stack: Stack, tmp_path: Pa
 
 
 def test_a_conversation_is_followed_over_two_questions(stack: Stack) -> None:
-    first = voicechat(stack.url, "ask", "--new-conversation", "My name is Ada.")
+    first = voicechat(stack, "ask", "--new-conversation", "My name is Ada.")
     assert first.returncode == 0, first.stderr
     reuse = r"conversation ([0-9a-f]{32}) \(continue it with --conversation \1\)"
     found = re.search(reuse, first.stderr)
     assert found, first.stderr
     conversation_id = found[1]
 
-    second = voicechat(stack.url, "ask", "--conversation", conversation_id, "What is my name?")
+    second = voicechat(stack, "ask", "--conversation", conversation_id, "What is my name?")
     assert second.returncode == 0, second.stderr
     job = stack.job(_job_id(second.stderr))
     assert job["conversation_id"] == conversation_id
@@ -178,7 +182,7 @@ def test_a_conversation_is_followed_over_two_questions(stack: Stack) -> None:
 def test_chat_answers_each_line_in_one_conversation(stack: Stack) -> None:
     done = subprocess.run(
         [str(VOICECHAT), "chat"],
-        env=_env(stack.url),
+        env=_env(stack),
         input="My name is Ada.\nWhat is my name?\n",
         capture_output=True,
         text=True,
@@ -197,7 +201,7 @@ def test_ctrl_c_cancels_the_running_job_and_exits_130(stack: Stack) -> None:
     words = " ".join(f"word{n}" for n in range(200))  # 50 s of paced echo
     process = subprocess.Popen(
         [str(VOICECHAT), "ask", f"slow {words}"],
-        env=_env(stack.url),
+        env=_env(stack),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -223,7 +227,7 @@ def test_ctrl_c_cancels_the_running_job_and_exits_130(stack: Stack) -> None:
     # The words streamed before the interrupt, on their own line; the job kept them too.
     assert out.startswith("echo: slow word0") and out.endswith("\n") and "word199" not in out
     assert job["result"]["text"].startswith(out.strip())
-    again = voicechat(stack.url, "cancel", job_id)
+    again = voicechat(stack, "cancel", job_id)
     assert again.returncode == 0 and again.stdout == f"{job_id} canceled\n"
 
 
@@ -233,7 +237,7 @@ def test_a_terminal_shows_one_progress_line(stack: Stack) -> None:
     try:
         done = subprocess.run(
             [str(VOICECHAT), "ask", "--reply", "voice", "Hello."],
-            env=_env(stack.url),
+            env=_env(stack),
             stdout=subprocess.PIPE,
             stderr=terminal,
             text=True,
@@ -267,7 +271,7 @@ def test_a_wrong_api_key_is_refused_with_the_problems_words(tmp_path: Path) -> N
         secret = created(stack.env, "cli")["secret"]
         stack.start_api()
         stack.start_worker()
-        wrong = voicechat(stack.url, "--api-key", "vc_not-a-key", "ask", "Hello.")
+        wrong = voicechat(stack, "--api-key", "vc_not-a-key", "ask", "Hello.")
         assert wrong.returncode == 4, wrong.stderr
         assert wrong.stderr == (
             "voicechat: HTTP 401 invalid_api_key: The API key is unknown or revoked.\n"
@@ -276,7 +280,7 @@ def test_a_wrong_api_key_is_refused_with_the_problems_words(tmp_path: Path) -> N
 
         env_key = subprocess.run(
             [str(VOICECHAT), "ask", "Hello."],
-            env={**_env(stack.url), "VOICECHAT_API_KEY": secret},
+            env={**_env(stack), "VOICECHAT_API_KEY": secret},
             capture_output=True,
             text=True,
             timeout=120,
@@ -316,13 +320,13 @@ def test_a_wait_too_long_and_a_full_queue_are_told_apart(tmp_path: Path) -> None
     try:
         stack.start_redis()
         stack.start_api()
-        waited = voicechat(stack.url, "--timeout", "2", "ask", "Hello.")
+        waited = voicechat(stack, "--timeout", "2", "ask", "Hello.")
         assert waited.returncode == 6, waited.stderr
         job_id = _job_id(waited.stderr)
         assert f"no reply within 2 s; job {job_id} goes on" in waited.stderr
         assert stack.job(job_id)["status"] == "queued"
 
-        busy = voicechat(stack.url, "ask", "Hello again.")
+        busy = voicechat(stack, "ask", "Hello again.")
         assert busy.returncode == 5, busy.stderr
         assert re.fullmatch(
             r"voicechat: HTTP 503 queue_full: .+ \(try again in \d+ s\)\n", busy.stderr
