@@ -111,7 +111,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def client_with(tmp_path: Path, redis_server: str) -> Any:
+def open_client_with(tmp_path: Path, redis_server: str) -> Any:
     """Makes test clients of the app on a migrated SQLite database with no API key (open)."""
     from api import create_app
     from scripts.launch import migrate

@@ -172,8 +172,10 @@ def _until_succeeded(stack: Stack, job_id: str, secret: str) -> None:
         del stack.http.headers["Authorization"]
 
 
-def test_with_no_key_the_service_runs_open_on_loopback(client_with: Callable[..., Any]) -> None:
-    open_client = client_with()
+def test_with_no_key_the_service_runs_open_on_loopback(
+    open_client_with: Callable[..., Any],
+) -> None:
+    open_client = open_client_with()
     assert open_client.post("/v1/jobs", json={"text": "hello"}).status_code == 202
     # OpenAI's SDKs always send a key: in open mode it is ignored.
     with_dummy = open_client.post("/v1/jobs", json={"text": "hi"}, headers=bearer("sk-anything"))

@@ -215,9 +215,9 @@ def _expect(response: Any, status: int) -> str:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_format_is_accepted_raw_and_as_a_part_under_a_name_of_ours(
-    client_with: Any, encoded: dict[str, bytes], tmp_path: Path, kind: str
+    open_client_with: Any, encoded: dict[str, bytes], tmp_path: Path, kind: str
 ) -> None:
-    client = client_with()
+    client = open_client_with()
     # Labels that lie: the bytes decide.
     raw = client.post(
         "/v1/jobs", data=encoded[kind], headers={"Content-Type": "audio/mpeg"}, query_string={}
@@ -236,8 +236,8 @@ def test_each_format_is_accepted_raw_and_as_a_part_under_a_name_of_ours(
     assert sorted(p.suffix for p in (tmp_path / "uploads").iterdir()) == [f".{kind}"] * 2
 
 
-def test_the_chromium_recording_is_accepted_with_its_own_label(client_with: Any) -> None:
-    response = client_with().post(
+def test_the_chromium_recording_is_accepted_with_its_own_label(open_client_with: Any) -> None:
+    response = open_client_with().post(
         "/v1/jobs",
         data=CHROMIUM_WEBM.read_bytes(),
         headers={"Content-Type": "audio/webm;codecs=opus"},
@@ -248,9 +248,9 @@ def test_the_chromium_recording_is_accepted_with_its_own_label(client_with: Any)
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_truncated_and_garbled_files_over_http(
-    client_with: Any, encoded: dict[str, bytes], kind: str
+    open_client_with: Any, encoded: dict[str, bytes], kind: str
 ) -> None:
-    client = client_with()
+    client = open_client_with()
     data = encoded[kind]
     truncated = client.post(
         "/v1/jobs", data=data[: len(data) * 6 // 10], headers={"Content-Type": "audio/ogg"}
@@ -277,8 +277,8 @@ def test_truncated_and_garbled_files_over_http(
     ],
     ids=["random bytes", "text", "video only", "pcm in matroska", "eleven minutes"],
 )
-def test_refusals_over_http(client_with: Any, make: Any, status: int, code: str) -> None:
-    client = client_with()
+def test_refusals_over_http(open_client_with: Any, make: Any, status: int, code: str) -> None:
+    client = open_client_with()
     data = make()
     raw = client.post("/v1/jobs", data=data, headers={"Content-Type": "audio/mpeg"})
     assert _expect(raw, status) == code
@@ -291,9 +291,11 @@ def test_refusals_over_http(client_with: Any, make: Any, status: int, code: str)
     assert transcription.get_json()["error"]["code"] == code
 
 
-def test_a_truncated_m4a_on_the_openai_route(client_with: Any, encoded: dict[str, bytes]) -> None:
+def test_a_truncated_m4a_on_the_openai_route(
+    open_client_with: Any, encoded: dict[str, bytes]
+) -> None:
     data = encoded["m4a"]
-    response = client_with().post(
+    response = open_client_with().post(
         "/v1/audio/transcriptions",
         data={"model": "whisper-1", "file": (io.BytesIO(data[: len(data) // 2]), "a.m4a")},
         content_type="multipart/form-data",
@@ -302,8 +304,8 @@ def test_a_truncated_m4a_on_the_openai_route(client_with: Any, encoded: dict[str
     assert response.get_json()["error"]["code"] == "audio_truncated"
 
 
-def test_an_audio_type_not_taken_is_refused_by_its_label(client_with: Any) -> None:
-    response = client_with().post(
+def test_an_audio_type_not_taken_is_refused_by_its_label(open_client_with: Any) -> None:
+    response = open_client_with().post(
         "/v1/jobs", data=b"FORM", headers={"Content-Type": "audio/x-aiff"}
     )
     assert response.status_code == 415

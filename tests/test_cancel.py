@@ -46,7 +46,7 @@ def _cancel(stack: Stack, job_id: str, method: str = "POST") -> tuple[int, dict[
 def _until_event(stack: Stack, job_id: str, kind: str) -> list[dict[str, Any]]:
     """Follows a job's events until the first of `kind`; returns those read."""
     seen = []
-    for event in iter_events(stack.url, f"/v1/jobs/{job_id}/events"):
+    for event in iter_events(stack.url, f"/v1/jobs/{job_id}/events", stack.auth):
         seen.append(event)
         if event["event"] == kind:
             return seen
@@ -130,6 +130,7 @@ def _post(stack: Stack, path: str, body: dict[str, Any]) -> socket.socket:
     client = socket.create_connection(("127.0.0.1", stack.api_port), timeout=60)
     data = json.dumps(body).encode()
     head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in stack.auth.items())
     client.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
     return client
 

@@ -20,7 +20,8 @@ def _read_events(
     service: Service, path: str, headers: dict[str, str] | None = None, timeout: float = 240
 ) -> list[dict[str, Any]]:
     """Reads an event stream over a raw HTTP connection until the `done` event."""
-    return list(iter_events(service.url, path, headers, timeout))
+    sent = {"Authorization": str(service.http.headers["Authorization"]), **(headers or {})}
+    return list(iter_events(service.url, path, sent, timeout))
 
 
 def iter_events(

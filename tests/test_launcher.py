@@ -23,7 +23,7 @@ from models.api_keys import OPEN_NOTICE
 from models.db import make_engine
 from models.tables import Job
 from scripts.launch import REDIS_LOG, migrate, service_commands, start_embedded_redis
-from tests.conftest import ROOT
+from tests.conftest import ROOT, add_key, make_settings
 from tests.stack import FAST_ENGINES, free_port
 
 
@@ -77,9 +77,10 @@ def _until(condition: Callable[[], bool], what: str, timeout: float = 240.0) -> 
 
 
 class Launcher:
-    """`python -m scripts.launch` in its own session, as a shell runs it in the foreground."""
+    """`python -m scripts.launch` in its own session, as a shell runs it in the foreground;
+    keyed (`auth`), unless `open_mode`."""
 
-    def __init__(self, data_dir: Path, *args: str, **env: str) -> None:
+    def __init__(self, data_dir: Path, *args: str, open_mode: bool = False, **env: str) -> None:
         self.data_dir = data_dir
         self.mark = uuid.uuid4().hex
         self.port = free_port()
@@ -87,6 +88,11 @@ class Launcher:
         data_dir.mkdir(parents=True, exist_ok=True)
         base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
         self.env = {**base, **FAST_ENGINES, "DATA_DIR": str(data_dir), MARK: self.mark, **env}
+        self.auth = {}
+        if not open_mode:
+            database_url = make_settings(data_dir, **env).database_url
+            migrate(database_url)
+            self.auth = {"Authorization": f"Bearer {add_key(database_url)}"}
         if "--no-flower" not in args and "--flower-port" not in args:  # Flower starts too
             args = (*args, "--flower-port", str(free_port()))
         with self.log.open("ab") as out:
@@ -126,8 +132,8 @@ class Launcher:
 def launched(tmp_path: Path) -> Iterator[Callable[..., Launcher]]:
     started: list[Launcher] = []
 
-    def launch(*args: str, **env: str) -> Launcher:
-        started.append(Launcher(tmp_path / "data", *args, **env))
+    def launch(*args: str, open_mode: bool = False, **env: str) -> Launcher:
+        started.append(Launcher(tmp_path / "data", *args, open_mode=open_mode, **env))
         return started[-1]
 
     yield launch
@@ -194,7 +200,9 @@ def test_ctrl_c_while_a_job_runs_lets_it_finish(launched: Callable[..., Launcher
     launcher = launched(LLM_ENGINE="tests.engines:PacedGenerator")
     launcher.wait_ready()
     slow = "slow " + " ".join(f"w{i}" for i in range(24))  # about 6 s of generation
-    answer = requests.post(f"{launcher.url}/v1/jobs", json={"text": slow}, timeout=30)
+    answer = requests.post(
+        f"{launcher.url}/v1/jobs", json={"text": slow}, headers=launcher.auth, timeout=30
+    )
     assert answer.status_code == 202, answer.text
     job_id = answer.json()["id"]
     log = launcher.data_dir / "paced-generations.log"
@@ -215,7 +223,7 @@ def test_ctrl_c_while_a_job_runs_lets_it_finish(launched: Callable[..., Launcher
 def test_with_no_key_the_launcher_refuses_a_public_address(
     launched: Callable[..., Launcher],
 ) -> None:
-    launcher = launched("--host", "0.0.0.0")
+    launcher = launched("--host", "0.0.0.0", open_mode=True)
     assert launcher.process.wait(timeout=120) == 1
     refusal = [line for line in launcher.output().splitlines() if "refusing" in line]
     assert refusal == [

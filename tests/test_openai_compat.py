@@ -25,7 +25,7 @@ CHAT_MODEL = "SmolLM2-135M-Instruct"
 
 @pytest.fixture(scope="module")
 def client(service: Service) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{service.url}/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=f"{service.url}/v1", api_key=service.secret, max_retries=0)
 
 
 def _words(text: str) -> set[str]:

@@ -31,8 +31,10 @@ def test_host_names_and_origins_are_matched_exactly_but_for_the_port() -> None:
     assert origin_allowed("HTTPS://App.Example/", "localhost:8000", (APP_ORIGIN,))
 
 
-def test_a_request_for_another_host_is_refused_with_421(client_with: Callable[..., Any]) -> None:
-    client = client_with()
+def test_a_request_for_another_host_is_refused_with_421(
+    open_client_with: Callable[..., Any],
+) -> None:
+    client = open_client_with()
     refused = client.get("/v1/jobs", headers={"Host": "rebound.example:8000"})
     assert refused.status_code == 421
     assert refused.json["code"] == "host_not_allowed"
@@ -41,13 +43,13 @@ def test_a_request_for_another_host_is_refused_with_421(client_with: Callable[..
     assert client.get("/healthz", headers={"Host": "10.0.0.5:8000"}).status_code == 200
     assert client.get("/v1/jobs", headers={"Host": "127.0.0.1:8000"}).status_code == 200
 
-    named = client_with(ALLOWED_HOSTS="voice.example")
+    named = open_client_with(ALLOWED_HOSTS="voice.example")
     assert named.get("/v1/jobs", headers={"Host": "voice.example:443"}).status_code == 200
     assert named.get("/v1/jobs", headers={"Host": "localhost"}).status_code == 421
 
 
-def test_no_cors_unless_origins_are_configured(client_with: Callable[..., Any]) -> None:
-    client = client_with()
+def test_no_cors_unless_origins_are_configured(open_client_with: Callable[..., Any]) -> None:
+    client = open_client_with()
     same = client.get("/v1/jobs", headers={"Origin": "http://localhost"})
     assert same.status_code == 200
     assert not [name for name, _ in same.headers if name.startswith("Access-Control")]
@@ -55,7 +57,7 @@ def test_no_cors_unless_origins_are_configured(client_with: Callable[..., Any]) 
     assert preflight.status_code == 403 and preflight.json["code"] == "origin_not_allowed"
     assert "Access-Control-Allow-Origin" not in preflight.headers
 
-    configured = client_with(CORS_ORIGINS=APP_ORIGIN)
+    configured = open_client_with(CORS_ORIGINS=APP_ORIGIN)
     preflight = configured.options("/v1/jobs", headers=PREFLIGHT)
     assert preflight.status_code == 204
     assert preflight.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
@@ -70,9 +72,9 @@ def test_no_cors_unless_origins_are_configured(client_with: Callable[..., Any]) 
 
 
 def test_a_cross_site_form_post_cannot_submit_in_open_mode(
-    client_with: Callable[..., Any],
+    open_client_with: Callable[..., Any],
 ) -> None:
-    client = client_with()
+    client = open_client_with()
     form = {"text": "Submitted by a page the user happened to visit."}
     refused = client.post("/v1/jobs", data=form, headers={"Origin": "https://evil.example"})
     assert refused.status_code == 403 and refused.json["code"] == "origin_not_allowed"

@@ -35,7 +35,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def _open(stack: Stack, path: str) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     url = urlsplit(stack.url)
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
-    connection.request("GET", path)
+    connection.request("GET", path, headers=stack.auth)
     return connection, connection.getresponse()
 
 
