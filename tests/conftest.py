@@ -19,6 +19,7 @@ import pytest
 import requests
 import soundfile as sf
 
+from models.api_keys import NewKey
 from models.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,8 +133,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def add_key(database_url: str, name: str = "tests") -> str:
-    """Makes an API key in the database at `database_url` (migrated); returns its secret."""
+def add_key(database_url: str, name: str = "tests") -> NewKey:
+    """Makes an API key in the database at `database_url` (migrated)."""
     from sqlalchemy.orm import Session
 
     from models.api_keys import create_key
@@ -142,7 +143,7 @@ def add_key(database_url: str, name: str = "tests") -> str:
     engine = make_engine(database_url)
     try:
         with Session(engine) as session:
-            return create_key(session, name).secret
+            return create_key(session, name)
     finally:
         engine.dispose()
 
@@ -198,7 +199,7 @@ def running_service(
     if not open_mode:
         database_url = make_settings(data_dir, **env_overrides).database_url
         migrate(database_url)
-        secret = add_key(database_url)
+        secret = add_key(database_url).secret
     port = _free_port()
     env = {
         key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DATABASE_URL")

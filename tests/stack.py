@@ -49,7 +49,8 @@ class Stack:
     workers (worker 1, 2, ...), each under the test's control.
 
     Keyed, as deployed: an API key is made before anything starts, and `http` sends it
-    (`secret`, `auth`). `open_mode=True` makes none: the service runs open, for its own tests.
+    (`key`, `secret`, `auth`). `open_mode=True` makes none: the service runs open, for its own
+    tests.
     """
 
     def __init__(self, data_dir: Path, *, open_mode: bool = False, **env: str) -> None:
@@ -79,7 +80,8 @@ class Stack:
         self.worker_starts = 0
         self.http = requests.Session()
         migrate(self.env["DATABASE_URL"])
-        self.secret = "" if open_mode else add_key(self.env["DATABASE_URL"])
+        self.key = None if open_mode else add_key(self.env["DATABASE_URL"])
+        self.secret = self.key.secret if self.key else ""
         self.auth = {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
         self.http.headers.update(self.auth)
 

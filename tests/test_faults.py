@@ -151,6 +151,7 @@ def test_a_job_committed_but_never_published_is_published_by_the_reconciler(
                 input_kind="text",
                 input_text="orphan",
                 options={},
+                api_key_id=stack.key.row.id if stack.key else None,
                 attempts=0,
                 created_at=utcnow(),
             )

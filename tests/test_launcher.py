@@ -92,7 +92,7 @@ class Launcher:
         if not open_mode:
             database_url = make_settings(data_dir, **env).database_url
             migrate(database_url)
-            self.auth = {"Authorization": f"Bearer {add_key(database_url)}"}
+            self.auth = {"Authorization": f"Bearer {add_key(database_url).secret}"}
         if "--no-flower" not in args and "--flower-port" not in args:  # Flower starts too
             args = (*args, "--flower-port", str(free_port()))
         with self.log.open("ab") as out:
