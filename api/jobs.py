@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from api import idempotency
 from api.access import caller_id, visible
 from api.cancellation import cancel
+from api.erasure import erase
 from api.follow import wait_for
 from api.held_requests import hold, try_hold
 from api.limits import check_capacity
@@ -47,6 +48,7 @@ from models.errors import (
     QueueFull,
     RateLimited,
     ServerBusy,
+    ServiceUnavailable,
     TextTooLong,
     TooManyUnfinishedJobs,
     UnsupportedMediaType,
@@ -362,7 +364,6 @@ def get_job(job_id: str) -> Response:
 
 
 @blueprint.post("/v1/jobs/<job_id>/cancel")
-@blueprint.delete("/v1/jobs/<job_id>", endpoint="delete_job")
 @documented(
     {
         200: answer("The job is canceled (now, or it was already).", "JobView"),
@@ -379,13 +380,29 @@ def cancel_job(job_id: str) -> Response:
     `canceled` with `error.code` `canceled`, keeping in `result` the reply text made so far (no
     audio, and no turn in its conversation); its event stream ends with `done`. Asking again is
     harmless: a canceled job answers 200 as it is. A job that succeeded or failed answers 409
-    `job_finished`. `DELETE /v1/jobs/{job_id}` and `POST /v1/jobs/{job_id}/cancel` are the
-    same operation.
+    `job_finished`. To stop a job and keep nothing of it, erase it (`DELETE /v1/jobs/{job_id}`).
     """
     job, status = cancel(g.db, _load(job_id))
     response = jsonify(JobView.of(job).model_dump(mode="json"))
     response.status_code = status
     return response
+
+
+@blueprint.delete("/v1/jobs/<job_id>")
+@documented({204: answer("The job is erased.")}, errors=(JobNotFound, ServiceUnavailable))
+def delete_job(job_id: str) -> Response:
+    """Erase a job.
+
+    Any job may be erased. A queued one will never run; a running one stops at its worker's
+    next token, sentence or stage boundary and writes nothing more. Nothing of the job is kept:
+    its row, its event stream, its recording and spoken reply, its `Idempotency-Key` (the same
+    key makes a new job), its webhook deliveries and the turns it added to its conversation are
+    deleted, and none of its webhooks is sent or retried from then on (one being posted at that
+    moment may still arrive). The job then answers 404 `job_not_found` everywhere, here too. To
+    stop a job and keep it, cancel it (`POST /v1/jobs/{job_id}/cancel`).
+    """
+    erase(g.db, _load(job_id))
+    return Response(status=204)
 
 
 @blueprint.get("/v1/jobs/<job_id>/audio")

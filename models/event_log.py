@@ -41,6 +41,8 @@ DELTA = "delta"  # a piece of reply text as the language model produces it
 SPEECH = "speech"  # one sentence of the spoken reply is stored, while the rest is generated
 AUDIO = "audio"  # the spoken reply is stored
 DONE = "done"  # the job reached a terminal status; always the last event
+# An erased job's fence names its end before any event: every append is refused.
+ERASED = "0-0"
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,21 @@ class JobEvents:
         return self.publish(
             job_id, STATUS, {"status": "queued", "attempt": attempt}, attempt=attempt
         )
+
+    def erase(self, job_id: str, *, fence_seconds: int) -> None:
+        """Deletes a job's stream and leaves its fence closed for `fence_seconds` (longer than
+        an attempt of it may still run): the attempt's next event is refused, as after a lost
+        lease, so it stops and appends nothing more.
+
+        Raises:
+            RedisError: Redis is unreachable.
+        """
+        fence = fence_key(job_id)
+        pipe = self.redis.pipeline()  # MULTI: no append lands between the delete and the close
+        pipe.delete(key(job_id), fence)
+        pipe.hset(fence, "done", ERASED)
+        pipe.expire(fence, fence_seconds)
+        pipe.execute()
 
     def ended_by(self, job_id: str, after: str) -> bool:
         """Whether stream id `after` is at or past the job's `done`: a reader has seen the end.

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.errors import InsufficientStorage
 from models.settings import Settings
-from models.tables import StoredFile
+from models.tables import ReplyFormat, StoredFile
 
 # Partial writes: LocalStore's temporary files before their rename, DatabaseStore's copies.
 _PARTIAL_PREFIX = ".tmp-"
@@ -284,6 +284,36 @@ class DatabaseStore:
     def sweep_partial(self, cutoff: datetime) -> int:
         # A row is written whole or not at all; only the copies `as_file` made can be left over.
         return _sweep_partial(self.scratch, cutoff)
+
+
+class JobFiles(Protocol):
+    """What names a job's files: its row, or the columns of it below."""
+
+    id: str
+    attempts: int
+    input_audio_file: str | None
+    reply_format: str
+
+
+def delete_job_files(job: JobFiles, uploads: Store, results: Store) -> None:
+    """Deletes every file a job may have: its recording, each attempt's reply and sentences
+    (an attempt whose process was killed leaves its own behind).
+
+    Args:
+        job: The job's row, or its id, attempts, recording and reply format.
+        uploads: The recordings' store.
+        results: The replies' store.
+    """
+    if job.input_audio_file:
+        uploads.delete(job.input_audio_file)
+    if job.reply_format != ReplyFormat.VOICE.value:
+        return  # a text reply's job never stored a result file
+    for attempt in range(1, max(job.attempts, 1) + 1):
+        results.delete(reply_name(job.id, attempt))
+        index = 0  # an attempt's sentences are numbered from 0 without a gap
+        while results.exists(name := sentence_name(job.id, attempt, index)):
+            results.delete(name)
+            index += 1
 
 
 def open_store(settings: Settings, area: str, sessions: sessionmaker[Session]) -> Store:

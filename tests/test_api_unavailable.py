@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from api import create_app
 from models.db import make_engine, make_session_factory
-from models.tables import Job
+from models.tables import Job, new_job_id
+from scripts.launch import migrate
 from tests.conftest import ROOT, make_settings
 
 
@@ -60,3 +61,21 @@ def test_unreachable_database_gives_503(tmp_path: Path) -> None:
         assert response.status_code == 503, response.data
         assert response.json is not None and response.json["code"] == "database_unavailable"
     assert client.get("/healthz").status_code == 200
+
+
+def test_an_erasure_with_redis_unreachable_gives_503_and_keeps_the_job(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate(url)
+    settings = make_settings(
+        tmp_path, DATABASE_URL=url, REDIS_URL=f"redis://127.0.0.1:{_closed_port()}/0"
+    )
+    client = create_app({"settings": settings}).test_client()
+    job = Job(id=new_job_id(), reply_format="text", input_kind="text", input_text="hi", options={})
+    with make_session_factory(make_engine(url))() as session:
+        session.add(job)
+        session.commit()
+
+    response = client.delete(f"/v1/jobs/{job.id}")
+    assert response.status_code == 503
+    assert response.json is not None and response.json["code"] == "service_unavailable"
+    assert client.get(f"/v1/jobs/{job.id}").status_code == 200

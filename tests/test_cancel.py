@@ -35,11 +35,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
-def _cancel(stack: Stack, job_id: str, method: str = "POST") -> tuple[int, dict[str, Any]]:
-    if method == "POST":
-        answer = stack.http.post(f"{stack.url}/v1/jobs/{job_id}/cancel", timeout=30)
-    else:
-        answer = stack.http.delete(f"{stack.url}/v1/jobs/{job_id}", timeout=30)
+def _cancel(stack: Stack, job_id: str) -> tuple[int, dict[str, Any]]:
+    answer = stack.http.post(f"{stack.url}/v1/jobs/{job_id}/cancel", timeout=30)
     return answer.status_code, dict(answer.json())
 
 
@@ -76,9 +73,9 @@ def test_a_queued_job_is_canceled_at_once_and_a_running_one_keeps_its_text(stack
     events = _read_events(stack, f"/v1/jobs/{waiting}/events")  # type: ignore[arg-type]
     assert [e["event"] for e in events] == ["done"]
     assert events[-1]["data"]["status"] == "canceled"
-    assert _cancel(stack, waiting, "DELETE")[0] == 200  # again: the same answer
+    assert _cancel(stack, waiting)[0] == 200  # again: the same answer
 
-    status, stopping = _cancel(stack, busy, "DELETE")
+    status, stopping = _cancel(stack, busy)
     assert (status, stopping["status"]) == (202, "running"), stopping
     events = _read_events(stack, f"/v1/jobs/{busy}/events")  # type: ignore[arg-type]
     assert events[-1]["event"] == "done" and events[-1]["data"]["status"] == "canceled"
@@ -117,9 +114,8 @@ def test_a_finished_job_cannot_be_canceled(stack: Stack) -> None:
     )
     job = answer.json()
     assert job["status"] == "succeeded", job
-    for method in ("POST", "DELETE"):
-        status, problem = _cancel(stack, job["id"], method)
-        assert (status, problem["code"]) == (409, "job_finished"), problem
+    status, problem = _cancel(stack, job["id"])
+    assert (status, problem["code"]) == (409, "job_finished"), problem
     assert stack.job(job["id"])["status"] == "succeeded"
     status, problem = _cancel(stack, "0" * 32)
     assert (status, problem["code"]) == (404, "job_not_found")

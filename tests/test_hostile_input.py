@@ -242,6 +242,8 @@ def test_answers_the_fuzzer_cannot_reach_conform(api_stack: Stack) -> None:
             ("/v1/audio/speech", "POST", 200, _sent({**speech, "response_format": answer}))
             for answer in SPEECH_FORMATS
         ),
+        # Last: nothing of the job is left after it.
+        ("/v1/jobs/{job_id}", "DELETE", 204, {"path_parameters": {"job_id": job_id}}),
     ]
     for path, method, status, parts in cases:
         case = schema[path][method].Case(**parts)

@@ -16,7 +16,6 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -31,7 +30,6 @@ from models.tables import (
     Conversation,
     IdempotencyRecord,
     Job,
-    ReplyFormat,
     Turn,
     WebhookDelivery,
     utcnow,
@@ -71,36 +69,6 @@ class Sweep:
 _FILE_COLUMNS = (Job.id, Job.attempts, Job.input_audio_file, Job.reply_format, Job.expired_at)
 
 
-class _JobFiles(Protocol):
-    """What names a job's files: a row of `_FILE_COLUMNS`."""
-
-    id: str
-    attempts: int
-    input_audio_file: str | None
-    reply_format: str
-
-
-def delete_job_files(job: _JobFiles, uploads: storage.Store, results: storage.Store) -> None:
-    """Deletes every file a job may have: its recording, each attempt's reply and sentences
-    (an attempt whose process was killed leaves its own behind).
-
-    Args:
-        job: The job's `_FILE_COLUMNS`.
-        uploads: The recordings' store.
-        results: The replies' store.
-    """
-    if job.input_audio_file:
-        uploads.delete(job.input_audio_file)
-    if job.reply_format != ReplyFormat.VOICE.value:
-        return  # a text reply's job never stored a result file
-    for attempt in range(1, max(job.attempts, 1) + 1):
-        results.delete(storage.reply_name(job.id, attempt))
-        index = 0  # an attempt's sentences are numbered from 0 without a gap
-        while results.exists(name := storage.sentence_name(job.id, attempt, index)):
-            results.delete(name)
-            index += 1
-
-
 def expire_audio(
     session: Session, uploads: storage.Store, results: storage.Store, ttl_seconds: int
 ) -> int:
@@ -134,7 +102,7 @@ def expire_audio(
     )
     session.commit()
     for job in jobs:
-        delete_job_files(job, uploads, results)
+        storage.delete_job_files(job, uploads, results)
     _LOGGER.info("audio expired jobs=%d", len(jobs))
     return len(jobs)
 
@@ -168,7 +136,7 @@ def purge_jobs(
     session.rollback()  # no transaction held open while files are deleted
     for job in jobs:
         if job.expired_at is None:
-            delete_job_files(job, uploads, results)
+            storage.delete_job_files(job, uploads, results)
     ids = [job.id for job in jobs]
     # Files and streams before the rows: a pass cut short finds the rows again next time.
     try:
