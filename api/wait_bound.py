@@ -12,6 +12,7 @@ from flask import current_app
 from redis import Redis, RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.held_requests import RETRY_AFTER_SECONDS
 from models import heartbeat, queries
 from models.errors import WaitTimedOut, WaitTooLong
 from models.settings import Settings
@@ -32,8 +33,8 @@ RECENT_JOBS = 20
 UNKNOWN_JOB_SECONDS = 10.0
 # No job is estimated shorter: a median of 0 would make any queue free.
 SHORTEST_JOB_SECONDS = 0.01
-# The least `Retry-After`, as the held-request bound's: a short pause.
-SHORTEST_RETRY_SECONDS = 5
+# The least `Retry-After`: the held-request bound's short pause.
+SHORTEST_RETRY_SECONDS = RETRY_AFTER_SECONDS
 
 
 @dataclass(frozen=True)
