@@ -1,5 +1,6 @@
 """Canceling a job: at once while it is queued, at its worker's next boundary while it runs; and
-the cancel of a job whose client left an OpenAI route before its answer came."""
+the cancel of an OpenAI route's job that no one will be answered with (its client left, or its
+wait ran out)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from models.tables import Job, JobStatus
 _LOGGER = logging.getLogger(__name__)
 
 Chunk = TypeVar("Chunk")
+# Why an unanswered job was canceled, as logged.
+CLIENT_LEFT = "client_left"
+WAIT_RAN_OUT = "wait_ran_out"
 
 
 def cancel(session: Session, job: Job) -> tuple[Job, int]:
@@ -70,20 +74,26 @@ def _reread(session: Session, job_id: str) -> Job:
     return job
 
 
-def cancel_for_departed_client(job_id: str) -> None:
-    """Cancels the job of a client that closed its connection before its answer came; a job
-    that ended meanwhile is left as it is. Uses a session of its own: it runs as a held
-    request ends, possibly after the request's own session is closed."""
+def cancel_unanswered(job_id: str, reason: str) -> bool:
+    """Cancels the job of an OpenAI request that will not be answered with it: its client
+    closed its connection, or its wait ran out (`reason`, logged); a job that ended meanwhile
+    is left as it is. Uses a session of its own: it runs as a held request ends, possibly after
+    the request's own session is closed.
+
+    Returns:
+        Whether the job was canceled or its worker asked to stop (False: it had ended).
+    """
     sessions: sessionmaker[Session] = current_app.extensions["voicechat.sessions"]
     with sessions() as session:
         job = session.get(Job, job_id)
         if job is None or job.job_status.terminal:
-            return
+            return False
         try:
             _job, status = cancel(session, job)
         except JobFinished:
-            return
-    _LOGGER.info("client left; job canceled job_id=%s status=%d", job_id, status)
+            return False
+    _LOGGER.info("unanswered job canceled job_id=%s reason=%s status=%d", job_id, reason, status)
+    return True
 
 
 def canceled_on_leave(job_id: str, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
@@ -96,7 +106,7 @@ def canceled_on_leave(job_id: str, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
     try:
         yield from chunks
     except GeneratorExit:
-        cancel_for_departed_client(job_id)
+        cancel_unanswered(job_id, CLIENT_LEFT)
         raise
     if client_left():
-        cancel_for_departed_client(job_id)
+        cancel_unanswered(job_id, CLIENT_LEFT)

@@ -37,7 +37,6 @@ _STATUS: dict[type[errors.VoiceChatError], int] = {
     errors.TooManyRequests: 429,
     # The pipeline's verdict, reported by a route that waited for it.
     errors.ContextLengthExceeded: 422,
-    errors.WaitTimedOut: 504,
     errors.ServiceUnavailable: 503,
     errors.InsufficientStorage: 507,
     errors.VoiceChatError: 500,

@@ -1,4 +1,4 @@
-"""Following a job as it runs: Server-Sent Events, and waiting for the end without polling.
+"""Following a job: Server-Sent Events, and waiting for its start or its end without polling.
 
 Both read the job's Redis Stream (models/event_log.py), which the worker appends to, so a client
 hears of each change as it happens; the web process never asks Celery for results. The job row
@@ -142,6 +142,17 @@ def wait_for(job_id: str, timeout: float) -> Job | None:
                 return None
             look = time.monotonic() + LOOK_SECONDS
     return None
+
+
+def wait_for_start(job_id: str, timeout: float) -> bool:
+    """Waits up to `timeout` seconds for a job's first event (it started, or ended at once);
+    False when the time ran out or the client left (looked at on each quiet beat)."""
+    for event in follow(job_id, timeout=timeout):
+        if event.type != IDLE:
+            return True
+        if client_left():
+            return False
+    return False
 
 
 def client_left() -> bool:

@@ -53,7 +53,7 @@ def readyz() -> Response:
         workers = heartbeat.live_workers(redis)
     except (RedisError, OSError) as error:
         checks["broker"] = {"ok": False, "error": type(error).__name__}
-    ready_workers = [w for w in workers if w.get("models_loaded")]
+    ready_workers = heartbeat.ready(workers)
     checks["workers"] = {"ok": bool(ready_workers), "count": len(ready_workers), "details": workers}
     ready = all(check["ok"] for check in checks.values())
     readiness = Readiness.model_validate(

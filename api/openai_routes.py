@@ -17,7 +17,7 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.exceptions import HTTPException
 
 from api import openai_formats
-from api.cancellation import cancel_for_departed_client, canceled_on_leave
+from api.cancellation import CLIENT_LEFT, WAIT_RAN_OUT, cancel_unanswered, canceled_on_leave
 from api.errors import status_for, with_retry_after
 from api.follow import (
     IDLE,
@@ -27,6 +27,7 @@ from api.follow import (
     read_job,
     sse_response,
     wait_for,
+    wait_for_start,
 )
 from api.held_requests import Place, hold
 from api.jobs import UPLOAD_MEDIA_TYPES, submit
@@ -52,6 +53,7 @@ from api.openapi.declare import SSE_HEADERS, answer, documented, family, json_bo
 from api.schemas import Usage
 from api.speech_stream import stream_reply
 from api.validation import parse_json_object, single_values, validate
+from api.wait_bound import check_reachable, timed_out
 from models import event_log
 from models.audio import inspect_upload
 from models.errors import (
@@ -79,6 +81,7 @@ from models.errors import (
     UnsupportedMediaType,
     VoiceChatError,
     WaitTimedOut,
+    WaitTooLong,
     WorkerLost,
     error_for_code,
 )
@@ -100,6 +103,7 @@ JOB_ROUTE_ERRORS: tuple[type[VoiceChatError], ...] = (
     ServerBusy,
     QueueFull,
     BrokerUnavailable,
+    WaitTooLong,
     WaitTimedOut,
     EngineUnavailable,
     JobTimedOut,
@@ -109,7 +113,11 @@ JOB_ROUTE_ERRORS: tuple[type[VoiceChatError], ...] = (
 )
 # The job the request became, on every answer of a route that makes one.
 JOB_ID = {"X-Job-Id": ref("headers", "JobId")}
-NOTES = {503: "Checked once the request is valid, before a job is made."}
+NOTES = {
+    503: "Each but `wait_timeout` is answered once the request is valid, before a job is made "
+    "(`broker_unavailable`: the job made is recorded failed); `wait_timeout` after "
+    "OPENAI_WAIT_SECONDS ({openai_wait_seconds} s here), its job canceled."
+}
 
 
 def _settings() -> Settings:
@@ -180,23 +188,44 @@ def _json_object() -> dict[str, Any]:
     return parse_json_object(request.get_data(cache=False))
 
 
-def _sync_wait(settings: Settings) -> float:
-    # A request held for a job: as long as the job may run, and a queue's worth more.
+def _stream_wait(settings: Settings) -> float:
+    # A stream whose job has started: as long as the job may run, and a retry's worth more.
     return float(settings.task_time_limit * 2)
 
 
 def _succeeded(job: Job, settings: Settings) -> Job:
-    """Waits for the job; raises the job's own error if it failed, or WaitTimedOut. A client
-    that leaves meanwhile cancels the job (JobCanceled, answered to no one)."""
-    finished = wait_for(job.id, _sync_wait(settings))
-    if finished is None and client_left():
-        cancel_for_departed_client(job.id)
-        raise JobCanceled(f"The client left; job {job.id} is canceled.")
-    if finished is None:
-        raise WaitTimedOut(f"Job {job.id} is still running; follow it at /v1/jobs/{job.id}.")
+    """Waits up to OPENAI_WAIT_SECONDS for the job to end (see `_unanswered` for a wait that
+    ends without it); raises the job's own error if it failed."""
+    finished = wait_for(job.id, settings.openai_wait_seconds) or _unanswered(job.id, settings)
     if finished.status != JobStatus.SUCCEEDED.value:
         raise error_for_code(finished.error_code or "internal_error", finished.error_message or "")
     return finished
+
+
+def _started(job: Job, settings: Settings) -> None:
+    """Waits up to OPENAI_WAIT_SECONDS for a streamed answer's job to start (or end), so that
+    the answer, its 200 included, comes once there is something to stream; see `_unanswered`
+    for a wait that ends without it."""
+    if not wait_for_start(job.id, settings.openai_wait_seconds):
+        _unanswered(job.id, settings, stream=True)
+
+
+def _unanswered(job_id: str, settings: Settings, *, stream: bool = False) -> Job:
+    """Cancels the job of a wait that ended without it, and raises why: JobCanceled when the
+    client left (answered to no one), or past OPENAI_WAIT_SECONDS WaitTimedOut, a 503 with
+    `Retry-After`, which OpenAI's SDKs retry: a job left running would then be run twice.
+
+    Returns:
+        The job, if it ended meanwhile.
+    """
+    left = client_left()
+    if not cancel_unanswered(job_id, CLIENT_LEFT if left else WAIT_RAN_OUT):
+        ended = read_job(job_id)
+        if ended is not None:
+            return ended
+    if left:
+        raise JobCanceled(f"The client left; job {job_id} is canceled.")
+    raise timed_out(job_id, settings, stream=stream)
 
 
 # The speech formats sent as a stream (the others need the whole recording to encode).
@@ -229,7 +258,9 @@ def create_chat_completion() -> Response:
     """Chat completion.
 
     OpenAI's chat completion, as a job (`X-Job-Id`) the request waits for: whole, or streamed
-    as `chat.completion.chunk` events as it is generated.
+    as `chat.completion.chunk` events as it is generated. The request waits at most
+    OPENAI_WAIT_SECONDS ({openai_wait_seconds} s here) for its job to finish, or, streamed, to
+    start (see 503).
 
     Beyond the schema: the last message must be the user's, and its content, trimmed,
     non-blank (422 `empty_text`, `param` `messages[N].content`); content parts joined count
@@ -238,7 +269,8 @@ def create_chat_completion() -> Response:
     """
     settings = _settings()
     chat = validate(ChatCompletionRequest, _json_object(), settings)
-    place = hold()  # refused with 503 before any job is made
+    check_reachable(settings)  # refused with 503 before any job is made
+    place = hold()  # likewise
     try:
         job = submit(
             Job(
@@ -253,6 +285,7 @@ def create_chat_completion() -> Response:
             )
         )
         if chat.stream:
+            _started(job, settings)
             head = ChatCompletionChunk(
                 id=f"chatcmpl-{job.id}",
                 object="chat.completion.chunk",
@@ -293,7 +326,7 @@ def _completion_chunks(
     with place:
         yield frame(head.piece(ChatDelta(role="assistant", content="")).body())
         sent = False
-        for event in follow(job_id, timeout=_sync_wait(settings)):
+        for event in follow(job_id, timeout=_stream_wait(settings)):
             if event.type == event_log.DELTA:
                 sent = True
                 yield frame(head.piece(ChatDelta(content=event.data["text"])).body())
@@ -311,9 +344,12 @@ def _completion_chunks(
                     return
                 yield KEEP_ALIVE
         job = read_job(job_id)
+        if job is not None and not job.job_status.terminal:
+            # The stream ran out of time before its job ended: no one else waits for it.
+            cancel_unanswered(job_id, WAIT_RAN_OUT)
         if job is None or job.status != JobStatus.SUCCEEDED.value:
             code = (job and job.error_code) or WaitTimedOut.code
-            message = (job and job.error_message) or "The job did not finish in time."
+            message = (job and job.error_message) or "The job did not finish in time; canceled."
             failure = _in_chat_terms(error_for_code(code, message))
             yield frame(error_body(failure).model_dump(mode="json"))
         else:
@@ -394,7 +430,8 @@ def create_transcription() -> Response:
     """Transcribe a recording.
 
     OpenAI's transcription (json, text, verbose_json, srt or vtt), as a job (`X-Job-Id`) the
-    request waits for. A recording without speech gives an empty transcript.
+    request waits for: at most OPENAI_WAIT_SECONDS ({openai_wait_seconds} s here), see 503. A
+    recording without speech gives an empty transcript.
     """
     settings = _settings()
     asked = validate(TranscriptionRequest, _multipart_fields(), settings, from_strings=True)
@@ -408,7 +445,8 @@ def create_transcription() -> Response:
         input_audio_seconds=round(info.seconds, 3),
         options=options,
     )
-    with hold():  # refused with 503 before any job is made
+    check_reachable(settings)  # refused with 503 before any job is made
+    with hold():  # likewise
         submit(job, asked.file, info.extension)
         try:
             finished = _succeeded(job, settings)
@@ -455,7 +493,8 @@ def create_speech() -> Response:
     OpenAI's text to speech, as a job (`X-Job-Id`). `wav` and `pcm` are streamed as OpenAI
     streams speech: each sentence as soon as it is spoken (the WAV's sizes say unknown,
     `0xFFFFFFFF`); the other formats are encoded once all is said. OpenAI's voices speak with
-    TTS_VOICE (`{tts_voice}` here).
+    TTS_VOICE (`{tts_voice}` here). The request waits at most OPENAI_WAIT_SECONDS
+    ({openai_wait_seconds} s here) for its job to finish, or, streamed, to start (see 503).
     """
     settings = _settings()
     asked = validate(SpeechRequest, _json_object(), settings)
@@ -468,11 +507,13 @@ def create_speech() -> Response:
         input_text=asked.input,
         options=asked.speech_options(settings),
     )
+    check_reachable(settings)  # refused with 503 before any job is made
     if asked.response_format in STREAMED_SPEECH:
         # Streamed as OpenAI streams speech: each sentence as soon as it is spoken.
-        place = hold()  # refused with 503 before any job is made
+        place = hold()  # likewise
         try:
             submit(job)
+            _started(job, settings)
         except BaseException:
             place.release()
             raise
@@ -487,7 +528,7 @@ def create_speech() -> Response:
         )
         response.headers["X-Job-Id"] = job.id
         return response
-    with hold():  # refused with 503 before any job is made
+    with hold():  # likewise
         submit(job)
         finished = _succeeded(job, settings)
     results: Store = current_app.extensions["voicechat.results"]

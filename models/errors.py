@@ -353,14 +353,6 @@ class HostNotAllowed(VoiceChatError):
     title = "Host not allowed"
 
 
-class WaitTimedOut(VoiceChatError):
-    """The job did not finish within twice TASK_TIME_LIMIT ({task_time_limit} s here); it
-    goes on, under `/v1/jobs/{job_id}`."""
-
-    code = "wait_timeout"
-    title = "The job did not finish in time"
-
-
 class InsufficientStorage(VoiceChatError):
     """The disk holding the service's files is full (or the file is over a size or quota
     limit); nothing half-written is kept."""
@@ -408,6 +400,24 @@ class QueueFull(ServerBusy):
 
     code = "queue_full"
     title = "The job queue is full"
+
+
+class WaitTooLong(ServerBusy):
+    """The jobs queued ahead would take longer than OPENAI_WAIT_SECONDS ({openai_wait_seconds}
+    s here), by the recent jobs' median run time and the ready workers: no job was made; try
+    again after `Retry-After` seconds."""
+
+    code = "wait_too_long"
+    title = "The queue ahead is too long to wait for"
+
+
+class WaitTimedOut(ServerBusy):
+    """The job did not finish (a stream: did not start) within OPENAI_WAIT_SECONDS
+    ({openai_wait_seconds} s here): it is canceled, so a retry never runs it twice; try again
+    after `Retry-After` seconds."""
+
+    code = "wait_timeout"
+    title = "The job did not finish in time"
 
 
 class TooManyRequests(VoiceChatError):

@@ -68,3 +68,9 @@ def live_workers(client: Redis) -> list[dict[str, Any]]:
         if isinstance(info, dict):
             workers.append(info)
     return sorted(workers, key=lambda info: str(info.get("worker_id", "")))
+
+
+def ready(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The workers among `workers` (as `live_workers` reports them) with their models loaded:
+    the ones that take jobs."""
+    return [info for info in workers if info.get("models_loaded")]

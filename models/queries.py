@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, false, or_, select
+from sqlalchemy import and_, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from models.errors import InvalidCursor
@@ -101,6 +101,33 @@ def queued_longer_than(session: Session, seconds: float, limit: int = 1000) -> l
         .limit(limit)
     )
     return list(session.scalars(query))
+
+
+def queued_jobs(session: Session, at_most: int) -> int:
+    """How many jobs are queued, counted only up to `at_most` (a LIMIT in a subquery, on
+    ix_jobs_status_created_at), so that a long queue costs no more than `at_most` index entries."""
+    queued = select(Job.id).where(Job.status == JobStatus.QUEUED.value).limit(at_most)
+    return int(session.scalar(select(func.count()).select_from(queued.subquery())) or 0)
+
+
+def recent_run_seconds(session: Session, count: int) -> list[float]:
+    """How long (started to finished) each of the last `count` jobs that succeeded ran, newest
+    first (ix_jobs_finished_at, read from its newest end)."""
+    query = (
+        select(Job.started_at, Job.finished_at)
+        .where(
+            Job.finished_at.is_not(None),
+            Job.status == JobStatus.SUCCEEDED.value,
+            Job.started_at.is_not(None),
+        )
+        .order_by(Job.finished_at.desc())
+        .limit(count)
+    )
+    return [
+        (finished - started).total_seconds()
+        for started, finished in session.execute(query)
+        if started is not None and finished is not None  # as the query ensures; for mypy
+    ]
 
 
 def database_time(session: Session, seconds: float = 0.0) -> datetime:

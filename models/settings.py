@@ -140,6 +140,8 @@ class Settings:
     reconcile_queued_after_seconds: int = 30
     events_ttl_seconds: int = 86400
     max_wait_seconds: int = 60
+    # The longest a synchronous OpenAI route waits for its job (api/wait_bound.py, issue 20).
+    openai_wait_seconds: int = 60
     max_held_requests: int = 500
     storage_backend: str = "local"
     # Fair sharing (api/limits.py, api/idempotency.py); 0 turns a limit off.
@@ -306,6 +308,7 @@ def _request_limits(env: _Environment) -> dict[str, Any]:
         "max_tokens_limit": max_tokens_limit,
         "default_temperature": env.decimal("default_temperature", minimum=0.0),
         "max_wait_seconds": env.whole("max_wait_seconds", maximum=3600),
+        "openai_wait_seconds": env.whole("openai_wait_seconds", maximum=3600),
         "max_held_requests": env.whole("max_held_requests", minimum=0, maximum=10_000),
     }
 

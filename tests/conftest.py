@@ -142,7 +142,7 @@ def add_key(database_url: str, name: str = "tests") -> NewKey:
 
     engine = make_engine(database_url)
     try:
-        with Session(engine) as session:
+        with Session(engine, expire_on_commit=False) as session:
             return create_key(session, name)
     finally:
         engine.dispose()

@@ -51,7 +51,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = Stack(
         tmp_path_factory.mktemp("erase"),
         **{**FAST_ENGINES, "LLM_ENGINE": "tests.engines:PacedGenerator"},
-        WEBHOOK_ALLOW_PRIVATE="true",
+        WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
         WEBHOOK_SECRET=SECRET,
         WEBHOOK_BACKOFF_SECONDS=str(BACKOFF_SECONDS),
         # A renewal seldom finds the row gone before the next word: the event log's fence does.

@@ -51,6 +51,8 @@ def test_booleans_accept_the_usual_spellings(raw: str, value: bool) -> None:
         {"DEFAULT_MAX_TOKENS": "2000", "MAX_TOKENS_LIMIT": "1000"},
         {"WHISPER_LANGUAGE": "zz"},
         {"MAX_HELD_REQUESTS": "-1"},
+        {"OPENAI_WAIT_SECONDS": "0"},
+        {"OPENAI_WAIT_SECONDS": "3601"},
         {"MAX_AUDIO_CHANNELS": "0"},
         {"MAX_AUDIO_CHANNELS": "64"},
         {"MIN_AUDIO_SAMPLE_RATE": "48000", "MAX_AUDIO_SAMPLE_RATE": "44100"},
