@@ -95,8 +95,8 @@ def test_the_estimate_is_the_queue_by_the_median_recent_run_per_ready_worker(
     assert capped.jobs == 14 and capped.retry_after(10) == 10
 
 
-def test_the_document_declares_the_bound_and_its_503s(client_with: Any) -> None:
-    document = client_with(OPENAI_WAIT_SECONDS="45").get("/openapi.json").json
+def test_the_document_declares_the_bound_and_its_503s(open_client_with: Any) -> None:
+    document = open_client_with(OPENAI_WAIT_SECONDS="45").get("/openapi.json").json
     for path in ("/v1/chat/completions", "/v1/audio/transcriptions", "/v1/audio/speech"):
         operation = document["paths"][path]["post"]
         assert "OPENAI_WAIT_SECONDS (45 s here)" in operation["description"], path
@@ -181,7 +181,9 @@ def test_behind_a_long_queue_each_route_answers_503_at_once_and_makes_no_job(
 
 @pytest.mark.e2e
 def test_the_openai_sdk_sees_the_503_and_its_retry_after(long_queue: Stack) -> None:
-    client = openai.OpenAI(base_url=f"{long_queue.url}/v1", api_key="unused", max_retries=0)
+    client = openai.OpenAI(
+        base_url=f"{long_queue.url}/v1", api_key=long_queue.secret, max_retries=0
+    )
     before = len(_jobs(long_queue))
     with pytest.raises(openai.InternalServerError) as raised:
         client.audio.speech.create(model="tts-1", voice="alloy", input="Hello there.")
@@ -228,7 +230,9 @@ def test_past_the_bound_the_answer_is_503_and_the_job_is_canceled(short_bound: S
 
 @pytest.mark.e2e
 def test_the_openai_sdk_sees_the_timeout_as_a_503(short_bound: Stack) -> None:
-    client = openai.OpenAI(base_url=f"{short_bound.url}/v1", api_key="unused", max_retries=0)
+    client = openai.OpenAI(
+        base_url=f"{short_bound.url}/v1", api_key=short_bound.secret, max_retries=0
+    )
     started = time.monotonic()
     with pytest.raises(openai.InternalServerError) as raised:
         client.chat.completions.create(
