@@ -459,7 +459,7 @@ def list_jobs() -> Response:
     fields = single_values(request.args, "query parameter")
     query = validate(JobListQuery, fields, settings, from_strings=True)
     page = queries.list_jobs(
-        g.db, owner=caller_id(), status=query.status, limit=query.limit, cursor=query.cursor or None
+        g.db, owner=caller_id(), status=query.status, limit=query.limit, cursor=query.cursor
     )
     listing = JobList(data=[JobView.of(job) for job in page.jobs], next_cursor=page.next_cursor)
     return jsonify(listing.model_dump(mode="json"))

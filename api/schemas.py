@@ -12,9 +12,11 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, model_validator
 
 from api.validation import Answer, Live, PositiveWhole, Shape, integral, refuse
+from models import queries
 from models.errors import (
     ConflictingInput,
     EmptyText,
+    InvalidCursor,
     InvalidOption,
     InvalidWebhookUrl,
     MissingInput,
@@ -263,6 +265,14 @@ class ConversationRequest(Shape):
     ] = None
 
 
+def _cursor(value: str) -> str:
+    try:
+        queries.decode_cursor(value)
+    except InvalidCursor as error:
+        raise refuse(InvalidCursor, error.detail) from None
+    return value
+
+
 class JobListQuery(Shape):
     """The query of `GET /v1/jobs`."""
 
@@ -275,7 +285,16 @@ class JobListQuery(Shape):
         Field(description="Jobs per page."),
     ] = 20
     cursor: Annotated[
-        str | None, Field(description="The `next_cursor` of the previous page (opaque).")
+        Annotated[
+            str,
+            AfterValidator(_cursor),
+            Field(json_schema_extra={"pattern": queries.CURSOR_PATTERN}),
+        ]
+        | None,
+        Field(
+            description="The `next_cursor` of the previous page, as it was given (422 "
+            "`invalid_cursor` for any other shape)."
+        ),
     ] = None
 
 
@@ -539,7 +558,8 @@ class JobList(Answer):
 
     data: list[JobView]
     next_cursor: Annotated[
-        str | None, Field(description="Cursor of the next page; null on the last.")
+        Annotated[str, Field(pattern=queries.CURSOR_PATTERN)] | None,
+        Field(description="Cursor of the next page; null on the last."),
     ]
 
 

@@ -265,6 +265,8 @@ def test_unknown_route_and_method(healthy_after: Service) -> None:
         {"limit": "ten"},
         {"limit": "9" * 2000},
         {"cursor": "garbage!"},
+        {"cursor": ""},
+        {"cursor": "MjAyNi0xMS0yMnxhYmM"},  # the base64 of an earlier cursor form
         {"sort": "asc"},
     ],
 )
