@@ -352,8 +352,12 @@ def test_transcription_rejections(service: Service, question_wav: bytes) -> None
 def test_event_stream_rejections(service: Service) -> None:
     assert service.http.get(f"{service.url}/v1/jobs/%00/events", timeout=10).status_code == 404
     job = service.wait(service.submit(json={"text": "hi", "max_tokens": 3})["id"])
-    for bogus in ("12", "1-2\n", "\uff11-\uff12", "9" * 30 + "-1"):
-        response = service.http.get(
-            f"{service.url}/v1/jobs/{job['id']}/events", params={"after": bogus}, timeout=10
-        )
+    url = f"{service.url}/v1/jobs/{job['id']}/events"
+    for bogus in ("", "12", "1-2\n", "\uff11-\uff12", "9" * 30 + "-1"):
+        response = service.http.get(url, params={"after": bogus}, timeout=10)
         assert response.status_code == 400 and response.json()["code"] == "invalid_header", bogus
+        # Last-Event-ID wins over `after`, but both are checked.
+        both = service.http.get(
+            url, params={"after": bogus}, headers={"Last-Event-ID": "0"}, timeout=10
+        )
+        assert both.status_code == 400 and both.json()["code"] == "invalid_header", bogus
