@@ -265,6 +265,18 @@ CHAT_REJECTIONS: dict[str, tuple[Any, int, str, str | None]] = {
         "empty_text",
         "messages[1].content",
     ),
+    "empty system message": (
+        {"messages": [{"role": "system", "content": ""}, {"role": "user", "content": "hi"}]},
+        422,
+        "empty_text",
+        "messages[0].content",
+    ),
+    "blank content parts": (
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": " "}]}]},
+        422,
+        "empty_text",
+        "messages[0].content",
+    ),
     "messages too long in all": (
         {"messages": [{"role": "user", "content": "a" * 30_000}] * 7},
         422,
