@@ -17,7 +17,8 @@ from api.cancellation import cancel
 from api.follow import wait_for
 from api.held_requests import hold, try_hold
 from api.limits import check_capacity
-from api.openapi.declare import Query, Schema, answer, documented, family, header, ref, schema_ref
+from api.openapi.declare import Query, Schema, answer, documented, family, ref, schema_ref
+from api.preferences import PREFER, preferred_wait
 from api.schemas import AudioQuery, JobList, JobListQuery, JobOptions, JobView, is_resource_id
 from api.speech_stream import stream_reply
 from api.submission import AUDIO_MEDIA_TYPES, Submission, parse_submission
@@ -37,7 +38,6 @@ from models.errors import (
     InsufficientStorage,
     InvalidAudio,
     InvalidCursor,
-    InvalidHeader,
     InvalidOption,
     InvalidWebhookUrl,
     JobFinished,
@@ -155,23 +155,6 @@ def finished_or_fail(job: Job) -> Job:
     return job
 
 
-def preferred_wait(settings: Settings) -> int | None:
-    """Reads RFC 7240's `Prefer: wait=N` (Replicate's convention), capped at MAX_WAIT_SECONDS.
-
-    Raises:
-        InvalidHeader: `wait` is not a whole number of seconds.
-    """
-    for preference in request.headers.get("Prefer", "").split(","):
-        name, _, value = preference.split(";")[0].strip().partition("=")
-        if name.strip().lower() != "wait":
-            continue
-        value = value.strip().strip('"')
-        if not (value.isascii() and value.isdigit()) or len(value) > 6:
-            raise InvalidHeader("Prefer: wait must be a whole number of seconds, e.g. wait=30.")
-        return min(int(value), settings.max_wait_seconds)
-    return None
-
-
 def _submitted(description: str) -> Schema:
     applied = {
         "description": "With `Prefer: wait=N`: `wait=` and the seconds waited at most (N, capped "
@@ -199,13 +182,6 @@ _RAW_AUDIO = {
 }
 # The multipart part's media types (OpenAPI's comma-separated `contentType`); any label is taken.
 UPLOAD_MEDIA_TYPES = "audio/wav, audio/webm, audio/ogg, audio/mpeg, audio/mp4, audio/flac"
-_PREFER = header(
-    "Prefer",
-    "RFC 7240 preferences; only `wait=N` is read, N a whole number of seconds (at most six "
-    "digits, optionally quoted), capped at MAX_WAIT_SECONDS ({max_wait_seconds} here). Other "
-    "preferences are ignored; a malformed `wait` is 400 `invalid_header`.",
-    {"type": "string", "pattern": '^wait="?[0-9]{1,6}"?$', "examples": ["wait=30"]},
-)
 
 
 @blueprint.post("/v1/jobs")
@@ -244,7 +220,7 @@ _PREFER = header(
     ),
     notes={422: "With `Prefer: wait`, a job that failed too is named by `job_id`."},
     parameters=(
-        _PREFER,
+        PREFER,
         idempotency.PARAMETER,
         Query("JobOptions", "With a raw recording body only."),
     ),

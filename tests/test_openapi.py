@@ -4,6 +4,7 @@ and patterns that say exactly what the service reads."""
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,8 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from api import create_app
 from api.openapi import NOT_THE_API
-from models.errors import InvalidCursor
+from api.preferences import PREFER_PATTERN, wait_preference
+from models.errors import InvalidCursor, InvalidHeader
 from models.queries import CURSOR_PATTERN, decode_cursor, encode_cursor
 from models.tables import Job, new_job_id
 from tests.conftest import ROOT, make_settings
@@ -103,6 +105,31 @@ def _matches(pattern: str, value: str) -> bool:
 @functools.cache
 def _validator(pattern: str) -> Any:
     return jsonschema_rs.validator_for({"type": "string", "pattern": pattern})
+
+
+# What a `Prefer` value is made of where the service and the pattern could disagree.
+_PREFER_PARTS = st.text(st.sampled_from(list('wWaAiItT=;,"07 \t\x0b\xa0x')), max_size=16)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(
+        _PREFER_PARTS,
+        st.builds(
+            operator.add,
+            st.sampled_from(["wait=", " WAIT = ", "wai", "w ait", "waitx", "a, wait="]),
+            _PREFER_PARTS,
+        ),
+        st.text(st.characters(max_codepoint=255), max_size=24),
+    )
+)
+def test_the_prefer_pattern_is_what_the_service_reads(value: str) -> None:
+    try:
+        wait_preference(value)
+        read = True
+    except InvalidHeader:
+        read = False
+    assert _matches(PREFER_PATTERN, value) == read
 
 
 @settings(max_examples=300, deadline=None)
