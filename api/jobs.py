@@ -180,6 +180,14 @@ _RAW_AUDIO = {
     "file (decided by its bytes, not this label) of at most MAX_AUDIO_SECONDS "
     "({max_audio_seconds} s here).",
 }
+# gunicorn's limit on the request line, which api/gunicorn_conf.py sets from here: a raw
+# recording's options travel in the query string, and a longer line is answered 414.
+REQUEST_LINE_BYTES = 4094
+_URI_TOO_LONG = answer(
+    "The request line is over {request_line_bytes} bytes: gunicorn's own HTML page, before the "
+    "service sees the request. Send long options in the body.",
+    body={"text/html": {"schema": {"type": "string"}}},
+)
 # The multipart part's media types (OpenAPI's comma-separated `contentType`); any label is taken.
 UPLOAD_MEDIA_TYPES = "audio/wav, audio/webm, audio/ogg, audio/mpeg, audio/mp4, audio/flac"
 
@@ -196,6 +204,7 @@ UPLOAD_MEDIA_TYPES = "audio/wav, audio/webm, audio/ogg, audio/mpeg, audio/mp4, a
             "the wait was declined, without `Preference-Applied`; or it is the job an earlier "
             "request with the same `Idempotency-Key` made, as it is now)."
         ),
+        414: _URI_TOO_LONG,
     },
     errors=(
         *family(BadRequest),
@@ -219,10 +228,11 @@ UPLOAD_MEDIA_TYPES = "audio/wav, audio/webm, audio/ogg, audio/mpeg, audio/mp4, a
         InsufficientStorage,
     ),
     notes={422: "With `Prefer: wait`, a job that failed too is named by `job_id`."},
+    facts={"request_line_bytes": REQUEST_LINE_BYTES},
     parameters=(
         PREFER,
         idempotency.PARAMETER,
-        Query("JobOptions", "With a raw recording body only."),
+        Query("JobOptions", "Used with a raw recording body only (checked with any)."),
     ),
     body={
         "required": True,
@@ -252,7 +262,9 @@ def create_job() -> Response:
     is declined (202 at once) while the process holds MAX_HELD_REQUESTS requests open.
 
     The options travel in the body for JSON and forms, and as query parameters for a raw
-    recording body (where they are ignored otherwise). A recording may be a WAV, WebM or
+    recording body (with another body they are checked, then ignored); the request line holds
+    at most {request_line_bytes} bytes (414 beyond), so a long `system` or `webhook` goes in a
+    multipart body with the recording as its `audio` part. A recording may be a WAV, WebM or
     Matroska (Opus, Vorbis: what MediaRecorder records), Ogg (Opus, Vorbis, FLAC), MP3,
     MP4/M4A (AAC, ALAC) or FLAC file: its format is read from its bytes, never from its label
     or file name, and its length is measured before anything is decoded. Media types of the

@@ -220,6 +220,14 @@ def test_query_options_of_a_raw_wav(healthy_after: Service, params: dict[str, st
     _expect(response, 422, "invalid_option")
 
 
+def test_query_options_are_checked_whatever_the_body(healthy_after: Service) -> None:
+    # Only a raw recording's are used, but the document declares them for every body.
+    response = healthy_after.http.post(
+        f"{healthy_after.url}/v1/jobs", json={"text": "hi"}, params={"reply": "loud"}, timeout=30
+    )
+    assert _expect(response, 422, "invalid_option")["field"] == "reply"
+
+
 @pytest.mark.parametrize(
     ("fields", "code"),
     [
