@@ -228,6 +228,16 @@ def test_query_options_are_checked_whatever_the_body(healthy_after: Service) -> 
     assert _expect(response, 422, "invalid_option")["field"] == "reply"
 
 
+def test_a_conversation_body_of_whitespace_is_no_json(healthy_after: Service) -> None:
+    response = healthy_after.http.post(
+        f"{healthy_after.url}/v1/conversations",
+        data=b" \r\n",
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    _expect(response, 400, "malformed_json")
+
+
 @pytest.mark.parametrize(
     ("fields", "code"),
     [
