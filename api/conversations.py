@@ -47,7 +47,7 @@ def create_conversation() -> Response:
     """
     body = request.get_data(cache=False)
     payload: dict[str, object] = {}
-    if body.strip():
+    if body:  # only no body at all is none: whitespace is a body, and not JSON
         if request.mimetype != "application/json":
             raise UnsupportedMediaType("Send the conversation's fields as application/json.")
         payload = parse_json_object(body)

@@ -287,7 +287,8 @@ _STREAM = {
     parameters=(
         header(
             "Last-Event-ID",
-            "Resume after this event `id`; `0` replays from the start. Wins over `after`.",
+            "Resume after this event `id`; `0` replays from the start. Wins over `after`, "
+            "though both are checked when both are sent.",
             EVENT_ID,
         ),
         {
@@ -308,9 +309,7 @@ def get_job_events(job_id: str) -> Response:
     kept and ends at once; events are kept EVENTS_TTL_SECONDS ({events_ttl_seconds} s here)
     after the last one, and a `done` is made from the job when they are gone.
     """
-    after = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
-    if not _EVENT_ID.fullmatch(after):
-        raise InvalidHeader("Last-Event-ID must be an event id this stream sent.")
+    after = _resume_point()
     if not is_resource_id(job_id):
         raise JobNotFound(f"No job has the id {job_id!r}.")
     if _seen_the_end(job_id, after):
@@ -329,6 +328,20 @@ def get_job_events(job_id: str) -> Response:
     # The place is freed when the server closes the response, even one never iterated.
     response.call_on_close(place.release)
     return response
+
+
+def _resume_point() -> str:
+    """The event id to resume after: `Last-Event-ID`, else `after`, else `0`.
+
+    Raises:
+        InvalidHeader: Either is given but is no event id (an empty one included: the
+            document's pattern refuses it, and a browser sends no empty `Last-Event-ID`).
+    """
+    header, query = request.headers.get("Last-Event-ID"), request.args.get("after")
+    for name, value in (("Last-Event-ID", header), ("after", query)):
+        if value is not None and not _EVENT_ID.fullmatch(value):
+            raise InvalidHeader(f"{name} must be an event id this stream sent.")
+    return header if header is not None else query if query is not None else "0"
 
 
 def _visible_job(job_id: str) -> JobState:

@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 from api import warm_up
+from api.jobs import REQUEST_LINE_BYTES
 from models import metrics
 from models.api_keys import OPEN_NOTICE, check_bind_at
 from models.logging_config import dict_config
@@ -27,6 +28,8 @@ threads = Settings.from_env().max_held_requests + parse_int(
     "API_THREADS", os.environ.get("API_THREADS") or "16", minimum=1
 )
 timeout = 60
+# gunicorn's default, set from the constant that the document's 414 on POST /v1/jobs states.
+limit_request_line = REQUEST_LINE_BYTES
 graceful_timeout = 30
 keepalive = 5
 accesslog = "-"

@@ -18,7 +18,8 @@ from api.erasure import erase
 from api.follow import wait_for
 from api.held_requests import hold, try_hold
 from api.limits import check_capacity
-from api.openapi.declare import Query, Schema, answer, documented, family, header, ref, schema_ref
+from api.openapi.declare import Query, Schema, answer, documented, family, ref, schema_ref
+from api.preferences import PREFER, preferred_wait
 from api.schemas import AudioQuery, JobList, JobListQuery, JobOptions, JobView, is_resource_id
 from api.speech_stream import stream_reply
 from api.submission import AUDIO_MEDIA_TYPES, Submission, parse_submission
@@ -38,7 +39,6 @@ from models.errors import (
     InsufficientStorage,
     InvalidAudio,
     InvalidCursor,
-    InvalidHeader,
     InvalidOption,
     InvalidWebhookUrl,
     JobFinished,
@@ -157,23 +157,6 @@ def finished_or_fail(job: Job) -> Job:
     return job
 
 
-def preferred_wait(settings: Settings) -> int | None:
-    """Reads RFC 7240's `Prefer: wait=N` (Replicate's convention), capped at MAX_WAIT_SECONDS.
-
-    Raises:
-        InvalidHeader: `wait` is not a whole number of seconds.
-    """
-    for preference in request.headers.get("Prefer", "").split(","):
-        name, _, value = preference.split(";")[0].strip().partition("=")
-        if name.strip().lower() != "wait":
-            continue
-        value = value.strip().strip('"')
-        if not (value.isascii() and value.isdigit()) or len(value) > 6:
-            raise InvalidHeader("Prefer: wait must be a whole number of seconds, e.g. wait=30.")
-        return min(int(value), settings.max_wait_seconds)
-    return None
-
-
 def _submitted(description: str) -> Schema:
     applied = {
         "description": "With `Prefer: wait=N`: `wait=` and the seconds waited at most (N, capped "
@@ -199,15 +182,16 @@ _RAW_AUDIO = {
     "file (decided by its bytes, not this label) of at most MAX_AUDIO_SECONDS "
     "({max_audio_seconds} s here).",
 }
+# gunicorn's limit on the request line, which api/gunicorn_conf.py sets from here: a raw
+# recording's options travel in the query string, and a longer line is answered 414.
+REQUEST_LINE_BYTES = 4094
+_URI_TOO_LONG = answer(
+    "The request line is over {request_line_bytes} bytes: gunicorn's own HTML page, before the "
+    "service sees the request. Send long options in the body.",
+    body={"text/html": {"schema": {"type": "string"}}},
+)
 # The multipart part's media types (OpenAPI's comma-separated `contentType`); any label is taken.
 UPLOAD_MEDIA_TYPES = "audio/wav, audio/webm, audio/ogg, audio/mpeg, audio/mp4, audio/flac"
-_PREFER = header(
-    "Prefer",
-    "RFC 7240 preferences; only `wait=N` is read, N a whole number of seconds (at most six "
-    "digits, optionally quoted), capped at MAX_WAIT_SECONDS ({max_wait_seconds} here). Other "
-    "preferences are ignored; a malformed `wait` is 400 `invalid_header`.",
-    {"type": "string", "pattern": '^wait="?[0-9]{1,6}"?$', "examples": ["wait=30"]},
-)
 
 
 @blueprint.post("/v1/jobs")
@@ -222,6 +206,7 @@ _PREFER = header(
             "the wait was declined, without `Preference-Applied`; or it is the job an earlier "
             "request with the same `Idempotency-Key` made, as it is now)."
         ),
+        414: _URI_TOO_LONG,
     },
     errors=(
         *family(BadRequest),
@@ -245,10 +230,11 @@ _PREFER = header(
         InsufficientStorage,
     ),
     notes={422: "With `Prefer: wait`, a job that failed too is named by `job_id`."},
+    facts={"request_line_bytes": REQUEST_LINE_BYTES},
     parameters=(
-        _PREFER,
+        PREFER,
         idempotency.PARAMETER,
-        Query("JobOptions", "With a raw recording body only."),
+        Query("JobOptions", "Used with a raw recording body only (checked with any)."),
     ),
     body={
         "required": True,
@@ -278,7 +264,9 @@ def create_job() -> Response:
     is declined (202 at once) while the process holds MAX_HELD_REQUESTS requests open.
 
     The options travel in the body for JSON and forms, and as query parameters for a raw
-    recording body (where they are ignored otherwise). A recording may be a WAV, WebM or
+    recording body (with another body they are checked, then ignored); the request line holds
+    at most {request_line_bytes} bytes (414 beyond), so a long `system` or `webhook` goes in a
+    multipart body with the recording as its `audio` part. A recording may be a WAV, WebM or
     Matroska (Opus, Vorbis: what MediaRecorder records), Ogg (Opus, Vorbis, FLAC), MP3,
     MP4/M4A (AAC, ALAC) or FLAC file: its format is read from its bytes, never from its label
     or file name, and its length is measured before anything is decoded. Media types of the
@@ -476,7 +464,7 @@ def list_jobs() -> Response:
     fields = single_values(request.args, "query parameter")
     query = validate(JobListQuery, fields, settings, from_strings=True)
     page = queries.list_jobs(
-        g.db, owner=caller_id(), status=query.status, limit=query.limit, cursor=query.cursor or None
+        g.db, owner=caller_id(), status=query.status, limit=query.limit, cursor=query.cursor
     )
     listing = JobList(data=[JobView.of(job) for job in page.jobs], next_cursor=page.next_cursor)
     return jsonify(listing.model_dump(mode="json"))

@@ -262,8 +262,8 @@ def create_chat_completion() -> Response:
     OPENAI_WAIT_SECONDS ({openai_wait_seconds} s here) for its job to finish, or, streamed, to
     start (see 503).
 
-    Beyond the schema: the last message must be the user's, and its content, trimmed,
-    non-blank (422 `empty_text`, `param` `messages[N].content`); content parts joined count
+    Beyond the schema: the last message must be the user's (422 `invalid_option`, `param`
+    `messages`); content parts joined count
     against the per-message limit, and all contents together against MAX_CHAT_CHARS
     ({max_chat_chars} here; 422 `messages_too_long`); `stream_options` needs `stream: true`.
     """

@@ -22,7 +22,6 @@ from pydantic import (
     WithJsonSchema,
     WrapValidator,
     field_validator,
-    model_validator,
 )
 
 from api.openai_formats import DEFAULT_SPEECH_FORMAT, SPEECH_FORMATS, TRANSCRIPTION_FORMATS
@@ -166,18 +165,25 @@ class ChatTextPart(Shape):
     text: Annotated[str, Field(json_schema_extra={"pattern": NO_NUL_PATTERN})] = ""
 
 
+# Parts are joined: their text is non-blank when one part's is.
+_SOME_TEXT = {"required": ["text"], "properties": {"text": {"pattern": PROMPT_PATTERN}}}
 MessageContent = Annotated[
     Annotated[
         str,
         WithJsonSchema(
-            {"type": "string", "maxLength": MAX_MESSAGE_CHARS, "pattern": NO_NUL_PATTERN}
+            {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_MESSAGE_CHARS,
+                "pattern": PROMPT_PATTERN,
+            }
         ),
     ]
-    | list[ChatTextPart],
+    | Annotated[list[ChatTextPart], Field(json_schema_extra={"contains": _SOME_TEXT})],
     _as_a_whole("must be a string or an array of text content parts (only text is understood)"),
     Field(
-        description=f"A string, or text content parts, joined; at most {MAX_MESSAGE_CHARS} "
-        "characters either way."
+        description="A string, or text content parts, joined: trimmed, it must be non-blank "
+        f"(422 `empty_text`); at most {MAX_MESSAGE_CHARS} characters either way."
     ),
 ]
 
@@ -198,6 +204,8 @@ class ChatMessage(Shape):
     def _storable_text(cls, content: str | list[ChatTextPart]) -> str | list[ChatTextPart]:
         text = _joined(content)
         check_encodable(text)
+        if not text.strip():
+            raise refuse(EmptyText, "must not be blank")
         if len(text) > MAX_MESSAGE_CHARS:
             raise refuse(InvalidOption, f"must have at most {MAX_MESSAGE_CHARS} characters")
         return content
@@ -253,8 +261,8 @@ class ChatCompletionRequest(Shape):
             min_length=1,
             max_length=MAX_MESSAGES,
             description="The chat, oldest first. The last message must be the user's, and is "
-            "the prompt: trimmed, it must be non-blank (422 `empty_text`, `param` "
-            "`messages[N].content`, N its index). Their contents hold at most MAX_CHAT_CHARS "
+            "the prompt. A blank content is 422 `empty_text` (`param` `messages[N].content`, N "
+            "its index). Their contents hold at most MAX_CHAT_CHARS "
             "characters in all (422 `messages_too_long`, `param` `messages`). The earlier ones "
             "that fit the context window go with it, system messages always; a prompt that "
             "leaves no room for the reply is 422 `context_length_exceeded` (`param` `messages`).",
@@ -315,14 +323,6 @@ class ChatCompletionRequest(Shape):
         if options is not None and info.data.get("stream") is not True:
             raise refuse(InvalidOption, "must come with stream: true")
         return options
-
-    @model_validator(mode="after")
-    def _prompt_not_blank(self) -> ChatCompletionRequest:
-        # Raised as itself, after the field checks, with OpenAI's name of the blank content.
-        if not self.prompt:
-            where = f"messages[{len(self.messages) - 1}].content"
-            raise EmptyText(f"The prompt ({where}) is blank.", field=where)
-        return self
 
     @property
     def prompt(self) -> str:

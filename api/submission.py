@@ -72,6 +72,11 @@ def parse_submission(request: Request, settings: Settings) -> Submission:
     Raises:
         VoiceChatError: A subclass naming exactly what is wrong with the request.
     """
+    # The query's options are a raw recording's, but are checked whatever the body, as the
+    # document declares them for every body form.
+    query = validate(
+        JobOptions, single_values(request.args, "query parameter"), settings, from_strings=True
+    )
     mimetype = request.mimetype
     if mimetype == "application/json" or (
         mimetype.startswith("application/") and mimetype.endswith("+json")
@@ -86,9 +91,7 @@ def parse_submission(request: Request, settings: Settings) -> Submission:
     if mimetype == "multipart/form-data":
         return _from_multipart(request, settings)
     if mimetype in AUDIO_MEDIA_TYPES:
-        fields = single_values(request.args, "query parameter")
-        options = validate(JobOptions, fields, settings, from_strings=True)
-        return _with_audio(options, request.get_data(cache=False), settings)
+        return _with_audio(query, request.get_data(cache=False), settings)
     shown = mimetype or "none"
     raise UnsupportedMediaType(
         f"Content-Type {shown} is not accepted; send application/json, multipart/form-data, "

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, false, func, or_, select
 from sqlalchemy.orm import Session
@@ -24,27 +23,30 @@ class Page:
     next_cursor: str | None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# A cursor: the last job's creation in microseconds since 1970 (16 digits reach the year 2286,
+# within what a datetime holds) and its id. The document declares this pattern, and every string
+# it matches is a cursor `decode_cursor` takes, so the two cannot disagree (issue 20).
+CURSOR_PATTERN = "^[0-9]{1,16}-[0-9a-f]{32}$"
+_CURSOR = re.compile(CURSOR_PATTERN)
+
+
 def encode_cursor(job: Job) -> str:
-    """Returns the opaque cursor that continues a listing after `job`."""
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    """Returns the cursor that continues a listing after `job`."""
+    return f"{(job.created_at - _EPOCH) // _MICROSECOND}-{job.id}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Parses a cursor made by `encode_cursor`.
+    """Parses a cursor of `CURSOR_PATTERN`'s shape (made by `encode_cursor`, or not).
 
     Raises:
-        InvalidCursor: The cursor was not made by this service.
+        InvalidCursor: The cursor does not have that shape.
     """
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, job_id = raw.split("|", 1)
-        created_at = datetime.fromisoformat(stamp)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidCursor("The cursor is not one this service made.") from None
-    if created_at.tzinfo is None or not job_id.isalnum():
+    if not _CURSOR.fullmatch(cursor):
         raise InvalidCursor("The cursor is not one this service made.")
-    return created_at, job_id
+    micros, _, job_id = cursor.partition("-")
+    return _EPOCH + int(micros) * _MICROSECOND, job_id
 
 
 def list_jobs(

@@ -220,6 +220,24 @@ def test_query_options_of_a_raw_wav(healthy_after: Service, params: dict[str, st
     _expect(response, 422, "invalid_option")
 
 
+def test_query_options_are_checked_whatever_the_body(healthy_after: Service) -> None:
+    # Only a raw recording's are used, but the document declares them for every body.
+    response = healthy_after.http.post(
+        f"{healthy_after.url}/v1/jobs", json={"text": "hi"}, params={"reply": "loud"}, timeout=30
+    )
+    assert _expect(response, 422, "invalid_option")["field"] == "reply"
+
+
+def test_a_conversation_body_of_whitespace_is_no_json(healthy_after: Service) -> None:
+    response = healthy_after.http.post(
+        f"{healthy_after.url}/v1/conversations",
+        data=b" \r\n",
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    _expect(response, 400, "malformed_json")
+
+
 @pytest.mark.parametrize(
     ("fields", "code"),
     [
@@ -265,6 +283,8 @@ def test_unknown_route_and_method(healthy_after: Service) -> None:
         {"limit": "ten"},
         {"limit": "9" * 2000},
         {"cursor": "garbage!"},
+        {"cursor": ""},
+        {"cursor": "MjAyNi0xMS0yMnxhYmM"},  # the base64 of an earlier cursor form
         {"sort": "asc"},
     ],
 )

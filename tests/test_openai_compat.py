@@ -265,6 +265,18 @@ CHAT_REJECTIONS: dict[str, tuple[Any, int, str, str | None]] = {
         "empty_text",
         "messages[1].content",
     ),
+    "empty system message": (
+        {"messages": [{"role": "system", "content": ""}, {"role": "user", "content": "hi"}]},
+        422,
+        "empty_text",
+        "messages[0].content",
+    ),
+    "blank content parts": (
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": " "}]}]},
+        422,
+        "empty_text",
+        "messages[0].content",
+    ),
     "messages too long in all": (
         {"messages": [{"role": "user", "content": "a" * 30_000}] * 7},
         422,
@@ -352,8 +364,12 @@ def test_transcription_rejections(service: Service, question_wav: bytes) -> None
 def test_event_stream_rejections(service: Service) -> None:
     assert service.http.get(f"{service.url}/v1/jobs/%00/events", timeout=10).status_code == 404
     job = service.wait(service.submit(json={"text": "hi", "max_tokens": 3})["id"])
-    for bogus in ("12", "1-2\n", "\uff11-\uff12", "9" * 30 + "-1"):
-        response = service.http.get(
-            f"{service.url}/v1/jobs/{job['id']}/events", params={"after": bogus}, timeout=10
-        )
+    url = f"{service.url}/v1/jobs/{job['id']}/events"
+    for bogus in ("", "12", "1-2\n", "\uff11-\uff12", "9" * 30 + "-1"):
+        response = service.http.get(url, params={"after": bogus}, timeout=10)
         assert response.status_code == 400 and response.json()["code"] == "invalid_header", bogus
+        # Last-Event-ID wins over `after`, but both are checked.
+        both = service.http.get(
+            url, params={"after": bogus}, headers={"Last-Event-ID": "0"}, timeout=10
+        )
+        assert both.status_code == 400 and both.json()["code"] == "invalid_header", bogus

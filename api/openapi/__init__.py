@@ -259,14 +259,17 @@ def _camel(name: str) -> str:
 
 
 def _path_parameter(name: str) -> Schema:
-    noun = name.removesuffix("_id")
-    described = f"The {noun}'s id, as returned when it was made."
+    if not name.endswith("_id"):
+        described, schema = f"The {name.replace('_', ' ')}.", {"type": "string"}
+    else:  # a job's or a conversation's; any other string names none (404)
+        described = f"The {name.removesuffix('_id')}'s id, as returned when it was made."
+        schema = {"type": "string", "pattern": schemas.RESOURCE_ID}
     return {
         "name": name,
         "in": "path",
         "required": True,
-        "description": described if name.endswith("_id") else f"The {name.replace('_', ' ')}.",
-        "schema": {"type": "string"},
+        "description": described,
+        "schema": schema,
     }
 
 
