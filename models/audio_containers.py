@@ -265,7 +265,10 @@ def _audio_stream(reader: av.container.InputContainer, container: str) -> Any:
 
 
 def _codec_name(stream: Any) -> str:
-    return str(stream.codec_context.codec.canonical_name)
+    # A damaged header can leave PyAV's stream with no codec context (found by
+    # tests/test_hostile_input.py): an unknown codec, refused like any other.
+    context = stream.codec_context
+    return "an unknown codec" if context is None else str(context.codec.canonical_name)
 
 
 def _declared_seconds(
