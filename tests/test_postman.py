@@ -11,7 +11,6 @@ import json
 import os
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ import pytest
 
 from api import create_app
 from api.openapi import NOT_THE_API
-from models.api_keys import MODE_CACHE_SECONDS
 from tests.conftest import ROOT, TERMINAL, Service, make_settings
 from tests.test_api_keys import created, keys_command
 
@@ -93,25 +91,17 @@ def test_the_environment_names_the_url_and_the_key() -> None:
     assert collection["auth"]["bearer"][0]["value"] == "{{apiKey}}"
 
 
-def _key_mode_settled(service: Service, required: bool) -> None:
-    """Waits out the API processes' cache of whether keys exist, then checks the mode."""
-    time.sleep(MODE_CACHE_SECONDS + 0.5)
-    status = service.http.get(f"{service.url}/v1/jobs", timeout=10).status_code
-    assert status == (401 if required else 200)
-
-
 @pytest.fixture
 def api_key(service: Service) -> Iterator[str]:
-    """A key made with the CLI against the shared service's database, revoked afterwards."""
+    """A key made with the operator's command against the shared (keyed) service's database,
+    revoked afterwards."""
     env = {key: value for key, value in os.environ.items() if key not in _SERVICE_URLS}
     env["DATA_DIR"] = str(service.log.parent)
     made = created(env, "postman")
     try:
-        _key_mode_settled(service, required=True)
         yield made["secret"]
     finally:
         assert keys_command(env, "revoke", made["id"]).returncode == 0
-        _key_mode_settled(service, required=False)
 
 
 @pytest.mark.e2e
