@@ -156,12 +156,15 @@ class Stack:
             return 0
 
     @contextlib.contextmanager
-    def serving(self) -> Iterator[Stack]:
-        """Redis, the API and one worker, all stopped on leaving."""
+    def serving(self, *, maintenance: bool = False) -> Iterator[Stack]:
+        """Redis, the API and one worker (and with `maintenance`, the maintenance worker), all
+        stopped on leaving."""
         try:
             self.start_redis()
             self.start_api()
             self.start_worker()
+            if maintenance:
+                self.start_maintenance_worker()
             yield self
         finally:
             self.close()

@@ -57,14 +57,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # A renewal seldom finds the row gone before the next word: the event log's fence does.
         WORKER_HEARTBEAT_SECONDS="5",
     )
-    try:
-        running.start_redis()
-        running.start_api()
-        running.start_worker()
-        running.start_maintenance_worker()
+    with running.serving(maintenance=True):
         yield running
-    finally:
-        running.close()
 
 
 def _kept(stack: Stack, job_id: str) -> dict[str, Any]:

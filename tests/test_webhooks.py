@@ -267,14 +267,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         WEBHOOK_BACKOFF_SECONDS="1",
         WEBHOOK_MAX_ATTEMPTS="3",
     )
-    try:
-        running.start_redis()
-        running.start_api()
-        running.start_worker()
-        running.start_maintenance_worker()
+    with running.serving(maintenance=True):
         yield running
-    finally:
-        running.close()
 
 
 def _deliveries(
