@@ -68,6 +68,9 @@ def port_of(parts: SplitResult) -> int:
     return parts.port or (443 if parts.scheme == "https" else 80)
 
 
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+
+
 def allowed_address(address: Address, networks: tuple[Network, ...] = ()) -> bool:
     """Whether a webhook may reach an address: a public one, or a private or loopback one inside
     `networks` (WEBHOOK_ALLOWED_NETWORKS).
@@ -79,7 +82,9 @@ def allowed_address(address: Address, networks: tuple[Network, ...] = ()) -> boo
         address = address.ipv4_mapped
     # ::1 lies in IPv6's reserved ::/8, and is loopback first.
     reserved = address.is_reserved and not address.is_loopback
-    if address.is_link_local or address.is_multicast or reserved or address.is_unspecified:
+    # 0.0.0.0/8 is "this network" (RFC 1122): an unspecified source, never a destination.
+    unspecified = address.is_unspecified or address in _THIS_NETWORK
+    if address.is_link_local or address.is_multicast or reserved or unspecified:
         return False
     return address.is_global or any(address in network for network in networks)
 
