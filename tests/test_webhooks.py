@@ -23,6 +23,7 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from flask.testing import FlaskClient
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook
 
@@ -32,8 +33,9 @@ from models.db import make_engine
 from models.errors import WebhookTargetNotAllowed
 from models.queue import JobQueue
 from models.settings import Settings
-from models.tables import Job, JobStatus, utcnow
+from models.tables import Job, JobStatus, WebhookDelivery, utcnow
 from models.webhooks import allowed_address, check_url, resolve_target
+from scripts.launch import migrate
 from tests.conftest import ROOT, empty_database, make_settings, tone, wav_bytes
 from tests.stack import FAST_ENGINES, Stack
 
@@ -435,3 +437,30 @@ def test_the_document_declares_the_webhook(client: FlaskClient) -> None:
     refusals = document["paths"]["/v1/jobs"]["post"]["responses"]["422"]["description"]
     for code in ("invalid_webhook_url", "webhook_target_not_allowed", "webhook_secret_missing"):
         assert code in refusals
+
+
+def test_an_attempt_for_a_job_erased_meanwhile_is_dropped_not_raised(tmp_path: Path) -> None:
+    # The job's row is read, then erased (DELETE) while the attempt is made: its record cannot
+    # be written (the row it belongs to is gone), and nothing is retried.
+    from worker.webhooks import attempt_delivery
+
+    url = f"sqlite:///{tmp_path / 'erased.db'}"
+    migrate(url)
+    engine = make_engine(url)
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            job = Job(
+                reply_format="text", input_kind="text", input_text="hi", options={},
+                status=JobStatus.SUCCEEDED.value, webhook_url="https://example.com/hook",
+                webhook_events=["completed"],
+            )  # fmt: skip
+            session.add(job)
+            session.commit()
+            with engine.begin() as other:  # the erasure, on another connection
+                other.execute(delete(Job).where(Job.id == job.id))
+            outcome = attempt_delivery(session, job, "completed", 1)
+        assert outcome.retry is False and not outcome.delivered
+        with Session(engine) as session:
+            assert session.scalars(select(WebhookDelivery)).all() == []
+    finally:
+        engine.dispose()

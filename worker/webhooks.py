@@ -28,6 +28,7 @@ from urllib.parse import SplitResult
 
 from redis import Redis
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import webhooks
@@ -213,7 +214,12 @@ def attempt_delivery(session: Session, job: Job, event: str, attempt: int) -> Ou
             delivered=outcome.delivered,
         )
     )
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # the job was erased (DELETE) while this attempt was made
+        session.rollback()  # which expires `job`: its id is read from the message's
+        _LOGGER.info("webhook attempt not recorded: job erased message_id=%s", msg_id)
+        return Outcome(outcome.status_code, outcome.error, retry=False)
     return outcome
 
 
