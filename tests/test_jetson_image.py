@@ -133,6 +133,8 @@ def test_the_image_sets_its_own_package_indexes() -> None:
     # The Jetson AI Lab index moved off pypi.jetson-ai-lab.dev; its devpi needs /+simple/.
     assert env["PIP_EXTRA_INDEX_URL"] == "https://pypi.jetson-ai-lab.io/jp6/cu126/+simple/"
     assert "jetson-ai-lab.dev" not in DOCKERFILE.replace("pypi.jetson-ai-lab.dev),", "")
+    # torchaudio from the Jetson index alone: PyPI's wheel of the same version fits PyPI's torch.
+    assert re.search(r'pip3 install --index-url "\$PIP_EXTRA_INDEX_URL" .*torchaudio', DOCKERFILE)
 
 
 def test_the_image_has_espeak_ng_and_gives_data_to_the_api_uid() -> None:
