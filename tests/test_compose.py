@@ -164,3 +164,36 @@ def test_docker_compose_accepts_the_jetson_file() -> None:
         check=True,
         capture_output=True,
     )  # fmt: skip
+
+
+def test_jetson_volumes_users_and_gpus_fit_together() -> None:
+    compose: dict[str, Any] = yaml.safe_load((JETSON / "docker-compose.yaml").read_text())
+    services = compose["services"]
+    worker, fetch = services["worker-gpu0"], services["fetch-models"]
+    # The fetch step fills exactly the volumes the worker reads, on the same GPU image.
+    assert sorted(fetch["volumes"]) == sorted(worker["volumes"])
+    assert fetch["image"] == worker["image"] and fetch["runtime"] == "nvidia"
+    assert fetch["profiles"] == ["setup"] and fetch["restart"] == "no"
+    # It closes the engines it warmed: MLC's engine threads would keep the step alive.
+    script = fetch["command"][-1]
+    assert script.index("get_pipeline(") < script.index("close_engines()")
+    # Only the GPU worker and its fetch step take the NVIDIA runtime, each engine on CUDA.
+    gpu = {name for name, service in services.items() if service.get("runtime") == "nvidia"}
+    assert gpu == {"worker-gpu0", "fetch-models"}
+    for setting in ("WHISPER_DEVICE", "LLM_DEVICE", "TTS_DEVICE"):
+        assert worker["environment"][setting] == f"${{{setting}:-cuda}}"
+    # The API (uid 1000, the root Dockerfile) and the worker share /data on one named volume;
+    # no service overrides its image's user, so the uid Dockerfile.worker gives /data holds.
+    for name in ("api", "worker-gpu0", "maintenance", "beat"):
+        assert "voicechat-data:/data" in services[name]["volumes"], name
+    assert not [name for name, service in services.items() if "user" in service]
+    # The worker may not download or compile; the fetch step must.
+    policies = ("MLC_JIT_POLICY", "MLC_DOWNLOAD_CACHE_POLICY")
+    assert all(worker["environment"][policy] == "READONLY" for policy in policies)
+    assert all(fetch["environment"][policy] == "ON" for policy in policies)
+    named = {
+        volume.split(":")[0]
+        for service in services.values()
+        for volume in service.get("volumes", [])
+    }
+    assert named == set(compose["volumes"])  # every named volume declared, none left over

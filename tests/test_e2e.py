@@ -45,6 +45,9 @@ def test_ready_reports_a_worker_with_models_loaded(service: Service) -> None:
     checks = ready.json()["checks"]
     assert checks["database"]["ok"] and checks["broker"]["ok"]
     assert checks["workers"]["count"] == 1
+    (worker,) = checks["workers"]["details"]
+    # Each stage's device as set (docs/jetson-orin.md reads "cuda" here on an Orin).
+    assert set(worker["devices"]) == {"stt", "llm", "tts"}
     assert service.http.get(f"{service.url}/healthz", timeout=10).json() == {"status": "ok"}
 
 

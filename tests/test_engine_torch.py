@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.conftest import ROOT, make_settings
 from worker.engines import Audio, build_synthesizer
 from worker.engines.coqui import CoquiSynthesizer
 from worker.engines.openai_whisper import OpenAIWhisperTranscriber, packaged_checkpoint
+from worker.engines.validation import validate_engines
 from worker.engines.whisper_convert import ConversionError, convert
 
 INSTALL = (
@@ -146,20 +148,18 @@ def test_the_packaged_checkpoint_is_converted_once(
 # Coqui TTS
 
 
-@pytest.fixture(scope="module")
-def tiny_vits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def make_tiny_vits(folder: Path, *, phonemes: bool) -> Path:
     """A VITS model with small dimensions and random weights: checkpoint and config.json.
 
     `length_scale` 3 makes each character last about three frames, so that `speed` has frames
-    to take away.
+    to take away. With `phonemes` its text goes through espeak-ng, as Coqui's released
+    tts_models/en/ljspeech/vits does.
     """
-    pytest.importorskip("TTS.api", reason=INSTALL)
     import torch
     from TTS.config.shared_configs import BaseAudioConfig
     from TTS.tts.configs.vits_config import VitsConfig
     from TTS.tts.models.vits import Vits, VitsArgs
 
-    folder = tmp_path_factory.mktemp("vits")
     args = VitsArgs(
         hidden_channels=16,
         hidden_channels_ffn_text_encoder=32,
@@ -176,17 +176,28 @@ def tiny_vits(tmp_path_factory: pytest.TempPathFactory) -> Path:
         init_discriminator=False,
         length_scale=3.0,
     )
+    phoneme_options: dict[str, Any] = (
+        {"phonemizer": "espeak", "phoneme_language": "en-us"} if phonemes else {}
+    )
     config = VitsConfig(
         model_args=args,
         audio=BaseAudioConfig(sample_rate=22_050, hop_length=256, win_length=1024, fft_size=1024),
-        text_cleaner="english_cleaners",
-        use_phonemes=False,
+        text_cleaner="phoneme_cleaners" if phonemes else "english_cleaners",
+        use_phonemes=phonemes,
+        **phoneme_options,
     )
     torch.manual_seed(0)
     model = Vits(config)
     torch.save({"model": model.state_dict()}, folder / "model.pth")
     config.save_json(str(folder / "config.json"))
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_vits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny VITS on characters (no phonemizer)."""
+    pytest.importorskip("TTS.api", reason=INSTALL)
+    return make_tiny_vits(tmp_path_factory.mktemp("vits"), phonemes=False)
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +258,52 @@ def test_coqui_with_a_missing_checkpoint_names_the_setting(tmp_path: Path) -> No
     settings = make_settings(tmp_path, COQUI_MODEL_PATH=str(tmp_path / "absent.pth"))
     with pytest.raises(EngineUnavailable, match="COQUI_MODEL_PATH="):
         CoquiSynthesizer.from_settings(settings)
+
+
+NO_ESPEAK = "espeak-ng is not installed here (apt-get install espeak-ng; .ci/run installs it)"
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason=NO_ESPEAK)
+def test_coqui_speaks_a_phoneme_voice_through_espeak_ng(tmp_path: Path) -> None:
+    pytest.importorskip("TTS.api", reason=INSTALL)
+    folder = make_tiny_vits(tmp_path, phonemes=True)
+    settings = make_settings(
+        tmp_path,
+        TTS_ENGINE="coqui",
+        COQUI_MODEL_PATH=str(folder / "model.pth"),
+        COQUI_CONFIG_PATH=str(folder / "config.json"),
+        TTS_DEVICE="cpu",
+    )
+    validate_engines(settings)  # espeak-ng is found: no problem reported
+    synthesizer = build_synthesizer(settings)
+    assert isinstance(synthesizer, CoquiSynthesizer)
+    tokenizer = synthesizer.tts.synthesizer.tts_model.tokenizer
+    assert tokenizer.use_phonemes and tokenizer.phonemizer.name() == "espeak"
+    stress = "\u02c8"  # IPA primary stress: espeak-ng marks it, plain characters never do
+    assert stress in tokenizer.phonemizer.phonemize("Paris", separator="")
+    audio = synthesizer.synthesize("The capital of France is Paris.", voice="any")
+    assert audio.samples.dtype == np.int16 and audio.duration > 0
+    assert np.abs(audio.samples).max() > 0
+
+
+def test_without_espeak_the_start_up_check_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("TTS.api", reason=INSTALL)
+    folder = make_tiny_vits(tmp_path, phonemes=True)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-programs"))  # neither espeak-ng nor espeak
+    by_path = make_settings(
+        tmp_path, TTS_ENGINE="coqui", COQUI_MODEL_PATH=str(folder / "model.pth")
+    )
+    with pytest.raises(EngineUnavailable, match="espeak-ng is not installed") as error:
+        validate_engines(by_path)
+    assert str(folder / "config.json") in str(error.value)
+    by_name = make_settings(tmp_path, TTS_ENGINE="coqui", COQUI_MODEL="tts_models/en/ljspeech/vits")
+    with pytest.raises(EngineUnavailable, match="COQUI_MODEL=tts_models/en/ljspeech/vits speaks"):
+        validate_engines(by_name)
+    characters = tmp_path / "characters"
+    characters.mkdir()
+    make_tiny_vits(characters, phonemes=False)
+    validate_engines(  # a voice on characters needs no espeak
+        make_settings(tmp_path, TTS_ENGINE="coqui", COQUI_MODEL_PATH=str(characters / "model.pth"))
+    )

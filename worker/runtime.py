@@ -59,11 +59,19 @@ def get_pipeline(settings: Settings | None = None) -> Pipeline:
             )
             loaded = time.perf_counter()
             warm_up(pipeline)
+            # The devices as set: an engine set to "cuda" refuses to load where CUDA is missing,
+            # so a loaded engine with "cuda" here runs on the GPU (docs/jetson-orin.md).
+            devices = {
+                "stt": settings.whisper_device,
+                "llm": settings.llm_device,
+                "tts": settings.tts_device,
+            }
             _LOGGER.info(
-                "engines ready stt=%s llm=%s tts=%s load_s=%.2f warmup_s=%.2f",
+                "engines ready stt=%s llm=%s tts=%s devices=%s load_s=%.2f warmup_s=%.2f",
                 settings.stt_engine,
                 settings.llm_engine,
                 settings.tts_engine,
+                ",".join(f"{stage}:{device}" for stage, device in devices.items()),
                 loaded - started,
                 time.perf_counter() - loaded,
             )
@@ -72,6 +80,7 @@ def get_pipeline(settings: Settings | None = None) -> Pipeline:
                 stt=settings.stt_engine,
                 llm=settings.llm_engine,
                 tts=settings.tts_engine,
+                devices=devices,
                 load_s=round(loaded - started, 2),
             )
             _PIPELINE = pipeline

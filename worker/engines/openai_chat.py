@@ -396,7 +396,8 @@ class MLCChatGenerator(OpenAIChatGenerator):
         model fits beside Whisper and the TTS voice in an Orin's shared memory.
 
         Raises:
-            EngineUnavailable: mlc_llm is not installed or `LLM_MODEL` is unset.
+            EngineUnavailable: mlc_llm is not installed, `LLM_MODEL` is unset, or the model or
+                its library is not cached where MLC's policies forbid fetching it.
         """
         try:
             from mlc_llm import MLCEngine
@@ -408,15 +409,29 @@ class MLCChatGenerator(OpenAIChatGenerator):
             ) from error
         if not settings.llm_model:
             raise EngineUnavailable("LLM_ENGINE=mlc needs LLM_MODEL, an MLC model or HF:// URL.")
-        engine = MLCEngine(
-            settings.llm_model,
-            device=settings.llm_device,
-            mode=settings.mlc_mode,
-            engine_config=EngineConfig(
-                max_single_sequence_length=settings.llm_context_tokens,
-                max_total_sequence_length=settings.llm_context_tokens,
-            ),
-        )
+        try:
+            engine = MLCEngine(
+                settings.llm_model,
+                device=settings.llm_device,
+                mode=settings.mlc_mode,
+                engine_config=EngineConfig(
+                    max_single_sequence_length=settings.llm_context_tokens,
+                    max_total_sequence_length=settings.llm_context_tokens,
+                ),
+            )
+        except RuntimeError as error:
+            # The Orin's worker runs with MLC_JIT_POLICY and MLC_DOWNLOAD_CACHE_POLICY READONLY
+            # (deploy/jetson/docker-compose.yaml): a model or library the fetch step did not
+            # make is refused here, not compiled for minutes under Celery's start limit.
+            if "_POLICY=READONLY" not in str(error):
+                raise
+            raise EngineUnavailable(
+                f"LLM_MODEL={settings.llm_model} with LLM_CONTEXT_TOKENS="
+                f"{settings.llm_context_tokens} needs a model or model library that is not in "
+                f"MLC's cache, and this worker may not download or compile ({error}); rerun the "
+                "fetch step: docker compose -f deploy/jetson/docker-compose.yaml --profile setup "
+                "run --rm fetch-models"
+            ) from error
         tokenizer: Encode = (
             load_tokenizer(settings.llm_tokenizer_path)
             if settings.llm_tokenizer_path

@@ -7,6 +7,8 @@ the setting, instead of failing every job later with a trace in the log.
 from __future__ import annotations
 
 import importlib.util
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,6 +31,10 @@ LIBRARIES: dict[str, tuple[str, str]] = {
     "coqui": ("TTS", "scripts/bootstrap.sh --engines"),
 }
 MLC_MODES = ("local", "interactive", "server")
+# Coqui's released voices trained on espeak phonemes (their config.json is not on disk before the
+# fetch step, so it cannot be read here): they refuse to load without espeak-ng or espeak.
+ESPEAK_VOICES = frozenset({"tts_models/en/ljspeech/vits"})
+ESPEAK_REMEDY = "apt-get install espeak-ng; the Jetson worker image has it"
 
 
 def validate_engines(settings: Settings) -> None:
@@ -182,4 +188,33 @@ def _synthesizer_problems(settings: Settings) -> list[str]:
             beside = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json"
             if checkpoint.exists() and not beside.is_file():
                 problems.append(f"COQUI_CONFIG_PATH is unset and {beside} does not exist")
+        problems += _espeak_problems(settings)
     return problems
+
+
+def _espeak_problems(settings: Settings) -> list[str]:
+    """A problem when the Coqui voice phonemizes with espeak and no espeak program is found."""
+    if shutil.which("espeak-ng") or shutil.which("espeak"):
+        return []
+    if settings.coqui_model:
+        needs = settings.coqui_model in ESPEAK_VOICES
+        setting = f"COQUI_MODEL={settings.coqui_model}"
+    else:
+        checkpoint = Path(settings.coqui_model_path).expanduser()
+        config = (
+            Path(settings.coqui_config_path).expanduser()
+            if settings.coqui_config_path
+            else ((checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json")
+        )
+        try:
+            values = json.loads(config.read_text())
+        except (OSError, ValueError):  # a missing config is reported on its own
+            return []
+        phonemizer = values.get("phonemizer") or "espeak"
+        needs = bool(values.get("use_phonemes")) and phonemizer.startswith("espeak")
+        setting = f"COQUI_CONFIG_PATH={config}" if settings.coqui_config_path else f"{config}"
+    if not needs:
+        return []
+    return [
+        f"{setting} speaks through espeak phonemes and espeak-ng is not installed ({ESPEAK_REMEDY})"
+    ]
