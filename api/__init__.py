@@ -139,8 +139,7 @@ def _connect(app: Flask, settings: Settings) -> None:
         socket_connect_timeout=2,
         max_connections=settings.max_held_requests + _SHORT_REQUEST_CONNECTIONS,
         # Each arriving follower may open a connection: no CLIENT SETINFO round trips on it.
-        lib_name=None,
-        lib_version=None,
+        driver_info=None,
     )
     app.extensions["voicechat.events"] = JobEvents(
         events_redis, ttl_seconds=settings.events_ttl_seconds
