@@ -17,10 +17,11 @@ from urllib.parse import urlencode
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, reject, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import CHECKS, load_all_checks
+from schemathesis.errors import SerializationNotPossible
 from schemathesis.generation import GenerationMode, overrides
 from schemathesis.generation.drivers import CoverageGenerator
 from schemathesis.generation.feedback import NO_FEEDBACK
@@ -198,7 +199,12 @@ def test_api_conforms_to_its_document(api_stack: Stack) -> None:
                 database=None,  # a bounded run, the same in CI as here
             )
             def conforms(case: schemathesis.Case) -> None:
-                case.call_and_validate(checks=ALL_CHECKS)
+                try:
+                    case.call_and_validate(checks=ALL_CHECKS)
+                except SerializationNotPossible:
+                    # An invalid body drawn for a raw recording's media type (audio/*) may be a
+                    # value schemathesis cannot send as one: no request was made, so no example.
+                    reject()
 
             try:
                 conforms()
