@@ -302,7 +302,7 @@ def flower_basic_auth(env: dict[str, str], data_dir: Path) -> str:
     """Flower's `user:password`: FLOWER_BASIC_AUTH, or else the one kept in
     DATA_DIR/flower-auth, made (mode 0600) on the first start; the file's path is printed,
     never the password."""
-    configured = Settings.from_env(env).flower_basic_auth
+    configured = Settings.from_env(env).flower_basic_auth.get_secret_value()
     if configured:
         return configured
     path = data_dir / FLOWER_AUTH_FILE
