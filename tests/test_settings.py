@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 
 from models.settings import SettingError, Settings, parse_bool, parse_int
+from scripts.configuration_page import PAGE, page
 
 
 def test_defaults_need_no_environment() -> None:
@@ -109,4 +110,10 @@ def test_webhook_networks_are_cidrs() -> None:
     assert listed.webhook_allowed_networks == (
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("::1/128"),
+    )
+
+
+def test_the_configuration_page_is_the_generated_one() -> None:
+    assert PAGE.read_text() == page(), (
+        "docs/configuration.md differs from the settings: run python -m scripts.configuration_page"
     )
