@@ -90,7 +90,7 @@ def usable_cores() -> int:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of the service; see the README's configuration table."""
+    """Every setting of the service; docs/configuration.md lists them."""
 
     data_dir: Path
     database_url: str
