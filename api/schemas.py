@@ -147,8 +147,8 @@ WebhookUrl = Annotated[
     str,
     AfterValidator(_webhook_url),
     Field(
-        description="Where to POST the job's events, signed per Standard Webhooks (see the "
-        "README's Webhooks section): an https or http URL with a host, without credentials, of "
+        description="Where to POST the job's events, signed per Standard Webhooks (see "
+        "docs/usage.md): an https or http URL with a host, without credentials, of "
         f"at most {MAX_URL_LENGTH} characters (422 `invalid_webhook_url`). Its host must "
         "resolve to public addresses, or private ones inside WEBHOOK_ALLOWED_NETWORKS (422 "
         "`webhook_target_not_allowed`). With the service open (no API keys), WEBHOOK_SECRET "

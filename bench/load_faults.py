@@ -2,8 +2,9 @@
 (SIGSTOP past their lease, then SIGCONT) while they run a job, and a Redis restart.
 
 Run: `.venv/bin/python -m bench.load_faults [--jobs 2000] [--kills 4] [--freezes 4]
-[--database-url URL]` (SQLite in a temporary folder without `--database-url`). The README's load
-figures come from this command; `tests/test_load_faults.py` runs it at a size CI can afford.
+[--database-url URL]` (SQLite in a temporary folder without `--database-url`). The load figures
+in docs/operations.md come from this command; `tests/test_load_faults.py` runs it at a size CI can
+afford.
 
 Each fault is aimed: a slow job is submitted among the others, and the signal goes to the pool
 child whose lease the job's row names, once the job is generating. Everything is counted, per
@@ -83,7 +84,7 @@ class Figures:
     timeline: list[tuple[str, float, float]] = field(default_factory=list)  # fault, start, end
 
     def summary(self) -> str:
-        """The figures in one line, as the README quotes them."""
+        """The figures in one line, as docs/operations.md quotes them."""
         kills = sum(hit.fault == "SIGKILL" for hit in self.hits)
         freezes = sum(hit.fault == "SIGSTOP" for hit in self.hits)
         jobs = len(self.accepted)

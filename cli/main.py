@@ -1,7 +1,7 @@
 """The `voicechat` command: ask by text or by a recording, follow a conversation, read or cancel
 a job. Talks to the service's public HTTP API only.
 
-Exit statuses (also in the README and in `voicechat --help`):
+Exit statuses (also in docs/usage.md and in `voicechat --help`):
 
 - 0: the reply came (or the command did what it says)
 - 1: the job ended without a reply (failed, e.g. `no_speech`, or canceled)

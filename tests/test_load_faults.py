@@ -1,6 +1,6 @@
 """Load under faults, counted, at a size CI affords: two workers, 300 jobs, pool children
-SIGKILLed and frozen while they run a job, a Redis restart (`bench/load_faults.py`; the README's
-figures are that command's full run).
+SIGKILLed and frozen while they run a job, a Redis restart (`bench/load_faults.py`; the figures in
+docs/operations.md are that command's full run).
 
 Per job: exactly one terminal state, exactly one `done` event and nothing after it, the served
 WAV the one its row describes; every signal hit a job being generated, and the generations run

@@ -34,7 +34,7 @@ WEBHOOKS: dict[str, Schema] = {
             "summary": "A job's webhook event",
             "description": "Sent to a job's `webhook` for each of its `webhook_events`, from the "
             "maintenance worker, signed per Standard Webhooks (https://www.standardwebhooks.com)"
-            ": verify `webhook-signature` before trusting the body (the README shows how), and "
+            ": verify `webhook-signature` before trusting the body (docs/usage.md shows how), and "
             "drop a `webhook-id` already seen. Answer 2xx within WEBHOOK_TIMEOUT_SECONDS; "
             "anything else is retried with backoff, up to WEBHOOK_MAX_ATTEMPTS times, and each "
             "attempt is shown in the job's `webhook.deliveries`.",
