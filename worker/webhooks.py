@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models import webhooks
 from models.db import make_engine, make_session_factory
 from models.errors import WebhookTargetNotAllowed
+from models.job_view import JobView, WebhookEvent, iso_time
 from models.queue import send_webhook
 from models.tables import ApiKey, Job, WebhookDelivery, utcnow
 from worker.celery_app import app, settings
@@ -157,9 +158,6 @@ def _secret(session: Session, job: Job) -> str:
 
 
 def _body(job: Job, event: str) -> bytes:
-    # The job view is declared once, in api/schemas.py; the worker renders it, as the API would.
-    from api.schemas import JobView, WebhookEvent, iso_time
-
     stamp = job.started_at if event == webhooks.STARTED else job.finished_at
     payload = WebhookEvent(
         type=f"job.{event}",  # type: ignore[arg-type]
