@@ -35,10 +35,11 @@ from api.openapi.declare import (
     json_text,
     schema_ref,
 )
-from api.schemas import JobView, is_resource_id
+from api.schemas import is_resource_id
 from models import event_log
 from models.errors import InvalidHeader, JobNotFound, ServerBusy
 from models.event_log import Event, JobEvents
+from models.job_view import JobView
 from models.tables import Job, JobStatus
 
 blueprint = Blueprint("events", __name__)

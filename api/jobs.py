@@ -20,7 +20,7 @@ from api.held_requests import hold, try_hold
 from api.limits import check_capacity
 from api.openapi.declare import Query, Schema, answer, documented, family, ref, schema_ref
 from api.preferences import PREFER, preferred_wait
-from api.schemas import AudioQuery, JobList, JobListQuery, JobOptions, JobView, is_resource_id
+from api.schemas import AudioQuery, JobList, JobListQuery, JobOptions, is_resource_id
 from api.speech_stream import stream_reply
 from api.submission import AUDIO_MEDIA_TYPES, Submission, parse_submission
 from api.validation import single_values, validate
@@ -56,6 +56,7 @@ from models.errors import (
     WebhookSecretMissing,
     WebhookTargetNotAllowed,
 )
+from models.job_view import JobView
 from models.settings import Settings
 from models.tables import Conversation, InputKind, Job, JobStatus, ReplyFormat, new_job_id
 

@@ -30,6 +30,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json
 from pydantic_core import PydanticCustomError, core_schema
 from werkzeug.datastructures import MultiDict
 
+from models import job_view
 from models.errors import InvalidOption, MalformedJson, VoiceChatError, error_for_code
 from models.settings import Settings
 
@@ -50,10 +51,8 @@ class Shape(BaseModel):
     missing_errors: ClassVar[Mapping[str, type[VoiceChatError]]] = {}
 
 
-class Answer(BaseModel):
-    """A response shape: every field always present (null where unknown), in declared order."""
-
-    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+# The answers' base lives with the job's public shape (models/job_view.py); named here too.
+Answer = job_view.Answer
 
 
 @dataclass(frozen=True)

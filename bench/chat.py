@@ -24,8 +24,9 @@ from datetime import datetime
 import requests
 from openai import OpenAI
 
-from bench.service import auth, client, free_port, running
+from bench.service import auth, client, running
 from bench.table import Row, markdown
+from harness.stack import free_port
 from models.settings import Settings
 from worker.engines.model_files import smollm2_path
 

@@ -3,7 +3,7 @@
 # Run: `.venv/bin/python -m bench.followers [--followers 1000] [--rate 250] [--hold 15] [--mix]
 # [--open] [--env NAME=VALUE ...]`.
 #
-# It starts Redis and the API with the launcher's own command lines (`tests/stack.py`, the
+# It starts Redis and the API with the launcher's own command lines (`harness/stack.py`, the
 # processes `scripts/serve.sh` runs), keyed as deployed (every request sends an API key;
 # `--open`: none, the service runs open), and no worker, so every followed job stays queued and a
 # follower that gets in is held for the whole run, as behind a busy worker. Then, while probes
@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.stack import Stack
+from harness.stack import Stack
 
 HOST = "127.0.0.1"
 PROBE_INTERVAL = 0.01

@@ -11,8 +11,8 @@ child whose lease the job's row names, once the job is generating. Everything is
 job, after the run: exactly one terminal state, exactly one `done` event and nothing after it,
 the served WAV the one the row describes (its length; the test engine makes every WAV a random
 length), and generations run again equal to generations a fault interrupted (each generation
-logs its start and end with its process id). The engines are the fast ones in `tests/engines.py`:
-the subject is delivery, not the models.
+logs its start and end with its process id). The engines are the fast ones in
+`harness/engines.py`: the subject is delivery, not the models.
 """
 
 from __future__ import annotations
@@ -36,20 +36,20 @@ from typing import Any
 import soundfile as sf
 from redis import Redis
 
+from harness.stack import FAST_ENGINES, Stack
 from models.event_log import key
-from tests.stack import FAST_ENGINES, Stack
+from models.transitions import TERMINAL
 
 _LOGGER = logging.getLogger("bench.load_faults")
 
 ENGINES = {
     **FAST_ENGINES,
-    "LLM_ENGINE": "tests.engines:PacedGenerator",
-    "TTS_ENGINE": "tests.engines:VaryingToneSynthesizer",
+    "LLM_ENGINE": "harness.engines:PacedGenerator",
+    "TTS_ENGINE": "harness.engines:VaryingToneSynthesizer",
     # The load is all one caller's, submitted at once: no per-caller share, no queue bound.
     "MAX_UNFINISHED_JOBS": "0",
     "MAX_QUEUE_DEPTH": "0",
 }
-TERMINAL = ("succeeded", "failed", "canceled")
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,21 +16,10 @@ from pathlib import Path
 import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
 
-from models.api_keys import create_key
+from harness.stack import ROOT, add_key, free_port
 from models.settings import Settings
 from scripts.launch import migrate
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 # The launcher's process id by the URL it serves, while it runs: the service's processes (the
 # API, the workers, beat, the embedded Redis) are its descendants.
@@ -50,17 +38,6 @@ def client(url: str) -> requests.Session:
     http = requests.Session()
     http.headers.update(auth(url))
     return http
-
-
-def _add_key(database_url: str) -> str:
-    """Migrates the database at `database_url` and makes an API key in it; returns its secret."""
-    engine = create_engine(database_url)
-    try:
-        migrate(database_url)
-        with Session(engine) as session:
-            return create_key(session, "bench").secret
-    finally:
-        engine.dispose()
 
 
 def service_cpu_seconds(url: str) -> float:
@@ -122,7 +99,8 @@ def running(timeout: float = 600.0, **env: str) -> Iterator[str]:
             **env,
         }
         database_url = Settings.from_env({**environ, "DATA_DIR": data_dir}).database_url
-        secret = _add_key(database_url)
+        migrate(database_url)
+        secret = add_key(database_url, "bench").secret
         log = (Path(data_dir) / "service.log").open("wb")
         process = subprocess.Popen(
             # No Flower: a benchmark reads nothing from it, and its fixed port is one per machine.

@@ -7,17 +7,14 @@ once the job succeeded the sizes are written in, so that every reader takes the 
 from __future__ import annotations
 
 import logging
-import struct
 import threading
+import wave
 from pathlib import Path
 from typing import BinaryIO
 
 from cli.service import Service, ServiceError
 
 _LOGGER = logging.getLogger(__name__)
-
-# A RIFF header's chunks before the samples are few (`fmt `, maybe `LIST`); stop looking after.
-_MAX_CHUNKS = 64
 
 
 class ReplyAudio:
@@ -87,27 +84,17 @@ class ReplyAudio:
 
 
 def set_wav_sizes(wav: BinaryIO) -> None:
-    """Writes the RIFF and `data` sizes of a WAV whose samples run to the end of the file.
-
-    A file that is not a RIFF WAV, or whose `data` chunk is not found, is left as it is.
-    """
-    end = wav.seek(0, 2)
+    """Rewrites a 16-bit WAV whose sizes say "unknown" with its real sizes (`wave` reads such a
+    header up to the end of the file). A file that is not a WAV is left as it is."""
     wav.seek(0)
-    header = wav.read(12)
-    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+    try:
+        with wave.open(wav, "rb") as reader:
+            params, frames = reader.getparams(), reader.readframes(reader.getnframes())
+    except (wave.Error, EOFError):
         return
-    position = 12
-    for _ in range(_MAX_CHUNKS):
-        wav.seek(position)
-        chunk = wav.read(8)
-        if len(chunk) < 8:
-            return
-        name, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
-        if name == b"data":
-            wav.seek(position + 4)
-            wav.write(struct.pack("<I", end - position - 8))
-            wav.seek(4)
-            wav.write(struct.pack("<I", end - 8))
-            wav.flush()
-            return
-        position += 8 + size + (size & 1)  # chunks are padded to an even length
+    wav.seek(0)
+    wav.truncate()
+    with wave.open(wav, "wb") as writer:
+        writer.setparams(params._replace(nframes=0))  # written on close, as counted
+        writer.writeframes(frames)
+    wav.flush()

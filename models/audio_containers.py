@@ -16,6 +16,7 @@ import av
 import av.container
 import numpy as np
 
+from models.audio import WHISPER_SAMPLE_RATE
 from models.errors import (
     AudioTooLong,
     EmptyAudio,
@@ -38,7 +39,6 @@ _NAMES = {WEBM: "WebM", OGG: "Ogg", MP3: "MP3", MP4: "MP4", FLAC: "FLAC"}
 EXTENSIONS = {WEBM: "webm", OGG: "ogg", MP3: "mp3", MP4: "m4a", FLAC: "flac"}
 # Codecs, by FFmpeg's canonical names, that browsers record and OpenAI's clients send.
 ACCEPTED_CODECS = frozenset({"opus", "vorbis", "mp3", "aac", "flac", "alac"})
-WHISPER_SAMPLE_RATE = 16_000
 
 # Elements, pages or boxes walked to find a cut: Chromium's MediaRecorder writes a WebM block
 # per 60 ms, so ten minutes are 10,000; past this bound the walk gives no verdict.

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from models.errors import WorkerLost
 from models.tables import Job, JobStatus, Stage, Turn, UTCDateTime
 
-TERMINAL = (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value, JobStatus.CANCELED.value)
+TERMINAL = tuple(status.value for status in JobStatus if status.terminal)
 WORKER_LOST = WorkerLost.code
 # The error code and message of a canceled job (`POST /v1/jobs/{id}/cancel`).
 CANCELED = "canceled"

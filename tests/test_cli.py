@@ -1,6 +1,6 @@
 """The `voicechat` command as a user runs it: the installed script against a running service.
 
-The service is Redis, gunicorn and a Celery worker on the plumbing fakes of tests/engines.py
+The service is Redis, gunicorn and a Celery worker on the plumbing fakes of harness/engines.py
 (named as such): the subject is the client, so replies come at once, or word by word every
 0.25 s for prompts that start with "slow" (the paced echo), so a test can interrupt one.
 """
@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from harness.stack import FAST_ENGINES, Stack, free_port
 from tests.conftest import tone, wav_bytes
-from tests.stack import FAST_ENGINES, Stack, free_port
 from tests.test_api_keys import created
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +35,7 @@ JOB_LINE = re.compile(r"^voicechat: job ([0-9a-f]{32}) queued$", re.MULTILINE)
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    engines = {**FAST_ENGINES, "LLM_ENGINE": "tests.engines:PacedGenerator"}
+    engines = {**FAST_ENGINES, "LLM_ENGINE": "harness.engines:PacedGenerator"}
     with Stack(tmp_path_factory.mktemp("cli"), **engines).serving() as stack:
         yield stack
 

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from harness.stack import FAST_ENGINES, Stack
 from models.db import make_engine
-from tests.stack import FAST_ENGINES, Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from api import create_app
+from harness.stack import FAST_ENGINES, Stack, api_only
 from tests.conftest import make_settings
-from tests.stack import FAST_ENGINES, Stack, api_only
 
 MEDIA_TYPES = {".css": "text/css", ".js": "text/javascript", ".png": "image/png"}
 EXTERNAL = re.compile(r"(?:https?:)?//", re.IGNORECASE)

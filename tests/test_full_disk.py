@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.stack import FAST_ENGINES
 from models import storage
 from models.errors import InsufficientStorage
 from tests.conftest import running_service, tone, wav_bytes
-from tests.stack import FAST_ENGINES
 
 
 @pytest.fixture

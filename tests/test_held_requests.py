@@ -13,8 +13,8 @@ import pytest
 
 from api import create_app
 from api.held_requests import HeldRequests
+from harness.stack import Stack, api_only
 from tests.conftest import make_settings
-from tests.stack import Stack, api_only
 
 PLACES = 2
 

@@ -31,11 +31,11 @@ from schemathesis.specs.openapi.schemas import OpenApiSchema
 from api.jobs import REQUEST_LINE_BYTES
 from api.openai_formats import SPEECH_FORMATS, TRANSCRIPTION_FORMATS
 from api.submission import AUDIO_MEDIA_TYPES
+from harness.stack import FAST_ENGINES, Stack
 from models.audio import AudioInfo, inspect_upload, inspect_wav
 from models.errors import VoiceChatError
 from tests.conftest import make_settings, tone, wav_bytes
 from tests.recordings import FORMATS, encode
-from tests.stack import FAST_ENGINES, Stack
 
 VALID = [
     wav_bytes(tone(0.2, 8_000), 8_000),
@@ -118,7 +118,7 @@ def api_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     key (for the open mode), so the 401 without one is checked by hand below.
     """
     # The fast engines: the subject is the HTTP surface, and generated jobs finish at once. The
-    # stack is keyed (tests/stack.py): `stack.http` sends its key.
+    # stack is keyed (harness/stack.py): `stack.http` sends its key.
     stack = Stack(tmp_path_factory.mktemp("schemathesis"), **FAST_ENGINES)
     with stack.serving():
         assert requests.get(f"{stack.url}/v1/jobs", timeout=10).status_code == 401

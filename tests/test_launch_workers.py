@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.stack import FAST_ENGINES
 from models.settings import SettingError
 from scripts.launch import service_commands, worker_environments
 from tests.conftest import ROOT, running_service
-from tests.stack import FAST_ENGINES
 
 
 def test_each_worker_is_named_apart_and_pinned_round_robin() -> None:
@@ -44,7 +44,7 @@ def test_a_malformed_worker_count_stops_the_launcher_naming_it(argument: list[st
 
 @pytest.mark.e2e
 def test_two_workers_run_two_jobs_at_once(tmp_path: Path) -> None:
-    engines = {**FAST_ENGINES, "LLM_ENGINE": "tests.engines:PacedGenerator"}
+    engines = {**FAST_ENGINES, "LLM_ENGINE": "harness.engines:PacedGenerator"}
     with running_service(tmp_path, WORKERS="2", **engines) as service:
         ready = service.http.get(f"{service.url}/readyz", timeout=10).json()
         assert ready["checks"]["workers"]["count"] == 2

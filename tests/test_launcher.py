@@ -19,12 +19,12 @@ import redis
 import requests
 from sqlalchemy import select
 
+from harness.stack import FAST_ENGINES, free_port
 from models.api_keys import OPEN_NOTICE
 from models.db import make_engine
 from models.tables import Job
 from scripts.launch import REDIS_LOG, migrate, service_commands, start_embedded_redis
 from tests.conftest import ROOT, add_key, make_settings
-from tests.stack import FAST_ENGINES, free_port
 
 
 def test_the_embedded_redis_logs_to_a_file_and_never_blocks_on_its_log(tmp_path: Path) -> None:
@@ -197,7 +197,7 @@ def _command_line(pid: int) -> str:
 
 @pytest.mark.e2e
 def test_ctrl_c_while_a_job_runs_lets_it_finish(launched: Callable[..., Launcher]) -> None:
-    launcher = launched(LLM_ENGINE="tests.engines:PacedGenerator")
+    launcher = launched(LLM_ENGINE="harness.engines:PacedGenerator")
     launcher.wait_ready()
     slow = "slow " + " ".join(f"w{i}" for i in range(24))  # about 6 s of generation
     answer = requests.post(

@@ -19,12 +19,12 @@ from sqlalchemy import func, select, update
 from werkzeug.serving import make_server
 
 from api import create_app
+from harness.stack import free_port
 from models.api_keys import create_key
 from models.db import make_engine, make_session_factory
 from models.tables import IdempotencyRecord, Job, JobStatus, utcnow
 from scripts.launch import migrate
 from tests.conftest import make_settings, tone, wav_bytes
-from tests.stack import free_port
 
 PROBLEM = "application/problem+json"
 CHAT = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hi"}]}

@@ -3,7 +3,7 @@ or killed, mid-generation, while the other runs its job again.
 
 Real processes and real signals (SIGSTOP/SIGCONT, SIGKILL to the pool child that holds the
 job's lease), on SQLite and (with TEST_DATABASE_URL) PostgreSQL; the engines are the fast ones
-made for these tests (`tests/engines.py`), with a paced reply and a reply WAV of random length.
+made for these tests (`harness/engines.py`), with a paced reply and a reply WAV of random length.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ import requests
 import soundfile as sf
 from redis import Redis
 
+from harness.stack import FAST_ENGINES, Stack
 from models.event_log import key
-from tests.stack import FAST_ENGINES, Stack
 
 pytestmark = pytest.mark.e2e
 
 ENGINES = {
     **FAST_ENGINES,
-    "LLM_ENGINE": "tests.engines:PacedGenerator",
-    "TTS_ENGINE": "tests.engines:VaryingToneSynthesizer",
+    "LLM_ENGINE": "harness.engines:PacedGenerator",
+    "TTS_ENGINE": "harness.engines:VaryingToneSynthesizer",
 }
 SLOW_PROMPT = "slow " + " ".join(f"word{i}" for i in range(14))  # about 4 s of reply
 

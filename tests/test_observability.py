@@ -14,11 +14,11 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
+from harness.stack import FAST_ENGINES, Stack, free_port
 from models.api_keys import create_key
 from models.db import make_engine, make_session_factory
 from models.logging_config import REDACTED, redact
 from tests.conftest import make_settings, tone, wav_bytes
-from tests.stack import FAST_ENGINES, Stack, free_port
 
 # More words than EchoGenerator's 2048-token context holds with room for the reply.
 TOO_LONG = "a " * 1990

@@ -1,7 +1,7 @@
 """The OpenAI routes' bounded wait (issue 20): never longer than OPENAI_WAIT_SECONDS, and refused
 at once, before any job is made, when the queue ahead puts the bound out of reach.
 
-The stack tests run the API with no worker (`tests.stack.api_only`): every job stays queued, so
+The stack tests run the API with no worker (`harness.stack.api_only`): every job stays queued, so
 the queue is as long as a test makes it, and no job can finish.
 """
 
@@ -19,11 +19,11 @@ import requests
 
 from api import create_app
 from api.wait_bound import SHORTEST_RETRY_SECONDS, UNKNOWN_JOB_SECONDS, QueueAhead, queue_ahead
+from harness.stack import Stack, api_only
 from models import heartbeat
 from models.tables import InputKind, Job, JobStatus, ReplyFormat, new_job_id, utcnow
 from scripts.launch import migrate
 from tests.conftest import make_settings, tone, wav_bytes
-from tests.stack import Stack, api_only
 
 CHAT_MODEL = "SmolLM2-135M-Instruct"
 CHAT = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "Hi"}]}

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from harness.engines import EchoGenerator
 from models.errors import ContextLengthExceeded, EmptyReply
 from models.settings import Settings
 from models.tables import Operation, ReplyFormat, Stage
 from tests.conftest import tone
-from tests.engines import EchoGenerator
 from worker.engines import Audio, Message, Reply, Transcript
 from worker.pipeline import (
     DEFAULT_SYSTEM_PROMPT,

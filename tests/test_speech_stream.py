@@ -1,6 +1,6 @@
 """A spoken reply streamed while the worker makes it, sentence by sentence, on real processes.
 
-The engines are the plumbing fakes of tests/engines.py (named as such): the paced echo speaks
+The engines are the plumbing fakes of harness/engines.py (named as such): the paced echo speaks
 the prompt back a word every 0.25 s, so the first sentence is spoken while the rest is still
 being generated, and the tone synthesizer says each sentence as a short tone.
 """
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.stack import FAST_ENGINES, Stack
+from harness.stack import FAST_ENGINES, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +27,7 @@ PROMPT = "slow One. Two. Three. Four."  # "slow": the paced echo pauses before e
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    engines = {**FAST_ENGINES, "LLM_ENGINE": "tests.engines:PacedGenerator"}
+    engines = {**FAST_ENGINES, "LLM_ENGINE": "harness.engines:PacedGenerator"}
     with Stack(tmp_path_factory.mktemp("speech-stream"), **engines).serving() as stack:
         yield stack
 

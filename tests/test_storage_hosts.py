@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from tests.stack import Stack
+from harness.stack import Stack
 
 pytestmark = pytest.mark.e2e
 

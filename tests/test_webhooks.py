@@ -2,7 +2,7 @@
 
 The API tier runs the app in-process on a real Redis and database. The delivery tier starts the
 API, the job worker (fast engines: these tests are about the plumbing) and the maintenance worker
-as processes (`tests.stack.Stack`), and receives on a local HTTP server on 127.0.0.1, which only
+as processes (`harness.stack.Stack`), and receives on a local HTTP server on 127.0.0.1, which only
 WEBHOOK_ALLOWED_NETWORKS lets through. Signatures are verified with the `standardwebhooks`
 package, an implementation independent of the service's own.
 """
@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook
 
 from api import create_app
+from harness.stack import FAST_ENGINES, Stack
 from models.api_keys import create_key, revoke_key
 from models.db import make_engine
 from models.errors import WebhookTargetNotAllowed
@@ -37,7 +38,6 @@ from models.tables import Job, JobStatus, WebhookDelivery, utcnow
 from models.webhooks import allowed_address, check_url, resolve_target
 from scripts.launch import migrate
 from tests.conftest import ROOT, empty_database, make_settings, tone, wav_bytes
-from tests.stack import FAST_ENGINES, Stack
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 KEY_SECRET = "whsec_" + base64.b64encode(bytes(range(100, 132))).decode()

@@ -13,22 +13,16 @@ from kombu.exceptions import OperationalError
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
 
 from models import event_log, transitions
-from models.db import make_engine, make_session_factory
-from models.event_log import JobEvents
 from models.queue import JOB_QUEUE, send_job
+from worker import clients
 from worker.celery_app import app, settings
 from worker.lease_keeper import children_prefix
 from worker.reconciler import reconcile
 from worker.webhooks import queue_delivery
 
 _LOGGER = logging.getLogger(__name__)
-
-_PARENT_SESSIONS: sessionmaker[Session] | None = None
-_PARENT_EVENTS: JobEvents | None = None
 
 
 def publish(job_id: str) -> None:
@@ -37,35 +31,7 @@ def publish(job_id: str) -> None:
     Args:
         job_id: The job to deliver again.
     """
-    send_job(app, job_id, _events().redis)
-
-
-def _parent_sessions() -> sessionmaker[Session]:
-    """Sessions for the worker's parent process, made once.
-
-    The engine has no pool: the parent forks new children later, and they must not inherit
-    open database connections; with NullPool every session opens and closes its own.
-    """
-    global _PARENT_SESSIONS
-    if _PARENT_SESSIONS is None:
-        _PARENT_SESSIONS = make_session_factory(
-            make_engine(
-                settings.database_url,
-                hold_limit_seconds=settings.worker_hold_limit_seconds,
-                poolclass=NullPool,
-            )
-        )
-    return _PARENT_SESSIONS
-
-
-def _events() -> JobEvents:
-    """The parent's writer of job event streams, made once."""
-    global _PARENT_EVENTS
-    if _PARENT_EVENTS is None:
-        _PARENT_EVENTS = JobEvents.connect(
-            settings.redis_url, ttl_seconds=settings.events_ttl_seconds
-        )
-    return _PARENT_EVENTS
+    send_job(app, job_id, clients.events().redis)
 
 
 @task_failure.connect
@@ -83,21 +49,21 @@ def _recover_lost_job(
         return
     job_id = str(args[0])
     mine = children_prefix()  # fenced: only a job one of this worker's children still held
-    with _parent_sessions()() as session:
+    with clients.parent_sessions()() as session:
         if transitions.cancel_held_by(session, job_id, mine):
             _LOGGER.warning("worker lost; job canceled as asked job_id=%s", job_id)
-            event_log.announce_end(session, _events(), job_id, webhooks=queue_delivery)
+            event_log.announce_end(session, clients.events(), job_id, webhooks=queue_delivery)
             return
         if isinstance(exception, TimeLimitExceeded):
             message = f"The job ran past {settings.task_time_limit} seconds."
             if transitions.fail_held_by(session, job_id, mine, "timeout", message):
                 _LOGGER.warning("job failed in parent job_id=%s code=timeout", job_id)
-                event_log.announce_end(session, _events(), job_id, webhooks=queue_delivery)
+                event_log.announce_end(session, clients.events(), job_id, webhooks=queue_delivery)
             return
         attempt = transitions.release_held_by(session, job_id, mine)
         if attempt is not None:
             _LOGGER.warning("worker lost; job released job_id=%s attempt=%d", job_id, attempt)
-            _events().requeued(job_id, attempt)
+            clients.events().requeued(job_id, attempt)
             publish(job_id)
 
 
@@ -129,11 +95,11 @@ class Reconciler(bootsteps.StartStopStep):  # type: ignore[misc]
         """One reconciliation pass; failures are logged and retried on the next tick."""
         assert self.broker is not None
         try:
-            with _parent_sessions()() as session:
+            with clients.parent_sessions()() as session:
                 reconcile(
                     session,
                     self.broker,
-                    _events(),
+                    clients.events(),
                     publish,
                     webhooks=queue_delivery,
                     queue=JOB_QUEUE,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,10 +19,9 @@ from datetime import timedelta
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import and_, delete, exists, or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from models import event_log, storage
-from models.db import make_engine, make_session_factory
 from models.queue import MAINTENANCE_QUEUE, RETENTION_TASK
 from models.settings import Settings
 from models.tables import (
@@ -35,6 +33,7 @@ from models.tables import (
     utcnow,
 )
 from models.transitions import TERMINAL, database_clock
+from worker import clients
 from worker.celery_app import app, settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -257,39 +256,12 @@ def sweep(
     return Sweep(expired, jobs, conversations, orphans, partial, keys)
 
 
-@dataclass(frozen=True)
-class _Clients:
-    sessions: sessionmaker[Session]
-    uploads: storage.Store
-    results: storage.Store
-    redis: Redis
-
-
-_CLIENTS: _Clients | None = None
-_CLIENTS_LOCK = threading.Lock()  # the maintenance worker runs tasks in threads
-
-
-def _clients() -> _Clients:
-    """This process's database, file stores and Redis, made on first use."""
-    global _CLIENTS
-    with _CLIENTS_LOCK:
-        if _CLIENTS is None:
-            sessions = make_session_factory(make_engine(settings.database_url))
-            _CLIENTS = _Clients(
-                sessions=sessions,
-                uploads=storage.open_store(settings, storage.UPLOADS, sessions),
-                results=storage.open_store(settings, storage.RESULTS, sessions),
-                redis=Redis.from_url(settings.redis_url, socket_timeout=10),
-            )
-        return _CLIENTS
-
-
 @app.task(name=RETENTION_TASK, acks_late=False)
 def sweep_retention() -> None:
     """Runs one retention pass; when a batch was full, sends the next pass at once."""
-    clients = _clients()
-    with clients.sessions() as session:
-        done = sweep(session, clients.uploads, clients.results, clients.redis, settings)
+    stores = clients.stores()
+    with clients.sessions()() as session:
+        done = sweep(session, stores.uploads, stores.results, clients.redis(), settings)
     _LOGGER.info(
         "retention sweep done expired=%d purged_jobs=%d purged_conversations=%d orphans=%d "
         "partial_files=%d abandoned_keys=%d",

@@ -14,63 +14,24 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from models import event_log, metrics, queries, storage, transitions, webhooks
-from models.db import PING_IDLE_SECONDS, make_engine, make_session_factory
 from models.errors import EngineUnavailable, JobTimedOut, VoiceChatError
-from models.event_log import JobEvents
 from models.logging_config import JOB_ID
 from models.tables import Conversation, Job, JobStatus, Operation, ReplyFormat, Stage
-from worker import lease_keeper, runtime
+from worker import clients, lease_keeper, runtime
 from worker.celery_app import app, settings
 from worker.engines import Audio, Reply, Transcript
 from worker.pipeline import JobInput, Outcome
 from worker.webhooks import queue_delivery
 
 _LOGGER = logging.getLogger(__name__)
-
-_SESSIONS: sessionmaker[Session] | None = None
-_EVENTS: JobEvents | None = None
-
-
-@dataclass(frozen=True)
-class Stores:
-    """Where this process reads uploads and writes replies (`STORAGE_BACKEND`)."""
-
-    uploads: storage.Store
-    results: storage.Store
-
-
-_STORES: Stores | None = None
-
-
-def _sessions() -> sessionmaker[Session]:
-    # Engines are created in the child on first use: a pool inherited over fork is unsafe.
-    global _SESSIONS
-    if _SESSIONS is None:
-        engine = make_engine(
-            settings.database_url,
-            hold_limit_seconds=settings.worker_hold_limit_seconds,
-            ping_idle_seconds=PING_IDLE_SECONDS,
-        )
-        _SESSIONS = make_session_factory(engine)
-    return _SESSIONS
-
-
-def _events() -> JobEvents:
-    """This process's writer of job event streams, made on first use (after any fork)."""
-    global _EVENTS
-    if _EVENTS is None:
-        _EVENTS = JobEvents.connect(settings.redis_url, ttl_seconds=settings.events_ttl_seconds)
-    return _EVENTS
-
 
 # A claim the database could not take is tried again after 1, 2, 4 ... s, at most this apart:
 # the job is still queued and its message is about to be acknowledged, so without a retry it
@@ -92,7 +53,7 @@ def warm_up_connections() -> None:
     """Opens this child's database and Redis connections and runs the claim once (it matches
     no row), before the first job: that job otherwise paid for the connections, the script's
     load and the statements' compilation (about 30 ms more in the worker than the next job)."""
-    with _sessions()() as session:
+    with clients.sessions()() as session:
         transitions.claim(
             session,
             _WARM_UP_ID,
@@ -100,18 +61,7 @@ def warm_up_connections() -> None:
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_attempts,
         )
-    _events().warm()
-
-
-def stores() -> Stores:
-    """This process's file stores, made on first use (after any fork)."""
-    global _STORES
-    if _STORES is None:
-        _STORES = Stores(
-            uploads=storage.open_store(settings, storage.UPLOADS, _sessions()),
-            results=storage.open_store(settings, storage.RESULTS, _sessions()),
-        )
-    return _STORES
+    clients.events().warm()
 
 
 def transcript_columns(transcript: Transcript, *, with_segments: bool = False) -> dict[str, Any]:
@@ -189,7 +139,7 @@ class RowProgress:
         self.session = session
         self.held = held
         self.lease = held.lease
-        self.events = _events()
+        self.events = clients.events()
         self.sentences: list[str] = []
         self.cancel = lease_keeper.CancelWatch(self.events.redis, held)
         self.generated: list[str] = []  # this attempt's reply so far, kept if it is canceled
@@ -275,7 +225,9 @@ class RowProgress:
         if self.cancel.requested():
             raise transitions.CancelRequested(self.lease.job_id)
         name = storage.sentence_name(self.lease.job_id, self.lease.attempt, index)
-        self.sentences.append(stores().results.write(name, audio.samples.astype("<i2").tobytes()))
+        self.sentences.append(
+            clients.stores().results.write(name, audio.samples.astype("<i2").tobytes())
+        )
         if index == 0:
             metrics.FIRST_AUDIO_SECONDS.observe(time.perf_counter() - self.started)
         seconds = round(audio.duration, 3)
@@ -291,7 +243,7 @@ class RowProgress:
     def forget_sentences(self) -> None:
         """Deletes this attempt's sentence files (the reply's WAV holds them all, or the attempt
         ended without one), and those an earlier attempt left when its process was killed."""
-        results = stores().results
+        results = clients.stores().results
         for name in self.sentences:
             results.delete(name)
         self.sentences.clear()
@@ -314,7 +266,7 @@ def run_job(job_id: str) -> None:
 
 
 def _run_job(job_id: str) -> None:
-    with _sessions()() as session:
+    with clients.sessions()() as session:
         try:
             claim = transitions.claim(
                 session,
@@ -340,7 +292,7 @@ def _run_job(job_id: str) -> None:
             )
             raise run_job.retry(countdown=countdown, max_retries=None) from error
         if claim.outcome in (transitions.ClaimOutcome.EXHAUSTED, transitions.ClaimOutcome.CANCELED):
-            event_log.announce_end(session, _events(), job_id, webhooks=queue_delivery)
+            event_log.announce_end(session, clients.events(), job_id, webhooks=queue_delivery)
         if claim.lease is None:
             _LOGGER.info("job not run job_id=%s claim=%s", job_id, claim.outcome.value)
             return
@@ -356,7 +308,7 @@ def _run_job(job_id: str) -> None:
         finally:
             lease_keeper.hold_lease(None)
         if ended:
-            event_log.announce_end(session, _events(), job_id, webhooks=queue_delivery)
+            event_log.announce_end(session, clients.events(), job_id, webhooks=queue_delivery)
 
 
 def _attempt(session: Session, progress: RowProgress) -> bool:
@@ -421,7 +373,7 @@ def _run(session: Session, progress: RowProgress) -> bool:
     if progress.cancel.requested(now=True):  # the last stage's end is a boundary too
         raise transitions.CancelRequested(job.id)
     results = _results(job, outcome)
-    replies = stores().results
+    replies = clients.stores().results
     name = None
     turns = []
     if job.conversation_id and job.operation == Operation.CHAT.value:
@@ -471,7 +423,7 @@ def _recording(job: Job) -> Iterator[Path | None]:
     if job.input_audio_file is None or resumed:
         yield None
         return
-    with stores().uploads.as_file(job.input_audio_file) as path:
+    with clients.stores().uploads.as_file(job.input_audio_file) as path:
         yield path
 
 

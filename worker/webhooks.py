@@ -20,22 +20,21 @@ import json
 import logging
 import socket
 import ssl
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult
 
-from redis import Redis
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from models import webhooks
-from models.db import make_engine, make_session_factory
 from models.errors import WebhookTargetNotAllowed
+from models.job_view import JobView, WebhookEvent, iso_time
 from models.queue import send_webhook
 from models.tables import ApiKey, Job, WebhookDelivery, utcnow
+from worker import clients
 from worker.celery_app import app, settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -44,31 +43,11 @@ MAX_RESPONSE_BYTES = 64 * 1024
 USER_AGENT = "voicechat-webhooks/1"
 LOCK_PREFIX = "voicechat:webhook-attempt:"
 
-_LOCK = threading.Lock()
-_SESSIONS: sessionmaker[Session] | None = None
-_REDIS: Redis | None = None
-
 
 def queue_delivery(job_id: str, event: str) -> None:
     """Sends the first attempt of a job's webhook event to the maintenance queue (the
     `WebhookSender` the job worker and its parent hand to `announce_end`)."""
     send_webhook(app, job_id, event)
-
-
-def _sessions() -> sessionmaker[Session]:
-    global _SESSIONS
-    with _LOCK:  # the maintenance worker runs tasks in threads
-        if _SESSIONS is None:
-            _SESSIONS = make_session_factory(make_engine(settings.database_url))
-        return _SESSIONS
-
-
-def _redis() -> Redis:
-    global _REDIS
-    with _LOCK:
-        if _REDIS is None:
-            _REDIS = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
-        return _REDIS
 
 
 @dataclass(frozen=True)
@@ -157,9 +136,6 @@ def _secret(session: Session, job: Job) -> str:
 
 
 def _body(job: Job, event: str) -> bytes:
-    # The job view is declared once, in api/schemas.py; the worker renders it, as the API would.
-    from api.schemas import JobView, WebhookEvent, iso_time
-
     stamp = job.started_at if event == webhooks.STARTED else job.finished_at
     payload = WebhookEvent(
         type=f"job.{event}",  # type: ignore[arg-type]
@@ -237,9 +213,9 @@ def deliver_webhook(job_id: str, event: str, attempt: int = 1) -> None:
     msg_id = webhooks.message_id(job_id, event)
     lock = f"{LOCK_PREFIX}{msg_id}:{attempt}"
     # Held for longer than an attempt can take; a crashed attempt's lock expires for its retry.
-    if not _redis().set(lock, "1", nx=True, ex=settings.webhook_timeout_seconds * 3 + 30):
+    if not clients.redis().set(lock, "1", nx=True, ex=settings.webhook_timeout_seconds * 3 + 30):
         return
-    with _sessions()() as session:
+    with clients.sessions()() as session:
         job = session.get(Job, job_id)
         if job is None or not webhooks.wants(job, event) or _recorded(session, msg_id, attempt):
             return

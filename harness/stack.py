@@ -18,9 +18,12 @@ from typing import Any
 
 import requests
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from models.api_keys import NewKey, create_key
 from models.db import make_engine
 from models.tables import Job
+from models.transitions import TERMINAL
 from scripts.launch import (
     MAINTENANCE_ENV,
     maintenance_command,
@@ -29,12 +32,12 @@ from scripts.launch import (
     service_commands,
     worker_command,
 )
-from tests.conftest import ROOT, TERMINAL, add_key
 
+ROOT = Path(__file__).resolve().parent.parent
 FAST_ENGINES = {
-    "STT_ENGINE": "tests.engines:InstantTranscriber",
-    "LLM_ENGINE": "tests.engines:EchoGenerator",
-    "TTS_ENGINE": "tests.engines:ToneSynthesizer",
+    "STT_ENGINE": "harness.engines:InstantTranscriber",
+    "LLM_ENGINE": "harness.engines:EchoGenerator",
+    "TTS_ENGINE": "harness.engines:ToneSynthesizer",
 }
 
 
@@ -42,6 +45,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def add_key(database_url: str, name: str = "tests") -> NewKey:
+    """Makes an API key in the database at `database_url` (migrated)."""
+    engine = make_engine(database_url)
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            return create_key(session, name)
+    finally:
+        engine.dispose()
 
 
 class Stack:

@@ -1,6 +1,6 @@
-"""Engines made for the fault tests, named as such: they are about the plumbing, not the models.
+"""Fake engines, named as such, for tests and benchmarks about the plumbing, not the models.
 
-Selected with e.g. `LLM_ENGINE=tests.engines:CrashingGenerator`.
+Selected with e.g. `LLM_ENGINE=harness.engines:CrashingGenerator`.
 """
 
 from __future__ import annotations
