@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_origin
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     SecretStr,
@@ -49,11 +50,7 @@ def parse_bool(name: str, raw: str) -> bool:
 def parse_int(
     name: str, raw: str, *, minimum: int | None = None, maximum: int | None = None
 ) -> int:
-    """Parses the whole-number setting `name` within optional bounds (launcher and gunicorn).
-
-    Raises:
-        SettingError: The text is not a whole number or is out of bounds.
-    """
+    """Parses the whole-number variable `name` (launcher, gunicorn); SettingError when malformed."""
     try:
         value = int(raw.strip(), 10)
     except ValueError:
@@ -70,11 +67,7 @@ WEBHOOK_SECRET_PREFIX = "whsec_"
 
 
 def parse_webhook_secret(name: str, raw: str) -> bytes:
-    """Decodes a `whsec_` secret to its key bytes.
-
-    Raises:
-        SettingError: The text is not `whsec_` and the base64 of 24 to 64 bytes.
-    """
+    """Decodes a `whsec_` secret to its key bytes; SettingError when it is not one."""
     if not raw.startswith(WEBHOOK_SECRET_PREFIX):
         raise SettingError(f"{name} must start with {WEBHOOK_SECRET_PREFIX}")
     try:
@@ -135,7 +128,7 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    data_dir: Path = Path("var")
+    data_dir: Annotated[Path, AfterValidator(Path.resolve)] = Path("var")
     """Uploads and replies (STORAGE_BACKEND=local), assembled models, the embedded Redis's AOF."""
     database_url: str = Field(
         default_factory=lambda d: f"sqlite:///{d['data_dir'] / 'voicechat.db'}"
@@ -341,11 +334,6 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Only what `from_env` passes: the variables it was given, never a dotenv file."""
         return (init_settings,)
-
-    @field_validator("data_dir")
-    @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.resolve()
 
     @field_validator("whisper_language")
     @classmethod

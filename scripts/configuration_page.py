@@ -24,9 +24,9 @@ GROUPS = {
     "log_format": "Observability",
 }
 INTRO = (
-    "The service reads its settings from environment variables only (no `.env` file is read); "
-    "an unset or blank variable means its default. This page is generated from "
-    "`models/settings.py`: `python -m scripts.configuration_page` rewrites it."
+    "<!-- Generated from models/settings.py by `python -m scripts.configuration_page`. -->\n\n"
+    "Each setting is read from its environment variable (never a `.env` file); unset or blank, "
+    "it takes its default."
 )
 
 
@@ -43,13 +43,8 @@ def _default(field: FieldInfo) -> str:
 def _allowed(field: FieldInfo) -> str:
     if get_origin(field.annotation) is Literal:
         return ", ".join(f"`{choice}`" for choice in get_args(field.annotation))
-    signs = {"ge": "≥", "le": "≤"}
-    return ", ".join(
-        f"{sign} {getattr(m, key)}"
-        for m in field.metadata
-        for key, sign in signs.items()
-        if hasattr(m, key)
-    )
+    bounds = [(m, key) for m in field.metadata for key in ("ge", "le") if hasattr(m, key)]
+    return ", ".join(f"{'≥' if key == 'ge' else '≤'} {getattr(m, key)}" for m, key in bounds)
 
 
 def page() -> str:

@@ -80,6 +80,13 @@ def test_malformed_settings_name_the_variable(env: dict[str, str]) -> None:
     assert any(name in str(raised.value) for name in env)
 
 
+def test_given_variables_are_the_only_ones_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_TEXT_CHARS", "77")
+    assert Settings.from_env().max_text_chars == 77
+    assert Settings.from_env({}).max_text_chars == 4000
+    assert Settings.from_env({"max_text_chars": "77"}).max_text_chars == 4000  # capitals only
+
+
 def test_int_bounds() -> None:
     assert parse_int("N", "7", minimum=1, maximum=9) == 7
     with pytest.raises(SettingError):
