@@ -94,13 +94,13 @@ _METRICS_TOKEN = re.compile(r"^[A-Za-z0-9._~+/-]{16,}=*$")
 _METRICS_ADDRESS = re.compile(
     r"^(?:(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):)?(?P<port>[^:]+)$"
 )
-# Pairs of settings, the first never above the second (nor equal to it, when False).
+# Pairs of settings, the first never above the second (and below it, when strict).
 _ORDERED = (
-    ("min_audio_sample_rate", "max_audio_sample_rate", True),
-    ("default_max_tokens", "max_tokens_limit", True),
-    ("task_soft_time_limit", "task_time_limit", False),
-    ("task_time_limit", "broker_visibility_timeout", False),
-    ("audio_ttl_seconds", "job_ttl_seconds", True),
+    ("min_audio_sample_rate", "max_audio_sample_rate", False),
+    ("default_max_tokens", "max_tokens_limit", False),
+    ("task_soft_time_limit", "task_time_limit", True),
+    ("task_time_limit", "broker_visibility_timeout", True),
+    ("audio_ttl_seconds", "job_ttl_seconds", False),
 )
 
 
@@ -412,15 +412,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
-        """The rules between settings: each pair's first may not be above (or at) its second."""
+        """The rules between settings."""
         if self.tts_voice not in self.tts_voices:
             raise ValueError(f"TTS_VOICE {self.tts_voice!r} must be one of TTS_VOICES")
-        for low, high, equal in _ORDERED:
-            if getattr(self, low) > getattr(self, high) or (
-                not equal and getattr(self, low) == getattr(self, high)
-            ):
-                relation = "above" if equal else "at or above"
-                raise ValueError(f"{low.upper()} must not be {relation} {high.upper()}")
+        for low, high, strict in _ORDERED:
+            first, second = getattr(self, low), getattr(self, high)
+            if first > second or (strict and first == second):
+                bound = "below" if strict else "at most"
+                raise ValueError(f"{low.upper()} must be {bound} {high.upper()}")
         return self
 
 
