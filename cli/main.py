@@ -1,17 +1,4 @@
-"""The `voicechat` command: ask by text or by a recording, follow a conversation, read or cancel
-a job. Talks to the service's public HTTP API only.
-
-Exit statuses (also in the README and in `voicechat --help`):
-
-- 0: the reply came (or the command did what it says)
-- 1: the job ended without a reply (failed, e.g. `no_speech`, or canceled)
-- 2: wrong usage: bad arguments, an unreadable recording, an output file that exists
-- 3: the service could not be reached (connection refused, timed out, broken)
-- 4: the service refused the request (4xx/5xx: its `code` and `detail` are printed)
-- 5: the service is busy: 429 or 503 (`Retry-After` is printed); try again later
-- 6: the job did not finish within `--timeout` (it goes on; its id is printed)
-- 130: interrupted by Ctrl-C; the running job was canceled
-"""
+"""The `voicechat` command: ask by text or recording, follow a conversation, read or cancel."""
 
 from __future__ import annotations
 
@@ -39,7 +26,7 @@ CANCEL_SECONDS = 5.0
 
 
 class Exit(enum.IntEnum):
-    """The command's exit statuses; see the module's docstring."""
+    """The exit statuses, as EPILOG tells them."""
 
     OK = 0
     NO_REPLY = 1
@@ -80,11 +67,7 @@ class Client:
         options: dict[str, str],
         save_to: ReplyAudio | None = None,
     ) -> Exit:
-        """Submits one prompt and follows its job to the end; Ctrl-C cancels it.
-
-        Raises:
-            ServiceError: The submit or the wait failed.
-        """
+        """Submits one prompt and follows its job to the end; Ctrl-C cancels it."""
         self.progress.start()
         deadline = time.monotonic() + self.timeout
         job_id = None

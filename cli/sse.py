@@ -33,11 +33,9 @@ def lines_of(chunks: Iterable[bytes]) -> Iterator[str]:
 
 
 def events_of(lines: Iterable[str]) -> Iterator[Event]:
-    """Parses SSE lines into events; each comment line yields a `QUIET` event, so that a
-    reader regains control at every keep-alive.
+    """Parses SSE lines into events (ValueError on data not JSON).
 
-    Raises:
-        ValueError: An event's data is not JSON (the service sends JSON only).
+    Each comment yields a `QUIET` event, so a reader regains control at every keep-alive.
     """
     kind, data, event_id = "message", list[str](), None
     for line in lines:

@@ -29,20 +29,9 @@ def make_engine(
 ) -> Engine:
     """Creates an engine for `url`, enabling WAL and a busy timeout on SQLite.
 
-    Args:
-        url: A SQLAlchemy database URL (SQLite or PostgreSQL).
-        hold_limit_seconds: For a worker's connections to PostgreSQL: the server ends a session
-            left idle inside a transaction this long, and probes its client's TCP connection
-            every few seconds, so a worker frozen or lost in the middle of a write (a paused VM,
-            a dead host) cannot hold a job's row lock, and with it the release of the job, for
-            longer. Give it more than the longest a worker may run a job.
-        ping_idle_seconds: For PostgreSQL: ping only a pooled connection idle this long
-            (`PING_IDLE_SECONDS` on the hot paths: the API and the job worker); 0 pings every
-            connection before use (SQLAlchemy's `pool_pre_ping`).
-        **kwargs: Passed on to `create_engine`.
-
-    Returns:
-        The engine.
+    On PostgreSQL, `hold_limit_seconds` (a worker's; more than a job may run) ends a session idle in
+    transaction that long and probes its TCP connection, so a frozen or lost worker cannot hold a
+    job's row lock longer; `ping_idle_seconds` pings only connections idle that long (0: every one).
     """
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
@@ -72,11 +61,7 @@ def make_engine(
 
 
 def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
-    """SQLAlchemy's pessimistic disconnect handling, for connections idle `idle_seconds` or more.
-
-    A failed ping raises `DisconnectionError`, on which the pool drops the connection and tries
-    another (up to three times) before the checkout fails.
-    """
+    """Pings connections idle `idle_seconds` or more; a failed one is dropped and another tried."""
 
     @event.listens_for(engine, "checkin")
     def _checked_in(_dbapi_connection: Any, record: Any) -> None:
@@ -106,8 +91,7 @@ _SQLITE_WRITERS_GUARD = threading.Lock()
 
 
 def write_turn(engine: Engine) -> AbstractContextManager[object]:
-    """Held around a write transaction (its first write to its commit): on SQLite, this
-    process's turn to write to that database; nothing on PostgreSQL, which locks rows."""
+    """Held around a write transaction: this process's writer turn on SQLite; no-op elsewhere."""
     if engine.dialect.name != "sqlite":
         return nullcontext()
     with _SQLITE_WRITERS_GUARD:

@@ -42,11 +42,9 @@ def withdraw(client: Redis, worker_id: str) -> None:
 
 
 def live_workers(client: Redis) -> list[dict[str, Any]]:
-    """Returns the report of every worker whose entry has not expired, by worker id.
+    """The report of every worker whose entry has not expired, by worker id.
 
-    Expired entries are pruned by score first: a worker that renews meanwhile has a later
-    score, so it is never pruned by mistake, and one pruned just before it renews is added
-    back by that renewal.
+    Pruning by score is safe: a worker renewing meanwhile has a later score, or adds itself back.
     """
     now = _server_now(client)
     with client.pipeline() as pipe:
@@ -71,6 +69,5 @@ def live_workers(client: Redis) -> list[dict[str, Any]]:
 
 
 def ready(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The workers among `workers` (as `live_workers` reports them) with their models loaded:
-    the ones that take jobs."""
+    """The workers (as `live_workers` reports them) with their models loaded: they take jobs."""
     return [info for info in workers if info.get("models_loaded")]

@@ -75,14 +75,11 @@ app.conf.update(
 
 @celeryd_init.connect
 def _log_early(**_kwargs: Any) -> None:
-    """Sets up the log lines before the worker's first warnings (its privilege check comes
-    before Celery's own logging set-up), so that no line of the worker is left unformatted."""
+    """Formats logging before the worker's privilege check warns, which precedes Celery's set-up."""
     configure(settings.log_format)
 
 
 @setup_logging.connect
 def _log_lines(loglevel: int | str | None = None, **_kwargs: Any) -> None:
-    """Every process of Celery (worker, pool child, maintenance worker, beat) logs through the
-    service's one handler, JSON or text by LOG_FORMAT: a receiver of this signal stands in
-    for Celery's own set-up, which would put its own format on the root logger."""
+    """Every Celery process logs through the service's handler; this receiver replaces Celery's."""
     configure(settings.log_format, loglevel or "INFO")

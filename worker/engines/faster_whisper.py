@@ -54,12 +54,7 @@ class FasterWhisperTranscriber:
     def transcribe(
         self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None
     ) -> Transcript:
-        """Transcribes 16 kHz mono float32 samples, in `language` or the configured one.
-
-        Raises:
-            NoSpeech: Voice activity detection found no speech, or every segment Whisper
-                produced looks like silence by its own thresholds.
-        """
+        """Transcribes 16 kHz mono float32; NoSpeech when VAD or Whisper hear only silence."""
         started = time.perf_counter()
         segments, info = self.model.transcribe(
             audio,

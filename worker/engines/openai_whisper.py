@@ -30,11 +30,7 @@ PACKAGED_CHECKPOINT = "openai-whisper-base.pt"
 
 
 def torch_device(setting: str, value: str) -> str:
-    """Resolves a device setting: "auto" is the first CUDA device if torch sees one, else the CPU.
-
-    Raises:
-        EngineUnavailable: A CUDA device is asked for and torch sees none.
-    """
+    """Resolves a device setting ("auto": CUDA if torch sees it); EngineUnavailable without CUDA."""
     import torch
 
     if value == "auto":
@@ -50,13 +46,9 @@ def _looks_like_path(value: str) -> bool:
 
 
 def packaged_checkpoint(settings: Settings) -> Path:
-    """Returns the packaged Whisper base as an openai-whisper checkpoint, converting it once.
+    """The packaged Whisper base as an openai-whisper checkpoint, converted once.
 
-    The conversion writes to a temporary name and renames, so workers starting together each
-    produce a whole file and the last rename wins.
-
-    Raises:
-        EngineUnavailable: The packaged model is missing or cannot be converted.
+    Workers starting together each write a whole file under a temporary name; the last rename wins.
     """
     from worker.engines.whisper_convert import ConversionError, convert
 
@@ -78,11 +70,7 @@ class OpenAIWhisperTranscriber:
     def __init__(
         self, model: str, *, device: str, language: str | None, threads: int | None = None
     ) -> None:
-        """Loads `model`: an official name found in openai-whisper's cache, or a .pt checkpoint.
-
-        Raises:
-            EngineUnavailable: The model is neither a checkpoint file nor a name it can fetch.
-        """
+        """Loads `model`: an official name in openai-whisper's cache, or a .pt checkpoint."""
         import torch
         import whisper
 
@@ -119,11 +107,7 @@ class OpenAIWhisperTranscriber:
     def transcribe(
         self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None
     ) -> Transcript:
-        """Transcribes 16 kHz mono float32 samples, in `language` or the configured one.
-
-        Raises:
-            NoSpeech: Every segment Whisper produced looks like silence by its own thresholds.
-        """
+        """Transcribes 16 kHz mono float32; NoSpeech when every segment looks silent to Whisper."""
         started = time.perf_counter()
         result: dict[str, Any] = self.model.transcribe(
             np.ascontiguousarray(audio, dtype=np.float32),
