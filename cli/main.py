@@ -79,23 +79,23 @@ class Client:
                 save_to.start(job_id)
             job = self._follow(job, deadline)
         except KeyboardInterrupt:
-            self.progress.end_line()
-            self.progress.done()
-            if save_to is not None:
-                save_to.discard()
+            self._stop_showing(save_to)
             self._cancel_at_interrupt(job_id)
             return Exit.INTERRUPTED
         except WaitTimedOut:
-            self.progress.end_line()
-            self.progress.done()
-            if save_to is not None:
-                save_to.discard()
+            self._stop_showing(save_to)
             self.progress.note(
                 f"no reply within {self.timeout:g} s; job {job_id} goes on "
                 f"(`voicechat job {job_id}` reads it, `voicechat cancel {job_id}` stops it)"
             )
             return Exit.TIMEOUT
         return self._report(job, save_to)
+
+    def _stop_showing(self, save_to: ReplyAudio | None) -> None:
+        self.progress.end_line()
+        self.progress.done()
+        if save_to is not None:
+            save_to.discard()
 
     def _follow(self, job: dict[str, Any], deadline: float) -> dict[str, Any]:
         """Shows the job's stages and streams its reply text until it ends; returns it."""
@@ -143,10 +143,7 @@ class Client:
         """Prints the ended job's reply (or why there is none) and saves its audio."""
         result = job.get("result") or {}
         if job["status"] != "succeeded":
-            self.progress.end_line()
-            self.progress.done()
-            if save_to is not None:
-                save_to.discard()
+            self._stop_showing(save_to)
             error = job.get("error") or {}
             why = ": ".join(str(part) for part in (error.get("code"), error.get("message")) if part)
             self.progress.note(f"job {job['id']} {job['status']}" + (f": {why}" if why else ""))

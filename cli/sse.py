@@ -21,7 +21,10 @@ class Event:
 
 
 def lines_of(chunks: Iterable[bytes]) -> Iterator[str]:
-    """Splits a stream of byte chunks into lines (LF or CRLF), as they complete."""
+    """Splits a stream of byte chunks into lines (LF or CRLF), as they complete.
+
+    Not requests' `iter_lines`: it reads a CRLF split across two chunks as two line ends.
+    """
     pending = b""
     for chunk in chunks:
         pending += chunk

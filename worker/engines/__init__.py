@@ -1,13 +1,12 @@
 """Stage contracts (transcribe, generate, synthesize) and the engine registry chosen by settings.
 
-Engine modules are imported only when chosen, so a worker configured for one stack never
-imports another's libraries.
+An engine's module is imported only when chosen: a worker never imports another stack's libraries.
 """
 
 from __future__ import annotations
 
-import importlib
 import io
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -146,10 +145,9 @@ def _build(setting: str, name: str, registry: dict[str, str], settings: Settings
             f"{setting}={name!r} is not a known engine; "
             f"choose one of {', '.join(sorted(registry))}."
         )
-    module_name, factory = target.split(":", 1)
     try:
-        adapter = getattr(importlib.import_module(module_name), factory)
-    except (ImportError, AttributeError) as error:
+        adapter = pkgutil.resolve_name(target)
+    except (ImportError, AttributeError, ValueError) as error:
         raise EngineUnavailable(f"{setting}={name!r} cannot be imported: {error}") from error
     return adapter.from_settings(settings)
 
