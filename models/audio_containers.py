@@ -147,7 +147,7 @@ def probe(
             sample_rate, channels = int(codec.sample_rate or 0), int(codec.channels or 0)
             if sample_rate <= 0 or channels <= 0:
                 raise UnsupportedAudioFormat(
-                    f"The {_NAMES[container]} recording states no sample rate or channel count."
+                    f"The {name} recording states no sample rate or channel count."
                 )
             if check_shape is not None:
                 check_shape(channels, sample_rate)
@@ -163,7 +163,7 @@ def probe(
         raise UnsupportedAudioFormat(f"The {name} recording cannot be read.") from error
     if declared is not None and seconds < declared - _CUT_SECONDS - 0.01 * declared:
         raise TruncatedAudio(
-            f"The {_NAMES[container]} recording is truncated: its header declares {declared:.2f} s "
+            f"The {name} recording is truncated: its header declares {declared:.2f} s "
             f"but its packets hold {seconds:.2f} s."
         )
     return Probe(container, codec_name, sample_rate, channels, seconds)

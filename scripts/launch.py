@@ -191,12 +191,13 @@ def migrate(database_url: str) -> None:
 # took its first job a second late (the first job after start took 0.8 s with engines that do
 # nothing, against 25 ms for the next); gossip only feeds mingle's kind of coordination.
 WITHOUT_COORDINATION = ["--without-mingle", "--without-gossip"]
+CELERY = [sys.executable, "-m", "celery", "-A", "worker.celery_app"]
 
 
 def worker_command(index: int) -> list[str]:
     """Worker `index` (1, 2, ...): one process, one job at a time, named apart from the others."""
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "--quiet", "worker",
+        *CELERY, "--quiet", "worker",
         "--loglevel=INFO", "--concurrency=1", "--prefetch-multiplier=1",
         "--queues=voicechat", f"--hostname=voicechat-{index}@%h", *WITHOUT_COORDINATION,
     ]  # fmt: skip
@@ -210,7 +211,7 @@ BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 def maintenance_command() -> list[str]:
     """The maintenance worker (run it with `MAINTENANCE_ENV`)."""
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "--quiet", "worker",
+        *CELERY, "--quiet", "worker",
         "--loglevel=INFO", "-Q", "maintenance", "--pool", "threads", "--concurrency", "4",
         "-n", "maintenance@%h", *WITHOUT_COORDINATION,
     ]  # fmt: skip
@@ -219,7 +220,7 @@ def maintenance_command() -> list[str]:
 def beat_command(data_dir: Path) -> list[str]:
     """Celery beat (one per deployment), its schedule file under the data folder."""
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "--quiet", "beat",
+        *CELERY, "--quiet", "beat",
         "--loglevel=INFO",
         f"--schedule={data_dir / BEAT_SCHEDULE_FILE}",
     ]  # fmt: skip
@@ -243,14 +244,13 @@ def service_commands(
     data_dir: Path | None = None,
 ) -> dict[str, list[str]]:
     """The service's command lines, run from the repository root, by process name."""
-    python = sys.executable
     data_dir = data_dir or Path(os.environ.get("DATA_DIR") or ROOT / "var").resolve()
     commands = {
         **{f"worker-{index}": worker_command(index) for index in range(1, workers + 1)},
         "maintenance": maintenance_command(),
         "beat": beat_command(data_dir),
         "api": [
-            python, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
+            sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
             "--bind", f"{host}:{port}", "api:create_app()",
         ],
     }  # fmt: skip
@@ -258,7 +258,7 @@ def service_commands(
         # Its user:password comes in FLOWER_BASIC_AUTH (Flower reads FLOWER_<OPTION>): an
         # argument would show in every local user's process list.
         commands["flower"] = [
-            python, "-m", "celery", "-A", "worker.celery_app", "flower",
+            *CELERY, "flower",
             "--address=127.0.0.1", f"--port={flower_port}",
         ]  # fmt: skip
     return commands
