@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
-# On the hot paths (the API, the job worker), a pooled PostgreSQL connection idle this long is
-# pinged before use: a server restart, a failover or a dropped TCP connection is found then, and
-# the pool opens a new one. One in use more recently is not: a ping on every checkout was a
-# round trip on every request (profiled on the submit route). The few connections a restart
-# breaks while busy fail their request with 503 `database_unavailable` (a worker's claim is
-# retried), and SQLAlchemy then replaces the whole pool.
+# On the hot paths (API, job worker) a pooled PostgreSQL connection idle this long is pinged
+# before use, finding a restart or a dropped connection; pinging every checkout cost a round trip
+# per request (profiled on submit). One broken while busy fails its request with 503
+# `database_unavailable` (a worker's claim is retried), and SQLAlchemy replaces the pool.
 PING_IDLE_SECONDS = 1.0
 
 
@@ -80,12 +77,10 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
             raise exc.DisconnectionError(str(error)) from error
 
 
-# SQLite lets one connection write at a time, and a writer that finds the database locked sleeps
-# in SQLite's busy handler, 1 ms, then 2, 5, 10 ... up to 100 ms a try, however soon the lock is
-# free: under concurrent submits those sleeps were the p99 (0.9 s at 16 connections,
-# bench.submit). A process's own writers take turns on a lock instead, each woken as soon as the
-# one before commits; only other processes' writers (the other API process, the worker) are
-# waited for inside SQLite.
+# SQLite's busy handler sleeps a locked writer 1, 2, 5 ... up to 100 ms a try, however soon the
+# lock frees: under concurrent submits that was the p99 (0.9 s at 16 connections, bench.submit).
+# A process's own writers take turns on a lock instead, woken at the previous commit; only other
+# processes' writers are waited for inside SQLite.
 _SQLITE_WRITERS: dict[str, threading.Lock] = {}
 _SQLITE_WRITERS_GUARD = threading.Lock()
 
@@ -101,17 +96,3 @@ def write_turn(engine: Engine) -> AbstractContextManager[object]:
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Returns a session factory whose objects stay readable after commit."""
     return sessionmaker(engine, expire_on_commit=False)
-
-
-@contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """Yields a session that commits on success and rolls back on error."""
-    session = factory()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()

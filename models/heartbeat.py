@@ -1,11 +1,8 @@
 """Worker liveness in Redis: a registry of live workers, each entry expiring unless renewed."""
 
-# Each worker with its models loaded keeps its entry alive: its id in one sorted set scored by
-# when it expires (Redis's own clock, so hosts' clocks never matter), and what it reports of
-# itself in a key of its own that expires at the same time. `/readyz` reads the set, pruned by
-# score on each read, instead of asking Celery (`inspect().ping()` waits a full timeout for
-# replies) or scanning the keyspace (which holds an event stream per job): one read whatever
-# Redis holds.
+# A worker's id sits in one sorted set scored by its expiry (Redis's clock, not the hosts'), its
+# report in a key expiring with it. `/readyz` reads the set, pruned by score: one read, unlike
+# Celery's `inspect().ping()` (waits a full timeout) or a keyspace scan (a stream per job).
 
 from __future__ import annotations
 

@@ -185,11 +185,9 @@ def migrate(database_url: str) -> None:
     command.upgrade(config, "head")
 
 
-# `--quiet`: no banner printed beside the log lines, which are JSON by default (LOG_FORMAT).
-# Neither mingle nor gossip: mingle spends the consumer's first second asking other workers for
-# revoked task ids (cancel is the service's own, on the row), so a worker whose models were ready
-# took its first job a second late (the first job after start took 0.8 s with engines that do
-# nothing, against 25 ms for the next); gossip only feeds mingle's kind of coordination.
+# `--quiet`: no banner beside the (JSON) log lines. No mingle: it spends a worker's first second
+# asking others for revoked ids (cancel is on the row), so the first job took 0.8 s against 25 ms
+# for the next; gossip only feeds mingle's kind of coordination.
 WITHOUT_COORDINATION = ["--without-mingle", "--without-gossip"]
 CELERY = [sys.executable, "-m", "celery", "-A", "worker.celery_app"]
 

@@ -18,10 +18,8 @@ settings = Settings.from_env()
 if gpu := os.environ.get("WORKER_GPU", "").strip():
     os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
-# The worker imports these when it starts, before it sends `celeryd_init` and before it builds
-# its bootsteps (celery.worker.WorkController.__init__: `loader.init_worker()` comes first), so
-# the signal handlers and the bootstep they register are in place in time. Celery's docs name
-# `imports`/`include` as the place for "signal handlers and additional remote control commands".
+# `include`, as Celery's docs advise for signal handlers: the worker imports these before it sends
+# `celeryd_init` and builds its bootsteps (`loader.init_worker()` comes first), so they are in time.
 app = Celery(
     "voicechat",
     broker=settings.redis_url,
