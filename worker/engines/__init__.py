@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import io
 import pkgutil
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import soundfile as sf
 
-from models.errors import EngineUnavailable
+from models.errors import EngineUnavailable, NoSpeech
 from models.settings import Settings
 from models.tables import Message as Message  # re-exported: the chat shape the stages speak
 
@@ -74,6 +75,39 @@ class Audio:
         buffer = io.BytesIO()
         sf.write(buffer, self.samples, self.sample_rate, subtype="PCM_16", format="WAV")
         return buffer.getvalue()
+
+
+# Whisper's own rule for a silent segment (openai/whisper transcribe.py): both a high
+# no-speech probability and a low average log-probability.
+NO_SPEECH_THRESHOLD = 0.6
+LOGPROB_THRESHOLD = -1.0
+
+
+def heard(
+    segments: Iterable[tuple[float, float, str, float, float]],
+    *,
+    language: str | None,
+    started: float,
+    duration: float,
+) -> Transcript:
+    """The transcript of Whisper's (start, end, text, no_speech_prob, avg_logprob) segments.
+
+    Silent segments are left out; NoSpeech when none is left.
+    """
+    spoken = tuple(
+        Segment(start=round(start, 2), end=round(end, 2), text=text.strip())
+        for start, end, text, no_speech, logprob in segments
+        if text.strip() and not (no_speech > NO_SPEECH_THRESHOLD and logprob < LOGPROB_THRESHOLD)
+    )
+    if not spoken:
+        raise NoSpeech("No speech was found in the recording.")
+    return Transcript(
+        text=" ".join(segment.text for segment in spoken),
+        language=language,
+        seconds=round(time.perf_counter() - started, 3),
+        segments=spoken,
+        duration=round(duration, 3),
+    )
 
 
 class Transcriber(Protocol):

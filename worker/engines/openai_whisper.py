@@ -10,18 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import EngineUnavailable, NoSpeech
+from models.errors import EngineUnavailable
 from models.settings import Settings
-from worker.engines import Segment, Transcript
+from worker.engines import LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD, Transcript, heard
 from worker.engines.model_files import assemble_whisper_base
 
 _LOGGER = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
-# Whisper's own rule for a silent segment (openai/whisper transcribe.py), as in faster_whisper.py:
-# both a high no-speech probability and a low average log-probability.
-NO_SPEECH_THRESHOLD = 0.6
-LOGPROB_THRESHOLD = -1.0
 # Beam search as faster-whisper does, on GPUs only: openai-whisper's beam search is about five
 # times the cost of greedy decoding on a CPU (Whisper base, one thread: 15.4 s against 2.7 s for
 # 17 s of speech, 3.7 s against 1.2 s for a 3.3 s question) for the same words there.
@@ -121,20 +117,12 @@ class OpenAIWhisperTranscriber:
             fp16=self.device.startswith("cuda"),  # half precision is slow or absent on CPUs
             verbose=None,
         )
-        spoken = tuple(
-            Segment(start=round(s["start"], 2), end=round(s["end"], 2), text=s["text"].strip())
-            for s in result["segments"]
-            if s["text"].strip()
-            and not (
-                s["no_speech_prob"] > NO_SPEECH_THRESHOLD and s["avg_logprob"] < LOGPROB_THRESHOLD
-            )
-        )
-        if not spoken:
-            raise NoSpeech("No speech was found in the recording.")
-        return Transcript(
-            text=" ".join(segment.text for segment in spoken),
+        return heard(
+            (
+                (s["start"], s["end"], s["text"], s["no_speech_prob"], s["avg_logprob"])
+                for s in result["segments"]
+            ),
             language=result.get("language"),
-            seconds=round(time.perf_counter() - started, 3),
-            segments=spoken,
-            duration=round(len(audio) / SAMPLE_RATE, 3),
+            started=started,
+            duration=len(audio) / SAMPLE_RATE,
         )
