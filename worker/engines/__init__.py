@@ -90,10 +90,7 @@ def heard(
     started: float,
     duration: float,
 ) -> Transcript:
-    """The transcript of Whisper's (start, end, text, no_speech_prob, avg_logprob) segments.
-
-    Silent segments are left out; NoSpeech when none is left.
-    """
+    """Whisper's (start, end, text, no_speech_prob, avg_logprob) segments, silent ones left out."""
     spoken = tuple(
         Segment(start=round(start, 2), end=round(end, 2), text=text.strip())
         for start, end, text, no_speech, logprob in segments
