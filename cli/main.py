@@ -1,17 +1,4 @@
-"""The `voicechat` command: ask by text or by a recording, follow a conversation, read or cancel
-a job. Talks to the service's public HTTP API only.
-
-Exit statuses (also in docs/usage.md and in `voicechat --help`):
-
-- 0: the reply came (or the command did what it says)
-- 1: the job ended without a reply (failed, e.g. `no_speech`, or canceled)
-- 2: wrong usage: bad arguments, an unreadable recording, an output file that exists
-- 3: the service could not be reached (connection refused, timed out, broken)
-- 4: the service refused the request (4xx/5xx: its `code` and `detail` are printed)
-- 5: the service is busy: 429 or 503 (`Retry-After` is printed); try again later
-- 6: the job did not finish within `--timeout` (it goes on; its id is printed)
-- 130: interrupted by Ctrl-C; the running job was canceled
-"""
+"""The `voicechat` command: ask by text or recording, follow a conversation, read or cancel."""
 
 from __future__ import annotations
 
@@ -39,7 +26,7 @@ CANCEL_SECONDS = 5.0
 
 
 class Exit(enum.IntEnum):
-    """The command's exit statuses; see the module's docstring."""
+    """The exit statuses, as EPILOG tells them."""
 
     OK = 0
     NO_REPLY = 1
@@ -80,11 +67,7 @@ class Client:
         options: dict[str, str],
         save_to: ReplyAudio | None = None,
     ) -> Exit:
-        """Submits one prompt and follows its job to the end; Ctrl-C cancels it.
-
-        Raises:
-            ServiceError: The submit or the wait failed.
-        """
+        """Submits one prompt and follows its job to the end; Ctrl-C cancels it."""
         self.progress.start()
         deadline = time.monotonic() + self.timeout
         job_id = None
@@ -96,23 +79,23 @@ class Client:
                 save_to.start(job_id)
             job = self._follow(job, deadline)
         except KeyboardInterrupt:
-            self.progress.end_line()
-            self.progress.done()
-            if save_to is not None:
-                save_to.discard()
+            self._stop_showing(save_to)
             self._cancel_at_interrupt(job_id)
             return Exit.INTERRUPTED
         except WaitTimedOut:
-            self.progress.end_line()
-            self.progress.done()
-            if save_to is not None:
-                save_to.discard()
+            self._stop_showing(save_to)
             self.progress.note(
                 f"no reply within {self.timeout:g} s; job {job_id} goes on "
                 f"(`voicechat job {job_id}` reads it, `voicechat cancel {job_id}` stops it)"
             )
             return Exit.TIMEOUT
         return self._report(job, save_to)
+
+    def _stop_showing(self, save_to: ReplyAudio | None) -> None:
+        self.progress.end_line()
+        self.progress.done()
+        if save_to is not None:
+            save_to.discard()
 
     def _follow(self, job: dict[str, Any], deadline: float) -> dict[str, Any]:
         """Shows the job's stages and streams its reply text until it ends; returns it."""
@@ -160,10 +143,7 @@ class Client:
         """Prints the ended job's reply (or why there is none) and saves its audio."""
         result = job.get("result") or {}
         if job["status"] != "succeeded":
-            self.progress.end_line()
-            self.progress.done()
-            if save_to is not None:
-                save_to.discard()
+            self._stop_showing(save_to)
             error = job.get("error") or {}
             why = ": ".join(str(part) for part in (error.get("code"), error.get("message")) if part)
             self.progress.note(f"job {job['id']} {job['status']}" + (f": {why}" if why else ""))

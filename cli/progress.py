@@ -1,8 +1,7 @@
 """What a waiting command shows: the job's stage on stderr, the reply text on stdout.
 
-On a terminal the stage is one line redrawn in place; otherwise (a log, a pipe) each stage is a
-line of its own. The reply's text streams to stdout as the model produces it; while it streams
-to the same terminal, the stage line is not drawn over it.
+On a terminal the stage is one line redrawn in place, never over the streaming reply; elsewhere
+each stage is a line of its own.
 """
 
 from __future__ import annotations
@@ -15,12 +14,7 @@ _ERASE = "\r\033[K"  # back to the line's start, and clear it
 
 
 class Progress:
-    """The display of one job, or of several in turn (`voicechat chat`).
-
-    Args:
-        out: Where the reply text goes (stdout).
-        err: Where stages and notes go (stderr); a terminal gets a single redrawn line.
-    """
+    """The display of one job, or of several in turn (`voicechat chat`)."""
 
     def __init__(self, out: TextIO, err: TextIO) -> None:
         self.out = out
@@ -60,8 +54,7 @@ class Progress:
         self.err.flush()
 
     def text(self, piece: str) -> None:
-        """Writes the next piece of the reply to stdout; white space at its ends is held back
-        (a model's tokens start or end with spaces), so stdout gets the reply as it ends."""
+        """Writes the next piece of the reply, holding back white space at its ends until more."""
         self.received += piece
         visible = self.received.strip()
         if len(visible) == len(self.streamed):
@@ -80,8 +73,7 @@ class Progress:
         self.received = self.streamed = ""
 
     def final(self, text: str) -> None:
-        """Ends the reply on stdout with `text`, the job's whole reply: written again whole if
-        what streamed was not it (a lost attempt's words), else just the line's end."""
+        """Ends the reply: written again whole if what streamed differs (a lost attempt's words)."""
         if self.streamed != text.strip():
             self.end_line()
             self.out.write(text.strip())

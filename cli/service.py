@@ -37,8 +37,7 @@ class WaitTimedOut(ServiceError):
 
 
 class Refused(ServiceError):
-    """The service answered with an error: its problem's `code` and `detail`, and when to
-    come back for 429 and 503 (`Retry-After`)."""
+    """The service answered an error: its `code`, `detail`, and `Retry-After` (429, 503)."""
 
     def __init__(self, status: int, code: str, detail: str, retry_after: str | None) -> None:
         self.status = status
@@ -59,8 +58,7 @@ class Refused(ServiceError):
 
     @classmethod
     def of(cls, response: requests.Response) -> Refused:
-        """The error an error answer says: problem+json (RFC 9457), OpenAI's error object,
-        or, from anything else (a proxy), its status and the start of its text."""
+        """The error an answer says: problem+json, OpenAI's error, or status and text (a proxy)."""
         code, detail = "", ""
         try:
             body = response.json()
@@ -80,8 +78,7 @@ class Refused(ServiceError):
 
 
 def _unreachable(url: str, error: requests.RequestException) -> Unreachable:
-    """Says in words why `url` gave no answer (never the request's headers: the key is in
-    them)."""
+    """Says in words why `url` gave no answer (never the headers: the key is in them)."""
     if isinstance(error, requests.ConnectTimeout):
         why = f"no connection within {CONNECT_SECONDS:g} s"
     elif isinstance(error, requests.Timeout):
@@ -113,12 +110,7 @@ def _reason(error: BaseException) -> BaseException | None:
 
 
 class Service:
-    """One service, reached at `url` with an optional API key.
-
-    Args:
-        url: The service's base URL, e.g. `http://127.0.0.1:8000`.
-        api_key: Sent as `Authorization: Bearer`; None sends none (a service running open).
-    """
+    """One service at `url`; `api_key` is sent as a Bearer token (None: the service runs open)."""
 
     def __init__(self, url: str, api_key: str | None) -> None:
         self.url = url.rstrip("/")
@@ -130,12 +122,7 @@ class Service:
     def request(
         self, method: str, path: str, *, read_seconds: float = READ_SECONDS, **options: Any
     ) -> requests.Response:
-        """Sends one request; answers only a 2xx or 3xx.
-
-        Raises:
-            Unreachable: No answer came.
-            Refused: The answer was an error.
-        """
+        """Sends one request; raises Unreachable with no answer, Refused on an error."""
         try:
             response = self.http.request(
                 method, self.url + path, timeout=(CONNECT_SECONDS, read_seconds), **options
@@ -151,13 +138,9 @@ class Service:
         return str(self.request("POST", "/v1/conversations").json()["id"])
 
     def submit(self, text: str | None, audio: Path | None, options: dict[str, str]) -> Any:
-        """Submits a prompt, as text or as a recording; returns the job (202's body).
+        """Submits a prompt as text or as a recording (the multipart part `audio`); returns the job.
 
-        Args:
-            text: The prompt's text, or None for `audio`.
-            audio: A recording in any format the service takes, sent as the multipart part
-                `audio` (the service reads the bytes, not the name or the label).
-            options: `reply`, `conversation_id`, `voice`, `max_tokens`, ..., as form values.
+        `options` (`reply`, `conversation_id`, `voice`, ...) go as form values.
         """
         if audio is None:
             return self.request("POST", "/v1/jobs", json={"text": text, **options}).json()
@@ -175,17 +158,9 @@ class Service:
         return self.request("POST", f"/v1/jobs/{job_id}/cancel", read_seconds=read_seconds).json()
 
     def events(self, job_id: str, deadline: float) -> Iterator[Event]:
-        """The job's events from the first, ending with `done`; a broken stream is resumed
-        after the last event seen (`Last-Event-ID`), a few times in a row at most.
+        """The job's events up to `done`, resuming a broken stream a few times (`Last-Event-ID`).
 
-        Args:
-            job_id: The job.
-            deadline: `time.monotonic()` after which to stop waiting.
-
-        Raises:
-            WaitTimedOut: The deadline passed before `done`.
-            Unreachable: The stream could not be opened or resumed.
-            Refused: The service would not stream (e.g. 503 `server_busy`).
+        Raises WaitTimedOut past `deadline` (a `time.monotonic()`).
         """
         last_id, failures = "0", 0
         while True:
@@ -216,8 +191,7 @@ class Service:
                 raise Unreachable(f"the event stream of job {job_id} kept breaking")
 
     def download_audio(self, job_id: str, into: BinaryIO, read_seconds: float) -> int:
-        """Writes the job's spoken reply to `into` as it comes (streamed while the job runs);
-        returns the bytes written."""
+        """Writes the spoken reply to `into` as it streams; returns the bytes written."""
         written = 0
         path = f"/v1/jobs/{job_id}/audio"
         with self.request("GET", path, stream=True, read_seconds=read_seconds) as response:

@@ -21,7 +21,10 @@ class Event:
 
 
 def lines_of(chunks: Iterable[bytes]) -> Iterator[str]:
-    """Splits a stream of byte chunks into lines (LF or CRLF), as they complete."""
+    """Splits a stream of byte chunks into lines (LF or CRLF), as they complete.
+
+    Not requests' `iter_lines`: it reads a CRLF split across two chunks as two line ends.
+    """
     pending = b""
     for chunk in chunks:
         pending += chunk
@@ -33,11 +36,9 @@ def lines_of(chunks: Iterable[bytes]) -> Iterator[str]:
 
 
 def events_of(lines: Iterable[str]) -> Iterator[Event]:
-    """Parses SSE lines into events; each comment line yields a `QUIET` event, so that a
-    reader regains control at every keep-alive.
+    """Parses SSE lines into events (ValueError on data not JSON).
 
-    Raises:
-        ValueError: An event's data is not JSON (the service sends JSON only).
+    Each comment yields a `QUIET` event, so a reader regains control at every keep-alive.
     """
     kind, data, event_id = "message", list[str](), None
     for line in lines:

@@ -1,8 +1,7 @@
 """API keys: made, found by their secret's hash, revoked; and whether the service runs open.
 
-A key's secret is `vc_` and 32 random bytes (url-safe base64), shown once when it is made; only
-its SHA-256 is stored. The service runs open (no authentication) while the database holds no
-unrevoked key, and only then may it listen on loopback alone (`check_bind`).
+A secret is `vc_` and 32 random bytes, shown once; only its SHA-256 is stored. With no unrevoked
+key the service runs open, and then only on loopback (`check_bind`).
 """
 
 from __future__ import annotations
@@ -53,17 +52,7 @@ def create_key(
     requests_per_minute: int | None = None,
     max_unfinished_jobs: int | None = None,
 ) -> NewKey:
-    """Makes and commits a key.
-
-    Args:
-        session: A database session.
-        name: What the key is for, shown in listings.
-        requests_per_minute: The key's own rate limit; None means RATE_LIMIT_PER_MINUTE.
-        max_unfinished_jobs: The key's own quota; None means MAX_UNFINISHED_JOBS.
-
-    Returns:
-        The key, with its secret and its webhook secret (Standard Webhooks' `whsec_` form).
-    """
+    """Makes and commits a key with its secret and webhook secret; None limits: the service's."""
     secret = SECRET_PREFIX + secrets.token_urlsafe(32)
     webhook_secret = WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
     row = ApiKey(
@@ -82,8 +71,7 @@ def create_key(
 
 @dataclass(frozen=True)
 class Caller:
-    """What a request needs of its key: whose it is, and its own rate limit (None: the
-    service's)."""
+    """Whose key a request carries, and its own rate limit (None: the service's)."""
 
     key_id: str
     requests_per_minute: int | None
@@ -95,8 +83,10 @@ _CALLER = select(ApiKey.id, ApiKey.requests_per_minute).where(
 
 
 def find_caller(engine: Engine, secret: str) -> Caller | None:
-    """The unrevoked key whose secret this is, or None: one lookup on the unique hash, on a
-    connection held only for it (no ORM object: this runs on every keyed request)."""
+    """The unrevoked key whose secret this is, or None.
+
+    Runs on every keyed request: one lookup on the unique hash, on a connection held only for it.
+    """
     with engine.connect() as connection:
         row = connection.execute(_CALLER, {"secret_hash": hash_secret(secret)}).first()
     return None if row is None else Caller(row.id, row.requests_per_minute)
@@ -108,8 +98,7 @@ def list_keys(session: Session) -> list[ApiKey]:
 
 
 def revoke_key(session: Session, key_id: str) -> ApiKey | None:
-    """Revokes a key at once (its next request is refused); None when no key has this id.
-    Revoking a revoked key keeps its first revocation time."""
+    """Revokes a key at once (None: no such key); a second revocation keeps the first's time."""
     row = session.get(ApiKey, key_id)
     if row is not None and row.revoked_at is None:
         row.revoked_at = utcnow()
@@ -124,9 +113,10 @@ def any_keys(session: Session) -> bool:
 
 
 class KeyMode:
-    """Whether keys are required, asked of the database at most every `MODE_CACHE_SECONDS`
-    (not once per request). A key is always looked up on its own, so a revoked key stops
-    working at once; only the switch between open and keyed lags, by those seconds at most."""
+    """Whether keys are required, asked of the database at most every `MODE_CACHE_SECONDS`.
+
+    A key is always looked up itself, so revoking is immediate; only open/keyed lags, by that much.
+    """
 
     def __init__(self, sessions: sessionmaker[Session], ttl: float = MODE_CACHE_SECONDS) -> None:
         self.sessions = sessions
@@ -160,19 +150,14 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True)
 class BindCheck:
-    """What the keys say about listening on some addresses: whether to refuse, and whether the
-    service will run open (known only when the keys could be read)."""
+    """Whether to refuse listening on some addresses, and whether the service runs open."""
 
     refusal: str | None
     runs_open: bool
 
 
 def check_bind(sessions: sessionmaker[Session], hosts: Iterable[str]) -> BindCheck:
-    """Whether the service may start listening on `hosts`.
-
-    With no unrevoked key it runs open, which is allowed on loopback only; a database that
-    cannot be read counts as holding no key there.
-    """
+    """Whether the service may listen on `hosts`: running open, only on loopback."""
     public = sorted({host or "0.0.0.0" for host in hosts if not is_loopback(host)})
     try:
         with sessions() as session:
@@ -193,8 +178,7 @@ def check_bind(sessions: sessionmaker[Session], hosts: Iterable[str]) -> BindChe
 
 
 def check_bind_at(database_url: str, hosts: Iterable[str]) -> BindCheck:
-    """`check_bind` against the database at `database_url`, in an engine of its own that waits
-    5 s at most for PostgreSQL to answer (a process about to start must not hang on it)."""
+    """`check_bind` in an engine of its own, waiting 5 s at most: a starting process never hangs."""
     options: dict[str, Any] = {}
     if database_url.startswith("postgres"):
         options["connect_args"] = {"connect_timeout": 5}

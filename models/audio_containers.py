@@ -1,6 +1,5 @@
-"""Compressed recordings (WebM/Matroska, Ogg, MP3, MP4/M4A, FLAC) through PyAV: recognised by
-their bytes, measured at the edge by their structure and packets (never decoded there), and
-decoded to 16 kHz mono by the worker."""
+"""Compressed recordings (WebM, Ogg, MP3, MP4/M4A, FLAC) through PyAV: sniffed, probed without
+decoding at the edge, decoded to 16 kHz mono by the worker."""
 
 from __future__ import annotations
 
@@ -81,10 +80,7 @@ class Probe:
 
 
 def sniff(data: bytes) -> str | None:
-    """Names the container the bytes start like (`webm`, `ogg`, `mp3`, `mp4`, `flac`), or None.
-
-    Decided by magic numbers alone; WAV is `models.audio.looks_like_wav`'s.
-    """
+    """The container the bytes start like, by magic numbers alone (WAV is `models.audio`'s)."""
     for offset, magic, container in _MAGIC:
         if data[offset : offset + len(magic)] == magic:
             return container
@@ -135,31 +131,11 @@ def probe(
     max_seconds: float,
     check_shape: Callable[[int, int], None] | None = None,
 ) -> Probe:
-    """Measures a compressed recording by its container and packets, without decoding it.
+    """Measures a recording by its structure, header and demuxed (not decoded) packets.
 
-    The cheap checks come first: the bytes' structure (an element, page or box running past
-    the end is a cut), the stream's codec and shape, and a duration the header declares. Then
-    the packets are demuxed (not decoded) and their durations counted, stopping once past
-    `max_seconds`: a header may lie or say nothing (Chromium's MediaRecorder writes no
-    duration), the packets cannot.
-
-    Args:
-        data: The uploaded bytes, which `sniff` named `container`.
-        container: `webm`, `ogg`, `mp3`, `mp4` or `flac`.
-        max_seconds: The longest recording accepted.
-        check_shape: Called with the channel count and sample rate before any packet is read.
-
-    Returns:
-        The container, codec, sample rate, channels and duration.
-
-    Raises:
-        UnsupportedAudioFormat: The container cannot be read.
-        NoAudioStream: It holds no audio stream.
-        UnsupportedAudioCodec: Its audio is in none of `ACCEPTED_CODECS`.
-        TruncatedAudio: The bytes stop short of what the container declares.
-        EmptyAudio: The audio stream has no packets.
-        AudioTooLong: The recording is longer than `max_seconds`.
-        VoiceChatError: Whatever `check_shape` raises.
+    Cheap checks first (a cut structure, codec, `check_shape(channels, rate)`, the declared
+    duration), then the packets are counted up to `max_seconds`: a header may lie or say nothing
+    (MediaRecorder writes no duration), the packets cannot.
     """
     name = _NAMES[container]
     if _cut_short(data, container):
@@ -171,7 +147,7 @@ def probe(
             sample_rate, channels = int(codec.sample_rate or 0), int(codec.channels or 0)
             if sample_rate <= 0 or channels <= 0:
                 raise UnsupportedAudioFormat(
-                    f"The {_NAMES[container]} recording states no sample rate or channel count."
+                    f"The {name} recording states no sample rate or channel count."
                 )
             if check_shape is not None:
                 check_shape(channels, sample_rate)
@@ -187,30 +163,16 @@ def probe(
         raise UnsupportedAudioFormat(f"The {name} recording cannot be read.") from error
     if declared is not None and seconds < declared - _CUT_SECONDS - 0.01 * declared:
         raise TruncatedAudio(
-            f"The {_NAMES[container]} recording is truncated: its header declares {declared:.2f} s "
+            f"The {name} recording is truncated: its header declares {declared:.2f} s "
             f"but its packets hold {seconds:.2f} s."
         )
     return Probe(container, codec_name, sample_rate, channels, seconds)
 
 
 def decode(path: Path | str, container: str, max_seconds: float) -> np.ndarray:
-    """Decodes a compressed recording to 16 kHz mono float32, the form Whisper expects.
+    """Decodes to 16 kHz mono float32 for Whisper, stopping past `max_seconds`.
 
-    A packet the decoder refuses is skipped, as players do; a recording most of whose packets
-    are refused is invalid.
-
-    Args:
-        path: A file that `probe` accepted.
-        container: What `sniff` named it.
-        max_seconds: The longest recording accepted (decoding stops past it).
-
-    Returns:
-        The samples, in [-1, 1].
-
-    Raises:
-        InvalidAudio: The file cannot be decoded (or decodes to no samples).
-        AudioTooLong: It decodes to more than `max_seconds`.
-        UnsupportedAudioFormat: It holds no audio stream, or one in a codec not taken.
+    A refused packet is skipped, as players do; a recording mostly refused is invalid.
     """
     limit = int((max_seconds + _SLACK_SECONDS) * WHISPER_SAMPLE_RATE)
     chunks: list[np.ndarray] = []
@@ -274,8 +236,7 @@ def _codec_name(stream: Any) -> str:
 def _declared_seconds(
     reader: av.container.InputContainer, stream: Any, container: str, data: bytes
 ) -> float | None:
-    """The duration the header states, or None: none stated, or only FFmpeg's guess from the
-    bitrate (an MP3 without a Xing, Info or VBRI frame)."""
+    """The header's duration, or None for none or for FFmpeg's bitrate guess (MP3, no Xing)."""
     if container == MP3 and not any(tag in data[:16384] for tag in (b"Xing", b"Info", b"VBRI")):
         return None
     if stream.duration and stream.time_base:
@@ -286,12 +247,7 @@ def _declared_seconds(
 
 
 def _demuxed_seconds(reader: av.container.InputContainer, stream: Any, max_seconds: float) -> float:
-    """Counts the packets' durations (and their timestamps' span), stopping once past the limit.
-
-    Raises:
-        EmptyAudio: No packet.
-        AudioTooLong: Over `max_seconds`, or more packets than that much audio holds.
-    """
+    """The packets' duration (or timestamp span), raising once past the limit in time or count."""
     time_base = float(stream.time_base or 0)
     if time_base <= 0:
         raise UnsupportedAudioFormat("The recording's stream has no time base.")
@@ -331,8 +287,7 @@ def _id3_cut(data: bytes) -> bool:
 
 
 def _ebml_vint(data: bytes, pos: int, *, marker: bool) -> tuple[int, int] | None:
-    """An EBML variable-length integer at `pos`: (value, length); None when it runs past the
-    end. A zero first byte (no length marker) is no integer: (-1, 1)."""
+    """(value, length) of the EBML varint at `pos`; None past the end, (-1, 1) for no marker."""
     if pos >= len(data):
         return None
     first = data[pos]
@@ -346,8 +301,7 @@ def _ebml_vint(data: bytes, pos: int, *, marker: bool) -> tuple[int, int] | None
 
 
 def _ebml_element(data: bytes, pos: int) -> tuple[int, int, int | None] | bool:
-    """The element at `pos`: its id, where its body starts and its size (None: unknown); True
-    when its header runs past the end, False when no element starts there."""
+    """(id, body start, size or None if unknown) at `pos`; True if cut, False if no element."""
     ident = _ebml_vint(data, pos, marker=True)
     size = None if ident is None else _ebml_vint(data, pos + ident[1], marker=False)
     if ident is None or size is None:
@@ -359,8 +313,7 @@ def _ebml_element(data: bytes, pos: int) -> tuple[int, int, int | None] | bool:
 
 
 def _ebml_cut(data: bytes) -> bool:
-    """Walks WebM's elements; a Segment and an unknown-size Cluster (as MediaRecorder writes
-    them, for it cannot seek back) are entered, every other element is skipped by its size."""
+    """Walks WebM's elements, entering Segment and unknown-size Clusters (MediaRecorder's)."""
     pos = 0
     for _ in range(_MAX_ELEMENTS):
         if pos >= len(data):
@@ -400,8 +353,7 @@ def _ogg_cut(data: bytes) -> bool:
 
 
 def _mp4_box(data: bytes, pos: int) -> int | None:
-    """The size of the box at `pos` (0: it runs to the end of the file; -1: no box starts
-    there), or None when its header runs past the end."""
+    """The box size at `pos` (0: to the end; -1: no box), or None when its header is cut."""
     if pos + 8 > len(data):
         return None
     (size,) = struct.unpack_from(">I", data, pos)

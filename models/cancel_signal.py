@@ -1,10 +1,6 @@
-"""The quick word that a running job was asked to stop: a Redis key the worker reads at its
-token, sentence and stage boundaries.
-
-Reading the row on every token would cost a query per token; a key costs one Redis GET, and the
-worker reads it at most every `CHECK_SECONDS`. The row's `cancel_requested` stays the truth: the
-worker's lease keeper reads it at every renewal, so a lost key (Redis restarted) delays the stop
-by a heartbeat, never loses it.
+"""The quick word that a running job was asked to stop: a Redis key, read at most every
+`CHECK_SECONDS` instead of a query per token. The row's `cancel_requested` stays the truth
+(the lease keeper reads it): a lost key delays the stop by a heartbeat, never loses it.
 """
 
 from __future__ import annotations
@@ -27,11 +23,7 @@ def key(job_id: str) -> str:
 
 
 def raise_flag(redis: Redis, job_id: str, *, ttl_seconds: int) -> bool:
-    """Tells the job's worker to stop, for `ttl_seconds` (longer than the job may still run).
-
-    Returns:
-        Whether the key was set; a failure is logged, and the worker learns it from the row.
-    """
+    """Tells the job's worker to stop for `ttl_seconds`; a failure is logged and returns False."""
     try:
         redis.set(key(job_id), "1", ex=ttl_seconds)
     except (RedisError, OSError) as error:
@@ -41,9 +33,5 @@ def raise_flag(redis: Redis, job_id: str, *, ttl_seconds: int) -> bool:
 
 
 def is_raised(redis: Redis, job_id: str) -> bool:
-    """Whether job `job_id` was asked to stop.
-
-    Raises:
-        RedisError: Redis is unreachable; the caller goes on (the row is the truth).
-    """
+    """Whether job `job_id` was asked to stop (on RedisError the caller goes on: the row rules)."""
     return bool(redis.exists(key(job_id)))

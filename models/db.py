@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
-# On the hot paths (the API, the job worker), a pooled PostgreSQL connection idle this long is
-# pinged before use: a server restart, a failover or a dropped TCP connection is found then, and
-# the pool opens a new one. One in use more recently is not: a ping on every checkout was a
-# round trip on every request (profiled on the submit route). The few connections a restart
-# breaks while busy fail their request with 503 `database_unavailable` (a worker's claim is
-# retried), and SQLAlchemy then replaces the whole pool.
+# On the hot paths (API, job worker) a pooled PostgreSQL connection idle this long is pinged
+# before use, finding a restart or a dropped connection; pinging every checkout cost a round trip
+# per request (profiled on submit). One broken while busy fails its request with 503
+# `database_unavailable` (a worker's claim is retried), and SQLAlchemy replaces the pool.
 PING_IDLE_SECONDS = 1.0
 
 
@@ -29,20 +26,9 @@ def make_engine(
 ) -> Engine:
     """Creates an engine for `url`, enabling WAL and a busy timeout on SQLite.
 
-    Args:
-        url: A SQLAlchemy database URL (SQLite or PostgreSQL).
-        hold_limit_seconds: For a worker's connections to PostgreSQL: the server ends a session
-            left idle inside a transaction this long, and probes its client's TCP connection
-            every few seconds, so a worker frozen or lost in the middle of a write (a paused VM,
-            a dead host) cannot hold a job's row lock, and with it the release of the job, for
-            longer. Give it more than the longest a worker may run a job.
-        ping_idle_seconds: For PostgreSQL: ping only a pooled connection idle this long
-            (`PING_IDLE_SECONDS` on the hot paths: the API and the job worker); 0 pings every
-            connection before use (SQLAlchemy's `pool_pre_ping`).
-        **kwargs: Passed on to `create_engine`.
-
-    Returns:
-        The engine.
+    On PostgreSQL, `hold_limit_seconds` (a worker's; more than a job may run) ends a session idle in
+    transaction that long and probes its TCP connection, so a frozen or lost worker cannot hold a
+    job's row lock longer; `ping_idle_seconds` pings only connections idle that long (0: every one).
     """
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
@@ -72,11 +58,7 @@ def make_engine(
 
 
 def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
-    """SQLAlchemy's pessimistic disconnect handling, for connections idle `idle_seconds` or more.
-
-    A failed ping raises `DisconnectionError`, on which the pool drops the connection and tries
-    another (up to three times) before the checkout fails.
-    """
+    """Pings connections idle `idle_seconds` or more; a failed one is dropped and another tried."""
 
     @event.listens_for(engine, "checkin")
     def _checked_in(_dbapi_connection: Any, record: Any) -> None:
@@ -95,19 +77,16 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
             raise exc.DisconnectionError(str(error)) from error
 
 
-# SQLite lets one connection write at a time, and a writer that finds the database locked sleeps
-# in SQLite's busy handler, 1 ms, then 2, 5, 10 ... up to 100 ms a try, however soon the lock is
-# free: under concurrent submits those sleeps were the p99 (0.9 s at 16 connections,
-# bench.submit). A process's own writers take turns on a lock instead, each woken as soon as the
-# one before commits; only other processes' writers (the other API process, the worker) are
-# waited for inside SQLite.
+# SQLite's busy handler sleeps a locked writer 1, 2, 5 ... up to 100 ms a try, however soon the
+# lock frees: under concurrent submits that was the p99 (0.9 s at 16 connections, bench.submit).
+# A process's own writers take turns on a lock instead, woken at the previous commit; only other
+# processes' writers are waited for inside SQLite.
 _SQLITE_WRITERS: dict[str, threading.Lock] = {}
 _SQLITE_WRITERS_GUARD = threading.Lock()
 
 
 def write_turn(engine: Engine) -> AbstractContextManager[object]:
-    """Held around a write transaction (its first write to its commit): on SQLite, this
-    process's turn to write to that database; nothing on PostgreSQL, which locks rows."""
+    """Held around a write transaction: this process's writer turn on SQLite; no-op elsewhere."""
     if engine.dialect.name != "sqlite":
         return nullcontext()
     with _SQLITE_WRITERS_GUARD:
@@ -117,17 +96,3 @@ def write_turn(engine: Engine) -> AbstractContextManager[object]:
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Returns a session factory whose objects stay readable after commit."""
     return sessionmaker(engine, expire_on_commit=False)
-
-
-@contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """Yields a session that commits on success and rolls back on error."""
-    session = factory()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()

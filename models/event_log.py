@@ -1,14 +1,8 @@
 """Each job's event log in a Redis Stream: the worker appends, the web process reads.
 
-A stream rather than pub/sub because a subscriber that joins late (or reconnects with
-`Last-Event-ID`) must still get what it missed, the final event above all. The job row stays the
-truth: a failed append is logged and ignored, and readers fall back to the row.
-
-Appends are fenced like the row's writes (models/transitions.py): each carries its attempt, and a
-script appends it only if no later attempt has written and no `done` is in the log. So there is
-one `done` per job and nothing after it, and an attempt that lost its lease cannot add a word once
-its job is queued again or a later attempt runs; a restart is marked `status: queued` with the
-lost attempt before the next attempt's first event.
+A stream, not pub/sub: a late reader (`Last-Event-ID`) still gets what it missed. The row stays
+the truth: a failed append is logged, readers fall back to the row. Appends are fenced by attempt
+like the row's writes: one `done` per job and nothing after it, and no word from a lost attempt.
 """
 
 from __future__ import annotations
@@ -91,12 +85,12 @@ class Append(Enum):
 
 
 def key(job_id: str) -> str:
-    """Returns the stream key of a job."""
+    """The stream key of a job."""
     return f"{KEY_PREFIX}{job_id}"
 
 
 def fence_key(job_id: str) -> str:
-    """Returns the key of a job's fence: which attempts may append, and its final event's id."""
+    """A job's fence: the lowest attempt that may append, and its `done` event's id."""
     return f"{KEY_PREFIX}{job_id}:fence"
 
 
@@ -114,37 +108,19 @@ class JobEvents:
         self._append = redis.register_script(_APPEND)
 
     def warm(self) -> None:
-        """Connects and loads the append script now, so the first event written pays for
-        neither (EVALSHA would first miss, then load it).
-
-        Raises:
-            RedisError: Redis is unreachable.
-        """
+        """Connects and loads the append script now, so the first event pays for neither."""
         self.redis.script_load(_APPEND)
 
     @classmethod
     def connect(cls, redis_url: str, *, ttl_seconds: int) -> JobEvents:
-        """A writer with a Redis client of its own, made in the process that uses it (after any
-        fork), with timeouts short enough that a lost Redis costs a job seconds, not minutes."""
+        """A client of its own (make it after any fork); a lost Redis costs seconds, not minutes."""
         client = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
         return cls(client, ttl_seconds=ttl_seconds)
 
     def publish(
         self, job_id: str, event_type: str, data: dict[str, Any], *, attempt: int
     ) -> Append:
-        """Appends an event of `attempt`, unless the fence refuses it.
-
-        Args:
-            job_id: The job.
-            event_type: One of the event types above.
-            data: The event's fields.
-            attempt: The attempt writing (0 for the API, before any attempt); `done` is
-                appended whatever the attempt, once.
-
-        Returns:
-            Whether it was appended, refused by the fence, or Redis could not be reached (logged,
-            never raised).
-        """
+        """Appends an event of `attempt` (0: the API) unless fenced; never raises on Redis."""
         arguments: list[str | int] = [
             attempt,
             event_type,
@@ -166,20 +142,14 @@ class JobEvents:
         return Append.APPENDED if appended else Append.FENCED
 
     def requeued(self, job_id: str, attempt: int) -> Append:
-        """Tells that `attempt` was lost and its job is queued again; from then on the fence
-        refuses that attempt's events."""
+        """Tells that `attempt` was lost and its job queued again; the fence refuses it from now."""
         return self.publish(
             job_id, STATUS, {"status": "queued", "attempt": attempt}, attempt=attempt
         )
 
     def erase(self, job_id: str, *, fence_seconds: int) -> None:
-        """Deletes a job's stream and leaves its fence closed for `fence_seconds` (longer than
-        an attempt of it may still run): the attempt's next event is refused, as after a lost
-        lease, so it stops and appends nothing more.
-
-        Raises:
-            RedisError: Redis is unreachable.
-        """
+        """Deletes a job's stream, its fence closed for `fence_seconds` (longer than an attempt
+        may still run): a running attempt's next event is refused, so it stops."""
         fence = fence_key(job_id)
         pipe = self.redis.pipeline()  # MULTI: no append lands between the delete and the close
         pipe.delete(key(job_id), fence)
@@ -188,22 +158,14 @@ class JobEvents:
         pipe.execute()
 
     def ended_by(self, job_id: str, after: str) -> bool:
-        """Whether stream id `after` is at or past the job's `done`: a reader has seen the end.
-
-        Raises:
-            RedisError: Redis is unreachable.
-        """
+        """Whether stream id `after` is at or past the job's `done`: the reader has seen the end."""
         if after == "0":  # a reader from the start has seen nothing: no round trip
             return False
         done = self.redis.hget(fence_key(job_id), "done")
         return done is not None and _stream_id(after) >= _stream_id(_text(done))
 
     def read(self, job_id: str, after: str = "0", *, block_ms: int | None = None) -> list[Event]:
-        """Returns the events after stream id `after`, waiting up to `block_ms` for the first.
-
-        Raises:
-            RedisError: Redis is unreachable; the caller falls back to the job row.
-        """
+        """The events after stream id `after`, waiting up to `block_ms` for the first."""
         answer: Any = self.redis.xread({key(job_id): after}, count=500, block=block_ms)
         events = []
         for _stream, entries in answer or []:
@@ -218,23 +180,11 @@ class JobEvents:
 def announce_end(
     session: Session, events: JobEvents, job_id: str, *, webhooks: WebhookSender
 ) -> bool:
-    """Appends a finished job's `done` event, read from its row, queues its `completed`
-    webhook if it asked for one, and records that both are done.
+    """Appends a finished job's `done`, queues its `completed` webhook, and records both done.
 
-    Whoever ends a job calls this once; the reconciler calls it again for any end whose
-    announcer died or could not reach Redis. The fence keeps it to one `done` either way; a
-    webhook queued twice carries the same `webhook-id` and is delivered once (worker/webhooks.py).
-    The process that appends the `done` counts the job in `voicechat_jobs_finished`.
-
-    Args:
-        session: A database session.
-        events: The job event log.
-        job_id: The job.
-        webhooks: Sends a webhook delivery to the maintenance queue.
-
-    Returns:
-        Whether the log now holds the job's `done` and its webhook is queued (False: not
-        finished, or Redis unreachable).
+    Whoever ends a job calls it; the reconciler again for an announcer that died or lost Redis.
+    The fence keeps one `done`; a webhook queued twice keeps its `webhook-id`, delivered once.
+    Returns False when the job is not finished or Redis is unreachable.
     """
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or not job.job_status.terminal:

@@ -1,11 +1,8 @@
 """Worker liveness in Redis: a registry of live workers, each entry expiring unless renewed."""
 
-# Each worker with its models loaded keeps its entry alive: its id in one sorted set scored by
-# when it expires (Redis's own clock, so hosts' clocks never matter), and what it reports of
-# itself in a key of its own that expires at the same time. `/readyz` reads the set, pruned by
-# score on each read, instead of asking Celery (`inspect().ping()` waits a full timeout for
-# replies) or scanning the keyspace (which holds an event stream per job): one read whatever
-# Redis holds.
+# A worker's id sits in one sorted set scored by its expiry (Redis's clock, not the hosts'), its
+# report in a key expiring with it. `/readyz` reads the set, pruned by score: one read, unlike
+# Celery's `inspect().ping()` (waits a full timeout) or a keyspace scan (a stream per job).
 
 from __future__ import annotations
 
@@ -42,11 +39,9 @@ def withdraw(client: Redis, worker_id: str) -> None:
 
 
 def live_workers(client: Redis) -> list[dict[str, Any]]:
-    """Returns the report of every worker whose entry has not expired, by worker id.
+    """The report of every worker whose entry has not expired, by worker id.
 
-    Expired entries are pruned by score first: a worker that renews meanwhile has a later
-    score, so it is never pruned by mistake, and one pruned just before it renews is added
-    back by that renewal.
+    Pruning by score is safe: a worker renewing meanwhile has a later score, or adds itself back.
     """
     now = _server_now(client)
     with client.pipeline() as pipe:
@@ -71,6 +66,5 @@ def live_workers(client: Redis) -> list[dict[str, Any]]:
 
 
 def ready(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The workers among `workers` (as `live_workers` reports them) with their models loaded:
-    the ones that take jobs."""
+    """The workers (as `live_workers` reports them) with their models loaded: they take jobs."""
     return [info for info in workers if info.get("models_loaded")]

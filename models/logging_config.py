@@ -1,12 +1,9 @@
-"""How every process logs: one JSON object a line (LOG_FORMAT=json) or text for a person, with
-the request and the job being served on each line, and no secret on any.
+"""How every process logs: JSON lines or text, with request and job ids, and no secret.
 
-The ids travel in context variables: the API sets `REQUEST_ID` for the length of a request
-(api/__init__.py), the worker sets `JOB_ID` around a job (worker/tasks.py), and a filter on the
-one handler copies them onto every record. Lines that name a job in their text (`job_id=…`, as
-the house style writes them) or in Celery's own task records get its id too, whichever thread
-or process logged them. gunicorn's access lines take the request's id from the answer's
-`X-Request-ID`: gunicorn writes them after the request's context is gone.
+The ids travel in context variables (`REQUEST_ID` set by the API, `JOB_ID` by the worker) that a
+filter on the one handler copies onto each record; a line naming `job_id=…` or a Celery task
+record gets it too, whatever thread logged it. gunicorn's access lines take `X-Request-ID` from
+the answer, written after the request's context is gone.
 """
 
 from __future__ import annotations
@@ -52,15 +49,7 @@ def _configured_secrets() -> tuple[str, ...]:
 
 
 def redact(text: str, literal: tuple[str, ...] = ()) -> str:
-    """Returns `text` with every secret in it replaced by `[redacted]`.
-
-    Args:
-        text: A formatted log line.
-        literal: Configured secret values to replace wherever they appear.
-
-    Returns:
-        The line without secrets.
-    """
+    """`text` with every secret in it (and each `literal` value) replaced by `[redacted]`."""
     for secret in literal:
         text = text.replace(secret, REDACTED)
     return _SECRETS.sub(REDACTED, text)
@@ -84,8 +73,7 @@ class ContextFilter(logging.Filter):
 
 
 def _job_of(record: logging.LogRecord) -> str | None:
-    """The job a record is about: the one running here, the task Celery reports on (a job's
-    task id is its id), or the one its text names."""
+    """The job of a record: the one running here, Celery's task, or one its text names."""
     job = JOB_ID.get()
     if job:
         return job
@@ -132,16 +120,7 @@ class TextFormatter(logging.Formatter):
 
 
 def dict_config(log_format: str, level: str | int = "INFO") -> dict[str, Any]:
-    """The `logging.config.dictConfig` of a process: one handler on stderr, every logger
-    (gunicorn's and Celery's included) through it.
-
-    Args:
-        log_format: `json` or `text` (LOG_FORMAT).
-        level: The root logger's level.
-
-    Returns:
-        The configuration, also usable as gunicorn's `logconfig_dict`.
-    """
+    """The `dictConfig` (also gunicorn's `logconfig_dict`): one stderr handler for every logger."""
     formatter = JsonLineFormatter if log_format == "json" else TextFormatter
     through_root = {"level": "INFO", "handlers": [], "propagate": True}
     return {
@@ -169,11 +148,6 @@ def dict_config(log_format: str, level: str | int = "INFO") -> dict[str, Any]:
 
 
 def configure(log_format: str, level: str | int = "INFO") -> None:
-    """Sets up this process's logging (`dict_config`), warnings included.
-
-    Args:
-        log_format: `json` or `text` (LOG_FORMAT).
-        level: The root logger's level.
-    """
+    """Sets up this process's logging (`dict_config`), warnings included."""
     logging.config.dictConfig(dict_config(log_format, level))
     logging.captureWarnings(True)

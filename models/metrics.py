@@ -1,10 +1,7 @@
-"""The service's Prometheus figures, recorded by the API, the job workers and the maintenance
-worker alike, and read back as one registry.
+"""The service's Prometheus figures, recorded by every process and read back as one registry.
 
-With PROMETHEUS_MULTIPROC_DIR set (the launcher sets it for every process it starts) each
-process writes its figures to files of its own in that folder, and a scrape of any of them sums
-them all (prometheus_client's multiprocess mode): gunicorn's workers, a worker's pool child and
-its parent on one host are read as one service. Without it each process keeps its own.
+With PROMETHEUS_MULTIPROC_DIR (the launcher sets it) each process writes files of its own there
+and a scrape sums them all (prometheus_client's multiprocess mode); without it, each its own.
 """
 
 from __future__ import annotations
@@ -83,8 +80,7 @@ def job_finished(status: str, code: str | None) -> None:
 
 
 def exposition(*live: Collector) -> bytes:
-    """The figures of this host's processes (or of this process alone, outside multiprocess
-    mode), then those of the `live` collectors, read now, in Prometheus's text format."""
+    """This host's figures (or this process's), then the `live` collectors', in the text format."""
     stored = REGISTRY
     if (folder := multiprocess_dir()) is not None:
         stored = CollectorRegistry()
@@ -102,15 +98,7 @@ def process_gone(pid: int) -> None:
 
 
 def serve(host: str, port: int) -> bool:
-    """Serves this host's figures at `http://host:port/` from a thread of this process.
-
-    Args:
-        host: The address to listen on.
-        port: The port.
-
-    Returns:
-        Whether it listens (another process of the host may hold the port already).
-    """
+    """Serves this host's figures from a thread; False when another process holds the port."""
     registry = REGISTRY
     if (folder := multiprocess_dir()) is not None:
         registry = CollectorRegistry()

@@ -38,11 +38,7 @@ def encode_cursor(job: Job) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Parses a cursor of `CURSOR_PATTERN`'s shape (made by `encode_cursor`, or not).
-
-    Raises:
-        InvalidCursor: The cursor does not have that shape.
-    """
+    """Parses a cursor of `CURSOR_PATTERN`'s shape, or raises InvalidCursor."""
     if not _CURSOR.fullmatch(cursor):
         raise InvalidCursor("The cursor is not one this service made.")
     micros, _, job_id = cursor.partition("-")
@@ -57,8 +53,7 @@ def list_jobs(
     limit: int,
     cursor: str | None,
 ) -> Page:
-    """Lists the jobs of API key `owner` (None: the jobs made open) newest first, `limit` at a
-    time, by keyset pagination on (created_at, id): ix_jobs_api_key_id_created_at_id."""
+    """`owner`'s jobs (None: the open ones), newest first, keyset-paged on (created_at, id)."""
     owned = Job.api_key_id.is_(None) if owner is None else Job.api_key_id == owner
     query = select(Job).where(owned).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
     if status is not None:
@@ -75,11 +70,7 @@ def list_jobs(
 
 
 def expired_leases(session: Session, limit: int = 100) -> list[tuple[str, int]]:
-    """Running jobs whose holder stopped renewing its lease, by the database's clock.
-
-    Returns:
-        (job id, attempt) pairs: the attempt is what a release must find still in place.
-    """
+    """(job id, attempt) of running jobs whose lease expired by the database's clock."""
     query = (
         select(Job.id, Job.attempts)
         .where(
@@ -106,15 +97,13 @@ def queued_longer_than(session: Session, seconds: float, limit: int = 1000) -> l
 
 
 def queued_jobs(session: Session, at_most: int) -> int:
-    """How many jobs are queued, counted only up to `at_most` (a LIMIT in a subquery, on
-    ix_jobs_status_created_at), so that a long queue costs no more than `at_most` index entries."""
+    """Queued jobs counted up to `at_most` (a LIMIT subquery): a long queue costs no more."""
     queued = select(Job.id).where(Job.status == JobStatus.QUEUED.value).limit(at_most)
     return int(session.scalar(select(func.count()).select_from(queued.subquery())) or 0)
 
 
 def recent_run_seconds(session: Session, count: int) -> list[float]:
-    """How long (started to finished) each of the last `count` jobs that succeeded ran, newest
-    first (ix_jobs_finished_at, read from its newest end)."""
+    """Run seconds of the last `count` successful jobs, newest first (ix_jobs_finished_at)."""
     query = (
         select(Job.started_at, Job.finished_at)
         .where(
@@ -156,10 +145,9 @@ def queued_between(
 
 
 def unannounced_ends(session: Session, older_than_seconds: float, limit: int = 100) -> list[str]:
-    """Ids of finished jobs whose `done` event is not known to be in their event log.
+    """Ids of jobs that ended over `older_than_seconds` ago with no `done` known in their log.
 
-    Only those that ended more than `older_than_seconds` ago: a younger one's announcer may
-    still be about to publish (a second publish would be refused, but costs a round trip).
+    A younger one's announcer may still be publishing (a second publish is refused, but costs time).
     """
     query = (
         select(Job.id)
@@ -184,6 +172,5 @@ def conversation_messages(session: Session, conversation_id: str) -> list[Messag
 
 
 def cancel_requested(session: Session, job_id: str) -> bool:
-    """Whether a job was asked to stop (its row's `cancel_requested`, the truth the worker's
-    lease keeper reads at each renewal)."""
+    """Whether a job was asked to stop (the row's word, read by the lease keeper each renewal)."""
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))

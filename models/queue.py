@@ -29,12 +29,10 @@ RETENTION_TASK = "worker.sweep_retention"
 
 
 def send_job(celery: Celery, job_id: str, marks: Redis) -> None:
-    """Sends a job's message by task name, so the sender needs none of the worker's code, and
-    marks the job sent.
+    """Sends a job's message by task name (no worker code needed) and marks the job sent.
 
-    The job id doubles as the task id, so the reconciler can tell which jobs have a message in
-    the broker, and a job sent again (after its worker was lost) keeps its id. A mark that
-    cannot be written costs at most a second, harmless message (the claim is conditional).
+    The job id is the task id: the reconciler sees which jobs have a message, a resent job keeps
+    its id. A mark not written costs at most a harmless second message (the claim is conditional).
     """
     celery.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, queue=JOB_QUEUE)
     try:
@@ -57,12 +55,9 @@ def forget_marks_before(client: Redis, seconds_ago: float) -> None:
 
 
 def waiting_jobs(client: Redis) -> int:
-    """How many jobs wait in the queue for a worker, in O(1): the length of the list kombu's
-    Redis transport keeps for it (jobs are sent without a priority, so there is one list).
-    A job a worker has taken (running, or prefetched) is not counted.
+    """Jobs waiting for a worker, in O(1): the length of kombu's one list (no priorities are sent).
 
-    Raises:
-        redis.RedisError: Redis is unreachable.
+    A job a worker has taken (running, or prefetched) is not counted.
     """
     return int(client.llen(JOB_QUEUE))
 
@@ -101,11 +96,7 @@ class JobQueue:
         )
 
     def warm(self) -> None:
-        """Connects the publisher now, so the first submit pays no connection set-up.
-
-        Raises:
-            OperationalError: Redis is unreachable.
-        """
+        """Connects the publisher now, so the first submit pays no connection set-up."""
         with self.celery.producer_or_acquire() as producer:
             producer.connection.ensure_connection(max_retries=1)
             # kombu declares a queue on its first publish (a few Redis commands); now instead.
@@ -116,11 +107,7 @@ class JobQueue:
         self.marks.ping()
 
     def enqueue(self, job_id: str) -> None:
-        """Publishes a job for the worker.
-
-        Raises:
-            BrokerUnavailable: Redis could not take the message.
-        """
+        """Publishes a job for the worker (BrokerUnavailable when Redis cannot take it)."""
         try:
             send_job(self.celery, job_id, self.marks)
         except (OperationalError, OSError) as error:
@@ -128,11 +115,7 @@ class JobQueue:
             raise BrokerUnavailable("The job queue is unreachable; try again shortly.") from error
 
     def send_webhook(self, job_id: str, event: str) -> None:
-        """Queues the first delivery attempt of a job's webhook event.
-
-        Raises:
-            BrokerUnavailable: Redis could not take the message.
-        """
+        """Queues the first delivery attempt of a job's webhook event (BrokerUnavailable)."""
         try:
             send_webhook(self.celery, job_id, event)
         except (OperationalError, OSError) as error:

@@ -1,11 +1,7 @@
-"""A job's files (uploaded recordings, spoken replies) under server-made names, in one of two
-stores: a local directory (one host) or the database (any number of hosts, no shared filesystem).
+"""A job's files under server-made names, in a local directory (one host) or the database.
 
-Names are made by the server, never by the client: `{job_id}.{ext}` for an upload (the
-extension of the container its bytes were recognised as: `wav`, `webm`, `ogg`, `mp3`, `m4a`,
-`flac`) and `{job_id}-{attempt}.wav` for a reply. A reply is written under its attempt's own
-name, so an attempt that lost its lease can never overwrite the file another attempt's row
-points at; the row names its reply only through the lease holder's fenced `succeed`.
+A reply is named by its attempt, so an attempt that lost its lease never overwrites the file the
+row points at (the row names it only through the lease holder's fenced `succeed`).
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, and_, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.errors import InsufficientStorage
@@ -52,16 +48,12 @@ def reply_name(job_id: str, attempt: int) -> str:
 
 
 def sentence_name(job_id: str, attempt: int, index: int) -> str:
-    """The stored name of one spoken sentence of an attempt's reply: 16-bit mono PCM, no header.
-
-    A player streams these while the job runs; the reply's WAV is them joined.
-    """
+    """One spoken sentence of an attempt's reply (16-bit mono PCM), streamed while the job runs."""
     return f"{_checked(job_id)}-{int(attempt)}-s{int(index)}.pcm"
 
 
 def job_id_of(name: str) -> str | None:
-    """The job a stored name belongs to (its part before the first `-` or `.`), or None when the
-    name is none of the server's."""
+    """The job a stored name belongs to, or None when the name is none of the server's."""
     job_id = name.split(".", 1)[0].split("-", 1)[0]
     return job_id if job_id.isalnum() else None
 
@@ -86,11 +78,7 @@ class Store(Protocol):
         ...
 
     def read(self, name: str) -> bytes:
-        """Returns a stored file's bytes.
-
-        Raises:
-            FileNotFoundError: Nothing is stored under `name`.
-        """
+        """A stored file's bytes (FileNotFoundError when there is none)."""
         ...
 
     def exists(self, name: str) -> bool:
@@ -125,16 +113,11 @@ class LocalStore:
         self.root = root
 
     def path(self, name: str) -> Path:
-        """Returns the path of a stored file, refusing names that would leave the store."""
+        """A stored file's path, refusing names that would leave the store."""
         return self.root / _safe(name)
 
     def write(self, name: str, data: bytes) -> str:
-        """Writes `data` atomically: to a temporary file in the same directory, flushed to disk,
-        then renamed over the final name, so a reader never sees half a file.
-
-        Raises:
-            InsufficientStorage: The disk is full; the temporary file is removed.
-        """
+        """Writes a synced temporary file renamed over `name`: a reader never sees half a file."""
         final = self.path(name)
         try:
             return self._write(final, data)
@@ -215,6 +198,9 @@ class DatabaseStore:
         self.area = area
         self.scratch = scratch  # where `as_file` puts its copies
 
+    def _is(self, name: str) -> ColumnElement[bool]:
+        return and_(StoredFile.area == self.area, StoredFile.name == _safe(name))
+
     def write(self, name: str, data: bytes) -> str:
         with self.sessions() as session:
             session.merge(StoredFile(area=self.area, name=_safe(name), data=data))
@@ -223,28 +209,18 @@ class DatabaseStore:
 
     def read(self, name: str) -> bytes:
         with self.sessions() as session:
-            query = select(StoredFile.data).where(
-                StoredFile.area == self.area, StoredFile.name == _safe(name)
-            )
-            data = session.scalar(query)
+            data = session.scalar(select(StoredFile.data).where(self._is(name)))
         if data is None:
             raise FileNotFoundError(f"{self.area}/{name}")
         return bytes(data)
 
     def exists(self, name: str) -> bool:
         with self.sessions() as session:
-            query = select(StoredFile.name).where(
-                StoredFile.area == self.area, StoredFile.name == _safe(name)
-            )
-            return session.scalar(query) is not None
+            return session.scalar(select(StoredFile.name).where(self._is(name))) is not None
 
     def delete(self, name: str) -> None:
         with self.sessions() as session:
-            session.execute(
-                delete(StoredFile).where(
-                    StoredFile.area == self.area, StoredFile.name == _safe(name)
-                )
-            )
+            session.execute(delete(StoredFile).where(self._is(name)))
             session.commit()
 
     def local_path(self, name: str) -> Path | None:
@@ -296,14 +272,7 @@ class JobFiles(Protocol):
 
 
 def delete_job_files(job: JobFiles, uploads: Store, results: Store) -> None:
-    """Deletes every file a job may have: its recording, each attempt's reply and sentences
-    (an attempt whose process was killed leaves its own behind).
-
-    Args:
-        job: The job's row, or its id, attempts, recording and reply format.
-        uploads: The recordings' store.
-        results: The replies' store.
-    """
+    """Deletes a job's recording and each attempt's reply and sentences (a killed one's too)."""
     if job.input_audio_file:
         uploads.delete(job.input_audio_file)
     if job.reply_format != ReplyFormat.VOICE.value:
@@ -317,16 +286,7 @@ def delete_job_files(job: JobFiles, uploads: Store, results: Store) -> None:
 
 
 def open_store(settings: Settings, area: str, sessions: sessionmaker[Session]) -> Store:
-    """The store of one kind of file, as `STORAGE_BACKEND` chooses.
-
-    Args:
-        settings: The running settings.
-        area: `UPLOADS` or `RESULTS`.
-        sessions: Database sessions, for the database store.
-
-    Returns:
-        The store.
-    """
+    """The store of `area` (`UPLOADS` or `RESULTS`), as `STORAGE_BACKEND` chooses."""
     if settings.storage_backend == "database":
         return DatabaseStore(sessions, area, scratch=settings.data_dir / "tmp")
     return LocalStore(settings.data_dir / area)

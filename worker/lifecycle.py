@@ -28,18 +28,15 @@ _MAINTENANCE_ONLY = (
 
 
 def runs_jobs() -> bool:
-    """Whether this worker runs jobs (it loads the models) rather than the maintenance queue
-    (WORKER_ROLE=maintenance: no models, no readiness entry, so /readyz never counts it)."""
+    """Whether this worker runs jobs, not the maintenance queue (no models, not in /readyz)."""
     return settings.worker_role == "jobs"
 
 
 @celeryd_init.connect
 def _refuse_unusable_engines(options: dict[str, Any] | None = None, **_kwargs: Any) -> None:
-    """Stops `celery worker` before it forks when an engine setting cannot work.
+    """Stops `celery worker` before it forks when an engine setting cannot work (nothing loaded).
 
-    Checks names, libraries and model files without loading anything (worker/engines/
-    validation.py). SystemExit passes through Celery's signal dispatch, which catches Exception
-    only, and ends the parent with status 1 and one line on stderr naming the setting.
+    SystemExit, as Celery's signal dispatch catches Exception only: status 1, one line on stderr.
     """
     from worker.engines.validation import validate_engines
 
@@ -60,9 +57,10 @@ def _refuse_unusable_engines(options: dict[str, Any] | None = None, **_kwargs: A
 
 
 def _serve_metrics() -> None:
-    """Serves the host's figures on WORKER_METRICS_PORT, for a worker on another host than the
-    API's (whose /metrics reads this host's only). It needs PROMETHEUS_MULTIPROC_DIR: the
-    figures are recorded in the pool's child, and the parent serves them from that folder."""
+    """Serves the host's figures on WORKER_METRICS_PORT, for a worker apart from the API's host.
+
+    The pool's child records them under PROMETHEUS_MULTIPROC_DIR; the parent serves that folder.
+    """
     if not settings.worker_metrics_port:
         return
     if metrics.multiprocess_dir() is None:
@@ -96,8 +94,7 @@ def _load_engines(**_kwargs: Any) -> None:
 
 @worker_process_shutdown.connect
 def _stop_child(**_kwargs: Any) -> None:
-    """Withdraws the child's readiness (its key and its gauge) and releases its engines as the
-    child exits."""
+    """Withdraws the child's readiness (key and gauge) and releases its engines as it exits."""
     if _KEEPER is not None:
         _KEEPER.stop()
     runtime.close_engines()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -68,17 +69,10 @@ class Outcome:
 
 
 class Progress(Protocol):
-    """Receives each stage as it starts, with what the stage before it produced, and the reply
-    text as it is generated."""
+    """Told of each stage as it starts, of the reply text as it comes, and of each sentence."""
 
     def enter(self, stage: Stage, done: Transcript | Reply | None = None) -> None:
-        """Records that `stage` started.
-
-        Args:
-            stage: The stage starting now.
-            done: The result of the stage before it, to keep as a checkpoint; None when there
-                was none in this run (the prompt was text, or it was resumed from a checkpoint).
-        """
+        """`stage` starts; `done` is the previous stage's result to checkpoint (None: none ran)."""
         ...
 
     def delta(self, text: str) -> None:
@@ -86,13 +80,7 @@ class Progress(Protocol):
         ...
 
     def sentence(self, index: int, text: str, audio: Audio) -> None:
-        """Passes on one spoken sentence of the reply as soon as it is synthesized.
-
-        Args:
-            index: Its place in the reply, from 0.
-            text: The sentence as the reply has it.
-            audio: Its speech; the reply's audio is the sentences' audio joined in order.
-        """
+        """Passes on sentence `index` (from 0) as soon as it is synthesized."""
         ...
 
 
@@ -105,22 +93,8 @@ def fit_to_context(
 ) -> list[Message]:
     """Drops the oldest turns of `history` until the chat leaves room for `max_tokens`.
 
-    Counting uses the model's own tokenizer and chat template (`Generator.count_tokens`). The
-    cut is found by bisection (fewer turns never take more tokens) and moved forward to a user
-    turn, so the kept history never opens with an answer to a question that was dropped.
-
-    Args:
-        generator: The loaded language model.
-        head: System messages, always kept.
-        history: Earlier turns, oldest first.
-        prompt: The new user message, always kept.
-        max_tokens: Room to leave for the reply.
-
-    Returns:
-        The messages to send.
-
-    Raises:
-        ContextLengthExceeded: The system messages and the prompt alone leave no room.
+    The cut is found by bisection (fewer turns never take more tokens), then moved forward to a
+    user turn, so the history never opens with an answer to a dropped question.
     """
     budget = generator.context_tokens - max_tokens
 
@@ -133,14 +107,7 @@ def fit_to_context(
             f"The prompt takes {needed} tokens and the reply may take {max_tokens}: more than "
             f"the model's {generator.context_tokens}-token context window."
         )
-    low, high = 0, len(history)  # fits(high) holds; find the smallest start that fits
-    while low < high:
-        middle = (low + high) // 2
-        if fits(middle):
-            high = middle
-        else:
-            low = middle + 1
-    start = low
+    start = bisect.bisect_left(range(len(history)), True, key=fits)
     if start > 0:
         while start < len(history) and history[start]["role"] != "user":
             start += 1
@@ -180,18 +147,7 @@ class Pipeline:
         )
 
     def run(self, job: JobInput, progress: Progress) -> Outcome:
-        """Runs the job's operation: chat (transcribing and speaking as asked), transcribe, speak.
-
-        Args:
-            job: The job's input and options.
-            progress: Told of each stage as it starts, with the previous stage's result.
-
-        Returns:
-            The transcript, the reply and the spoken reply, as applicable.
-
-        Raises:
-            VoiceChatError: A domain error (no speech, context too long, empty reply, ...).
-        """
+        """Runs the job's operation: chat (hearing and speaking as asked), transcribe, or speak."""
         if job.operation is Operation.TRANSCRIBE:
             progress.enter(Stage.TRANSCRIBING)
             return Outcome(transcript=self._transcribe(job), reply=None, reply_text="", audio=None)
@@ -203,11 +159,7 @@ class Pipeline:
         return self._chat(job, progress)
 
     def _chat(self, job: JobInput, progress: Progress) -> Outcome:
-        """Hears the prompt, answers it and speaks the answer, skipping checkpointed stages.
-
-        A spoken answer is synthesized sentence by sentence while the model generates it, so
-        its first sentence can be heard long before the reply is complete.
-        """
+        """Hears, answers and speaks, skipping checkpointed stages; speech starts mid-reply."""
         transcript: Transcript | None = None
         reply: Reply | None = None
         reply_text = job.reply_text
@@ -285,11 +237,7 @@ class Pipeline:
 
 
 def _spoken(speaker: Speaker) -> Audio:
-    """The reply's audio: its sentences joined.
-
-    Raises:
-        EmptyReply: No sentence had words to speak.
-    """
+    """The reply's audio: its sentences joined (EmptyReply when none had words)."""
     audio = speaker.joined()
     if audio is None:
         raise EmptyReply("The reply has no words to speak.")

@@ -1,20 +1,14 @@
 """The reconciler: puts jobs whose delivery was lost back on the queue.
 
-It closes two gaps. A `running` job whose worker died stops having its lease renewed; once the
-lease expires it is released and republished (its next claim counts an attempt, so a job that
-kills every worker fails after `MAX_ATTEMPTS`). A `queued` job whose message never reached Redis
-(the API died between commit and publish) or was lost with it (a Redis restart inside the AOF's
-one-second window) is republished. Duplicate messages are harmless: the claim is a conditional
-UPDATE. A job whose end was never announced (its announcer died after the terminal commit, or
-Redis was down) gets its `done` event now; the log's fence keeps it to one.
+A `running` job whose lease expired (its worker died) is released and republished (its claim
+counts an attempt: a job that kills every worker fails after `MAX_ATTEMPTS`); a `queued` job
+whose message never reached Redis or was lost with it is republished (the claim's conditional
+UPDATE makes duplicates harmless); an end never announced gets its `done` now.
 
-A pass costs what changed since the last one, not what the queue or the history holds. Each
-sent job is marked in the broker's Redis (models/queue.py), so a new job is checked by its
-mark: only the jobs that came in since the last pass are read. The whole queue is read only
-when a message may have been lost without its mark: the Redis server restarted (its run id
-changed, or the reconciler's own state is gone with the data) or a worker left the registry
-(it may have taken messages it never acknowledged, which kombu would restore only after the
-visibility timeout). Messages a worker took but has not acknowledged do not count as waiting.
+A pass costs what changed since the last: sent jobs are marked in the broker (models/queue.py), so
+only new jobs are read. The whole queue is read only when a message may have been lost unmarked:
+Redis restarted (new run id, or our state gone) or a worker left (its unacknowledged messages
+return only after the visibility timeout).
 """
 
 from __future__ import annotations
@@ -60,8 +54,7 @@ class Report:
 
 @dataclass(frozen=True)
 class Horizon:
-    """What a pass saw of the broker: its server's run id, the live workers, and the newest
-    creation time up to which every queued job has been checked."""
+    """A pass's view of the broker: run id, live workers, and up to when queued jobs are checked."""
 
     run_id: str
     workers: frozenset[str]
@@ -91,8 +84,7 @@ class Horizon:
             return None
 
     def covers(self, now: Horizon) -> bool:
-        """Whether no message can have been lost unmarked since this was saved: the same Redis
-        server, and every worker then still alive."""
+        """Whether no message can be lost unmarked since: same Redis, all its workers alive."""
         return self.run_id == now.run_id and self.workers <= now.workers
 
     def save(self, broker: Redis) -> None:
@@ -123,9 +115,9 @@ def _task_ids(payloads: Iterable[bytes | str]) -> set[str]:
 
 
 def job_ids_waiting(client: Redis, queue: str) -> set[str]:
-    """Ids of the jobs that have a message waiting in `queue`.
+    """Ids of the jobs with a message waiting in `queue` (the task id is the job id).
 
-    The API publishes each job with the job id as the Celery task id.
+    A message a worker took but has not acknowledged is not waiting.
     """
     keys = [queue, *(f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in range(10))]
     waiting: list[bytes | str] = []
@@ -144,21 +136,10 @@ def reconcile(
     queue: str,
     queued_after_seconds: int,
 ) -> Report:
-    """Runs one pass: releases expired leases (ending `canceled` those asked to stop),
-    republishes jobs missing from the broker, and announces ends that were never announced.
+    """One pass: releases expired leases (canceling those asked to stop), republishes jobs missing
+    from the broker, announces unannounced ends; returns the ids of each.
 
-    Args:
-        session: A database session.
-        broker: The Redis the jobs are queued in.
-        events: The job event log: a released job's stream says it is queued again.
-        publish: Sends the message for a job id.
-        webhooks: Sends a webhook delivery (an end announced now gets its `completed` one).
-        queue: The queue's name.
-        queued_after_seconds: How long a job may stay queued with no message before it is
-            republished (covers the moment between the API's commit and its publish).
-
-    Returns:
-        The ids released, republished, announced and canceled.
+    A job queued under `queued_after_seconds` is not yet missing: the API may be about to publish.
     """
     released, canceled = [], []
     for job_id, attempt in queries.expired_leases(session):
@@ -202,8 +183,7 @@ def reconcile(
 def _lost_in_full(
     session: Session, broker: Redis, queue: str, queued_after_seconds: int
 ) -> list[str]:
-    """The jobs queued longer than `queued_after_seconds` with no message waiting, by reading
-    the whole queue: only after a restart of Redis or the loss of a worker."""
+    """Jobs queued past `queued_after_seconds` without a message, by reading the whole queue."""
     stale = queries.queued_longer_than(session, queued_after_seconds)
     if not stale:
         return []

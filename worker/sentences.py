@@ -1,9 +1,6 @@
 """Speaking a reply sentence by sentence as it is generated, so the first audio comes early.
 
-The language model streams text; `SentenceCutter` hands out each sentence once it is complete,
-and `Speaker` synthesizes it at once and passes its audio on (to the job's event log, where a
-player can start), while the model goes on. The reply's audio is the sentences' audio joined,
-so the stored WAV is the same whether it was heard as a stream or fetched whole.
+The reply's audio is the sentences' joined: the stored WAV is the same, streamed or fetched whole.
 """
 
 from __future__ import annotations
@@ -43,10 +40,8 @@ class SentenceCutter:
     def finish(self, *, whole_sentences: bool) -> list[str]:
         """The text left when the stream ends, as a last sentence.
 
-        Args:
-            whole_sentences: The reply was cut back to its last complete sentence (it ran out
-                of tokens): what is left is dropped, unless no sentence ended at all (as
-                `trim_to_sentence` keeps such a reply whole).
+        With `whole_sentences` (the reply was cut to its last complete one) it is dropped, unless no
+        sentence ended at all (`trim_to_sentence` keeps such a reply whole).
         """
         rest, self._pending = self._pending.strip(), ""
         if not rest or (whole_sentences and self.cut):
@@ -62,12 +57,9 @@ def split_sentences(text: str) -> list[str]:
 
 
 class Speaker:
-    """Synthesizes sentences one at a time and keeps their audio in order.
+    """Synthesizes sentences one at a time, keeping their audio in order.
 
-    Args:
-        synthesize: Speaks one sentence (already made speakable, see `pipeline.speakable`).
-        speakable: Turns a sentence into words a voice can read ("" when none).
-        on_sentence: Told of each sentence's audio as soon as it exists, with its index.
+    `on_sentence(index, text, audio)` hears of each as soon as it exists.
     """
 
     def __init__(

@@ -1,21 +1,21 @@
 """Stage contracts (transcribe, generate, synthesize) and the engine registry chosen by settings.
 
-Engine modules are imported only when chosen, so a worker configured for one stack never
-imports another's libraries.
+An engine's module is imported only when chosen: a worker never imports another stack's libraries.
 """
 
 from __future__ import annotations
 
-import importlib
 import io
-from collections.abc import Callable
+import pkgutil
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import soundfile as sf
 
-from models.errors import EngineUnavailable
+from models.errors import EngineUnavailable, NoSpeech
 from models.settings import Settings
 from models.tables import Message as Message  # re-exported: the chat shape the stages speak
 
@@ -75,6 +75,36 @@ class Audio:
         buffer = io.BytesIO()
         sf.write(buffer, self.samples, self.sample_rate, subtype="PCM_16", format="WAV")
         return buffer.getvalue()
+
+
+# Whisper's own rule for a silent segment (openai/whisper transcribe.py): both a high
+# no-speech probability and a low average log-probability.
+NO_SPEECH_THRESHOLD = 0.6
+LOGPROB_THRESHOLD = -1.0
+
+
+def heard(
+    segments: Iterable[tuple[float, float, str, float, float]],
+    *,
+    language: str | None,
+    started: float,
+    duration: float,
+) -> Transcript:
+    """Whisper's (start, end, text, no_speech_prob, avg_logprob) segments, silent ones left out."""
+    spoken = tuple(
+        Segment(start=round(start, 2), end=round(end, 2), text=text.strip())
+        for start, end, text, no_speech, logprob in segments
+        if text.strip() and not (no_speech > NO_SPEECH_THRESHOLD and logprob < LOGPROB_THRESHOLD)
+    )
+    if not spoken:
+        raise NoSpeech("No speech was found in the recording.")
+    return Transcript(
+        text=" ".join(segment.text for segment in spoken),
+        language=language,
+        seconds=round(time.perf_counter() - started, 3),
+        segments=spoken,
+        duration=round(duration, 3),
+    )
 
 
 class Transcriber(Protocol):
@@ -146,10 +176,9 @@ def _build(setting: str, name: str, registry: dict[str, str], settings: Settings
             f"{setting}={name!r} is not a known engine; "
             f"choose one of {', '.join(sorted(registry))}."
         )
-    module_name, factory = target.split(":", 1)
     try:
-        adapter = getattr(importlib.import_module(module_name), factory)
-    except (ImportError, AttributeError) as error:
+        adapter = pkgutil.resolve_name(target)
+    except (ImportError, AttributeError, ValueError) as error:
         raise EngineUnavailable(f"{setting}={name!r} cannot be imported: {error}") from error
     return adapter.from_settings(settings)
 

@@ -37,21 +37,10 @@ class CoquiSynthesizer:
         language: str = "",
         sample_rate: int | None = None,
     ) -> None:
-        """Loads a released model by name, or a checkpoint with its config.json.
+        """Loads a released model by name (into Coqui's cache on first use) or a checkpoint.
 
-        Args:
-            model_name: A Coqui model name (tts_models/en/ljspeech/vits), fetched into Coqui's
-                cache on first use.
-            model_path: A checkpoint file (or, for XTTS, its folder) when no name is given.
-            config_path: The model's config.json; found beside the checkpoint when empty.
-            device: A torch device ("cpu", "cuda"), or "auto" for CUDA when torch sees it.
-            speaker: The default speaker of a multi-speaker model; its first when empty.
-            language: The language of a multilingual model; "en" when empty and it has it.
-            sample_rate: Resample the output to this rate; the model's own when None.
-
-        Raises:
-            EngineUnavailable: No model is named, a file is missing, or the speaker or language
-                is not one the model has.
+        `config_path` defaults to the checkpoint's folder; `device` "auto" is CUDA when torch sees
+        it; empty `speaker`/`language`: the model's first / "en"; `sample_rate` None: the model's.
         """
         tts, source = _load(model_name, model_path, config_path)
         device = torch_device("TTS_DEVICE", device)
@@ -141,14 +130,7 @@ def _beside(checkpoint: Path) -> Path:
 
 
 def _load(model_name: str, model_path: str, config_path: str) -> tuple[Any, str]:
-    """Loads a Coqui model by name, or a checkpoint with its config.json.
-
-    Returns:
-        The `TTS.api.TTS` object, and the setting that named the model, for messages.
-
-    Raises:
-        EngineUnavailable: No model is named, a file is missing, or the model cannot load.
-    """
+    """Loads a Coqui model by name or a checkpoint; returns it and the setting that named it."""
     if not model_name and not model_path:
         raise EngineUnavailable(NOTHING_CONFIGURED)
     checkpoint = Path(model_path).expanduser()

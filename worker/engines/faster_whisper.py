@@ -8,15 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models.errors import EngineUnavailable, NoSpeech
+from models.errors import EngineUnavailable
 from models.settings import Settings
-from worker.engines import Segment, Transcript
+from worker.engines import Transcript, heard
 from worker.engines.model_files import assemble_whisper_base
-
-# Whisper's own rule for a silent segment (openai/whisper transcribe.py): both a high
-# no-speech probability and a low average log-probability.
-NO_SPEECH_THRESHOLD = 0.6
-LOGPROB_THRESHOLD = -1.0
 
 
 class FasterWhisperTranscriber:
@@ -54,12 +49,7 @@ class FasterWhisperTranscriber:
     def transcribe(
         self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None
     ) -> Transcript:
-        """Transcribes 16 kHz mono float32 samples, in `language` or the configured one.
-
-        Raises:
-            NoSpeech: Voice activity detection found no speech, or every segment Whisper
-                produced looks like silence by its own thresholds.
-        """
+        """Transcribes 16 kHz mono float32; NoSpeech when VAD or Whisper hear only silence."""
         started = time.perf_counter()
         segments, info = self.model.transcribe(
             audio,
@@ -69,18 +59,9 @@ class FasterWhisperTranscriber:
             vad_filter=True,
             condition_on_previous_text=False,
         )
-        spoken = tuple(
-            Segment(start=round(s.start, 2), end=round(s.end, 2), text=s.text.strip())
-            for s in segments
-            if s.text.strip()
-            and not (s.no_speech_prob > NO_SPEECH_THRESHOLD and s.avg_logprob < LOGPROB_THRESHOLD)
-        )
-        if not spoken:
-            raise NoSpeech("No speech was found in the recording.")
-        return Transcript(
-            text=" ".join(segment.text for segment in spoken),
+        return heard(
+            ((s.start, s.end, s.text, s.no_speech_prob, s.avg_logprob) for s in segments),
             language=info.language,
-            seconds=round(time.perf_counter() - started, 3),
-            segments=spoken,
-            duration=round(info.duration, 3),
+            started=started,
+            duration=info.duration,
         )

@@ -1,8 +1,6 @@
-"""Chat generation through an OpenAI-style chat client: an OpenAI-compatible server or MLC LLM.
+"""Chat generation through `chat.completions.create`: any OpenAI-compatible server, or MLC LLM.
 
-`openai.OpenAI` talks to any OpenAI-compatible server (`mlc_llm serve`, llama.cpp's server,
-vLLM, Ollama); `mlc_llm.MLCEngine` runs the model in this process and mirrors the same
-`chat.completions.create(...)` call, so one adapter serves both and only construction differs.
+`mlc_llm.MLCEngine` mirrors `openai.OpenAI`'s call in-process, so only construction differs.
 """
 
 from __future__ import annotations
@@ -42,17 +40,7 @@ Encode = Callable[[str], Sequence[int]]
 
 
 def load_tokenizer(path: str) -> Encode:
-    """Loads a Hugging Face `tokenizer.json` (or the folder holding one, as MLC models ship).
-
-    Args:
-        path: The file, or a folder with `tokenizer.json` in it.
-
-    Returns:
-        A function from text to token ids, special tokens left out.
-
-    Raises:
-        EngineUnavailable: The file is missing or is not a tokenizer; names LLM_TOKENIZER_PATH.
-    """
+    """Loads a Hugging Face `tokenizer.json`, or the folder holding one (as MLC models ship)."""
     from tokenizers import Tokenizer
 
     file = Path(path).expanduser()
@@ -74,7 +62,7 @@ def load_tokenizer(path: str) -> Encode:
 
 
 def server_name(base_url: str) -> str:
-    """The server's address for messages and logs: scheme, host, port and path, no credentials."""
+    """The server's address for messages and logs, without credentials."""
     parts = urlsplit(base_url)
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
@@ -82,11 +70,7 @@ def server_name(base_url: str) -> str:
 
 
 class _Trimmed:
-    """Passes streamed text on without leading or trailing whitespace, as `Reply.text` has none.
-
-    Trailing whitespace is held back until more text follows it, so the pieces passed on join
-    to exactly the stripped reply.
-    """
+    """Streamed text stripped like `Reply.text`: trailing space is held until more text follows."""
 
     def __init__(self) -> None:
         self.started = False
@@ -115,14 +99,9 @@ class _Streamed:
 
 
 class OpenAIChatGenerator:
-    """Answers through a client whose `chat.completions.create` speaks OpenAI's chat API.
+    """Answers through `client.chat.completions.create` (`openai.OpenAI`, `MLCEngine`, ...).
 
-    Args:
-        client: `openai.OpenAI`, `mlc_llm.MLCEngine`, or anything with the same call.
-        model: The model name sent with each request.
-        context_tokens: The context window the prompt and the reply must fit in.
-        tokenizer: The model's own tokenizer, for exact counts; None estimates them.
-        source: Names the engine in error messages, with the setting that chose it.
+    Without a `tokenizer`, token counts are estimated; `source` names the engine in errors.
     """
 
     def __init__(
@@ -142,14 +121,7 @@ class OpenAIChatGenerator:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIChatGenerator:
-        """Connects to the OpenAI-compatible server at `LLM_BASE_URL` (`LLM_ENGINE=openai`).
-
-        The model is `LLM_MODEL`, or the first one the server lists. `LLM_API_KEY` is sent as
-        the bearer token; servers that need none get "none".
-
-        Raises:
-            EngineUnavailable: `LLM_BASE_URL` is unset, or the server cannot list its models.
-        """
+        """Connects to `LLM_BASE_URL` for `LLM_MODEL`, or the first model the server lists."""
         if not settings.llm_base_url:
             raise EngineUnavailable(
                 "LLM_ENGINE=openai needs LLM_BASE_URL, e.g. http://127.0.0.1:8000/v1."
@@ -178,11 +150,7 @@ class OpenAIChatGenerator:
         return generator
 
     def first_served_model(self) -> str:
-        """Asks the server which models it serves and returns the first.
-
-        Raises:
-            EngineUnavailable: The server cannot be reached or serves none.
-        """
+        """The first model the server lists."""
         try:
             served = [model.id for model in self.client.models.list()]
         except openai.OpenAIError as error:
@@ -196,13 +164,8 @@ class OpenAIChatGenerator:
         self.client.close()
 
     def count_tokens(self, messages: list[Message]) -> int:
-        """Prompt tokens these messages take with the model's chat template.
-
-        With the model's tokenizer (`LLM_TOKENIZER_PATH`, or MLC's own) each message's content
-        is counted exactly and the template's special tokens are added as a fixed
-        `MESSAGE_OVERHEAD_TOKENS` per message plus `REPLY_PRIMER_TOKENS`. Without it the
-        content is estimated conservatively as UTF-8 bytes / 3, which over-counts English.
-        """
+        """Prompt tokens with the chat template's overhead: exact contents with a tokenizer,
+        else UTF-8 bytes / 3, which over-counts."""
         total = REPLY_PRIMER_TOKENS
         for message in messages:
             content = message["content"]
@@ -221,25 +184,9 @@ class OpenAIChatGenerator:
         temperature: float,
         on_delta: Callable[[str], None] | None = None,
     ) -> Reply:
-        """Answers the conversation, streaming the reply as the engine produces it.
+        """Answers the conversation, passing each piece of the reply to `on_delta` as it comes.
 
-        The prompt is measured with `count_tokens` first, the measure the pipeline trims the
-        history by: exact with a tokenizer, an over-estimate without one.
-
-        Args:
-            messages: The conversation, system prompt first.
-            max_tokens: The most tokens the reply may have.
-            temperature: Sampling temperature; 0 is greedy.
-            on_delta: Called with each new piece of the reply; the pieces join to `Reply.text`.
-
-        Returns:
-            The reply with token counts: the engine's usage report, or counted here when the
-            stream has none (llama-cpp-python's server sends none).
-
-        Raises:
-            ContextLengthExceeded: The prompt and `max_tokens` do not fit `context_tokens`, or
-                the engine says the prompt does not fit its own context.
-            EngineUnavailable: The server cannot be reached, or refuses the request.
+        The prompt is checked by `count_tokens`, the measure the pipeline trims history by.
         """
         started = time.perf_counter()
         measured = self.count_tokens(messages)
@@ -277,7 +224,7 @@ class OpenAIChatGenerator:
     def _read_stream(
         self, request: dict[str, Any], started: float, on_delta: Callable[[str], None] | None
     ) -> _Streamed:
-        """Streams the completion, passing each new piece of text on, trimmed, as it comes."""
+        """Gathers the streamed completion, passing each trimmed piece on."""
         trimmed = _Trimmed()
         streamed = _Streamed()
         for chunk in self._stream(request):
@@ -299,7 +246,7 @@ class OpenAIChatGenerator:
         return streamed
 
     def _token_counts(self, streamed: _Streamed, measured: int, text: str) -> tuple[int, int]:
-        """The prompt's and the reply's tokens: the engine's usage report, else counted here."""
+        """Prompt and reply tokens: the usage report, else counted here (llama.cpp sends none)."""
         if streamed.usage is not None:
             return int(streamed.usage.prompt_tokens), int(streamed.usage.completion_tokens)
         # llama.cpp and MLC stream one token a chunk.
@@ -307,11 +254,7 @@ class OpenAIChatGenerator:
         return measured, completion
 
     def _stream(self, request: dict[str, Any]) -> Iterator[Any]:
-        """Yields the completion's chunks, turning the engine's errors into the domain's.
-
-        Only the engine's own errors are translated: an exception raised by the caller's
-        `on_delta` happens outside this generator and passes through untouched.
-        """
+        """Yields the chunks, translating the engine's errors (never those of `on_delta`)."""
         stream: Any = None
         try:
             stream = self.client.chat.completions.create(
@@ -327,11 +270,9 @@ class OpenAIChatGenerator:
                 close()
 
     def _diagnose_empty_stream(self, request: dict[str, Any]) -> VoiceChatError:
-        """Finds out why a stream ended before its first token.
+        """Why a stream ended before its first token, asked again without streaming.
 
-        llama-cpp-python's server reports an error in a stream that has begun by closing it
-        (e.g. a prompt longer than its n_ctx); the same request without streaming, for one
-        token, gets the error as an HTTP status instead.
+        llama-cpp-python's server reports a begun stream's error (say, past n_ctx) by closing it.
         """
         try:
             self.client.chat.completions.create(**{**request, "max_tokens": 1}, stream=False)
@@ -389,15 +330,10 @@ class MLCChatGenerator(OpenAIChatGenerator):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MLCChatGenerator:
-        """Loads `LLM_MODEL` (an MLC model folder or `HF://org/repo`) onto `LLM_DEVICE`.
+        """Loads `LLM_MODEL` (a folder or `HF://org/repo`) onto `LLM_DEVICE`.
 
-        Counts tokens with `LLM_TOKENIZER_PATH` when set, else with the engine's tokenizer.
-        The KV cache is sized to `LLM_CONTEXT_TOKENS`, not the model's full window, so a 7B
-        model fits beside Whisper and the TTS voice in an Orin's shared memory.
-
-        Raises:
-            EngineUnavailable: mlc_llm is not installed, `LLM_MODEL` is unset, or the model or
-                its library is not cached where MLC's policies forbid fetching it.
+        The KV cache is sized to `LLM_CONTEXT_TOKENS`, not the model's window, so a 7B model fits
+        beside Whisper and the voice in an Orin's shared memory.
         """
         try:
             from mlc_llm import MLCEngine

@@ -10,18 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import EngineUnavailable, NoSpeech
+from models.errors import EngineUnavailable
 from models.settings import Settings
-from worker.engines import Segment, Transcript
+from worker.engines import LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD, Transcript, heard
 from worker.engines.model_files import assemble_whisper_base
 
 _LOGGER = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
-# Whisper's own rule for a silent segment (openai/whisper transcribe.py), as in faster_whisper.py:
-# both a high no-speech probability and a low average log-probability.
-NO_SPEECH_THRESHOLD = 0.6
-LOGPROB_THRESHOLD = -1.0
 # Beam search as faster-whisper does, on GPUs only: openai-whisper's beam search is about five
 # times the cost of greedy decoding on a CPU (Whisper base, one thread: 15.4 s against 2.7 s for
 # 17 s of speech, 3.7 s against 1.2 s for a 3.3 s question) for the same words there.
@@ -30,11 +26,7 @@ PACKAGED_CHECKPOINT = "openai-whisper-base.pt"
 
 
 def torch_device(setting: str, value: str) -> str:
-    """Resolves a device setting: "auto" is the first CUDA device if torch sees one, else the CPU.
-
-    Raises:
-        EngineUnavailable: A CUDA device is asked for and torch sees none.
-    """
+    """Resolves a device setting ("auto": CUDA if torch sees it); EngineUnavailable without CUDA."""
     import torch
 
     if value == "auto":
@@ -50,13 +42,9 @@ def _looks_like_path(value: str) -> bool:
 
 
 def packaged_checkpoint(settings: Settings) -> Path:
-    """Returns the packaged Whisper base as an openai-whisper checkpoint, converting it once.
+    """The packaged Whisper base as an openai-whisper checkpoint, converted once.
 
-    The conversion writes to a temporary name and renames, so workers starting together each
-    produce a whole file and the last rename wins.
-
-    Raises:
-        EngineUnavailable: The packaged model is missing or cannot be converted.
+    Workers starting together each write a whole file under a temporary name; the last rename wins.
     """
     from worker.engines.whisper_convert import ConversionError, convert
 
@@ -78,11 +66,7 @@ class OpenAIWhisperTranscriber:
     def __init__(
         self, model: str, *, device: str, language: str | None, threads: int | None = None
     ) -> None:
-        """Loads `model`: an official name found in openai-whisper's cache, or a .pt checkpoint.
-
-        Raises:
-            EngineUnavailable: The model is neither a checkpoint file nor a name it can fetch.
-        """
+        """Loads `model`: an official name in openai-whisper's cache, or a .pt checkpoint."""
         import torch
         import whisper
 
@@ -119,11 +103,7 @@ class OpenAIWhisperTranscriber:
     def transcribe(
         self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None
     ) -> Transcript:
-        """Transcribes 16 kHz mono float32 samples, in `language` or the configured one.
-
-        Raises:
-            NoSpeech: Every segment Whisper produced looks like silence by its own thresholds.
-        """
+        """Transcribes 16 kHz mono float32; NoSpeech when every segment looks silent to Whisper."""
         started = time.perf_counter()
         result: dict[str, Any] = self.model.transcribe(
             np.ascontiguousarray(audio, dtype=np.float32),
@@ -137,20 +117,12 @@ class OpenAIWhisperTranscriber:
             fp16=self.device.startswith("cuda"),  # half precision is slow or absent on CPUs
             verbose=None,
         )
-        spoken = tuple(
-            Segment(start=round(s["start"], 2), end=round(s["end"], 2), text=s["text"].strip())
-            for s in result["segments"]
-            if s["text"].strip()
-            and not (
-                s["no_speech_prob"] > NO_SPEECH_THRESHOLD and s["avg_logprob"] < LOGPROB_THRESHOLD
-            )
-        )
-        if not spoken:
-            raise NoSpeech("No speech was found in the recording.")
-        return Transcript(
-            text=" ".join(segment.text for segment in spoken),
+        return heard(
+            (
+                (s["start"], s["end"], s["text"], s["no_speech_prob"], s["avg_logprob"])
+                for s in result["segments"]
+            ),
             language=result.get("language"),
-            seconds=round(time.perf_counter() - started, 3),
-            segments=spoken,
-            duration=round(len(audio) / SAMPLE_RATE, 3),
+            started=started,
+            duration=len(audio) / SAMPLE_RATE,
         )

@@ -1,9 +1,7 @@
 """Converts a CTranslate2 Whisper model (faster-whisper's folder) into an openai-whisper checkpoint.
 
-The packaged Whisper base ships only in CTranslate2's form; openai-whisper loads a
-`torch.save`d `{"dims": ..., "model_state_dict": ...}`. Both hold the same tensors: CTranslate2
-fuses the attention projections (query+key+value in self-attention, key+value in
-cross-attention) and gives the key projection a zero bias that openai-whisper's `key` lacks.
+Same tensors, but CTranslate2 fuses the attention projections (q+k+v in self-attention, k+v in
+cross-attention) and gives `key` a zero bias openai-whisper lacks.
 
 Usage: `python -m worker.engines.whisper_convert CT2_DIR OUT.pt`
 """
@@ -56,17 +54,7 @@ def _read_string(handle: BinaryIO) -> str:
 
 
 def read_ct2_variables(model_bin: Path) -> tuple[str, dict[str, np.ndarray]]:
-    """Reads every variable of a CTranslate2 model.bin, aliases resolved.
-
-    Args:
-        model_bin: The model.bin file.
-
-    Returns:
-        The spec's name (e.g. "WhisperSpec") and the arrays by CTranslate2 name.
-
-    Raises:
-        ConversionError: The file is not a version-6 CTranslate2 model or uses bfloat16.
-    """
+    """(spec name, arrays by name) of a version-6 CTranslate2 model.bin, aliases resolved."""
     variables: dict[str, np.ndarray] = {}
     with model_bin.open("rb") as handle:
         version = _read(handle, "I")
@@ -170,17 +158,7 @@ def _block(
 def whisper_checkpoint(
     variables: dict[str, np.ndarray],
 ) -> tuple[dict[str, int], dict[str, np.ndarray]]:
-    """Maps CTranslate2 Whisper variables onto openai-whisper's dimensions and state dict.
-
-    Args:
-        variables: What `read_ct2_variables` returned for a WhisperSpec model.
-
-    Returns:
-        `ModelDimensions` fields and the state dict, as numpy arrays of the stored type.
-
-    Raises:
-        ConversionError: A variable is missing or the model differs from Whisper's architecture.
-    """
+    """openai-whisper's `ModelDimensions` fields and state dict from CTranslate2's variables."""
     for flag, expected in (("decoder/scale_embeddings", 0), ("decoder/pre_norm", 1)):
         if flag in variables and _scalar(variables, flag) != expected:
             raise ConversionError(f"{flag} is not {expected}: not a Whisper decoder.")
@@ -223,21 +201,7 @@ def whisper_checkpoint(
 
 
 def convert(ct2_dir: Path, out_path: Path) -> Path:
-    """Writes an openai-whisper checkpoint made from a CTranslate2 Whisper folder.
-
-    The file is written beside `out_path` under a temporary name and renamed into place, so a
-    crash never leaves a half-written checkpoint where the loader looks.
-
-    Args:
-        ct2_dir: A folder with CTranslate2's model.bin (e.g. faster-whisper's model folder).
-        out_path: The .pt file to write.
-
-    Returns:
-        `out_path`.
-
-    Raises:
-        ConversionError: The folder holds no Whisper model this converter understands.
-    """
+    """Writes the checkpoint under a temporary name renamed into place: never half a file."""
     model_bin = Path(ct2_dir) / "model.bin"
     if not model_bin.is_file():
         raise ConversionError(f"{ct2_dir} holds no model.bin.")
