@@ -81,7 +81,7 @@ def _check_reader(settings: Settings) -> None:
     """
     if settings.metrics_token:
         scheme, _, sent = request.headers.get("Authorization", "").strip().partition(" ")
-        expected = settings.metrics_token.encode()
+        expected = settings.metrics_token.get_secret_value().encode()
         if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), expected):
             g.auth_failure = "invalid_token" if sent else None
             raise InvalidMetricsToken("Send METRICS_TOKEN: `Authorization: Bearer <token>`.")

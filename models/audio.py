@@ -38,8 +38,9 @@ MAX_CHUNKS = 64
 # Enough of a stored file to name its format (past an ID3 tag's padding; a longer tag is
 # recognised as cut, which still names MP3).
 _HEAD_BYTES = 64 * 1024
-# The settings' defaults (MIN_AUDIO_SAMPLE_RATE, MAX_AUDIO_SAMPLE_RATE), for callers without them.
-_SAMPLE_RATES = (Settings.min_audio_sample_rate, Settings.max_audio_sample_rate)
+# The settings' defaults, for callers without settings.
+_DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
+_SAMPLE_RATES = (_DEFAULTS["min_audio_sample_rate"], _DEFAULTS["max_audio_sample_rate"])
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def inspect_wav(
     data: bytes,
     max_seconds: float,
     *,
-    max_channels: int = Settings.max_audio_channels,
+    max_channels: int = _DEFAULTS["max_audio_channels"],
     sample_rates: tuple[int, int] = _SAMPLE_RATES,
 ) -> AudioInfo:
     """Validates an uploaded WAV by decoding it, and measures it.
@@ -272,7 +273,7 @@ def _count_frames(wav: sf.SoundFile, max_seconds: float) -> int:
 
 
 def load_for_transcription(
-    path: str | Path, max_seconds: float = Settings.max_audio_seconds
+    path: str | Path, max_seconds: float = _DEFAULTS["max_audio_seconds"]
 ) -> np.ndarray:
     """Reads a stored recording and returns it as 16 kHz mono float32, the form Whisper expects.
 

@@ -1,17 +1,33 @@
-"""Service settings read strictly from the environment, shared by the API, worker and launcher."""
+"""Service settings, declared once, read strictly from the environment by every process."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import ipaddress
-import math
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self, get_origin
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
 
 from models.whisper_languages import WHISPER_LANGUAGES
 
@@ -24,34 +40,17 @@ class SettingError(ValueError):
 
 
 def parse_bool(name: str, raw: str) -> bool:
-    """Parses a boolean setting, refusing anything but the usual spellings.
-
-    Args:
-        name: The setting's name, for the error message.
-        raw: The raw text.
-
-    Returns:
-        The boolean value.
-
-    Raises:
-        SettingError: The text is not a boolean.
-    """
+    """Parses a boolean setting named `name`, refusing anything but the usual spellings."""
     value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
+    if value in _TRUE | _FALSE:
+        return value in _TRUE
     raise SettingError(f"{name} must be one of true/false/1/0/yes/no/on/off, got {raw!r}")
 
 
 def parse_int(
     name: str, raw: str, *, minimum: int | None = None, maximum: int | None = None
 ) -> int:
-    """Parses a whole-number setting within optional bounds.
-
-    Raises:
-        SettingError: The text is not a whole number or is out of bounds.
-    """
+    """Parses the whole-number variable `name` (launcher, gunicorn); SettingError when malformed."""
     try:
         value = int(raw.strip(), 10)
     except ValueError:
@@ -63,21 +62,21 @@ def parse_int(
     return value
 
 
-def parse_float(name: str, raw: str, *, minimum: float | None = None) -> float:
-    """Parses a decimal setting.
+# Standard Webhooks' secrets: `whsec_` and the base64 of 24 to 64 random bytes.
+WEBHOOK_SECRET_PREFIX = "whsec_"
 
-    Raises:
-        SettingError: The text is not a finite number or is below the minimum.
-    """
+
+def parse_webhook_secret(name: str, raw: str) -> bytes:
+    """Decodes a `whsec_` secret to its key bytes; SettingError when it is not one."""
+    if not raw.startswith(WEBHOOK_SECRET_PREFIX):
+        raise SettingError(f"{name} must start with {WEBHOOK_SECRET_PREFIX}")
     try:
-        value = float(raw.strip())
-    except ValueError:
-        raise SettingError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value):
-        raise SettingError(f"{name} must be finite, got {raw!r}")
-    if minimum is not None and value < minimum:
-        raise SettingError(f"{name} must be at least {minimum}, got {value}")
-    return value
+        key = base64.b64decode(raw[len(WEBHOOK_SECRET_PREFIX) :], validate=True)
+    except binascii.Error:
+        raise SettingError(f"{name} must be whsec_ and base64 text") from None
+    if not 24 <= len(key) <= 64:
+        raise SettingError(f"{name} must hold 24 to 64 bytes, got {len(key)}")
+    return key
 
 
 def usable_cores() -> int:
@@ -88,91 +87,215 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Every setting of the service; docs/configuration.md lists them."""
+_HOST_NAME = re.compile(r"^(\*|\[[0-9a-f:.]+\]|[a-z0-9_.-]+)$")
+_ORIGIN = re.compile(r"^https?://(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(:[0-9]{1,5})?$")
+# A bearer token as RFC 6750 allows it, and long enough not to be guessed.
+_METRICS_TOKEN = re.compile(r"^[A-Za-z0-9._~+/-]{16,}=*$")
+_METRICS_ADDRESS = re.compile(
+    r"^(?:(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):)?(?P<port>[^:]+)$"
+)
+# Pairs of settings, the first never above the second (and below it, when strict).
+_ORDERED = (
+    ("min_audio_sample_rate", "max_audio_sample_rate", False),
+    ("default_max_tokens", "max_tokens_limit", False),
+    ("task_soft_time_limit", "task_time_limit", True),
+    ("task_time_limit", "broker_visibility_timeout", True),
+    ("audio_ttl_seconds", "job_ttl_seconds", False),
+)
 
-    data_dir: Path
-    database_url: str
-    redis_url: str
-    max_upload_bytes: int = 25 * 1024 * 1024
-    max_audio_seconds: float = 600.0
-    max_audio_channels: int = 2
-    min_audio_sample_rate: int = 8_000
-    max_audio_sample_rate: int = 192_000
-    max_text_chars: int = 4000
-    max_system_chars: int = 4000
-    max_chat_chars: int = 200_000
-    default_max_tokens: int = 200
-    max_tokens_limit: int = 1024
-    default_temperature: float = 0.3
+
+def _after(name: str, seconds: int) -> Callable[[dict[str, Any]], int]:
+    """A default `seconds` above the setting `name` (its error is the one reported if malformed)."""
+    return lambda data: int(data.get(name, 0)) + seconds
+
+
+# A network with host bits set (10.1.2.3/8) is the network around it (strict=False).
+Network = Annotated[
+    ipaddress.IPv4Network | ipaddress.IPv6Network,
+    BeforeValidator(lambda entry: ipaddress.ip_network(entry, strict=False)),
+]
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; each variable is its field's name in capitals."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        use_attribute_docstrings=True,
+        env_ignore_empty=True,
+        enable_decoding=False,
+        allow_inf_nan=False,
+        extra="ignore",
+    )
+
+    data_dir: Annotated[Path, AfterValidator(Path.resolve)] = Path("var")
+    """Uploads and replies (STORAGE_BACKEND=local), assembled models, the embedded Redis's AOF."""
+    database_url: str = Field(
+        default_factory=lambda d: f"sqlite:///{d['data_dir'] / 'voicechat.db'}"
+    )
+    """SQLAlchemy URL (default: DATA_DIR/voicechat.db); e.g. `postgresql+psycopg://u:p@host/db`."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Celery's broker, event streams and worker heartbeats."""
+    storage_backend: Literal["local", "database"] = "local"
+    """Where uploads and replies live: DATA_DIR (one host) or the database (every host)."""
+    worker_role: Literal["jobs", "maintenance"] = "jobs"
+    """What a worker process does: run jobs (loads the models) or the maintenance queue (none)."""
+
+    max_upload_mb: int = Field(25, ge=1)
+    """Request body limit, in megabytes."""
+    max_audio_seconds: float = Field(600.0, ge=1.0)
+    """Longest recording."""
+    max_audio_channels: int = Field(2, ge=1, le=8)
+    """Most channels a recording may have (the worker mixes them down to mono)."""
+    min_audio_sample_rate: int = Field(8_000, ge=1, le=768_000)
+    """Lowest sample rate a recording may have, in Hz."""
+    max_audio_sample_rate: int = Field(192_000, ge=1, le=768_000)
+    """Highest sample rate a recording may have, in Hz (not below MIN_AUDIO_SAMPLE_RATE)."""
+    max_text_chars: int = Field(4000, ge=1)
+    """Longest text of a text job."""
+    max_system_chars: int = Field(4000, ge=1)
+    """Longest system prompt."""
+    max_chat_chars: int = Field(200_000, ge=1)
+    """Characters of all the messages of one chat completion together."""
+    default_max_tokens: int = Field(200, ge=1)
+    """Reply tokens when a request names none (not above MAX_TOKENS_LIMIT)."""
+    max_tokens_limit: int = Field(1024, ge=1)
+    """Most reply tokens a request may ask for."""
+    default_temperature: float = Field(0.3, ge=0.0)
+    """Sampling temperature when a request names none."""
+    max_wait_seconds: int = Field(60, ge=1, le=3600)
+    """Cap on `Prefer: wait=N`."""
+    openai_wait_seconds: int = Field(60, ge=1, le=3600)
+    """Longest a synchronous OpenAI route waits for its job (api/wait_bound.py, issue 20)."""
+    max_held_requests: int = Field(500, ge=0, le=10_000)
+    """Requests one API process holds open at once (streams, waits); 0 holds none."""
+
     stt_engine: str = "faster-whisper"
+    """`faster-whisper`, `openai-whisper`, or `module:Class`."""
     whisper_model_dir: str = ""
+    """faster-whisper: a CTranslate2 model folder (default: the packaged Whisper base)."""
     whisper_language: str = "en"
+    """One of Whisper's language codes, or `auto` (detects per recording, at an extra pass)."""
     whisper_model: str = ""
+    """openai-whisper: a model name or `.pt` checkpoint (default: the packaged Whisper base)."""
     whisper_device: str = "auto"
+    """openai-whisper: `auto` (CUDA when torch sees a GPU), `cuda` or `cpu`."""
     llm_engine: str = "llama-cpp"
+    """`llama-cpp`, `openai`, `mlc`, or `module:Class`."""
     llm_model_path: str = ""
+    """llama-cpp: any chat GGUF (default: the packaged SmolLM2-135M-Instruct)."""
     llm_model: str = ""
+    """openai: the model to ask for (default: the first listed); mlc: the model, required."""
     llm_base_url: str = ""
-    llm_api_key: str = field(default="", repr=False)
+    """openai: the server's API root, `http(s)://host:port/v1`."""
+    llm_api_key: SecretStr = SecretStr("")
+    """openai: the server's API key (sent as `none` when unset)."""
     llm_device: str = "auto"
+    """mlc: `auto`, `cuda` or `cuda:N`."""
     llm_tokenizer_path: str = ""
+    """openai, mlc: the model's `tokenizer.json` (or its folder) for exact token counts."""
     mlc_mode: str = "local"
-    llm_context_tokens: int = 2048
-    llm_threads: int = field(default_factory=usable_cores)
+    """mlc: `interactive` (least memory), `local` or `server`."""
+    llm_context_tokens: int = Field(2048, ge=256)
+    """The window prompt and reply must fit."""
+    llm_threads: int = Field(default_factory=usable_cores, ge=1)
+    """CPU threads of the engines (default: the cores this process may use)."""
     tts_engine: str = "piper"
+    """`piper`, `coqui`, or `module:Class`."""
     tts_voice: str = "en_US-joe-medium"
-    tts_voices: tuple[str, ...] = ("en_US-joe-medium",)
+    """The default voice (one of TTS_VOICES)."""
+    tts_voices: tuple[str, ...] = Field(default_factory=lambda data: (data["tts_voice"],))
+    """Comma-separated voices clients may choose (default: TTS_VOICE alone)."""
     piper_voice_dir: str = ""
+    """piper: a folder of `NAME.onnx` + `NAME.onnx.json` (default: the packaged voice)."""
     coqui_model: str = ""
+    """coqui: a Coqui model name, e.g. `tts_models/en/ljspeech/vits`."""
     coqui_model_path: str = ""
+    """coqui: a checkpoint of your own."""
     coqui_config_path: str = ""
+    """coqui: the checkpoint's `config.json` (default: beside the checkpoint)."""
     tts_speaker: str = ""
+    """coqui: the speaker of a multi-speaker model (default: its first)."""
     tts_language: str = ""
+    """coqui: the language of a multilingual model."""
     tts_device: str = "auto"
-    task_soft_time_limit: int = 300
-    task_time_limit: int = 330
-    broker_visibility_timeout: int = 390
-    worker_heartbeat_seconds: int = 10
-    max_attempts: int = 3
-    reconcile_interval_seconds: int = 10
-    reconcile_queued_after_seconds: int = 30
-    events_ttl_seconds: int = 86400
-    max_wait_seconds: int = 60
-    # The longest a synchronous OpenAI route waits for its job (api/wait_bound.py, issue 20).
-    openai_wait_seconds: int = 60
-    max_held_requests: int = 500
-    storage_backend: str = "local"
-    # Fair sharing (api/limits.py, api/idempotency.py); 0 turns a limit off.
-    rate_limit_per_minute: int = 600
-    max_unfinished_jobs: int = 100
-    max_queue_depth: int = 1000
-    idempotency_ttl_seconds: int = 86400
-    # Who may call (api/origins.py): the Host names served, the browser origins given CORS.
+    """coqui: as WHISPER_DEVICE."""
+
+    task_soft_time_limit: int = Field(300, ge=1)
+    """Seconds after which a job fails with `timeout`."""
+    task_time_limit: int = Field(default_factory=_after("task_soft_time_limit", 30), ge=1)
+    """Seconds after which a job's child is killed (default: TASK_SOFT_TIME_LIMIT + 30)."""
+    # Redis hands an unacknowledged message to another worker after the visibility timeout:
+    # shorter than the hard limit, a job still running would be delivered twice.
+    broker_visibility_timeout: int = Field(default_factory=_after("task_time_limit", 60), ge=1)
+    """Seconds before Redis redelivers an unacknowledged job (default: TASK_TIME_LIMIT + 60)."""
+    worker_heartbeat_seconds: int = Field(10, ge=1)
+    """Readiness key and job lease refresh; both expire after 3 times this."""
+    max_attempts: int = Field(3, ge=1)
+    """Claims of one job before it fails with `worker_lost`."""
+    reconcile_interval_seconds: int = Field(10, ge=1)
+    """How often each worker's reconciler runs."""
+    reconcile_queued_after_seconds: int = Field(30, ge=1)
+    """A job queued this long that was never sent is published again."""
+    events_ttl_seconds: int = Field(86_400, ge=60)
+    """How long a job's event stream is kept after its last event."""
+
+    rate_limit_per_minute: int = Field(600, ge=0)
+    """Requests per minute per caller on `/v1` routes; 0: no limit."""
+    max_unfinished_jobs: int = Field(100, ge=0)
+    """Jobs one caller may have queued or running; 0: no limit."""
+    max_queue_depth: int = Field(1000, ge=0)
+    """Jobs waiting for a worker past which a submit is `503 queue_full`; 0: no limit."""
+    idempotency_ttl_seconds: int = Field(86_400, ge=86_400)
+    """How long an `Idempotency-Key` is remembered (at least a day, as Stripe keeps them)."""
+
     allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
+    """Comma-separated host names the API answers for, any port (`*`: any)."""
     cors_origins: tuple[str, ...] = ()
-    # Flower's user:password pairs (scripts/launch.py); generated into DATA_DIR when unset.
-    flower_basic_auth: str = field(default="", repr=False)
-    # Private and loopback networks webhooks may reach (link-local and the like never: issue 20).
-    webhook_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    webhook_secret: str = field(default="", repr=False)
-    webhook_max_attempts: int = 5
-    webhook_backoff_seconds: tuple[int, ...] = (5, 30, 120, 600, 1800)
-    webhook_timeout_seconds: int = 10
-    # Retention (worker/retention.py), run by the maintenance worker every interval.
-    audio_ttl_seconds: int = 86_400
-    job_ttl_seconds: int = 30 * 86_400
-    conversation_ttl_seconds: int = 30 * 86_400
-    retention_interval_seconds: int = 300
-    # What a worker process does: run jobs (loads the models) or the maintenance queue (none).
-    worker_role: str = "jobs"
-    # Observability (models/logging_config.py, models/metrics.py, api/prometheus.py).
-    log_format: str = "json"
-    metrics_token: str = field(default="", repr=False)
-    # A worker's own /metrics server (WORKER_METRICS_PORT, `[host:]port`); port 0: none.
-    worker_metrics_host: str = "127.0.0.1"
-    worker_metrics_port: int = 0
+    """Comma-separated browser origins (`https://app.example:8443`) given CORS."""
+    flower_basic_auth: SecretStr = SecretStr("")
+    """Flower's `user:password` (comma-separate pairs); unset, the launcher makes one."""
+
+    webhook_allowed_networks: tuple[Network, ...] = ()
+    """Comma-separated CIDRs of private and loopback networks webhooks may reach."""
+    webhook_secret: SecretStr = SecretStr("")
+    """`whsec_` + base64 of 24-64 random bytes: signs the webhooks of jobs of an open service."""
+    webhook_max_attempts: int = Field(5, ge=1, le=20)
+    """Delivery attempts of one webhook event."""
+    webhook_backoff_seconds: tuple[Annotated[int, Field(ge=0, le=86_400)], ...] = (
+        5,
+        30,
+        120,
+        600,
+        1800,
+    )
+    """Comma-separated waits (0-86400) before the 2nd, 3rd, ... attempt; the last repeats."""
+    webhook_timeout_seconds: int = Field(10, ge=1, le=60)
+    """Connect and read timeout of one webhook attempt."""
+
+    audio_ttl_seconds: int = Field(86_400, ge=60)
+    """A finished job's recording and spoken reply are deleted this long after it finished."""
+    # Idempotency keys live as long as their job's row, and must be kept at least a day (issue 12).
+    job_ttl_seconds: int = Field(30 * 86_400, ge=86_400)
+    """A finished job's row and all it holds are deleted this long after (>= AUDIO_TTL_SECONDS)."""
+    conversation_ttl_seconds: int = Field(30 * 86_400, ge=60)
+    """A conversation idle this long, with no job unfinished, is deleted with its turns."""
+    retention_interval_seconds: int = Field(300, ge=1, le=86_400)
+    """How often Celery beat sends the retention sweep to the maintenance worker."""
+
+    log_format: Literal["json", "text"] = "json"
+    """Every process's log lines: one JSON object a line, or text for a person."""
+    metrics_token: SecretStr = SecretStr("")
+    """Set (16+ characters): `/metrics` needs it as a Bearer token; unset: local callers only."""
+    worker_metrics_host: str = Field("127.0.0.1", validation_alias="worker_metrics_port")
+    """The host of WORKER_METRICS_PORT."""
+    worker_metrics_port: int = Field(0, ge=0, le=65_535)
+    """`PORT` (on 127.0.0.1) or `HOST:PORT` where a job worker serves its figures; 0: none."""
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The request body limit in bytes."""
+        return self.max_upload_mb * 1024 * 1024
 
     @property
     def lease_seconds(self) -> int:
@@ -187,334 +310,135 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Builds settings from environment variables, strictly.
-
-        Each setting's variable is its field's name in capitals (but `MAX_UPLOAD_MB`, in
-        megabytes); an unset or blank variable means the field's default.
-
-        Args:
-            environ: The variables to read; `os.environ` when omitted.
-
-        Returns:
-            The settings.
+        """Builds settings from `environ` (`os.environ` when omitted); blank means the default.
 
         Raises:
             SettingError: A variable is malformed; the message names it.
         """
-        env = _Environment(os.environ if environ is None else environ)
-        data_dir = Path(env.raw("DATA_DIR") or "var").resolve()
-        return cls(
-            data_dir=data_dir,
-            database_url=env.text("database_url", f"sqlite:///{data_dir / 'voicechat.db'}"),
-            redis_url=env.text("redis_url", "redis://127.0.0.1:6379/0"),
-            **_request_limits(env),
-            **_engine_choices(env),
-            **_delivery(env),
-            **_fair_sharing(env),
-            storage_backend=_choice(env, "storage_backend", ("local", "database")),
-            **_access(env),
-            **_webhooks(env),
-            **_retention(env),
-            worker_role=_choice(env, "worker_role", ("jobs", "maintenance")),
-            **_observability(env),
-        )
-
-
-# Settings read as plain text, the field's default when unset: engines, models and devices.
-_ENGINE_TEXT = (
-    "stt_engine",
-    "whisper_model_dir",
-    "whisper_language",
-    "whisper_model",
-    "whisper_device",
-    "llm_engine",
-    "llm_model_path",
-    "llm_model",
-    "llm_base_url",
-    "llm_api_key",
-    "llm_device",
-    "llm_tokenizer_path",
-    "mlc_mode",
-    "tts_engine",
-    "piper_voice_dir",
-    "coqui_model",
-    "coqui_model_path",
-    "coqui_config_path",
-    "tts_speaker",
-    "tts_language",
-    "tts_device",
-)
-
-
-class _Environment:
-    """Reads settings from environment variables named after their fields, in capitals."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self.environ = environ
-        self.defaults = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
-
-    def raw(self, variable: str) -> str:
-        """The variable's text, stripped; empty when unset."""
-        return self.environ.get(variable, "").strip()
-
-    def text(self, name: str, default: str | None = None) -> str:
-        """A text setting; `default` overrides the field's own."""
-        value = self.raw(name.upper())
-        return value or str(self.defaults[name] if default is None else default)
-
-    def whole(
-        self, name: str, default: int | None = None, *, minimum: int = 1, maximum: int | None = None
-    ) -> int:
-        """A whole-number setting within bounds; `default` overrides the field's own."""
-        raw = self.raw(name.upper())
-        if not raw:
-            return int(self.defaults[name] if default is None else default)
-        return parse_int(name.upper(), raw, minimum=minimum, maximum=maximum)
-
-    def decimal(self, name: str, *, minimum: float) -> float:
-        """A decimal setting at or above `minimum`."""
-        raw = self.raw(name.upper())
-        if not raw:
-            return float(self.defaults[name])
-        return parse_float(name.upper(), raw, minimum=minimum)
-
-
-def _choice(env: _Environment, name: str, choices: tuple[str, ...]) -> str:
-    """A text setting that must be one of `choices`."""
-    value = env.text(name)
-    if value not in choices:
-        raise SettingError(f"{name.upper()} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _request_limits(env: _Environment) -> dict[str, Any]:
-    """What a request may hold and ask for, and the reply's defaults."""
-    max_tokens_limit = env.whole("max_tokens_limit")
-    # The one setting whose variable is in other units than its field.
-    upload_mb = env.raw("MAX_UPLOAD_MB")
-    max_upload_bytes = (
-        parse_int("MAX_UPLOAD_MB", upload_mb, minimum=1) * 1024 * 1024
-        if upload_mb
-        else env.defaults["max_upload_bytes"]
-    )
-    return {
-        "max_upload_bytes": max_upload_bytes,
-        "max_audio_seconds": env.decimal("max_audio_seconds", minimum=1.0),
-        **_audio_shape(env),
-        "max_text_chars": env.whole("max_text_chars"),
-        "max_system_chars": env.whole("max_system_chars"),
-        "max_chat_chars": env.whole("max_chat_chars"),
-        "default_max_tokens": env.whole("default_max_tokens", maximum=max_tokens_limit),
-        "max_tokens_limit": max_tokens_limit,
-        "default_temperature": env.decimal("default_temperature", minimum=0.0),
-        "max_wait_seconds": env.whole("max_wait_seconds", maximum=3600),
-        "openai_wait_seconds": env.whole("openai_wait_seconds", maximum=3600),
-        "max_held_requests": env.whole("max_held_requests", minimum=0, maximum=10_000),
-    }
-
-
-def _audio_shape(env: _Environment) -> dict[str, Any]:
-    """The channels and sample rates an uploaded recording may have."""
-    low = env.whole("min_audio_sample_rate", maximum=768_000)
-    high = env.whole("max_audio_sample_rate", maximum=768_000)
-    if low > high:
-        raise SettingError("MIN_AUDIO_SAMPLE_RATE must not be above MAX_AUDIO_SAMPLE_RATE")
-    return {
-        "max_audio_channels": env.whole("max_audio_channels", maximum=8),
-        "min_audio_sample_rate": low,
-        "max_audio_sample_rate": high,
-    }
-
-
-def _engine_choices(env: _Environment) -> dict[str, Any]:
-    """The engine of each stage, its model and device, and the voices offered."""
-    voice = env.text("tts_voice")
-    voices = tuple(v.strip() for v in env.text("tts_voices", voice).split(",") if v.strip())
-    if voice not in voices:
-        raise SettingError(f"TTS_VOICE {voice!r} must be one of TTS_VOICES {list(voices)}")
-    language = env.text("whisper_language")
-    if language != "auto" and language not in WHISPER_LANGUAGES:
-        raise SettingError(
-            f"WHISPER_LANGUAGE must be auto or one of Whisper's language codes, got {language!r}"
-        )
-    return {
-        **{name: env.text(name) for name in _ENGINE_TEXT},
-        "llm_context_tokens": env.whole("llm_context_tokens", minimum=256),
-        "llm_threads": env.whole("llm_threads", usable_cores()),
-        "tts_voice": voice,
-        "tts_voices": voices,
-    }
-
-
-def _delivery(env: _Environment) -> dict[str, Any]:
-    """Time limits, leases, retries and the reconciler's timer of job delivery."""
-    soft = env.whole("task_soft_time_limit")
-    hard = env.whole("task_time_limit", soft + 30)
-    if hard <= soft:
-        raise SettingError("TASK_TIME_LIMIT must be greater than TASK_SOFT_TIME_LIMIT")
-    # Redis hands an unacknowledged message to another worker after the visibility timeout:
-    # shorter than the hard limit, a job still running would be delivered twice.
-    visibility = env.whole("broker_visibility_timeout", hard + 60)
-    if visibility <= hard:
-        raise SettingError("BROKER_VISIBILITY_TIMEOUT must be greater than TASK_TIME_LIMIT")
-    return {
-        "task_soft_time_limit": soft,
-        "task_time_limit": hard,
-        "broker_visibility_timeout": visibility,
-        "worker_heartbeat_seconds": env.whole("worker_heartbeat_seconds"),
-        "max_attempts": env.whole("max_attempts"),
-        "reconcile_interval_seconds": env.whole("reconcile_interval_seconds"),
-        "reconcile_queued_after_seconds": env.whole("reconcile_queued_after_seconds"),
-        "events_ttl_seconds": env.whole("events_ttl_seconds", minimum=60),
-    }
-
-
-def _fair_sharing(env: _Environment) -> dict[str, Any]:
-    """Each caller's share: requests per minute, unfinished jobs, the queue's depth, and how long
-    an Idempotency-Key is remembered (at least a day, as Stripe keeps them)."""
-    return {
-        "rate_limit_per_minute": env.whole("rate_limit_per_minute", minimum=0),
-        "max_unfinished_jobs": env.whole("max_unfinished_jobs", minimum=0),
-        "max_queue_depth": env.whole("max_queue_depth", minimum=0),
-        "idempotency_ttl_seconds": env.whole("idempotency_ttl_seconds", minimum=86400),
-    }
-
-
-_HOST_NAME = re.compile(r"^(\*|\[[0-9a-f:.]+\]|[a-z0-9_.-]+)$")
-_ORIGIN = re.compile(r"^https?://(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(:[0-9]{1,5})?$")
-
-
-def _listed(env: _Environment, name: str) -> tuple[str, ...]:
-    """A comma-separated setting as its stripped, lower-case entries; the field's default when
-    unset."""
-    raw = env.raw(name.upper())
-    if not raw:
-        return tuple(env.defaults[name])
-    return tuple(entry.strip().lower() for entry in raw.split(",") if entry.strip())
-
-
-def _access(env: _Environment) -> dict[str, Any]:
-    """The Host names and browser origins the API answers, and Flower's credentials."""
-    hosts = _listed(env, "allowed_hosts")
-    for host in hosts:
-        if not _HOST_NAME.match(host):
-            raise SettingError(
-                f"ALLOWED_HOSTS entries are host names without a port ([::1] for IPv6) or *, "
-                f"got {host!r}"
-            )
-    if not hosts:
-        raise SettingError("ALLOWED_HOSTS must name at least one host (or *)")
-    origins = tuple(origin.rstrip("/") for origin in _listed(env, "cors_origins"))
-    for origin in origins:
-        if not _ORIGIN.match(origin):
-            raise SettingError(
-                f"CORS_ORIGINS entries are origins like https://app.example:8443, got {origin!r}"
-            )
-    flower = env.raw("FLOWER_BASIC_AUTH")
-    for pair in flower.split(",") if flower else ():
-        user, _, password = pair.partition(":")
-        if not user.strip() or not password:
-            raise SettingError("FLOWER_BASIC_AUTH must be user:password (comma-separate pairs)")
-    return {"allowed_hosts": hosts, "cors_origins": origins, "flower_basic_auth": flower}
-
-
-# Standard Webhooks' secrets: `whsec_` and the base64 of 24 to 64 random bytes.
-WEBHOOK_SECRET_PREFIX = "whsec_"
-
-
-def parse_webhook_secret(name: str, raw: str) -> bytes:
-    """Decodes a `whsec_` secret to its key bytes.
-
-    Raises:
-        SettingError: The text is not `whsec_` and the base64 of 24 to 64 bytes.
-    """
-    if not raw.startswith(WEBHOOK_SECRET_PREFIX):
-        raise SettingError(f"{name} must start with {WEBHOOK_SECRET_PREFIX}")
-    try:
-        key = base64.b64decode(raw[len(WEBHOOK_SECRET_PREFIX) :], validate=True)
-    except binascii.Error:
-        raise SettingError(f"{name} must be whsec_ and base64 text") from None
-    if not 24 <= len(key) <= 64:
-        raise SettingError(f"{name} must hold 24 to 64 bytes, got {len(key)}")
-    return key
-
-
-def _webhooks(env: _Environment) -> dict[str, Any]:
-    """Where webhooks may go, what signs them, and how their delivery is retried."""
-    networks = []
-    for entry in _listed(env, "webhook_allowed_networks"):
+        variables = _Variables(cls, os.environ if environ is None else environ)
         try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            raise SettingError(
-                f"WEBHOOK_ALLOWED_NETWORKS entries are CIDRs like 10.0.0.0/8, got {entry!r}"
-            ) from None
-    secret = env.raw("WEBHOOK_SECRET")
-    if secret:
-        parse_webhook_secret("WEBHOOK_SECRET", secret)
-    raw_backoff = env.raw("WEBHOOK_BACKOFF_SECONDS")
-    backoff = (
-        tuple(
-            parse_int("WEBHOOK_BACKOFF_SECONDS", part, minimum=0, maximum=86_400)
-            for part in raw_backoff.split(",")
-        )
-        if raw_backoff
-        else env.defaults["webhook_backoff_seconds"]
-    )
-    return {
-        "webhook_allowed_networks": tuple(networks),
-        "webhook_secret": secret,
-        "webhook_max_attempts": env.whole("webhook_max_attempts", maximum=20),
-        "webhook_backoff_seconds": backoff,
-        "webhook_timeout_seconds": env.whole("webhook_timeout_seconds", maximum=60),
-    }
+            return cls(**variables())
+        except ValidationError as error:
+            # A default derived from a malformed setting is not a second error.
+            errors = [e for e in error.errors() if e["type"] != "default_factory_not_called"]
+            raise SettingError("; ".join(map(_described, errors))) from None
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only what `from_env` passes: the variables it was given, never a dotenv file."""
+        return (init_settings,)
 
-# Idempotency keys live as long as their job's row, and must be kept at least a day (issue 12).
-_SHORTEST_JOB_TTL = 86_400
+    @field_validator("whisper_language")
+    @classmethod
+    def _whisper_language(cls, value: str) -> str:
+        if value != "auto" and value not in WHISPER_LANGUAGES:
+            raise ValueError("must be auto or one of Whisper's language codes")
+        return value
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _listed(cls, value: Any, info: ValidationInfo) -> Any:
+        """A tuple's variable is comma-separated (never JSON): its entries, blank ones left out,
+        names in lower case."""
+        listed = get_origin(cls.model_fields[str(info.field_name)].annotation) is tuple
+        if not (listed and isinstance(value, str)):
+            return value
+        entries = (entry.strip() for entry in value.split(",") if entry.strip())
+        return tuple(e if info.field_name == "tts_voices" else e.lower() for e in entries)
 
-def _retention(env: _Environment) -> dict[str, Any]:
-    """How long uploads, replies, job rows and conversations are kept, and how often retention
-    runs (worker/retention.py)."""
-    audio = env.whole("audio_ttl_seconds", minimum=60)
-    jobs = env.whole("job_ttl_seconds", minimum=_SHORTEST_JOB_TTL)
-    if jobs < audio:
-        raise SettingError("JOB_TTL_SECONDS must not be below AUDIO_TTL_SECONDS")
-    return {
-        "audio_ttl_seconds": audio,
-        "job_ttl_seconds": jobs,
-        "conversation_ttl_seconds": env.whole("conversation_ttl_seconds", minimum=60),
-        "retention_interval_seconds": env.whole("retention_interval_seconds", maximum=86_400),
-    }
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        for host in hosts:
+            if not _HOST_NAME.match(host):
+                raise ValueError("entries are host names without a port ([::1] for IPv6) or *")
+        if not hosts:
+            raise ValueError("must name at least one host (or *)")
+        return hosts
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in (origins := tuple(origin.rstrip("/") for origin in origins)):
+            if not _ORIGIN.match(origin):
+                raise ValueError("entries are origins like https://app.example:8443")
+        return origins
 
-# A bearer token as RFC 6750 allows it, and long enough not to be guessed.
-_METRICS_TOKEN = re.compile(r"^[A-Za-z0-9._~+/-]{16,}=*$")
-_METRICS_ADDRESS = re.compile(
-    r"^(?:(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):)?(?P<port>[^:]+)$"
-)
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _flower(cls, value: SecretStr) -> SecretStr:
+        pairs = value.get_secret_value()
+        for user, _, password in (pair.partition(":") for pair in pairs.split(",") if pairs):
+            if not user.strip() or not password:
+                raise ValueError("must be user:password (comma-separate pairs)")
+        return value
 
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value():
+            parse_webhook_secret("WEBHOOK_SECRET", value.get_secret_value())
+        return value
 
-def _observability(env: _Environment) -> dict[str, Any]:
-    """How logs are written, who may read /metrics, and where a worker serves its own."""
-    token = env.raw("METRICS_TOKEN")
-    if token and not _METRICS_TOKEN.match(token):
-        raise SettingError(
-            "METRICS_TOKEN must be at least 16 characters of A-Z a-z 0-9 . _ ~ + / - "
-            '(e.g. python -c "import secrets; print(secrets.token_urlsafe(32))")'
-        )
-    address = env.raw("WORKER_METRICS_PORT")
-    host, port = env.defaults["worker_metrics_host"], 0
-    if address:
-        parts = _METRICS_ADDRESS.match(address)
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value() and not _METRICS_TOKEN.match(value.get_secret_value()):
+            raise ValueError(
+                "must be at least 16 characters of A-Z a-z 0-9 . _ ~ + / - "
+                '(e.g. python -c "import secrets; print(secrets.token_urlsafe(32))")'
+            )
+        return value
+
+    @field_validator("worker_metrics_host", "worker_metrics_port", mode="before")
+    @classmethod
+    def _metrics_address(cls, value: Any, info: ValidationInfo) -> Any:
+        """WORKER_METRICS_PORT's `HOST:` part for the host, the rest for the port."""
+        parts = _METRICS_ADDRESS.match(value) if isinstance(value, str) else None
+        if isinstance(value, str) and parts is None:
+            raise ValueError("must be PORT or HOST:PORT")
         if parts is None:
-            raise SettingError(f"WORKER_METRICS_PORT must be PORT or HOST:PORT, got {address!r}")
-        host = (parts["host"] or host).strip("[]")
-        port = parse_int("WORKER_METRICS_PORT", parts["port"], minimum=1, maximum=65_535)
-    return {
-        "log_format": _choice(env, "log_format", ("json", "text")),
-        "metrics_token": token,
-        "worker_metrics_host": host,
-        "worker_metrics_port": port,
-    }
+            return value
+        if info.field_name == "worker_metrics_port":
+            return parts["port"]
+        return (parts["host"] or "127.0.0.1").strip("[]")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        """The rules between settings."""
+        if self.tts_voice not in self.tts_voices:
+            raise ValueError(f"TTS_VOICE {self.tts_voice!r} must be one of TTS_VOICES")
+        for low, high, strict in _ORDERED:
+            first, second = getattr(self, low), getattr(self, high)
+            if first > second or (strict and first == second):
+                bound = "below" if strict else "at most"
+                raise ValueError(f"{low.upper()} must be {bound} {high.upper()}")
+        return self
+
+
+class _Variables(EnvSettingsSource):
+    """The given variables in capitals, stripped, instead of `os.environ`."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self.environ = {name: value.strip() for name, value in environ.items() if name.isupper()}
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self.environ, False, self.env_ignore_empty, self.env_parse_none_str)
+
+
+def _described(error: Any) -> str:
+    """One of pydantic's errors as the variable and what is wrong (never a secret's value)."""
+    name = str(error["loc"][0]).upper() if error["loc"] else ""
+    text = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+    field = Settings.model_fields.get(name.lower())
+    if field is not None and field.annotation is not SecretStr and isinstance(error["input"], str):
+        text += f", got {error['input']!r}"
+    return text if text.startswith(name) else f"{name}: {text}"

@@ -273,7 +273,7 @@ def metrics_environment(data_dir: Path) -> dict[str, str]:
 
 def flower_basic_auth(env: dict[str, str], data_dir: Path) -> str:
     """FLOWER_BASIC_AUTH, else DATA_DIR/flower-auth made (0600) once; only its path is printed."""
-    configured = Settings.from_env(env).flower_basic_auth
+    configured = Settings.from_env(env).flower_basic_auth.get_secret_value()
     if configured:
         return configured
     path = data_dir / FLOWER_AUTH_FILE

@@ -70,6 +70,7 @@ def test_the_rewrite_drops_the_cpu_engines_and_lowers_the_pins_python_3_10_lacks
     assert {"celery", "flask", "openai", "av", "scipy", "sqlalchemy"} <= names
     assert "av<18" in lines  # av 18 needs Python >= 3.11; the worker decodes browser recordings
     assert "sqlalchemy>=2.0.40,<2.1" in lines and "scipy>=1.14,<1.16" in lines
+    assert "pydantic-settings>=2.15,<2.16" in lines  # 2.16 needs Python >= 3.11
 
 
 @NEEDS_PYPI

@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 
 from models.settings import SettingError, Settings, parse_bool, parse_int
+from scripts.configuration_page import PAGE, page
 
 
 def test_defaults_need_no_environment() -> None:
@@ -79,6 +80,13 @@ def test_malformed_settings_name_the_variable(env: dict[str, str]) -> None:
     assert any(name in str(raised.value) for name in env)
 
 
+def test_given_variables_are_the_only_ones_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAX_TEXT_CHARS", "77")
+    assert Settings.from_env().max_text_chars == 77
+    assert Settings.from_env({}).max_text_chars == 4000
+    assert Settings.from_env({"max_text_chars": "77"}).max_text_chars == 4000  # capitals only
+
+
 def test_int_bounds() -> None:
     assert parse_int("N", "7", minimum=1, maximum=9) == 7
     with pytest.raises(SettingError):
@@ -109,4 +117,10 @@ def test_webhook_networks_are_cidrs() -> None:
     assert listed.webhook_allowed_networks == (
         ipaddress.ip_network("10.0.0.0/8"),
         ipaddress.ip_network("::1/128"),
+    )
+
+
+def test_the_configuration_page_is_the_generated_one() -> None:
+    assert PAGE.read_text() == page(), (
+        "docs/configuration.md differs from the settings: run python -m scripts.configuration_page"
     )

@@ -132,7 +132,7 @@ def _secret(session: Session, job: Job) -> str:
     if job.api_key_id is not None:
         key = session.get(ApiKey, job.api_key_id)
         return key.webhook_secret if key is not None else ""
-    return settings.webhook_secret
+    return settings.webhook_secret.get_secret_value()
 
 
 def _body(job: Job, event: str) -> bytes:

@@ -9,7 +9,6 @@ declaration (`api/openapi/declare.py`), whose errors become the answers of `prob
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
 import re
 from typing import Any
@@ -234,7 +233,7 @@ def _parameters(
 
 
 def _setting_values(settings: Settings) -> dict[str, object]:
-    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+    values = {**dict(settings), "max_upload_bytes": settings.max_upload_bytes}
     return {k: f"{v:g}" if isinstance(v, float) else v for k, v in values.items()}
 
 

@@ -129,7 +129,7 @@ class OpenAIChatGenerator:
         source = f"The language model server at {server_name(settings.llm_base_url)}"
         client = openai.OpenAI(
             base_url=settings.llm_base_url,
-            api_key=settings.llm_api_key or "none",
+            api_key=settings.llm_api_key.get_secret_value() or "none",
             # Fail fast on a server that is down; a reply may take as long as the job may.
             timeout=openai.Timeout(float(settings.task_soft_time_limit), connect=5.0),
             max_retries=2,
