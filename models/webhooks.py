@@ -86,17 +86,11 @@ def allowed_address(address: Address, networks: tuple[Network, ...] = ()) -> boo
 
 
 def resolve_target(parts: SplitResult, *, networks: tuple[Network, ...]) -> list[Address]:
-    """Resolves the URL's host once and checks every address it has.
+    """Resolves the URL's host once and checks every address it has; connect to one of those
+    returned, never resolve again.
 
     Every address must be allowed, not only the first: a name that mixes a public address with a
     private one would otherwise pass the check and be connected to the private one.
-
-    Args:
-        parts: The checked URL.
-        networks: The private and loopback networks allowed (WEBHOOK_ALLOWED_NETWORKS).
-
-    Returns:
-        The addresses, in the resolver's order; connect to one of these, never resolve again.
 
     Raises:
         OSError: The name does not resolve (socket.gaierror).

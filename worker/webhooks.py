@@ -107,11 +107,7 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> Outcome:
-    """Posts one delivery to the address the URL's name resolves to, once checked.
-
-    Returns:
-        The status code of the answer, or the error that stopped the attempt.
-    """
+    """Posts one delivery to the checked address the URL's name resolves to."""
     parts = webhooks.check_url(url)
     try:
         addresses = webhooks.resolve_target(parts, networks=settings.webhook_allowed_networks)
