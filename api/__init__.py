@@ -22,12 +22,12 @@ from api import (
     health,
     jobs,
     limits,
-    openai_routes,
     openapi,
     page,
     prometheus,
 )
 from api.access import release_connection
+from api.openai import routes as openai_routes
 from api.authentication import register_authentication
 from api.held_requests import HeldRequests
 from api.key_commands import keys

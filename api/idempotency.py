@@ -115,7 +115,7 @@ def fingerprint(request: Request, job: Job, audio: bytes | None) -> str:
     return digest.hexdigest()
 
 
-def claim(session: Session, key: str, print_: str, settings: Settings) -> Claim | Job:
+def claim(session: Session, key: str, request_fingerprint: str, settings: Settings) -> Claim | Job:
     """Takes `key` for this request, or finds the job the same request made with it before.
 
     The row is inserted and committed at once: of two requests with one key, the primary key
@@ -130,7 +130,7 @@ def claim(session: Session, key: str, print_: str, settings: Settings) -> Claim 
         IdempotencyKeyInFlight: The first request with the key is still being handled.
     """
     scope, now = caller_id() or "", utcnow()
-    session.add(IdempotencyRecord(scope=scope, key=key, fingerprint=print_, created_at=now))
+    session.add(IdempotencyRecord(scope=scope, key=key, fingerprint=request_fingerprint, created_at=now))
     try:
         session.commit()
         return Claim(scope, key, now)
@@ -146,12 +146,12 @@ def claim(session: Session, key: str, print_: str, settings: Settings) -> Claim 
         and (existing.job_id is not None or age.total_seconds() > IN_FLIGHT_STALE_SECONDS)
     )
     if stale:
-        return _take_over(session, existing, print_, now)
+        return _take_over(session, existing, request_fingerprint, now)
     if job is None:
         raise IdempotencyKeyInFlight(
             "The first request with this Idempotency-Key is still being handled; retry shortly."
         )
-    if existing.fingerprint != print_:
+    if existing.fingerprint != request_fingerprint:
         raise IdempotencyKeyReused(
             "This Idempotency-Key was sent with a different request; use a new key.",
             field=HEADER,
@@ -160,13 +160,13 @@ def claim(session: Session, key: str, print_: str, settings: Settings) -> Claim 
     return job
 
 
-def _take_over(session: Session, stale: IdempotencyRecord, print_: str, now: datetime) -> Claim:
+def _take_over(session: Session, stale: IdempotencyRecord, request_fingerprint: str, now: datetime) -> Claim:
     """Claims an expired or abandoned row, unless another request did so first."""
     before = Claim(stale.scope, stale.key, stale.created_at)
     taken = session.execute(
         update(IdempotencyRecord)
         .where(_matching(before))
-        .values(fingerprint=print_, job_id=None, created_at=now)
+        .values(fingerprint=request_fingerprint, job_id=None, created_at=now)
         .execution_options(synchronize_session=False)
     )
     session.commit()

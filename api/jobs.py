@@ -23,7 +23,7 @@ from api.preferences import PREFER, preferred_wait
 from api.schemas import AudioQuery, JobList, JobListQuery, JobOptions, JobView, is_resource_id
 from api.speech_stream import stream_reply
 from api.submission import AUDIO_MEDIA_TYPES, Submission, parse_submission
-from api.validation import single_values, validate
+from api.request_validation import single_values, validate
 from models import event_log, queries, storage, transitions, webhooks
 from models.db import write_turn
 from models.errors import (
@@ -284,8 +284,8 @@ def create_job() -> Response:
     job = _new_job(submission)
     held = None
     if key is not None:
-        print_ = idempotency.fingerprint(request, job, submission.audio)
-        earlier = idempotency.claim(g.db, key, print_, settings)
+        request_fingerprint = idempotency.fingerprint(request, job, submission.audio)
+        earlier = idempotency.claim(g.db, key, request_fingerprint, settings)
         if isinstance(earlier, Job):
             response = _job_answer(earlier, 202)
             response.headers[idempotency.REPLAYED_HEADER] = "true"

@@ -1,6 +1,6 @@
 """The request and response shapes of the job and conversation routes, each declared once.
 
-Validation (`api/validation.py`), the OpenAPI components (`api/openapi/`) and the JSON answers
+Validation (`api/request_validation.py`), the OpenAPI components (`api/openapi/`) and the JSON answers
 all come from these models. Bounds named by `Live` are the running settings' values.
 """
 
@@ -19,7 +19,7 @@ from pydantic import (
 )
 from pydantic.config import JsonDict
 
-from api.validation import Answer, Live, PositiveWhole, Shape, integral, refuse
+from api.request_validation import Answer, Live, PositiveWhole, Shape, integral, refuse
 from models import queries
 from models.errors import (
     ConflictingInput,

@@ -41,7 +41,7 @@ def _refuse_unusable_engines(options: dict[str, Any] | None = None, **_kwargs: A
     validation.py). SystemExit passes through Celery's signal dispatch, which catches Exception
     only, and ends the parent with status 1 and one line on stderr naming the setting.
     """
-    from worker.engines.validation import validate_engines
+    from worker.engines.preflight import validate_engines
 
     if not runs_jobs():
         queues = (options or {}).get("queues") or []

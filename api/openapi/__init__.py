@@ -1,6 +1,6 @@
 """The service's OpenAPI 3.1 document, built from the app's routes and running settings.
 
-Components come from the pydantic shapes (`api/schemas.py`, `api/openai_schemas.py`). Each
+Components come from the pydantic shapes (`api/schemas.py`, `api/openai/schemas.py`). Each
 operation comes from its view: the summary and description from its docstring, the operation id
 from its endpoint, the path parameters from its rule, and the rest from its `@documented`
 declaration (`api/openapi/declare.py`), whose errors become the answers of `problems.py`.
@@ -19,11 +19,12 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 from werkzeug.routing import Rule
 
-from api import openai_schemas, schemas
+from api import schemas
+from api.openai import schemas as openai_schemas
 from api.openapi.declare import Query, Route, Schema, answer, content, documented, ref
 from api.openapi.problems import code_table, error_answers
 from api.openapi.webhooks import WEBHOOKS
-from api.validation import component_schemas, without_null
+from api.request_validation import component_schemas, without_null
 from models.errors import VoiceChatError
 from models.settings import Settings
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 
 from api.errors import PROBLEM_JSON, status_for
-from api.openai_schemas import OPENAI_CODES
+from api.openai.schemas import OPENAI_CODES
 from api.openapi.declare import ErrorClass, Schema, content, ref, schema_ref
 from api.origins import PROBES
 from models import errors

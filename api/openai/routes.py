@@ -2,7 +2,7 @@
 
 Every request becomes a job like any other (visible under /v1/jobs, its id in `X-Job-Id`); the
 route then follows the job's event stream to answer. Bodies are validated by the shapes of
-`api/openai_schemas.py`, and errors use OpenAI's `{"error": {message, type, param, code}}`.
+`api/openai/schemas.py`, and errors use OpenAI's `{"error": {message, type, param, code}}`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.exceptions import HTTPException
 
-from api import openai_formats
+from api.openai import formats
 from api.cancellation import CLIENT_LEFT, WAIT_RAN_OUT, cancel_unanswered, canceled_on_leave
 from api.errors import status_for, with_retry_after
 from api.follow import (
@@ -32,7 +32,7 @@ from api.follow import (
 from api.held_requests import Place, hold
 from api.jobs import UPLOAD_MEDIA_TYPES, submit
 from api.limits import breach
-from api.openai_schemas import (
+from api.openai.schemas import (
     OPENAI_CODES,
     TTS_MODEL_IDS,
     WHISPER_MODEL_ID,
@@ -52,7 +52,7 @@ from api.openai_schemas import (
 from api.openapi.declare import SSE_HEADERS, answer, documented, family, json_body, ref, schema_ref
 from api.schemas import Usage
 from api.speech_stream import stream_reply
-from api.validation import parse_json_object, single_values, validate
+from api.request_validation import parse_json_object, single_values, validate
 from api.wait_bound import check_reachable, timed_out
 from models import event_log
 from models.audio import inspect_upload
@@ -237,7 +237,7 @@ STREAMED_SPEECH = frozenset({"wav", "pcm"})
     {
         200: answer(
             "The completion; a stream of chunks with `stream: true`.",
-            body=openai_formats.CHAT_ANSWERS,
+            body=formats.CHAT_ANSWERS,
             headers={**JOB_ID, **SSE_HEADERS},
         )
     },
@@ -322,7 +322,7 @@ def _completion_chunks(
 ) -> Iterator[str]:
     """The events of a streamed completion: the role, each piece, the end (or the job's error),
     the usage when asked for, and `[DONE]`; `place` is held until the stream ends."""
-    frame = openai_formats.event_data
+    frame = formats.event_data
     with place:
         yield frame(head.piece(ChatDelta(role="assistant", content="")).body())
         sent = False
@@ -337,7 +337,7 @@ def _completion_chunks(
                     WORKER_LOST, f"The reply was cut off: job {job_id} runs again."
                 )
                 yield frame(error_body(lost).model_dump(mode="json"))
-                yield openai_formats.STREAM_END
+                yield formats.STREAM_END
                 return
             elif event.type == IDLE:
                 if client_left():
@@ -356,7 +356,7 @@ def _completion_chunks(
             yield frame(head.piece(ChatDelta(), job.finish_reason or "stop").body())
             if include_usage:
                 yield frame(head.model_copy(update={"usage": Usage.of(job)}).body())
-        yield openai_formats.STREAM_END
+        yield formats.STREAM_END
 
 
 def _multipart_fields() -> dict[str, Any]:
@@ -396,7 +396,7 @@ def _multipart_fields() -> dict[str, Any]:
         200: answer(
             "The transcript in `response_format`: `json` and `verbose_json` as JSON, `text` as "
             "plain text (with a final newline), `srt` and `vtt` as subtitles.",
-            body=openai_formats.TRANSCRIPT_ANSWERS,
+            body=formats.TRANSCRIPT_ANSWERS,
             headers=JOB_ID,
         )
     },
@@ -469,10 +469,10 @@ def _transcript_response(response_format: str, heard: VerboseTranscription) -> R
     if response_format == "verbose_json":
         return _answer(heard)
     segments = [segment.model_dump() for segment in heard.segments]
-    cues = openai_formats.cues_of(segments, heard.text, heard.duration)
+    cues = formats.cues_of(segments, heard.text, heard.duration)
     return Response(
-        openai_formats.transcript_text(response_format, heard.text, cues),
-        mimetype=openai_formats.SUBTITLE_MEDIA_TYPES[response_format],
+        formats.transcript_text(response_format, heard.text, cues),
+        mimetype=formats.SUBTITLE_MEDIA_TYPES[response_format],
     )
 
 
@@ -480,7 +480,7 @@ def _transcript_response(response_format: str, heard: VerboseTranscription) -> R
 @documented(
     {
         200: answer(
-            "The audio, in `response_format`.", body=openai_formats.SPEECH_ANSWERS, headers=JOB_ID
+            "The audio, in `response_format`.", body=formats.SPEECH_ANSWERS, headers=JOB_ID
         )
     },
     errors=(MalformedJson, UnsupportedMediaType, InvalidOption, EmptyText, *JOB_ROUTE_ERRORS),
@@ -523,7 +523,7 @@ def create_speech() -> Response:
             1,
             place,
             with_header=not pcm,
-            resample_to=openai_formats.PCM_RATE if pcm else None,
+            resample_to=formats.PCM_RATE if pcm else None,
             cancel_on_leave=True,
         )
         response.headers["X-Job-Id"] = job.id
@@ -534,7 +534,7 @@ def create_speech() -> Response:
     results: Store = current_app.extensions["voicechat.results"]
     assert finished.reply_audio_file is not None
     wav = results.read(finished.reply_audio_file)
-    audio = openai_formats.encode_speech(wav, asked.response_format)
-    response = Response(audio, mimetype=openai_formats.SPEECH_FORMATS[asked.response_format])
+    audio = formats.encode_speech(wav, asked.response_format)
+    response = Response(audio, mimetype=formats.SPEECH_FORMATS[asked.response_format])
     response.headers["X-Job-Id"] = job.id
     return response

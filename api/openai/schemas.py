@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from api.openai_formats import DEFAULT_SPEECH_FORMAT, SPEECH_FORMATS, TRANSCRIPTION_FORMATS
+from api.openai.formats import DEFAULT_SPEECH_FORMAT, SPEECH_FORMATS, TRANSCRIPTION_FORMATS
 from api.schemas import (
     NO_NUL_PATTERN,
     PROMPT_PATTERN,
@@ -35,7 +35,7 @@ from api.schemas import (
     check_encodable,
     not_blank,
 )
-from api.validation import (
+from api.request_validation import (
     Answer,
     Live,
     Shape,
