@@ -178,8 +178,9 @@ def client_left() -> bool:
 KEEP_ALIVE = ": keep-alive\n\n"
 
 
-def _sse(event_type: str, data: Any, event_id: str | None = None) -> str:
-    lines = [f"event: {event_type}"]
+def sse_event(data: Any, event: str | None = None, event_id: str | None = None) -> str:
+    """One Server-Sent Event: its type and id when given, and `data` as one line of JSON."""
+    lines = [f"event: {event}"] if event else []
     if event_id:
         lines.append(f"id: {event_id}")
     lines.append("data: " + json.dumps(data, separators=(",", ":")))
@@ -377,10 +378,7 @@ def _event_stream(job_id: str, after: str, place: Place, going: bool) -> Iterato
                 yield KEEP_ALIVE
             elif event.type == event_log.DONE:
                 job = read_job(job_id)
-                yield _sse(
-                    event_log.DONE,
-                    JobView.of(job).model_dump(mode="json") if job else event.data,
-                    event.id or None,
-                )
+                done = JobView.of(job).model_dump(mode="json") if job else event.data
+                yield sse_event(done, event_log.DONE, event.id or None)
             else:
-                yield _sse(event.type, event.data, event.id)
+                yield sse_event(event.data, event.type, event.id)

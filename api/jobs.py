@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -81,6 +82,17 @@ def _load(job_id: str) -> Job:
 def _own_conversation(conversation_id: str) -> bool:
     conversation: Conversation | None = g.db.get(Conversation, conversation_id)
     return conversation is not None and visible(conversation.api_key_id)
+
+
+def queued_job(reply_format: ReplyFormat, **columns: Any) -> Job:
+    """A new job, not yet stored: a fresh id, queued, a text input unless `submit` gets audio."""
+    return Job(
+        id=new_job_id(),
+        status=JobStatus.QUEUED.value,
+        reply_format=reply_format.value,
+        input_kind=InputKind.TEXT.value,
+        **columns,
+    )
 
 
 def submit(job: Job, audio: bytes | None = None, extension: str = "wav") -> Job:
@@ -321,13 +333,10 @@ def _new_job(submission: Submission) -> Job:
             f"No conversation has the id {options.conversation_id!r}.", field="conversation_id"
         )
     check_webhook(options, current_app.extensions["voicechat.settings"])
-    job = Job(
-        id=new_job_id(),
-        status=JobStatus.QUEUED.value,
-        reply_format=(options.reply or ReplyFormat.TEXT).value,
+    job = queued_job(
+        options.reply or ReplyFormat.TEXT,
         options=options.generation_options(),
         conversation_id=options.conversation_id,
-        input_kind=InputKind.TEXT.value,
         input_text=submission.text,
         webhook_url=options.webhook,
         webhook_events=options.webhook_event_names(),

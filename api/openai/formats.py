@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -145,7 +144,3 @@ def encode_speech(wav: bytes, response_format: str) -> bytes:
         sf.write(buffer, resampled, OPUS_RATE, format="OGG", subtype="OPUS")
     return bytes(buffer.getvalue())
 
-
-def event_data(body: Mapping[str, Any]) -> str:
-    """One Server-Sent Event of a streamed chat completion: `data:` and compact JSON."""
-    return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"

@@ -25,12 +25,13 @@ from api.follow import (
     client_left,
     follow,
     read_job,
+    sse_event,
     sse_response,
     wait_for,
     wait_for_start,
 )
 from api.held_requests import Place, hold
-from api.jobs import UPLOAD_MEDIA_TYPES, submit
+from api.jobs import UPLOAD_MEDIA_TYPES, queued_job, submit
 from api.limits import breach
 from api.openai.schemas import (
     OPENAI_CODES,
@@ -87,7 +88,7 @@ from models.errors import (
 )
 from models.settings import Settings
 from models.storage import Store
-from models.tables import InputKind, Job, JobStatus, Operation, ReplyFormat, new_job_id
+from models.tables import Job, JobStatus, Operation, ReplyFormat
 from models.transitions import WORKER_LOST
 
 blueprint = Blueprint("openai", __name__)
@@ -273,12 +274,9 @@ def create_chat_completion() -> Response:
     place = hold()  # likewise
     try:
         job = submit(
-            Job(
-                id=new_job_id(),
-                status=JobStatus.QUEUED.value,
+            queued_job(
+                ReplyFormat.TEXT,
                 operation=Operation.CHAT.value,
-                reply_format=ReplyFormat.TEXT.value,
-                input_kind=InputKind.TEXT.value,
                 input_text=chat.prompt,
                 history=chat.history(),
                 options=chat.generation_options(),
@@ -322,7 +320,7 @@ def _completion_chunks(
 ) -> Iterator[str]:
     """The events of a streamed completion: the role, each piece, the end (or the job's error),
     the usage when asked for, and `[DONE]`; `place` is held until the stream ends."""
-    frame = formats.event_data
+    frame = sse_event
     with place:
         yield frame(head.piece(ChatDelta(role="assistant", content="")).body())
         sent = False
@@ -437,11 +435,9 @@ def create_transcription() -> Response:
     asked = validate(TranscriptionRequest, _multipart_fields(), settings, from_strings=True)
     info = inspect_upload(asked.file, settings)
     options = asked.recognition_options()
-    job = Job(
-        id=new_job_id(),
-        status=JobStatus.QUEUED.value,
+    job = queued_job(
+        ReplyFormat.TEXT,
         operation=Operation.TRANSCRIBE.value,
-        reply_format=ReplyFormat.TEXT.value,
         input_audio_seconds=round(info.seconds, 3),
         options=options,
     )
@@ -498,12 +494,9 @@ def create_speech() -> Response:
     """
     settings = _settings()
     asked = validate(SpeechRequest, _json_object(), settings)
-    job = Job(
-        id=new_job_id(),
-        status=JobStatus.QUEUED.value,
+    job = queued_job(
+        ReplyFormat.VOICE,
         operation=Operation.SPEAK.value,
-        reply_format=ReplyFormat.VOICE.value,
-        input_kind=InputKind.TEXT.value,
         input_text=asked.input,
         options=asked.speech_options(settings),
     )
