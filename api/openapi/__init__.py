@@ -1,9 +1,12 @@
-"""The service's OpenAPI 3.1 document, built from the app's routes and running settings.
+"""The service's OpenAPI 3.1 document, built from the app's routes, shapes and running settings.
 
-Components come from the pydantic shapes (`api/schemas.py`, `api/openai/schemas.py`). Each
-operation comes from its view: the summary and description from its docstring, the operation id
-from its endpoint, the path parameters from its rule, and the rest from its `@documented`
-declaration (`api/openapi/declare.py`), whose errors become the answers of `problems.py`.
+Components come from the pydantic shapes; each operation from its view's docstring, endpoint and
+rule and its `@documented` declaration (declare.py), its error answers from the domain error
+classes (problems.py). No library is used because flask-openapi3, APIFlask and spectree (tried)
+each take components once from the models' static JSON Schema and own request validation with
+their own error answers, so the limits set by the running settings, the problem+json codes per
+route, the four body forms of POST /v1/jobs and the SSE streams would all still be hand-written
+here, passed through the library as raw dicts.
 """
 
 from __future__ import annotations
@@ -101,9 +104,8 @@ HEADERS = {
         "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
     },
 }
-# Endpoints that are not the API: static files, and the page for people at `/` (api/page.py),
-# which calls the API as any client does. A client generated from the document has no use for
-# them, and a page is no operation: it takes no parameters and answers HTML.
+# Not the API: static files, and the page for people at `/` (api/page.py), which calls the API
+# as any client does; a page is no operation.
 NOT_THE_API = frozenset({"static", "page.index"})
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _ARGUMENT = re.compile(r"<(?:\w+:)?(\w+)>")
@@ -111,15 +113,7 @@ _PARAGRAPH = re.compile(r"\n\s*\n")
 
 
 def build_document(app: Flask, settings: Settings) -> dict[str, Any]:
-    """Builds the OpenAPI document of `app`'s routes with the limits of `settings`.
-
-    Args:
-        app: The application, its blueprints registered.
-        settings: The running settings; every bound and default they set is shown as set.
-
-    Returns:
-        The document, a JSON-ready dict.
-    """
+    """The OpenAPI document of `app`'s routes, every bound and default as `settings` set it."""
     components = _components(settings)
     paths: dict[str, Any] = {}
     answered: list[type[VoiceChatError]] = []

@@ -87,17 +87,8 @@ def _openai(status: int, found: list[ErrorClass]) -> tuple[str, Schema]:
 def error_answers(
     path: str, declared: tuple[ErrorClass, ...], notes: Mapping[int, str], openai: bool
 ) -> tuple[dict[int, Schema], list[ErrorClass]]:
-    """The error responses of one operation, and the errors it answers as problems.
-
-    Args:
-        path: The operation's path, which says which checks guard it.
-        declared: The errors its view raises.
-        notes: Route-specific text put first in a status's description.
-        openai: Whether it answers in OpenAI's shape.
-
-    Returns:
-        The responses by status, and the errors among them answered as problem+json.
-    """
+    """The error responses of the operation at `path` (which says which checks guard it), in
+    OpenAI's shape or as problems, and the errors among them answered as problem+json."""
     shaped, app_wide = list(declared), list[ErrorClass]()
     if path.startswith("/v1/"):
         shaped += [] if openai else [errors.MissingApiKey]
