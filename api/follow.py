@@ -335,8 +335,7 @@ def _resume_point() -> str:
     """The event id to resume after: `Last-Event-ID`, else `after`, else `0`.
 
     Raises:
-        InvalidHeader: Either is given but is no event id (an empty one included: the
-            document's pattern refuses it, and a browser sends no empty `Last-Event-ID`).
+        InvalidHeader: Either is given but is no event id (an empty one included).
     """
     header, query = request.headers.get("Last-Event-ID"), request.args.get("after")
     for name, value in (("Last-Event-ID", header), ("after", query)):
@@ -346,11 +345,7 @@ def _resume_point() -> str:
 
 
 def _visible_job(job_id: str) -> JobState:
-    """The state of the caller's job of this id.
-
-    Raises:
-        JobNotFound: There is no such job, or it is another key's.
-    """
+    """The state of the caller's job of this id; another key's is not found (`JobNotFound`)."""
     state = job_state(job_id)
     if state is None or not visible(state.api_key_id):
         raise JobNotFound(f"No job has the id {job_id!r}.")

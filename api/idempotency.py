@@ -64,11 +64,7 @@ class Claim:
 
 
 def requested_key(request: Request) -> str | None:
-    """Reads the `Idempotency-Key` header: 1 to 255 printable ASCII characters, bare or as the
-    draft's quoted string (`"..."`, with `\\"` and `\\\\` escapes).
-
-    Returns:
-        The key, or None when the header is absent.
+    """The `Idempotency-Key` header, bare or the draft's quoted string; None when absent.
 
     Raises:
         InvalidIdempotencyKey: The header is repeated, empty, too long or not printable ASCII.
@@ -89,13 +85,7 @@ def requested_key(request: Request) -> str | None:
 
 
 def fingerprint(request: Request, job: Job, audio: bytes | None) -> str:
-    """The SHA-256 of what makes a request the same (see the module's docstring).
-
-    Args:
-        request: The request, for its method, path and media type.
-        job: The job it asks for, not yet stored.
-        audio: The recording it carries, if any.
-    """
+    """The SHA-256 of what makes a request the same (see the module's docstring)."""
     made = {
         "reply_format": job.reply_format,
         "input_text": job.input_text,
@@ -130,7 +120,9 @@ def claim(session: Session, key: str, request_fingerprint: str, settings: Settin
         IdempotencyKeyInFlight: The first request with the key is still being handled.
     """
     scope, now = caller_id() or "", utcnow()
-    session.add(IdempotencyRecord(scope=scope, key=key, fingerprint=request_fingerprint, created_at=now))
+    session.add(
+        IdempotencyRecord(scope=scope, key=key, fingerprint=request_fingerprint, created_at=now)
+    )
     try:
         session.commit()
         return Claim(scope, key, now)
@@ -160,7 +152,9 @@ def claim(session: Session, key: str, request_fingerprint: str, settings: Settin
     return job
 
 
-def _take_over(session: Session, stale: IdempotencyRecord, request_fingerprint: str, now: datetime) -> Claim:
+def _take_over(
+    session: Session, stale: IdempotencyRecord, request_fingerprint: str, now: datetime
+) -> Claim:
     """Claims an expired or abandoned row, unless another request did so first."""
     before = Claim(stale.scope, stale.key, stale.created_at)
     taken = session.execute(

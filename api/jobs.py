@@ -21,10 +21,10 @@ from api.held_requests import hold, try_hold
 from api.limits import check_capacity
 from api.openapi.declare import Query, Schema, answer, documented, family, ref, schema_ref
 from api.preferences import PREFER, preferred_wait
+from api.request_validation import single_values, validate
 from api.schemas import AudioQuery, JobList, JobListQuery, JobOptions, JobView, is_resource_id
 from api.speech_stream import stream_reply
 from api.submission import AUDIO_MEDIA_TYPES, Submission, parse_submission
-from api.request_validation import single_values, validate
 from models import event_log, queries, storage, transitions, webhooks
 from models.db import write_turn
 from models.errors import (

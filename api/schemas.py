@@ -1,7 +1,7 @@
 """The request and response shapes of the job and conversation routes, each declared once.
 
-Validation (`api/request_validation.py`), the OpenAPI components (`api/openapi/`) and the JSON answers
-all come from these models. Bounds named by `Live` are the running settings' values.
+Validation (`api/request_validation.py`), the OpenAPI components (`api/openapi/`) and the JSON
+answers all come from these models. Bounds named by `Live` are the running settings' values.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from pydantic import BaseModel
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.exceptions import HTTPException
 
-from api.openai import formats
 from api.cancellation import CLIENT_LEFT, WAIT_RAN_OUT, cancel_unanswered, canceled_on_leave
 from api.errors import status_for, with_retry_after
 from api.follow import (
@@ -33,6 +32,7 @@ from api.follow import (
 from api.held_requests import Place, hold
 from api.jobs import UPLOAD_MEDIA_TYPES, queued_job, submit
 from api.limits import breach
+from api.openai import formats
 from api.openai.schemas import (
     OPENAI_CODES,
     TTS_MODEL_IDS,
@@ -51,9 +51,9 @@ from api.openai.schemas import (
     VerboseTranscription,
 )
 from api.openapi.declare import SSE_HEADERS, answer, documented, family, json_body, ref, schema_ref
+from api.request_validation import parse_json_object, single_values, validate
 from api.schemas import Usage
 from api.speech_stream import stream_reply
-from api.request_validation import parse_json_object, single_values, validate
 from api.wait_bound import check_reachable, timed_out
 from models import event_log
 from models.audio import inspect_upload
@@ -474,11 +474,7 @@ def _transcript_response(response_format: str, heard: VerboseTranscription) -> R
 
 @blueprint.post("/v1/audio/speech")
 @documented(
-    {
-        200: answer(
-            "The audio, in `response_format`.", body=formats.SPEECH_ANSWERS, headers=JOB_ID
-        )
-    },
+    {200: answer("The audio, in `response_format`.", body=formats.SPEECH_ANSWERS, headers=JOB_ID)},
     errors=(MalformedJson, UnsupportedMediaType, InvalidOption, EmptyText, *JOB_ROUTE_ERRORS),
     notes=NOTES,
     body=json_body("SpeechRequest"),

@@ -25,6 +25,14 @@ from pydantic import (
 )
 
 from api.openai.formats import DEFAULT_SPEECH_FORMAT, SPEECH_FORMATS, TRANSCRIPTION_FORMATS
+from api.request_validation import (
+    Answer,
+    Live,
+    Shape,
+    integral,
+    refuse,
+    running_settings,
+)
 from api.schemas import (
     NO_NUL_PATTERN,
     PROMPT_PATTERN,
@@ -34,14 +42,6 @@ from api.schemas import (
     Usage,
     check_encodable,
     not_blank,
-)
-from api.request_validation import (
-    Answer,
-    Live,
-    Shape,
-    integral,
-    refuse,
-    running_settings,
 )
 from models.errors import (
     EmptyText,
