@@ -36,13 +36,10 @@ blueprint = Blueprint("openapi", __name__)
 # Shapes read only from forms or query strings.
 FORM_SHAPES = ("UploadJobRequest", "JobOptions", "JobListQuery", "TranscriptionRequest")
 OPENAI_TAG = "OpenAI-compatible"
-# Each blueprint's tag.
+# A blueprint's tag, where it is not the blueprint's own name.
 TAG_OF = {
-    "jobs": "jobs",
     "events": "jobs",
-    "conversations": "conversations",
     "openai": OPENAI_TAG,
-    "health": "health",
     "metrics": "health",
     "openapi": "meta",
     "docs": "meta",
@@ -118,19 +115,20 @@ def build_document(app: Flask, settings: Settings) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     answered: list[type[VoiceChatError]] = []
     arguments: list[str] = []
+    known = _setting_values(settings)
     for rule in app.url_map.iter_rules():
         if rule.endpoint in NOT_THE_API:
             continue
         view = app.view_functions[rule.endpoint]
         route: Route = getattr(view, "openapi_route", Route())
-        values = {**_setting_values(settings), **route.facts}
+        values = {**known, **route.facts}
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             operation, problems = _operation(rule, view, route, components)
             path = _ARGUMENT.sub(r"{\1}", rule.rule)
             paths.setdefault(path, {})[method.lower()] = _filled(operation, values)
             answered += problems
         arguments += [name for name in _ARGUMENT.findall(rule.rule) if name not in arguments]
-    table = _fill(code_table(answered), _setting_values(settings))
+    table = _fill(code_table(answered), known)
     components["Problem"]["properties"]["code"]["description"] = table
     parameters = {_camel(name): _path_parameter(name) for name in arguments}
     return {
@@ -182,7 +180,8 @@ def _operation(
     """One operation of `rule`, from its view's docstring and declaration."""
     summary, _, description = inspect.cleandoc(view.__doc__ or "").partition("\n")
     blueprint_name, _, name = rule.endpoint.rpartition(".")
-    openai = TAG_OF[blueprint_name] == OPENAI_TAG
+    tag = TAG_OF.get(blueprint_name, blueprint_name)
+    openai = tag == OPENAI_TAG
     errors, problems = error_answers(rule.rule, route.errors, route.notes, openai)
     responses = {**errors, **copy.deepcopy(route.answers)}
     for response in responses.values():  # every response carries its request's id
@@ -192,7 +191,7 @@ def _operation(
         }
     operation: Schema = {
         "operationId": name,
-        "tags": [TAG_OF[blueprint_name]],
+        "tags": [tag],
         "summary": summary.strip().rstrip("."),
         "description": "\n\n".join(" ".join(p.split()) for p in _PARAGRAPH.split(description)),
         "parameters": [

@@ -18,10 +18,8 @@ from api.origins import PROBES
 from models import errors
 
 # Codes of no domain error: Werkzeug's own answers.
-OTHER_MEANINGS = {
-    "method_not_allowed": "The route does not take this method; see `Allow`.",
-    "http_error": "Any other HTTP error, e.g. 416 for an unsatisfiable Range.",
-}
+NOT_ALLOWED = ("method_not_allowed", "The route does not take this method; see `Allow`.")
+HTTP_ERROR = ("http_error", "Any other HTTP error, e.g. 416 for an unsatisfiable Range.")
 APP_WIDE = (errors.VoiceChatError, errors.DatabaseUnavailable)
 CHALLENGE = {
     "description": 'The scheme to authenticate with: `Bearer realm="voicechat"`, and '
@@ -123,11 +121,7 @@ def code_table(answered: Iterable[ErrorClass]) -> str:
     """Renders every problem code answered anywhere, grouped by HTTP status."""
     grouped = _by_status([*answered, errors.NotFound])
     meanings = {status: [(e.code, meaning(e)) for e in found] for status, found in grouped.items()}
-    meanings.setdefault(405, []).append(
-        ("method_not_allowed", OTHER_MEANINGS["method_not_allowed"])
-    )
+    meanings.setdefault(405, []).append(NOT_ALLOWED)
     groups = [f"**{status}**\n\n{_bullets(meanings[status])}" for status in sorted(meanings)]
-    groups.append(
-        f"**other statuses**\n\n{_bullets([('http_error', OTHER_MEANINGS['http_error'])])}"
-    )
+    groups.append(f"**other statuses**\n\n{_bullets([HTTP_ERROR])}")
     return "Stable machine code to branch on, by status:\n\n" + "\n\n".join(groups)
