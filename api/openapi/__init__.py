@@ -2,11 +2,11 @@
 
 Components come from the pydantic shapes; each operation from its view's docstring, endpoint and
 rule and its `@documented` declaration (declare.py), its error answers from the domain error
-classes (problems.py). No library is used because flask-openapi3, APIFlask and spectree (tried)
-each take components once from the models' static JSON Schema and own request validation with
-their own error answers, so the limits set by the running settings, the problem+json codes per
-route, the four body forms of POST /v1/jobs and the SSE streams would all still be hand-written
-here, passed through the library as raw dicts.
+classes (problems.py). No library is used because flask-openapi3, APIFlask and spectree each
+take components once from the models' static JSON Schema and own request validation with their
+own error answers, so the running settings' limits, the problem+json codes per route, the four
+body forms of POST /v1/jobs and the SSE streams would all stay hand-written here, passed through
+the library as raw dicts.
 """
 
 from __future__ import annotations
