@@ -112,6 +112,8 @@ class Settings:
     whisper_model: str = ""
     whisper_device: str = "auto"
     llm_engine: str = "llama-cpp"
+    # The packaged GGUF when LLM_MODEL_PATH is unset (worker/engines/model_files.py's PRESETS).
+    llm_preset: str = "quality"
     llm_model_path: str = ""
     llm_model: str = ""
     llm_base_url: str = ""
@@ -339,6 +341,7 @@ def _engine_choices(env: _Environment) -> dict[str, Any]:
         )
     return {
         **{name: env.text(name) for name in _ENGINE_TEXT},
+        "llm_preset": _choice(env, "llm_preset", ("quality", "fast")),
         "llm_context_tokens": env.whole("llm_context_tokens", minimum=256),
         "llm_threads": env.whole("llm_threads", usable_cores()),
         "tts_voice": voice,
