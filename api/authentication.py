@@ -22,13 +22,12 @@ PROTECTED_PREFIX = "/v1/"
 _FORWARDED = ("Forwarded", "X-Forwarded-For")
 
 
-def _presented() -> str | None:
+def bearer_token() -> str | None:
     """The bearer token sent, "" for an Authorization header of another form, None for none."""
-    header = request.headers.get("Authorization")
-    if header is None:
-        return None
-    scheme, _, token = header.strip().partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
+    sent = request.authorization
+    if sent is None:  # no header, or one Werkzeug cannot parse
+        return "" if "Authorization" in request.headers else None
+    return (sent.token or "") if sent.type == "bearer" else ""
 
 
 def _open_to_this_request(mode: KeyMode) -> bool:
@@ -48,7 +47,7 @@ def register_authentication(app: Flask) -> None:
     def _authenticate() -> None:
         if not request.path.startswith(PROTECTED_PREFIX) or request.method == "OPTIONS":
             return
-        token = _presented()
+        token = bearer_token()
         if token:
             caller = find_caller(engine, token)
             if caller is not None:

@@ -23,20 +23,20 @@ RETRY_AFTER_SECONDS = 5
 
 
 class Place:
-    """One held request's place; released once, however many times `release` is called."""
+    """One held request's place; released once, however many times `release` is called (a
+    stream's close and its generator both call it)."""
 
-    def __init__(self, bound: HeldRequests) -> None:
-        self._bound = bound
+    def __init__(self, places: HeldRequests) -> None:
+        self._places = places
         self._lock = threading.Lock()
         self._held = True
 
     def release(self) -> None:
-        """Gives the place back (idempotent: a stream's close and its generator both call it)."""
         with self._lock:
             if not self._held:
                 return
             self._held = False
-        self._bound.give_back()
+        self._places.release()
 
     def __enter__(self) -> Place:
         return self
@@ -50,37 +50,18 @@ class Place:
         self.release()
 
 
-class HeldRequests:
-    """A count of held requests that never blocks: a place is taken at once or not at all."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._lock = threading.Lock()
-        self._count = 0
-
-    @property
-    def count(self) -> int:
-        """How many places are taken now."""
-        return self._count
+class HeldRequests(threading.BoundedSemaphore):
+    """MAX_HELD_REQUESTS places, each taken at once or not at all."""
 
     def try_take(self) -> Place | None:
-        """Takes a place if one is free; None when all MAX_HELD_REQUESTS are taken."""
-        with self._lock:
-            if self._count >= self.limit:
-                return None
-            self._count += 1
-        return Place(self)
-
-    def give_back(self) -> None:
-        """Frees one place (only `Place.release` calls this)."""
-        with self._lock:
-            self._count -= 1
+        """Takes a place if one is free; None when all are taken."""
+        return Place(self) if self.acquire(blocking=False) else None
 
 
 def try_hold() -> Place | None:
     """Takes a place for the current request, or None when this process holds its maximum."""
-    bound: HeldRequests = current_app.extensions["voicechat.held"]
-    return bound.try_take()
+    places: HeldRequests = current_app.extensions["voicechat.held"]
+    return places.try_take()
 
 
 def hold() -> Place:

@@ -1,20 +1,23 @@
-"""Who may address the API from where: the Host check, the Origin check and CORS.
+"""Who may address the API from where: the Host check, the Origin check, and CORS (flask-cors).
 
 - Host: a request naming another host than ALLOWED_HOSTS is refused (421 `host_not_allowed`),
   so a DNS-rebinding page, whose requests carry its own name, cannot read the answers.
 - Origin: a browser request from a page of another origin than this service's own or one of
   CORS_ORIGINS is refused (403 `origin_not_allowed`). A form post is a CORS "simple" request
   that the browser sends without asking first: in open mode, with no key to stop it, any page
-  a user visits could otherwise submit jobs. Browsers send `Origin` on every such post; where
-  it is missing, `Sec-Fetch-Site: cross-site` on an unsafe method is refused the same way.
+  a user visits could otherwise submit jobs. Where `Origin` is missing, `Sec-Fetch-Site:
+  cross-site` on an unsafe method is refused the same way.
 - CORS: no CORS header at all unless CORS_ORIGINS is set, and then for those origins only.
 
-The probes (/healthz, /readyz) are left out: orchestrators reach them by address.
+flask-cors only decides which headers an answer carries; refusing the request itself (the two
+checks above) is no CORS library's job, so they stay here. The probes (/healthz, /readyz) are
+left out: orchestrators reach them by address.
 """
 
 from __future__ import annotations
 
 from flask import Flask, Response, request
+from flask_cors import CORS
 
 from models.errors import HostNotAllowed, OriginNotAllowed
 from models.settings import Settings
@@ -22,12 +25,10 @@ from models.settings import Settings
 PROBES = frozenset({"/healthz", "/readyz"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, Prefer, X-Request-ID"
-ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
 EXPOSE_HEADERS = (
     "Location, Preference-Applied, Retry-After, X-Job-Id, X-Request-ID, "
     "RateLimit, RateLimit-Policy, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"
 )
-PREFLIGHT_MAX_AGE = "600"
 
 
 def host_name(authority: str) -> str:
@@ -76,25 +77,28 @@ def register_origin_checks(app: Flask, settings: Settings) -> None:
             raise OriginNotAllowed(
                 "Requests from this page's origin are refused; see CORS_ORIGINS."
             )
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            return _preflight() if origin.lower().rstrip("/") in cors else None
+        if request.method == "OPTIONS" and request.access_control_request_method:
+            # A preflight, answered here; flask-cors adds its headers to the answer.
+            return Response(status=204) if origin.lower().rstrip("/") in cors else None
         return None
 
+    if not cors:
+        return
+    CORS(
+        app,
+        origins=list(cors),
+        methods="GET, POST, DELETE, OPTIONS",
+        allow_headers=ALLOW_HEADERS.split(", "),
+        expose_headers=EXPOSE_HEADERS,
+        max_age=600,
+        always_send=False,  # else a request without `Origin` gets every allowed origin listed
+        vary_header=False,  # set below, on every answer
+        intercept_exceptions=False,  # error answers pass through after_request as well
+    )
+
     @app.after_request
-    def _cors(response: Response) -> Response:
-        origin = request.headers.get("Origin", "")
-        if cors:
-            response.vary.add("Origin")  # a cache must not give one origin's answer to another
-        if origin.lower().rstrip("/") in cors:
-            response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+    def _vary(response: Response) -> Response:
+        # flask-cors varies only when several origins are listed, but with one listed an answer
+        # still differs by `Origin` (headers or none): a cache must not mix them up.
+        response.vary.add("Origin")
         return response
-
-
-def _preflight() -> Response:
-    """The answer to a CORS preflight from an allowed origin (the origin is added after)."""
-    response = Response(status=204)
-    response.headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
-    response.headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
-    response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
-    return response

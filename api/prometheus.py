@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from redis import Redis
 from redis.exceptions import RedisError
 
+from api.authentication import bearer_token
 from api.openapi.declare import answer, content, documented
 from models import heartbeat, metrics
 from models.api_keys import is_loopback
@@ -80,9 +81,10 @@ def _check_reader(settings: Settings) -> None:
         MetricsNotAllowed: METRICS_TOKEN is unset and the request is not from this machine.
     """
     if settings.metrics_token:
-        scheme, _, sent = request.headers.get("Authorization", "").strip().partition(" ")
-        expected = settings.metrics_token.get_secret_value().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), expected):
+        sent = bearer_token()
+        if not sent or not hmac.compare_digest(
+            sent.encode(), settings.metrics_token.get_secret_value().encode()
+        ):
             g.auth_failure = "invalid_token" if sent else None
             raise InvalidMetricsToken("Send METRICS_TOKEN: `Authorization: Bearer <token>`.")
         return

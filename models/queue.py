@@ -62,16 +62,10 @@ def waiting_jobs(client: Redis) -> int:
     return int(client.llen(JOB_QUEUE))
 
 
-def send_webhook(
-    celery: Celery, job_id: str, event: str, *, attempt: int = 1, countdown: float = 0
-) -> None:
-    """Sends one webhook delivery attempt of a job's event to the maintenance queue, by name."""
-    celery.send_task(
-        DELIVER_WEBHOOK_TASK,
-        args=[job_id, event, attempt],
-        queue=MAINTENANCE_QUEUE,
-        countdown=countdown or None,
-    )
+def send_webhook(celery: Celery, job_id: str, event: str) -> None:
+    """Sends the first delivery attempt of a job's webhook event to the maintenance queue, by
+    name (the task retries itself)."""
+    celery.send_task(DELIVER_WEBHOOK_TASK, args=[job_id, event], queue=MAINTENANCE_QUEUE)
 
 
 class JobQueue:

@@ -1,26 +1,22 @@
 """Job webhooks: which events a job wants, where they may go, and how a delivery is signed.
 
 Shared by the API (checks at submit) and the maintenance worker (checks again at delivery, after
-its own DNS resolution, and signs). Signatures follow the Standard Webhooks spec
-(https://www.standardwebhooks.com): `webhook-id`, `webhook-timestamp` and `webhook-signature`,
-`v1,` and the base64 HMAC-SHA256 of `{id}.{timestamp}.{body}` under the secret's bytes.
+its own DNS resolution, and signs with the Standard Webhooks reference library).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import ipaddress
 import logging
 import socket
 from collections.abc import Callable
+from datetime import UTC, datetime
 from urllib.parse import SplitResult, urlsplit
 
 from sqlalchemy.orm import Session
+from standardwebhooks.webhooks import Webhook
 
 from models.errors import InvalidWebhookUrl, WebhookTargetNotAllowed
-from models.settings import parse_webhook_secret
 from models.tables import Job
 
 _LOGGER = logging.getLogger(__name__)
@@ -90,17 +86,11 @@ def allowed_address(address: Address, networks: tuple[Network, ...] = ()) -> boo
 
 
 def resolve_target(parts: SplitResult, *, networks: tuple[Network, ...]) -> list[Address]:
-    """Resolves the URL's host once and checks every address it has.
+    """Resolves the URL's host once and checks every address it has; connect to one of those
+    returned, never resolve again.
 
     Every address must be allowed, not only the first: a name that mixes a public address with a
     private one would otherwise pass the check and be connected to the private one.
-
-    Args:
-        parts: The checked URL.
-        networks: The private and loopback networks allowed (WEBHOOK_ALLOWED_NETWORKS).
-
-    Returns:
-        The addresses, in the resolver's order; connect to one of these, never resolve again.
 
     Raises:
         OSError: The name does not resolve (socket.gaierror).
@@ -142,22 +132,15 @@ def message_id(job_id: str, event: str) -> str:
     return f"msg_{job_id}_{event}"
 
 
-def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The `webhook-signature` header's value for one delivery.
-
-    Args:
-        secret: A `whsec_` secret (an API key's, or WEBHOOK_SECRET).
-        msg_id: The `webhook-id`.
-        timestamp: The `webhook-timestamp`, Unix seconds.
-        body: The exact bytes sent.
-
-    Returns:
-        `v1,` and the base64 HMAC-SHA256 of `{msg_id}.{timestamp}.{body}`.
-    """
-    key = parse_webhook_secret("webhook secret", secret)
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+def signed_headers(secret: str, msg_id: str, body: bytes) -> dict[str, str]:
+    """The Standard Webhooks headers of one delivery of `body`, signed now with a `whsec_`
+    secret (an API key's, or WEBHOOK_SECRET)."""
+    now = datetime.now(UTC)
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, now, body.decode()),
+    }
 
 
 def wants(job: Job, event: str) -> bool:

@@ -1,16 +1,14 @@
 """The webhook delivery task (maintenance queue): sign, post to the checked address, record, retry.
 
 Each attempt resolves the target's name once, refuses it if any address is not public (nor in
-WEBHOOK_ALLOWED_NETWORKS), and connects to the address it checked: the name is never resolved a
-second time, so a rebinding DNS answer cannot slip a private address in between the check and
-the connection. Plain http sends the name in `Host`; https also verifies the certificate against
-the name (SNI), over the socket opened to the checked address. Redirects are never followed
-(http.client does not follow them; a 3xx is a failed attempt), and at most MAX_RESPONSE_BYTES of
-the answer are read.
+WEBHOOK_ALLOWED_NETWORKS), and connects to the address it checked, so a rebinding DNS answer
+cannot slip a private address in between. Redirects are never followed (a 3xx is a failed
+attempt), and at most MAX_RESPONSE_BYTES of the answer are read.
 
-A retry is a new message with a countdown. Redis hands an unacknowledged message to another
-worker after its visibility timeout, and a message waiting for its countdown is unacknowledged,
-so a long backoff may run twice: each attempt takes a Redis lock and is skipped if recorded.
+A retry is Celery's: the same task again, with a countdown. Redis hands an unacknowledged message
+to another worker after its visibility timeout, and a message waiting for its countdown is
+unacknowledged, so a long backoff may run twice: each attempt takes a Redis lock and is skipped
+if recorded.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ import json
 import logging
 import socket
 import ssl
-import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult
@@ -89,11 +86,7 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> Outcome:
-    """Posts one delivery to the address the URL's name resolves to, once checked.
-
-    Returns:
-        The status code of the answer, or the error that stopped the attempt.
-    """
+    """Posts one delivery to the checked address the URL's name resolves to."""
     parts = webhooks.check_url(url)
     try:
         addresses = webhooks.resolve_target(parts, networks=settings.webhook_allowed_networks)
@@ -161,19 +154,12 @@ def attempt_delivery(session: Session, job: Job, event: str, attempt: int) -> Ou
     if secret:
         try:
             body = _body(job, event)
-            timestamp = int(time.time())
-            signature = webhooks.sign(secret, msg_id, timestamp, body)
+            signed = webhooks.signed_headers(secret, msg_id, body)
         except Exception:  # recorded on the job, never retried: it would fail the same way
             _LOGGER.exception("webhook not built job_id=%s event=%s", job.id, event)
             outcome = Outcome(error="internal_error", retry=False)
         else:
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": USER_AGENT,
-                "webhook-id": msg_id,
-                "webhook-timestamp": str(timestamp),
-                "webhook-signature": signature,
-            }
+            headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **signed}
             outcome = post(job.webhook_url or "", body, headers)
     else:  # a key gone, or WEBHOOK_SECRET unset since the job was accepted: nothing signs
         outcome = Outcome(error="no_secret", retry=False)
@@ -207,9 +193,10 @@ def backoff_seconds(attempt: int) -> int:
 
 
 @app.task(name="worker.deliver_webhook", acks_late=True, ignore_result=True)
-def deliver_webhook(job_id: str, event: str, attempt: int = 1) -> None:
-    """Delivers one attempt of a job's webhook event; queues the next after a failure, up to
+def deliver_webhook(job_id: str, event: str) -> None:
+    """Delivers one attempt of a job's webhook event; retried after a failure, up to
     WEBHOOK_MAX_ATTEMPTS."""
+    attempt = deliver_webhook.request.retries + 1
     msg_id = webhooks.message_id(job_id, event)
     lock = f"{LOCK_PREFIX}{msg_id}:{attempt}"
     # Held for longer than an attempt can take; a crashed attempt's lock expires for its retry.
@@ -230,5 +217,4 @@ def deliver_webhook(job_id: str, event: str, attempt: int = 1) -> None:
         outcome.error,
     )
     if not outcome.delivered and outcome.retry and attempt < settings.webhook_max_attempts:
-        wait = backoff_seconds(attempt)
-        send_webhook(app, job_id, event, attempt=attempt + 1, countdown=wait)
+        raise deliver_webhook.retry(countdown=backoff_seconds(attempt), max_retries=None)

@@ -11,7 +11,11 @@ from api.origins import host_allowed, origin_allowed
 from models.tables import Job
 
 APP_ORIGIN = "https://app.example"
-PREFLIGHT = {"Origin": APP_ORIGIN, "Access-Control-Request-Method": "POST"}
+PREFLIGHT = {
+    "Origin": APP_ORIGIN,
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "authorization, content-type, x-unlisted",
+}
 
 
 def _jobs(client: Any) -> int:
@@ -61,7 +65,8 @@ def test_no_cors_unless_origins_are_configured(open_client_with: Callable[..., A
     preflight = configured.options("/v1/jobs", headers=PREFLIGHT)
     assert preflight.status_code == 204
     assert preflight.headers["Access-Control-Allow-Origin"] == APP_ORIGIN
-    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    allowed_headers = preflight.headers["Access-Control-Allow-Headers"].lower()
+    assert "authorization" in allowed_headers and "x-unlisted" not in allowed_headers
     answer = configured.post("/v1/jobs", json={"text": "hello"}, headers={"Origin": APP_ORIGIN})
     assert answer.status_code == 202
     assert answer.headers["Access-Control-Allow-Origin"] == APP_ORIGIN

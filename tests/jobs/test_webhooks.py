@@ -4,7 +4,7 @@ The API tier runs the app in-process on a real Redis and database. The delivery 
 API, the job worker (fast engines: these tests are about the plumbing) and the maintenance worker
 as processes (`harness.stack.Stack`), and receives on a local HTTP server on 127.0.0.1, which only
 WEBHOOK_ALLOWED_NETWORKS lets through. Signatures are verified with the `standardwebhooks`
-package, an implementation independent of the service's own.
+package, as a receiver would.
 """
 
 from __future__ import annotations
