@@ -22,7 +22,6 @@ from api import (
     health,
     jobs,
     limits,
-    openai_routes,
     openapi,
     page,
     prometheus,
@@ -31,6 +30,7 @@ from api.access import release_connection
 from api.authentication import register_authentication
 from api.held_requests import HeldRequests
 from api.key_commands import keys
+from api.openai import routes as openai_routes
 from api.origins import register_origin_checks
 from api.submission import ApiRequest
 from models import storage

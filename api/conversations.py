@@ -7,8 +7,8 @@ from sqlalchemy import select
 
 from api.access import caller_id, visible
 from api.openapi.declare import answer, documented, json_body
+from api.request_validation import parse_json_object, validate
 from api.schemas import ConversationRequest, ConversationView, is_resource_id
-from api.validation import parse_json_object, validate
 from models.errors import (
     ConversationNotFound,
     InvalidOption,

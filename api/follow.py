@@ -179,8 +179,9 @@ def client_left() -> bool:
 KEEP_ALIVE = ": keep-alive\n\n"
 
 
-def _sse(event_type: str, data: Any, event_id: str | None = None) -> str:
-    lines = [f"event: {event_type}"]
+def sse_event(data: Any, event: str | None = None, event_id: str | None = None) -> str:
+    """One Server-Sent Event: its type and id when given, and `data` as one line of JSON."""
+    lines = [f"event: {event}"] if event else []
     if event_id:
         lines.append(f"id: {event_id}")
     lines.append("data: " + json.dumps(data, separators=(",", ":")))
@@ -335,8 +336,7 @@ def _resume_point() -> str:
     """The event id to resume after: `Last-Event-ID`, else `after`, else `0`.
 
     Raises:
-        InvalidHeader: Either is given but is no event id (an empty one included: the
-            document's pattern refuses it, and a browser sends no empty `Last-Event-ID`).
+        InvalidHeader: Either is given but is no event id (an empty one included).
     """
     header, query = request.headers.get("Last-Event-ID"), request.args.get("after")
     for name, value in (("Last-Event-ID", header), ("after", query)):
@@ -346,11 +346,7 @@ def _resume_point() -> str:
 
 
 def _visible_job(job_id: str) -> JobState:
-    """The state of the caller's job of this id.
-
-    Raises:
-        JobNotFound: There is no such job, or it is another key's.
-    """
+    """The state of the caller's job of this id; another key's is not found (`JobNotFound`)."""
     state = job_state(job_id)
     if state is None or not visible(state.api_key_id):
         raise JobNotFound(f"No job has the id {job_id!r}.")
@@ -378,10 +374,7 @@ def _event_stream(job_id: str, after: str, place: Place, going: bool) -> Iterato
                 yield KEEP_ALIVE
             elif event.type == event_log.DONE:
                 job = read_job(job_id)
-                yield _sse(
-                    event_log.DONE,
-                    JobView.of(job).model_dump(mode="json") if job else event.data,
-                    event.id or None,
-                )
+                done = JobView.of(job).model_dump(mode="json") if job else event.data
+                yield sse_event(done, event_log.DONE, event.id or None)
             else:
-                yield _sse(event.type, event.data, event.id)
+                yield sse_event(event.data, event.type, event.id)

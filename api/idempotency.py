@@ -64,11 +64,7 @@ class Claim:
 
 
 def requested_key(request: Request) -> str | None:
-    """Reads the `Idempotency-Key` header: 1 to 255 printable ASCII characters, bare or as the
-    draft's quoted string (`"..."`, with `\\"` and `\\\\` escapes).
-
-    Returns:
-        The key, or None when the header is absent.
+    """The `Idempotency-Key` header, bare or the draft's quoted string; None when absent.
 
     Raises:
         InvalidIdempotencyKey: The header is repeated, empty, too long or not printable ASCII.
@@ -89,13 +85,7 @@ def requested_key(request: Request) -> str | None:
 
 
 def fingerprint(request: Request, job: Job, audio: bytes | None) -> str:
-    """The SHA-256 of what makes a request the same (see the module's docstring).
-
-    Args:
-        request: The request, for its method, path and media type.
-        job: The job it asks for, not yet stored.
-        audio: The recording it carries, if any.
-    """
+    """The SHA-256 of what makes a request the same (see the module's docstring)."""
     made = {
         "reply_format": job.reply_format,
         "input_text": job.input_text,
@@ -115,7 +105,7 @@ def fingerprint(request: Request, job: Job, audio: bytes | None) -> str:
     return digest.hexdigest()
 
 
-def claim(session: Session, key: str, print_: str, settings: Settings) -> Claim | Job:
+def claim(session: Session, key: str, request_fingerprint: str, settings: Settings) -> Claim | Job:
     """Takes `key` for this request, or finds the job the same request made with it before.
 
     The row is inserted and committed at once: of two requests with one key, the primary key
@@ -130,7 +120,9 @@ def claim(session: Session, key: str, print_: str, settings: Settings) -> Claim 
         IdempotencyKeyInFlight: The first request with the key is still being handled.
     """
     scope, now = caller_id() or "", utcnow()
-    session.add(IdempotencyRecord(scope=scope, key=key, fingerprint=print_, created_at=now))
+    session.add(
+        IdempotencyRecord(scope=scope, key=key, fingerprint=request_fingerprint, created_at=now)
+    )
     try:
         session.commit()
         return Claim(scope, key, now)
@@ -146,12 +138,12 @@ def claim(session: Session, key: str, print_: str, settings: Settings) -> Claim 
         and (existing.job_id is not None or age.total_seconds() > IN_FLIGHT_STALE_SECONDS)
     )
     if stale:
-        return _take_over(session, existing, print_, now)
+        return _take_over(session, existing, request_fingerprint, now)
     if job is None:
         raise IdempotencyKeyInFlight(
             "The first request with this Idempotency-Key is still being handled; retry shortly."
         )
-    if existing.fingerprint != print_:
+    if existing.fingerprint != request_fingerprint:
         raise IdempotencyKeyReused(
             "This Idempotency-Key was sent with a different request; use a new key.",
             field=HEADER,
@@ -160,13 +152,15 @@ def claim(session: Session, key: str, print_: str, settings: Settings) -> Claim 
     return job
 
 
-def _take_over(session: Session, stale: IdempotencyRecord, print_: str, now: datetime) -> Claim:
+def _take_over(
+    session: Session, stale: IdempotencyRecord, request_fingerprint: str, now: datetime
+) -> Claim:
     """Claims an expired or abandoned row, unless another request did so first."""
     before = Claim(stale.scope, stale.key, stale.created_at)
     taken = session.execute(
         update(IdempotencyRecord)
         .where(_matching(before))
-        .values(fingerprint=print_, job_id=None, created_at=now)
+        .values(fingerprint=request_fingerprint, job_id=None, created_at=now)
         .execution_options(synchronize_session=False)
     )
     session.commit()

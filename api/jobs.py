@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -20,10 +21,10 @@ from api.held_requests import hold, try_hold
 from api.limits import check_capacity
 from api.openapi.declare import Query, Schema, answer, documented, family, ref, schema_ref
 from api.preferences import PREFER, preferred_wait
+from api.request_validation import single_values, validate
 from api.schemas import AudioQuery, JobList, JobListQuery, JobOptions, is_resource_id
 from api.speech_stream import stream_reply
 from api.submission import AUDIO_MEDIA_TYPES, Submission, parse_submission
-from api.validation import single_values, validate
 from models import event_log, queries, storage, transitions, webhooks
 from models.db import write_turn
 from models.errors import (
@@ -82,6 +83,17 @@ def _load(job_id: str) -> Job:
 def _own_conversation(conversation_id: str) -> bool:
     conversation: Conversation | None = g.db.get(Conversation, conversation_id)
     return conversation is not None and visible(conversation.api_key_id)
+
+
+def queued_job(reply_format: ReplyFormat, **columns: Any) -> Job:
+    """A new job, not yet stored: a fresh id, queued, a text input unless `submit` gets audio."""
+    return Job(
+        id=new_job_id(),
+        status=JobStatus.QUEUED.value,
+        reply_format=reply_format.value,
+        input_kind=InputKind.TEXT.value,
+        **columns,
+    )
 
 
 def submit(job: Job, audio: bytes | None = None, extension: str = "wav") -> Job:
@@ -285,8 +297,8 @@ def create_job() -> Response:
     job = _new_job(submission)
     held = None
     if key is not None:
-        print_ = idempotency.fingerprint(request, job, submission.audio)
-        earlier = idempotency.claim(g.db, key, print_, settings)
+        request_fingerprint = idempotency.fingerprint(request, job, submission.audio)
+        earlier = idempotency.claim(g.db, key, request_fingerprint, settings)
         if isinstance(earlier, Job):
             response = _job_answer(earlier, 202)
             response.headers[idempotency.REPLAYED_HEADER] = "true"
@@ -322,13 +334,10 @@ def _new_job(submission: Submission) -> Job:
             f"No conversation has the id {options.conversation_id!r}.", field="conversation_id"
         )
     check_webhook(options, current_app.extensions["voicechat.settings"])
-    job = Job(
-        id=new_job_id(),
-        status=JobStatus.QUEUED.value,
-        reply_format=(options.reply or ReplyFormat.TEXT).value,
+    job = queued_job(
+        options.reply or ReplyFormat.TEXT,
         options=options.generation_options(),
         conversation_id=options.conversation_id,
-        input_kind=InputKind.TEXT.value,
         input_text=submission.text,
         webhook_url=options.webhook,
         webhook_events=options.webhook_event_names(),

@@ -1,7 +1,7 @@
 """The request and response shapes of the job and conversation routes, each declared once.
 
-Validation (`api/validation.py`), the OpenAPI components (`api/openapi/`) and the JSON answers
-all come from these models. Bounds named by `Live` are the running settings' values.
+Validation (`api/request_validation.py`), the OpenAPI components (`api/openapi/`) and the JSON
+answers all come from these models. Bounds named by `Live` are the running settings' values.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pydantic import (
 )
 from pydantic.config import JsonDict
 
-from api.validation import Live, PositiveWhole, Shape, integral, refuse
-from models import job_view, queries
+from api.request_validation import Live, PositiveWhole, Shape, integral, refuse
+from models import queries
 from models.errors import (
     ConflictingInput,
     EmptyText,
@@ -29,14 +29,10 @@ from models.errors import (
     MissingInput,
     TextTooLong,
 )
-from models.job_view import Answer, JobView, Stamp, WebhookEvent, iso_time
+from models.job_view import RESOURCE_ID, Answer, JobView, Stamp, WebhookEvent, iso_time
 from models.tables import Conversation, JobStatus, ReplyFormat, Turn
 from models.webhooks import DEFAULT_EVENTS, EVENTS, MAX_URL_LENGTH, check_url
 
-# The job's shapes live in models/job_view.py (the worker's webhooks send them too); these two
-# names stay here for the OpenAI routes and the OpenAPI document.
-RESOURCE_ID = job_view.RESOURCE_ID
-Usage = job_view.Usage
 # The characters str.strip() removes (str.isspace()), spelled out: `\\s` means other sets in
 # other regex dialects (ECMA's takes U+FEFF, and leaves U+001C-U+001F and U+0085).
 BLANK = (

@@ -12,8 +12,8 @@ from typing import Any
 from flask import Request
 from werkzeug.datastructures import FileStorage
 
+from api.request_validation import parse_json_object, single_values, validate
 from api.schemas import JobOptions, TextJobRequest, UploadJobRequest
-from api.validation import parse_json_object, single_values, validate
 from models.audio import AudioInfo, inspect_upload
 from models.errors import InvalidOption, MalformedMultipart, UnsupportedMediaType
 from models.settings import Settings

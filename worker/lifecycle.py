@@ -38,7 +38,7 @@ def _refuse_unusable_engines(options: dict[str, Any] | None = None, **_kwargs: A
 
     SystemExit, as Celery's signal dispatch catches Exception only: status 1, one line on stderr.
     """
-    from worker.engines.validation import validate_engines
+    from worker.engines.preflight import validate_engines
 
     if not runs_jobs():
         queues = (options or {}).get("queues") or []

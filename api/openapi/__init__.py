@@ -1,9 +1,12 @@
-"""The service's OpenAPI 3.1 document, built from the app's routes and running settings.
+"""The service's OpenAPI 3.1 document, built from the app's routes, shapes and running settings.
 
-Components come from the pydantic shapes (`api/schemas.py`, `api/openai_schemas.py`). Each
-operation comes from its view: the summary and description from its docstring, the operation id
-from its endpoint, the path parameters from its rule, and the rest from its `@documented`
-declaration (`api/openapi/declare.py`), whose errors become the answers of `problems.py`.
+Components come from the pydantic shapes; each operation from its view's docstring, endpoint and
+rule and its `@documented` declaration (declare.py), its error answers from the domain error
+classes (problems.py). No library is used because flask-openapi3, APIFlask and spectree each
+take components once from the models' static JSON Schema and own request validation with their
+own error answers, so the running settings' limits, the problem+json codes per route, the four
+body forms of POST /v1/jobs and the SSE streams would all stay hand-written here, passed through
+the library as raw dicts.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 from werkzeug.routing import Rule
 
-from api import openai_schemas, schemas
+from api import schemas
+from api.openai import schemas as openai_schemas
 from api.openapi.declare import Query, Route, Schema, answer, content, documented, ref
 from api.openapi.problems import code_table, error_answers
 from api.openapi.webhooks import WEBHOOKS
-from api.validation import component_schemas, without_null
+from api.request_validation import component_schemas, without_null
+from models import job_view
 from models.errors import VoiceChatError
 from models.settings import Settings
 
@@ -31,13 +36,10 @@ blueprint = Blueprint("openapi", __name__)
 # Shapes read only from forms or query strings.
 FORM_SHAPES = ("UploadJobRequest", "JobOptions", "JobListQuery", "TranscriptionRequest")
 OPENAI_TAG = "OpenAI-compatible"
-# Each blueprint's tag.
+# A blueprint's tag, where it is not the blueprint's own name.
 TAG_OF = {
-    "jobs": "jobs",
     "events": "jobs",
-    "conversations": "conversations",
     "openai": OPENAI_TAG,
-    "health": "health",
     "metrics": "health",
     "openapi": "meta",
     "docs": "meta",
@@ -99,9 +101,8 @@ HEADERS = {
         "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
     },
 }
-# Endpoints that are not the API: static files, and the page for people at `/` (api/page.py),
-# which calls the API as any client does. A client generated from the document has no use for
-# them, and a page is no operation: it takes no parameters and answers HTML.
+# Not the API: static files, and the page for people at `/` (api/page.py), which calls the API
+# as any client does; a page is no operation.
 NOT_THE_API = frozenset({"static", "page.index"})
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _ARGUMENT = re.compile(r"<(?:\w+:)?(\w+)>")
@@ -109,32 +110,25 @@ _PARAGRAPH = re.compile(r"\n\s*\n")
 
 
 def build_document(app: Flask, settings: Settings) -> dict[str, Any]:
-    """Builds the OpenAPI document of `app`'s routes with the limits of `settings`.
-
-    Args:
-        app: The application, its blueprints registered.
-        settings: The running settings; every bound and default they set is shown as set.
-
-    Returns:
-        The document, a JSON-ready dict.
-    """
+    """The OpenAPI document of `app`'s routes, every bound and default as `settings` set it."""
     components = _components(settings)
     paths: dict[str, Any] = {}
     answered: list[type[VoiceChatError]] = []
     arguments: list[str] = []
+    known = _setting_values(settings)
     for rule in app.url_map.iter_rules():
         if rule.endpoint in NOT_THE_API:
             continue
         view = app.view_functions[rule.endpoint]
         route: Route = getattr(view, "openapi_route", Route())
-        values = {**_setting_values(settings), **route.facts}
+        values = {**known, **route.facts}
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             operation, problems = _operation(rule, view, route, components)
             path = _ARGUMENT.sub(r"{\1}", rule.rule)
             paths.setdefault(path, {})[method.lower()] = _filled(operation, values)
             answered += problems
         arguments += [name for name in _ARGUMENT.findall(rule.rule) if name not in arguments]
-    table = _fill(code_table(answered), _setting_values(settings))
+    table = _fill(code_table(answered), known)
     components["Problem"]["properties"]["code"]["description"] = table
     parameters = {_camel(name): _path_parameter(name) for name in arguments}
     return {
@@ -186,7 +180,8 @@ def _operation(
     """One operation of `rule`, from its view's docstring and declaration."""
     summary, _, description = inspect.cleandoc(view.__doc__ or "").partition("\n")
     blueprint_name, _, name = rule.endpoint.rpartition(".")
-    openai = TAG_OF[blueprint_name] == OPENAI_TAG
+    tag = TAG_OF.get(blueprint_name, blueprint_name)
+    openai = tag == OPENAI_TAG
     errors, problems = error_answers(rule.rule, route.errors, route.notes, openai)
     responses = {**errors, **copy.deepcopy(route.answers)}
     for response in responses.values():  # every response carries its request's id
@@ -196,7 +191,7 @@ def _operation(
         }
     operation: Schema = {
         "operationId": name,
-        "tags": [TAG_OF[blueprint_name]],
+        "tags": [tag],
         "summary": summary.strip().rstrip("."),
         "description": "\n\n".join(" ".join(p.split()) for p in _PARAGRAPH.split(description)),
         "parameters": [
@@ -262,7 +257,7 @@ def _path_parameter(name: str) -> Schema:
         described, schema = f"The {name.replace('_', ' ')}.", {"type": "string"}
     else:  # a job's or a conversation's; any other string names none (404)
         described = f"The {name.removesuffix('_id')}'s id, as returned when it was made."
-        schema = {"type": "string", "pattern": schemas.RESOURCE_ID}
+        schema = {"type": "string", "pattern": job_view.RESOURCE_ID}
     return {
         "name": name,
         "in": "path",

@@ -1,9 +1,6 @@
-"""What a view declares for the OpenAPI document beside its docstring, its rule and its shapes.
+"""`@documented`: what a view tells the OpenAPI document beyond its docstring, rule and shapes.
 
-A view's docstring is its operation's summary (first line) and description (the rest); its
-rule gives the path parameters; `@documented` adds what only the view knows: its answers, the
-domain errors it raises, its other parameters and its body. `{setting}` in any of that text is
-filled in with the running value when the document is built.
+`{setting}` in any text is filled in with the running value when the document is built.
 """
 
 from __future__ import annotations
@@ -29,7 +26,19 @@ class Query:
 
 @dataclass(frozen=True)
 class Route:
-    """One view's declaration; see `documented`."""
+    """One view's declaration beyond its docstring (the summary line, then the description).
+
+    Attributes:
+        answers: Its non-error responses, by status.
+        errors: The domain errors it raises, answered with their `api/errors.py` status and
+            their docstring as their `code`'s meaning; access checks and app-wide handlers add
+            theirs.
+        parameters: Header and query parameters (`Query` for a query shape's fields).
+        body: The request body object.
+        notes: Text put before an error status's code list, for what only this route says.
+        facts: Values for `{name}` in the text, beside the settings'.
+        security: The schemes that may authenticate a route outside `/v1` (or none).
+    """
 
     answers: Mapping[int, Schema] = field(default_factory=dict)
     errors: tuple[ErrorClass, ...] = ()
@@ -40,34 +49,9 @@ class Route:
     security: tuple[str, ...] = ()
 
 
-def documented(
-    answers: Mapping[int, Schema],
-    *,
-    errors: tuple[ErrorClass, ...] = (),
-    parameters: tuple[Schema | Query, ...] = (),
-    body: Schema | None = None,
-    notes: Mapping[int, str] | None = None,
-    facts: Mapping[str, object] | None = None,
-    security: tuple[str, ...] = (),
-) -> Callable[[View], View]:
-    """Declares a view's operation beyond its docstring.
-
-    Args:
-        answers: Its successful (and other non-error) responses, by status.
-        errors: The domain errors it raises; each is answered with its status from
-            `api/errors.py` and its docstring as the meaning of its `code`. The access checks,
-            the rate limit and the app-wide handlers add their own.
-        parameters: Header and query parameters (`Query` for a query shape's fields).
-        body: The request body object.
-        notes: Text put before the code list of an error status, for what only this route says.
-        facts: Values for `{name}` in the text, beside the settings'.
-        security: The security schemes that may authenticate a route outside `/v1` (which
-            otherwise needs none); the route may also be called with none.
-
-    Returns:
-        A decorator that records the declaration on the view and returns it unchanged.
-    """
-    route = Route(answers, errors, parameters, body, notes or {}, facts or {}, security)
+def documented(answers: Mapping[int, Schema], **declared: Any) -> Callable[[View], View]:
+    """Records a `Route` of `answers` and the `declared` fields on the view."""
+    route = Route(answers, **declared)
 
     def record(view: View) -> View:
         setattr(view, "openapi_route", route)  # noqa: B010 (an attribute no type declares)
@@ -77,17 +61,17 @@ def documented(
 
 
 def ref(kind: str, name: str) -> Schema:
-    """Returns a `$ref` to `#/components/<kind>/<name>`."""
+    """A `$ref` to `#/components/<kind>/<name>`."""
     return {"$ref": f"#/components/{kind}/{name}"}
 
 
 def schema_ref(name: str, **siblings: Any) -> Schema:
-    """Returns a `$ref` to a component schema, with optional sibling keywords."""
+    """A `$ref` to a component schema, with sibling keywords."""
     return {**ref("schemas", name), **siblings}
 
 
 def content(schema: Schema, media_type: str = "application/json") -> dict[str, Schema]:
-    """Returns a `content` map of one media type."""
+    """A `content` map of one media type."""
     return {media_type: {"schema": schema}}
 
 
@@ -97,8 +81,7 @@ def answer(
     body: Schema | None = None,
     headers: Schema | None = None,
 ) -> Schema:
-    """Returns a response: JSON of the component `shape`, or the `content` map `body`, or none;
-    with `headers` besides `X-Request-ID`, which every response carries."""
+    """A response: JSON of the component `shape`, or the `content` map `body`, or no body."""
     response: Schema = {"description": description}
     if headers:
         response["headers"] = headers
@@ -110,18 +93,18 @@ def answer(
 
 
 def json_body(shape: str, required: bool = True) -> Schema:
-    """Returns a request body of the JSON component `shape`."""
+    """A request body of the JSON component `shape`."""
     return {"required": required, "content": content(schema_ref(shape))}
 
 
 def header(name: str, description: str, schema: Schema, required: bool = False) -> Schema:
-    """Returns a header parameter."""
+    """A header parameter."""
     parameter = {"name": name, "in": "header", "description": description, "schema": schema}
     return {**parameter, "required": True} if required else parameter
 
 
 def family(error: ErrorClass) -> tuple[ErrorClass, ...]:
-    """Returns an error class and every class below it, parents first."""
+    """An error class and every class below it, parents first."""
     found: list[ErrorClass] = [error]
     for child in error.__subclasses__():
         found.extend(family(child))

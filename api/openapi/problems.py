@@ -12,16 +12,14 @@ from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 
 from api.errors import PROBLEM_JSON, status_for
-from api.openai_schemas import OPENAI_CODES
+from api.openai.schemas import OPENAI_CODES
 from api.openapi.declare import ErrorClass, Schema, content, ref, schema_ref
 from api.origins import PROBES
 from models import errors
 
 # Codes of no domain error: Werkzeug's own answers.
-OTHER_MEANINGS = {
-    "method_not_allowed": "The route does not take this method; see `Allow`.",
-    "http_error": "Any other HTTP error, e.g. 416 for an unsatisfiable Range.",
-}
+NOT_ALLOWED = ("method_not_allowed", "The route does not take this method; see `Allow`.")
+HTTP_ERROR = ("http_error", "Any other HTTP error, e.g. 416 for an unsatisfiable Range.")
 APP_WIDE = (errors.VoiceChatError, errors.DatabaseUnavailable)
 CHALLENGE = {
     "description": 'The scheme to authenticate with: `Bearer realm="voicechat"`, and '
@@ -87,17 +85,8 @@ def _openai(status: int, found: list[ErrorClass]) -> tuple[str, Schema]:
 def error_answers(
     path: str, declared: tuple[ErrorClass, ...], notes: Mapping[int, str], openai: bool
 ) -> tuple[dict[int, Schema], list[ErrorClass]]:
-    """The error responses of one operation, and the errors it answers as problems.
-
-    Args:
-        path: The operation's path, which says which checks guard it.
-        declared: The errors its view raises.
-        notes: Route-specific text put first in a status's description.
-        openai: Whether it answers in OpenAI's shape.
-
-    Returns:
-        The responses by status, and the errors among them answered as problem+json.
-    """
+    """The error responses of the operation at `path` (which says which checks guard it), in
+    OpenAI's shape or as problems, and the errors among them answered as problem+json."""
     shaped, app_wide = list(declared), list[ErrorClass]()
     if path.startswith("/v1/"):
         shaped += [] if openai else [errors.MissingApiKey]
@@ -132,11 +121,7 @@ def code_table(answered: Iterable[ErrorClass]) -> str:
     """Renders every problem code answered anywhere, grouped by HTTP status."""
     grouped = _by_status([*answered, errors.NotFound])
     meanings = {status: [(e.code, meaning(e)) for e in found] for status, found in grouped.items()}
-    meanings.setdefault(405, []).append(
-        ("method_not_allowed", OTHER_MEANINGS["method_not_allowed"])
-    )
+    meanings.setdefault(405, []).append(NOT_ALLOWED)
     groups = [f"**{status}**\n\n{_bullets(meanings[status])}" for status in sorted(meanings)]
-    groups.append(
-        f"**other statuses**\n\n{_bullets([('http_error', OTHER_MEANINGS['http_error'])])}"
-    )
+    groups.append(f"**other statuses**\n\n{_bullets([HTTP_ERROR])}")
     return "Stable machine code to branch on, by status:\n\n" + "\n\n".join(groups)

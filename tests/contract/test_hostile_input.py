@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from schemathesis.specs.openapi.schemas import OpenApiSchema
 
 from api.jobs import REQUEST_LINE_BYTES
-from api.openai_formats import SPEECH_FORMATS, TRANSCRIPTION_FORMATS
+from api.openai.formats import SPEECH_FORMATS, TRANSCRIPTION_FORMATS
 from api.submission import AUDIO_MEDIA_TYPES
 from harness.stack import FAST_ENGINES, Stack
 from models.audio import AudioInfo, inspect_upload, inspect_wav

@@ -32,7 +32,7 @@ from worker.engines.openai_chat import (
     _Trimmed,
     load_tokenizer,
 )
-from worker.engines.validation import validate_engines
+from worker.engines.preflight import validate_engines
 
 SYSTEM = "You are a friendly assistant. Answer in one short sentence."
 CONVERSATION: list[Message] = [

@@ -25,7 +25,7 @@ from tests.conftest import ROOT, make_settings
 from worker.engines import Audio, build_synthesizer
 from worker.engines.coqui import CoquiSynthesizer
 from worker.engines.openai_whisper import OpenAIWhisperTranscriber, packaged_checkpoint
-from worker.engines.validation import validate_engines
+from worker.engines.preflight import validate_engines
 from worker.engines.whisper_convert import ConversionError, convert
 
 INSTALL = (

@@ -37,7 +37,7 @@ def torch_device(setting: str, value: str) -> str:
 
 
 def _looks_like_path(value: str) -> bool:
-    # The rule worker/engines/validation.py checks at start-up.
+    # The rule worker/engines/preflight.py checks at start-up.
     return value.startswith(("/", "./", "../", "~")) or value.endswith(".pt")
 
 

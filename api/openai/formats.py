@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -97,16 +96,7 @@ def timestamp(seconds: float, separator: str) -> str:
 
 
 def transcript_text(response_format: str, text: str, cues: Sequence[Cue]) -> str:
-    """A transcript as plain text (with a final newline), SubRip or WebVTT.
-
-    Args:
-        response_format: `text`, `srt` or `vtt`.
-        text: The whole transcript.
-        cues: Its timed pieces (see `cues_of`).
-
-    Returns:
-        The body; its media type is `SUBTITLE_MEDIA_TYPES[response_format]`.
-    """
+    """A transcript as `text` (with a final newline), `srt` (SubRip) or `vtt` (WebVTT)."""
     if response_format == "text":
         return text + "\n"
     if response_format == "srt":
@@ -119,15 +109,7 @@ def transcript_text(response_format: str, text: str, cues: Sequence[Cue]) -> str
 
 
 def encode_speech(wav: bytes, response_format: str) -> bytes:
-    """Re-encodes a spoken reply (a WAV) in one of `SPEECH_FORMATS`.
-
-    Args:
-        wav: The synthesizer's WAV.
-        response_format: A key of `SPEECH_FORMATS`.
-
-    Returns:
-        The audio bytes; `pcm` is resampled to 24 kHz, `opus` to 48 kHz.
-    """
+    """The synthesizer's WAV in one of `SPEECH_FORMATS`; `pcm` at 24 kHz, `opus` at 48 kHz."""
     if response_format == "wav":
         return wav
     samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
@@ -144,8 +126,3 @@ def encode_speech(wav: bytes, response_format: str) -> bytes:
         resampled = soxr.resample(samples, rate, OPUS_RATE) if rate != OPUS_RATE else samples
         sf.write(buffer, resampled, OPUS_RATE, format="OGG", subtype="OPUS")
     return bytes(buffer.getvalue())
-
-
-def event_data(body: Mapping[str, Any]) -> str:
-    """One Server-Sent Event of a streamed chat completion: `data:` and compact JSON."""
-    return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"

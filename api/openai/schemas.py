@@ -24,24 +24,22 @@ from pydantic import (
     field_validator,
 )
 
-from api.openai_formats import DEFAULT_SPEECH_FORMAT, SPEECH_FORMATS, TRANSCRIPTION_FORMATS
+from api.openai.formats import DEFAULT_SPEECH_FORMAT, SPEECH_FORMATS, TRANSCRIPTION_FORMATS
+from api.request_validation import (
+    Live,
+    Shape,
+    integral,
+    refuse,
+    running_settings,
+)
 from api.schemas import (
     NO_NUL_PATTERN,
     PROMPT_PATTERN,
     Encodable,
     ReplyTokens,
     SamplingTemperature,
-    Usage,
     check_encodable,
     not_blank,
-)
-from api.validation import (
-    Answer,
-    Live,
-    Shape,
-    integral,
-    refuse,
-    running_settings,
 )
 from models.errors import (
     EmptyText,
@@ -51,6 +49,7 @@ from models.errors import (
     ModelNotFound,
     RateLimited,
 )
+from models.job_view import Answer, Usage
 from models.settings import Settings
 from models.tables import Job, Message
 from models.whisper_languages import WHISPER_LANGUAGES

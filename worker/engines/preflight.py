@@ -38,14 +38,8 @@ ESPEAK_REMEDY = "apt-get install espeak-ng; the Jetson worker image has it"
 
 
 def validate_engines(settings: Settings) -> None:
-    """Checks that the configured engines can be loaded, without loading them.
-
-    For each of STT_ENGINE, LLM_ENGINE and TTS_ENGINE: the name is registered (or is a
-    `module:Class` path whose module exists) and its library is installed. Then the model files
-    the settings name exist, and the settings an engine cannot do without are set.
-
-    Args:
-        settings: The worker's settings.
+    """Checks each engine is registered (or a `module:Class` whose module exists) and its
+    library installed, its model files exist and its required settings are set.
 
     Raises:
         EngineUnavailable: One or more problems, all listed, each naming its setting.

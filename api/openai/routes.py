@@ -2,7 +2,7 @@
 
 Every request becomes a job like any other (visible under /v1/jobs, its id in `X-Job-Id`); the
 route then follows the job's event stream to answer. Bodies are validated by the shapes of
-`api/openai_schemas.py`, and errors use OpenAI's `{"error": {message, type, param, code}}`.
+`api/openai/schemas.py`, and errors use OpenAI's `{"error": {message, type, param, code}}`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pydantic import BaseModel
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.exceptions import HTTPException
 
-from api import openai_formats
 from api.cancellation import CLIENT_LEFT, WAIT_RAN_OUT, cancel_unanswered, canceled_on_leave
 from api.errors import status_for, with_retry_after
 from api.follow import (
@@ -25,14 +24,16 @@ from api.follow import (
     client_left,
     follow,
     read_job,
+    sse_event,
     sse_response,
     wait_for,
     wait_for_start,
 )
 from api.held_requests import Place, hold
-from api.jobs import UPLOAD_MEDIA_TYPES, submit
+from api.jobs import UPLOAD_MEDIA_TYPES, queued_job, submit
 from api.limits import breach
-from api.openai_schemas import (
+from api.openai import formats
+from api.openai.schemas import (
     OPENAI_CODES,
     TTS_MODEL_IDS,
     WHISPER_MODEL_ID,
@@ -50,9 +51,8 @@ from api.openai_schemas import (
     VerboseTranscription,
 )
 from api.openapi.declare import SSE_HEADERS, answer, documented, family, json_body, ref, schema_ref
-from api.schemas import Usage
+from api.request_validation import parse_json_object, single_values, validate
 from api.speech_stream import stream_reply
-from api.validation import parse_json_object, single_values, validate
 from api.wait_bound import check_reachable, timed_out
 from models import event_log
 from models.audio import inspect_upload
@@ -85,9 +85,10 @@ from models.errors import (
     WorkerLost,
     error_for_code,
 )
+from models.job_view import Usage
 from models.settings import Settings
 from models.storage import Store
-from models.tables import InputKind, Job, JobStatus, Operation, ReplyFormat, new_job_id
+from models.tables import Job, JobStatus, Operation, ReplyFormat
 from models.transitions import WORKER_LOST
 
 blueprint = Blueprint("openai", __name__)
@@ -237,7 +238,7 @@ STREAMED_SPEECH = frozenset({"wav", "pcm"})
     {
         200: answer(
             "The completion; a stream of chunks with `stream: true`.",
-            body=openai_formats.CHAT_ANSWERS,
+            body=formats.CHAT_ANSWERS,
             headers={**JOB_ID, **SSE_HEADERS},
         )
     },
@@ -273,12 +274,9 @@ def create_chat_completion() -> Response:
     place = hold()  # likewise
     try:
         job = submit(
-            Job(
-                id=new_job_id(),
-                status=JobStatus.QUEUED.value,
+            queued_job(
+                ReplyFormat.TEXT,
                 operation=Operation.CHAT.value,
-                reply_format=ReplyFormat.TEXT.value,
-                input_kind=InputKind.TEXT.value,
                 input_text=chat.prompt,
                 history=chat.history(),
                 options=chat.generation_options(),
@@ -322,7 +320,7 @@ def _completion_chunks(
 ) -> Iterator[str]:
     """The events of a streamed completion: the role, each piece, the end (or the job's error),
     the usage when asked for, and `[DONE]`; `place` is held until the stream ends."""
-    frame = openai_formats.event_data
+    frame = sse_event
     with place:
         yield frame(head.piece(ChatDelta(role="assistant", content="")).body())
         sent = False
@@ -337,7 +335,7 @@ def _completion_chunks(
                     WORKER_LOST, f"The reply was cut off: job {job_id} runs again."
                 )
                 yield frame(error_body(lost).model_dump(mode="json"))
-                yield openai_formats.STREAM_END
+                yield formats.STREAM_END
                 return
             elif event.type == IDLE:
                 if client_left():
@@ -356,7 +354,7 @@ def _completion_chunks(
             yield frame(head.piece(ChatDelta(), job.finish_reason or "stop").body())
             if include_usage:
                 yield frame(head.model_copy(update={"usage": Usage.of(job)}).body())
-        yield openai_formats.STREAM_END
+        yield formats.STREAM_END
 
 
 def _multipart_fields() -> dict[str, Any]:
@@ -396,7 +394,7 @@ def _multipart_fields() -> dict[str, Any]:
         200: answer(
             "The transcript in `response_format`: `json` and `verbose_json` as JSON, `text` as "
             "plain text (with a final newline), `srt` and `vtt` as subtitles.",
-            body=openai_formats.TRANSCRIPT_ANSWERS,
+            body=formats.TRANSCRIPT_ANSWERS,
             headers=JOB_ID,
         )
     },
@@ -437,11 +435,9 @@ def create_transcription() -> Response:
     asked = validate(TranscriptionRequest, _multipart_fields(), settings, from_strings=True)
     info = inspect_upload(asked.file, settings)
     options = asked.recognition_options()
-    job = Job(
-        id=new_job_id(),
-        status=JobStatus.QUEUED.value,
+    job = queued_job(
+        ReplyFormat.TEXT,
         operation=Operation.TRANSCRIBE.value,
-        reply_format=ReplyFormat.TEXT.value,
         input_audio_seconds=round(info.seconds, 3),
         options=options,
     )
@@ -469,20 +465,16 @@ def _transcript_response(response_format: str, heard: VerboseTranscription) -> R
     if response_format == "verbose_json":
         return _answer(heard)
     segments = [segment.model_dump() for segment in heard.segments]
-    cues = openai_formats.cues_of(segments, heard.text, heard.duration)
+    cues = formats.cues_of(segments, heard.text, heard.duration)
     return Response(
-        openai_formats.transcript_text(response_format, heard.text, cues),
-        mimetype=openai_formats.SUBTITLE_MEDIA_TYPES[response_format],
+        formats.transcript_text(response_format, heard.text, cues),
+        mimetype=formats.SUBTITLE_MEDIA_TYPES[response_format],
     )
 
 
 @blueprint.post("/v1/audio/speech")
 @documented(
-    {
-        200: answer(
-            "The audio, in `response_format`.", body=openai_formats.SPEECH_ANSWERS, headers=JOB_ID
-        )
-    },
+    {200: answer("The audio, in `response_format`.", body=formats.SPEECH_ANSWERS, headers=JOB_ID)},
     errors=(MalformedJson, UnsupportedMediaType, InvalidOption, EmptyText, *JOB_ROUTE_ERRORS),
     notes=NOTES,
     body=json_body("SpeechRequest"),
@@ -498,12 +490,9 @@ def create_speech() -> Response:
     """
     settings = _settings()
     asked = validate(SpeechRequest, _json_object(), settings)
-    job = Job(
-        id=new_job_id(),
-        status=JobStatus.QUEUED.value,
+    job = queued_job(
+        ReplyFormat.VOICE,
         operation=Operation.SPEAK.value,
-        reply_format=ReplyFormat.VOICE.value,
-        input_kind=InputKind.TEXT.value,
         input_text=asked.input,
         options=asked.speech_options(settings),
     )
@@ -523,7 +512,7 @@ def create_speech() -> Response:
             1,
             place,
             with_header=not pcm,
-            resample_to=openai_formats.PCM_RATE if pcm else None,
+            resample_to=formats.PCM_RATE if pcm else None,
             cancel_on_leave=True,
         )
         response.headers["X-Job-Id"] = job.id
@@ -534,7 +523,7 @@ def create_speech() -> Response:
     results: Store = current_app.extensions["voicechat.results"]
     assert finished.reply_audio_file is not None
     wav = results.read(finished.reply_audio_file)
-    audio = openai_formats.encode_speech(wav, asked.response_format)
-    response = Response(audio, mimetype=openai_formats.SPEECH_FORMATS[asked.response_format])
+    audio = formats.encode_speech(wav, asked.response_format)
+    response = Response(audio, mimetype=formats.SPEECH_FORMATS[asked.response_format])
     response.headers["X-Job-Id"] = job.id
     return response

@@ -30,7 +30,6 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json
 from pydantic_core import PydanticCustomError, core_schema
 from werkzeug.datastructures import MultiDict
 
-from models import job_view
 from models.errors import InvalidOption, MalformedJson, VoiceChatError, error_for_code
 from models.settings import Settings
 
@@ -51,19 +50,10 @@ class Shape(BaseModel):
     missing_errors: ClassVar[Mapping[str, type[VoiceChatError]]] = {}
 
 
-# The answers' base lives with the job's public shape (models/job_view.py); named here too.
-Answer = job_view.Answer
-
-
 @dataclass(frozen=True)
 class Live:
-    """A bound read from the running settings: `keyword` is the JSON Schema keyword it sets.
-
-    Args:
-        keyword: `maxLength`, `maximum`, `maxItems`, `enum` or `default`.
-        setting: The `Settings` attribute that holds the value.
-        error: The domain error a value past the bound raises (`InvalidOption` by default).
-    """
+    """A bound read from the running settings: JSON Schema's `keyword` (`maxLength`, `maximum`,
+    `maxItems`, `enum` or `default`) set to `setting`'s value; a value past it raises `error`."""
 
     keyword: str
     setting: str
@@ -280,16 +270,7 @@ def _sentence(shape: type[BaseModel], settings: Settings, loc: tuple[Any, ...], 
 def validate(
     shape: type[ShapeT], data: Any, settings: Settings, *, from_strings: bool = False
 ) -> ShapeT:
-    """Validates `data` against `shape` under the running settings.
-
-    Args:
-        shape: The request model.
-        data: Parsed JSON (strict types), or form/query fields as strings (`from_strings`).
-        settings: The running settings, for live bounds.
-        from_strings: Whether values arrive as strings to be converted (forms, query strings).
-
-    Returns:
-        The validated model.
+    """Validates parsed JSON (strictly) or form/query strings (`from_strings`) against `shape`.
 
     Raises:
         VoiceChatError: The one domain error for the first fault, in field order.
