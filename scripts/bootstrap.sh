@@ -65,7 +65,7 @@ install_part base "requirements.txt requirements-models.txt" install_base
 install_part client pyproject.toml "${pip[@]}" --no-deps -e .
 if $dev; then
   install_part dev requirements-dev.txt "${pip[@]}" -r requirements-dev.txt
-  # newman runs the Postman collection (postman/, tests/test_postman.py), pinned by its lock file.
+  # newman runs the Postman collection (postman/, tests/contract/test_postman.py), pinned by its lock file.
   if command -v npm >/dev/null; then
     [ -x postman/node_modules/.bin/newman ] || rm -f .venv/.installed-postman-*
     install_part postman postman/package-lock.json npm ci --prefix postman --no-audit --no-fund --silent

@@ -182,7 +182,7 @@ def running_service(
     env = {
         key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DATABASE_URL")
     }
-    # The tests poll fast from one address; tests/test_limits.py tests the rate limit.
+    # The tests poll fast from one address; tests/access/test_limits.py tests the rate limit.
     env.update(DATA_DIR=str(data_dir), API_WORKERS="2", LOG_LEVEL="INFO", RATE_LIMIT_PER_MINUTE="0")
     env.update(LLM_PRESET="fast")  # the shipped default where a test says so (tests/test_e2e.py)
     env.update(env_overrides)
