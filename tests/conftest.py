@@ -184,7 +184,8 @@ def running_service(
     }
     # The tests poll fast from one address; tests/access/test_limits.py tests the rate limit.
     env.update(DATA_DIR=str(data_dir), API_WORKERS="2", LOG_LEVEL="INFO", RATE_LIMIT_PER_MINUTE="0")
-    env.update(LLM_PRESET="fast")  # the shipped default where a test says so (tests/test_e2e.py)
+    # The small model; the shipped default where a test says so (tests/jobs/test_e2e.py).
+    env.update(LLM_PRESET="fast")
     env.update(env_overrides)
     log = data_dir / "service.log"
     with log.open("wb") as out:
