@@ -16,26 +16,47 @@ from worker.engines import Audio
 # A sentence ends at . ! ? or … (with closing quotes or brackets), once whitespace follows: in a
 # stream, the end of the text so far is not yet the end of a sentence ("3." may become "3.5").
 _STREAMED_END = re.compile(r"[.!?\u2026][\"')\]]*(?=\s)")
+# A clause ends at , ; or : once whitespace follows ("1,000" is no end).
+_CLAUSE_END = re.compile(r"[,;:](?=\s)")
+# The first piece of a reply may end at a clause of this many words or more: a long first
+# sentence is heard from its first clause, not after the model has written all of it (issue 22).
+# Later pieces are whole sentences, so the voice breaks at most once inside one, where a reader
+# pauses anyway.
+FIRST_CLAUSE_WORDS = 4
 
 
 class SentenceCutter:
-    """Collects streamed text and hands out each sentence as soon as it is complete."""
+    """Collects streamed text and hands out each sentence as soon as it is complete (the first
+    from its first clause of `FIRST_CLAUSE_WORDS` words or more)."""
 
     def __init__(self) -> None:
         self._pending = ""
-        self.cut = 0  # sentences handed out so far
+        self.cut = 0  # pieces handed out so far
+        self._ended = False  # whether a sentence ended, not only a clause
 
     def feed(self, text: str) -> list[str]:
         """Adds streamed text; returns the sentences it completed, trimmed, in order."""
         self._pending += text
-        sentences = []
-        while match := _STREAMED_END.search(self._pending):
-            sentence = self._pending[: match.end()].strip()
-            self._pending = self._pending[match.end() :]
-            if sentence:
-                sentences.append(sentence)
-        self.cut += len(sentences)
-        return sentences
+        pieces = []
+        while end := self._next_end():
+            piece = self._pending[:end].strip()
+            self._pending = self._pending[end:]
+            if piece:
+                pieces.append(piece)
+                self.cut += 1
+        return pieces
+
+    def _next_end(self) -> int | None:
+        sentence = _STREAMED_END.search(self._pending)
+        if not self.cut:
+            before = sentence.start() if sentence else len(self._pending)
+            for clause in _CLAUSE_END.finditer(self._pending, 0, before):
+                if len(self._pending[: clause.end()].split()) >= FIRST_CLAUSE_WORDS:
+                    return clause.end()
+        if sentence is None:
+            return None
+        self._ended = True
+        return sentence.end()
 
     def finish(self, *, whole_sentences: bool) -> list[str]:
         """The text left when the stream ends, as a last sentence.
@@ -44,7 +65,7 @@ class SentenceCutter:
         sentence ended at all (`trim_to_sentence` keeps such a reply whole).
         """
         rest, self._pending = self._pending.strip(), ""
-        if not rest or (whole_sentences and self.cut):
+        if not rest or (whole_sentences and self._ended):
             return []
         self.cut += 1
         return [rest]
