@@ -18,10 +18,8 @@ from worker.engines import Audio
 _STREAMED_END = re.compile(r"[.!?\u2026][\"')\]]*(?=\s)")
 # A clause ends at , ; or : once whitespace follows ("1,000" is no end).
 _CLAUSE_END = re.compile(r"[,;:](?=\s)")
-# The first piece of a reply may end at a clause of this many words or more: a long first
-# sentence is heard from its first clause, not after the model has written all of it (issue 22).
-# Later pieces are whole sentences, so the voice breaks at most once inside one, where a reader
-# pauses anyway.
+# The first piece may end at a clause of this many words or more, so a long first sentence is
+# heard from its first clause (issue 22); later ones are whole sentences, for a natural voice.
 FIRST_CLAUSE_WORDS = 4
 
 
@@ -59,11 +57,8 @@ class SentenceCutter:
         return sentence.end()
 
     def finish(self, *, whole_sentences: bool) -> list[str]:
-        """The text left when the stream ends, as a last sentence.
-
-        With `whole_sentences` (the reply was cut to its last complete one) it is dropped, unless no
-        sentence ended at all (`trim_to_sentence` keeps such a reply whole).
-        """
+        """The text left when the stream ends, as a last sentence; dropped with `whole_sentences`
+        (the reply cut to its last), unless none ended (`trim_to_sentence` keeps it whole)."""
         rest, self._pending = self._pending.strip(), ""
         if not rest or (whole_sentences and self._ended):
             return []
@@ -78,10 +73,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 class Speaker:
-    """Synthesizes sentences one at a time, keeping their audio in order.
-
-    `on_sentence(index, text, audio)` hears of each as soon as it exists.
-    """
+    """Synthesizes sentences one at a time, each passed to `on_sentence(index, text, audio)`."""
 
     def __init__(
         self,
