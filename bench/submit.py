@@ -2,7 +2,7 @@
 
 Run: `.venv/bin/python -m bench.submit [--rounds N] [--seconds S] [--connections C]`. Needs
 Debian's `wrk`. Starts the service with the benchmark's null engines and limits it never reaches
-(`bench/engines.py`), on SQLite (the embedded default) and, when `BENCH_POSTGRES_URL` names a
+(`harness/engines.py`), on SQLite (the embedded default) and, when `BENCH_POSTGRES_URL` names a
 PostgreSQL server, in a new database made on it for the run (and dropped after).
 
 Each round runs wrk on `/healthz`, then on the submit route, back to back; the figure quoted is
@@ -24,9 +24,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.engines import NULL_ENGINES, UNREACHED_LIMITS
 from bench.service import auth, fresh_database, running, service_cpu_seconds
 from bench.table import Row, markdown
+from harness.engines import NULL_ENGINES, UNREACHED_LIMITS
 
 BODY = json.dumps({"text": "What is the capital of France?"})
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
