@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import cases, chat, first_audio, overhead, stages, submit
+from bench import answers, cases, chat, first_audio, overhead, stages, submit
 from bench.table import Row, markdown
 
 OUT = Path(__file__).resolve().parent / "results.md"
@@ -43,6 +43,7 @@ def main() -> None:
         lambda: submit.rows(rounds=2 if args.quick else 3, seconds=5 if args.quick else 10),
         lambda: overhead.rows(jobs=40 if args.quick else 200),
         lambda: chat.rows(rounds=3 if args.quick else 7),
+        answers.rows,
     ]
     table: list[Row] = []
     for run in runs:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 
 import requests
 from openai import OpenAI
@@ -28,19 +29,19 @@ from bench.service import auth, client, running
 from bench.table import Row, markdown
 from harness.stack import free_port
 from models.settings import Settings
-from worker.engines.model_files import smollm2_path
+from worker.engines.model_files import llm_model_file
 
 MESSAGES = [{"role": "user", "content": "Tell me three facts about the moon."}]
 MAX_TOKENS = 64
 
 
 @contextmanager
-def llama_server(threads: int, context: int) -> Iterator[str]:
-    """Runs llama-cpp-python's server on the packaged model; yields its `/v1` base URL."""
+def llama_server(model: Path, threads: int, context: int) -> Iterator[str]:
+    """Runs llama-cpp-python's server on `model`; yields its `/v1` base URL."""
     port = free_port()
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
+            sys.executable, "-m", "llama_cpp.server", "--model", str(model),
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(context),
             "--n_threads", str(threads), "--logits_all", "false",
         ],
@@ -149,7 +150,10 @@ def measure(ours: OpenAI, theirs: OpenAI, model: str, rounds: int) -> dict[str, 
 def rows(rounds: int = 7) -> list[Row]:
     """The chat figures as table rows."""
     settings = Settings.from_env()
-    with running() as url, llama_server(settings.llm_threads, settings.llm_context_tokens) as base:
+    server = llama_server(
+        llm_model_file(settings), settings.llm_threads, settings.llm_context_tokens
+    )
+    with running() as url, server as base:
         key = auth(url)["Authorization"].removeprefix("Bearer ")
         ours = OpenAI(base_url=f"{url}/v1", api_key=key)
         theirs = OpenAI(base_url=base, api_key="none")

@@ -3,8 +3,8 @@
 
 Run: `.venv/bin/python -m bench.load_faults [--jobs 2000] [--kills 4] [--freezes 4]
 [--database-url URL]` (SQLite in a temporary folder without `--database-url`). The load figures
-in docs/operations.md come from this command; `tests/test_load_faults.py` runs it at a size CI can
-afford.
+in docs/operations.md come from this command; `tests/faults/test_load_faults.py` runs it at a
+size CI can afford.
 
 Each fault is aimed: a slow job is submitted among the others, and the signal goes to the pool
 child whose lease the job's row names, once the job is generating. Everything is counted, per

@@ -2,7 +2,7 @@
 
 Run: `.venv/bin/python -m bench.submit [--rounds N] [--seconds S] [--connections C]`. Needs
 Debian's `wrk`. Starts the service with the benchmark's null engines and limits it never reaches
-(`bench/engines.py`), keyed, and beside it the floor (`bench/floor.py`: the least code that does
+(`harness/engines.py`), keyed, and beside it the floor (`bench/floor.py`: the least code that does
 submit's work, under the same gunicorn settings), both on one database and one Redis: SQLite
 (the embedded default) and, when `BENCH_POSTGRES_URL` names a PostgreSQL server, a new database
 made on it for the run (and dropped after). The service's job workers are paused, so neither
@@ -10,7 +10,7 @@ queue is drained while measured.
 
 Each round runs wrk on `/healthz` of the service then of the floor, then on the submit route of
 each; each figure quoted is the median over rounds, its ratio the median of the rounds' ratios
-to the floor's (printed round by round on stderr). Also the CPU time per request of each server's
+to the floor's (each round printed as it ends). Also the CPU time per request of each server's
 processes (the launcher's: API, idle workers, beat; the floor's gunicorn), not the Redis or
 PostgreSQL server they share.
 """
@@ -32,9 +32,9 @@ from celery import Celery
 from sqlalchemy import func, select
 
 from bench import floor
-from bench.engines import NULL_ENGINES, UNREACHED_LIMITS
 from bench.service import auth, fresh_database, running, service_cpu_seconds
 from bench.table import Row, markdown
+from harness.engines import NULL_ENGINES, UNREACHED_LIMITS
 from models.db import make_engine
 from models.queue import JOB_QUEUE
 from models.tables import Job, JobStatus

@@ -80,8 +80,10 @@ class Stack:
             "WORKER_HEARTBEAT_SECONDS": "1",
             "RECONCILE_INTERVAL_SECONDS": "1",
             "RECONCILE_QUEUED_AFTER_SECONDS": "2",
-            # The tests poll fast from one address; tests/test_limits.py tests the limits.
+            # The tests poll fast from one address; tests/access/test_limits.py tests the limits.
             "RATE_LIMIT_PER_MINUTE": "0",
+            # The small model: speed matters here; tests/jobs/test_e2e.py runs the shipped default.
+            "LLM_PRESET": "fast",
             # Every process's figures in one folder, as the launcher does (models/metrics.py).
             **metrics_environment(data_dir),
             **env,

@@ -228,7 +228,7 @@ def _audio_stream(reader: av.container.InputContainer, container: str) -> Any:
 
 def _codec_name(stream: Any) -> str:
     # A damaged header can leave PyAV's stream with no codec context (found by
-    # tests/test_hostile_input.py): an unknown codec, refused like any other.
+    # tests/contract/test_hostile_input.py): an unknown codec, refused like any other.
     context = stream.codec_context
     return "an unknown codec" if context is None else str(context.codec.canonical_name)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 # Whisper's language codes, in faster-whisper's order (`tokenizer._LANGUAGE_CODES`; openai-whisper's
-# `tokenizer.LANGUAGES` holds the same); tests/test_whisper_languages.py checks this copy against
-# the installed libraries. Copied, not imported: the API never imports engine code.
+# `tokenizer.LANGUAGES` holds the same); tests/engines/test_whisper_languages.py checks this copy
+# against the installed libraries. Copied, not imported: the API never imports engine code.
 WHISPER_LANGUAGES: tuple[str, ...] = (
     "af",
     "am",

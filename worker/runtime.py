@@ -79,6 +79,7 @@ def get_pipeline(settings: Settings | None = None) -> Pipeline:
                 models_loaded=True,
                 stt=settings.stt_engine,
                 llm=settings.llm_engine,
+                llm_model=str(getattr(pipeline.generator, "model", "")),
                 tts=settings.tts_engine,
                 devices=devices,
                 load_s=round(loaded - started, 2),

@@ -177,8 +177,9 @@ def list_models() -> Response:
     """List models.
 
     The models this service answers with, one per stage: the language model (its id is
-    LLM_MODEL, else the file name of LLM_MODEL_PATH without extension, else
-    `SmolLM2-135M-Instruct`), `{whisper}` for transcription and {tts} for speech.
+    LLM_MODEL, else the file name of LLM_MODEL_PATH without extension, else LLM_PRESET's model:
+    `Qwen2.5-Coder-1.5B-Instruct` or `SmolLM2-135M-Instruct` for `fast`), `{whisper}` for
+    transcription and {tts} for speech.
     """
     return _answer(ModelList.of(_settings()))
 

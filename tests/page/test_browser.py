@@ -29,8 +29,8 @@ import soundfile as sf
 
 from harness.stack import FAST_ENGINES, Stack
 from models.settings import Settings
+from tests.access.test_api_keys import created
 from tests.conftest import Service, wav_bytes
-from tests.test_api_keys import created
 
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -23,7 +23,7 @@ from models.errors import ContextLengthExceeded, EngineUnavailable
 from scripts.launch import worker_command
 from tests.conftest import QUESTION, ROOT, make_settings
 from worker.engines import Message
-from worker.engines.model_files import WHISPER_PARTS, package_dir, smollm2_path
+from worker.engines.model_files import PRESETS, WHISPER_PARTS, package_dir, preset_file
 from worker.engines.openai_chat import (
     MESSAGE_OVERHEAD_TOKENS,
     REPLY_PRIMER_TOKENS,
@@ -44,6 +44,11 @@ TOO_LONG: list[Message] = [{"role": "user", "content": "word " * 3000}]
 SERVER_CONTEXT = 2048
 
 
+def fast_model() -> Path:
+    """The packaged SmolLM2-135M-Instruct, as LLM_PRESET=fast loads it."""
+    return preset_file(PRESETS["fast"], Path())
+
+
 @pytest.fixture(scope="module")
 def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """llama-cpp-python's OpenAI-compatible server on a free port; yields its /v1 base URL."""
@@ -52,7 +57,7 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()),
+                sys.executable, "-m", "llama_cpp.server", "--model", str(fast_model()),
                 "--host", "127.0.0.1", "--port", str(port),
                 "--n_ctx", str(SERVER_CONTEXT), "--n_threads", "2",
                 # The server keeps every position's logits by default, which makes each token
@@ -95,7 +100,7 @@ def generator(llm_server: str, tmp_path_factory: pytest.TempPathFactory) -> Open
 
 
 def test_model_defaults_to_the_first_the_server_lists(generator: OpenAIChatGenerator) -> None:
-    assert generator.model == str(smollm2_path())
+    assert generator.model == str(fast_model())
     assert generator.context_tokens == 2048
 
 
@@ -200,7 +205,7 @@ def test_estimate_without_a_tokenizer_over_counts() -> None:
 
     generator = OpenAIChatGenerator(None, model="m", context_tokens=2048, tokenizer=None)
     # SmolLM2's own tokenizer, vocabulary only, for the true count.
-    vocab = Llama(model_path=str(smollm2_path()), vocab_only=True, verbose=False)
+    vocab = Llama(model_path=str(fast_model()), vocab_only=True, verbose=False)
     text = " ".join([QUESTION, SYSTEM] * 20)
     true_count = len(vocab.tokenize(text.encode(), add_bos=False))
     estimate = generator.count_tokens([{"role": "user", "content": text}])

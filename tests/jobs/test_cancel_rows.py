@@ -9,8 +9,9 @@ from models import cancel_signal, event_log, transitions
 from models.event_log import JobEvents
 from models.tables import Conversation, Job, Turn
 from models.transitions import ClaimOutcome, Lease
-from tests import test_database, test_reconciler
-from tests.test_database import _claim, _job
+from tests.faults import test_reconciler
+from tests.jobs import test_database
+from tests.jobs.test_database import _claim, _job
 from worker.lease_keeper import CancelWatch, Held
 from worker.reconciler import reconcile
 

@@ -23,8 +23,8 @@ from models import event_log
 from models.db import make_engine
 from models.tables import IdempotencyRecord, Job, Turn, WebhookDelivery
 from tests.conftest import tone, wav_bytes
-from tests.test_cancel import _until, _until_event, _worker_log
-from tests.test_webhooks import SECRET, Receiver
+from tests.jobs.test_cancel import _until, _until_event, _worker_log
+from tests.jobs.test_webhooks import SECRET, Receiver
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,8 @@ import pytest
 
 from api import create_app
 from api.openapi import NOT_THE_API
+from tests.access.test_api_keys import created, keys_command
 from tests.conftest import ROOT, TERMINAL, Service, make_settings
-from tests.test_api_keys import created, keys_command
 
 POSTMAN = ROOT / "postman"
 COLLECTION = POSTMAN / "voicechat.postman_collection.json"
@@ -48,7 +48,7 @@ def _template(path: str) -> re.Pattern[str]:
 def _served_operations(tmp_path: Path) -> set[tuple[str, str]]:
     """(method, path template) of every operation of the OpenAPI document and of every rule of
     the Flask url_map, but for what is not the API (the page and its static files, which
-    tests/test_browser.py drives in a real browser)."""
+    tests/page/test_browser.py drives in a real browser)."""
     app = create_app({"settings": make_settings(tmp_path, REDIS_URL="redis://127.0.0.1:1/0")})
     document = app.test_client().get("/openapi.json").json
     assert document is not None

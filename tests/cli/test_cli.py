@@ -24,8 +24,8 @@ import pytest
 import soundfile as sf
 
 from harness.stack import FAST_ENGINES, Stack, free_port
+from tests.access.test_api_keys import created
 from tests.conftest import tone, wav_bytes
-from tests.test_api_keys import created
 
 pytestmark = pytest.mark.e2e
 

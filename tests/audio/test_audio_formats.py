@@ -28,7 +28,7 @@ from models.settings import Settings
 from tests.conftest import Service, make_settings, tone, wav_bytes
 from tests.recordings import CONTAINERS, FORMATS, encode, pcm_in_matroska, remuxed, video_only
 
-CHROMIUM_WEBM = Path(__file__).parent / "data" / "question-chromium.webm"
+CHROMIUM_WEBM = Path(__file__).parents[1] / "data" / "question-chromium.webm"
 # An EBML Segment whose size says "unknown", as a recorder that cannot seek back writes it.
 UNKNOWN_SEGMENT = b"\x18\x53\x80\x67\x01\xff\xff\xff\xff\xff\xff\xff"
 KINDS = list(FORMATS)

@@ -1,6 +1,6 @@
 """The voice chat page's files as the service sends them: every asset from this origin, under its
 Content-Security-Policy, nothing inline and nothing from elsewhere (the browser test,
-tests/test_browser.py, runs the page itself)."""
+tests/page/test_browser.py, runs the page itself)."""
 
 from __future__ import annotations
 

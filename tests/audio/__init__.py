@@ -1,0 +1,1 @@
+"""Audio in: the WAV validator, the normaliser, the compressed formats clients send."""

@@ -1,0 +1,1 @@
+"""The `voicechat` command-line client against a running service."""

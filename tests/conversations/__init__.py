@@ -1,0 +1,1 @@
+"""Conversations: the history fitted to the window, and long chats on the real service."""

@@ -1,0 +1,1 @@
+"""Faults on real processes: killed or frozen workers, outages, a full disk, time limits."""

@@ -1,0 +1,1 @@
+"""The voice chat page and the documentation: /, /docs, and the mkdocs site."""

@@ -1,0 +1,1 @@
+"""How long data lives: retention's purges and erasing a job."""

@@ -1,0 +1,1 @@
+"""Running the service: the launcher, compose, settings, metrics and logs, the layers' rules."""

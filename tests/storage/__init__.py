@@ -1,0 +1,1 @@
+"""The file stores (directory and database) and storage shared across hosts."""

@@ -1,0 +1,1 @@
+"""Events as they happen: Server-Sent Events, the job event log, streamed speech."""
