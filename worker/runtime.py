@@ -34,18 +34,8 @@ _STATUS: dict[str, Any] = {"models_loaded": False}
 
 
 def get_pipeline(settings: Settings | None = None) -> Pipeline:
-    """Returns this process's pipeline, loading and warming the engines on first use.
-
-    Args:
-        settings: The settings naming the engines; read from the environment when omitted.
-
-    Returns:
-        The pipeline over the loaded engines.
-
-    Raises:
-        EngineUnavailable: An engine setting cannot work (any other exception an engine's
-            library raises while loading passes through too).
-    """
+    """This process's pipeline, its engines loaded and warmed on first use (from `settings`, or
+    the environment's); EngineUnavailable, or what an engine's library raised, when they cannot."""
     global _PIPELINE
     with _PIPELINE_LOCK:
         if _PIPELINE is None:
@@ -100,25 +90,17 @@ def close_engines() -> None:
 
 
 def load_status() -> dict[str, Any]:
-    """Returns whether the engines are loaded and which, or why they failed, for `/readyz`."""
+    """Whether the engines are loaded and which, or why they failed, for `/readyz`."""
     return dict(_STATUS)
 
 
 def record_load_error(error: Exception) -> None:
-    """Notes why the engines failed to load, for `/readyz`.
-
-    Args:
-        error: What loading raised; its message (or its type's name) is reported.
-    """
+    """Notes why the engines failed to load (the message, or the type's name), for `/readyz`."""
     _STATUS.update(models_loaded=False, error=str(error) or type(error).__name__)
 
 
 def warm_up(pipeline: Pipeline) -> None:
-    """Runs each engine once so the first job does not pay for lazy initialisation.
-
-    Args:
-        pipeline: The pipeline over the freshly loaded engines.
-    """
+    """Runs each engine once so the first job does not pay for lazy initialisation."""
     settings = pipeline.settings
     audio = pipeline.synthesizer.synthesize("Ready.", voice=settings.tts_voice)
     with contextlib.suppress(NoSpeech):  # one second of silence: exactly the expected answer
