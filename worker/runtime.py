@@ -39,42 +39,39 @@ def get_pipeline(settings: Settings | None = None) -> Pipeline:
     global _PIPELINE
     with _PIPELINE_LOCK:
         if _PIPELINE is None:
-            settings = settings or Settings.from_env()
-            started = time.perf_counter()
-            pipeline = Pipeline(
-                settings,
-                transcriber=build_transcriber(settings),
-                generator=build_generator(settings),
-                synthesizer=build_synthesizer(settings),
-            )
-            loaded = time.perf_counter()
-            warm_up(pipeline)
-            # The devices as set: an engine set to "cuda" refuses to load where CUDA is missing,
-            # so a loaded engine with "cuda" here runs on the GPU (docs/jetson-orin.md).
-            devices = {
-                "stt": settings.whisper_device,
-                "llm": settings.llm_device,
-                "tts": settings.tts_device,
-            }
-            _LOGGER.info(
-                "engines ready stt=%s llm=%s tts=%s devices=%s load_s=%.2f warmup_s=%.2f",
-                settings.stt_engine,
-                settings.llm_engine,
-                settings.tts_engine,
-                ",".join(f"{stage}:{device}" for stage, device in devices.items()),
-                loaded - started,
-                time.perf_counter() - loaded,
-            )
-            _STATUS.update(
-                models_loaded=True,
-                stt=settings.stt_engine,
-                llm=settings.llm_engine,
-                tts=settings.tts_engine,
-                devices=devices,
-                load_s=round(loaded - started, 2),
-            )
-            _PIPELINE = pipeline
+            _PIPELINE = _load(settings or Settings.from_env())
         return _PIPELINE
+
+
+def _load(settings: Settings) -> Pipeline:
+    started = time.perf_counter()
+    pipeline = Pipeline(
+        settings,
+        transcriber=build_transcriber(settings),
+        generator=build_generator(settings),
+        synthesizer=build_synthesizer(settings),
+    )
+    loaded = time.perf_counter()
+    warm_up(pipeline)
+    engines = {"stt": settings.stt_engine, "llm": settings.llm_engine, "tts": settings.tts_engine}
+    # The devices as set: an engine set to "cuda" refuses to load where CUDA is missing, so a
+    # loaded engine with "cuda" here runs on the GPU (docs/jetson-orin.md).
+    devices = {
+        "stt": settings.whisper_device,
+        "llm": settings.llm_device,
+        "tts": settings.tts_device,
+    }
+    _LOGGER.info(
+        "engines ready stt=%s llm=%s tts=%s devices=%s load_s=%.2f warmup_s=%.2f",
+        *engines.values(),
+        ",".join(f"{stage}:{device}" for stage, device in devices.items()),
+        loaded - started,
+        time.perf_counter() - loaded,
+    )
+    _STATUS.update(
+        models_loaded=True, **engines, devices=devices, load_s=round(loaded - started, 2)
+    )
+    return pipeline
 
 
 def close_engines() -> None:
