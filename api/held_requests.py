@@ -65,11 +65,7 @@ def try_hold() -> Place | None:
 
 
 def hold() -> Place:
-    """Takes a place for the current request.
-
-    Raises:
-        ServerBusy: Every place is taken; the answer is 503 with `Retry-After`.
-    """
+    """Takes a place for the current request; ServerBusy (503) when every place is taken."""
     place = try_hold()
     if place is None:
         raise ServerBusy(
