@@ -446,8 +446,9 @@ def _transcript_response(response_format: str, heard: VerboseTranscription) -> R
         return _answer(Transcription(text=heard.text))
     if response_format == "verbose_json":
         return _answer(heard)
-    segments = [segment.model_dump() for segment in heard.segments]
-    cues = formats.cues_of(segments, heard.text, heard.duration)
+    cues = [formats.Cue(segment.start, segment.end, segment.text) for segment in heard.segments]
+    if not cues and heard.text:  # no segments: the whole text as one cue
+        cues = [formats.Cue(0.0, heard.duration, heard.text)]
     return Response(
         formats.transcript_text(response_format, heard.text, cues),
         mimetype=formats.SUBTITLE_MEDIA_TYPES[response_format],
