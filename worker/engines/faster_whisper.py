@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,12 @@ class FasterWhisperTranscriber:
         if not (model_dir / "model.bin").is_file():
             raise EngineUnavailable(f"WHISPER_MODEL_DIR={model_dir} holds no model.bin.")
         self.language = language
+        # Decoding options; bench/ears.py times each against its word error rate.
+        self.options: dict[str, Any] = {
+            "beam_size": 5,
+            "vad_filter": True,
+            "without_timestamps": False,
+        }
         self.model = WhisperModel(
             str(model_dir),  # always a folder: a name would be looked up on a model hub
             device="auto",
@@ -55,9 +62,8 @@ class FasterWhisperTranscriber:
             audio,
             language=language or self.language,
             initial_prompt=prompt,
-            beam_size=5,
-            vad_filter=True,
             condition_on_previous_text=False,
+            **self.options,
         )
         return heard(
             ((s.start, s.end, s.text, s.no_speech_prob, s.avg_logprob) for s in segments),
