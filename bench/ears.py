@@ -80,7 +80,7 @@ def spoken_clips(texts: list[str], folder: Path) -> list[tuple[str, str, np.ndar
 def label(beam: int, vad: bool, no_timestamps: bool, threads: int) -> str:
     """One combination, as the table names it."""
     return (f"beam {beam}, VAD {'on' if vad else 'off'}, "
-            f"{'without' if no_timestamps else 'with'} timestamps, {threads} threads")  # fmt: skip
+            f"{'without' if no_timestamps else 'with'} timestamps, threads {threads}")  # fmt: skip
 
 
 def run_model(settings: Settings, clips: list, show_misses: bool) -> dict[str, list]:

@@ -26,7 +26,8 @@ class FasterWhisperTranscriber:
         if not (model_dir / "model.bin").is_file():
             raise EngineUnavailable(f"WHISPER_MODEL_DIR={model_dir} holds no model.bin.")
         self.language = language
-        # Decoding options; bench/ears.py times each against its word error rate.
+        # Chosen by bench/ears.py (bench/results.md): beam 1 saves 7% of the CPU but mishears more;
+        # without_timestamps saves 2% but would merge the srt/vtt/verbose_json segments.
         self.options: dict[str, Any] = {
             "beam_size": 5,
             "vad_filter": True,
