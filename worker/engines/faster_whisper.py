@@ -14,6 +14,10 @@ from models.settings import Settings
 from worker.engines import Transcript, heard
 from worker.engines.model_files import assemble_whisper_base
 
+# Chosen by bench/ears.py (bench/results.md): beam 1 saves 7% of the CPU but mishears more;
+# without_timestamps saves 2% but would merge the srt/vtt/verbose_json segments.
+DECODING: dict[str, Any] = {"beam_size": 5, "vad_filter": True, "without_timestamps": False}
+
 
 class FasterWhisperTranscriber:
     """A loaded faster-whisper model; `transcribe` is not thread-safe, one job at a time."""
@@ -26,13 +30,7 @@ class FasterWhisperTranscriber:
         if not (model_dir / "model.bin").is_file():
             raise EngineUnavailable(f"WHISPER_MODEL_DIR={model_dir} holds no model.bin.")
         self.language = language
-        # Chosen by bench/ears.py (bench/results.md): beam 1 saves 7% of the CPU but mishears more;
-        # without_timestamps saves 2% but would merge the srt/vtt/verbose_json segments.
-        self.options: dict[str, Any] = {
-            "beam_size": 5,
-            "vad_filter": True,
-            "without_timestamps": False,
-        }
+        self.options = dict(DECODING)  # bench/ears.py sets its own
         self.model = WhisperModel(
             str(model_dir),  # always a folder: a name would be looked up on a model hub
             device="auto",
