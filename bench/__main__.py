@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import answers, cases, chat, first_audio, overhead, stages, submit
+from bench import answers, cases, chat, ears, first_audio, overhead, stages, submit
 from bench.table import Row, markdown
 
 OUT = Path(__file__).resolve().parent / "results.md"
@@ -38,6 +38,7 @@ def main() -> None:
     rounds = 2 if args.quick else 5
     runs: list[Callable[[], list[Row]]] = [
         lambda: stages.rows(rounds),
+        lambda: ears.rows(questions=2 if args.quick else 5),
         lambda: cases.rows(rounds),
         lambda: first_audio.rows(rounds),
         lambda: submit.rows(rounds=2 if args.quick else 3, seconds=5 if args.quick else 10),
