@@ -51,7 +51,10 @@ def main() -> None:
         table += run()
     text = markdown(table)
     header = f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {_machine()}.\n\n"
-    args.out.write_text(header + text)
+    # The sections under the table (## …) hold single modules' detailed runs: kept as they are.
+    old = args.out.read_text() if args.out.exists() else ""
+    sections = old[old.find("\n## ") :] if "\n## " in old else ""
+    args.out.write_text(header + text + sections)
     print(header + text)
 
 
