@@ -60,15 +60,8 @@ BLUEPRINTS = (
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
-    """Builds the web application.
-
-    Args:
-        config: Overrides; `settings` may hold a ready `Settings`, otherwise they are read from
-            the environment. Other keys go to `app.config`.
-
-    Returns:
-        The Flask application. It loads no model and imports no worker code.
-    """
+    """Builds the web application (no model, no worker code); `config["settings"]` may hold
+    ready `Settings` (else read from the environment), other keys go to `app.config`."""
     overrides = dict(config or {})
     settings: Settings = overrides.pop("settings", None) or Settings.from_env()
     app = Flask(__name__)
@@ -98,8 +91,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 
 def warm_up(app: Flask) -> None:
-    """Opens the app's connections now (database, Redis, the publisher) rather than on the
-    first request; a service that cannot reach them yet connects on demand, as before."""
+    """Opens the app's connections now rather than on the first request; a service that
+    cannot reach them yet connects on demand."""
     try:
         with app.extensions["voicechat.engine"].connect() as connection:
             connection.execute(text("SELECT 1"))
@@ -154,8 +147,7 @@ def _connect(app: Flask, settings: Settings) -> None:
 
 
 def _track_requests(app: Flask) -> None:
-    """Gives each request an id (on every line logged while it is served) and a database
-    session, and closes the session after it."""
+    """Gives each request an id (on every line it logs) and a database session."""
     session_factory = app.extensions["voicechat.sessions"]
 
     @app.before_request

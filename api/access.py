@@ -19,9 +19,8 @@ def visible(owner_id: str | None) -> bool:
 
 
 def release_connection() -> None:
-    """Ends the request's database session, handing its connection back to the pool; the
-    session stays usable and checks out another if it is used again. Called before a request
-    is held (a wait, a stream), which then reads the database in short sessions of its own."""
+    """Hands the request session's connection back to the pool (the session stays usable):
+    a held request (a wait, a stream) reads the database in short sessions of its own."""
     session = g.get("db")
     if session is not None:
         session.close()

@@ -1,10 +1,8 @@
 """Bearer API keys on every /v1 route, and the open mode of a service that has none.
 
-`Authorization: Bearer <secret>` is looked up by its hash on each request (so a revoked key is
-refused at once) and sets `g.api_key_id`, which `api/access.py` reads. While the database holds
-no unrevoked key the service runs open, but only for requests from this machine that no proxy
-forwarded: open is for loopback, and a service bound elsewhere refuses to start open
-(api/gunicorn_conf.py, scripts/launch.py).
+The key is looked up by its hash on each request, so a revoked key is refused at once. With no
+unrevoked key the service runs open, for requests straight from this machine only; a service
+bound elsewhere refuses to start open (api/gunicorn_conf.py, scripts/launch.py).
 """
 
 from __future__ import annotations
@@ -30,11 +28,10 @@ def bearer_token() -> str | None:
     return (sent.token or "") if sent.type == "bearer" else ""
 
 
-def _open_to_this_request(mode: KeyMode) -> bool:
-    """Whether the service runs open and this request comes straight from this machine."""
-    if any(name in request.headers for name in _FORWARDED):
-        return False
-    return is_loopback(request.remote_addr or "") and not mode.keyed()
+def from_this_machine() -> bool:
+    """Whether the request comes straight from this machine: loopback, no proxy forwarded it."""
+    forwarded = any(name in request.headers for name in _FORWARDED)
+    return not forwarded and is_loopback(request.remote_addr or "")
 
 
 def register_authentication(app: Flask) -> None:
@@ -55,7 +52,7 @@ def register_authentication(app: Flask) -> None:
                 g.api_key_requests_per_minute = caller.requests_per_minute  # api/limits.py
                 return
         # Open, a key sent anyway is ignored: OpenAI's SDKs always send one.
-        if _open_to_this_request(mode):
+        if from_this_machine() and not mode.keyed():
             return
         g.auth_failure = "invalid_token" if token is not None else None
         _LOGGER.info(

@@ -26,22 +26,11 @@ WAIT_RAN_OUT = "wait_ran_out"
 
 
 def cancel(session: Session, job: Job) -> tuple[Job, int]:
-    """Cancels a job: a queued one at once, a running one by asking its worker to stop.
+    """Cancels a job; returns it and 200 (canceled now or before) or 202 (asked to stop).
 
     A queued job ends `canceled` now (a worker that receives its message later finds nothing to
-    claim) and its event log gets its `done`. A running one is marked `cancel_requested` and
-    its worker told through Redis; it stops at its next token, sentence or stage boundary.
-
-    Args:
-        session: The request's database session.
-        job: The job, as loaded for the caller.
-
-    Returns:
-        The job as it is now, and the status to answer: 200 when it is canceled (now or
-        before), 202 when its worker was asked to stop.
-
-    Raises:
-        JobFinished: The job had succeeded or failed.
+    claim); a running one is marked `cancel_requested` and its worker, told through Redis, stops
+    at its next token, sentence or stage. JobFinished if it had succeeded or failed.
     """
     events: event_log.JobEvents = current_app.extensions["voicechat.events"]
     webhooks = current_app.extensions["voicechat.queue"].send_webhook
@@ -75,14 +64,8 @@ def _reread(session: Session, job_id: str) -> Job:
 
 
 def cancel_unanswered(job_id: str, reason: str) -> bool:
-    """Cancels the job of an OpenAI request that will not be answered with it: its client
-    closed its connection, or its wait ran out (`reason`, logged); a job that ended meanwhile
-    is left as it is. Uses a session of its own: it runs as a held request ends, possibly after
-    the request's own session is closed.
-
-    Returns:
-        Whether the job was canceled or its worker asked to stop (False: it had ended).
-    """
+    """Cancels the job of an OpenAI request that will not be answered with it; False if it had
+    ended. A session of its own: it runs as a held request ends, maybe after the request's."""
     sessions: sessionmaker[Session] = current_app.extensions["voicechat.sessions"]
     with sessions() as session:
         job = session.get(Job, job_id)
@@ -97,12 +80,8 @@ def cancel_unanswered(job_id: str, reason: str) -> bool:
 
 
 def canceled_on_leave(job_id: str, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
-    """Passes a streamed answer on; a client that leaves before its end cancels its job.
-
-    The server closes the stream when a write to a departed client fails (GeneratorExit here,
-    under gunicorn after its BrokenPipe), and a stream that stops at a quiet beat because
-    `client_left` said so ends early without one: both cancel. A job that ended is untouched.
-    """
+    """Passes a streamed answer on; a client that leaves before its end cancels its job, seen
+    as GeneratorExit (a write to it failed) or as `client_left` at a quiet beat."""
     try:
         yield from chunks
     except GeneratorExit:

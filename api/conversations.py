@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from api.access import caller_id, visible
@@ -19,6 +20,12 @@ from models.errors import (
 from models.tables import Conversation, Turn
 
 blueprint = Blueprint("conversations", __name__)
+
+
+def visible_conversation(conversation_id: str) -> Conversation | None:
+    """The caller's conversation of this id; another key's is as unknown as none."""
+    found = g.db.get(Conversation, conversation_id) if is_resource_id(conversation_id) else None
+    return found if found is not None and visible(found.api_key_id) else None
 
 
 @blueprint.post("/v1/conversations")
@@ -38,7 +45,7 @@ blueprint = Blueprint("conversations", __name__)
     errors=(MalformedJson, PayloadTooLarge, UnsupportedMediaType, InvalidOption),
     body=json_body("ConversationRequest", required=False),
 )
-def create_conversation() -> Response:
+def create_conversation() -> ResponseReturnValue:
     """Start a conversation.
 
     Starts an empty conversation, optionally with its own system prompt; submit prompts to it
@@ -56,12 +63,9 @@ def create_conversation() -> Response:
     conversation = Conversation(system=shape.system, api_key_id=caller_id())
     g.db.add(conversation)
     g.db.commit()
-    response = jsonify(ConversationView.of(conversation, []).model_dump(mode="json"))
-    response.status_code = 201
-    response.headers["Location"] = url_for(
-        "conversations.get_conversation", conversation_id=conversation.id
-    )
-    return response
+    view = ConversationView.of(conversation, []).model_dump(mode="json")
+    location = url_for("conversations.get_conversation", conversation_id=conversation.id)
+    return view, 201, {"Location": location}
 
 
 @blueprint.get("/v1/conversations/<conversation_id>")
@@ -74,10 +78,8 @@ def get_conversation(conversation_id: str) -> Response:
 
     The conversation with its turns, oldest first (voice prompts as their transcripts).
     """
-    conversation = (
-        g.db.get(Conversation, conversation_id) if is_resource_id(conversation_id) else None
-    )
-    if conversation is None or not visible(conversation.api_key_id):
+    conversation = visible_conversation(conversation_id)
+    if conversation is None:
         raise ConversationNotFound(f"No conversation has the id {conversation_id!r}.")
     turns = list(
         g.db.scalars(select(Turn).where(Turn.conversation_id == conversation.id).order_by(Turn.id))

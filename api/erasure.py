@@ -23,18 +23,9 @@ def erase(session: Session, job: Job) -> None:
     """Erases a job: its event stream, its row with its turns, idempotency key and webhook
     deliveries, and its files in both stores; a queued or running one is told to stop.
 
-    An attempt still running brings nothing back. Its event log is closed first, so its next
-    event is refused; its row writes are conditional UPDATEs that now match no row; either is
-    how it learns it lost its lease, and it then deletes the files it wrote meanwhile. A file
-    left by an attempt killed before that is an orphan, which retention deletes.
-
-    Args:
-        session: The request's database session.
-        job: The job, as loaded for the caller.
-
-    Raises:
-        JobNotFound: Another request erased it first.
-        ServiceUnavailable: Redis is unreachable; the job is kept.
+    An attempt still running brings nothing back: its next event is refused and its row writes
+    match no row, so it learns it lost its lease and deletes the files it wrote meanwhile (one
+    killed before that leaves orphans, which retention deletes).
     """
     job_id, scope = job.id, job.api_key_id or ""
     settings: Settings = current_app.extensions["voicechat.settings"]

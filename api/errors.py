@@ -53,7 +53,7 @@ _HTTP_CODES = {
 
 
 def status_for(error: errors.VoiceChatError | type[errors.VoiceChatError]) -> int:
-    """Returns the HTTP status of a domain error, or of its class."""
+    """The HTTP status of a domain error, or of its class."""
     for cls in (error if isinstance(error, type) else type(error)).__mro__:
         if cls in _STATUS:
             return _STATUS[cls]
@@ -68,18 +68,8 @@ def with_retry_after(response: Response, error: errors.VoiceChatError) -> Respon
 
 
 def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Response:
-    """Builds an RFC 9457 problem response.
-
-    Args:
-        status: The HTTP status.
-        code: The stable machine code clients branch on.
-        title: A short summary that does not change between occurrences.
-        detail: What went wrong this time, for a person.
-        **extra: Further members (e.g. `field`).
-
-    Returns:
-        The `application/problem+json` response, with the request id.
-    """
+    """An RFC 9457 problem response: `title` never changes for a `code`, `detail` is this
+    occurrence's, for a person; `extra` adds members (e.g. `field`)."""
     body: dict[str, Any] = {
         "type": f"https://voicechat.invalid/problems/{code}",
         "title": title,

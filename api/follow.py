@@ -78,9 +78,8 @@ class JobState:
 
 
 def job_state(job_id: str) -> JobState | None:
-    """Reads a job's status and owner alone, on a connection of its own: a follower checks
-    them on arrival and at each quiet beat, and loading the whole row as an ORM object costs
-    several times more (the largest cost of a burst of followers, as profiled)."""
+    """A job's status and owner alone, on a connection of its own: loading the whole row as an
+    ORM object cost several times more (the largest cost of a burst of followers, profiled)."""
     engine: sa.Engine = current_app.extensions["voicechat.engine"]
     with engine.connect() as connection:
         row = connection.execute(
@@ -92,12 +91,11 @@ def job_state(job_id: str) -> JobState | None:
 def follow(
     job_id: str, *, after: str = "0", timeout: float | None = None, row_read: bool = False
 ) -> Iterator[Event]:
-    """Yields a job's events after stream id `after` until the final one, or until `timeout`.
+    """Yields a job's events after stream id `after` until `done`, or until `timeout` (no `done`).
 
-    The final event is always `done`; if the stream lost it (Redis restarted, the entry
-    expired), one is made from the job's row. After each quiet read an `IDLE` event is yielded.
-    A timeout ends the iteration without `done`. `row_read` says the caller has just read the
-    row and found the job going, so a first read that finds nothing does not read it again.
+    A `done` the stream lost (Redis restarted, the entry expired) is made from the job's row;
+    each quiet read yields `IDLE`. `row_read`: the caller has just found the job going, so a
+    first read that finds nothing does not read the row again.
     """
     release_connection()  # held from here on: no database connection kept meanwhile
     log: JobEvents = current_app.extensions["voicechat.events"]
@@ -131,9 +129,8 @@ def follow(
 
 
 def wait_for(job_id: str, timeout: float) -> Job | None:
-    """Waits up to `timeout` seconds for a job to end; returns its final row, or None (also
-    when the client has left, so that its held place is freed). The client is looked at on
-    each quiet beat, and every `LOOK_SECONDS` while events come (a running job's tokens)."""
+    """Waits up to `timeout` seconds for a job to end: its final row, or None (also when the
+    client has left, looked at every `LOOK_SECONDS`, so that its held place is freed)."""
     look = time.monotonic() + LOOK_SECONDS
     for event in follow(job_id, timeout=timeout):
         if event.type == event_log.DONE:
@@ -146,8 +143,7 @@ def wait_for(job_id: str, timeout: float) -> Job | None:
 
 
 def wait_for_start(job_id: str, timeout: float) -> bool:
-    """Waits up to `timeout` seconds for a job's first event (it started, or ended at once);
-    False when the time ran out or the client left (looked at on each quiet beat)."""
+    """Waits up to `timeout` seconds for a job's first event; False on timeout or a left client."""
     for event in follow(job_id, timeout=timeout):
         if event.type != IDLE:
             return True
@@ -157,13 +153,10 @@ def wait_for_start(job_id: str, timeout: float) -> bool:
 
 
 def client_left() -> bool:
-    """Whether the client has closed its connection.
+    """Whether the client has closed its connection: a readable socket with nothing to read.
 
-    A held request's client sends nothing more, so a readable socket with nothing to read is a
-    closed one. Checked at each quiet beat: a stream's first write after the client left still
-    succeeds, and only the second fails, so without this a gone follower's place would be held
-    two beats. False where the server does not expose a plain socket (gunicorn does, but for
-    TLS, where a peek cannot tell).
+    A stream's first write after the client left still succeeds, so without this a gone
+    follower's place would be held two beats. False without a plain socket (gunicorn's TLS).
     """
     client = request.environ.get("gunicorn.socket")
     if not isinstance(client, socket.socket) or isinstance(client, ssl.SSLSocket):
@@ -196,17 +189,6 @@ def sse_response(chunks: Iterator[str]) -> Response:
     return response
 
 
-def _event(event: str, description: str, data: Schema) -> Schema:
-    """One kind of job event, as a parsed Server-Sent Event."""
-    properties = {"event": {"const": event}, "id": EVENT_ID, "data": json_text(data)}
-    return {
-        "type": "object",
-        "description": description,
-        "properties": properties,
-        "required": ["event", "data"],
-    }
-
-
 def _data(description: str, required: tuple[str, ...] = (), **properties: Schema) -> Schema:
     return {
         "type": "object",
@@ -214,6 +196,12 @@ def _data(description: str, required: tuple[str, ...] = (), **properties: Schema
         "properties": properties,
         "required": list(required or properties),
     }
+
+
+def _event(event: str, description: str, data: Schema) -> Schema:
+    """One kind of job event, as a parsed Server-Sent Event."""
+    fields = {"event": {"const": event}, "id": EVENT_ID, "data": json_text(data)}
+    return _data(description, ("event", "data"), **fields)
 
 
 EVENT_ID = {"type": "string", "pattern": EVENT_ID_PATTERN}
@@ -333,11 +321,7 @@ def get_job_events(job_id: str) -> Response:
 
 
 def _resume_point() -> str:
-    """The event id to resume after: `Last-Event-ID`, else `after`, else `0`.
-
-    Raises:
-        InvalidHeader: Either is given but is no event id (an empty one included).
-    """
+    """The event id to resume after: `Last-Event-ID`, else `after`, else `0`; both checked."""
     header, query = request.headers.get("Last-Event-ID"), request.args.get("after")
     for name, value in (("Last-Event-ID", header), ("after", query)):
         if value is not None and not _EVENT_ID.fullmatch(value):
@@ -363,8 +347,7 @@ def _seen_the_end(job_id: str, after: str) -> bool:
 
 
 def _event_stream(job_id: str, after: str, place: Place, going: bool) -> Iterator[str]:
-    """The SSE text of a job's events, holding `place` until it ends; `going` says the view
-    has just found the job not yet finished."""
+    """The SSE text of a job's events, holding `place` until it ends; `going`: see `follow`."""
     with place:
         yield "retry: 2000\n\n"
         for event in follow(job_id, after=after, row_read=going):

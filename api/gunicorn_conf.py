@@ -45,9 +45,8 @@ logconfig_dict = dict_config(
 
 
 def on_starting(server: Any) -> None:
-    """Refuses to start open (no API key) on any address but loopback, before a socket is bound:
-    wherever gunicorn is started (the launcher, the compose files, by hand), one line and exit 1.
-    Unix sockets and inherited descriptors count as local."""
+    """Refuses to start open (no API key) on any address but loopback (Unix sockets and
+    inherited descriptors count as local), before a socket is bound."""
     hosts = [address[0] for address in server.cfg.address if isinstance(address, tuple)]
     check = check_bind_at(Settings.from_env().database_url, hosts)
     if check.refusal is not None:
@@ -58,10 +57,8 @@ def on_starting(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Connects the process's clients (database, Redis, the publisher) before its first
-    request, which otherwise paid for them: the first job after start took tens of ms more.
-    In a thread of its own: a database or Redis slow to answer must never hold up the worker's
-    boot (gunicorn would kill a worker that boots past its timeout), only this warm-up."""
+    """Connects the process's clients before its first request (which paid tens of ms more),
+    in a thread: a slow database must not hold up the boot (gunicorn kills a late worker)."""
     threading.Thread(target=warm_up, args=(worker.wsgi,), name="warm-up", daemon=True).start()
 
 

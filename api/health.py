@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify
+from flask.typing import ResponseReturnValue
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import text
@@ -34,7 +35,7 @@ def healthz() -> Response:
         503: answer("Not ready; `checks` says why.", "Readiness"),
     }
 )
-def readyz() -> Response:
+def readyz() -> ResponseReturnValue:
     """Readiness.
 
     Ready when the database and broker answer and at least one worker has its models loaded.
@@ -59,6 +60,4 @@ def readyz() -> Response:
     readiness = Readiness.model_validate(
         {"status": "ready" if ready else "not_ready", "checks": checks}
     )
-    response = jsonify(readiness.model_dump(mode="json"))
-    response.status_code = 200 if ready else 503
-    return response
+    return readiness.model_dump(mode="json"), 200 if ready else 503

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import threading
+from contextlib import AbstractContextManager
 from types import TracebackType
 
 from flask import current_app
@@ -22,7 +23,7 @@ from models.errors import ServerBusy
 RETRY_AFTER_SECONDS = 5
 
 
-class Place:
+class Place(AbstractContextManager["Place"]):
     """One held request's place; released once, however many times `release` is called (a
     stream's close and its generator both call it)."""
 
@@ -37,9 +38,6 @@ class Place:
                 return
             self._held = False
         self._places.release()
-
-    def __enter__(self) -> Place:
-        return self
 
     def __exit__(
         self,
@@ -65,11 +63,7 @@ def try_hold() -> Place | None:
 
 
 def hold() -> Place:
-    """Takes a place for the current request.
-
-    Raises:
-        ServerBusy: Every place is taken; the answer is 503 with `Retry-After`.
-    """
+    """Takes a place for the current request; ServerBusy (503) when every place is taken."""
     place = try_hold()
     if place is None:
         raise ServerBusy(

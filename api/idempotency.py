@@ -18,9 +18,10 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from flask import Request
-from sqlalchemy import ColumnElement, and_, delete, update
+from sqlalchemy import ColumnElement, Result, and_, delete, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -64,11 +65,7 @@ class Claim:
 
 
 def requested_key(request: Request) -> str | None:
-    """The `Idempotency-Key` header, bare or the draft's quoted string; None when absent.
-
-    Raises:
-        InvalidIdempotencyKey: The header is repeated, empty, too long or not printable ASCII.
-    """
+    """The `Idempotency-Key` header, bare or the draft's quoted string; None when absent."""
     values = request.headers.getlist(HEADER)
     if not values:
         return None
@@ -106,18 +103,12 @@ def fingerprint(request: Request, job: Job, audio: bytes | None) -> str:
 
 
 def claim(session: Session, key: str, request_fingerprint: str, settings: Settings) -> Claim | Job:
-    """Takes `key` for this request, or finds the job the same request made with it before.
+    """Takes `key` for this request (a claim to `bind` or `release`), or returns the job the same
+    request made with it before, to replay.
 
     The row is inserted and committed at once: of two requests with one key, the primary key
-    lets exactly one in. An expired row (IDEMPOTENCY_TTL_SECONDS), an in-flight one older than
-    IN_FLIGHT_STALE_SECONDS, or one whose job is gone is taken over by a conditional update.
-
-    Returns:
-        The claim, to `bind` to the new job (or `release`); or the earlier job, to replay.
-
-    Raises:
-        IdempotencyKeyReused: The key came with another request.
-        IdempotencyKeyInFlight: The first request with the key is still being handled.
+    lets exactly one in. An expired row, an in-flight one older than IN_FLIGHT_STALE_SECONDS, or
+    one whose job is gone is taken over by a conditional update.
     """
     scope, now = caller_id() or "", utcnow()
     session.add(
@@ -157,12 +148,7 @@ def _take_over(
 ) -> Claim:
     """Claims an expired or abandoned row, unless another request did so first."""
     before = Claim(stale.scope, stale.key, stale.created_at)
-    taken = session.execute(
-        update(IdempotencyRecord)
-        .where(_matching(before))
-        .values(fingerprint=request_fingerprint, job_id=None, created_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    taken = _update(session, before, fingerprint=request_fingerprint, job_id=None, created_at=now)
     session.commit()
     if getattr(taken, "rowcount", 0) != 1:
         raise IdempotencyKeyInFlight("Another request took this Idempotency-Key just now; retry.")
@@ -177,19 +163,23 @@ def _matching(record: Claim) -> ColumnElement[bool]:
     )
 
 
-def bind(session: Session, held: Claim, job_id: str) -> None:
-    """Names the job in the claimed row, in the transaction that will store the job."""
-    session.execute(
+def _update(session: Session, held: Claim, **values: object) -> Result[Any]:
+    return session.execute(
         update(IdempotencyRecord)
         .where(_matching(held))
-        .values(job_id=job_id)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
 
 
+def bind(session: Session, held: Claim, job_id: str) -> None:
+    """Names the job in the claimed row, in the transaction that will store the job."""
+    _update(session, held, job_id=job_id)
+
+
 def release(session: Session, held: Claim) -> None:
-    """Gives the key back after a request that failed (its job refused, or never queued), so a
-    retry with it is handled afresh; a failure here only leaves the row to go stale."""
+    """Gives the key back after a failed request, so a retry with it is handled afresh; a
+    failure here only leaves the row to go stale."""
     try:
         session.rollback()
         session.execute(delete(IdempotencyRecord).where(_matching(held)))

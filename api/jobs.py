@@ -10,18 +10,20 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file, url_for
+from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import SQLAlchemyError
 
 from api import idempotency
 from api.access import caller_id, visible
 from api.cancellation import cancel
+from api.conversations import visible_conversation
 from api.erasure import erase
 from api.follow import wait_for
 from api.held_requests import hold, try_hold
 from api.limits import check_capacity
 from api.openapi.declare import Query, Schema, answer, documented, family, ref, schema_ref
 from api.preferences import PREFER, preferred_wait
-from api.request_validation import single_values, validate
+from api.request_validation import validate_query
 from api.schemas import AudioQuery, JobList, JobListQuery, JobOptions, is_resource_id
 from api.speech_stream import stream_reply
 from api.submission import AUDIO_MEDIA_TYPES, Submission, parse_submission
@@ -59,7 +61,7 @@ from models.errors import (
 )
 from models.job_view import JobView
 from models.settings import Settings
-from models.tables import Conversation, InputKind, Job, JobStatus, ReplyFormat, new_job_id
+from models.tables import InputKind, Job, JobStatus, ReplyFormat, new_job_id
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -80,11 +82,6 @@ def _load(job_id: str) -> Job:
     return job
 
 
-def _own_conversation(conversation_id: str) -> bool:
-    conversation: Conversation | None = g.db.get(Conversation, conversation_id)
-    return conversation is not None and visible(conversation.api_key_id)
-
-
 def queued_job(reply_format: ReplyFormat, **columns: Any) -> Job:
     """A new job, not yet stored: a fresh id, queued, a text input unless `submit` gets audio."""
     return Job(
@@ -97,14 +94,8 @@ def queued_job(reply_format: ReplyFormat, **columns: Any) -> Job:
 
 
 def submit(job: Job, audio: bytes | None = None, extension: str = "wav") -> Job:
-    """Stores a new job (and its recording, named after the job with its container's
-    `extension`), commits the row, and enqueues it.
-
-    Raises:
-        QueueFull: The queue holds MAX_QUEUE_DEPTH jobs; nothing is stored.
-        TooManyUnfinishedJobs: The caller has its number of unfinished jobs; nothing is stored.
-        BrokerUnavailable: The queue could not take it; the job is recorded failed.
-    """
+    """Stores a new job (and its recording, with its container's `extension`), commits the
+    row, and enqueues it; a job the queue could not take is recorded failed."""
     settings: Settings = current_app.extensions["voicechat.settings"]
     check_capacity(g.db, current_app.extensions["voicechat.redis"], settings)
     uploads: storage.Store = current_app.extensions["voicechat.uploads"]
@@ -143,14 +134,7 @@ def submit(job: Job, audio: bytes | None = None, extension: str = "wav") -> Job:
 
 
 def check_webhook(options: JobOptions, settings: Settings) -> None:
-    """Checks a job's webhook past its form: its host's addresses, and a secret to sign with.
-
-    Raises:
-        InvalidWebhookUrl: The host does not resolve.
-        WebhookTargetNotAllowed: It resolves to a non-public address outside
-            WEBHOOK_ALLOWED_NETWORKS.
-        WebhookSecretMissing: The service runs open and WEBHOOK_SECRET is unset.
-    """
+    """Checks a job's webhook past its form: its host's addresses, and a secret to sign with."""
     if options.webhook is None:
         return
     if caller_id() is None and not settings.webhook_secret:
@@ -163,8 +147,7 @@ def check_webhook(options: JobOptions, settings: Settings) -> None:
 
 
 def finished_or_fail(job: Job) -> Job:
-    """Returns a job that ended; a waiting route reports the pipeline's verdict on a too-long
-    prompt as the request's own error (422 `context_length_exceeded`)."""
+    """Returns a job that ended, or raises a too-long prompt's failure as the request's own."""
     if job.error_code == ContextLengthExceeded.code:
         raise ContextLengthExceeded(job.error_message or "", job_id=job.id)
     return job
@@ -268,27 +251,22 @@ UPLOAD_MEDIA_TYPES = "audio/wav, audio/webm, audio/ogg, audio/mpeg, audio/mp4, a
 def create_job() -> Response:
     """Submit a prompt.
 
-    Validates the prompt, stores it, queues it and answers at once with 202. Poll the job at
-    `Location`, or follow its `events_url`, until its status is terminal (succeeded, failed or
-    canceled).
-
-    With `Prefer: wait=N` (RFC 7240), the request is held up to N seconds: a job that ends by
-    then is answered with 200 and its final state, one still going with 202 as usual. The wait
-    is declined (202 at once) while the process holds MAX_HELD_REQUESTS requests open.
+    Stores and queues the prompt and answers at once with 202; poll the job at `Location`, or
+    follow its `events_url`, until its status is terminal. With `Prefer: wait=N` (RFC 7240) the
+    request is held up to N seconds, and a job that ends by then is answered with 200; the wait
+    is declined while the process holds MAX_HELD_REQUESTS requests open.
 
     The options travel in the body for JSON and forms, and as query parameters for a raw
     recording body (with another body they are checked, then ignored); the request line holds
     at most {request_line_bytes} bytes (414 beyond), so a long `system` or `webhook` goes in a
-    multipart body with the recording as its `audio` part. A recording may be a WAV, WebM or
-    Matroska (Opus, Vorbis: what MediaRecorder records), Ogg (Opus, Vorbis, FLAC), MP3,
-    MP4/M4A (AAC, ALAC) or FLAC file: its format is read from its bytes, never from its label
-    or file name, and its length is measured before anything is decoded. Media types of the
-    form `application/*+json` are read as JSON. The whole body may be at most MAX_UPLOAD_MB
+    multipart body with the recording as its `audio` part. A recording's format is read from
+    its bytes (see `audio` for the formats), and its length is measured before anything is
+    decoded. `application/*+json` is read as JSON. The whole body may be at most MAX_UPLOAD_MB
     ({max_upload_bytes} bytes here).
 
-    With `webhook`, the job's `webhook_events` (`started`, `completed`) are POSTed there,
-    signed, as this document's `webhooks` describe; a failed delivery is retried up to
-    WEBHOOK_MAX_ATTEMPTS times, and each attempt is shown in the job's `webhook.deliveries`.
+    With `webhook`, the job's `webhook_events` are POSTed there, signed, as this document's
+    `webhooks` describe; a failed delivery is retried up to WEBHOOK_MAX_ATTEMPTS times, each
+    attempt shown in the job's `webhook.deliveries`.
     """
     settings: Settings = current_app.extensions["voicechat.settings"]
     key = idempotency.requested_key(request)
@@ -329,7 +307,7 @@ def create_job() -> Response:
 def _new_job(submission: Submission) -> Job:
     """The job a validated submission asks for (its conversation checked), not yet stored."""
     options = submission.options
-    if options.conversation_id is not None and not _own_conversation(options.conversation_id):
+    if options.conversation_id is not None and not visible_conversation(options.conversation_id):
         raise ConversationNotFound(
             f"No conversation has the id {options.conversation_id!r}.", field="conversation_id"
         )
@@ -369,7 +347,7 @@ def get_job(job_id: str) -> Response:
     },
     errors=(JobNotFound, JobFinished),
 )
-def cancel_job(job_id: str) -> Response:
+def cancel_job(job_id: str) -> ResponseReturnValue:
     """Cancel a job.
 
     A queued job ends `canceled` at once (200; its event stream ends with `done`, and no
@@ -381,9 +359,7 @@ def cancel_job(job_id: str) -> Response:
     `job_finished`. To stop a job and keep nothing of it, erase it (`DELETE /v1/jobs/{job_id}`).
     """
     job, status = cancel(g.db, _load(job_id))
-    response = jsonify(JobView.of(job).model_dump(mode="json"))
-    response.status_code = status
-    return response
+    return JobView.of(job).model_dump(mode="json"), status
 
 
 @blueprint.delete("/v1/jobs/<job_id>")
@@ -426,8 +402,7 @@ def get_job_audio(job_id: str) -> Response:
     again on another attempt (ask again). A streaming answer holds a place of MAX_HELD_REQUESTS.
     """
     settings: Settings = current_app.extensions["voicechat.settings"]
-    fields = single_values(request.args, "query parameter")
-    with_header = validate(AudioQuery, fields, settings, from_strings=True).format == "wav"
+    with_header = validate_query(AudioQuery, settings).format == "wav"
     job = _load(job_id)
     if not job.job_status.terminal:
         if job.reply_format != ReplyFormat.VOICE.value:
@@ -471,8 +446,7 @@ def list_jobs() -> Response:
     `status`) for the next page. Any other query parameter is refused.
     """
     settings: Settings = current_app.extensions["voicechat.settings"]
-    fields = single_values(request.args, "query parameter")
-    query = validate(JobListQuery, fields, settings, from_strings=True)
+    query = validate_query(JobListQuery, settings)
     page = queries.list_jobs(
         g.db, owner=caller_id(), status=query.status, limit=query.limit, cursor=query.cursor
     )

@@ -1,7 +1,4 @@
-"""`flask --app api keys create|list|revoke`: API keys from the command line.
-
-A key's secret is printed once, when it is made; the database keeps only its hash.
-"""
+"""`flask --app api keys create|list|revoke`: API keys; a secret is printed once, never kept."""
 
 from __future__ import annotations
 

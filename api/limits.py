@@ -42,17 +42,14 @@ _KEY_QUOTA = (
 # Counted only up to the limit (a LIMIT in a subquery): whether the caller is at its limit is all
 # a submit needs, and a count of every unfinished job grows with the queue (2 ms at 5,800 queued
 # on PostgreSQL, profiled), while this one stops at the limit's number of index entries.
-_OPEN_UNFINISHED = select(func.count()).select_from(
-    select(_JOBS.id)
-    .where(_JOBS.api_key_id.is_(None), _JOBS.status.in_(UNFINISHED))
-    .limit(bindparam("allowed"))
-    .subquery()
-)
-_OWN_UNFINISHED = select(func.count()).select_from(
-    select(_JOBS.id)
-    .where(_JOBS.api_key_id == bindparam("owner"), _JOBS.status.in_(UNFINISHED))
-    .limit(bindparam("allowed"))
-    .subquery()
+_OPEN_UNFINISHED, _OWN_UNFINISHED = (
+    select(func.count()).select_from(
+        select(_JOBS.id)
+        .where(whose, _JOBS.status.in_(UNFINISHED))
+        .limit(bindparam("allowed"))
+        .subquery()
+    )
+    for whose in (_JOBS.api_key_id.is_(None), _JOBS.api_key_id == bindparam("owner"))
 )
 
 
@@ -63,8 +60,7 @@ def rate_key() -> str:
 
 
 def requests_per_minute() -> int:
-    """The caller's requests per minute: its key's own number, else RATE_LIMIT_PER_MINUTE;
-    0 is no limit. Read once per request."""
+    """The caller's requests per minute (its key's, else RATE_LIMIT_PER_MINUTE; 0 is none)."""
     if "requests_per_minute" not in g:
         settings: Settings = current_app.extensions["voicechat.settings"]
         own = g.get("api_key_requests_per_minute")
@@ -84,18 +80,9 @@ def _exempt() -> bool:
 def init_limiter(app: Flask, settings: Settings) -> Limiter:
     """Counts each caller's `/v1` requests per fixed minute on the service's Redis.
 
-    With Redis unreachable the counts move to the process's memory (Flask-Limiter's in-memory
-    fallback: each process then counts on its own, so a caller may get up to one limit per API
-    process) and back to Redis once it answers; a failure of the limiter itself is logged and the
-    request served (`swallow_errors`), never turned into a 500. Call it after whatever sets
-    the caller (authentication): its check runs in the order the hooks were added.
-
-    Args:
-        app: The application, its other `before_request` hooks added.
-        settings: The running settings.
-
-    Returns:
-        The limiter, also kept as `app.extensions["voicechat.limiter"]`.
+    With Redis unreachable the counts fall back to each process's memory (so a caller may get
+    one limit per API process), and a failure of the limiter itself is logged, never a 500. Call
+    it after authentication has been added: hooks run in the order they were added.
     """
     limiter = Limiter(
         key_func=rate_key,
@@ -158,10 +145,6 @@ def check_capacity(session: Session, redis: Redis, settings: Settings) -> None:
     On PostgreSQL the caller's key row stays locked until the transaction that adds the job
     commits, so two submits at once cannot both take the last place. In open mode (no key row),
     and on SQLite (no row locks), submits at the same instant may pass one more job each.
-
-    Raises:
-        QueueFull: MAX_QUEUE_DEPTH jobs wait in the queue.
-        TooManyUnfinishedJobs: The caller has its number of jobs queued or running.
     """
     if settings.max_queue_depth:
         try:
@@ -183,12 +166,8 @@ def check_capacity(session: Session, redis: Redis, settings: Settings) -> None:
         allowed = allowed if own is None else own
     if not allowed:
         return
-    if owner is None:
-        unfinished = connection.execute(_OPEN_UNFINISHED, {"allowed": allowed}).scalar_one()
-    else:
-        unfinished = connection.execute(
-            _OWN_UNFINISHED, {"owner": owner, "allowed": allowed}
-        ).scalar_one()
+    counted = _OPEN_UNFINISHED if owner is None else _OWN_UNFINISHED
+    unfinished = connection.execute(counted, {"owner": owner, "allowed": allowed}).scalar_one()
     if unfinished >= allowed:
         raise TooManyUnfinishedJobs(
             f"{unfinished} of your jobs are queued or running, the most allowed at once; "

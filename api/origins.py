@@ -1,17 +1,14 @@
 """Who may address the API from where: the Host check, the Origin check, and CORS (flask-cors).
 
-- Host: a request naming another host than ALLOWED_HOSTS is refused (421 `host_not_allowed`),
-  so a DNS-rebinding page, whose requests carry its own name, cannot read the answers.
-- Origin: a browser request from a page of another origin than this service's own or one of
-  CORS_ORIGINS is refused (403 `origin_not_allowed`). A form post is a CORS "simple" request
-  that the browser sends without asking first: in open mode, with no key to stop it, any page
-  a user visits could otherwise submit jobs. Where `Origin` is missing, `Sec-Fetch-Site:
-  cross-site` on an unsafe method is refused the same way.
-- CORS: no CORS header at all unless CORS_ORIGINS is set, and then for those origins only.
+- Host: another host than ALLOWED_HOSTS is refused (421), so a DNS-rebinding page, whose
+  requests carry its own name, cannot read the answers.
+- Origin: a browser request from another origin than ours or CORS_ORIGINS is refused (403),
+  as is, without `Origin`, `Sec-Fetch-Site: cross-site` on an unsafe method: a form post needs
+  no preflight, so in open mode any page a user visits could otherwise submit jobs.
+- CORS: headers for CORS_ORIGINS only, none when it is unset.
 
-flask-cors only decides which headers an answer carries; refusing the request itself (the two
-checks above) is no CORS library's job, so they stay here. The probes (/healthz, /readyz) are
-left out: orchestrators reach them by address.
+flask-cors only decides an answer's headers; refusing the request is no CORS library's job.
+The probes (/healthz, /readyz) are left out: orchestrators reach them by address.
 """
 
 from __future__ import annotations

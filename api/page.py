@@ -1,11 +1,7 @@
 """The voice chat page at `/`: a person at a browser with a microphone, on the public API alone.
 
-The page is static (HTML, CSS and JavaScript modules under `api/static/chat/`, no build step and
-no CDN: every asset comes from this service, through Flask's own `static` route), and talks to
-the service only through `/v1` as any client does: the same API keys, limits and errors.
-
-It is not in the OpenAPI document (api/openapi/): the document describes the API a program
-calls, and a page for people is not one of its operations, no more than `/static/...` is.
+The page is static (`api/static/chat/`, no build step, no CDN) and talks to the service only
+through `/v1`, as any client does. It is no operation of the OpenAPI document.
 """
 
 from __future__ import annotations

@@ -12,11 +12,7 @@ from models.settings import Settings
 
 def wait_preference(value: str) -> int | None:
     """The seconds of the first `wait` preference in a `Prefer` value (Replicate's convention),
-    or None without one; other preferences are ignored, as RFC 7240 asks.
-
-    Raises:
-        InvalidHeader: That `wait` is not a whole number of at most six digits.
-    """
+    or None without one; other preferences are ignored, as RFC 7240 asks."""
     for preference in value.split(","):
         name, _, seconds = preference.split(";")[0].strip().partition("=")
         if name.strip().lower() != "wait":

@@ -1,10 +1,8 @@
 """`GET /metrics` for Prometheus, and the figures of every request the API answers.
 
-Who may read it: with METRICS_TOKEN set, whoever sends it as `Authorization: Bearer <token>`
-(from anywhere, since a scraper usually runs on another host); unset, only requests straight
-from this machine (loopback, no proxy's forwarding header), whatever the key mode. It is no
-`/v1` route, so API keys and the rate limit never apply: a scraper needs no key and is never
-throttled. The figures are counts and timings only: no id, no text, no key.
+With METRICS_TOKEN set, whoever sends it as a Bearer token may read it (a scraper usually runs
+on another host); unset, only requests straight from this machine. No API key, no rate limit.
+The figures are counts and timings only: no id, no text, no key.
 """
 
 from __future__ import annotations
@@ -20,10 +18,9 @@ from prometheus_client.registry import Collector
 from redis import Redis
 from redis.exceptions import RedisError
 
-from api.authentication import bearer_token
+from api.authentication import bearer_token, from_this_machine
 from api.openapi.declare import answer, content, documented
 from models import heartbeat, metrics
-from models.api_keys import is_loopback
 from models.errors import InvalidMetricsToken, MetricsNotAllowed
 from models.queue import waiting_jobs
 from models.settings import Settings
@@ -31,15 +28,13 @@ from models.settings import Settings
 _LOGGER = logging.getLogger(__name__)
 
 blueprint = Blueprint("metrics", __name__)
-_FORWARDED = ("Forwarded", "X-Forwarded-For")
 UNMATCHED = "unmatched"
 _BROKER_UP = "1 when Redis answered this scrape, else 0."
 
 
 class LiveFigures(Collector):
-    """What is read from Redis at each scrape: the queue's depth, the ready workers, and
-    whether the broker answered. A Redis that does not answer leaves the first two out and
-    `voicechat_broker_up` at 0: the scrape itself never fails."""
+    """The queue's depth, the ready workers and whether Redis answered, read at each scrape;
+    a Redis that does not answer leaves `voicechat_broker_up` at 0 and fails no scrape."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -74,12 +69,7 @@ class LiveFigures(Collector):
 
 
 def _check_reader(settings: Settings) -> None:
-    """Refuses a reader the settings do not allow (see the module's docstring).
-
-    Raises:
-        InvalidMetricsToken: METRICS_TOKEN is set and was not sent.
-        MetricsNotAllowed: METRICS_TOKEN is unset and the request is not from this machine.
-    """
+    """Refuses a reader the settings do not allow (see the module's docstring)."""
     if settings.metrics_token:
         sent = bearer_token()
         if not sent or not hmac.compare_digest(
@@ -88,8 +78,7 @@ def _check_reader(settings: Settings) -> None:
             g.auth_failure = "invalid_token" if sent else None
             raise InvalidMetricsToken("Send METRICS_TOKEN: `Authorization: Bearer <token>`.")
         return
-    forwarded = any(name in request.headers for name in _FORWARDED)
-    if forwarded or not is_loopback(request.remote_addr or ""):
+    if not from_this_machine():
         raise MetricsNotAllowed(
             "The metrics are served to this machine only; set METRICS_TOKEN to scrape from "
             "elsewhere."

@@ -13,11 +13,12 @@ field's documented schema; pydantic's own text (which may quote the input) is ne
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any, ClassVar, TypeVar
 
+from flask import request
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -52,8 +53,8 @@ class Shape(BaseModel):
 
 @dataclass(frozen=True)
 class Live:
-    """A bound read from the running settings: JSON Schema's `keyword` (`maxLength`, `maximum`,
-    `maxItems`, `enum` or `default`) set to `setting`'s value; a value past it raises `error`."""
+    """JSON Schema's `keyword` (`maxLength`, `maximum`, `maxItems`, `enum` or `default`) set to
+    a setting's running value; a value past it raises `error`."""
 
     keyword: str
     setting: str
@@ -126,49 +127,53 @@ def component_schemas(
     _, top = models_json_schema(
         list(shapes), ref_template=REF_TEMPLATE, schema_generator=_DocumentSchema
     )
-    return {name: _strip_titles(live(schema, settings)) for name, schema in top["$defs"].items()}
+    return {name: _without_titles(live(schema, settings)) for name, schema in top["$defs"].items()}
+
+
+def _rewritten(schema: Any, rewrite: Callable[[dict[str, Any]], Any]) -> Any:
+    """`schema` with `rewrite` applied to each object in it, innermost first."""
+    if isinstance(schema, list):
+        return [_rewritten(item, rewrite) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return rewrite({k: _rewritten(v, rewrite) for k, v in schema.items()})
 
 
 def live(schema: Any, settings: Settings) -> Any:
     """Returns `schema` with each `x-live` marker replaced by the setting's current value."""
-    if isinstance(schema, list):
-        return [live(item, settings) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    result = {k: live(v, settings) for k, v in schema.items() if k != LIVE_KEY}
-    for keyword, setting in schema.get(LIVE_KEY, {}).items():
-        value = getattr(settings, setting)
-        value = list(value) if isinstance(value, tuple) else value
-        # On an optional value the bound belongs to the non-null branch: null stays allowed.
-        branches = [b for b in result.get("anyOf", []) if b.get("type") != "null"]
-        for target in branches if branches and keyword != "default" else [result]:
-            target[keyword] = value
-    return result
+
+    def fill(node: dict[str, Any]) -> Any:
+        for keyword, setting in node.pop(LIVE_KEY, {}).items():
+            value = getattr(settings, setting)
+            value = list(value) if isinstance(value, tuple) else value
+            # On an optional value the bound belongs to the non-null branch: null stays allowed.
+            branches = [b for b in node.get("anyOf", []) if b.get("type") != "null"]
+            for target in branches if branches and keyword != "default" else [node]:
+                target[keyword] = value
+        return node
+
+    return _rewritten(schema, fill)
 
 
 def without_null(schema: Any) -> Any:
-    """The schema of a shape as forms and query strings carry it: they have no null, so each
-    optional field is simply absent or a value."""
-    if isinstance(schema, list):
-        return [without_null(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    result = {k: without_null(v) for k, v in schema.items()}
-    options = [b for b in result.get("anyOf", []) if b.get("type") != "null"]
-    if "anyOf" in result and len(options) == 1:
-        del result["anyOf"]
-        result = {**options[0], **result}
-    if "default" in result and result["default"] is None:
-        del result["default"]
-    return result
+    """The schema as forms and query strings carry it: no null, an optional field is absent."""
+
+    def drop_null(node: dict[str, Any]) -> Any:
+        options = [b for b in node.get("anyOf", []) if b.get("type") != "null"]
+        if "anyOf" in node and len(options) == 1:
+            del node["anyOf"]
+            node = {**options[0], **node}
+        if "default" in node and node["default"] is None:
+            del node["default"]
+        return node
+
+    return _rewritten(schema, drop_null)
 
 
-def _strip_titles(schema: Any) -> Any:
-    if isinstance(schema, list):
-        return [_strip_titles(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    return {k: _strip_titles(v) for k, v in schema.items() if not (k == "title" and v == "")}
+def _without_titles(schema: Any) -> Any:
+    return _rewritten(
+        schema, lambda node: {k: v for k, v in node.items() if (k, v) != ("title", "")}
+    )
 
 
 @lru_cache(maxsize=64)
@@ -247,11 +252,9 @@ def domain_error(shape: type[BaseModel], error: ValidationError, settings: Setti
     if kind == "extra_forbidden":
         names = (field.alias or name for name, field in shape.model_fields.items())
         return InvalidOption(f"Unknown field {path!r}; accepted: {', '.join(names)}.", field=path)
-    missing: Mapping[str, type[VoiceChatError]] = getattr(shape, "missing_errors", {})
-    if kind == "missing" and path is not None and path in missing:
-        return missing[path](f"{path} is required.", **extra)
     if kind == "missing":
-        return InvalidOption(f"{path} is required.", field=path)
+        missing: Mapping[str | None, type[VoiceChatError]] = getattr(shape, "missing_errors", {})
+        return missing.get(path, InvalidOption)(f"{path} is required.", field=path)
     known = error_for_code(kind, "")
     if type(known) is not VoiceChatError:  # one of our own refusals
         message = str(first["msg"])
@@ -270,14 +273,9 @@ def _sentence(shape: type[BaseModel], settings: Settings, loc: tuple[Any, ...], 
 def validate(
     shape: type[ShapeT], data: Any, settings: Settings, *, from_strings: bool = False
 ) -> ShapeT:
-    """Validates parsed JSON (strictly) or form/query strings (`from_strings`) against `shape`.
-
-    Raises:
-        VoiceChatError: The one domain error for the first fault, in field order.
-    """
+    """Validates parsed JSON (strictly) or form/query strings (`from_strings`) against `shape`."""
     try:
-        # JSON takes the shape's own strictness (strict, but for enums written as strings);
-        # strings from a form or query are converted.
+        # JSON takes the shape's own strictness (strict, but for enums written as strings).
         strict = False if from_strings else None
         context = {"settings": settings, "from_strings": from_strings}
         return shape.model_validate(data, strict=strict, context=context)
@@ -285,12 +283,15 @@ def validate(
         raise domain_error(shape, error, settings) from None
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """Parses a JSON body that must be an object; NaN and Infinity are not JSON.
+def validate_query(shape: type[ShapeT], settings: Settings) -> ShapeT:
+    """Validates the request's query parameters against `shape`."""
+    return validate(
+        shape, single_values(request.args, "query parameter"), settings, from_strings=True
+    )
 
-    Raises:
-        MalformedJson: The body is not JSON, or not an object.
-    """
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Parses a JSON body that must be an object (`MalformedJson` otherwise); NaN is not JSON."""
 
     def _no_constants(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
@@ -305,11 +306,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
 
 def single_values(values: MultiDict[str, Any], kind: str) -> dict[str, Any]:
-    """Form fields or query parameters as a dict, refusing any given more than once.
-
-    Raises:
-        InvalidOption: A name appears more than once.
-    """
+    """Form fields or query parameters as a dict, refusing any given more than once."""
     result: dict[str, Any] = {}
     for name in values:
         items = values.getlist(name)

@@ -64,15 +64,15 @@ def not_blank(value: str) -> str:
     return stripped
 
 
-def _resource_id(value: str) -> str:
-    if len(value) != 32 or any(c not in "0123456789abcdef" for c in value):
-        raise refuse(InvalidOption, "must be an id this service returned")
-    return value
-
-
 def is_resource_id(value: str) -> bool:
     """Whether `value` has the shape of a job or conversation id (32 lowercase hex digits)."""
     return len(value) == 32 and all(c in "0123456789abcdef" for c in value)
+
+
+def _resource_id(value: str) -> str:
+    if not is_resource_id(value):
+        raise refuse(InvalidOption, "must be an id this service returned")
+    return value
 
 
 Encodable = Annotated[

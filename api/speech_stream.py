@@ -78,12 +78,9 @@ def stream_reply(
     resample_to: int | None = None,
     cancel_on_leave: bool = False,
 ) -> Response:
-    """Streams attempt `attempt`'s spoken reply of job `job_id`, holding `place` until it ends.
+    """Streams a running voice job's reply of `attempt`, holding `place` until it ends.
 
     Args:
-        job_id: A voice job that has not finished.
-        attempt: The attempt running now (the row's `attempts`); sentences of others are skipped.
-        place: The held-request place this stream occupies.
         with_header: A WAV (True) or raw 16-bit little-endian PCM (False).
         resample_to: For raw PCM, the sample rate to send (OpenAI's `pcm` is 24 kHz).
         cancel_on_leave: A client that leaves before the end cancels the job (the OpenAI
@@ -138,9 +135,8 @@ def _sentence(results: storage.Store, name: str, rate: int, sent: _Sent) -> Iter
 def _rest_of_reply(results: storage.Store, job_id: str, sent: _Sent) -> Iterator[bytes]:
     """What the sentences did not bring of a succeeded job's reply, from its stored WAV.
 
-    The log has every sentence's event before `done`, so a stream that sent a sentence and
-    missed no file has sent the whole reply: only one that missed a file, or started too late
-    to hear any, reads the WAV.
+    The log has every sentence's event before `done`: only a stream that missed a file, or
+    started too late to hear any, reads the WAV.
     """
     if sent.rate is not None and not sent.broken:
         return

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Request
 from werkzeug.datastructures import FileStorage
 
-from api.request_validation import parse_json_object, single_values, validate
+from api.request_validation import parse_json_object, single_values, validate, validate_query
 from api.schemas import JobOptions, TextJobRequest, UploadJobRequest
 from models.audio import AudioInfo, inspect_upload
 from models.errors import InvalidOption, MalformedMultipart, UnsupportedMediaType
@@ -60,33 +60,17 @@ class Submission:
 
 
 def parse_submission(request: Request, settings: Settings) -> Submission:
-    """Reads a job submission in any of its body forms.
-
-    Args:
-        request: The incoming request (JSON, multipart or urlencoded form, or a raw recording).
-        settings: The running settings: limits and the known voices.
-
-    Returns:
-        The validated submission.
-
-    Raises:
-        VoiceChatError: A subclass naming exactly what is wrong with the request.
-    """
+    """Reads a job submission in any of its body forms (JSON, forms or a raw recording)."""
     # The query's options are a raw recording's, but are checked whatever the body, as the
     # document declares them for every body form.
-    query = validate(
-        JobOptions, single_values(request.args, "query parameter"), settings, from_strings=True
-    )
+    query = validate_query(JobOptions, settings)
     mimetype = request.mimetype
-    if mimetype == "application/json" or (
-        mimetype.startswith("application/") and mimetype.endswith("+json")
-    ):
+    if request.is_json:  # application/json or application/*+json
         body = parse_json_object(request.get_data(cache=False))
         prompt = validate(TextJobRequest, body, settings)
         return Submission(options=prompt, text=prompt.text)
     if mimetype == "application/x-www-form-urlencoded":
-        fields = single_values(_form(request), "form field")
-        prompt = validate(TextJobRequest, fields, settings, from_strings=True)
+        prompt = validate(TextJobRequest, _form_fields(request), settings, from_strings=True)
         return Submission(options=prompt, text=prompt.text)
     if mimetype == "multipart/form-data":
         return _from_multipart(request, settings)
@@ -100,15 +84,15 @@ def parse_submission(request: Request, settings: Settings) -> Submission:
     )
 
 
-def _form(request: Request) -> Any:
+def _form_fields(request: Request) -> dict[str, Any]:
     try:
-        return request.form
+        return single_values(request.form, "form field")
     except ValueError as error:
         raise MalformedMultipart(f"The multipart body cannot be parsed: {error}") from None
 
 
 def _from_multipart(request: Request, settings: Settings) -> Submission:
-    fields = single_values(_form(request), "form field")
+    fields = _form_fields(request)
     files = request.files
     for name in files:
         if name != "audio":

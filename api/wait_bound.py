@@ -84,11 +84,7 @@ def _ready_workers(redis: Redis) -> int:
 
 
 def check_reachable(settings: Settings) -> None:
-    """Refuses a request whose job the queue ahead would keep past OPENAI_WAIT_SECONDS.
-
-    Raises:
-        WaitTooLong: The estimate of the queue ahead is over the bound; nothing was made.
-    """
+    """Refuses (WaitTooLong) a request whose job the queue ahead would keep past the bound."""
     bound = settings.openai_wait_seconds
     ahead = queue_ahead(bound)
     if ahead.seconds <= bound:

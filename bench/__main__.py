@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import answers, cases, chat, first_audio, overhead, stages, submit, system_prompt
+from bench import answers, cases, chat, ears, first_audio, overhead, stages, submit, system_prompt
 from bench.table import Row, markdown
 
 OUT = Path(__file__).resolve().parent / "results.md"
@@ -38,6 +38,7 @@ def main() -> None:
     rounds = 2 if args.quick else 5
     runs: list[Callable[[], list[Row]]] = [
         lambda: stages.rows(rounds),
+        lambda: ears.rows(questions=2 if args.quick else 5),
         lambda: cases.rows(rounds),
         lambda: first_audio.rows(rounds),
         lambda: system_prompt.rows(rounds),
@@ -51,7 +52,10 @@ def main() -> None:
         table += run()
     text = markdown(table)
     header = f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {_machine()}.\n\n"
-    args.out.write_text(header + text)
+    # The sections under the table (## …) hold single modules' detailed runs: kept as they are.
+    old = args.out.read_text() if args.out.exists() else ""
+    sections = old[old.find("\n## ") :] if "\n## " in old else ""
+    args.out.write_text(header + text + sections)
     print(header + text)
 
 

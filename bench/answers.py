@@ -16,7 +16,7 @@ import json
 import re
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.table import Row, markdown
@@ -96,7 +96,9 @@ def installed_models(settings: Settings) -> list[Settings]:
     `LLM_MODEL_PATH` when set."""
     models = [settings] if settings.llm_model_path else []
     for name in PRESETS:
-        preset = replace(settings, llm_model_path="", llm_model="", llm_preset=name)
+        preset = settings.model_copy(
+            update={"llm_model_path": "", "llm_model": "", "llm_preset": name}
+        )
         try:
             llm_model_file(preset)
         except EngineUnavailable:

@@ -1,7 +1,7 @@
 """Per-job overhead: submit → finished and visible, for jobs whose engines do nothing.
 
 Run: `.venv/bin/python -m bench.overhead [--jobs N]`. Starts the service with the benchmark's
-null engines (`bench/engines.py`), so every millisecond measured is the service's own: the API's
+null engines (`harness/engines.py`), so every millisecond measured is the service's own: the API's
 validation and row, the broker, the worker's claim, stage writes and events, the final row, and
 the answer. Each job is sent with `Prefer: wait=30`, which answers as soon as the job's `done`
 event arrives and its row reads `succeeded`. Quoted against the same client's `GET /healthz`
@@ -17,9 +17,9 @@ import time
 from datetime import datetime
 from typing import Any
 
-from bench.engines import NULL_ENGINES, UNREACHED_LIMITS
 from bench.service import client, running
 from bench.table import Row, markdown
+from harness.engines import NULL_ENGINES, UNREACHED_LIMITS
 
 
 def quantile(values: list[float], q: float) -> float:

@@ -101,17 +101,35 @@ def running(timeout: float = 600.0, **env: str) -> Iterator[str]:
         database_url = Settings.from_env({**environ, "DATA_DIR": data_dir}).database_url
         migrate(database_url)
         secret = add_key(database_url, "bench").secret
-        log = (Path(data_dir) / "service.log").open("wb")
-        process = subprocess.Popen(
-            # No Flower: a benchmark reads nothing from it, and its fixed port is one per machine.
-            [sys.executable, "-m", "scripts.launch", "--port", str(port), "--no-flower"],
-            cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        # No Flower: a benchmark reads nothing from it, and its fixed port is one per machine.
+        command = [sys.executable, "-m", "scripts.launch", "--port", str(port), "--no-flower"]
         url = f"http://127.0.0.1:{port}"
+        with serve(command, environ, url, secret=secret, ready_path="/readyz", timeout=timeout):
+            yield url
+
+
+@contextmanager
+def serve(
+    command: list[str],
+    env: dict[str, str],
+    url: str,
+    *,
+    secret: str,
+    ready_path: str,
+    timeout: float = 600.0,
+) -> Iterator[None]:
+    """Runs `command` in a session of its own, serving at `url` keyed by `secret` (`auth`,
+    `client`, `service_cpu_seconds` know it), until `ready_path` answers 200; stops it after."""
+    with tempfile.TemporaryDirectory(prefix="voicechat-bench-log-") as folder:
+        log_path = Path(folder) / "service.log"
+        log = log_path.open("wb")
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         _LAUNCHERS[url], _SECRETS[url] = process.pid, secret
         try:
-            _until_ready(url, process, timeout, Path(data_dir) / "service.log")
-            yield url
+            _until_ready(url + ready_path, process, timeout, log_path)
+            yield
         finally:
             _stop(process)
             log.close()
@@ -140,7 +158,7 @@ def _until_ready(url: str, process: subprocess.Popen[bytes], timeout: float, log
                 "its log ends:\n" + "\n".join(tail)
             )
         try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if requests.get(url, timeout=2).status_code == 200:
                 return
         except requests.RequestException:
             pass

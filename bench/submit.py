@@ -1,20 +1,24 @@
-"""Submit throughput: `POST /v1/jobs` under wrk against `GET /healthz` on the same server.
+"""Submit throughput: `POST /v1/jobs` under wrk, each figure against the floor's in the same run.
 
 Run: `.venv/bin/python -m bench.submit [--rounds N] [--seconds S] [--connections C]`. Needs
 Debian's `wrk`. Starts the service with the benchmark's null engines and limits it never reaches
-(`bench/engines.py`), on SQLite (the embedded default) and, when `BENCH_POSTGRES_URL` names a
-PostgreSQL server, in a new database made on it for the run (and dropped after).
+(`harness/engines.py`), keyed, and beside it the floor (`bench/floor.py`: the least code that does
+submit's work, under the same gunicorn settings), both on one database and one Redis: SQLite
+(the embedded default) and, when `BENCH_POSTGRES_URL` names a PostgreSQL server, a new database
+made on it for the run (and dropped after). The service's job workers are paused, so neither
+queue is drained while measured.
 
-Each round runs wrk on `/healthz`, then on the submit route, back to back; the figure quoted is
-the median over rounds of submit's requests/s, p50 and p99, and of the per-round ratio of
-submit's throughput to `/healthz`'s (the bare route of the same server in the same round). Also
-the service's CPU time per request (all its processes: the API, the worker draining the jobs as
-they come, the embedded Redis; not a PostgreSQL server), for each route.
+Each round runs wrk on `/healthz` of the service then of the floor, then on the submit route of
+each; each figure quoted is the median over rounds, its ratio the median of the rounds' ratios
+to the floor's (each round printed as it ends). Also the CPU time per request of each server's
+processes (the launcher's: API, idle workers, beat; the floor's gunicorn), not the Redis or
+PostgreSQL server they share.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -24,9 +28,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.engines import NULL_ENGINES, UNREACHED_LIMITS
+from celery import Celery
+from sqlalchemy import func, select
+
+from bench import floor
 from bench.service import auth, fresh_database, running, service_cpu_seconds
 from bench.table import Row, markdown
+from harness.engines import NULL_ENGINES, UNREACHED_LIMITS
+from models.db import make_engine
+from models.queue import JOB_QUEUE
+from models.tables import Job, JobStatus
+from scripts.launch import start_embedded_redis
 
 BODY = json.dumps({"text": "What is the capital of France?"})
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -64,76 +76,120 @@ def wrk(url: str, seconds: int, connections: int, script: Path | None = None) ->
     return Load(rate, quantiles["50"], quantiles["99"], errors, cpu * 1000 / max(sent, 1))
 
 
-def _post_script(folder: Path, headers: dict[str, str]) -> Path:
-    script = folder / "submit.lua"
+def _post_script(path: Path, headers: dict[str, str]) -> Path:
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(BODY)}"]
     lines += [f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}" for name, value in
               {"Content-Type": "application/json", **headers}.items()]  # fmt: skip
-    script.write_text("\n".join(lines) + "\n")
-    return script
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
-def measure(url: str, rounds: int, seconds: int, connections: int) -> dict[str, float]:
-    """Median figures over `rounds` of healthz-then-submit."""
+def pause_workers(redis_url: str) -> None:
+    """Stops the service's job workers taking jobs (they stay up, and ready): neither the service's
+    queue nor the floor's is drained during a measure, so both pay the same."""
+    broker = Celery(broker=redis_url)
+    if not broker.control.cancel_consumer(JOB_QUEUE, reply=True, timeout=5):
+        raise RuntimeError("no job worker answered the pause")
+    broker.close()
+
+
+# One round's loads: by route, the service's and the floor's.
+Round = dict[str, tuple[Load, Load]]
+
+
+def measure(urls: tuple[str, str], rounds: int, seconds: int, connections: int) -> list[Round]:
+    """Rounds of `/healthz` on the service then on the floor, then submit on each; each round
+    printed as it ends, its figures as ratios to the floor's."""
     with tempfile.TemporaryDirectory() as folder:
-        script = _post_script(Path(folder), auth(url))
-        wrk(f"{url}/healthz", 2, connections)  # warm-up: connections, imports, caches
-        pairs = [
-            (
-                wrk(f"{url}/healthz", seconds, connections),
-                wrk(f"{url}/v1/jobs", seconds, connections, script),
+        scripts = [_post_script(Path(folder) / f"{n}.lua", auth(url)) for n, url in enumerate(urls)]
+        for url in urls:  # warm-up: connections, imports, caches
+            wrk(f"{url}/healthz", 2, connections)
+        measured: list[Round] = []
+        for n in range(1, rounds + 1):
+            healthz = [wrk(f"{url}/healthz", seconds, connections) for url in urls]
+            submit = [
+                wrk(f"{url}/v1/jobs", seconds, connections, s)
+                for url, s in zip(urls, scripts, strict=True)
+            ]
+            measured.append({"healthz": (healthz[0], healthz[1]), "submit": (submit[0], submit[1])})
+            print(
+                f"round {n}: submit {_against(submit, 'requests_per_s', 'req/s')}, "
+                f"p99 {_against(submit, 'p99_ms', 'ms')}; "
+                f"/healthz {_against(healthz, 'requests_per_s', 'req/s')}",
+                flush=True,
             )
-            for _ in range(rounds)
-        ]
-    errors = sum(s.errors for _, s in pairs)
-    return {
-        "healthz_rps": statistics.median(h.requests_per_s for h, _ in pairs),
-        "submit_rps": statistics.median(s.requests_per_s for _, s in pairs),
-        "submit_p50_ms": statistics.median(s.p50_ms for _, s in pairs),
-        "submit_p99_ms": statistics.median(s.p99_ms for _, s in pairs),
-        "ratio": statistics.median(s.requests_per_s / h.requests_per_s for h, s in pairs),
-        "healthz_cpu_ms": statistics.median(h.cpu_ms for h, _ in pairs),
-        "submit_cpu_ms": statistics.median(s.cpu_ms for _, s in pairs),
-        "cpu_ratio": statistics.median(s.cpu_ms / h.cpu_ms for h, s in pairs),
-        "errors": float(errors),
-    }
+    return measured
 
 
-def run(rounds: int, seconds: int, connections: int) -> dict[str, dict[str, float]]:
-    """Measures on SQLite and, if configured, on PostgreSQL."""
+def _against(loads: list[Load], figure: str, unit: str) -> str:
+    value, floor_value = (getattr(load, figure) for load in loads)
+    return f"{value:,.1f} {unit} = {value / floor_value:.2f} x floor {floor_value:,.1f}"
+
+
+def run(rounds: int, seconds: int, connections: int) -> dict[str, list[Round]]:
+    """Measures on SQLite and, if configured, on PostgreSQL: the service and the floor on one
+    database and one Redis, the service's job workers paused."""
     env = {**NULL_ENGINES, **UNREACHED_LIMITS}
+    postgres = os.environ.get("BENCH_POSTGRES_URL", "")
     results = {}
-    with running(**env) as url:
-        results["sqlite"] = measure(url, rounds, seconds, connections)
-    if postgres := os.environ.get("BENCH_POSTGRES_URL", ""):
-        with (
-            fresh_database(postgres) as database_url,
-            running(**env, DATABASE_URL=database_url) as url,
-        ):
-            results["postgresql"] = measure(url, rounds, seconds, connections)
+    for name in ["sqlite", "postgresql"] if postgres else ["sqlite"]:
+        with contextlib.ExitStack() as stack:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            redis = start_embedded_redis(folder / "redis")
+            stack.callback(redis.stop)
+            redis_url = f"redis://127.0.0.1:{redis.port}/0"
+            database_url = (
+                stack.enter_context(fresh_database(postgres))
+                if name == "postgresql"
+                else f"sqlite:///{folder / 'voicechat.db'}"
+            )
+            url = stack.enter_context(
+                running(**env, DATABASE_URL=database_url, REDIS_URL=redis_url)
+            )
+            pause_workers(redis_url)
+            floor_url = stack.enter_context(floor.running(database_url, redis_url, **env))
+            print(f"submit on {name}, service {url}, floor {floor_url}:", flush=True)
+            results[name] = measure((url, floor_url), rounds, seconds, connections)
+            _check_undrained(database_url)
     return results
 
 
+def _check_undrained(database_url: str) -> None:
+    """Raises if a job worker took a job during the measure: the figures would not compare."""
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        taken = connection.scalar(select(func.count()).where(Job.status != JobStatus.QUEUED.value))
+    engine.dispose()
+    if taken:
+        raise RuntimeError(f"{taken} jobs were taken by a worker meant to be paused")
+
+
+# What each row quotes: its measure, the route and the wrk figure, unit and format.
+FIGURES = [
+    ("POST /v1/jobs throughput", "submit", "requests_per_s", "req/s", ",.0f"),
+    ("POST /v1/jobs p50", "submit", "p50_ms", "ms", ".1f"),
+    ("POST /v1/jobs p99", "submit", "p99_ms", "ms", ".1f"),
+    ("GET /healthz throughput", "healthz", "requests_per_s", "req/s", ",.0f"),
+    ("service CPU per POST /v1/jobs", "submit", "cpu_ms", "ms", ".2f"),
+]
+
+
 def rows(rounds: int = 3, seconds: int = 10, connections: int = 16) -> list[Row]:
-    """The submit figures as table rows, one set per database."""
+    """The submit figures as table rows, one set per database: each the median over rounds, its
+    ratio the median of the rounds' ratios to the floor's, their spread beside it."""
     table = []
-    for name, f in run(rounds, seconds, connections).items():
+    for name, measured in run(rounds, seconds, connections).items():
         bench = f"submit ({name}, {connections} connections)"
-        healthz = f"GET /healthz {f['healthz_rps']:,.0f} req/s"
-        table += [
-            Row(bench, "POST /v1/jobs throughput", f["submit_rps"], "req/s", f["ratio"], healthz),
-            Row(bench, "POST /v1/jobs p50", f["submit_p50_ms"], "ms"),
-            Row(bench, "POST /v1/jobs p99", f["submit_p99_ms"], "ms"),
-            Row(
-                bench,
-                "service CPU per POST /v1/jobs",
-                f["submit_cpu_ms"],
-                "ms",
-                f["cpu_ratio"],
-                f"GET /healthz {f['healthz_cpu_ms']:.2f} ms",
-            ),
-            Row(bench, "errors (non-2xx, socket)", f["errors"], ""),
-        ]
+        for measure, route, figure, unit, form in FIGURES:
+            pairs = [[getattr(load, figure) for load in each[route]] for each in measured]
+            ratios = [value / floor_value for value, floor_value in pairs]
+            floor_median = statistics.median(floor_value for _, floor_value in pairs)
+            spread = f"rounds {min(ratios):.2f} to {max(ratios):.2f}"
+            against = f"floor {floor_median:{form}} {unit} ({spread})"
+            value = statistics.median(value for value, _ in pairs)
+            table.append(Row(bench, measure, value, unit, statistics.median(ratios), against))
+        errors = sum(load.errors for each in measured for pair in each.values() for load in pair)
+        table.append(Row(bench, "errors (non-2xx, socket), service and floor", errors, ""))
     return table
 
 

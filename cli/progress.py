@@ -1,8 +1,6 @@
 """What a waiting command shows: the job's stage on stderr, the reply text on stdout.
 
-On a terminal the stage is one line redrawn in place, never over the streaming reply; elsewhere
-each stage is a line of its own.
-"""
+On a terminal the stage is one line redrawn in place, never over the streaming reply."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """The spoken reply saved to a file while the job makes it, sentence by sentence.
 
-The service streams a running job's reply as one WAV whose sizes say "unknown" (0xFFFFFFFF);
-once the job succeeded the sizes are written in, so that every reader takes the file.
-"""
+The stream is a WAV whose sizes say "unknown" (0xFFFFFFFF); they are written in at the end, so
+that every reader takes the file."""
 
 from __future__ import annotations
 
@@ -19,17 +18,7 @@ _LOGGER = logging.getLogger(__name__)
 
 class ReplyAudio:
     """Saves a job's spoken reply to `path` in a thread of its own, from the moment the job is
-    submitted; `finish` completes the file or removes it.
-
-    Args:
-        service: The service the job is on.
-        path: The file to write (refused if it exists, unless `force`).
-        force: Overwrite `path`.
-        wait_seconds: How long the stream may stay silent (the job's whole wait).
-
-    Raises:
-        FileExistsError: `path` exists and `force` is false.
-    """
+    submitted; `finish` completes the file or removes it. FileExistsError unless `force`."""
 
     def __init__(self, service: Service, path: Path, force: bool, wait_seconds: float) -> None:
         self.service = service
@@ -52,16 +41,9 @@ class ReplyAudio:
             _LOGGER.debug("reply stream broke job_id=%s error=%s", job_id, error)
 
     def finish(self, job: dict[str, object]) -> bool:
-        """Completes the file once `job` ended: the stream's sizes written in, or, if the
-        stream could not be whole (it failed, or the job took another attempt), the stored
-        reply fetched again. A job that did not succeed leaves no file.
-
-        Returns:
-            Whether the file holds the reply.
-
-        Raises:
-            ServiceError: The stored reply could not be fetched.
-        """
+        """Completes the file once `job` ended, fetching the stored reply again if the stream
+        was not whole (it failed, or the job took another attempt); False (and no file) when
+        the job did not succeed."""
         if self.thread is not None:
             self.thread.join(timeout=30)
         if job.get("status") != "succeeded":

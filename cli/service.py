@@ -138,10 +138,7 @@ class Service:
         return str(self.request("POST", "/v1/conversations").json()["id"])
 
     def submit(self, text: str | None, audio: Path | None, options: dict[str, str]) -> Any:
-        """Submits a prompt as text or as a recording (the multipart part `audio`); returns the job.
-
-        `options` (`reply`, `conversation_id`, `voice`, ...) go as form values.
-        """
+        """Submits a prompt as text or as a recording (part `audio`), `options` as form values."""
         if audio is None:
             return self.request("POST", "/v1/jobs", json={"text": text, **options}).json()
         media_type = mimetypes.guess_type(audio.name)[0] or "application/octet-stream"
@@ -158,10 +155,8 @@ class Service:
         return self.request("POST", f"/v1/jobs/{job_id}/cancel", read_seconds=read_seconds).json()
 
     def events(self, job_id: str, deadline: float) -> Iterator[Event]:
-        """The job's events up to `done`, resuming a broken stream a few times (`Last-Event-ID`).
-
-        Raises WaitTimedOut past `deadline` (a `time.monotonic()`).
-        """
+        """The job's events up to `done`, resuming a broken stream a few times (`Last-Event-ID`);
+        WaitTimedOut past `deadline` (a `time.monotonic()`)."""
         last_id, failures = "0", 0
         while True:
             read_seconds = min(EVENTS_READ_SECONDS, max(1.0, deadline - time.monotonic()))

@@ -1,1 +1,1 @@
-"""Shared domain: job tables and states, settings, stored files; used by the API and the worker."""
+"""The shared layer (tables, job states, settings, stores): api and worker import it, never back."""

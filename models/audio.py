@@ -84,12 +84,8 @@ def looks_like_wav(data: bytes) -> bool:
 
 
 def _riff_layout(data: bytes) -> _RiffLayout:
-    """Walks the top-level RIFF chunks, at most MAX_CHUNKS, for the format (its tag, channels
-    and sample rate) and the data chunk's offset and declared size.
-
-    Raises:
-        TooManyChunks: More than MAX_CHUNKS chunks come before the samples.
-    """
+    """Walks the top-level RIFF chunks (TooManyChunks past MAX_CHUNKS) for the format's tag,
+    channels and sample rate, and the data chunk's offset and declared size."""
     fmt = _RiffLayout()
     offset = 12
     for _ in range(MAX_CHUNKS):
@@ -118,32 +114,13 @@ def inspect_wav(
     max_channels: int = _DEFAULTS["max_audio_channels"],
     sample_rates: tuple[int, int] = _SAMPLE_RATES,
 ) -> AudioInfo:
-    """Validates an uploaded WAV by decoding it, and measures it.
+    """Validates an uploaded WAV by decoding it, and measures it; raises the `InvalidAudio` or
+    `UnsupportedAudioFormat` subclass that says what is wrong.
 
     The header is checked first (chunks, encoding, channels, sample rate), so what decoding
     costs is bounded before it starts. The duration is counted from the samples actually
     decoded, never from the header, so a 44-byte file that claims hours of audio is caught as
     truncated, not waved through.
-
-    Args:
-        data: The uploaded bytes.
-        max_seconds: The longest recording accepted.
-        max_channels: The most channels accepted (the worker mixes them down to mono).
-        sample_rates: The lowest and highest sample rates accepted, in Hz.
-
-    Returns:
-        The recording's sample rate, channel count, frame count and sample encoding.
-
-    Raises:
-        EmptyAudio: No bytes, or no samples.
-        UnsupportedAudioFormat: The bytes are not a WAV file.
-        TooManyChunks: More than MAX_CHUNKS chunks come before the samples.
-        UnsupportedAudioEncoding: A WAV whose sample encoding cannot be decoded.
-        UnsupportedChannelCount: More than `max_channels` channels.
-        UnsupportedSampleRate: A sample rate outside `sample_rates`.
-        TruncatedAudio: The data chunk claims more bytes than were received.
-        InvalidAudio: The file is corrupt.
-        AudioTooLong: The recording is longer than `max_seconds`.
     """
     layout = _check_container(data)
     _check_shape(layout.channels, layout.sample_rate, max_channels, sample_rates)
@@ -154,9 +131,7 @@ def inspect_wav(
                 raise InvalidAudio("The WAV header has no valid sample rate or channel count.")
             _check_shape(channels, sample_rate, max_channels, sample_rates)
             frames = _count_frames(wav, max_seconds)
-    except sf.LibsndfileError as error:
-        raise InvalidAudio("The WAV file is corrupt and cannot be decoded.") from error
-    except (RuntimeError, ValueError, struct.error) as error:
+    except (sf.LibsndfileError, RuntimeError, ValueError, struct.error) as error:
         raise InvalidAudio("The WAV file is corrupt and cannot be decoded.") from error
     if frames == 0:
         raise EmptyAudio("The audio holds no samples.")
@@ -164,25 +139,12 @@ def inspect_wav(
 
 
 def inspect_upload(data: bytes, settings: Settings) -> AudioInfo:
-    """Validates an uploaded recording in any accepted format, under the running settings'
-    limits (MAX_AUDIO_SECONDS, MAX_AUDIO_CHANNELS, MIN_AUDIO_SAMPLE_RATE, MAX_AUDIO_SAMPLE_RATE).
+    """Validates an uploaded recording in any accepted format under the settings' audio limits.
 
     The format is the bytes' (magic numbers), never the label's or the file name's: a WAV is
     decoded by `inspect_wav`; WebM, Ogg, MP3, MP4/M4A and FLAC are measured by
-    `audio_containers.probe`, from their structure and packets, without decoding.
-
-    Args:
-        data: The uploaded bytes (at most MAX_UPLOAD_MB: the request was refused before).
-        settings: The running settings.
-
-    Returns:
-        The recording's sample rate, channels, length, codec and container.
-
-    Raises:
-        EmptyAudio: No bytes, or no samples.
-        UnsupportedAudioFormat: None of the accepted formats, or unreadable (415; with its
-            subclasses NoAudioStream and UnsupportedAudioCodec).
-        InvalidAudio: A subclass naming what is wrong (truncated, too long, its shape, ...).
+    `audio_containers.probe`, from their structure and packets, without decoding. Raises
+    `UnsupportedAudioFormat` (415, with its subclasses) or an `InvalidAudio` subclass.
     """
     sample_rates = (settings.min_audio_sample_rate, settings.max_audio_sample_rate)
     if not data:
@@ -275,19 +237,8 @@ def _count_frames(wav: sf.SoundFile, max_seconds: float) -> int:
 def load_for_transcription(
     path: str | Path, max_seconds: float = _DEFAULTS["max_audio_seconds"]
 ) -> np.ndarray:
-    """Reads a stored recording and returns it as 16 kHz mono float32, the form Whisper expects.
-
-    Args:
-        path: A recording that `inspect_upload` accepted (its format is read from its bytes).
-        max_seconds: The longest recording decoded (a compressed one is decoded only so far).
-
-    Returns:
-        The samples, in [-1, 1].
-
-    Raises:
-        InvalidAudio: The file cannot be decoded.
-        AudioTooLong: A compressed recording decodes to more than `max_seconds`.
-    """
+    """A recording `inspect_upload` accepted as 16 kHz mono float32 in [-1, 1], as Whisper
+    expects; a compressed one is decoded up to `max_seconds` (AudioTooLong past it)."""
     with open(path, "rb") as handle:
         head = handle.read(_HEAD_BYTES)
     if not looks_like_wav(head):

@@ -1,8 +1,7 @@
-"""The domain's exception hierarchy; each error carries a stable machine `code`.
+"""The domain's exception hierarchy, each error with a stable machine `code`: mapped to HTTP in
+`api/errors.py`, recorded on a failed job's row by the worker.
 
-The API maps these to HTTP in one place (`api/errors.py`); the worker records `code` and the
-message on the failed job's row. A class's docstring is what its code means in the OpenAPI
-document (`api/openapi/`), where `{setting}` is filled in with the running value.
+A class's docstring is what its code means in the OpenAPI document (`{setting}`: its value).
 """
 
 from __future__ import annotations

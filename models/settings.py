@@ -312,11 +312,8 @@ class Settings(BaseSettings):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Builds settings from `environ` (`os.environ` when omitted); blank means the default.
-
-        Raises:
-            SettingError: A variable is malformed; the message names it.
-        """
+        """Settings from `environ` (`os.environ` when omitted); blank means the default, and a
+        malformed variable a SettingError naming it."""
         variables = _Variables(cls, os.environ if environ is None else environ)
         try:
             return cls(**variables())

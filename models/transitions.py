@@ -1,10 +1,8 @@
 """State changes of job rows; every transition is a conditional UPDATE on the row.
 
-A worker writes only as the holder of the job's lease: each of its writes names the lease holder
-and the attempt it claimed, so a worker that lost its lease (frozen past its expiry, cut off by a
-partition) changes nothing once another attempt has the job. Lease times come from the
-database's clock, the one clock every host shares: a host whose own clock is off cannot expire
-another host's lease early.
+A worker writes only as its lease's holder (owner and attempt in the WHERE), so one that lost its
+lease changes nothing once another attempt has the job. Lease times come from the database's
+clock, the one every host shares: a host whose clock is off cannot expire another's lease early.
 """
 
 from __future__ import annotations
@@ -73,18 +71,10 @@ class Claim:
 
 
 def database_clock(session: Session, seconds: float = 0.0) -> ColumnElement[datetime]:
-    """The database's current time, `seconds` ahead, as an SQL expression.
+    """The database's current time, `seconds` ahead, as an SQL expression of a stored time.
 
-    PostgreSQL's `clock_timestamp()` (not `now()`, which stands still for a transaction); on
-    SQLite, `strftime` with microseconds in the six digits SQLAlchemy stores, so the text
-    compares in order with stored times.
-
-    Args:
-        session: A session; its dialect picks the expression.
-        seconds: How far ahead of now.
-
-    Returns:
-        The expression, typed as a stored time.
+    PostgreSQL's `clock_timestamp()` (`now()` stands still for a transaction); on SQLite,
+    `strftime` with the six microsecond digits SQLAlchemy stores, so it compares in order.
     """
     if session.get_bind().dialect.name == "sqlite":
         shift = f"{seconds:+.3f} seconds"
@@ -103,13 +93,10 @@ def _claimable(now: ColumnElement[datetime]) -> ColumnElement[bool]:
 
 
 def insert_queued(session: Session, job: Job) -> None:
-    """Adds a new job's row in the session's transaction as one INSERT, and fills in `job`'s
-    column defaults, so the caller can answer with it. `job` stays transient: no unit of work
-    flushes it, which cost the submit path more than the INSERT itself (profiled under load).
+    """Adds a new job's row as one INSERT (the caller commits) and fills in `job`'s defaults.
 
-    Args:
-        session: A database session; the caller commits.
-        job: The new job, its id and input set.
+    `job` stays transient: a unit of work flushing it cost the submit path more than the INSERT
+    itself (profiled under load).
     """
     values = {}
     for column in _JOB_COLUMNS:
@@ -135,9 +122,6 @@ def claim(
     The conditional UPDATE makes the claim exactly-once however often the message is delivered;
     each claim counts an attempt, and a job that has had `max_attempts` fails instead of looping.
     A job asked to stop (`cancel_requested`) is never claimed: it ends `canceled` instead.
-
-    Returns:
-        The outcome; when claimed, the lease with its attempt number.
     """
     now = database_clock(session)
     attempt = session.execute(
@@ -160,60 +144,35 @@ def claim(
     session.commit()
     if attempt is not None:
         return Claim(ClaimOutcome.CLAIMED, Lease(job_id, owner, attempt))
-    query = update(Job).where(Job.id == job_id, _claimable(now), Job.cancel_requested.is_(True))
-    if _count(session.execute(query.values(**_canceled(session)))):
-        session.commit()
+    claimable = update(Job).where(Job.id == job_id, _claimable(now))
+    if _apply(session, claimable.where(Job.cancel_requested.is_(True)), **_canceled(session)):
         return Claim(ClaimOutcome.CANCELED)
-    lost = session.execute(
-        update(Job)
-        .where(Job.id == job_id, _claimable(now), Job.attempts >= max_attempts)
-        .values(
-            **_ended(session, JobStatus.FAILED),
-            error_code=WORKER_LOST,
-            error_message=f"The worker running this job was lost {max_attempts} times.",
-        )
-    )
-    session.commit()
-    return Claim(ClaimOutcome.EXHAUSTED if _count(lost) else ClaimOutcome.TAKEN)
+    message = f"The worker running this job was lost {max_attempts} times."
+    exhausted = claimable.where(Job.attempts >= max_attempts)
+    if _apply(session, exhausted, **_failed(session, WORKER_LOST, message)):
+        return Claim(ClaimOutcome.EXHAUSTED)
+    return Claim(ClaimOutcome.TAKEN)
 
 
 def renew_lease(session: Session, lease: Lease, lease_seconds: int) -> bool:
     """Extends a lease from the database's clock; returns False if the lease was lost."""
-    return _update_held(session, lease, lease_expires_at=database_clock(session, lease_seconds))
+    return _apply(session, _held(lease), lease_expires_at=database_clock(session, lease_seconds))
 
 
 def release_expired(session: Session, job_id: str, attempt: int) -> bool:
-    """Puts a running job back in the queue once its lease expired; checkpoints stay.
+    """Puts `attempt` of a running job back in the queue once its lease expired; checkpoints stay.
 
     Expiry is checked in the UPDATE itself, so a lease renewed since the caller found it
     expired is kept: releasing it would cost an attempt with no worker lost.
-
-    Args:
-        session: A database session.
-        job_id: The job.
-        attempt: The attempt found expired; a later attempt is never released by this call.
-
-    Returns:
-        Whether the job went back to `queued`.
     """
     query = _expired(session, job_id, attempt).where(Job.cancel_requested.is_(False))
-    result = session.execute(query.values(**_requeued()))
-    session.commit()
-    return bool(_count(result))
+    return _apply(session, query, **_REQUEUED)
 
 
 def cancel_expired(session: Session, job_id: str, attempt: int) -> bool:
-    """Ends `canceled` a running job asked to stop whose lease expired: its worker died before
-    it could stop, and the job is not run again (the reconciler's counterpart of
-    `release_expired`, under the same conditions).
-
-    Returns:
-        Whether the job is now canceled.
-    """
+    """`release_expired` for a job asked to stop: it ends `canceled`, not run again."""
     query = _expired(session, job_id, attempt).where(Job.cancel_requested.is_(True))
-    result = session.execute(query.values(**_canceled(session)))
-    session.commit()
-    return bool(_count(result))
+    return _apply(session, query, **_canceled(session))
 
 
 def _expired(session: Session, job_id: str, attempt: int) -> Update:
@@ -226,14 +185,10 @@ def _expired(session: Session, job_id: str, attempt: int) -> Update:
 
 
 def release_held_by(session: Session, job_id: str, owner_prefix: str) -> int | None:
-    """Puts a running job back in the queue after its holder died: a worker's parent releases
-    what one of its own children held (their lease holders' names start with `owner_prefix`).
-
-    Returns:
-        The attempt released, or None when the job was not held under that prefix.
-    """
+    """Requeues a running job a worker parent's dead child held (its owner starts with
+    `owner_prefix`); returns the attempt released, or None."""
     query = _held_by(job_id, owner_prefix).where(Job.cancel_requested.is_(False))
-    attempt = session.execute(query.values(**_requeued()).returning(Job.attempts))
+    attempt = session.execute(query.values(**_REQUEUED).returning(Job.attempts))
     released = attempt.scalar_one_or_none()
     session.commit()
     return released
@@ -241,7 +196,7 @@ def release_held_by(session: Session, job_id: str, owner_prefix: str) -> int | N
 
 def set_stage(session: Session, lease: Lease, stage: Stage, **checkpoint: Any) -> bool:
     """Records the stage a running job entered, with the results of the stage before it."""
-    return _update_held(session, lease, stage=stage.value, **checkpoint)
+    return _apply(session, _held(lease), stage=stage.value, **checkpoint)
 
 
 def succeed(
@@ -249,12 +204,12 @@ def succeed(
 ) -> bool:
     """Marks a job the lease holds succeeded with its final results; returns whether it changed.
 
-    `turns` (role, content) are added to the job's conversation in the same transaction, so a
+    `turns` (role, content) join the job's conversation in the same transaction, so a
     conversation never holds the turns of a job that did not succeed, nor misses them.
     """
     values = _ended(session, JobStatus.SUCCEEDED)
     result = session.execute(_held(lease).values(**values, **results))
-    changed = bool(_count(result))
+    changed = bool(rowcount(result))
     if changed and turns:
         conversation_id = session.scalar(select(Job.conversation_id).where(Job.id == lease.job_id))
         if conversation_id is not None:
@@ -268,26 +223,18 @@ def succeed(
 
 def fail(session: Session, lease: Lease, code: str, message: str) -> bool:
     """Marks a job the lease holds failed with a machine code and a message."""
-    values = _ended(session, JobStatus.FAILED)
-    return _update_held(session, lease, **values, error_code=code, error_message=message)
+    return _apply(session, _held(lease), **_failed(session, code, message))
 
 
 def fail_held_by(session: Session, job_id: str, owner_prefix: str, code: str, message: str) -> bool:
     """Fails a running job one of a worker parent's children held (see `release_held_by`)."""
-    query = _held_by(job_id, owner_prefix)
-    values = _ended(session, JobStatus.FAILED)
-    result = session.execute(query.values(**values, error_code=code, error_message=message))
-    session.commit()
-    return bool(_count(result))
+    return _apply(session, _held_by(job_id, owner_prefix), **_failed(session, code, message))
 
 
 def cancel_held_by(session: Session, job_id: str, owner_prefix: str) -> bool:
-    """Ends `canceled` a running job asked to stop whose holder, a child of this worker's
-    parent, died before it could stop: it is not run again (see `release_held_by`)."""
+    """`release_held_by` for a job asked to stop: it ends `canceled`, not run again."""
     query = _held_by(job_id, owner_prefix).where(Job.cancel_requested.is_(True))
-    result = session.execute(query.values(**_canceled(session)))
-    session.commit()
-    return bool(_count(result))
+    return _apply(session, query, **_canceled(session))
 
 
 def _held_by(job_id: str, owner_prefix: str) -> Update:
@@ -299,36 +246,26 @@ def _held_by(job_id: str, owner_prefix: str) -> Update:
 
 
 def cancel_queued(session: Session, job_id: str) -> bool:
-    """Ends `canceled` a job no worker runs, at once: only while it is still queued, so a
-    worker that receives its message later finds nothing to claim.
-
-    Returns:
-        Whether the job is now canceled.
-    """
+    """Ends a still queued job `canceled` at once; a worker that gets its message later finds
+    nothing to claim."""
     query = update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
-    result = session.execute(query.values(**_canceled(session)))
-    session.commit()
-    return bool(_count(result))
+    return _apply(session, query, **_canceled(session))
 
 
 def request_cancel(session: Session, job_id: str) -> bool:
-    """Asks an unfinished job to stop: its worker ends it `canceled` at its next token, sentence
-    or stage boundary; a worker that dies first has it ended so by its recovery, and a claim
-    ends it so instead of running it.
+    """Asks an unfinished job to stop; returns False when it had already ended.
 
-    Returns:
-        Whether the job was unfinished (False: it had succeeded, failed or been canceled).
+    Its worker ends it `canceled` at its next token, sentence or stage boundary; a worker that
+    dies first has it ended so by its recovery, and a claim ends it so instead of running it.
     """
     query = update(Job).where(Job.id == job_id, Job.status.not_in(TERMINAL))
-    result = session.execute(query.values(cancel_requested=True))
-    session.commit()
-    return bool(_count(result))
+    return _apply(session, query, cancel_requested=True)
 
 
 def cancel_held(session: Session, lease: Lease, **kept: Any) -> bool:
-    """Ends `canceled` a job the lease holds, keeping `kept` (the reply text so far); a worker
-    that lost its lease changes nothing. The conversation gets no turn from it."""
-    return _update_held(session, lease, **_canceled(session), **kept)
+    """Ends `canceled` a job the lease holds, keeping `kept` (the reply text so far); the
+    conversation gets no turn from it."""
+    return _apply(session, _held(lease), **_canceled(session), **kept)
 
 
 def fail_unclaimed(session: Session, job_id: str, code: str, message: str) -> bool:
@@ -336,18 +273,13 @@ def fail_unclaimed(session: Session, job_id: str, code: str, message: str) -> bo
     query = update(Job).where(
         Job.id == job_id, Job.status == JobStatus.QUEUED.value, Job.attempts == 0
     )
-    values = _ended(session, JobStatus.FAILED)
-    result = session.execute(query.values(**values, error_code=code, error_message=message))
-    session.commit()
-    return bool(_count(result))
+    return _apply(session, query, **_failed(session, code, message))
 
 
 def mark_done_announced(session: Session, job_id: str) -> None:
     """Records that a finished job's `done` event is in its event log."""
-    session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_(TERMINAL)).values(done_announced=True)
-    )
-    session.commit()
+    query = update(Job).where(Job.id == job_id, Job.status.in_(TERMINAL))
+    _apply(session, query, done_announced=True)
 
 
 def _ended(session: Session, status: JobStatus) -> dict[str, Any]:
@@ -360,6 +292,10 @@ def _ended(session: Session, status: JobStatus) -> dict[str, Any]:
     }
 
 
+def _failed(session: Session, code: str, message: str) -> dict[str, Any]:
+    return {**_ended(session, JobStatus.FAILED), "error_code": code, "error_message": message}
+
+
 def _canceled(session: Session) -> dict[str, Any]:
     return {
         **_ended(session, JobStatus.CANCELED),
@@ -369,13 +305,12 @@ def _canceled(session: Session) -> dict[str, Any]:
     }
 
 
-def _requeued() -> dict[str, Any]:
-    return {
-        "status": JobStatus.QUEUED.value,
-        "stage": None,
-        "lease_owner": None,
-        "lease_expires_at": None,
-    }
+_REQUEUED = {
+    "status": JobStatus.QUEUED.value,
+    "stage": None,
+    "lease_owner": None,
+    "lease_expires_at": None,
+}
 
 
 def _held(lease: Lease) -> Update:
@@ -389,11 +324,13 @@ def _held(lease: Lease) -> Update:
     )
 
 
-def _update_held(session: Session, lease: Lease, **values: Any) -> bool:
-    result = session.execute(_held(lease).values(**values))
+def _apply(session: Session, query: Update, **values: Any) -> bool:
+    """Runs the conditional UPDATE and commits; returns whether it changed a row."""
+    result = session.execute(query.values(**values))
     session.commit()
-    return bool(_count(result))
+    return bool(rowcount(result))
 
 
-def _count(result: Any) -> int:
+def rowcount(result: Any) -> int:
+    """The rows a DML statement changed (0 where the driver does not say)."""
     return int(getattr(result, "rowcount", 0) or 0)

@@ -36,11 +36,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def check_url(url: str) -> SplitResult:
-    """Checks a webhook URL's form (no network): http(s), a host, no credentials, ≤ 2048 chars.
-
-    Raises:
-        InvalidWebhookUrl: The URL is unacceptable; the message says why.
-    """
+    """Checks a webhook URL's form (no network): http(s), a host, no credentials, ≤ 2048 chars;
+    InvalidWebhookUrl says why not."""
     if len(url) > MAX_URL_LENGTH:
         raise InvalidWebhookUrl(f"webhook must be at most {MAX_URL_LENGTH} characters.")
     if not url.isascii() or any(c.isspace() or ord(c) < 32 for c in url):
@@ -86,15 +83,11 @@ def allowed_address(address: Address, networks: tuple[Network, ...] = ()) -> boo
 
 
 def resolve_target(parts: SplitResult, *, networks: tuple[Network, ...]) -> list[Address]:
-    """Resolves the URL's host once and checks every address it has; connect to one of those
-    returned, never resolve again.
+    """Resolves the URL's host once (OSError if it cannot) and checks every address; connect to
+    one of those returned, never resolve again.
 
-    Every address must be allowed, not only the first: a name that mixes a public address with a
-    private one would otherwise pass the check and be connected to the private one.
-
-    Raises:
-        OSError: The name does not resolve (socket.gaierror).
-        WebhookTargetNotAllowed: An address is not public, nor inside an allowed network.
+    Every address must be allowed (else WebhookTargetNotAllowed), not only the first: a name that
+    mixes a public address with a private one would otherwise lead to the private one.
     """
     host = parts.hostname or ""
     infos = socket.getaddrinfo(host, port_of(parts), type=socket.SOCK_STREAM)
@@ -113,12 +106,7 @@ def resolve_target(parts: SplitResult, *, networks: tuple[Network, ...]) -> list
 
 
 def check_target(url: str, *, networks: tuple[Network, ...]) -> None:
-    """The submit-time check: the URL's form, then its resolved addresses.
-
-    Raises:
-        InvalidWebhookUrl: The URL is malformed, or its host does not resolve.
-        WebhookTargetNotAllowed: It resolves to an address that is not allowed.
-    """
+    """The submit-time check: the URL's form, then its resolved addresses."""
     parts = check_url(url)
     try:
         resolve_target(parts, networks=networks)
@@ -149,14 +137,8 @@ def wants(job: Job, event: str) -> bool:
 
 
 def announce(session: Session, job_id: str, event: str, send: WebhookSender) -> bool:
-    """Sends a job's `event` delivery to the maintenance queue if the job wants it.
-
-    Called after the transition that made the event has committed, by whoever made it.
-
-    Returns:
-        Whether nothing more is owed: the job wants no such webhook, or it is queued (False: the
-        queue was unreachable; logged, and a caller that can retry does).
-    """
+    """Queues a job's `event` delivery if the job wants it, after the transition that made the
+    event committed; False when the queue was unreachable (logged; a caller that can, retries)."""
     job = session.get(Job, job_id)
     if job is None or not wants(job, event):
         return True

@@ -26,11 +26,7 @@ _LOGGER = logging.getLogger(__name__)
 
 
 def publish(job_id: str) -> None:
-    """Sends a job's message again, as the API first sent it.
-
-    Args:
-        job_id: The job to deliver again.
-    """
+    """Sends a job's message again, as the API first sent it."""
     send_job(app, job_id, clients.events().redis)
 
 
@@ -38,12 +34,11 @@ def publish(job_id: str) -> None:
 def _recover_lost_job(
     sender: Any = None, exception: BaseException | None = None, args: Any = None, **_kwargs: Any
 ) -> None:
-    """Handles a job whose child process died, in the parent, where the task cannot.
+    """Handles, in the parent, a job whose child process died.
 
-    A child killed by the hard time limit ends its job `failed` with `timeout`. A child lost
-    otherwise (OOM killer, a crash in native code) has its job released and republished: the
-    next claim resumes after the last checkpoint and counts an attempt, up to MAX_ATTEMPTS.
-    Either way a job asked to stop ends `canceled` instead: it is not run again.
+    Killed by the hard time limit: the job fails with `timeout`. Lost otherwise (OOM killer, a
+    native crash): it is released and republished, to resume after its last checkpoint as one
+    more attempt (up to MAX_ATTEMPTS). Either way a job asked to stop ends `canceled` instead.
     """
     if not isinstance(exception, TimeLimitExceeded | WorkerLostError) or not args:
         return

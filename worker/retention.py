@@ -1,11 +1,10 @@
 """Retention: finished jobs' audio deleted after AUDIO_TTL_SECONDS (the job kept, marked expired),
 job rows and conversations purged after their own TTLs, and what crashes left behind swept.
 
-Plain functions over a session, the file stores and Redis, and one thin task the maintenance
-worker runs every RETENTION_INTERVAL_SECONDS (Celery beat). Each pass does bounded work (at most
-`BATCH` rows or files of each kind) through indexes, never touches a queued or running job, and is
-safe beside another pass: every delete is of what is there, every mark conditional, so a second
-sweep at the same time finds nothing left to do or does the same thing again harmlessly.
+One thin task the maintenance worker runs every RETENTION_INTERVAL_SECONDS (Celery beat) over
+plain functions. Each pass does bounded work (`BATCH` of each kind) through indexes, never touches
+a queued or running job, and is safe beside another pass: every delete is of what is there, every
+mark conditional.
 """
 
 from __future__ import annotations
@@ -15,10 +14,11 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import and_, delete, exists, or_, select, update
+from sqlalchemy import ColumnElement, Row, and_, delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from models import event_log, storage
@@ -32,7 +32,7 @@ from models.tables import (
     WebhookDelivery,
     utcnow,
 )
-from models.transitions import TERMINAL, database_clock
+from models.transitions import TERMINAL, database_clock, rowcount
 from worker import clients
 from worker.celery_app import app, settings
 
@@ -68,29 +68,25 @@ class Sweep:
 _FILE_COLUMNS = (Job.id, Job.attempts, Job.input_audio_file, Job.reply_format, Job.expired_at)
 
 
+def _finished(session: Session, ttl_seconds: int, *where: ColumnElement[bool]) -> list[Row[Any]]:
+    """Up to `BATCH` jobs finished over `ttl_seconds` ago, oldest first."""
+    query = select(*_FILE_COLUMNS).where(
+        *where, Job.finished_at < database_clock(session, -ttl_seconds), Job.status.in_(TERMINAL)
+    )
+    return list(session.execute(query.order_by(Job.finished_at).limit(BATCH)))
+
+
 def expire_audio(
     session: Session, uploads: storage.Store, results: storage.Store, ttl_seconds: int
 ) -> int:
-    """Marks up to `BATCH` jobs finished over `ttl_seconds` ago expired, then deletes their files.
+    """Marks up to `BATCH` jobs finished over `ttl_seconds` ago expired, then deletes their files;
+    returns how many.
 
     Marked first, so the API answers 410 from then on and never serves half-deleted audio; a
     pass cut short between the two leaves files of an expired job, which `sweep_orphans` removes.
-
-    Returns:
-        How many jobs were found to expire.
     """
-    jobs = list(
-        session.execute(
-            select(*_FILE_COLUMNS)
-            .where(
-                Job.expired_at.is_(None),
-                Job.finished_at < database_clock(session, -ttl_seconds),
-                Job.status.in_(TERMINAL),
-            )
-            .order_by(Job.finished_at)  # ix_jobs_unexpired_finished_at
-            .limit(BATCH)
-        )
-    )
+    unexpired = Job.expired_at.is_(None)  # ix_jobs_unexpired_finished_at
+    jobs = _finished(session, ttl_seconds, unexpired)
     if not jobs:
         return 0
     ids = [job.id for job in jobs]
@@ -113,23 +109,9 @@ def purge_jobs(
     redis: Redis,
     ttl_seconds: int,
 ) -> int:
-    """Deletes up to `BATCH` jobs finished over `ttl_seconds` ago: their files, event streams,
-    idempotency keys and webhook deliveries, then the rows.
-
-    Returns:
-        How many jobs were purged.
-    """
-    jobs = list(
-        session.execute(
-            select(*_FILE_COLUMNS)
-            .where(
-                Job.finished_at < database_clock(session, -ttl_seconds),
-                Job.status.in_(TERMINAL),
-            )
-            .order_by(Job.finished_at)  # ix_jobs_finished_at
-            .limit(BATCH)
-        )
-    )
+    """Deletes up to `BATCH` jobs finished over `ttl_seconds` ago (their files, event streams,
+    idempotency keys and webhook deliveries, then the rows); returns how many."""
+    jobs = _finished(session, ttl_seconds)  # ix_jobs_finished_at
     if not jobs:
         return 0
     session.rollback()  # no transaction held open while files are deleted
@@ -154,11 +136,7 @@ def purge_jobs(
 
 def purge_abandoned_keys(session: Session, ttl_seconds: int) -> int:
     """Deletes `Idempotency-Key`s older than `ttl_seconds` that never got their job (the first
-    request died in flight); keys with a job go with their job's row (`purge_jobs`).
-
-    Returns:
-        How many keys were deleted.
-    """
+    request died in flight; the others go with their job's row); returns how many."""
     result = session.execute(
         delete(IdempotencyRecord).where(
             IdempotencyRecord.job_id.is_(None),
@@ -166,17 +144,12 @@ def purge_abandoned_keys(session: Session, ttl_seconds: int) -> int:
         )
     )
     session.commit()
-    return int(getattr(result, "rowcount", 0) or 0)
+    return rowcount(result)
 
 
 def purge_conversations(session: Session, ttl_seconds: int) -> int:
-    """Deletes up to `BATCH` conversations with no activity for `ttl_seconds` (no turn, no job
-    since, none of their jobs unfinished), with their turns (the foreign key cascades); their
-    jobs, if still kept, lose their `conversation_id`.
-
-    Returns:
-        How many conversations were purged.
-    """
+    """Deletes up to `BATCH` conversations idle for `ttl_seconds` (no turn, no job since, none
+    unfinished) with their turns (cascaded); returns how many. Kept jobs lose `conversation_id`."""
     cutoff = database_clock(session, -ttl_seconds)
     idle = and_(
         Conversation.created_at < cutoff,
@@ -192,18 +165,14 @@ def purge_conversations(session: Session, ttl_seconds: int) -> int:
     # Idleness is checked again in the DELETE itself: a job may have joined one since the read.
     result = session.execute(delete(Conversation).where(Conversation.id.in_(ids), idle))
     session.commit()
-    purged = int(getattr(result, "rowcount", 0) or 0)
+    purged = rowcount(result)
     _LOGGER.info("conversations purged conversations=%d", purged)
     return purged
 
 
 def sweep_orphans(session: Session, stores: Iterable[storage.Store]) -> tuple[int, int]:
-    """Deletes, in each store, files over `ORPHAN_AGE` old whose job has no row or has expired,
-    and partial writes a crash left; up to `BATCH` orphans a pass.
-
-    Returns:
-        The orphans and the partial files deleted.
-    """
+    """Deletes, in each store, files over `ORPHAN_AGE` old whose job has no row or has expired
+    (up to `BATCH`), and partial writes a crash left; returns both counts."""
     cutoff = utcnow() - ORPHAN_AGE
     orphans = partial = 0
     for store in stores:
@@ -236,18 +205,7 @@ def sweep(
     redis: Redis,
     settings: Settings,
 ) -> Sweep:
-    """One retention pass: audio expiry, row purges, orphans, abandoned idempotency keys.
-
-    Args:
-        session: A database session.
-        uploads: The recordings' store.
-        results: The replies' store.
-        redis: Where the job event streams live.
-        settings: The TTLs.
-
-    Returns:
-        What the pass did.
-    """
+    """One retention pass: audio expiry, row purges, orphans, abandoned idempotency keys."""
     expired = expire_audio(session, uploads, results, settings.audio_ttl_seconds)
     jobs = purge_jobs(session, uploads, results, redis, settings.job_ttl_seconds)
     conversations = purge_conversations(session, settings.conversation_ttl_seconds)

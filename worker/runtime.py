@@ -34,58 +34,48 @@ _STATUS: dict[str, Any] = {"models_loaded": False}
 
 
 def get_pipeline(settings: Settings | None = None) -> Pipeline:
-    """Returns this process's pipeline, loading and warming the engines on first use.
-
-    Args:
-        settings: The settings naming the engines; read from the environment when omitted.
-
-    Returns:
-        The pipeline over the loaded engines.
-
-    Raises:
-        EngineUnavailable: An engine setting cannot work (any other exception an engine's
-            library raises while loading passes through too).
-    """
+    """This process's pipeline, its engines loaded and warmed on first use (from `settings`, or
+    the environment's); EngineUnavailable, or what an engine's library raised, when they cannot."""
     global _PIPELINE
     with _PIPELINE_LOCK:
         if _PIPELINE is None:
-            settings = settings or Settings.from_env()
-            started = time.perf_counter()
-            pipeline = Pipeline(
-                settings,
-                transcriber=build_transcriber(settings),
-                generator=build_generator(settings),
-                synthesizer=build_synthesizer(settings),
-            )
-            loaded = time.perf_counter()
-            warm_up(pipeline)
-            # The devices as set: an engine set to "cuda" refuses to load where CUDA is missing,
-            # so a loaded engine with "cuda" here runs on the GPU (docs/jetson-orin.md).
-            devices = {
-                "stt": settings.whisper_device,
-                "llm": settings.llm_device,
-                "tts": settings.tts_device,
-            }
-            _LOGGER.info(
-                "engines ready stt=%s llm=%s tts=%s devices=%s load_s=%.2f warmup_s=%.2f",
-                settings.stt_engine,
-                settings.llm_engine,
-                settings.tts_engine,
-                ",".join(f"{stage}:{device}" for stage, device in devices.items()),
-                loaded - started,
-                time.perf_counter() - loaded,
-            )
-            _STATUS.update(
-                models_loaded=True,
-                stt=settings.stt_engine,
-                llm=settings.llm_engine,
-                llm_model=str(getattr(pipeline.generator, "model", "")),
-                tts=settings.tts_engine,
-                devices=devices,
-                load_s=round(loaded - started, 2),
-            )
-            _PIPELINE = pipeline
+            _PIPELINE = _load(settings or Settings.from_env())
         return _PIPELINE
+
+
+def _load(settings: Settings) -> Pipeline:
+    started = time.perf_counter()
+    pipeline = Pipeline(
+        settings,
+        transcriber=build_transcriber(settings),
+        generator=build_generator(settings),
+        synthesizer=build_synthesizer(settings),
+    )
+    loaded = time.perf_counter()
+    warm_up(pipeline)
+    engines = {"stt": settings.stt_engine, "llm": settings.llm_engine, "tts": settings.tts_engine}
+    # The devices as set: an engine set to "cuda" refuses to load where CUDA is missing, so a
+    # loaded engine with "cuda" here runs on the GPU (docs/jetson-orin.md).
+    devices = {
+        "stt": settings.whisper_device,
+        "llm": settings.llm_device,
+        "tts": settings.tts_device,
+    }
+    _LOGGER.info(
+        "engines ready stt=%s llm=%s tts=%s devices=%s load_s=%.2f warmup_s=%.2f",
+        *engines.values(),
+        ",".join(f"{stage}:{device}" for stage, device in devices.items()),
+        loaded - started,
+        time.perf_counter() - loaded,
+    )
+    _STATUS.update(
+        models_loaded=True,
+        **engines,
+        llm_model=str(getattr(pipeline.generator, "model", "")),
+        devices=devices,
+        load_s=round(loaded - started, 2),
+    )
+    return pipeline
 
 
 def close_engines() -> None:
@@ -101,25 +91,17 @@ def close_engines() -> None:
 
 
 def load_status() -> dict[str, Any]:
-    """Returns whether the engines are loaded and which, or why they failed, for `/readyz`."""
+    """Whether the engines are loaded and which, or why they failed, for `/readyz`."""
     return dict(_STATUS)
 
 
 def record_load_error(error: Exception) -> None:
-    """Notes why the engines failed to load, for `/readyz`.
-
-    Args:
-        error: What loading raised; its message (or its type's name) is reported.
-    """
+    """Notes why the engines failed to load (the message, or the type's name), for `/readyz`."""
     _STATUS.update(models_loaded=False, error=str(error) or type(error).__name__)
 
 
 def warm_up(pipeline: Pipeline) -> None:
-    """Runs each engine once so the first job does not pay for lazy initialisation.
-
-    Args:
-        pipeline: The pipeline over the freshly loaded engines.
-    """
+    """Runs each engine once so the first job does not pay for lazy initialisation."""
     settings = pipeline.settings
     audio = pipeline.synthesizer.synthesize("Ready.", voice=settings.tts_voice)
     with contextlib.suppress(NoSpeech):  # one second of silence: exactly the expected answer

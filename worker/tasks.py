@@ -1,11 +1,9 @@
 """Celery tasks: claim the job row, drive the pipeline, checkpoint each stage, record the outcome.
 
-The pipeline hands back typed stage results (`Transcript`, `Reply`, `Audio`); the functions
-here are the one place that maps each to the job row's columns, for checkpoints and outcome.
-
-Delivery is at-least-once (acks_late; a lost worker's job is released and republished), and the
-task is idempotent: the claim is a conditional UPDATE, so a second delivery of a job that is
-running or finished does nothing, and a redelivered job resumes after its last checkpoint.
+The one place that maps the pipeline's typed results (`Transcript`, `Reply`, `Audio`) to the
+row's columns. Delivery is at-least-once (acks_late) and the task idempotent: the claim is a
+conditional UPDATE, so a second delivery of a running or finished job does nothing, and a
+redelivered job resumes after its last checkpoint.
 """
 
 from __future__ import annotations
@@ -50,30 +48,25 @@ _WARM_UP_ID = "0" * 32
 
 
 def warm_up_connections() -> None:
-    """Opens this child's database and Redis connections and runs the claim once (it matches
-    no row), before the first job: that job otherwise paid for the connections, the script's
-    load and the statements' compilation (about 30 ms more in the worker than the next job)."""
+    """Opens this child's connections and runs a claim that matches no row, before the first
+    job: that job otherwise paid for them and the statements' compilation (about 30 ms)."""
     with clients.sessions()() as session:
-        transitions.claim(
-            session,
-            _WARM_UP_ID,
-            owner=lease_keeper.worker_id(),
-            lease_seconds=settings.lease_seconds,
-            max_attempts=settings.max_attempts,
-        )
+        _claim(session, _WARM_UP_ID)
     clients.events().warm()
 
 
+def _claim(session: Session, job_id: str) -> transitions.Claim:
+    return transitions.claim(
+        session,
+        job_id,
+        owner=lease_keeper.worker_id(),
+        lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_attempts,
+    )
+
+
 def transcript_columns(transcript: Transcript, *, with_segments: bool = False) -> dict[str, Any]:
-    """Maps a transcript to the job row's columns.
-
-    Args:
-        transcript: What the recogniser heard.
-        with_segments: Also keep its timed segments (a transcription job's answer has them).
-
-    Returns:
-        Column name to value.
-    """
+    """A transcript as the row's columns; `with_segments` for a transcription job's answer."""
     columns: dict[str, Any] = {
         "transcript": transcript.text,
         "transcript_language": transcript.language,
@@ -87,14 +80,7 @@ def transcript_columns(transcript: Transcript, *, with_segments: bool = False) -
 
 
 def reply_columns(reply: Reply) -> dict[str, Any]:
-    """Maps the language model's reply to the job row's columns.
-
-    Args:
-        reply: What the language model answered.
-
-    Returns:
-        Column name to value.
-    """
+    """The language model's reply as the row's columns."""
     return {
         "reply_text": reply.text,
         "generate_s": reply.seconds,
@@ -105,15 +91,7 @@ def reply_columns(reply: Reply) -> dict[str, Any]:
 
 
 def audio_columns(audio: Audio, file_name: str) -> dict[str, Any]:
-    """Maps the spoken reply, stored in the result store as `file_name`, to the row's columns.
-
-    Args:
-        audio: The synthesised speech.
-        file_name: Its name in the result store.
-
-    Returns:
-        Column name to value.
-    """
+    """The spoken reply, stored in the result store as `file_name`, as the row's columns."""
     return {
         "reply_audio_file": file_name,
         "reply_audio_seconds": round(audio.duration, 3),
@@ -147,27 +125,21 @@ class RowProgress:
         self.next_delta = 0.0  # when reply text may be sent again (the first piece: at once)
         self.started = time.perf_counter()
 
-    def tell(self, event_type: str, **data: Any) -> None:
-        """Appends an event of this attempt.
-
-        Raises:
-            LeaseLost: The lease is lost, or the log's fence refused the event.
-            CancelRequested: The job was asked to stop.
-        """
+    def _check(self, *, cancel: bool = True) -> None:
+        """Raises LeaseLost once the lease is lost, and CancelRequested once asked to stop."""
         if self.held.lost.is_set():
             raise transitions.LeaseLost(self.lease.job_id)
-        if self.cancel.requested():
+        if cancel and self.cancel.requested():
             raise transitions.CancelRequested(self.lease.job_id)
+
+    def tell(self, event_type: str, **data: Any) -> None:
+        """Appends an event of this attempt, unless its lease is lost or it was asked to stop."""
+        self._check()
         self._append(event_type, data)
 
     def _append(self, event_type: str, data: dict[str, Any]) -> None:
-        """Appends an event to the job's log under the lease, asked to stop or not.
-
-        Raises:
-            LeaseLost: The lease is lost, or the log's fence refused the event.
-        """
-        if self.held.lost.is_set():
-            raise transitions.LeaseLost(self.lease.job_id)
+        """Appends an event under the lease, asked to stop or not (LeaseLost if fenced)."""
+        self._check(cancel=False)
         appended = self.events.publish(
             self.lease.job_id, event_type, data, attempt=self.lease.attempt
         )
@@ -194,8 +166,7 @@ class RowProgress:
         """Takes a piece of the reply for the job's event stream: the first at once, the rest
         together at most every `DELTA_INTERVAL_SECONDS` (a lost lease stops the generation here,
         at the next token, and so does a cancel, once what it generated is sent)."""
-        if self.held.lost.is_set():
-            raise transitions.LeaseLost(self.lease.job_id)
+        self._check(cancel=False)
         self.unsent.append(text)
         canceled = self.cancel.requested()
         if canceled or time.perf_counter() >= self.next_delta:
@@ -204,11 +175,7 @@ class RowProgress:
             raise transitions.CancelRequested(self.lease.job_id)
 
     def flush(self) -> None:
-        """Sends the reply text not sent yet as one `delta` event.
-
-        Raises:
-            LeaseLost: The lease is lost, or the log's fence refused the event.
-        """
+        """Sends the reply text not sent yet as one `delta` event."""
         if not self.unsent:
             return
         text = "".join(self.unsent)
@@ -220,10 +187,7 @@ class RowProgress:
     def sentence(self, index: int, text: str, audio: Audio) -> None:
         """Stores one spoken sentence under this attempt's own name, then tells the job's log,
         so a player can start before the reply is complete (a lost lease stops here too)."""
-        if self.held.lost.is_set():
-            raise transitions.LeaseLost(self.lease.job_id)
-        if self.cancel.requested():
-            raise transitions.CancelRequested(self.lease.job_id)
+        self._check()
         name = storage.sentence_name(self.lease.job_id, self.lease.attempt, index)
         self.sentences.append(
             clients.stores().results.write(name, audio.samples.astype("<i2").tobytes())
@@ -268,13 +232,7 @@ def run_job(job_id: str) -> None:
 def _run_job(job_id: str) -> None:
     with clients.sessions()() as session:
         try:
-            claim = transitions.claim(
-                session,
-                job_id,
-                owner=lease_keeper.worker_id(),
-                lease_seconds=settings.lease_seconds,
-                max_attempts=settings.max_attempts,
-            )
+            claim = _claim(session, job_id)
         except DBAPIError as error:
             if not (error.connection_invalidated or isinstance(error, OperationalError)):
                 raise

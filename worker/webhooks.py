@@ -5,10 +5,9 @@ WEBHOOK_ALLOWED_NETWORKS), and connects to the address it checked, so a rebindin
 cannot slip a private address in between. Redirects are never followed (a 3xx is a failed
 attempt), and at most MAX_RESPONSE_BYTES of the answer are read.
 
-A retry is Celery's: the same task again, with a countdown. Redis hands an unacknowledged message
-to another worker after its visibility timeout, and a message waiting for its countdown is
-unacknowledged, so a long backoff may run twice: each attempt takes a Redis lock and is skipped
-if recorded.
+A retry is Celery's, with a countdown. A message waiting for its countdown is unacknowledged, and
+Redis hands it to another worker after its visibility timeout, so a long backoff may run twice:
+each attempt takes a Redis lock and is skipped if recorded.
 """
 
 from __future__ import annotations
@@ -42,8 +41,7 @@ LOCK_PREFIX = "voicechat:webhook-attempt:"
 
 
 def queue_delivery(job_id: str, event: str) -> None:
-    """Sends the first attempt of a job's webhook event to the maintenance queue (the
-    `WebhookSender` the job worker and its parent hand to `announce_end`)."""
+    """The `WebhookSender` of the job worker and its parent: queues an event's first attempt."""
     send_webhook(app, job_id, event)
 
 
@@ -194,8 +192,7 @@ def backoff_seconds(attempt: int) -> int:
 
 @app.task(name="worker.deliver_webhook", acks_late=True, ignore_result=True)
 def deliver_webhook(job_id: str, event: str) -> None:
-    """Delivers one attempt of a job's webhook event; retried after a failure, up to
-    WEBHOOK_MAX_ATTEMPTS."""
+    """Delivers one attempt of a job's webhook event; retried up to WEBHOOK_MAX_ATTEMPTS."""
     attempt = deliver_webhook.request.retries + 1
     msg_id = webhooks.message_id(job_id, event)
     lock = f"{LOCK_PREFIX}{msg_id}:{attempt}"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -77,13 +77,6 @@ class Cue(NamedTuple):
     start: float
     end: float
     text: str
-
-
-def cues_of(segments: Sequence[Mapping[str, Any]], text: str, duration: float) -> list[Cue]:
-    """The recogniser's segments as cues; without segments, the whole text as one cue."""
-    if segments:
-        return [Cue(float(s["start"]), float(s["end"]), str(s["text"])) for s in segments]
-    return [Cue(0.0, duration, text)] if text else []
 
 
 def timestamp(seconds: float, separator: str) -> str:

@@ -1,8 +1,7 @@
 """OpenAI-compatible routes over the same queue and worker: chat, transcription, speech, models.
 
-Every request becomes a job like any other (visible under /v1/jobs, its id in `X-Job-Id`); the
-route then follows the job's event stream to answer. Bodies are validated by the shapes of
-`api/openai/schemas.py`, and errors use OpenAI's `{"error": {message, type, param, code}}`.
+Every request becomes a job like any other (its id in `X-Job-Id`) that the route follows to
+answer; errors use OpenAI's `{"error": {message, type, param, code}}`.
 """
 
 from __future__ import annotations
@@ -133,9 +132,7 @@ def _answer(body: BaseModel, status: int = 200) -> Response:
 
 
 def error_body(error: VoiceChatError) -> OpenAIError:
-    """OpenAI's error object for a domain error: the request's fault or the server's, or (429)
-    too many requests, as OpenAI answers it: `type` `requests` and, for the rate limit, its
-    `rate_limit_exceeded`."""
+    """OpenAI's error object for a domain error (429s as OpenAI's: `type` `requests`)."""
     status = status_for(error)
     kind: ErrorKind = "invalid_request_error" if status < 500 else "server_error"
     detail = OpenAIErrorBody(
@@ -196,8 +193,7 @@ def _stream_wait(settings: Settings) -> float:
 
 
 def _succeeded(job: Job, settings: Settings) -> Job:
-    """Waits up to OPENAI_WAIT_SECONDS for the job to end (see `_unanswered` for a wait that
-    ends without it); raises the job's own error if it failed."""
+    """Waits up to OPENAI_WAIT_SECONDS for the job to end; raises its own error if it failed."""
     finished = wait_for(job.id, settings.openai_wait_seconds) or _unanswered(job.id, settings)
     if finished.status != JobStatus.SUCCEEDED.value:
         raise error_for_code(finished.error_code or "internal_error", finished.error_message or "")
@@ -205,21 +201,16 @@ def _succeeded(job: Job, settings: Settings) -> Job:
 
 
 def _started(job: Job, settings: Settings) -> None:
-    """Waits up to OPENAI_WAIT_SECONDS for a streamed answer's job to start (or end), so that
-    the answer, its 200 included, comes once there is something to stream; see `_unanswered`
-    for a wait that ends without it."""
+    """Waits up to OPENAI_WAIT_SECONDS for a streamed answer's job to start (or end): its 200
+    comes once there is something to stream."""
     if not wait_for_start(job.id, settings.openai_wait_seconds):
         _unanswered(job.id, settings, stream=True)
 
 
 def _unanswered(job_id: str, settings: Settings, *, stream: bool = False) -> Job:
-    """Cancels the job of a wait that ended without it, and raises why: JobCanceled when the
-    client left (answered to no one), or past OPENAI_WAIT_SECONDS WaitTimedOut, a 503 with
-    `Retry-After`, which OpenAI's SDKs retry: a job left running would then be run twice.
-
-    Returns:
-        The job, if it ended meanwhile.
-    """
+    """Cancels the job of a wait that ended without it and raises why (JobCanceled: the
+    client left; WaitTimedOut: a 503 that OpenAI's SDKs retry, so a job left running would run
+    twice); returns the job if it ended meanwhile."""
     left = client_left()
     if not cancel_unanswered(job_id, CLIENT_LEFT if left else WAIT_RAN_OUT):
         ended = read_job(job_id)
@@ -259,15 +250,13 @@ STREAMED_SPEECH = frozenset({"wav", "pcm"})
 def create_chat_completion() -> Response:
     """Chat completion.
 
-    OpenAI's chat completion, as a job (`X-Job-Id`) the request waits for: whole, or streamed
-    as `chat.completion.chunk` events as it is generated. The request waits at most
-    OPENAI_WAIT_SECONDS ({openai_wait_seconds} s here) for its job to finish, or, streamed, to
-    start (see 503).
+    OpenAI's chat completion, as a job (`X-Job-Id`), whole or streamed as
+    `chat.completion.chunk` events. The request waits at most OPENAI_WAIT_SECONDS
+    ({openai_wait_seconds} s here) for its job to finish, or, streamed, to start (see 503).
 
     Beyond the schema: the last message must be the user's (422 `invalid_option`, `param`
-    `messages`); content parts joined count
-    against the per-message limit, and all contents together against MAX_CHAT_CHARS
-    ({max_chat_chars} here; 422 `messages_too_long`); `stream_options` needs `stream: true`.
+    `messages`); all contents together hold at most MAX_CHAT_CHARS ({max_chat_chars} here;
+    422 `messages_too_long`); `stream_options` needs `stream: true`.
     """
     settings = _settings()
     chat = validate(ChatCompletionRequest, _json_object(), settings)
@@ -321,21 +310,20 @@ def _completion_chunks(
 ) -> Iterator[str]:
     """The events of a streamed completion: the role, each piece, the end (or the job's error),
     the usage when asked for, and `[DONE]`; `place` is held until the stream ends."""
-    frame = sse_event
     with place:
-        yield frame(head.piece(ChatDelta(role="assistant", content="")).body())
+        yield sse_event(head.piece(ChatDelta(role="assistant", content="")).body())
         sent = False
         for event in follow(job_id, timeout=_stream_wait(settings)):
             if event.type == event_log.DELTA:
                 sent = True
-                yield frame(head.piece(ChatDelta(content=event.data["text"])).body())
+                yield sse_event(head.piece(ChatDelta(content=event.data["text"])).body())
             elif sent and event.type == event_log.STATUS and event.data["status"] == "queued":
                 # The worker was lost mid-reply and the job runs again: its text would come a
                 # second time. The client gets an error and the end instead (the job goes on).
                 lost = error_for_code(
                     WORKER_LOST, f"The reply was cut off: job {job_id} runs again."
                 )
-                yield frame(error_body(lost).model_dump(mode="json"))
+                yield sse_event(error_body(lost).model_dump(mode="json"))
                 yield formats.STREAM_END
                 return
             elif event.type == IDLE:
@@ -350,23 +338,17 @@ def _completion_chunks(
             code = (job and job.error_code) or WaitTimedOut.code
             message = (job and job.error_message) or "The job did not finish in time; canceled."
             failure = _in_chat_terms(error_for_code(code, message))
-            yield frame(error_body(failure).model_dump(mode="json"))
+            yield sse_event(error_body(failure).model_dump(mode="json"))
         else:
-            yield frame(head.piece(ChatDelta(), job.finish_reason or "stop").body())
+            yield sse_event(head.piece(ChatDelta(), job.finish_reason or "stop").body())
             if include_usage:
-                yield frame(head.model_copy(update={"usage": Usage.of(job)}).body())
+                yield sse_event(head.model_copy(update={"usage": Usage.of(job)}).body())
         yield formats.STREAM_END
 
 
 def _multipart_fields() -> dict[str, Any]:
     """The multipart body as the transcription shape's input: each text field once (but
-    `timestamp_granularities[]`, a list), each file part's bytes (a list when repeated).
-
-    Raises:
-        UnsupportedMediaType: The body is not multipart/form-data.
-        MalformedMultipart: The body cannot be parsed.
-        InvalidOption: A text field is repeated, or a text field is sent as a file part.
-    """
+    `timestamp_granularities[]`, a list), each file part's bytes (a list when repeated)."""
     if request.mimetype != "multipart/form-data":
         raise UnsupportedMediaType("Send the recording as multipart/form-data with a 'file' part.")
     try:
@@ -465,8 +447,9 @@ def _transcript_response(response_format: str, heard: VerboseTranscription) -> R
         return _answer(Transcription(text=heard.text))
     if response_format == "verbose_json":
         return _answer(heard)
-    segments = [segment.model_dump() for segment in heard.segments]
-    cues = formats.cues_of(segments, heard.text, heard.duration)
+    cues = [formats.Cue(segment.start, segment.end, segment.text) for segment in heard.segments]
+    if not cues and heard.text:  # no segments: the whole text as one cue
+        cues = [formats.Cue(0.0, heard.duration, heard.text)]
     return Response(
         formats.transcript_text(response_format, heard.text, cues),
         mimetype=formats.SUBTITLE_MEDIA_TYPES[response_format],
@@ -483,11 +466,11 @@ def _transcript_response(response_format: str, heard: VerboseTranscription) -> R
 def create_speech() -> Response:
     """Speak a text.
 
-    OpenAI's text to speech, as a job (`X-Job-Id`). `wav` and `pcm` are streamed as OpenAI
-    streams speech: each sentence as soon as it is spoken (the WAV's sizes say unknown,
-    `0xFFFFFFFF`); the other formats are encoded once all is said. OpenAI's voices speak with
-    TTS_VOICE (`{tts_voice}` here). The request waits at most OPENAI_WAIT_SECONDS
-    ({openai_wait_seconds} s here) for its job to finish, or, streamed, to start (see 503).
+    OpenAI's text to speech, as a job (`X-Job-Id`). `wav` and `pcm` stream each sentence as
+    soon as it is spoken (the WAV's sizes say unknown, `0xFFFFFFFF`); the other formats are
+    encoded once all is said. OpenAI's voices speak with TTS_VOICE (`{tts_voice}` here). The
+    request waits at most OPENAI_WAIT_SECONDS ({openai_wait_seconds} s here) for its job to
+    finish, or, streamed, to start (see 503).
     """
     settings = _settings()
     asked = validate(SpeechRequest, _json_object(), settings)
@@ -499,7 +482,6 @@ def create_speech() -> Response:
     )
     check_reachable(settings)  # refused with 503 before any job is made
     if asked.response_format in STREAMED_SPEECH:
-        # Streamed as OpenAI streams speech: each sentence as soon as it is spoken.
         place = hold()  # likewise
         try:
             submit(job)

@@ -1,8 +1,7 @@
-"""The OpenAI-compatible routes' request and response shapes, each declared once.
+"""The OpenAI-compatible routes' request and response shapes, as OpenAI's API reference has them.
 
-Shapes and defaults follow OpenAI's API reference, so the official SDKs work unchanged. What
-the running settings decide (the language model's id, the voices) is checked against them at
-validation time and written into the document from them (`api/openapi/openai.py`).
+What the running settings decide (the model's id, the voices) is checked against them at
+validation time and written into the document from them (`api/openapi/__init__.py`).
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
 """The service's OpenAPI 3.1 document, built from the app's routes, shapes and running settings.
 
-Components come from the pydantic shapes; each operation from its view's docstring, endpoint and
-rule and its `@documented` declaration (declare.py), its error answers from the domain error
-classes (problems.py). No library is used because flask-openapi3, APIFlask and spectree each
-take components once from the models' static JSON Schema and own request validation with their
-own error answers, so the running settings' limits, the problem+json codes per route, the four
-body forms of POST /v1/jobs and the SSE streams would all stay hand-written here, passed through
-the library as raw dicts.
+Components come from the pydantic shapes; an operation from its view's docstring and rule and
+its `@documented` declaration, its errors from the domain error classes. No library: flask-openapi3,
+APIFlask and spectree take components once from static JSON Schema and own validation and error
+answers, so the live limits, per-route problem codes, the four body forms of POST /v1/jobs and the
+SSE streams would stay hand-written here anyway, as raw dicts.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """`@documented`: what a view tells the OpenAPI document beyond its docstring, rule and shapes.
 
-`{setting}` in any text is filled in with the running value when the document is built.
-"""
+`{setting}` in any text is filled in with the running value when the document is built."""
 
 from __future__ import annotations
 
@@ -30,9 +29,7 @@ class Route:
 
     Attributes:
         answers: Its non-error responses, by status.
-        errors: The domain errors it raises, answered with their `api/errors.py` status and
-            their docstring as their `code`'s meaning; access checks and app-wide handlers add
-            theirs.
+        errors: The domain errors it raises (access checks and app-wide handlers add theirs).
         parameters: Header and query parameters (`Query` for a query shape's fields).
         body: The request body object.
         notes: Text put before an error status's code list, for what only this route says.

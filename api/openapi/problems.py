@@ -1,9 +1,8 @@
 """An operation's error answers, from the domain errors that can reach it.
 
-Each error's status is `api/errors.py`'s, its meaning its class docstring. A route's own errors
-are answered in its shape (problem+json, or OpenAI's error object on the OpenAI routes); the
-access checks and the rate limit add theirs in the same shape, and the app-wide handlers (an
-unreachable database, an unexpected failure) always answer problem+json.
+Each error's status is `api/errors.py`'s, its meaning its class docstring. A route's own errors,
+the access checks' and the rate limit's come in its shape (problem+json, or OpenAI's error
+object); the app-wide handlers' always as problem+json.
 """
 
 from __future__ import annotations

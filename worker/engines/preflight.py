@@ -38,11 +38,11 @@ ESPEAK_REMEDY = "apt-get install espeak-ng; the Jetson worker image has it"
 
 
 def validate_engines(settings: Settings) -> None:
-    """Checks each engine is registered (or a `module:Class` whose module exists) and its
-    library installed, its model files exist and its required settings are set.
+    """Checks that the configured engines can be loaded, without loading them.
 
-    Raises:
-        EngineUnavailable: One or more problems, all listed, each naming its setting.
+    Each engine name is registered (or a `module:Class` whose module exists) and its library
+    installed; the model files named exist; the settings an engine needs are set. Raises
+    EngineUnavailable listing every problem, each naming its setting.
     """
     problems = [
         *_engine_problems("STT_ENGINE", settings.stt_engine, TRANSCRIBERS),
@@ -179,16 +179,23 @@ def _synthesizer_problems(settings: Settings) -> list[str]:
     problems += _missing_path("COQUI_MODEL_PATH", settings.coqui_model_path, kind="path")
     problems += _missing_path("COQUI_CONFIG_PATH", settings.coqui_config_path)
     if settings.tts_engine == "coqui":
-        checkpoint = Path(settings.coqui_model_path).expanduser()
         if not settings.coqui_model and not settings.coqui_model_path:
             problems.append("TTS_ENGINE=coqui needs COQUI_MODEL (a model name) or COQUI_MODEL_PATH")
         elif settings.coqui_model_path and not settings.coqui_config_path:
-            # worker/engines/coqui.py then reads the config.json beside the checkpoint.
-            beside = (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json"
-            if checkpoint.exists() and not beside.is_file():
+            beside = _coqui_config(settings)
+            if Path(settings.coqui_model_path).expanduser().exists() and not beside.is_file():
                 problems.append(f"COQUI_CONFIG_PATH is unset and {beside} does not exist")
         problems += _espeak_problems(settings)
     return problems
+
+
+def _coqui_config(settings: Settings) -> Path:
+    """COQUI_CONFIG_PATH, or the config.json beside the checkpoint that worker/engines/coqui.py
+    then reads."""
+    if settings.coqui_config_path:
+        return Path(settings.coqui_config_path).expanduser()
+    checkpoint = Path(settings.coqui_model_path).expanduser()
+    return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json"
 
 
 def _espeak_problems(settings: Settings) -> list[str]:
@@ -199,12 +206,7 @@ def _espeak_problems(settings: Settings) -> list[str]:
         needs = settings.coqui_model in ESPEAK_VOICES
         setting = f"COQUI_MODEL={settings.coqui_model}"
     else:
-        checkpoint = Path(settings.coqui_model_path).expanduser()
-        config = (
-            Path(settings.coqui_config_path).expanduser()
-            if settings.coqui_config_path
-            else ((checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json")
-        )
+        config = _coqui_config(settings)
         try:
             values = json.loads(config.read_text())
         except (OSError, ValueError):  # a missing config is reported on its own
