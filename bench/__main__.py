@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import answers, cases, chat, ears, first_audio, overhead, stages, submit
+from bench import answers, cases, chat, ears, first_audio, overhead, stages, submit, system_prompt
 from bench.table import Row, markdown
 
 OUT = Path(__file__).resolve().parent / "results.md"
@@ -41,6 +41,7 @@ def main() -> None:
         lambda: ears.rows(questions=2 if args.quick else 5),
         lambda: cases.rows(rounds),
         lambda: first_audio.rows(rounds),
+        lambda: system_prompt.rows(rounds),
         lambda: submit.rows(rounds=2 if args.quick else 3, seconds=5 if args.quick else 10),
         lambda: overhead.rows(jobs=40 if args.quick else 200),
         lambda: chat.rows(rounds=3 if args.quick else 7),

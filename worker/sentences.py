@@ -16,35 +16,51 @@ from worker.engines import Audio
 # A sentence ends at . ! ? or … (with closing quotes or brackets), once whitespace follows: in a
 # stream, the end of the text so far is not yet the end of a sentence ("3." may become "3.5").
 _STREAMED_END = re.compile(r"[.!?\u2026][\"')\]]*(?=\s)")
+# A clause ends at , ; or : once whitespace follows ("1,000" is no end).
+_CLAUSE_END = re.compile(r"[,;:](?=\s)")
+# The first piece may end at a clause of this many words or more, so a long first sentence is
+# heard from its first clause (issue 22); later ones are whole sentences, for a natural voice.
+FIRST_CLAUSE_WORDS = 4
 
 
 class SentenceCutter:
-    """Collects streamed text and hands out each sentence as soon as it is complete."""
+    """Collects streamed text and hands out each sentence as soon as it is complete (the first
+    from its first clause of `FIRST_CLAUSE_WORDS` words or more)."""
 
     def __init__(self) -> None:
         self._pending = ""
-        self.cut = 0  # sentences handed out so far
+        self.cut = 0  # pieces handed out so far
+        self._ended = False  # whether a sentence ended, not only a clause
 
     def feed(self, text: str) -> list[str]:
         """Adds streamed text; returns the sentences it completed, trimmed, in order."""
         self._pending += text
-        sentences = []
-        while match := _STREAMED_END.search(self._pending):
-            sentence = self._pending[: match.end()].strip()
-            self._pending = self._pending[match.end() :]
-            if sentence:
-                sentences.append(sentence)
-        self.cut += len(sentences)
-        return sentences
+        pieces = []
+        while end := self._next_end():
+            piece = self._pending[:end].strip()
+            self._pending = self._pending[end:]
+            if piece:
+                pieces.append(piece)
+                self.cut += 1
+        return pieces
+
+    def _next_end(self) -> int | None:
+        sentence = _STREAMED_END.search(self._pending)
+        if not self.cut:
+            before = sentence.start() if sentence else len(self._pending)
+            for clause in _CLAUSE_END.finditer(self._pending, 0, before):
+                if len(self._pending[: clause.end()].split()) >= FIRST_CLAUSE_WORDS:
+                    return clause.end()
+        if sentence is None:
+            return None
+        self._ended = True
+        return sentence.end()
 
     def finish(self, *, whole_sentences: bool) -> list[str]:
-        """The text left when the stream ends, as a last sentence.
-
-        With `whole_sentences` (the reply was cut to its last complete one) it is dropped, unless no
-        sentence ended at all (`trim_to_sentence` keeps such a reply whole).
-        """
+        """The text left when the stream ends, as a last sentence; dropped with `whole_sentences`
+        (the reply cut to its last), unless none ended (`trim_to_sentence` keeps it whole)."""
         rest, self._pending = self._pending.strip(), ""
-        if not rest or (whole_sentences and self.cut):
+        if not rest or (whole_sentences and self._ended):
             return []
         self.cut += 1
         return [rest]
@@ -57,10 +73,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 class Speaker:
-    """Synthesizes sentences one at a time, keeping their audio in order.
-
-    `on_sentence(index, text, audio)` hears of each as soon as it exists.
-    """
+    """Synthesizes sentences one at a time, each passed to `on_sentence(index, text, audio)`."""
 
     def __init__(
         self,

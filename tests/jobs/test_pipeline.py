@@ -344,6 +344,17 @@ def test_a_reply_resumed_after_its_checkpoint_speaks_every_sentence_once(
         (['He said "go!" ', "and left.\n", "Bye"], ['He said "go!"', "and left.", "Bye"]),
         (["Wait", "…", " ", "what?"], ["Wait…", "what?"]),
         (["No end at all"], ["No end at all"]),
+        # The first piece may end at a clause of four words or more; later ones only at sentences.
+        (
+            ["Well now, I think", ", that is it, yes. And so, then, ", "we go on, fine."],
+            ["Well now, I think,", "that is it, yes.", "And so, then, we go on, fine."],
+        ),
+        (["Yes, it is. ", "Bye"], ["Yes, it is.", "Bye"]),
+        (
+            ["One two three four", ",", "000 is the count."],
+            ["One two three four,000 is the count."],
+        ),
+        (["Paris is the capital: ", "a city"], ["Paris is the capital:", "a city"]),
     ],
 )
 def test_sentences_are_cut_only_once_they_are_complete(
@@ -353,3 +364,10 @@ def test_sentences_are_cut_only_once_they_are_complete(
     heard = [sentence for piece in stream for sentence in cutter.feed(piece)]
     assert [*heard, *cutter.finish(whole_sentences=False)] == sentences
     assert split_sentences("".join(stream)) == sentences
+
+
+def test_a_reply_cut_short_after_its_first_clause_is_spoken_whole() -> None:
+    # trim_to_sentence keeps a reply with no sentence end whole: so must the voice.
+    cutter = SentenceCutter()
+    assert cutter.feed("The capital of France, as you know, is ") == ["The capital of France,"]
+    assert cutter.finish(whole_sentences=True) == ["as you know, is"]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,9 @@ from models.errors import ContextLengthExceeded, EngineUnavailable
 from models.settings import Settings
 from worker.engines import Message, Reply
 from worker.engines.model_files import llm_model_file, llm_model_id
+
+# The evaluated states of this many system prompts are kept, the most recently used.
+HEADS_KEPT = 4
 
 
 def _chat_formatter(llm: Any) -> Any:
@@ -50,6 +56,8 @@ class LlamaCppGenerator:
             verbose=False,
         )
         self._formatter = _chat_formatter(self.llm)
+        # A system prompt's tokens -> sequence 0's KV cache with them evaluated.
+        self._heads: OrderedDict[tuple[int, ...], Any] = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LlamaCppGenerator:
@@ -62,14 +70,49 @@ class LlamaCppGenerator:
         )
 
     def count_tokens(self, messages: list[Message]) -> int:
-        """Counts the prompt tokens as llama-cpp-python's chat handler makes them (the file's
-        Jinja template rendered, tokenized with special tokens parsed), evaluating nothing."""
+        """Counts the prompt tokens, evaluating nothing."""
+        return len(self._tokens(messages))
+
+    def _tokens(self, messages: list[Message]) -> list[int]:
+        """The prompt's tokens as llama-cpp-python's chat handler makes them: the file's Jinja
+        template rendered, tokenized with special tokens parsed."""
         rendered = self._formatter(messages=list(messages))  # type: ignore[arg-type]
-        return len(
-            self.llm.tokenize(
-                rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
-            )
+        return self.llm.tokenize(
+            rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
         )
+
+    def _start_from_head(self, messages: list[Message], prompt: list[int]) -> None:
+        """Starts the model's evaluated tokens with the prompt's system messages, kept evaluated
+        after a job with other ones (llama-cpp-python's prefix match evaluates only the rest).
+
+        Only sequence 0's KV cache is kept: `Llama.load_state` clears a 300 MB logits buffer
+        (512 rows of a 152k vocabulary) each time, about as slow as evaluating the prompt.
+        """
+        import llama_cpp
+
+        system = list(itertools.takewhile(lambda m: m["role"] == "system", messages))
+        if not system:
+            return
+        head = prompt[: llama_cpp.Llama.longest_token_prefix(self._tokens(system), prompt)]
+        evaluated = self.llm.input_ids[: self.llm.n_tokens].tolist()
+        if llama_cpp.Llama.longest_token_prefix(evaluated, head) == len(head):
+            return  # the last job's prompt began the same way
+        key = tuple(head)
+        state = self._heads.get(key)
+        if state is None:
+            self.llm.n_tokens = 0
+            self.llm.eval(head)
+            state = (ctypes.c_uint8 * llama_cpp.llama_state_seq_get_size(self.llm.ctx, 0))()
+            llama_cpp.llama_state_seq_get_data(self.llm.ctx, state, len(state), 0)
+        elif llama_cpp.llama_state_seq_set_data(self.llm.ctx, state, len(state), 0):
+            self.llm.input_ids[: len(head)] = head
+            self.llm.n_tokens = len(head)
+        else:  # not restored: the whole prompt is evaluated
+            self.llm.n_tokens = 0
+        self._heads[key] = state
+        self._heads.move_to_end(key)
+        while len(self._heads) > HEADS_KEPT:
+            self._heads.popitem(last=False)
 
     def generate(
         self,
@@ -85,12 +128,14 @@ class LlamaCppGenerator:
             ContextLengthExceeded: The prompt and `max_tokens` do not fit the context window.
         """
         started = time.perf_counter()
-        prompt_tokens = self.count_tokens(messages)
+        prompt = self._tokens(messages)
+        prompt_tokens = len(prompt)
         if prompt_tokens + max_tokens > self.context_tokens:
             raise ContextLengthExceeded(
                 f"The prompt takes {prompt_tokens} tokens and the reply may take {max_tokens}: "
                 f"more than the model's {self.context_tokens}-token context window."
             )
+        self._start_from_head(messages, prompt)
         chunks = self.llm.create_chat_completion(
             messages=list(messages),  # type: ignore[arg-type]
             max_tokens=max_tokens,
