@@ -77,8 +77,6 @@ class CoquiSynthesizer:
     @classmethod
     def from_settings(cls, settings: Settings) -> CoquiSynthesizer:
         """Loads `COQUI_MODEL`, or `COQUI_MODEL_PATH` with `COQUI_CONFIG_PATH`, on `TTS_DEVICE`."""
-        if not settings.coqui_model and not settings.coqui_model_path:
-            raise EngineUnavailable(NOTHING_CONFIGURED)
         return cls(
             model_name=settings.coqui_model,
             model_path=settings.coqui_model_path,
