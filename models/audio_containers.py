@@ -89,11 +89,9 @@ def sniff(data: bytes) -> str | None:
         return MP3 if _mpeg_frame_at(data, 0) else None
     if tag_end > len(data):
         return MP3  # a tag cut short: the structure check calls it truncated
-    start = tag_end
-    limit = min(len(data), tag_end + _MAX_ID3_PADDING)
-    while start < limit and data[start] == 0:
-        start += 1
-    return MP3 if _mpeg_frame_at(data, start) else None
+    padding = data[tag_end : tag_end + _MAX_ID3_PADDING]
+    first_frame = tag_end + len(padding) - len(padding.lstrip(b"\0"))
+    return MP3 if _mpeg_frame_at(data, first_frame) else None
 
 
 def _id3_end(data: bytes) -> int | None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, false, func, or_, select
+from sqlalchemy import ColumnElement, and_, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from models.errors import InvalidCursor
@@ -82,18 +82,15 @@ def expired_leases(session: Session, limit: int = 100) -> list[tuple[str, int]]:
     return [(job_id, attempt) for job_id, attempt in session.execute(query)]
 
 
+def _queued_ids(session: Session, limit: int, *created: ColumnElement[bool]) -> list[str]:
+    """Ids of queued jobs whose creation time meets `created`, oldest first."""
+    query = select(Job.id).where(Job.status == JobStatus.QUEUED.value, *created)
+    return list(session.scalars(query.order_by(Job.created_at).limit(limit)))
+
+
 def queued_longer_than(session: Session, seconds: float, limit: int = 1000) -> list[str]:
     """Ids of jobs queued for more than `seconds` by the database's clock, oldest first."""
-    query = (
-        select(Job.id)
-        .where(
-            Job.status == JobStatus.QUEUED.value,
-            Job.created_at < database_clock(session, -seconds),
-        )
-        .order_by(Job.created_at)
-        .limit(limit)
-    )
-    return list(session.scalars(query))
+    return _queued_ids(session, limit, Job.created_at < database_clock(session, -seconds))
 
 
 def queued_jobs(session: Session, at_most: int) -> int:
@@ -131,17 +128,7 @@ def queued_between(
     session: Session, since: datetime, until: datetime, limit: int = 1000
 ) -> list[str]:
     """Ids of queued jobs created in [since, until), oldest first: the reconciler's new jobs."""
-    query = (
-        select(Job.id)
-        .where(
-            Job.status == JobStatus.QUEUED.value,
-            Job.created_at >= since,
-            Job.created_at < until,
-        )
-        .order_by(Job.created_at)
-        .limit(limit)
-    )
-    return list(session.scalars(query))
+    return _queued_ids(session, limit, Job.created_at >= since, Job.created_at < until)
 
 
 def unannounced_ends(session: Session, older_than_seconds: float, limit: int = 100) -> list[str]:

@@ -10,7 +10,7 @@ import pkgutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import soundfile as sf
@@ -185,17 +185,14 @@ def _build(setting: str, name: str, registry: dict[str, str], settings: Settings
 
 def build_transcriber(settings: Settings) -> Transcriber:
     """Loads the speech recogniser named by `STT_ENGINE`."""
-    transcriber: Transcriber = _build("STT_ENGINE", settings.stt_engine, TRANSCRIBERS, settings)
-    return transcriber
+    return cast(Transcriber, _build("STT_ENGINE", settings.stt_engine, TRANSCRIBERS, settings))
 
 
 def build_generator(settings: Settings) -> Generator:
     """Loads the language model named by `LLM_ENGINE`."""
-    generator: Generator = _build("LLM_ENGINE", settings.llm_engine, GENERATORS, settings)
-    return generator
+    return cast(Generator, _build("LLM_ENGINE", settings.llm_engine, GENERATORS, settings))
 
 
 def build_synthesizer(settings: Settings) -> Synthesizer:
     """Loads the speech synthesiser named by `TTS_ENGINE`."""
-    synthesizer: Synthesizer = _build("TTS_ENGINE", settings.tts_engine, SYNTHESIZERS, settings)
-    return synthesizer
+    return cast(Synthesizer, _build("TTS_ENGINE", settings.tts_engine, SYNTHESIZERS, settings))

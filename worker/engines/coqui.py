@@ -77,8 +77,6 @@ class CoquiSynthesizer:
     @classmethod
     def from_settings(cls, settings: Settings) -> CoquiSynthesizer:
         """Loads `COQUI_MODEL`, or `COQUI_MODEL_PATH` with `COQUI_CONFIG_PATH`, on `TTS_DEVICE`."""
-        if not settings.coqui_model and not settings.coqui_model_path:
-            raise EngineUnavailable(NOTHING_CONFIGURED)
         return cls(
             model_name=settings.coqui_model,
             model_path=settings.coqui_model_path,
@@ -124,17 +122,14 @@ class CoquiSynthesizer:
         )
 
 
-def _beside(checkpoint: Path) -> Path:
-    """The config.json in a checkpoint's folder (or in the folder itself, for XTTS)."""
-    return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json"
-
-
 def _load(model_name: str, model_path: str, config_path: str) -> tuple[Any, str]:
     """Loads a Coqui model by name or a checkpoint; returns it and the setting that named it."""
     if not model_name and not model_path:
         raise EngineUnavailable(NOTHING_CONFIGURED)
     checkpoint = Path(model_path).expanduser()
-    config = Path(config_path).expanduser() if config_path else _beside(checkpoint)
+    # By default the config.json in the checkpoint's folder (or in the folder itself, for XTTS).
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    config = Path(config_path).expanduser() if config_path else folder / "config.json"
     if not model_name:
         for setting, path in (("COQUI_MODEL_PATH", checkpoint), ("COQUI_CONFIG_PATH", config)):
             if not path.exists():

@@ -126,7 +126,7 @@ class OpenAIChatGenerator:
             raise EngineUnavailable(
                 "LLM_ENGINE=openai needs LLM_BASE_URL, e.g. http://127.0.0.1:8000/v1."
             )
-        source = f"The language model server at {server_name(settings.llm_base_url)}"
+        server = server_name(settings.llm_base_url)
         client = openai.OpenAI(
             base_url=settings.llm_base_url,
             api_key=settings.llm_api_key.get_secret_value() or "none",
@@ -142,11 +142,11 @@ class OpenAIChatGenerator:
             model=settings.llm_model,
             context_tokens=settings.llm_context_tokens,
             tokenizer=tokenizer,
-            source=f"{source} (LLM_BASE_URL)",
+            source=f"The language model server at {server} (LLM_BASE_URL)",
         )
         if not generator.model:
             generator.model = generator.first_served_model()
-        _LOGGER.info("llm server=%s model=%s", server_name(settings.llm_base_url), generator.model)
+        _LOGGER.info("llm server=%s model=%s", server, generator.model)
         return generator
 
     def first_served_model(self) -> str:

@@ -14,6 +14,7 @@ from models.errors import EngineUnavailable
 from models.settings import Settings
 from worker.engines import LOGPROB_THRESHOLD, NO_SPEECH_THRESHOLD, Transcript, heard
 from worker.engines.model_files import assemble_whisper_base
+from worker.engines.preflight import _looks_like_path  # the rule checked at start-up
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -34,11 +35,6 @@ def torch_device(setting: str, value: str) -> str:
     if value.startswith("cuda") and not torch.cuda.is_available():
         raise EngineUnavailable(f"{setting}={value}, but torch sees no CUDA device.")
     return value
-
-
-def _looks_like_path(value: str) -> bool:
-    # The rule worker/engines/preflight.py checks at start-up.
-    return value.startswith(("/", "./", "../", "~")) or value.endswith(".pt")
 
 
 def packaged_checkpoint(settings: Settings) -> Path:

@@ -24,15 +24,9 @@ _LOGGER = logging.getLogger(__name__)
 # version, spec name, revision, then each variable as name, rank, dims, dtype id, byte count and
 # bytes, then aliases (name -> name). Strings are a uint16 length (with the NUL) and UTF-8.
 BINARY_VERSION = 6
-# DataType enum order in ctranslate2/types.h; bfloat16 has no numpy type and is refused.
-_DTYPES: dict[int, type[np.generic] | None] = {
-    0: np.float32,
-    1: np.int8,
-    2: np.int16,
-    3: np.int32,
-    4: np.float16,
-    5: None,
-}
+# DataType enum order in ctranslate2/types.h; bfloat16 (5), which has no numpy type, and any
+# later id are refused.
+_DTYPES: tuple[type[np.generic], ...] = (np.float32, np.int8, np.int16, np.int32, np.float16)
 
 
 class ConversionError(ValueError):
@@ -70,13 +64,12 @@ def read_ct2_variables(model_bin: Path) -> tuple[str, dict[str, np.ndarray]]:
             shape = tuple(_read(handle, "I") for _ in range(_read(handle, "B")))
             type_id = _read(handle, "B")
             num_bytes = _read(handle, "I")
-            dtype = _DTYPES.get(type_id)
-            if dtype is None:
+            if type_id >= len(_DTYPES):
                 raise ConversionError(f"{name} has data type {type_id}, which numpy cannot hold.")
             data = handle.read(num_bytes)
             if len(data) != num_bytes:
                 raise ConversionError("model.bin ends early")
-            variables[name] = np.frombuffer(data, dtype=dtype).reshape(shape)
+            variables[name] = np.frombuffer(data, dtype=_DTYPES[type_id]).reshape(shape)
         for _ in range(_read(handle, "I")):
             alias, target = _read_string(handle), _read_string(handle)
             variables[alias] = variables[target]
