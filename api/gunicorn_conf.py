@@ -15,6 +15,7 @@ from models.api_keys import OPEN_NOTICE, check_bind_at
 from models.logging_config import dict_config
 from models.settings import Settings, parse_int
 
+settings = Settings.from_env()  # gunicorn ignores a name that is none of its settings
 bind = os.environ.get("API_BIND", "127.0.0.1:8000")
 workers = parse_int("API_WORKERS", os.environ.get("API_WORKERS") or "2", minimum=1)
 # gthread: a client that follows a job (SSE, `Prefer: wait`, the OpenAI routes) holds one thread
@@ -24,7 +25,7 @@ workers = parse_int("API_WORKERS", os.environ.get("API_WORKERS") or "2", minimum
 worker_class = "gthread"
 # MAX_HELD_REQUESTS threads for held requests (api/held_requests.py refuses one more), and
 # API_THREADS that only short requests ever use: a probe never waits behind a follower.
-threads = Settings.from_env().max_held_requests + parse_int(
+threads = settings.max_held_requests + parse_int(
     "API_THREADS", os.environ.get("API_THREADS") or "16", minimum=1
 )
 timeout = 60
@@ -39,16 +40,14 @@ errorlog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s'
 # gunicorn's own lines, the access log and the app's all go through one handler, as JSON
 # (LOG_FORMAT=json) or text.
-logconfig_dict = dict_config(
-    Settings.from_env().log_format, os.environ.get("LOG_LEVEL", "INFO").upper()
-)
+logconfig_dict = dict_config(settings.log_format, os.environ.get("LOG_LEVEL", "INFO").upper())
 
 
 def on_starting(server: Any) -> None:
     """Refuses to start open (no API key) on any address but loopback (Unix sockets and
     inherited descriptors count as local), before a socket is bound."""
     hosts = [address[0] for address in server.cfg.address if isinstance(address, tuple)]
-    check = check_bind_at(Settings.from_env().database_url, hosts)
+    check = check_bind_at(settings.database_url, hosts)
     if check.refusal is not None:
         print(f"gunicorn: {check.refusal}", file=sys.stderr, flush=True)
         sys.exit(1)

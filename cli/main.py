@@ -51,6 +51,10 @@ class Usage(Exception):
     """The command line asks for something that cannot be done; exit status 2."""
 
 
+# The exit status of each error `main` reports but Refused (BUSY or REFUSED).
+ERROR_EXITS = {Usage: Exit.USAGE, Unreachable: Exit.UNREACHABLE, WaitTimedOut: Exit.TIMEOUT}
+
+
 class Client:
     """One command's service, display and limits."""
 
@@ -343,18 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = Client(args, out, err)
         return int(args.run(client, args))
-    except Usage as usage:
-        err.write(f"voicechat: {usage}\n")
-        return Exit.USAGE
-    except Unreachable as error:
+    except (Usage, Unreachable, Refused, WaitTimedOut) as error:
         err.write(f"voicechat: {error}\n")
-        return Exit.UNREACHABLE
-    except Refused as refused:
-        err.write(f"voicechat: {refused}\n")
-        return Exit.BUSY if refused.busy else Exit.REFUSED
-    except WaitTimedOut as error:
-        err.write(f"voicechat: {error}\n")
-        return Exit.TIMEOUT
+        if isinstance(error, Refused):
+            return Exit.BUSY if error.busy else Exit.REFUSED
+        return ERROR_EXITS[type(error)]
     except KeyboardInterrupt:
         err.write("\nvoicechat: interrupted\n")
         return Exit.INTERRUPTED
