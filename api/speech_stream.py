@@ -32,13 +32,10 @@ UNKNOWN_SIZE = 0xFFFFFFFF
 
 def streaming_wav_header(sample_rate: int) -> bytes:
     """The 44-byte header of a 16-bit mono PCM WAV of unknown length."""
-    return (
-        b"RIFF"
-        + struct.pack("<I", UNKNOWN_SIZE)
-        + b"WAVEfmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
-        + b"data"
-        + struct.pack("<I", UNKNOWN_SIZE)
+    # The `fmt ` chunk: its size, PCM, mono, the rate, bytes a second, bytes a frame, bits.
+    fmt_chunk = (16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+    return struct.pack(
+        "<4sI8sIHHIIHH4sI", b"RIFF", UNKNOWN_SIZE, b"WAVEfmt ", *fmt_chunk, b"data", UNKNOWN_SIZE
     )
 
 
@@ -78,14 +75,10 @@ def stream_reply(
     resample_to: int | None = None,
     cancel_on_leave: bool = False,
 ) -> Response:
-    """Streams a running voice job's reply of `attempt`, holding `place` until it ends.
-
-    Args:
-        with_header: A WAV (True) or raw 16-bit little-endian PCM (False).
-        resample_to: For raw PCM, the sample rate to send (OpenAI's `pcm` is 24 kHz).
-        cancel_on_leave: A client that leaves before the end cancels the job (the OpenAI
-            route's, whose job exists for this client alone).
-    """
+    """Streams a running voice job's reply of `attempt`, holding `place` until it ends: a WAV
+    (`with_header`) or raw 16-bit little-endian PCM, at `resample_to` (OpenAI's `pcm` is 24 kHz).
+    With `cancel_on_leave` (the OpenAI route's, whose job exists for this client alone), a
+    client that leaves before the end cancels the job."""
     sent = _Sent(with_header=with_header, resample_to=resample_to)
     chunks = _chunks(job_id, attempt, place, sent)
     if cancel_on_leave:
@@ -133,11 +126,9 @@ def _sentence(results: storage.Store, name: str, rate: int, sent: _Sent) -> Iter
 
 
 def _rest_of_reply(results: storage.Store, job_id: str, sent: _Sent) -> Iterator[bytes]:
-    """What the sentences did not bring of a succeeded job's reply, from its stored WAV.
-
-    The log has every sentence's event before `done`: only a stream that missed a file, or
-    started too late to hear any, reads the WAV.
-    """
+    """What the sentences did not bring of a succeeded job's reply, from its stored WAV: read
+    only by a stream that missed a file or started too late to hear any (the log has every
+    sentence's event before `done`)."""
     if sent.rate is not None and not sent.broken:
         return
     job = read_job(job_id)

@@ -19,18 +19,24 @@ SUBTITLE_MEDIA_TYPES = {
     "srt": "application/x-subrip",
     "vtt": "text/vtt",
 }
+# The Ogg Opus rate (it takes 8, 12, 16, 24 or 48 kHz).
+OPUS_RATE = 48_000
+# The encoded speech formats: media type, libsndfile's format and subtype, rate (None: the WAV's).
+ENCODINGS = {
+    "flac": ("audio/flac", "FLAC", "PCM_16", None),
+    "mp3": ("audio/mpeg", "MP3", "MPEG_LAYER_III", None),  # libsndfile 1.1+
+    "opus": ("audio/ogg", "OGG", "OPUS", OPUS_RATE),
+}
 # Speech formats and their media types: what libsndfile here can write.
-SPEECH_FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac"}
-if "MP3" in sf.available_formats():  # libsndfile 1.1+ writes MPEG layer III
-    SPEECH_FORMATS["mp3"] = "audio/mpeg"
-if "OGG" in sf.available_formats() and "OPUS" in sf.available_subtypes("OGG"):
-    SPEECH_FORMATS["opus"] = "audio/ogg"
+SPEECH_FORMATS = {"wav": "audio/wav", "pcm": "audio/pcm"} | {
+    name: media_type
+    for name, (media_type, container, subtype, _rate) in ENCODINGS.items()
+    if container in sf.available_formats() and subtype in sf.available_subtypes(container)
+}
 # OpenAI's default is mp3; where it cannot be written, WAV.
 DEFAULT_SPEECH_FORMAT = "mp3" if "mp3" in SPEECH_FORMATS else "wav"
 # OpenAI's `pcm` is 24 kHz 16-bit little-endian mono without a header.
 PCM_RATE = 24_000
-# Ogg Opus takes 8, 12, 16, 24 or 48 kHz.
-OPUS_RATE = 48_000
 # The last event of a streamed chat completion, as OpenAI sends it.
 STREAM_END = "data: [DONE]\n\n"
 
@@ -107,15 +113,11 @@ def encode_speech(wav: bytes, response_format: str) -> bytes:
         return wav
     samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
     if response_format == "pcm":
-        resampled = soxr.resample(samples, rate, PCM_RATE) if rate != PCM_RATE else samples
-        pcm = np.clip(resampled * 32768.0, -32768, 32767).astype("<i2")
-        return bytes(pcm.tobytes())
+        samples = soxr.resample(samples, rate, PCM_RATE) if rate != PCM_RATE else samples
+        return bytes(np.clip(samples * 32768.0, -32768, 32767).astype("<i2").tobytes())
+    _media_type, container, subtype, wanted = ENCODINGS[response_format]
+    if wanted is not None and wanted != rate:
+        samples, rate = soxr.resample(samples, rate, wanted), wanted
     buffer = io.BytesIO()
-    if response_format == "flac":
-        sf.write(buffer, samples, rate, format="FLAC", subtype="PCM_16")
-    elif response_format == "mp3":
-        sf.write(buffer, samples, rate, format="MP3", subtype="MPEG_LAYER_III")
-    else:
-        resampled = soxr.resample(samples, rate, OPUS_RATE) if rate != OPUS_RATE else samples
-        sf.write(buffer, resampled, OPUS_RATE, format="OGG", subtype="OPUS")
+    sf.write(buffer, samples, rate, subtype, format=container)
     return bytes(buffer.getvalue())

@@ -120,11 +120,6 @@ NOTES = {
 }
 
 
-def _settings() -> Settings:
-    settings: Settings = current_app.extensions["voicechat.settings"]
-    return settings
-
-
 def _answer(body: BaseModel, status: int = 200) -> Response:
     response = jsonify(body.model_dump(mode="json"))
     response.status_code = status
@@ -178,7 +173,7 @@ def list_models() -> Response:
     `Qwen2.5-Coder-1.5B-Instruct` or `SmolLM2-135M-Instruct` for `fast`), `{whisper}` for
     transcription and {tts} for speech.
     """
-    return _answer(ModelList.of(_settings()))
+    return _answer(ModelList.of(current_app.extensions["voicechat.settings"]))
 
 
 def _json_object() -> dict[str, Any]:
@@ -258,7 +253,7 @@ def create_chat_completion() -> Response:
     `messages`); all contents together hold at most MAX_CHAT_CHARS ({max_chat_chars} here;
     422 `messages_too_long`); `stream_options` needs `stream: true`.
     """
-    settings = _settings()
+    settings: Settings = current_app.extensions["voicechat.settings"]
     chat = validate(ChatCompletionRequest, _json_object(), settings)
     check_reachable(settings)  # refused with 503 before any job is made
     place = hold()  # likewise
@@ -414,7 +409,7 @@ def create_transcription() -> Response:
     request waits for: at most OPENAI_WAIT_SECONDS ({openai_wait_seconds} s here), see 503. A
     recording without speech gives an empty transcript.
     """
-    settings = _settings()
+    settings: Settings = current_app.extensions["voicechat.settings"]
     asked = validate(TranscriptionRequest, _multipart_fields(), settings, from_strings=True)
     info = inspect_upload(asked.file, settings)
     options = asked.recognition_options()
@@ -472,7 +467,7 @@ def create_speech() -> Response:
     request waits at most OPENAI_WAIT_SECONDS ({openai_wait_seconds} s here) for its job to
     finish, or, streamed, to start (see 503).
     """
-    settings = _settings()
+    settings: Settings = current_app.extensions["voicechat.settings"]
     asked = validate(SpeechRequest, _json_object(), settings)
     job = queued_job(
         ReplyFormat.VOICE,
