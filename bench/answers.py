@@ -21,9 +21,10 @@ from pathlib import Path
 
 from bench.table import Row, markdown
 from models.errors import EngineUnavailable
+from models.presets import PRESETS, llm_model_id
 from models.settings import Settings
 from worker.engines.llama_cpp import LlamaCppGenerator
-from worker.engines.model_files import PRESETS, llm_model_file, llm_model_id
+from worker.engines.model_files import llm_model_file
 from worker.pipeline import DEFAULT_SYSTEM_PROMPT
 from worker.sentences import SentenceCutter
 

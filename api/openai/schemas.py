@@ -7,7 +7,6 @@ validation time and written into the document from them (`api/openapi/__init__.p
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -49,6 +48,7 @@ from models.errors import (
     RateLimited,
 )
 from models.job_view import Answer, Usage
+from models.presets import llm_model_id
 from models.settings import Settings
 from models.tables import Job, Message
 from models.whisper_languages import WHISPER_LANGUAGES
@@ -79,19 +79,6 @@ MIN_SPEED, MAX_SPEED = 0.25, 4.0
 COMPLETION_ID = "^chatcmpl-[0-9a-f]{32}$"
 # The `created` of every model: the models are this service's, not dated releases.
 MODELS_CREATED = 1_700_000_000
-
-
-# Each LLM_PRESET's model as the worker names it (worker/engines/model_files.py's PRESETS).
-PRESET_MODEL_IDS = {"quality": "Qwen2.5-Coder-1.5B-Instruct", "fast": "SmolLM2-135M-Instruct"}
-
-
-def llm_model_id(settings: Settings) -> str:
-    """The id the language model is served under: LLM_MODEL, LLM_MODEL_PATH's stem, the preset's."""
-    if settings.llm_model:
-        return settings.llm_model
-    if settings.llm_model_path:
-        return Path(settings.llm_model_path).stem
-    return PRESET_MODEL_IDS[settings.llm_preset]
 
 
 def served_model_ids(settings: Settings) -> list[str]:

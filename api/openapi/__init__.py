@@ -27,6 +27,7 @@ from api.openapi.webhooks import WEBHOOKS
 from api.request_validation import component_schemas, without_null
 from models import job_view
 from models.errors import VoiceChatError
+from models.presets import llm_model_id
 from models.settings import Settings
 
 blueprint = Blueprint("openapi", __name__)
@@ -166,7 +167,7 @@ def _components(settings: Settings) -> dict[str, Schema]:
         components[name] = without_null(components[name])
     # The choices the validators read from the running settings, so the document is as strict.
     chat = components["ChatCompletionRequest"]["properties"]
-    chat["model"]["enum"] = [openai_schemas.llm_model_id(settings)]
+    chat["model"]["enum"] = [llm_model_id(settings)]
     speech = components["SpeechRequest"]["properties"]
     speech["voice"]["enum"] = openai_schemas.speech_voices(settings)
     return components

@@ -20,10 +20,11 @@ import requests
 
 from harness.stack import free_port
 from models.errors import ContextLengthExceeded, EngineUnavailable
+from models.presets import PRESETS
 from scripts.launch import worker_command
 from tests.conftest import QUESTION, ROOT, make_settings
 from worker.engines import Message
-from worker.engines.model_files import PRESETS, WHISPER_PARTS, package_dir, preset_file
+from worker.engines.model_files import WHISPER_PARTS, package_dir, preset_file
 from worker.engines.openai_chat import (
     MESSAGE_OVERHEAD_TOKENS,
     REPLY_PRIMER_TOKENS,

@@ -18,9 +18,10 @@ import pytest
 import soundfile as sf
 import soxr
 
+from models.presets import PRESETS
 from models.settings import Settings
 from tests.conftest import QUESTION, ROOT, Service, running_service, tone, wav_bytes
-from worker.engines.model_files import PRESETS, preset_file
+from worker.engines.model_files import preset_file
 
 pytestmark = pytest.mark.e2e
 

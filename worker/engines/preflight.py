@@ -14,9 +14,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from models.errors import EngineUnavailable
+from models.presets import PRESETS
 from models.settings import Settings
 from worker.engines import GENERATORS, SYNTHESIZERS, TRANSCRIBERS
-from worker.engines.model_files import PIPER_VOICE_PACKAGE, PRESETS, WHISPER_PARTS
+from worker.engines.model_files import PIPER_VOICE_PACKAGE, WHISPER_PARTS
 from worker.engines.piper import PACKAGED_VOICE
 
 # Engine name → (the library it imports, how to get it). Checked with find_spec, which finds a
