@@ -7,12 +7,14 @@ import re
 import uuid
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
+from flask.ctx import _AppCtxGlobals
 from kombu.exceptions import OperationalError
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from api import (
     conversations,
@@ -146,16 +148,27 @@ def _connect(app: Flask, settings: Settings) -> None:
     app.extensions["voicechat.held"] = HeldRequests(settings.max_held_requests)
 
 
+class _RequestGlobals(_AppCtxGlobals):
+    """Flask's `g`, whose `db` is the request's database session, made on first use: a route
+    that reads no database (the probes, the page) pays for none."""
+
+    @property
+    def db(self) -> Session:
+        if "session" not in self.__dict__:
+            self.session = current_app.extensions["voicechat.sessions"]()
+        session: Session = self.session
+        return session
+
+
 def _track_requests(app: Flask) -> None:
-    """Gives each request an id (on every line it logs) and a database session."""
-    session_factory = app.extensions["voicechat.sessions"]
+    """Gives each request an id (on every line it logs) and a database session (`g.db`)."""
+    app.app_ctx_globals_class = _RequestGlobals
 
     @app.before_request
     def _open_request() -> None:
         supplied = request.headers.get("X-Request-ID", "")
         g.request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
         REQUEST_ID.set(g.request_id)
-        g.db = session_factory()
 
     @app.after_request
     def _tag_response(response: Response) -> Response:
@@ -167,7 +180,7 @@ def _track_requests(app: Flask) -> None:
 
     @app.teardown_request
     def _close_request(_error: BaseException | None) -> None:
-        session = g.pop("db", None)
+        session = g.pop("session", None)
         if session is not None:
             session.close()
         REQUEST_ID.set(None)  # the thread's next lines belong to no request until its next

@@ -49,7 +49,9 @@ def register_authentication(app: Flask) -> None:
             caller = find_caller(engine, token)
             if caller is not None:
                 g.api_key_id = caller.key_id
-                g.api_key_requests_per_minute = caller.requests_per_minute  # api/limits.py
+                # Read by api/limits.py.
+                g.api_key_requests_per_minute = caller.requests_per_minute
+                g.api_key_max_unfinished_jobs = caller.max_unfinished_jobs
                 return
         # Open, a key sent anyway is ignored: OpenAI's SDKs always send one.
         if from_this_machine() and not mode.keyed():

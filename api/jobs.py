@@ -20,7 +20,7 @@ from api.conversations import visible_conversation
 from api.erasure import erase
 from api.follow import wait_for
 from api.held_requests import hold, try_hold
-from api.limits import check_capacity
+from api.limits import check_queue, too_many_unfinished, under_limit, unfinished_limit
 from api.openapi.declare import Query, Schema, answer, documented, family, ref, schema_ref
 from api.preferences import PREFER, preferred_wait
 from api.request_validation import validate_query
@@ -60,6 +60,7 @@ from models.errors import (
     WebhookTargetNotAllowed,
 )
 from models.job_view import JobView
+from models.queue import JobQueue
 from models.settings import Settings
 from models.tables import InputKind, Job, JobStatus, ReplyFormat, new_job_id
 
@@ -97,7 +98,8 @@ def submit(job: Job, audio: bytes | None = None, extension: str = "wav") -> Job:
     """Stores a new job (and its recording, with its container's `extension`), commits the
     row, and enqueues it; a job the queue could not take is recorded failed."""
     settings: Settings = current_app.extensions["voicechat.settings"]
-    check_capacity(g.db, current_app.extensions["voicechat.redis"], settings)
+    queue: JobQueue = current_app.extensions["voicechat.queue"]
+    check_queue(queue, settings)
     uploads: storage.Store = current_app.extensions["voicechat.uploads"]
     job.api_key_id = caller_id()  # the only key that will see it
     if audio is not None:
@@ -106,7 +108,12 @@ def submit(job: Job, audio: bytes | None = None, extension: str = "wav") -> Job:
         job.input_audio_file = uploads.write(storage.upload_name(job.id, extension), audio)
     try:
         with write_turn(current_app.extensions["voicechat.engine"]):
-            transitions.insert_queued(g.db, job)
+            allowed = unfinished_limit(g.db, settings)
+            only_if = under_limit() if allowed else None
+            if not transitions.insert_queued(
+                g.db, job, only_if, owner=job.api_key_id, allowed=allowed
+            ):
+                raise too_many_unfinished(allowed)
             g.db.commit()
     except Exception:
         if job.input_audio_file:  # no row will ever point at it
@@ -114,12 +121,11 @@ def submit(job: Job, audio: bytes | None = None, extension: str = "wav") -> Job:
                 uploads.delete(job.input_audio_file)
         raise
     try:
-        current_app.extensions["voicechat.queue"].enqueue(job.id)
+        queue.enqueue(job.id)
     except Exception as error:
         # Nothing will ever run this job: end it now rather than leave it queued forever.
         code = error.code if isinstance(error, VoiceChatError) else "internal_error"
         transitions.fail_unclaimed(g.db, job.id, code, "The job could not be queued.")
-        queue = current_app.extensions["voicechat.queue"]
         events = current_app.extensions["voicechat.events"]
         event_log.announce_end(g.db, events, job.id, webhooks=queue.send_webhook)
         raise

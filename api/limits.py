@@ -10,16 +10,19 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextvars import ContextVar
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter
-from redis import Redis, RedisError
-from sqlalchemy import bindparam, func, select
+from limits.storage import RedisStorage
+from redis import RedisError
+from sqlalchemy import ColumnElement, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from api.access import caller_id
 from models.errors import QueueFull, RateLimited, TooManyUnfinishedJobs
-from models.queue import waiting_jobs
+from models.queue import JobQueue
 from models.settings import Settings
 from models.tables import ApiKey, Job, JobStatus
 
@@ -33,24 +36,64 @@ UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 LIMIT_HEADER = "RateLimit-Limit"
 REMAINING_HEADER = "RateLimit-Remaining"
 RESET_HEADER = "RateLimit-Reset"
-# Built once, and run as Core statements on the session's connection: building and running
-# them through the ORM on every submit cost more than the queries themselves (profiled).
 _JOBS, _KEYS = Job.__table__.c, ApiKey.__table__.c
-_KEY_QUOTA = (
-    select(_KEYS.max_unfinished_jobs).where(_KEYS.id == bindparam("owner")).with_for_update()
-)
+# The caller's key row, locked until the transaction that adds its job commits (PostgreSQL).
+_LOCK_KEY = select(_KEYS.id).where(_KEYS.id == bindparam("owner")).with_for_update()
 # Counted only up to the limit (a LIMIT in a subquery): whether the caller is at its limit is all
 # a submit needs, and a count of every unfinished job grows with the queue (2 ms at 5,800 queued
 # on PostgreSQL, profiled), while this one stops at the limit's number of index entries.
-_OPEN_UNFINISHED, _OWN_UNFINISHED = (
-    select(func.count()).select_from(
+_OPEN_UNDER_LIMIT, _OWN_UNDER_LIMIT = (
+    select(func.count())
+    .select_from(
         select(_JOBS.id)
         .where(whose, _JOBS.status.in_(UNFINISHED))
         .limit(bindparam("allowed"))
         .subquery()
     )
+    .scalar_subquery()
+    < bindparam("allowed")
     for whose in (_JOBS.api_key_id.is_(None), _JOBS.api_key_id == bindparam("owner"))
 )
+# A queue depth this process read (from LLEN, or from its last push's LPUSH) is trusted this long
+# while under half the limit: it cannot grow past the limit in that time without as many pushes.
+_DEPTH_TRUSTED_SECONDS = 1.0
+
+
+# The count and the expiry of the counter this thread's request has just incremented.
+_COUNTED: ContextVar[tuple[str, int, float] | None] = ContextVar("counted", default=None)
+# limits' fixed-window INCR (incr_expire.lua), answering the counter's milliseconds to live too.
+_INCR_AND_TTL = b"""
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
+if count == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return {count, redis.call('PTTL', KEYS[1])}
+"""
+
+
+class _CountingStorage(RedisStorage):
+    """limits' Redis storage whose count also reads the counter's expiry, kept for the request:
+    the RateLimit headers and a 429's Retry-After come from it, so a request's limit costs one
+    round trip (limits reads a window's remainder and reset with a GET and a TTL, two more).
+    Kept as a small subclass because neither limits nor Flask-Limiter returns the count."""
+
+    STORAGE_SCHEME = ["voicechat+redis"]
+
+    def __init__(self, uri: str, **options: Any) -> None:
+        super().__init__(uri.removeprefix("voicechat+"), **options)
+        self._incr_and_ttl = self.get_connection().register_script(_INCR_AND_TTL)
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        _COUNTED.set(None)  # not this request's count, should the script fail
+        count, ttl_ms = self._incr_and_ttl([self.prefixed_key(key)], [expiry, amount])
+        _COUNTED.set((key, int(count), time.time() + max(int(ttl_ms), 0) / 1000))
+        return int(count)
+
+    def get(self, key: str) -> int:
+        counted = _COUNTED.get()
+        return counted[1] if counted and counted[0] == key else super().get(key)
+
+    def get_expiry(self, key: str) -> float:
+        counted = _COUNTED.get()
+        return counted[2] if counted and counted[0] == key else super().get_expiry(key)
 
 
 def rate_key() -> str:
@@ -87,8 +130,7 @@ def init_limiter(app: Flask, settings: Settings) -> Limiter:
     limiter = Limiter(
         key_func=rate_key,
         application_limits=[_limit],
-        application_limits_exempt_when=_exempt,
-        storage_uri=settings.redis_url,
+        storage_uri=f"voicechat+{settings.redis_url}",
         storage_options={"socket_timeout": 2, "socket_connect_timeout": 2},
         # One counter per caller and minute: one INCR a request, and an exact reset time.
         strategy="fixed-window",
@@ -97,6 +139,9 @@ def init_limiter(app: Flask, settings: Settings) -> Limiter:
         swallow_errors=True,
         key_prefix="voicechat",
     )
+    # A request filter, not an exemption: Flask-Limiter resolves a route's limits before it
+    # asks an exemption, and skips all of that for a filtered request (a third of /healthz's CPU).
+    limiter.request_filter(_exempt)
     limiter.init_app(app)
     app.extensions["voicechat.limiter"] = limiter
     app.after_request(_add_headers)
@@ -139,38 +184,53 @@ def breach() -> RateLimited:
     )
 
 
-def check_capacity(session: Session, redis: Redis, settings: Settings) -> None:
-    """Refuses a new job when the queue is full or its caller has its number of unfinished jobs.
+def check_queue(queue: JobQueue, settings: Settings) -> None:
+    """Refuses a new job when MAX_QUEUE_DEPTH jobs wait already.
 
-    On PostgreSQL the caller's key row stays locked until the transaction that adds the job
-    commits, so two submits at once cannot both take the last place. In open mode (no key row),
-    and on SQLite (no row locks), submits at the same instant may pass one more job each.
+    The depth is read (LLEN) unless this process saw it recently and well under the limit: a
+    push answers the depth after it, so a busy process reads the queue only as it fills.
     """
-    if settings.max_queue_depth:
-        try:
-            waiting = waiting_jobs(redis)
-        except (RedisError, OSError) as error:  # the enqueue will say broker_unavailable
-            _LOGGER.warning("queue depth unknown error=%s", type(error).__name__)
-            waiting = 0
-        if waiting >= settings.max_queue_depth:
-            _LOGGER.warning("queue full waiting=%s", waiting)
-            raise QueueFull(
-                f"{waiting} jobs wait in the queue already; try again shortly.",
-                retry_after=QUEUE_FULL_RETRY_SECONDS,
-            )
-    owner = caller_id()
-    allowed = settings.max_unfinished_jobs
-    connection = session.connection()
-    if owner is not None:
-        own = connection.execute(_KEY_QUOTA, {"owner": owner}).scalar_one_or_none()
-        allowed = allowed if own is None else own
-    if not allowed:
+    if not settings.max_queue_depth:
         return
-    counted = _OPEN_UNFINISHED if owner is None else _OWN_UNFINISHED
-    unfinished = connection.execute(counted, {"owner": owner, "allowed": allowed}).scalar_one()
-    if unfinished >= allowed:
-        raise TooManyUnfinishedJobs(
-            f"{unfinished} of your jobs are queued or running, the most allowed at once; "
-            "wait for one to finish.",
-            retry_after=UNFINISHED_RETRY_SECONDS,
+    depth, seen_at = queue.depth_seen
+    if depth < settings.max_queue_depth / 2 and time.monotonic() - seen_at < _DEPTH_TRUSTED_SECONDS:
+        return
+    try:
+        depth = queue.waiting()
+    except (RedisError, OSError) as error:  # the enqueue will say broker_unavailable
+        _LOGGER.warning("queue depth unknown error=%s", type(error).__name__)
+        return
+    if depth >= settings.max_queue_depth:
+        _LOGGER.warning("queue full waiting=%s", depth)
+        raise QueueFull(
+            f"{depth} jobs wait in the queue already; try again shortly.",
+            retry_after=QUEUE_FULL_RETRY_SECONDS,
         )
+
+
+def unfinished_limit(session: Session, settings: Settings) -> int:
+    """The caller's number of unfinished jobs at once (0: no limit), its key's own, else
+    MAX_UNFINISHED_JOBS. With a key, on PostgreSQL, the key's row is locked until the transaction
+    that adds the job commits, so two submits at once cannot both take the last place; in open
+    mode, and on SQLite (no row locks), submits at the same instant may pass one more job each."""
+    own = g.get("api_key_max_unfinished_jobs")
+    allowed: int = settings.max_unfinished_jobs if own is None else own
+    owner = caller_id()
+    if allowed and owner is not None and session.get_bind().dialect.name == "postgresql":
+        session.connection().execute(_LOCK_KEY, {"owner": owner})
+    return allowed
+
+
+def under_limit() -> ColumnElement[bool]:
+    """The condition under which the caller has fewer than `allowed` unfinished jobs, for the
+    INSERT that adds its job (bound: `owner`, `allowed`)."""
+    return _OPEN_UNDER_LIMIT if caller_id() is None else _OWN_UNDER_LIMIT
+
+
+def too_many_unfinished(allowed: int) -> TooManyUnfinishedJobs:
+    """The refusal of a job past the caller's `allowed` unfinished jobs."""
+    return TooManyUnfinishedJobs(
+        f"{allowed} of your jobs are queued or running, the most allowed at once; "
+        "wait for one to finish.",
+        retry_after=UNFINISHED_RETRY_SECONDS,
+    )

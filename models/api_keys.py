@@ -71,13 +71,14 @@ def create_key(
 
 @dataclass(frozen=True)
 class Caller:
-    """Whose key a request carries, and its own rate limit (None: the service's)."""
+    """Whose key a request carries, and its own limits (None: the service's)."""
 
     key_id: str
     requests_per_minute: int | None
+    max_unfinished_jobs: int | None
 
 
-_CALLER = select(ApiKey.id, ApiKey.requests_per_minute).where(
+_CALLER = select(ApiKey.id, ApiKey.requests_per_minute, ApiKey.max_unfinished_jobs).where(
     ApiKey.secret_hash == bindparam("secret_hash"), ApiKey.revoked_at.is_(None)
 )
 
@@ -89,7 +90,7 @@ def find_caller(engine: Engine, secret: str) -> Caller | None:
     """
     with engine.connect() as connection:
         row = connection.execute(_CALLER, {"secret_hash": hash_secret(secret)}).first()
-    return None if row is None else Caller(row.id, row.requests_per_minute)
+    return None if row is None else Caller(*row)
 
 
 def list_keys(session: Session) -> list[ApiKey]:

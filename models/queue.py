@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 
 from celery import Celery
@@ -28,17 +31,38 @@ DELIVER_WEBHOOK_TASK = "worker.deliver_webhook"
 RETENTION_TASK = "worker.sweep_retention"
 
 
-def send_job(celery: Celery, job_id: str, marks: Redis) -> None:
-    """Sends a job's message by task name (no worker code needed) and marks the job sent.
+def send_job(celery: Celery, job_id: str, broker: Redis) -> int:
+    """Sends a job's message by task name (no worker code needed) and marks the job sent, both
+    in one MULTI on the broker's Redis: a message is never without its mark, nor a mark without
+    its message. Returns the number of jobs waiting, this one included.
 
     The job id is the task id: the reconciler sees which jobs have a message, a resent job keeps
-    its id. A mark not written costs at most a harmless second message (the claim is conditional).
+    its id. Celery builds the message (its task protocol); the LPUSH is the one kombu's Redis
+    transport makes (its envelope, on the queue's list), written here because kombu's publish
+    makes a Redis client per message and cannot share a round trip with the mark (profiled: it
+    was a fifth of a submit's CPU).
     """
-    celery.send_task(RUN_JOB_TASK, args=[job_id], task_id=job_id, queue=JOB_QUEUE)
-    try:
-        marks.zadd(SENT, {job_id: time.time()})
-    except (RedisError, OSError) as error:
-        _LOGGER.warning("sent mark lost job_id=%s error=%s", job_id, type(error).__name__)
+    # ignore_result as send_task leaves it: None, the task's own setting.
+    task = celery.amqp.as_task_v2(job_id, RUN_JOB_TASK, args=[job_id], ignore_result=None)
+    envelope = {
+        "body": base64.b64encode(json.dumps(task.body).encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": task.headers,
+        "properties": {
+            **task.properties,
+            "delivery_mode": 2,  # persistent
+            "delivery_info": {"exchange": "", "routing_key": JOB_QUEUE},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    with broker.pipeline() as pipeline:
+        pipeline.lpush(JOB_QUEUE, json.dumps(envelope))
+        pipeline.zadd(SENT, {job_id: time.time()})
+        depth, _ = pipeline.execute()
+    return int(depth)
 
 
 def unsent(client: Redis, job_ids: Sequence[str]) -> list[str]:
@@ -71,16 +95,18 @@ def send_webhook(celery: Celery, job_id: str, event: str) -> None:
 class JobQueue:
     """The web process's Celery client: it only sends; it has no tasks and no result backend."""
 
-    def __init__(self, broker_url: str, marks: Redis | None = None) -> None:
-        # The sent marks go to the broker's Redis: the API passes its own client of it.
-        self.marks = marks if marks is not None else Redis.from_url(broker_url)
+    def __init__(self, broker_url: str, broker: Redis | None = None) -> None:
+        # Jobs are pushed on the broker's Redis: the API passes its own client of it.
+        self.broker = broker if broker is not None else Redis.from_url(broker_url)
+        # The queue's depth as last read or pushed, and when (time.monotonic()).
+        self.depth_seen = (0, float("-inf"))
         self.celery = Celery("voicechat-api", broker=broker_url, set_as_current=False)
         self.celery.conf.update(
             broker_connection_timeout=3,
             broker_connection_retry_on_startup=False,
             task_ignore_result=True,
-            # A publish that cannot reach Redis fails fast, so the request gets a 503 in
-            # seconds instead of hanging on kombu's default retry schedule.
+            # A webhook that cannot reach Redis fails fast, so the caller hears of it in seconds
+            # instead of hanging on kombu's default retry schedule.
             task_publish_retry_policy={
                 "max_retries": 2,
                 "interval_start": 0.1,
@@ -90,23 +116,22 @@ class JobQueue:
         )
 
     def warm(self) -> None:
-        """Connects the publisher now, so the first submit pays no connection set-up."""
-        with self.celery.producer_or_acquire() as producer:
-            producer.connection.ensure_connection(max_retries=1)
-            # kombu declares a queue on its first publish (a few Redis commands); now instead.
-            producer.maybe_declare(self.celery.amqp.queues[JOB_QUEUE])
-        # send_task loads the (disabled) result backend on its first call: 18 ms, profiled.
-        backend = self.celery.backend
-        _LOGGER.debug("publisher ready backend=%s", type(backend).__name__)
-        self.marks.ping()
+        """Connects now and builds Celery's message machinery, so the first submit pays neither."""
+        self.broker.ping()
+        self.celery.amqp.as_task_v2("warm-up", RUN_JOB_TASK)
 
     def enqueue(self, job_id: str) -> None:
         """Publishes a job for the worker (BrokerUnavailable when Redis cannot take it)."""
         try:
-            send_job(self.celery, job_id, self.marks)
-        except (OperationalError, OSError) as error:
+            self.depth_seen = (send_job(self.celery, job_id, self.broker), time.monotonic())
+        except (RedisError, OSError) as error:
             _LOGGER.warning("enqueue failed job_id=%s error=%s", job_id, type(error).__name__)
             raise BrokerUnavailable("The job queue is unreachable; try again shortly.") from error
+
+    def waiting(self) -> int:
+        """The jobs waiting for a worker (`waiting_jobs`), remembered as the depth seen."""
+        self.depth_seen = (waiting_jobs(self.broker), time.monotonic())
+        return self.depth_seen[0]
 
     def send_webhook(self, job_id: str, event: str) -> None:
         """Queues the first delivery attempt of a job's webhook event (BrokerUnavailable)."""

@@ -7,6 +7,7 @@ clock, the one every host shares: a host whose clock is off cannot expire anothe
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,8 +16,10 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Insert,
     Update,
     and_,
+    bindparam,
     func,
     insert,
     or_,
@@ -92,8 +95,12 @@ def _claimable(now: ColumnElement[datetime]) -> ColumnElement[bool]:
     )
 
 
-def insert_queued(session: Session, job: Job) -> None:
-    """Adds a new job's row as one INSERT (the caller commits) and fills in `job`'s defaults.
+def insert_queued(
+    session: Session, job: Job, only_if: ColumnElement[bool] | None = None, **params: Any
+) -> bool:
+    """Adds a new job's row as one INSERT (the caller commits) and fills in `job`'s defaults;
+    with `only_if` (built once, its bound `params` given here), an INSERT … SELECT that adds it
+    only where that holds. Returns whether the row was added.
 
     `job` stays transient: a unit of work flushing it cost the submit path more than the INSERT
     itself (profiled under load).
@@ -107,10 +114,22 @@ def insert_queued(session: Session, job: Job) -> None:
             setattr(job, column.key, value)
         if value is not None:  # left out: SQL NULL, where a JSON column would store 'null'
             values[column.key] = value
-    session.connection().execute(_INSERT_JOB, values)
+    if only_if is None:
+        session.connection().execute(_INSERT_JOB, values)
+        return True
+    added = session.connection().execute(_insert_where(tuple(values), only_if), values | params)
+    return added.first() is not None
+
+
+@functools.cache
+def _insert_where(columns: tuple[str, ...], only_if: ColumnElement[bool]) -> Insert:
+    row = select(*(bindparam(name, type_=_JOB_TYPES[name]) for name in columns))
+    # RETURNING says whether it added the row: an INSERT … SELECT's rowcount is -1 on psycopg.
+    return _INSERT_JOB.from_select(columns, row.where(only_if)).returning(Job.id)
 
 
 _JOB_COLUMNS = tuple(Job.__table__.columns)
+_JOB_TYPES = {column.key: column.type for column in _JOB_COLUMNS}
 _INSERT_JOB = insert(Job)
 
 

@@ -163,3 +163,20 @@ def test_every_send_marks_its_job(redis_server: str, broker: Redis) -> None:
     job_queue.enqueue("a" * 32)
     assert queue.unsent(broker, ["a" * 32, "b" * 32]) == ["b" * 32]
     assert job_ids_waiting(broker, "voicechat") == {"a" * 32}
+
+
+def test_a_sent_job_is_the_message_kombu_would_have_sent(redis_server: str, broker: Redis) -> None:
+    # The API pushes the message itself (one MULTI with its mark): it must stay what kombu's
+    # Redis transport pushes for Celery's send_task, or a worker would not take it.
+    job_queue = JobQueue(redis_server, broker)
+    job_queue.enqueue("c" * 32)
+    job_queue.celery.send_task(
+        queue.RUN_JOB_TASK, args=["c" * 32], task_id="c" * 32, queue=queue.JOB_QUEUE
+    )
+    ours, kombus = (json.loads(broker.rpop(queue.JOB_QUEUE) or "") for _ in range(2))
+    for message in (ours, kombus):
+        message["properties"].pop("delivery_tag")
+        message["properties"].pop("reply_to")  # send_task's: a reply queue nobody reads here
+        message["headers"].pop("origin")
+    assert ours == kombus
+    assert queue.waiting_jobs(broker) == 0
