@@ -14,6 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
+from api.health import PROBES
 from harness.stack import FAST_ENGINES, Stack, free_port
 from models.api_keys import create_key
 from models.db import make_engine, make_session_factory
@@ -120,6 +121,7 @@ def test_metrics_count_the_jobs_their_stages_and_the_workers(ran: Ran) -> None:
 @pytest.mark.e2e
 def test_every_log_line_is_json_with_its_ids_and_no_secret(ran: Ran) -> None:
     ran.stack.http.get(f"{ran.stack.url}/v1/jobs", timeout=30)  # one more request line
+    assert ran.stack.http.get(f"{ran.stack.url}/healthz", timeout=30).status_code == 200
     refused = ran.stack.http.get(
         f"{ran.stack.url}/v1/jobs",
         headers={"Authorization": "Bearer vc_notakey_0123456789"},
@@ -142,6 +144,7 @@ def test_every_log_line_is_json_with_its_ids_and_no_secret(ran: Ran) -> None:
             )
             if record["logger"] == "gunicorn.access":
                 assert len(record.get("request_id") or "") >= 16, line
+                assert record["path"] not in PROBES, line  # asked every few seconds: no line
                 request_lines += 1
             for job_id in job_ids:  # a job's lines (an access line is its request's)
                 if job_id in record["message"] and record["logger"] != "gunicorn.access":
