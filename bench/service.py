@@ -40,28 +40,40 @@ def client(url: str) -> requests.Session:
     return http
 
 
-def service_cpu_seconds(url: str) -> float:
-    """The CPU time (user and system) the service at `url` has used so far, summed over its
-    launcher and the launcher's descendants; a PostgreSQL server it uses is not among them."""
+def service_processes(url: str) -> dict[int, str]:
+    """The command lines of the service at `url` by process id: its launcher and the launcher's
+    descendants (the API, the workers, beat, the embedded Redis)."""
     parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process has just exited
-            continue
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])  # stat's 4th field; utime and stime are its 14th, 15th
-        ticks[pid] = int(fields[11]) + int(fields[12])
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # the process has just exited
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
     family = {_LAUNCHERS[url]}
     grew = True
     while grew:
         more = {pid for pid, parent in parents.items() if parent in family} - family
         family |= more
         grew = bool(more)
-    return sum(ticks.get(pid, 0) for pid in family) / os.sysconf("SC_CLK_TCK")
+    commands = {}
+    for pid in family:
+        with contextlib.suppress(OSError):
+            commands[pid] = (
+                (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            )
+    return commands
+
+
+def service_cpu_seconds(url: str) -> float:
+    """The CPU time (user and system) the service at `url` has used so far, summed over its
+    processes (`service_processes`); a PostgreSQL server it uses is not among them."""
+    ticks = 0
+    for pid in service_processes(url):
+        with contextlib.suppress(OSError):
+            fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # stat's 14th and 15th: utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager

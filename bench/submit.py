@@ -76,7 +76,7 @@ def wrk(url: str, seconds: int, connections: int, script: Path | None = None) ->
     return Load(rate, quantiles["50"], quantiles["99"], errors, cpu * 1000 / max(sent, 1))
 
 
-def _post_script(path: Path, headers: dict[str, str]) -> Path:
+def post_script(path: Path, headers: dict[str, str]) -> Path:
     lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(BODY)}"]
     lines += [f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}" for name, value in
               {"Content-Type": "application/json", **headers}.items()]  # fmt: skip
@@ -101,7 +101,7 @@ def measure(urls: tuple[str, str], rounds: int, seconds: int, connections: int) 
     """Rounds of `/healthz` on the service then on the floor, then submit on each; each round
     printed as it ends, its figures as ratios to the floor's."""
     with tempfile.TemporaryDirectory() as folder:
-        scripts = [_post_script(Path(folder) / f"{n}.lua", auth(url)) for n, url in enumerate(urls)]
+        scripts = [post_script(Path(folder) / f"{n}.lua", auth(url)) for n, url in enumerate(urls)]
         for url in urls:  # warm-up: connections, imports, caches
             wrk(f"{url}/healthz", 2, connections)
         measured: list[Round] = []
