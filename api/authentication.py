@@ -36,7 +36,7 @@ def from_this_machine() -> bool:
 
 def register_authentication(app: Flask) -> None:
     """Authenticates every /v1 request (but CORS preflights, which carry no credentials)."""
-    engine = app.extensions["voicechat.engine"]
+    engine = app.extensions["voicechat.reads"]
     mode = KeyMode(app.extensions["voicechat.sessions"])
     app.extensions["voicechat.key_mode"] = mode
 

@@ -80,7 +80,7 @@ class JobState:
 def job_state(job_id: str) -> JobState | None:
     """A job's status and owner alone, on a connection of its own: loading the whole row as an
     ORM object cost several times more (the largest cost of a burst of followers, profiled)."""
-    engine: sa.Engine = current_app.extensions["voicechat.engine"]
+    engine: sa.Engine = current_app.extensions["voicechat.reads"]
     with engine.connect() as connection:
         row = connection.execute(
             sa.select(Job.status, Job.api_key_id).where(Job.id == job_id)
