@@ -17,6 +17,7 @@ from sqlalchemy import (
     ColumnElement,
     Update,
     and_,
+    case,
     func,
     insert,
     or_,
@@ -27,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from models.errors import WorkerLost
-from models.tables import Job, JobStatus, Stage, Turn, UTCDateTime
+from models.tables import Job, JobStatus, Operation, Stage, Turn, UTCDateTime
 
 TERMINAL = tuple(status.value for status in JobStatus if status.terminal)
 WORKER_LOST = WorkerLost.code
@@ -64,10 +65,11 @@ class Lease:
 
 @dataclass(frozen=True)
 class Claim:
-    """The outcome of a claim, and the lease when it was won."""
+    """The outcome of a claim, and the lease and the claimed row when it was won."""
 
     outcome: ClaimOutcome
     lease: Lease | None = None
+    job: Job | None = None
 
 
 def database_clock(session: Session, seconds: float = 0.0) -> ColumnElement[datetime]:
@@ -114,6 +116,20 @@ _JOB_COLUMNS = tuple(Job.__table__.columns)
 _INSERT_JOB = insert(Job)
 
 
+# The stage a claimed job starts in, as the pipeline enters it (worker/pipeline.py): the claim
+# writes it, so the first stage costs no write of its own (issue 23). Should the two disagree,
+# the pipeline's `set_stage` corrects the row.
+_FIRST_STAGE = case(
+    (Job.operation == Operation.TRANSCRIBE.value, Stage.TRANSCRIBING.value),
+    (Job.operation == Operation.SPEAK.value, Stage.SYNTHESIZING.value),
+    (Job.reply_text.is_not(None), Stage.SYNTHESIZING.value),  # resumed after its reply
+    (or_(Job.transcript.is_not(None), Job.input_text.is_not(None)), Stage.GENERATING.value),
+    else_=Stage.TRANSCRIBING.value,
+)
+# The claim's returned row refreshes the session's copy of it.
+_REFRESHED = {"populate_existing": True}
+
+
 def claim(
     session: Session, job_id: str, *, owner: str, lease_seconds: int, max_attempts: int
 ) -> Claim:
@@ -122,9 +138,10 @@ def claim(
     The conditional UPDATE makes the claim exactly-once however often the message is delivered;
     each claim counts an attempt, and a job that has had `max_attempts` fails instead of looping.
     A job asked to stop (`cancel_requested`) is never claimed: it ends `canceled` instead.
+    The same UPDATE enters the job's first stage and returns the row the pipeline reads.
     """
     now = database_clock(session)
-    attempt = session.execute(
+    job = session.execute(
         update(Job)
         .where(
             Job.id == job_id,
@@ -138,12 +155,14 @@ def claim(
             attempts=Job.attempts + 1,
             lease_owner=owner,
             lease_expires_at=database_clock(session, lease_seconds),
+            stage=_FIRST_STAGE,
         )
-        .returning(Job.attempts)
+        .returning(Job),
+        execution_options=_REFRESHED,
     ).scalar_one_or_none()
     session.commit()
-    if attempt is not None:
-        return Claim(ClaimOutcome.CLAIMED, Lease(job_id, owner, attempt))
+    if job is not None:
+        return Claim(ClaimOutcome.CLAIMED, Lease(job_id, owner, job.attempts), job)
     claimable = update(Job).where(Job.id == job_id, _claimable(now))
     if _apply(session, claimable.where(Job.cancel_requested.is_(True)), **_canceled(session)):
         return Claim(ClaimOutcome.CANCELED)
