@@ -69,6 +69,15 @@ def read_job(job_id: str) -> Job | None:
         return job
 
 
+def finished_job(job_id: str, done: Event) -> Job | None:
+    """A finished job as its `done` event carries it (issue 23: no second read), else its row;
+    a job with a webhook is read too, for the deliveries made meanwhile (another table's)."""
+    job = event_log.finished_row(done)
+    if job is None or job.webhook_url is not None:
+        return read_job(job_id)
+    return job
+
+
 @dataclass(frozen=True)
 class JobState:
     """What a follower needs of a job's row: where it is, and whose it is."""
@@ -134,7 +143,7 @@ def wait_for(job_id: str, timeout: float) -> Job | None:
     look = time.monotonic() + LOOK_SECONDS
     for event in follow(job_id, timeout=timeout):
         if event.type == event_log.DONE:
-            return read_job(job_id)
+            return finished_job(job_id, event)
         if event.type == IDLE or time.monotonic() >= look:
             if client_left():
                 return None
@@ -346,6 +355,11 @@ def _seen_the_end(job_id: str, after: str) -> bool:
         return False  # the stream answers from the row instead
 
 
+def _public(done: dict[str, Any]) -> dict[str, Any]:
+    """A `done` event's data without the row it carries (the answers show the job's view)."""
+    return {name: value for name, value in done.items() if name != "job"}
+
+
 def _event_stream(job_id: str, after: str, place: Place, going: bool) -> Iterator[str]:
     """The SSE text of a job's events, holding `place` until it ends; `going`: see `follow`."""
     with place:
@@ -356,8 +370,8 @@ def _event_stream(job_id: str, after: str, place: Place, going: bool) -> Iterato
                     return
                 yield KEEP_ALIVE
             elif event.type == event_log.DONE:
-                job = read_job(job_id)
-                done = JobView.of(job).model_dump(mode="json") if job else event.data
+                job = finished_job(job_id, event)
+                done = JobView.of(job).model_dump(mode="json") if job else _public(event.data)
                 yield sse_event(done, event_log.DONE, event.id or None)
             else:
                 yield sse_event(event.data, event.type, event.id)

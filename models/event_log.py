@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -19,7 +20,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from models import metrics
-from models.tables import Job
+from models.tables import Job, UTCDateTime
 from models.transitions import mark_done_announced
 from models.webhooks import COMPLETED, WebhookSender, announce
 
@@ -187,19 +188,27 @@ class JobEvents:
 
 
 def announce_end(
-    session: Session, events: JobEvents, job_id: str, *, webhooks: WebhookSender
+    session: Session,
+    events: JobEvents,
+    job_id: str,
+    *,
+    webhooks: WebhookSender,
+    ended: Job | None = None,
 ) -> bool:
     """Appends a finished job's `done`, queues its `completed` webhook, and records both done.
 
-    Whoever ends a job calls it; the reconciler again for an announcer that died or lost Redis.
-    The fence keeps one `done`; a webhook queued twice keeps its `webhook-id`, delivered once.
-    Returns False when the job is not finished or Redis is unreachable.
+    Whoever ends a job calls it (with the `ended` row its write returned, else the row is read);
+    the reconciler again for an announcer that died or lost Redis. The fence keeps one `done`; a
+    webhook queued twice keeps its `webhook-id`, delivered once. The `done` carries the row, so
+    a wait answers from it (`finished_row`). Returns False when the job is not finished or Redis
+    is unreachable.
     """
-    job = session.get(Job, job_id, populate_existing=True)
+    job = ended if ended is not None else session.get(Job, job_id, populate_existing=True)
     if job is None or not job.job_status.terminal:
         return False
     error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
-    data = {"status": job.status, "error": error}
+    row = {name: _json_value(getattr(job, name)) for name in _DONE_COLUMNS}
+    data = {"status": job.status, "error": error, "job": row}
     appended = events.publish(job_id, DONE, data, attempt=job.attempts)
     if appended is Append.UNREACHABLE:
         return False
@@ -209,6 +218,35 @@ def announce_end(
         return False
     mark_done_announced(session, job_id)
     return True
+
+
+# What a `done` carries of the row: all an answer shows, not the pipeline's inputs (the history
+# and options it was given) nor the lease.
+_DONE_COLUMNS = tuple(
+    column.key
+    for column in Job.__table__.columns
+    if column.key not in ("history", "options", "lease_owner", "lease_expires_at")
+)
+_TIMES = frozenset(
+    column.key for column in Job.__table__.columns if isinstance(column.type, UTCDateTime)
+)
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def finished_row(done: Event) -> Job | None:
+    """The finished row a `done` event carries, detached; None for a `done` made without it."""
+    row = done.data.get("job")
+    if row is None:
+        return None
+    return Job(
+        **{
+            name: datetime.fromisoformat(value) if name in _TIMES and value else value
+            for name, value in row.items()
+        }
+    )
 
 
 def _text(value: bytes | str) -> str:

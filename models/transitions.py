@@ -21,7 +21,6 @@ from sqlalchemy import (
     func,
     insert,
     or_,
-    select,
     type_coerce,
     update,
 )
@@ -126,7 +125,8 @@ _FIRST_STAGE = case(
     (or_(Job.transcript.is_not(None), Job.input_text.is_not(None)), Stage.GENERATING.value),
     else_=Stage.TRANSCRIBING.value,
 )
-# The claim's returned row refreshes the session's copy of it.
+# A write that returns the row refreshes the session's copy of it: a job's end is announced from
+# that copy, without reading the row again.
 _REFRESHED = {"populate_existing": True}
 
 
@@ -226,23 +226,21 @@ def succeed(
     `turns` (role, content) join the job's conversation in the same transaction, so a
     conversation never holds the turns of a job that did not succeed, nor misses them.
     """
-    values = _ended(session, JobStatus.SUCCEEDED)
-    result = session.execute(_held(lease).values(**values, **results))
-    changed = bool(rowcount(result))
-    if changed and turns:
-        conversation_id = session.scalar(select(Job.conversation_id).where(Job.id == lease.job_id))
-        if conversation_id is not None:
-            session.add_all(
-                Turn(conversation_id=conversation_id, job_id=lease.job_id, role=role, content=c)
-                for role, c in turns
-            )
+    job = _end_held(session, lease, **_ended(session, JobStatus.SUCCEEDED), **results)
+    if job is not None and job.conversation_id is not None:
+        session.add_all(
+            Turn(conversation_id=job.conversation_id, job_id=job.id, role=role, content=content)
+            for role, content in turns
+        )
     session.commit()
-    return changed
+    return job is not None
 
 
 def fail(session: Session, lease: Lease, code: str, message: str) -> bool:
     """Marks a job the lease holds failed with a machine code and a message."""
-    return _apply(session, _held(lease), **_failed(session, code, message))
+    failed = _end_held(session, lease, **_failed(session, code, message)) is not None
+    session.commit()
+    return failed
 
 
 def fail_held_by(session: Session, job_id: str, owner_prefix: str, code: str, message: str) -> bool:
@@ -284,7 +282,9 @@ def request_cancel(session: Session, job_id: str) -> bool:
 def cancel_held(session: Session, lease: Lease, **kept: Any) -> bool:
     """Ends `canceled` a job the lease holds, keeping `kept` (the reply text so far); the
     conversation gets no turn from it."""
-    return _apply(session, _held(lease), **_canceled(session), **kept)
+    canceled = _end_held(session, lease, **_canceled(session), **kept) is not None
+    session.commit()
+    return canceled
 
 
 def fail_unclaimed(session: Session, job_id: str, code: str, message: str) -> bool:
@@ -341,6 +341,12 @@ def _held(lease: Lease) -> Update:
         Job.lease_owner == lease.owner,
         Job.attempts == lease.attempt,
     )
+
+
+def _end_held(session: Session, lease: Lease, **values: Any) -> Job | None:
+    """Ends the job the lease holds (uncommitted): the ended row, refreshed in the session."""
+    query = _held(lease).values(**values).returning(Job)
+    return session.execute(query, execution_options=_REFRESHED).scalar_one_or_none()
 
 
 def _apply(session: Session, query: Update, **values: Any) -> bool:

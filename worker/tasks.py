@@ -282,7 +282,11 @@ def _run_job(job_id: str) -> None:
         finally:
             lease_keeper.hold_lease(None)
         if ended:
-            event_log.announce_end(session, clients.events(), job_id, webhooks=queue_delivery)
+            # The write that ended the job refreshed `claim.job`: announced without a read.
+            events = clients.events()
+            event_log.announce_end(
+                session, events, job_id, webhooks=queue_delivery, ended=claim.job
+            )
 
 
 def _attempt(session: Session, progress: RowProgress, job: Job) -> bool:
