@@ -103,14 +103,14 @@ def follow(
     """Yields a job's events after stream id `after` until `done`, or until `timeout` (no `done`).
 
     A `done` the stream lost (Redis restarted, the entry expired) is made from the job's row;
-    each quiet read yields `IDLE`. `row_read`: the caller has just found the job going, so a
-    first read that finds nothing does not read the row again.
+    each quiet read yields `IDLE`. The first read returns at once with whatever was missed, and
+    the row is read if it found nothing; `row_read`: the caller has just read (or made) the row,
+    so the first read waits for news instead.
     """
     release_connection()  # held from here on: no database connection kept meanwhile
     log: JobEvents = current_app.extensions["voicechat.events"]
     deadline = None if timeout is None else time.monotonic() + timeout
-    block = 0.0  # the first read returns at once with whatever was missed
-    skip_row = row_read
+    block = _block_seconds() if row_read else 0.0
     while True:
         remaining = BLOCK_SECONDS if deadline is None else deadline - time.monotonic()
         if remaining <= 0:
@@ -125,7 +125,7 @@ def follow(
             yield event
             if event.type == event_log.DONE:
                 return
-        if not batch and not skip_row:
+        if not batch:
             state = job_state(job_id)
             if state is None or state.status.terminal:
                 status = state and state.status.value
@@ -133,15 +133,19 @@ def follow(
                 return
         if not batch and block:
             yield Event(id=after, type=IDLE, data={})
-        skip_row = False
-        block = BLOCK_SECONDS * (1 - _BLOCK_SPREAD * random.random())
+        block = _block_seconds()
+
+
+def _block_seconds() -> float:
+    return BLOCK_SECONDS * (1 - _BLOCK_SPREAD * random.random())
 
 
 def wait_for(job_id: str, timeout: float) -> Job | None:
-    """Waits up to `timeout` seconds for a job to end: its final row, or None (also when the
-    client has left, looked at every `LOOK_SECONDS`, so that its held place is freed)."""
+    """Waits up to `timeout` seconds for a job just submitted to end: its final row, or None
+    (also when the client has left, looked at every `LOOK_SECONDS`, so that its held place is
+    freed)."""
     look = time.monotonic() + LOOK_SECONDS
-    for event in follow(job_id, timeout=timeout):
+    for event in follow(job_id, timeout=timeout, row_read=True):
         if event.type == event_log.DONE:
             return finished_job(job_id, event)
         if event.type == IDLE or time.monotonic() >= look:
@@ -152,8 +156,9 @@ def wait_for(job_id: str, timeout: float) -> Job | None:
 
 
 def wait_for_start(job_id: str, timeout: float) -> bool:
-    """Waits up to `timeout` seconds for a job's first event; False on timeout or a left client."""
-    for event in follow(job_id, timeout=timeout):
+    """Waits up to `timeout` seconds for a job just submitted to send its first event; False on
+    timeout or a left client."""
+    for event in follow(job_id, timeout=timeout, row_read=True):
         if event.type != IDLE:
             return True
         if client_left():
