@@ -7,6 +7,7 @@ clock, the one every host shares: a host whose clock is off cannot expire anothe
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from sqlalchemy import (
     ColumnElement,
     Update,
     and_,
+    bindparam,
     case,
     func,
     insert,
@@ -77,7 +79,14 @@ def database_clock(session: Session, seconds: float = 0.0) -> ColumnElement[date
     PostgreSQL's `clock_timestamp()` (`now()` stands still for a transaction); on SQLite,
     `strftime` with the six microsecond digits SQLAlchemy stores, so it compares in order.
     """
-    if session.get_bind().dialect.name == "sqlite":
+    return _clock(session.get_bind().dialect.name, seconds)
+
+
+# Expressions and statements built once: building one cost about as much as its round trip
+# (profiled on the job path, issue 23).
+@functools.cache
+def _clock(dialect: str, seconds: float = 0.0) -> ColumnElement[datetime]:
+    if dialect == "sqlite":
         shift = f"{seconds:+.3f} seconds"
         return type_coerce(func.strftime("%Y-%m-%d %H:%M:%f000", "now", shift), UTCDateTime)
     clock: ColumnElement[Any] = func.clock_timestamp()
@@ -140,11 +149,31 @@ def claim(
     A job asked to stop (`cancel_requested`) is never claimed: it ends `canceled` instead.
     The same UPDATE enters the job's first stage and returns the row the pipeline reads.
     """
-    now = database_clock(session)
+    dialect = session.get_bind().dialect.name
+    query = _claim_query(dialect, owner, lease_seconds, max_attempts)
     job = session.execute(
+        query, {"job_id": job_id}, execution_options=_REFRESHED
+    ).scalar_one_or_none()
+    session.commit()
+    if job is not None:
+        return Claim(ClaimOutcome.CLAIMED, Lease(job_id, owner, job.attempts), job)
+    claimable = update(Job).where(Job.id == job_id, _claimable(_clock(dialect)))
+    if _apply(session, claimable.where(Job.cancel_requested.is_(True)), **_canceled(session)):
+        return Claim(ClaimOutcome.CANCELED)
+    message = f"The worker running this job was lost {max_attempts} times."
+    exhausted = claimable.where(Job.attempts >= max_attempts)
+    if _apply(session, exhausted, **_failed(session, WORKER_LOST, message)):
+        return Claim(ClaimOutcome.EXHAUSTED)
+    return Claim(ClaimOutcome.TAKEN)
+
+
+@functools.cache
+def _claim_query(dialect: str, owner: str, lease_seconds: int, max_attempts: int) -> Update:
+    now = _clock(dialect)
+    return (
         update(Job)
         .where(
-            Job.id == job_id,
+            Job.id == bindparam("job_id"),
             _claimable(now),
             Job.attempts < max_attempts,
             Job.cancel_requested.is_(False),
@@ -154,23 +183,11 @@ def claim(
             started_at=func.coalesce(Job.started_at, now),
             attempts=Job.attempts + 1,
             lease_owner=owner,
-            lease_expires_at=database_clock(session, lease_seconds),
+            lease_expires_at=_clock(dialect, lease_seconds),
             stage=_FIRST_STAGE,
         )
-        .returning(Job),
-        execution_options=_REFRESHED,
-    ).scalar_one_or_none()
-    session.commit()
-    if job is not None:
-        return Claim(ClaimOutcome.CLAIMED, Lease(job_id, owner, job.attempts), job)
-    claimable = update(Job).where(Job.id == job_id, _claimable(now))
-    if _apply(session, claimable.where(Job.cancel_requested.is_(True)), **_canceled(session)):
-        return Claim(ClaimOutcome.CANCELED)
-    message = f"The worker running this job was lost {max_attempts} times."
-    exhausted = claimable.where(Job.attempts >= max_attempts)
-    if _apply(session, exhausted, **_failed(session, WORKER_LOST, message)):
-        return Claim(ClaimOutcome.EXHAUSTED)
-    return Claim(ClaimOutcome.TAKEN)
+        .returning(Job)
+    )
 
 
 def renew_lease(session: Session, lease: Lease, lease_seconds: int) -> bool:
@@ -297,8 +314,15 @@ def fail_unclaimed(session: Session, job_id: str, code: str, message: str) -> bo
 
 def mark_done_announced(session: Session, job_id: str) -> None:
     """Records that a finished job's `done` event is in its event log."""
-    query = update(Job).where(Job.id == job_id, Job.status.in_(TERMINAL))
-    _apply(session, query, done_announced=True)
+    session.execute(_DONE_ANNOUNCED, {"job_id": job_id})
+    session.commit()
+
+
+_DONE_ANNOUNCED = (
+    update(Job)
+    .where(Job.id == bindparam("job_id"), Job.status.in_(TERMINAL))
+    .values(done_announced=True)
+)
 
 
 def _ended(session: Session, status: JobStatus) -> dict[str, Any]:
@@ -332,6 +356,7 @@ _REQUEUED = {
 }
 
 
+@functools.lru_cache(maxsize=8)  # the attempt's lease writes several times
 def _held(lease: Lease) -> Update:
     # Only the current lease holder's attempt may write: a worker that lost its lease (and
     # whose job was handed to another attempt) cannot overwrite the new attempt's results.

@@ -123,7 +123,7 @@ class RowProgress:
         # The attempt's `running`, held back to go out with its first stage in one round trip.
         self.starting: list[tuple[str, dict[str, Any]]] = [(event_log.STATUS, running)]
         self.sentences: list[str] = []
-        self.cancel = lease_keeper.CancelWatch(self.events.redis, held)
+        self.cancel = lease_keeper.CancelWatch(self.events.redis, held, looked=True)
         self.generated: list[str] = []  # this attempt's reply so far, kept if it is canceled
         self.unsent: list[str] = []  # reply text not in the event stream yet
         self.next_delta = 0.0  # when reply text may be sent again (the first piece: at once)
@@ -158,21 +158,20 @@ class RowProgress:
             raise transitions.LeaseLost(self.lease.job_id)
 
     def enter(self, stage: Stage, done: Transcript | Reply | None = None) -> None:
-        """Writes the stage and the previous stage's result as one checkpoint, then tells."""
+        """Writes the stage and the previous stage's result as one checkpoint, then tells (the
+        first stage the claim wrote, and looked at the stop flag for, is told only)."""
         self.flush()
         _LOGGER.info("job stage job_id=%s stage=%s", self.lease.job_id, stage.value)
         checkpoint = _checkpoint_columns(done)
         written, self.claimed_stage = self.claimed_stage, None
-        written_by_claim = stage.value == written and not checkpoint
-        if not written_by_claim and not transitions.set_stage(
-            self.session, self.lease, stage, **checkpoint
-        ):
-            raise transitions.LeaseLost(self.lease.job_id)
-        if isinstance(done, Reply):
-            self.generated.clear()  # the checkpoint holds the reply now
-        # After the checkpoint: a job canceled here keeps what its last stage made.
-        if self.cancel.requested(now=True):
-            raise transitions.CancelRequested(self.lease.job_id)
+        if stage.value != written or checkpoint:
+            if not transitions.set_stage(self.session, self.lease, stage, **checkpoint):
+                raise transitions.LeaseLost(self.lease.job_id)
+            if isinstance(done, Reply):
+                self.generated.clear()  # the checkpoint holds the reply now
+            # After the checkpoint: a job canceled here keeps what its last stage made.
+            if self.cancel.requested(now=True):
+                raise transitions.CancelRequested(self.lease.job_id)
         if isinstance(done, Transcript):
             self.tell(event_log.TRANSCRIPT, text=done.text)
         self.tell(event_log.STAGE, stage=stage.value)
