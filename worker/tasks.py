@@ -146,7 +146,7 @@ class RowProgress:
         self._send([*self.starting, (event_type, data)])
 
     def tell_running(self) -> None:
-        """Sends the attempt's `running` if nothing went out yet (it ends before a stage)."""
+        """Sends the attempt's `running` if nothing went out yet (it entered no stage)."""
         if self.starting:
             self._send(self.starting)
 
@@ -353,6 +353,7 @@ def _run(session: Session, progress: RowProgress, job: Job) -> bool:
         outcome = pipeline.run(_job_input(session, job, audio_path), progress)
     _time_stages(outcome)
     progress.flush()
+    progress.tell_running()  # a run resumed past every stage has told nothing yet
     if progress.cancel.requested(now=True):  # the last stage's end is a boundary too
         raise transitions.CancelRequested(job.id)
     results = _results(job, outcome)

@@ -329,7 +329,7 @@ def _completion_chunks(
                 if client_left():
                     return
                 yield KEEP_ALIVE
-        job = finished_job(job_id, done) if done else read_job(job_id)
+        job = read_job(job_id) if done is None else finished_job(job_id, done)
         if job is not None and not job.job_status.terminal:
             # The stream ran out of time before its job ended: no one else waits for it.
             cancel_unanswered(job_id, WAIT_RAN_OUT)
