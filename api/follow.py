@@ -69,6 +69,15 @@ def read_job(job_id: str) -> Job | None:
         return job
 
 
+def finished_job(job_id: str, done: Event) -> Job | None:
+    """A finished job as its `done` event carries it (issue 23: no second read), else its row;
+    a job with a webhook is read too, for the deliveries made meanwhile (another table's)."""
+    job = event_log.finished_row(done)
+    if job is None or job.webhook_url is not None:
+        return read_job(job_id)
+    return job
+
+
 @dataclass(frozen=True)
 class JobState:
     """What a follower needs of a job's row: where it is, and whose it is."""
@@ -94,14 +103,14 @@ def follow(
     """Yields a job's events after stream id `after` until `done`, or until `timeout` (no `done`).
 
     A `done` the stream lost (Redis restarted, the entry expired) is made from the job's row;
-    each quiet read yields `IDLE`. `row_read`: the caller has just found the job going, so a
-    first read that finds nothing does not read the row again.
+    each quiet read yields `IDLE`. The first read returns at once with whatever was missed, and
+    the row is read if it found nothing; `row_read`: the caller has just read (or made) the row,
+    so the first read waits for news instead.
     """
     release_connection()  # held from here on: no database connection kept meanwhile
     log: JobEvents = current_app.extensions["voicechat.events"]
     deadline = None if timeout is None else time.monotonic() + timeout
-    block = 0.0  # the first read returns at once with whatever was missed
-    skip_row = row_read
+    block = _block_seconds() if row_read else 0.0
     while True:
         remaining = BLOCK_SECONDS if deadline is None else deadline - time.monotonic()
         if remaining <= 0:
@@ -116,7 +125,7 @@ def follow(
             yield event
             if event.type == event_log.DONE:
                 return
-        if not batch and not skip_row:
+        if not batch:
             state = job_state(job_id)
             if state is None or state.status.terminal:
                 status = state and state.status.value
@@ -124,17 +133,21 @@ def follow(
                 return
         if not batch and block:
             yield Event(id=after, type=IDLE, data={})
-        skip_row = False
-        block = BLOCK_SECONDS * (1 - _BLOCK_SPREAD * random.random())
+        block = _block_seconds()
+
+
+def _block_seconds() -> float:
+    return BLOCK_SECONDS * (1 - _BLOCK_SPREAD * random.random())
 
 
 def wait_for(job_id: str, timeout: float) -> Job | None:
-    """Waits up to `timeout` seconds for a job to end: its final row, or None (also when the
-    client has left, looked at every `LOOK_SECONDS`, so that its held place is freed)."""
+    """Waits up to `timeout` seconds for a job just submitted to end: its final row, or None
+    (also when the client has left, looked at every `LOOK_SECONDS`, so that its held place is
+    freed)."""
     look = time.monotonic() + LOOK_SECONDS
-    for event in follow(job_id, timeout=timeout):
+    for event in follow(job_id, timeout=timeout, row_read=True):
         if event.type == event_log.DONE:
-            return read_job(job_id)
+            return finished_job(job_id, event)
         if event.type == IDLE or time.monotonic() >= look:
             if client_left():
                 return None
@@ -143,8 +156,9 @@ def wait_for(job_id: str, timeout: float) -> Job | None:
 
 
 def wait_for_start(job_id: str, timeout: float) -> bool:
-    """Waits up to `timeout` seconds for a job's first event; False on timeout or a left client."""
-    for event in follow(job_id, timeout=timeout):
+    """Waits up to `timeout` seconds for a job just submitted to send its first event; False on
+    timeout or a left client."""
+    for event in follow(job_id, timeout=timeout, row_read=True):
         if event.type != IDLE:
             return True
         if client_left():
@@ -346,6 +360,11 @@ def _seen_the_end(job_id: str, after: str) -> bool:
         return False  # the stream answers from the row instead
 
 
+def _public(done: dict[str, Any]) -> dict[str, Any]:
+    """A `done` event's data without the row it carries (the answers show the job's view)."""
+    return {name: value for name, value in done.items() if name != "job"}
+
+
 def _event_stream(job_id: str, after: str, place: Place, going: bool) -> Iterator[str]:
     """The SSE text of a job's events, holding `place` until it ends; `going`: see `follow`."""
     with place:
@@ -356,8 +375,8 @@ def _event_stream(job_id: str, after: str, place: Place, going: bool) -> Iterato
                     return
                 yield KEEP_ALIVE
             elif event.type == event_log.DONE:
-                job = read_job(job_id)
-                done = JobView.of(job).model_dump(mode="json") if job else event.data
+                job = finished_job(job_id, event)
+                done = JobView.of(job).model_dump(mode="json") if job else _public(event.data)
                 yield sse_event(done, event_log.DONE, event.id or None)
             else:
                 yield sse_event(event.data, event.type, event.id)

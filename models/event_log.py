@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -18,7 +20,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from models import metrics
-from models.tables import Job
+from models.tables import Job, UTCDateTime
 from models.transitions import mark_done_announced
 from models.webhooks import COMPLETED, WebhookSender, announce
 
@@ -49,29 +51,35 @@ class Event:
 
 
 # KEYS: the stream, the job's fence (a hash: `floor`, the lowest attempt that may still append,
-# and `done`, the id of the final event). ARGV: attempt, type, data, max length, ttl, status.
+# and `done`, the id of the final event). ARGV: attempt, max length, ttl, then type, data and
+# status of each event: all of one attempt, fenced as one, so several cost one round trip.
 _APPEND = """
 if redis.call('HEXISTS', KEYS[2], 'done') == 1 then return false end
 local attempt = tonumber(ARGV[1])
 local floor = tonumber(redis.call('HGET', KEYS[2], 'floor') or '0')
-local kind, status = ARGV[2], ARGV[6]
-if kind ~= 'done' and attempt < floor then return false end
+if ARGV[4] ~= 'done' and attempt < floor then return false end
 local function add(event_type, data)
-  return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'type', event_type, 'data', data)
+  return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'type', event_type, 'data', data)
 end
-if kind == 'status' and status == 'running' and attempt > 1 and floor < attempt then
-  add('status', '{"status":"queued","attempt":' .. (attempt - 1) .. '}')
+local id
+for i = 4, #ARGV, 3 do
+  local kind, status = ARGV[i], ARGV[i + 2]
+  if kind == 'status' and status == 'running' and attempt > 1 and floor < attempt then
+    add('status', '{"status":"queued","attempt":' .. (attempt - 1) .. '}')
+  end
+  id = add(kind, ARGV[i + 1])
+  if kind == 'done' then
+    redis.call('HSET', KEYS[2], 'done', id)
+  elseif kind == 'status' and status == 'queued' then
+    floor = attempt + 1
+    redis.call('HSET', KEYS[2], 'floor', floor)
+  elseif attempt > floor then
+    floor = attempt
+    redis.call('HSET', KEYS[2], 'floor', floor)
+  end
 end
-local id = add(kind, ARGV[3])
-if kind == 'done' then
-  redis.call('HSET', KEYS[2], 'done', id)
-elseif kind == 'status' and status == 'queued' then
-  redis.call('HSET', KEYS[2], 'floor', attempt + 1)
-elseif attempt > floor then
-  redis.call('HSET', KEYS[2], 'floor', attempt)
-end
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
 return id
 """
 
@@ -121,21 +129,23 @@ class JobEvents:
         self, job_id: str, event_type: str, data: dict[str, Any], *, attempt: int
     ) -> Append:
         """Appends an event of `attempt` (0: the API) unless fenced; never raises on Redis."""
-        arguments: list[str | int] = [
-            attempt,
-            event_type,
-            json.dumps(data, separators=(",", ":")),
-            MAX_EVENTS,
-            self.ttl_seconds,
-            str(data.get("status", "")) if event_type == STATUS else "",
-        ]
+        return self.publish_all(job_id, [(event_type, data)], attempt=attempt)
+
+    def publish_all(
+        self, job_id: str, events: Sequence[tuple[str, dict[str, Any]]], *, attempt: int
+    ) -> Append:
+        """Appends events (type, data) of `attempt` in order, in one round trip, unless fenced."""
+        arguments: list[str | int] = [attempt, MAX_EVENTS, self.ttl_seconds]
+        for event_type, data in events:
+            status = str(data.get("status", "")) if event_type == STATUS else ""
+            arguments += [event_type, json.dumps(data, separators=(",", ":")), status]
         try:
             appended = self._append(keys=[key(job_id), fence_key(job_id)], args=arguments)
         except (RedisError, OSError) as error:
             _LOGGER.warning(
                 "event not published job_id=%s type=%s error=%s",
                 job_id,
-                event_type,
+                ",".join(event_type for event_type, _ in events),
                 type(error).__name__,
             )
             return Append.UNREACHABLE
@@ -178,19 +188,27 @@ class JobEvents:
 
 
 def announce_end(
-    session: Session, events: JobEvents, job_id: str, *, webhooks: WebhookSender
+    session: Session,
+    events: JobEvents,
+    job_id: str,
+    *,
+    webhooks: WebhookSender,
+    ended: Job | None = None,
 ) -> bool:
     """Appends a finished job's `done`, queues its `completed` webhook, and records both done.
 
-    Whoever ends a job calls it; the reconciler again for an announcer that died or lost Redis.
-    The fence keeps one `done`; a webhook queued twice keeps its `webhook-id`, delivered once.
-    Returns False when the job is not finished or Redis is unreachable.
+    Whoever ends a job calls it (with the `ended` row its write returned, else the row is read);
+    the reconciler again for an announcer that died or lost Redis. The fence keeps one `done`; a
+    webhook queued twice keeps its `webhook-id`, delivered once. The `done` carries the row, so
+    a wait answers from it (`finished_row`). Returns False when the job is not finished or Redis
+    is unreachable.
     """
-    job = session.get(Job, job_id, populate_existing=True)
+    job = ended if ended is not None else session.get(Job, job_id, populate_existing=True)
     if job is None or not job.job_status.terminal:
         return False
     error = {"code": job.error_code, "message": job.error_message} if job.error_code else None
-    data = {"status": job.status, "error": error}
+    row = {name: _json_value(getattr(job, name)) for name in _DONE_COLUMNS}
+    data = {"status": job.status, "error": error, "job": row}
     appended = events.publish(job_id, DONE, data, attempt=job.attempts)
     if appended is Append.UNREACHABLE:
         return False
@@ -200,6 +218,35 @@ def announce_end(
         return False
     mark_done_announced(session, job_id)
     return True
+
+
+# What a `done` carries of the row: all an answer shows, not the pipeline's inputs (the history
+# and options it was given) nor the lease.
+_DONE_COLUMNS = tuple(
+    column.key
+    for column in Job.__table__.columns
+    if column.key not in ("history", "options", "lease_owner", "lease_expires_at")
+)
+_TIMES = frozenset(
+    column.key for column in Job.__table__.columns if isinstance(column.type, UTCDateTime)
+)
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def finished_row(done: Event) -> Job | None:
+    """The finished row a `done` event carries, detached; None for a `done` made without it."""
+    row = done.data.get("job")
+    if row is None:
+        return None
+    return Job(
+        **{
+            name: datetime.fromisoformat(value) if name in _TIMES and value else value
+            for name, value in row.items()
+        }
+    )
 
 
 def _text(value: bytes | str) -> str:

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    case,
     func,
     insert,
     or_,
@@ -30,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from models.errors import WorkerLost
-from models.tables import Job, JobStatus, Stage, Turn, UTCDateTime
+from models.tables import Job, JobStatus, Operation, Stage, Turn, UTCDateTime
 
 TERMINAL = tuple(status.value for status in JobStatus if status.terminal)
 WORKER_LOST = WorkerLost.code
@@ -67,10 +68,11 @@ class Lease:
 
 @dataclass(frozen=True)
 class Claim:
-    """The outcome of a claim, and the lease when it was won."""
+    """The outcome of a claim, and the lease and the claimed row when it was won."""
 
     outcome: ClaimOutcome
     lease: Lease | None = None
+    job: Job | None = None
 
 
 def database_clock(session: Session, seconds: float = 0.0) -> ColumnElement[datetime]:
@@ -79,7 +81,14 @@ def database_clock(session: Session, seconds: float = 0.0) -> ColumnElement[date
     PostgreSQL's `clock_timestamp()` (`now()` stands still for a transaction); on SQLite,
     `strftime` with the six microsecond digits SQLAlchemy stores, so it compares in order.
     """
-    if session.get_bind().dialect.name == "sqlite":
+    return _clock(session.get_bind().dialect.name, seconds)
+
+
+# Expressions and statements built once: building one cost about as much as its round trip
+# (profiled on the job path, issue 23).
+@functools.cache
+def _clock(dialect: str, seconds: float = 0.0) -> ColumnElement[datetime]:
+    if dialect == "sqlite":
         shift = f"{seconds:+.3f} seconds"
         return type_coerce(func.strftime("%Y-%m-%d %H:%M:%f000", "now", shift), UTCDateTime)
     clock: ColumnElement[Any] = func.clock_timestamp()
@@ -133,6 +142,21 @@ _JOB_TYPES = {column.key: column.type for column in _JOB_COLUMNS}
 _INSERT_JOB = insert(Job)
 
 
+# The stage a claimed job starts in, as the pipeline enters it (worker/pipeline.py): the claim
+# writes it, so the first stage costs no write of its own (issue 23). Should the two disagree,
+# the pipeline's `set_stage` corrects the row.
+_FIRST_STAGE = case(
+    (Job.operation == Operation.TRANSCRIBE.value, Stage.TRANSCRIBING.value),
+    (Job.operation == Operation.SPEAK.value, Stage.SYNTHESIZING.value),
+    (Job.reply_text.is_not(None), Stage.SYNTHESIZING.value),  # resumed after its reply
+    (or_(Job.transcript.is_not(None), Job.input_text.is_not(None)), Stage.GENERATING.value),
+    else_=Stage.TRANSCRIBING.value,
+)
+# A write that returns the row refreshes the session's copy of it: a job's end is announced from
+# that copy, without reading the row again.
+_REFRESHED = {"populate_existing": True}
+
+
 def claim(
     session: Session, job_id: str, *, owner: str, lease_seconds: int, max_attempts: int
 ) -> Claim:
@@ -141,12 +165,33 @@ def claim(
     The conditional UPDATE makes the claim exactly-once however often the message is delivered;
     each claim counts an attempt, and a job that has had `max_attempts` fails instead of looping.
     A job asked to stop (`cancel_requested`) is never claimed: it ends `canceled` instead.
+    The same UPDATE enters the job's first stage and returns the row the pipeline reads.
     """
-    now = database_clock(session)
-    attempt = session.execute(
+    dialect = session.get_bind().dialect.name
+    query = _claim_query(dialect, owner, lease_seconds, max_attempts)
+    job = session.execute(
+        query, {"job_id": job_id}, execution_options=_REFRESHED
+    ).scalar_one_or_none()
+    session.commit()
+    if job is not None:
+        return Claim(ClaimOutcome.CLAIMED, Lease(job_id, owner, job.attempts), job)
+    claimable = update(Job).where(Job.id == job_id, _claimable(_clock(dialect)))
+    if _apply(session, claimable.where(Job.cancel_requested.is_(True)), **_canceled(session)):
+        return Claim(ClaimOutcome.CANCELED)
+    message = f"The worker running this job was lost {max_attempts} times."
+    exhausted = claimable.where(Job.attempts >= max_attempts)
+    if _apply(session, exhausted, **_failed(session, WORKER_LOST, message)):
+        return Claim(ClaimOutcome.EXHAUSTED)
+    return Claim(ClaimOutcome.TAKEN)
+
+
+@functools.cache
+def _claim_query(dialect: str, owner: str, lease_seconds: int, max_attempts: int) -> Update:
+    now = _clock(dialect)
+    return (
         update(Job)
         .where(
-            Job.id == job_id,
+            Job.id == bindparam("job_id"),
             _claimable(now),
             Job.attempts < max_attempts,
             Job.cancel_requested.is_(False),
@@ -156,21 +201,11 @@ def claim(
             started_at=func.coalesce(Job.started_at, now),
             attempts=Job.attempts + 1,
             lease_owner=owner,
-            lease_expires_at=database_clock(session, lease_seconds),
+            lease_expires_at=_clock(dialect, lease_seconds),
+            stage=_FIRST_STAGE,
         )
-        .returning(Job.attempts)
-    ).scalar_one_or_none()
-    session.commit()
-    if attempt is not None:
-        return Claim(ClaimOutcome.CLAIMED, Lease(job_id, owner, attempt))
-    claimable = update(Job).where(Job.id == job_id, _claimable(now))
-    if _apply(session, claimable.where(Job.cancel_requested.is_(True)), **_canceled(session)):
-        return Claim(ClaimOutcome.CANCELED)
-    message = f"The worker running this job was lost {max_attempts} times."
-    exhausted = claimable.where(Job.attempts >= max_attempts)
-    if _apply(session, exhausted, **_failed(session, WORKER_LOST, message)):
-        return Claim(ClaimOutcome.EXHAUSTED)
-    return Claim(ClaimOutcome.TAKEN)
+        .returning(Job)
+    )
 
 
 def renew_lease(session: Session, lease: Lease, lease_seconds: int) -> bool:
@@ -226,23 +261,21 @@ def succeed(
     `turns` (role, content) join the job's conversation in the same transaction, so a
     conversation never holds the turns of a job that did not succeed, nor misses them.
     """
-    values = _ended(session, JobStatus.SUCCEEDED)
-    result = session.execute(_held(lease).values(**values, **results))
-    changed = bool(rowcount(result))
-    if changed and turns:
-        conversation_id = session.scalar(select(Job.conversation_id).where(Job.id == lease.job_id))
-        if conversation_id is not None:
-            session.add_all(
-                Turn(conversation_id=conversation_id, job_id=lease.job_id, role=role, content=c)
-                for role, c in turns
-            )
+    job = _end_held(session, lease, **_ended(session, JobStatus.SUCCEEDED), **results)
+    if job is not None and job.conversation_id is not None:
+        session.add_all(
+            Turn(conversation_id=job.conversation_id, job_id=job.id, role=role, content=content)
+            for role, content in turns
+        )
     session.commit()
-    return changed
+    return job is not None
 
 
 def fail(session: Session, lease: Lease, code: str, message: str) -> bool:
     """Marks a job the lease holds failed with a machine code and a message."""
-    return _apply(session, _held(lease), **_failed(session, code, message))
+    failed = _end_held(session, lease, **_failed(session, code, message)) is not None
+    session.commit()
+    return failed
 
 
 def fail_held_by(session: Session, job_id: str, owner_prefix: str, code: str, message: str) -> bool:
@@ -284,7 +317,9 @@ def request_cancel(session: Session, job_id: str) -> bool:
 def cancel_held(session: Session, lease: Lease, **kept: Any) -> bool:
     """Ends `canceled` a job the lease holds, keeping `kept` (the reply text so far); the
     conversation gets no turn from it."""
-    return _apply(session, _held(lease), **_canceled(session), **kept)
+    canceled = _end_held(session, lease, **_canceled(session), **kept) is not None
+    session.commit()
+    return canceled
 
 
 def fail_unclaimed(session: Session, job_id: str, code: str, message: str) -> bool:
@@ -297,8 +332,15 @@ def fail_unclaimed(session: Session, job_id: str, code: str, message: str) -> bo
 
 def mark_done_announced(session: Session, job_id: str) -> None:
     """Records that a finished job's `done` event is in its event log."""
-    query = update(Job).where(Job.id == job_id, Job.status.in_(TERMINAL))
-    _apply(session, query, done_announced=True)
+    session.execute(_DONE_ANNOUNCED, {"job_id": job_id})
+    session.commit()
+
+
+_DONE_ANNOUNCED = (
+    update(Job)
+    .where(Job.id == bindparam("job_id"), Job.status.in_(TERMINAL))
+    .values(done_announced=True)
+)
 
 
 def _ended(session: Session, status: JobStatus) -> dict[str, Any]:
@@ -332,6 +374,7 @@ _REQUEUED = {
 }
 
 
+@functools.lru_cache(maxsize=8)  # the attempt's lease writes several times
 def _held(lease: Lease) -> Update:
     # Only the current lease holder's attempt may write: a worker that lost its lease (and
     # whose job was handed to another attempt) cannot overwrite the new attempt's results.
@@ -341,6 +384,12 @@ def _held(lease: Lease) -> Update:
         Job.lease_owner == lease.owner,
         Job.attempts == lease.attempt,
     )
+
+
+def _end_held(session: Session, lease: Lease, **values: Any) -> Job | None:
+    """Ends the job the lease holds (uncommitted): the ended row, refreshed in the session."""
+    query = _held(lease).values(**values).returning(Job)
+    return session.execute(query, execution_options=_REFRESHED).scalar_one_or_none()
 
 
 def _apply(session: Session, query: Update, **values: Any) -> bool:

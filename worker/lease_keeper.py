@@ -37,16 +37,22 @@ class Held:
 class CancelWatch:
     """Whether the attempt's job was asked to stop: the keeper's word, or the cancel key in Redis.
 
-    The key is read at most every `CHECK_SECONDS`: the attempt asks at every token.
+    The key is read at most every `CHECK_SECONDS`: the attempt asks at every token. `looked`:
+    the claim has just looked at the row's flag, so the key waits a period too.
     """
 
     def __init__(
-        self, redis: Redis, held: Held, clock: Callable[[], float] = time.monotonic
+        self,
+        redis: Redis,
+        held: Held,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        looked: bool = False,
     ) -> None:
         self.redis = redis
         self.held = held
         self.clock = clock
-        self.next_look = 0.0
+        self.next_look = clock() + cancel_signal.CHECK_SECONDS if looked else 0.0
 
     def requested(self, *, now: bool = False) -> bool:
         """Whether to stop; `now` reads the key whenever it was last read (a stage boundary)."""

@@ -113,13 +113,17 @@ class RowProgress:
     of the attempt's lease: the moment either refuses a write, the attempt stops (LeaseLost).
     Each write is also a boundary where a job asked to stop does (CancelRequested)."""
 
-    def __init__(self, session: Session, held: lease_keeper.Held) -> None:
+    def __init__(self, session: Session, held: lease_keeper.Held, job: Job) -> None:
         self.session = session
         self.held = held
         self.lease = held.lease
         self.events = clients.events()
+        self.claimed_stage = job.stage  # the claim wrote it: entering it takes no write
+        running = {"status": JobStatus.RUNNING.value, "attempt": self.lease.attempt}
+        # The attempt's `running`, held back to go out with its first stage in one round trip.
+        self.starting: list[tuple[str, dict[str, Any]]] = [(event_log.STATUS, running)]
         self.sentences: list[str] = []
-        self.cancel = lease_keeper.CancelWatch(self.events.redis, held)
+        self.cancel = lease_keeper.CancelWatch(self.events.redis, held, looked=True)
         self.generated: list[str] = []  # this attempt's reply so far, kept if it is canceled
         self.unsent: list[str] = []  # reply text not in the event stream yet
         self.next_delta = 0.0  # when reply text may be sent again (the first piece: at once)
@@ -139,25 +143,35 @@ class RowProgress:
 
     def _append(self, event_type: str, data: dict[str, Any]) -> None:
         """Appends an event under the lease, asked to stop or not (LeaseLost if fenced)."""
+        self._send([*self.starting, (event_type, data)])
+
+    def tell_running(self) -> None:
+        """Sends the attempt's `running` if nothing went out yet (it entered no stage)."""
+        if self.starting:
+            self._send(self.starting)
+
+    def _send(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         self._check(cancel=False)
-        appended = self.events.publish(
-            self.lease.job_id, event_type, data, attempt=self.lease.attempt
-        )
+        appended = self.events.publish_all(self.lease.job_id, events, attempt=self.lease.attempt)
+        self.starting = []
         if appended is event_log.Append.FENCED:
             raise transitions.LeaseLost(self.lease.job_id)
 
     def enter(self, stage: Stage, done: Transcript | Reply | None = None) -> None:
-        """Writes the stage and the previous stage's result as one checkpoint, then tells."""
+        """Writes the stage and the previous stage's result as one checkpoint, then tells (the
+        first stage the claim wrote, and looked at the stop flag for, is told only)."""
         self.flush()
         _LOGGER.info("job stage job_id=%s stage=%s", self.lease.job_id, stage.value)
         checkpoint = _checkpoint_columns(done)
-        if not transitions.set_stage(self.session, self.lease, stage, **checkpoint):
-            raise transitions.LeaseLost(self.lease.job_id)
-        if isinstance(done, Reply):
-            self.generated.clear()  # the checkpoint holds the reply now
-        # After the checkpoint: a job canceled here keeps what its last stage made.
-        if self.cancel.requested(now=True):
-            raise transitions.CancelRequested(self.lease.job_id)
+        written, self.claimed_stage = self.claimed_stage, None
+        if stage.value != written or checkpoint:
+            if not transitions.set_stage(self.session, self.lease, stage, **checkpoint):
+                raise transitions.LeaseLost(self.lease.job_id)
+            if isinstance(done, Reply):
+                self.generated.clear()  # the checkpoint holds the reply now
+            # After the checkpoint: a job canceled here keeps what its last stage made.
+            if self.cancel.requested(now=True):
+                raise transitions.CancelRequested(self.lease.job_id)
         if isinstance(done, Transcript):
             self.tell(event_log.TRANSCRIPT, text=done.text)
         self.tell(event_log.STAGE, stage=stage.value)
@@ -257,19 +271,24 @@ def _run_job(job_id: str) -> None:
         # Every claim, not only the first: one whose worker died before it queued the event
         # gets it from the next; the delivery task sends each event's `webhook-id` once.
         webhooks.announce(session, job_id, webhooks.STARTED, queue_delivery)
+        assert claim.job is not None
         held = lease_keeper.Held(claim.lease)
         lease_keeper.hold_lease(held)
         try:
-            progress = RowProgress(session, held)
-            ended = _attempt(session, progress)
+            progress = RowProgress(session, held, claim.job)
+            ended = _attempt(session, progress, claim.job)
             progress.forget_sentences()
         finally:
             lease_keeper.hold_lease(None)
         if ended:
-            event_log.announce_end(session, clients.events(), job_id, webhooks=queue_delivery)
+            # The write that ended the job refreshed `claim.job`: announced without a read.
+            events = clients.events()
+            event_log.announce_end(
+                session, events, job_id, webhooks=queue_delivery, ended=claim.job
+            )
 
 
-def _attempt(session: Session, progress: RowProgress) -> bool:
+def _attempt(session: Session, progress: RowProgress, job: Job) -> bool:
     """Runs one claimed attempt and records its outcome; returns whether it ended the job.
 
     An attempt that loses its lease writes nothing more: no row change, no event, no file.
@@ -277,8 +296,7 @@ def _attempt(session: Session, progress: RowProgress) -> bool:
     lease = progress.lease
     _LOGGER.info("job running job_id=%s attempt=%d", lease.job_id, lease.attempt)
     try:
-        progress.tell(event_log.STATUS, status=JobStatus.RUNNING.value, attempt=lease.attempt)
-        return _run(session, progress)
+        return _run(session, progress, job)
     except transitions.LeaseLost:
         session.rollback()
         progress.forget_sentences()
@@ -289,15 +307,23 @@ def _attempt(session: Session, progress: RowProgress) -> bool:
         return _canceled(session, progress)
     except VoiceChatError as error:
         _LOGGER.info("job failed job_id=%s code=%s", lease.job_id, error.code)
-        return transitions.fail(session, lease, error.code, error.detail)
+        return _failed(session, progress, error.code, error.detail)
     except SoftTimeLimitExceeded:
         timed_out = JobTimedOut(f"The job ran past {settings.task_soft_time_limit} seconds.")
         _LOGGER.warning("job timed out job_id=%s", lease.job_id)
-        return transitions.fail(session, lease, timed_out.code, timed_out.detail)
+        return _failed(session, progress, timed_out.code, timed_out.detail)
     except Exception:
         _LOGGER.exception("job crashed job_id=%s", lease.job_id)
         session.rollback()
-        return transitions.fail(session, lease, "internal_error", "The worker failed on this job.")
+        return _failed(session, progress, "internal_error", "The worker failed on this job.")
+
+
+def _failed(session: Session, progress: RowProgress, code: str, message: str) -> bool:
+    """Ends the job failed as the lease's holder, its `running` told first if it was not yet;
+    returns whether the lease allowed it."""
+    with contextlib.suppress(transitions.LeaseLost):  # then `fail` changes nothing either
+        progress.tell_running()
+    return transitions.fail(session, progress.lease, code, message)
 
 
 def _canceled(session: Session, progress: RowProgress) -> bool:
@@ -312,11 +338,10 @@ def _canceled(session: Session, progress: RowProgress) -> bool:
     return True
 
 
-def _run(session: Session, progress: RowProgress) -> bool:
-    """Drives the pipeline and records its results through the fenced `succeed`."""
+def _run(session: Session, progress: RowProgress, job: Job) -> bool:
+    """Drives the pipeline on the claimed row and records its results through the fenced
+    `succeed`."""
     lease = progress.lease
-    job = session.get(Job, lease.job_id, populate_existing=True)
-    assert job is not None
     try:
         pipeline = runtime.get_pipeline(settings)
     except VoiceChatError:
@@ -328,6 +353,7 @@ def _run(session: Session, progress: RowProgress) -> bool:
         outcome = pipeline.run(_job_input(session, job, audio_path), progress)
     _time_stages(outcome)
     progress.flush()
+    progress.tell_running()  # a run resumed past every stage has told nothing yet
     if progress.cancel.requested(now=True):  # the last stage's end is a boundary too
         raise transitions.CancelRequested(job.id)
     results = _results(job, outcome)

@@ -21,6 +21,7 @@ from api.follow import (
     IDLE,
     KEEP_ALIVE,
     client_left,
+    finished_job,
     follow,
     read_job,
     sse_event,
@@ -308,8 +309,11 @@ def _completion_chunks(
     with place:
         yield sse_event(head.piece(ChatDelta(role="assistant", content="")).body())
         sent = False
+        done = None
         for event in follow(job_id, timeout=_stream_wait(settings)):
-            if event.type == event_log.DELTA:
+            if event.type == event_log.DONE:
+                done = event
+            elif event.type == event_log.DELTA:
                 sent = True
                 yield sse_event(head.piece(ChatDelta(content=event.data["text"])).body())
             elif sent and event.type == event_log.STATUS and event.data["status"] == "queued":
@@ -325,7 +329,7 @@ def _completion_chunks(
                 if client_left():
                     return
                 yield KEEP_ALIVE
-        job = read_job(job_id)
+        job = read_job(job_id) if done is None else finished_job(job_id, done)
         if job is not None and not job.job_status.terminal:
             # The stream ran out of time before its job ended: no one else waits for it.
             cancel_unanswered(job_id, WAIT_RAN_OUT)

@@ -121,7 +121,12 @@ def test_an_end_is_announced_from_the_row_once(
         session.refresh(job)
         assert job.done_announced is True
     error = {"code": "no_speech", "message": "No speech."}
-    assert _log(events, job.id) == [("done", {"status": "failed", "error": error})]
+    [done] = events.read(job.id)
+    assert (done.type, done.data["status"], done.data["error"]) == ("done", "failed", error)
+    # It carries the finished row, which a wait answers from instead of reading it again.
+    row = event_log.finished_row(done)
+    assert row is not None and row.finished_at == job.finished_at is not None
+    assert (row.id, row.status, row.error_code, row.attempts) == (job.id, "failed", "no_speech", 1)
 
 
 def test_an_end_is_announced_only_once_its_webhook_is_queued(
