@@ -241,10 +241,12 @@ def finished_row(done: Event) -> Job | None:
     row = done.data.get("job")
     if row is None:
         return None
+    # Only the columns this release knows: a newer worker's `done` may carry more.
     return Job(
         **{
             name: datetime.fromisoformat(value) if name in _TIMES and value else value
             for name, value in row.items()
+            if name in _DONE_COLUMNS
         }
     )
 
