@@ -303,10 +303,8 @@ def wait_ready(
         with contextlib.suppress(requests.RequestException):  # its JSON error too
             answer = requests.get(f"{url}/readyz", timeout=5)
             last = answer.json()
-            if (
-                answer.ok
-                and last.get("checks", {}).get("workers", {}).get("count", workers) >= workers
-            ):
+            counted = last.get("checks", {}).get("workers", {}).get("count", workers)
+            if answer.ok and counted >= workers:
                 return
         time.sleep(0.5)
     raise TimeoutError(f"not ready after {timeout:.0f}s: {json.dumps(last)}")
