@@ -149,11 +149,12 @@ class Client:
         if job["status"] != "succeeded":
             self._stop_showing(save_to)
             error = job.get("error") or {}
-            why = ": ".join(str(part) for part in (error.get("code"), error.get("message")) if part)
-            self.progress.note(f"job {job['id']} {job['status']}" + (f": {why}" if why else ""))
+            said = (f"job {job['id']} {job['status']}", error.get("code"), error.get("message"))
+            self.progress.note(": ".join(str(part) for part in said if part))
             return Exit.NO_REPLY
         self.progress.final(str(result.get("text") or ""))
-        if save_to is not None and save_to.finish(job):
+        if save_to is not None:
+            save_to.finish(job)
             self.progress.note(f"reply audio saved to {save_to.path}")
         elif result.get("audio_url"):
             self.progress.note(f"reply audio: {self.service.url}{result['audio_url']}")
@@ -165,10 +166,9 @@ class Client:
             return
         try:
             job = self.service.cancel(job_id, read_seconds=CANCEL_SECONDS)
-            if job["status"] == "canceled":
-                self.progress.note(f"interrupted: job {job_id} canceled")
-            else:  # 202: running, its worker stops at its next word, sentence or stage
-                self.progress.note(f"interrupted: job {job_id} canceled (its worker is stopping)")
+            # Still running (202): its worker stops at its next word, sentence or stage.
+            stopping = "" if job["status"] == "canceled" else " (its worker is stopping)"
+            self.progress.note(f"interrupted: job {job_id} canceled{stopping}")
         except Refused as refused:  # e.g. 409 `job_finished`: it ended meanwhile
             self.progress.note(f"interrupted: job {job_id} not canceled: {refused}")
         except (ServiceError, KeyboardInterrupt):
@@ -182,19 +182,6 @@ def _options(args: argparse.Namespace) -> dict[str, str]:
     if args.max_tokens is not None:
         options["max_tokens"] = str(args.max_tokens)
     return options
-
-
-def _conversation(client: Client, args: argparse.Namespace) -> str | None:
-    """The conversation to ask in: the one named, or a new one (its id printed to reuse)."""
-    if args.conversation:
-        return str(args.conversation)
-    if not args.new_conversation:
-        return None
-    conversation_id = client.service.create_conversation()
-    client.progress.note(
-        f"conversation {conversation_id} (continue it with --conversation {conversation_id})"
-    )
-    return conversation_id
 
 
 def run_ask(client: Client, args: argparse.Namespace) -> Exit:
@@ -215,9 +202,11 @@ def run_ask(client: Client, args: argparse.Namespace) -> Exit:
         except OSError as error:
             raise Usage(f"cannot write {args.output}: {error.strerror}") from None
     try:
-        conversation_id = _conversation(client, args)
-        if conversation_id:
-            options["conversation_id"] = conversation_id
+        if args.new_conversation:
+            new = args.conversation = client.service.create_conversation()
+            client.progress.note(f"conversation {new} (continue it with --conversation {new})")
+        if args.conversation:
+            options["conversation_id"] = str(args.conversation)
         return client.ask(args.text, args.audio, options, save_to)
     except BaseException:
         if save_to is not None:
@@ -276,13 +265,14 @@ def _prompt_options(command: argparse.ArgumentParser) -> None:
 def _add_commands(commands: Any) -> None:
     """The subcommands, on `add_subparsers()`'s answer."""
 
-    def command(name: str, about: str) -> argparse.ArgumentParser:
+    def command(name: str, about: str, run: Any) -> argparse.ArgumentParser:
         made: argparse.ArgumentParser = commands.add_parser(
             name, help=about, description=about, epilog=EPILOG, formatter_class=RAW
         )
+        made.set_defaults(run=run)
         return made
 
-    ask = command("ask", "Ask one question, by text or by a recording.")
+    ask = command("ask", "Ask one question, by text or by a recording.", run_ask)
     ask.add_argument("text", nargs="?", help="the question, as text")
     ask.add_argument("--audio", type=Path, help="the question, as a recording (e.g. a WAV)")
     _prompt_options(ask)
@@ -293,19 +283,12 @@ def _add_commands(commands: Any) -> None:
     following.add_argument(
         "--new-conversation", action="store_true", help="start a conversation (its id is printed)"
     )
-    ask.set_defaults(run=run_ask)
-
-    chat = command("chat", "Type questions in one conversation, one a line.")
+    chat = command("chat", "Type questions in one conversation, one a line.", run_chat)
     chat.add_argument("--conversation", metavar="ID", help="continue this conversation")
     _prompt_options(chat)
-    chat.set_defaults(run=run_chat, output=None)
-
-    job = command("job", "Show a job as JSON.")
-    job.add_argument("job_id", metavar="ID")
-    job.set_defaults(run=run_job)
-    cancel = command("cancel", "Cancel a job.")
-    cancel.add_argument("job_id", metavar="ID")
-    cancel.set_defaults(run=run_cancel)
+    chat.set_defaults(output=None)
+    command("job", "Show a job as JSON.", run_job).add_argument("job_id", metavar="ID")
+    command("cancel", "Cancel a job.", run_cancel).add_argument("job_id", metavar="ID")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -343,10 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     # A shell may start a command with SIGINT ignored; Ctrl-C must reach the cancel.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parser().parse_args(argv)
-    out, err = sys.stdout, sys.stderr
+    err = sys.stderr
     try:
-        client = Client(args, out, err)
-        return int(args.run(client, args))
+        return int(args.run(Client(args, sys.stdout, err), args))
     except (Usage, Unreachable, Refused, WaitTimedOut) as error:
         err.write(f"voicechat: {error}\n")
         if isinstance(error, Refused):

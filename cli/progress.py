@@ -58,8 +58,7 @@ class Progress:
         if len(visible) == len(self.streamed):
             return
         if self.text_on_terminal:
-            self._clear()
-            self.shown = ""
+            self.done()
         self.out.write(visible[len(self.streamed) :])
         self.out.flush()
         self.line_open = True
@@ -77,7 +76,6 @@ class Progress:
             self.out.write(text.strip())
         self.out.write("\n")
         self.out.flush()
-        self.received = self.streamed = ""
         self.line_open = False
         self.done()
 

@@ -40,15 +40,11 @@ class ReplyAudio:
         except (ServiceError, OSError, ValueError) as error:  # ValueError: the file was closed
             _LOGGER.debug("reply stream broke job_id=%s error=%s", job_id, error)
 
-    def finish(self, job: dict[str, object]) -> bool:
-        """Completes the file once `job` ended, fetching the stored reply again if the stream
-        was not whole (it failed, or the job took another attempt); False (and no file) when
-        the job did not succeed."""
+    def finish(self, job: dict[str, object]) -> None:
+        """Completes the file once `job` succeeded, fetching the stored reply again if the stream
+        was not whole (it failed, or the job took another attempt)."""
         if self.thread is not None:
             self.thread.join(timeout=30)
-        if job.get("status") != "succeeded":
-            self.discard()
-            return False
         streamed = self.whole and self.thread is not None and not self.thread.is_alive()
         if not streamed or job.get("attempts") != 1:
             _LOGGER.debug("fetching the stored reply again job_id=%s", job.get("id"))
@@ -57,7 +53,6 @@ class ReplyAudio:
             self.service.download_audio(str(job["id"]), self.file, self.wait_seconds)
         set_wav_sizes(self.file)
         self.file.close()
-        return True
 
     def discard(self) -> None:
         """Closes and removes the file (a canceled or failed job's, or an interrupted one)."""

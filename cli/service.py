@@ -37,28 +37,11 @@ class WaitTimedOut(ServiceError):
 
 
 class Refused(ServiceError):
-    """The service answered an error: its `code`, `detail`, and `Retry-After` (429, 503)."""
+    """The service answered an error (problem+json, OpenAI's error, or status and text from a
+    proxy); the message tells its status, `code`, `detail` and `Retry-After`."""
 
-    def __init__(self, status: int, code: str, detail: str, retry_after: str | None) -> None:
-        self.status = status
-        self.code = code
-        self.detail = detail
-        self.retry_after = retry_after
-        message = f"HTTP {status} {code}: {detail}" if code else f"HTTP {status}: {detail}"
-        if retry_after is not None:
-            message += f" (try again in {retry_after} s)"
-        elif status in (429, 503):
-            message += " (try again later)"
-        super().__init__(message)
-
-    @property
-    def busy(self) -> bool:
-        """Whether it is worth trying again later: rate limits, quotas, a full queue."""
-        return self.status in (429, 503)
-
-    @classmethod
-    def of(cls, response: requests.Response) -> Refused:
-        """The error an answer says: problem+json, OpenAI's error, or status and text (a proxy)."""
+    def __init__(self, response: requests.Response) -> None:
+        self.status = response.status_code
         code, detail = "", ""
         try:
             body = response.json()
@@ -73,8 +56,20 @@ class Refused(ServiceError):
             text = response.text.strip().splitlines()
             if text and body is None:
                 detail += f": {text[0][:200]}"
+        message = (
+            f"HTTP {self.status} {code}: {detail}" if code else f"HTTP {self.status}: {detail}"
+        )
         retry_after = response.headers.get("Retry-After")
-        return cls(response.status_code, code, detail, retry_after)
+        if retry_after is not None:
+            message += f" (try again in {retry_after} s)"
+        elif self.busy:
+            message += " (try again later)"
+        super().__init__(message)
+
+    @property
+    def busy(self) -> bool:
+        """Whether it is worth trying again later: rate limits, quotas, a full queue."""
+        return self.status in (429, 503)
 
 
 def _unreachable(url: str, error: requests.RequestException) -> Unreachable:
@@ -83,7 +78,7 @@ def _unreachable(url: str, error: requests.RequestException) -> Unreachable:
         why = f"no connection within {CONNECT_SECONDS:g} s"
     elif isinstance(error, requests.Timeout):
         why = "it stopped answering"
-    elif _refused_connection(error):
+    elif "Connection refused" in str(error):  # requests' message quotes urllib3's and the socket's
         return Unreachable(
             f"cannot connect to {url}: connection refused. Is the service running? "
             "(`scripts/serve.sh` starts it; --url or VOICECHAT_URL names another.)"
@@ -91,22 +86,6 @@ def _unreachable(url: str, error: requests.RequestException) -> Unreachable:
     else:
         why = f"the connection failed ({type(error).__name__})"
     return Unreachable(f"cannot reach {url}: {why}")
-
-
-def _refused_connection(error: BaseException) -> bool:
-    seen: BaseException | None = error
-    for _ in range(10):  # requests wraps urllib3's error, which wraps the socket's
-        if seen is None:
-            return False
-        if isinstance(seen, ConnectionRefusedError) or "Connection refused" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__ or _reason(seen)
-    return False
-
-
-def _reason(error: BaseException) -> BaseException | None:
-    reason = getattr(error, "reason", None) or (error.args[0] if error.args else None)
-    return reason if isinstance(reason, BaseException) else None
 
 
 class Service:
@@ -130,7 +109,7 @@ class Service:
         except requests.RequestException as error:
             raise _unreachable(self.url, error) from None
         if response.status_code >= 400:
-            raise Refused.of(response)
+            raise Refused(response)
         return response
 
     def create_conversation(self) -> str:
@@ -176,7 +155,7 @@ class Service:
                         if event.type == "done":
                             return
                         if time.monotonic() > deadline:
-                            raise WaitTimedOut(f"job {job_id} did not finish in time")
+                            break
             except requests.RequestException as error:
                 _LOGGER.debug("event stream broke job_id=%s error=%s", job_id, error)
             if time.monotonic() > deadline:
@@ -185,16 +164,13 @@ class Service:
             if failures > EVENTS_RECONNECTS:
                 raise Unreachable(f"the event stream of job {job_id} kept breaking")
 
-    def download_audio(self, job_id: str, into: BinaryIO, read_seconds: float) -> int:
-        """Writes the spoken reply to `into` as it streams; returns the bytes written."""
-        written = 0
+    def download_audio(self, job_id: str, into: BinaryIO, read_seconds: float) -> None:
+        """Writes the spoken reply to `into` as it streams."""
         path = f"/v1/jobs/{job_id}/audio"
         with self.request("GET", path, stream=True, read_seconds=read_seconds) as response:
             try:
                 for chunk in response.iter_content(chunk_size=None):
                     into.write(chunk)
                     into.flush()
-                    written += len(chunk)
             except requests.RequestException as error:
                 raise _unreachable(self.url, error) from None
-        return written

