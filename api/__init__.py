@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import cached_property
 from random import getrandbits
 from typing import Any
 
@@ -155,11 +156,9 @@ class _RequestGlobals(_AppCtxGlobals):
     """Flask's `g`, whose `db` is the request's database session, made on first use: a route
     that reads no database (the probes, the page) pays for none."""
 
-    @property
+    @cached_property
     def db(self) -> Session:
-        if "session" not in self.__dict__:
-            self.session = current_app.extensions["voicechat.sessions"]()
-        session: Session = self.session
+        session: Session = current_app.extensions["voicechat.sessions"]()
         return session
 
 
@@ -184,7 +183,7 @@ def _track_requests(app: Flask) -> None:
 
     @app.teardown_request
     def _close_request(_error: BaseException | None) -> None:
-        session = g.pop("session", None)
+        session = g.pop("db", None)
         if session is not None:
             session.close()
         REQUEST_ID.set(None)  # the thread's next lines belong to no request until its next

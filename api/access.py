@@ -21,6 +21,6 @@ def visible(owner_id: str | None) -> bool:
 def release_connection() -> None:
     """Hands the request session's connection back to the pool (the session stays usable):
     a held request (a wait, a stream) reads the database in short sessions of its own."""
-    session = g.get("session")  # made by the first `g.db`
+    session = g.get("db")  # made by the first `g.db`
     if session is not None and session.in_transaction():  # else it holds no connection
         session.close()

@@ -16,7 +16,6 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -78,23 +77,14 @@ def finished_job(job_id: str, done: Event) -> Job | None:
     return job
 
 
-@dataclass(frozen=True)
-class JobState:
-    """What a follower needs of a job's row: where it is, and whose it is."""
-
-    status: JobStatus
-    api_key_id: str | None
-
-
-def job_state(job_id: str) -> JobState | None:
-    """A job's status and owner alone, on a connection of its own: loading the whole row as an
-    ORM object cost several times more (the largest cost of a burst of followers, profiled)."""
+def job_state(job_id: str) -> sa.Row[str, str | None] | None:
+    """A job's `status` and owner (`api_key_id`) alone, on a connection of its own: loading the
+    whole row as an ORM object cost several times more (a burst of followers' largest cost)."""
     engine: sa.Engine = current_app.extensions["voicechat.reads"]
     with engine.connect() as connection:
-        row = connection.execute(
+        return connection.execute(
             sa.select(Job.status, Job.api_key_id).where(Job.id == job_id)
         ).first()
-    return None if row is None else JobState(JobStatus(row.status), row.api_key_id)
 
 
 def follow(
@@ -127,8 +117,8 @@ def follow(
                 return
         if not batch:
             state = job_state(job_id)
-            if state is None or state.status.terminal:
-                status = state and state.status.value
+            if state is None or JobStatus(state.status).terminal:
+                status = state and state.status
                 yield Event(id=after, type=event_log.DONE, data={"status": status})
                 return
         if not batch and block:
@@ -195,9 +185,9 @@ def sse_event(data: Any, event: str | None = None, event_id: str | None = None) 
     return "\n".join(lines) + "\n\n"
 
 
-def sse_response(chunks: Iterator[str]) -> Response:
-    """Streams Server-Sent Events, unbuffered by proxies."""
-    response = Response(stream_with_context(chunks), mimetype="text/event-stream")
+def sse_response(chunks: Iterator[Any], mimetype: str = "text/event-stream") -> Response:
+    """Streams Server-Sent Events (or another `mimetype`), unbuffered by proxies."""
+    response = Response(stream_with_context(chunks), mimetype=mimetype)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx would otherwise hold the stream
     return response
@@ -327,7 +317,7 @@ def get_job_events(job_id: str) -> Response:
     except BaseException:
         place.release()
         raise
-    going = not state.status.terminal
+    going = not JobStatus(state.status).terminal
     response = sse_response(_event_stream(job_id, after, place, going))
     # The place is freed when the server closes the response, even one never iterated.
     response.call_on_close(place.release)
@@ -343,7 +333,7 @@ def _resume_point() -> str:
     return header if header is not None else query if query is not None else "0"
 
 
-def _visible_job(job_id: str) -> JobState:
+def _visible_job(job_id: str) -> sa.Row[str, str | None]:
     """The state of the caller's job of this id; another key's is not found (`JobNotFound`)."""
     state = job_state(job_id)
     if state is None or not visible(state.api_key_id):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 from contextlib import AbstractContextManager
-from types import TracebackType
 
 from flask import current_app
 
@@ -24,27 +23,20 @@ RETRY_AFTER_SECONDS = 5
 
 
 class Place(AbstractContextManager["Place"]):
-    """One held request's place; released once, however many times `release` is called (a
-    stream's close and its generator both call it)."""
+    """One held request's place, released once however often `release` is called (a stream's
+    close and its generator both call it)."""
 
     def __init__(self, places: HeldRequests) -> None:
-        self._places = places
+        self._places: HeldRequests | None = places
         self._lock = threading.Lock()
-        self._held = True
 
     def release(self) -> None:
         with self._lock:
-            if not self._held:
-                return
-            self._held = False
-        self._places.release()
+            places, self._places = self._places, None
+        if places is not None:
+            places.release()
 
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _error: BaseException | None,
-        _trace: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_exception: object) -> None:
         self.release()
 
 

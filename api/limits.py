@@ -17,10 +17,11 @@ from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 from limits.storage import RedisStorage
 from redis import RedisError
-from sqlalchemy import ColumnElement, bindparam, func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from api.access import caller_id
+from models import transitions
 from models.errors import QueueFull, RateLimited, TooManyUnfinishedJobs
 from models.queue import JobQueue
 from models.settings import Settings
@@ -104,12 +105,9 @@ def rate_key() -> str:
 
 def requests_per_minute() -> int:
     """The caller's requests per minute (its key's, else RATE_LIMIT_PER_MINUTE; 0 is none)."""
-    if "requests_per_minute" not in g:
-        settings: Settings = current_app.extensions["voicechat.settings"]
-        own = g.get("api_key_requests_per_minute")
-        g.requests_per_minute = settings.rate_limit_per_minute if own is None else own
-    per_minute: int = g.requests_per_minute
-    return per_minute
+    own = g.get("api_key_requests_per_minute")
+    settings: Settings = current_app.extensions["voicechat.settings"]
+    return settings.rate_limit_per_minute if own is None else int(own)
 
 
 def _limit() -> str:
@@ -120,7 +118,7 @@ def _exempt() -> bool:
     return not request.path.startswith("/v1/") or requests_per_minute() == 0
 
 
-def init_limiter(app: Flask, settings: Settings) -> Limiter:
+def init_limiter(app: Flask, settings: Settings) -> None:
     """Counts each caller's `/v1` requests per fixed minute on the service's Redis.
 
     With Redis unreachable the counts fall back to each process's memory (so a caller may get
@@ -145,12 +143,11 @@ def init_limiter(app: Flask, settings: Settings) -> Limiter:
     limiter.init_app(app)
     app.extensions["voicechat.limiter"] = limiter
     app.after_request(_add_headers)
-    return limiter
 
 
-def _reset_seconds(limiter: Limiter) -> tuple[int, int, int] | None:
+def _window() -> tuple[int, int, int] | None:
     """The current limit's amount, what is left of it and the seconds until it resets."""
-    current = limiter.current_limit
+    current = current_app.extensions["voicechat.limiter"].current_limit
     if current is None:
         return None
     reset_at, remaining = current.window
@@ -158,24 +155,20 @@ def _reset_seconds(limiter: Limiter) -> tuple[int, int, int] | None:
 
 
 def _add_headers(response: Response) -> Response:
-    limiter: Limiter = current_app.extensions["voicechat.limiter"]
     try:
-        counted = _reset_seconds(limiter)
+        counted = _window()
     except (RedisError, OSError) as error:  # Redis went away during the request
         _LOGGER.warning("rate limit headers skipped error=%s", type(error).__name__)
         return response
     if counted is not None:
-        amount, remaining, reset = counted
-        response.headers[LIMIT_HEADER] = str(amount)
-        response.headers[REMAINING_HEADER] = str(remaining)
-        response.headers[RESET_HEADER] = str(reset)
+        names = (LIMIT_HEADER, REMAINING_HEADER, RESET_HEADER)
+        response.headers.update(zip(names, map(str, counted), strict=True))
     return response
 
 
 def breach() -> RateLimited:
     """The domain error of a request over its caller's limit, to retry when the minute resets."""
-    limiter: Limiter = current_app.extensions["voicechat.limiter"]
-    counted = _reset_seconds(limiter)
+    counted = _window()
     amount, _, reset = counted if counted is not None else (requests_per_minute(), 0, 60)
     _LOGGER.info("rate limited caller=%s limit=%s retry_after=%s", rate_key(), amount, reset)
     return RateLimited(
@@ -208,29 +201,23 @@ def check_queue(queue: JobQueue, settings: Settings) -> None:
         )
 
 
-def unfinished_limit(session: Session, settings: Settings) -> int:
-    """The caller's number of unfinished jobs at once (0: no limit), its key's own, else
-    MAX_UNFINISHED_JOBS. With a key, on PostgreSQL, the key's row is locked until the transaction
-    that adds the job commits, so two submits at once cannot both take the last place; in open
-    mode, and on SQLite (no row locks), submits at the same instant may pass one more job each."""
+def add_within_limit(session: Session, job: Job, settings: Settings) -> None:
+    """Adds a new job's row (uncommitted) unless its caller has its share of unfinished jobs
+    already (0: no limit), its key's own, else MAX_UNFINISHED_JOBS. With a key, on PostgreSQL,
+    the key's row is locked until the transaction that adds the job commits, so two submits at
+    once cannot both take the last place; in open mode, and on SQLite (no row locks), submits at
+    the same instant may pass one more job each."""
     own = g.get("api_key_max_unfinished_jobs")
     allowed: int = settings.max_unfinished_jobs if own is None else own
     owner = caller_id()
-    if allowed and owner is not None and session.get_bind().dialect.name == "postgresql":
-        session.connection().execute(_LOCK_KEY, {"owner": owner})
-    return allowed
-
-
-def under_limit() -> ColumnElement[bool]:
-    """The condition under which the caller has fewer than `allowed` unfinished jobs, for the
-    INSERT that adds its job (bound: `owner`, `allowed`)."""
-    return _OPEN_UNDER_LIMIT if caller_id() is None else _OWN_UNDER_LIMIT
-
-
-def too_many_unfinished(allowed: int) -> TooManyUnfinishedJobs:
-    """The refusal of a job past the caller's `allowed` unfinished jobs."""
-    return TooManyUnfinishedJobs(
-        f"{allowed} of your jobs are queued or running, the most allowed at once; "
-        "wait for one to finish.",
-        retry_after=UNFINISHED_RETRY_SECONDS,
-    )
+    only_if = None
+    if allowed:
+        if owner is not None and session.get_bind().dialect.name == "postgresql":
+            session.connection().execute(_LOCK_KEY, {"owner": owner})
+        only_if = _OPEN_UNDER_LIMIT if owner is None else _OWN_UNDER_LIMIT
+    if not transitions.insert_queued(session, job, only_if, owner=owner, allowed=allowed):
+        raise TooManyUnfinishedJobs(
+            f"{allowed} of your jobs are queued or running, the most allowed at once; "
+            "wait for one to finish.",
+            retry_after=UNFINISHED_RETRY_SECONDS,
+        )

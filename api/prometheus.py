@@ -39,16 +39,7 @@ class LiveFigures(Collector):
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    def describe(self) -> list[Metric]:
-        """Names the families without reading Redis (the registry asks when one is added)."""
-        return [
-            GaugeMetricFamily("voicechat_broker_up", ""),
-            GaugeMetricFamily("voicechat_queue_depth", ""),
-            GaugeMetricFamily("voicechat_workers_ready", ""),
-        ]
-
     def collect(self) -> Iterator[Metric]:
-        """Reads the figures now."""
         try:
             depth = waiting_jobs(self.redis)
             workers = heartbeat.live_workers(self.redis)

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 import soxr
-from flask import Response, current_app, stream_with_context
+from flask import Response, current_app
 
 from api.cancellation import canceled_on_leave
-from api.follow import IDLE, client_left, follow, read_job
+from api.follow import IDLE, client_left, follow, read_job, sse_response
 from api.held_requests import Place
 from models import event_log, storage
 from models.tables import JobStatus
@@ -83,10 +83,7 @@ def stream_reply(
     chunks = _chunks(job_id, attempt, place, sent)
     if cancel_on_leave:
         chunks = canceled_on_leave(job_id, chunks)
-    chunks = stream_with_context(chunks)
-    response = Response(chunks, mimetype="audio/wav" if with_header else "audio/pcm")
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
+    response = sse_response(chunks, "audio/wav" if with_header else "audio/pcm")
     response.call_on_close(place.release)
     return response
 
