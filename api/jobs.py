@@ -15,9 +15,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api import idempotency
 from api.access import caller_id, visible
-from api.cancellation import cancel
+from api.cancellation import cancel, erase
 from api.conversations import visible_conversation
-from api.erasure import erase
 from api.follow import wait_for
 from api.held_requests import hold, try_hold
 from api.limits import add_within_limit, check_queue

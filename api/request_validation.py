@@ -111,13 +111,10 @@ def refuse(error: type[VoiceChatError], message: str = "") -> PydanticCustomErro
 
 
 class _DocumentSchema(GenerateJsonSchema):
-    """JSON Schema without pydantic's generated titles (the property name says it)."""
+    """JSON Schema without pydantic's generated field titles (the property name says it)."""
 
     def field_title_should_be_set(self, schema: Any) -> bool:
         return False
-
-    def get_title_from_name(self, name: str) -> str:
-        return ""
 
 
 def component_schemas(
@@ -127,7 +124,7 @@ def component_schemas(
     _, top = models_json_schema(
         list(shapes), ref_template=REF_TEMPLATE, schema_generator=_DocumentSchema
     )
-    return {name: _without_titles(live(schema, settings)) for name, schema in top["$defs"].items()}
+    return {name: live(schema, settings) for name, schema in top["$defs"].items()}
 
 
 def _rewritten(schema: Any, rewrite: Callable[[dict[str, Any]], Any]) -> Any:
@@ -168,12 +165,6 @@ def without_null(schema: Any) -> Any:
         return node
 
     return _rewritten(schema, drop_null)
-
-
-def _without_titles(schema: Any) -> Any:
-    return _rewritten(
-        schema, lambda node: {k: v for k, v in node.items() if (k, v) != ("title", "")}
-    )
 
 
 @lru_cache(maxsize=64)

@@ -1,11 +1,9 @@
-"""A spoken reply streamed while it is made: each sentence as soon as the worker has spoken it.
+"""A spoken reply streamed while it is made: each sentence (16-bit mono PCM, stored under its
+attempt's name and announced as `speech`) sent on as soon as the worker has spoken it.
 
-The worker stores every sentence of a voice reply (16-bit mono PCM) under its attempt's name
-and tells the job's event log (`speech`); this follows the log and sends each sentence on, as
-one WAV of unknown length (or raw PCM). The reply's WAV is the sentences joined, so a stream
-that missed a sentence file (the worker removes them once the WAV is stored) is finished from
-the WAV, from where it stopped. A stream follows one attempt: if the job starts again on
-another, the stream ends, short (the client asks again, and hears the new attempt).
+The reply's WAV is the sentences joined, so a stream that missed a sentence file (removed once
+the WAV is stored) is finished from the WAV. A stream follows one attempt: if the job starts
+again on another, it ends short (the client asks again, and hears the new attempt).
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ UNKNOWN_SIZE = 0xFFFFFFFF
 
 
 def streaming_wav_header(sample_rate: int) -> bytes:
-    """The 44-byte header of a 16-bit mono PCM WAV of unknown length."""
     # The `fmt ` chunk: its size, PCM, mono, the rate, bytes a second, bytes a frame, bits.
     fmt_chunk = (16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
     return struct.pack(
