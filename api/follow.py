@@ -1,9 +1,8 @@
 """Following a job: Server-Sent Events, and waiting for its start or its end without polling.
 
-Both read the job's Redis Stream (models/event_log.py), which the worker appends to, so a client
-hears of each change as it happens; the web process never asks Celery for results. The job row
-stays the truth: every few seconds without news, and whenever Redis fails, the row is read, so
-a lost event can delay the end but never hide it.
+Both read the job's Redis Stream (models/event_log.py), which the worker appends to; the web
+process never asks Celery for results. The row stays the truth: read every few seconds without
+news, and whenever Redis fails, so a lost event can delay the end but never hide it.
 """
 
 from __future__ import annotations
@@ -92,10 +91,9 @@ def follow(
 ) -> Iterator[Event]:
     """Yields a job's events after stream id `after` until `done`, or until `timeout` (no `done`).
 
-    A `done` the stream lost (Redis restarted, the entry expired) is made from the job's row;
-    each quiet read yields `IDLE`. The first read returns at once with whatever was missed, and
-    the row is read if it found nothing; `row_read`: the caller has just read (or made) the row,
-    so the first read waits for news instead.
+    A `done` the stream lost is made from the job's row; each quiet read yields `IDLE`. The first
+    read returns at once with whatever was missed, and the row is read if it found nothing; with
+    `row_read` (the caller has just read or made the row) it waits for news instead.
     """
     release_connection()  # held from here on: no database connection kept meanwhile
     log: JobEvents = current_app.extensions["voicechat.events"]
@@ -132,8 +130,7 @@ def _block_seconds() -> float:
 
 def wait_for(job_id: str, timeout: float) -> Job | None:
     """Waits up to `timeout` seconds for a job just submitted to end: its final row, or None
-    (also when the client has left, looked at every `LOOK_SECONDS`, so that its held place is
-    freed)."""
+    (also once the client has left, looked at every `LOOK_SECONDS`, freeing its place)."""
     look = time.monotonic() + LOOK_SECONDS
     for event in follow(job_id, timeout=timeout, row_read=True):
         if event.type == event_log.DONE:
@@ -157,11 +154,8 @@ def wait_for_start(job_id: str, timeout: float) -> bool:
 
 
 def client_left() -> bool:
-    """Whether the client has closed its connection: a readable socket with nothing to read.
-
-    A stream's first write after the client left still succeeds, so without this a gone
-    follower's place would be held two beats. False without a plain socket (gunicorn's TLS).
-    """
+    """Whether the client has closed its connection (a readable socket with nothing to read; a
+    stream's first write after it left still succeeds). False without a plain socket (TLS)."""
     client = request.environ.get("gunicorn.socket")
     if not isinstance(client, socket.socket) or isinstance(client, ssl.SSLSocket):
         return False
@@ -306,7 +300,12 @@ def get_job_events(job_id: str) -> Response:
     after = _resume_point()
     if not is_resource_id(job_id):
         raise JobNotFound(f"No job has the id {job_id!r}.")
-    if _seen_the_end(job_id, after):
+    log: JobEvents = current_app.extensions["voicechat.events"]
+    try:
+        seen_the_end = log.ended_by(job_id, after)
+    except (RedisError, OSError):
+        seen_the_end = False  # the stream answers from the row instead
+    if seen_the_end:
         _visible_job(job_id)  # another key learns nothing, not even that the stream ended
         # 204 is the answer after which EventSource does not reconnect (HTML: any status but
         # 200 fails the connection for good); another `done` would have it loop for ever.
@@ -341,20 +340,6 @@ def _visible_job(job_id: str) -> sa.Row[str, str | None]:
     return state
 
 
-def _seen_the_end(job_id: str, after: str) -> bool:
-    """Whether a reader resuming after event `after` has had the job's `done` already."""
-    log: JobEvents = current_app.extensions["voicechat.events"]
-    try:
-        return log.ended_by(job_id, after)
-    except (RedisError, OSError):
-        return False  # the stream answers from the row instead
-
-
-def _public(done: dict[str, Any]) -> dict[str, Any]:
-    """A `done` event's data without the row it carries (the answers show the job's view)."""
-    return {name: value for name, value in done.items() if name != "job"}
-
-
 def _event_stream(job_id: str, after: str, place: Place, going: bool) -> Iterator[str]:
     """The SSE text of a job's events, holding `place` until it ends; `going`: see `follow`."""
     with place:
@@ -366,7 +351,9 @@ def _event_stream(job_id: str, after: str, place: Place, going: bool) -> Iterato
                 yield KEEP_ALIVE
             elif event.type == event_log.DONE:
                 job = finished_job(job_id, event)
-                done = JobView.of(job).model_dump(mode="json") if job else _public(event.data)
+                # Else the event's data, without the row it carries.
+                public = {name: value for name, value in event.data.items() if name != "job"}
+                done = JobView.of(job).model_dump(mode="json") if job else public
                 yield sse_event(done, event_log.DONE, event.id or None)
             else:
                 yield sse_event(event.data, event.type, event.id)

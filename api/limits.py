@@ -1,9 +1,6 @@
-"""Each caller's share of the service: requests per minute (Flask-Limiter on the service's Redis),
-unfinished jobs at once, and the queue's depth past which a submit is refused.
-
-The caller is the API key (`api.access.caller_id`), or the remote address when the service runs
-open. Only `/v1` routes are limited; the probes and `/openapi.json` never are.
-"""
+"""Each caller's share of the service (its API key's, or in open mode its address's): `/v1`
+requests per minute (Flask-Limiter on the service's Redis), unfinished jobs at once, and the
+queue's depth past which a submit is refused."""
 
 from __future__ import annotations
 
@@ -32,11 +29,8 @@ _LOGGER = logging.getLogger(__name__)
 # How long a refused submit is told to wait: a job takes seconds, and the queue drains in tens.
 UNFINISHED_RETRY_SECONDS = 5
 QUEUE_FULL_RETRY_SECONDS = 10
-UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 # The IETF draft's names (draft-ietf-httpapi-ratelimit-headers-06): the reset in seconds from now.
-LIMIT_HEADER = "RateLimit-Limit"
-REMAINING_HEADER = "RateLimit-Remaining"
-RESET_HEADER = "RateLimit-Reset"
+RATE_LIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 _JOBS, _KEYS = Job.__table__.c, ApiKey.__table__.c
 # The caller's key row, locked until the transaction that adds its job commits (PostgreSQL).
 _LOCK_KEY = select(_KEYS.id).where(_KEYS.id == bindparam("owner")).with_for_update()
@@ -47,7 +41,7 @@ _OPEN_UNDER_LIMIT, _OWN_UNDER_LIMIT = (
     select(func.count())
     .select_from(
         select(_JOBS.id)
-        .where(whose, _JOBS.status.in_(UNFINISHED))
+        .where(whose, _JOBS.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value)))
         .limit(bindparam("allowed"))
         .subquery()
     )
@@ -119,12 +113,9 @@ def _exempt() -> bool:
 
 
 def init_limiter(app: Flask, settings: Settings) -> None:
-    """Counts each caller's `/v1` requests per fixed minute on the service's Redis.
-
-    With Redis unreachable the counts fall back to each process's memory (so a caller may get
-    one limit per API process), and a failure of the limiter itself is logged, never a 500. Call
-    it after authentication has been added: hooks run in the order they were added.
-    """
+    """Counts each caller's `/v1` requests per fixed minute on Redis, or while it is unreachable
+    in each process's memory; a failure of the limiter is logged, never a 500. Call it after
+    authentication is added: hooks run in the order they were added."""
     limiter = Limiter(
         key_func=rate_key,
         application_limits=[_limit],
@@ -161,13 +152,12 @@ def _add_headers(response: Response) -> Response:
         _LOGGER.warning("rate limit headers skipped error=%s", type(error).__name__)
         return response
     if counted is not None:
-        names = (LIMIT_HEADER, REMAINING_HEADER, RESET_HEADER)
-        response.headers.update(zip(names, map(str, counted), strict=True))
+        response.headers.update(zip(RATE_LIMIT_HEADERS, map(str, counted), strict=True))
     return response
 
 
 def breach() -> RateLimited:
-    """The domain error of a request over its caller's limit, to retry when the minute resets."""
+    """The error of a request over its caller's limit, to retry when the minute resets."""
     counted = _window()
     amount, _, reset = counted if counted is not None else (requests_per_minute(), 0, 60)
     _LOGGER.info("rate limited caller=%s limit=%s retry_after=%s", rate_key(), amount, reset)
@@ -178,11 +168,8 @@ def breach() -> RateLimited:
 
 
 def check_queue(queue: JobQueue, settings: Settings) -> None:
-    """Refuses a new job when MAX_QUEUE_DEPTH jobs wait already.
-
-    The depth is read (LLEN) unless this process saw it recently and well under the limit: a
-    push answers the depth after it, so a busy process reads the queue only as it fills.
-    """
+    """Refuses a new job when MAX_QUEUE_DEPTH jobs wait already. The depth is read (LLEN) unless
+    this process saw it recently (a push answers it) and well under the limit."""
     if not settings.max_queue_depth:
         return
     depth, seen_at = queue.depth_seen
