@@ -60,11 +60,8 @@ LOOK_SECONDS = 0.5
 def read_job(job_id: str) -> Job | None:
     """Reads a job's row in a short session of its own (a held-open request may last minutes)."""
     sessions: sessionmaker[Session] = current_app.extensions["voicechat.sessions"]
-    with sessions() as session:
-        job = session.get(Job, job_id)
-        if job is not None:
-            session.expunge(job)
-        return job
+    with sessions() as session:  # closing it detaches the row, read in full
+        return session.get(Job, job_id)
 
 
 def finished_job(job_id: str, done: Event) -> Job | None:

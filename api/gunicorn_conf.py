@@ -40,9 +40,8 @@ accesslog = "-"
 
 
 class _AccessLog(glogging.Logger):  # type: ignore[misc]
-    """Gunicorn's logger, with no access line for the probes: an orchestrator or a load
-    balancer asks them every few seconds, and the line cost more than the route (profiled under
-    wrk: gunicorn's access logging took more of an API process than Flask answering /healthz)."""
+    """Gunicorn's logger, with no access line for the probes, asked every few seconds: the line
+    cost more than the route (profiled under wrk, against Flask answering /healthz)."""
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
         if environ.get("PATH_INFO") not in PROBES:
