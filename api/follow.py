@@ -46,8 +46,7 @@ blueprint = Blueprint("events", __name__)
 # 8 and 10 s, drawn per read, so that followers who came in together do not all wake together.
 BLOCK_SECONDS = 10.0
 _BLOCK_SPREAD = 0.2
-# Not in the stream: `follow` yields it after each blocking read that found nothing new, so a
-# caller can keep its connection alive.
+# Not in the stream: yielded after each blocking read that found nothing (time for a keep-alive).
 IDLE = "idle"
 # A Redis stream id: milliseconds and a sequence number (each held to 19 digits, inside a 64-bit
 # unsigned integer), or 0 for the start. The document declares the same pattern.

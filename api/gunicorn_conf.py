@@ -53,8 +53,7 @@ errorlog = "-"
 # The query string is left out of the access log: it may carry prompt text. The request's id
 # comes from the answer's X-Request-ID (models/logging_config.py puts it on the line).
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s'
-# gunicorn's own lines, the access log and the app's all go through one handler, as JSON
-# (LOG_FORMAT=json) or text.
+# gunicorn's own lines, the access log and the app's: one handler, JSON (LOG_FORMAT) or text.
 logconfig_dict = dict_config(settings.log_format, os.environ.get("LOG_LEVEL", "INFO").upper())
 
 

@@ -1,12 +1,9 @@
 """The bound on requests held open in one API process: event streams and requests that wait."""
 
-# Each held request (an event stream, `Prefer: wait`, an OpenAI route waiting for its job) keeps
-# one gunicorn thread asleep in a Redis read. Gunicorn runs MAX_HELD_REQUESTS + API_THREADS
-# threads (api/gunicorn_conf.py), and a request is held only while it has one of the
-# MAX_HELD_REQUESTS places here, so API_THREADS threads are always left for short requests
-# (probes, reads, submits): they never queue behind followers. Past the bound the answer is
-# immediate: 503 `server_busy` with `Retry-After`, or for `Prefer: wait` the usual 202 (RFC
-# 7240 lets a server decline a preference).
+# Each held request (an event stream, `Prefer: wait`, an OpenAI route's wait) keeps a gunicorn
+# thread asleep in a Redis read. Of the MAX_HELD_REQUESTS + API_THREADS threads (gunicorn_conf)
+# only MAX_HELD_REQUESTS are ever held, so short requests never queue behind followers. Past the
+# bound: 503 `server_busy` at once, or for `Prefer: wait` the usual 202 (RFC 7240 allows it).
 
 from __future__ import annotations
 
