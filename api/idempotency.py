@@ -103,13 +103,12 @@ def fingerprint(request: Request, job: Job, audio: bytes | None) -> str:
 def claim(
     session: Session, key: str, request_fingerprint: str, job_id: str, settings: Settings
 ) -> Claim | Job:
-    """Takes `key` for this request's job `job_id` (named in the row in the transaction that
-    will store the job; `release` gives it back), or returns the job the same request made with
-    it before, to replay.
+    """Takes `key` for this request's job `job_id` (named in the transaction that will store the
+    job; `release` gives it back), or returns the job the same request made with it, to replay.
 
-    The row is inserted and committed at once: of two requests with one key, the primary key
-    lets exactly one in. An expired row, an in-flight one older than IN_FLIGHT_STALE_SECONDS, or
-    one whose job is gone is taken over by a conditional update.
+    The row is committed at once: of two requests with one key, the primary key lets exactly one
+    in. An expired row, an in-flight one older than IN_FLIGHT_STALE_SECONDS, or one whose job is
+    gone is taken over by a conditional update.
     """
     scope, now = caller_id() or "", utcnow()
     session.add(

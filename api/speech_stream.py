@@ -120,9 +120,8 @@ def _sentence(results: storage.Store, name: str, rate: int, sent: _Sent) -> Iter
 
 
 def _rest_of_reply(results: storage.Store, job_id: str, sent: _Sent) -> Iterator[bytes]:
-    """What the sentences did not bring of a succeeded job's reply, from its stored WAV: read
-    only by a stream that missed a file or started too late to hear any (the log has every
-    sentence's event before `done`)."""
+    """What the sentences did not bring of a succeeded job's reply, from its stored WAV (only for
+    a stream that missed a file or heard none: the log has every sentence before `done`)."""
     if sent.rate is not None and not sent.broken:
         return
     job = read_job(job_id)
