@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import cached_property
 from random import getrandbits
 from typing import Any
 
@@ -44,10 +45,6 @@ from models.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-# Event-log connections for requests that are not held (a failed submit's `done`, first reads).
-_SHORT_REQUEST_CONNECTIONS = 100
-# Database connections per API process (see `_connect`).
-_POOL_KEPT, _POOL_MORE = 15, 5
 BLUEPRINTS = (
     jobs.blueprint,
     follow.blueprint,
@@ -114,10 +111,7 @@ def _connect(app: Flask, settings: Settings) -> None:
     # back, and under a burst of followers' short reads SQLAlchemy's default (5 kept, 10 more)
     # opened and closed PostgreSQL connections without end (11% of the API's CPU, py-spy).
     engine = make_engine(
-        settings.database_url,
-        ping_idle_seconds=PING_IDLE_SECONDS,
-        pool_size=_POOL_KEPT,
-        max_overflow=_POOL_MORE,
+        settings.database_url, ping_idle_seconds=PING_IDLE_SECONDS, pool_size=15, max_overflow=5
     )
     app.extensions["voicechat.settings"] = settings
     app.extensions["voicechat.engine"] = engine
@@ -129,13 +123,13 @@ def _connect(app: Flask, settings: Settings) -> None:
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2
     )
     # Event streams are read with blocking XREADs: a socket timeout above the longest block, and
-    # a connection for each held request beside those of short ones (redis-py's pool stops at
-    # 100 by default, and a follower past it would poll the row instead of blocking).
+    # a connection for each held request beside 100 for short ones (redis-py's pool stops at 100
+    # by default, and a follower past it would poll the row instead of blocking).
     events_redis = Redis.from_url(
         settings.redis_url,
         socket_timeout=follow.BLOCK_SECONDS + 10,
         socket_connect_timeout=2,
-        max_connections=settings.max_held_requests + _SHORT_REQUEST_CONNECTIONS,
+        max_connections=settings.max_held_requests + 100,
         # Each arriving follower may open a connection: no CLIENT SETINFO round trips on it.
         driver_info=None,
     )
@@ -155,11 +149,9 @@ class _RequestGlobals(_AppCtxGlobals):
     """Flask's `g`, whose `db` is the request's database session, made on first use: a route
     that reads no database (the probes, the page) pays for none."""
 
-    @property
+    @cached_property
     def db(self) -> Session:
-        if "session" not in self.__dict__:
-            self.session = current_app.extensions["voicechat.sessions"]()
-        session: Session = self.session
+        session: Session = current_app.extensions["voicechat.sessions"]()
         return session
 
 
@@ -184,7 +176,7 @@ def _track_requests(app: Flask) -> None:
 
     @app.teardown_request
     def _close_request(_error: BaseException | None) -> None:
-        session = g.pop("session", None)
+        session = g.pop("db", None)
         if session is not None:
             session.close()
         REQUEST_ID.set(None)  # the thread's next lines belong to no request until its next

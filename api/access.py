@@ -1,5 +1,4 @@
-"""Who is calling: the API key a request came with, the owner of everything it creates and the
-only caller that may see it."""
+"""Who is calling: the API key a request came with, which owns what it makes and alone sees it."""
 
 from __future__ import annotations
 
@@ -13,14 +12,13 @@ def caller_id() -> str | None:
 
 
 def visible(owner_id: str | None) -> bool:
-    """Whether the caller may see a row owned by key `owner_id`: only the key that made it, and
-    in open mode only the rows made open (owner None). Anything else is answered as unknown."""
+    """Whether the caller may see a row of key `owner_id` (open: of none); else it is unknown."""
     return owner_id == caller_id()
 
 
 def release_connection() -> None:
     """Hands the request session's connection back to the pool (the session stays usable):
     a held request (a wait, a stream) reads the database in short sessions of its own."""
-    session = g.get("session")  # made by the first `g.db`
+    session = g.get("db")  # made by the first `g.db`
     if session is not None and session.in_transaction():  # else it holds no connection
         session.close()

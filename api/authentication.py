@@ -1,9 +1,6 @@
-"""Bearer API keys on every /v1 route, and the open mode of a service that has none.
-
-The key is looked up by its hash on each request, so a revoked key is refused at once. With no
-unrevoked key the service runs open, for requests straight from this machine only; a service
-bound elsewhere refuses to start open (api/gunicorn_conf.py, scripts/launch.py).
-"""
+"""Bearer API keys on every /v1 route, looked up by hash on each request (a revoked key is refused
+at once); with none unrevoked the service runs open, for this machine only (api/gunicorn_conf.py
+and scripts/launch.py refuse to start open on another address)."""
 
 from __future__ import annotations
 
@@ -17,7 +14,6 @@ from models.errors import InvalidApiKey, MissingApiKey
 _LOGGER = logging.getLogger(__name__)
 
 PROTECTED_PREFIX = "/v1/"
-_FORWARDED = ("Forwarded", "X-Forwarded-For")
 
 
 def bearer_token() -> str | None:
@@ -30,7 +26,7 @@ def bearer_token() -> str | None:
 
 def from_this_machine() -> bool:
     """Whether the request comes straight from this machine: loopback, no proxy forwarded it."""
-    forwarded = any(name in request.headers for name in _FORWARDED)
+    forwarded = "Forwarded" in request.headers or "X-Forwarded-For" in request.headers
     return not forwarded and is_loopback(request.remote_addr or "")
 
 
@@ -72,8 +68,6 @@ def register_authentication(app: Flask) -> None:
         # RFC 6750 §3: a 401 names the scheme, and why a token sent was refused.
         if response.status_code == 401:
             failure = g.get("auth_failure")
-            challenge = 'Bearer realm="voicechat"'
-            if failure:
-                challenge += f', error="{failure}"'
-            response.headers["WWW-Authenticate"] = challenge
+            error = f', error="{failure}"' if failure else ""
+            response.headers["WWW-Authenticate"] = f'Bearer realm="voicechat"{error}'
         return response

@@ -54,10 +54,8 @@ _HTTP_CODES = {
 
 def status_for(error: errors.VoiceChatError | type[errors.VoiceChatError]) -> int:
     """The HTTP status of a domain error, or of its class."""
-    for cls in (error if isinstance(error, type) else type(error)).__mro__:
-        if cls in _STATUS:
-            return _STATUS[cls]
-    return 500
+    cls = error if isinstance(error, type) else type(error)
+    return next(_STATUS[base] for base in cls.__mro__ if base in _STATUS)
 
 
 def with_retry_after(response: Response, error: errors.VoiceChatError) -> Response:

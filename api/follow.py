@@ -1,9 +1,8 @@
 """Following a job: Server-Sent Events, and waiting for its start or its end without polling.
 
-Both read the job's Redis Stream (models/event_log.py), which the worker appends to, so a client
-hears of each change as it happens; the web process never asks Celery for results. The job row
-stays the truth: every few seconds without news, and whenever Redis fails, the row is read, so
-a lost event can delay the end but never hide it.
+Both read the job's Redis Stream (models/event_log.py), which the worker appends to; the web
+process never asks Celery for results. The row stays the truth: read every few seconds without
+news, and whenever Redis fails, so a lost event can delay the end but never hide it.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -48,8 +46,7 @@ blueprint = Blueprint("events", __name__)
 # 8 and 10 s, drawn per read, so that followers who came in together do not all wake together.
 BLOCK_SECONDS = 10.0
 _BLOCK_SPREAD = 0.2
-# Not in the stream: `follow` yields it after each blocking read that found nothing new, so a
-# caller can keep its connection alive.
+# Not in the stream: yielded after each blocking read that found nothing (time for a keep-alive).
 IDLE = "idle"
 # A Redis stream id: milliseconds and a sequence number (each held to 19 digits, inside a 64-bit
 # unsigned integer), or 0 for the start. The document declares the same pattern.
@@ -62,11 +59,8 @@ LOOK_SECONDS = 0.5
 def read_job(job_id: str) -> Job | None:
     """Reads a job's row in a short session of its own (a held-open request may last minutes)."""
     sessions: sessionmaker[Session] = current_app.extensions["voicechat.sessions"]
-    with sessions() as session:
-        job = session.get(Job, job_id)
-        if job is not None:
-            session.expunge(job)
-        return job
+    with sessions() as session:  # closing it detaches the row, read in full
+        return session.get(Job, job_id)
 
 
 def finished_job(job_id: str, done: Event) -> Job | None:
@@ -78,23 +72,14 @@ def finished_job(job_id: str, done: Event) -> Job | None:
     return job
 
 
-@dataclass(frozen=True)
-class JobState:
-    """What a follower needs of a job's row: where it is, and whose it is."""
-
-    status: JobStatus
-    api_key_id: str | None
-
-
-def job_state(job_id: str) -> JobState | None:
-    """A job's status and owner alone, on a connection of its own: loading the whole row as an
-    ORM object cost several times more (the largest cost of a burst of followers, profiled)."""
+def job_state(job_id: str) -> sa.Row[str, str | None] | None:
+    """A job's `status` and owner (`api_key_id`) alone, on a connection of its own: loading the
+    whole row as an ORM object cost several times more (a burst of followers' largest cost)."""
     engine: sa.Engine = current_app.extensions["voicechat.reads"]
     with engine.connect() as connection:
-        row = connection.execute(
+        return connection.execute(
             sa.select(Job.status, Job.api_key_id).where(Job.id == job_id)
         ).first()
-    return None if row is None else JobState(JobStatus(row.status), row.api_key_id)
 
 
 def follow(
@@ -102,10 +87,9 @@ def follow(
 ) -> Iterator[Event]:
     """Yields a job's events after stream id `after` until `done`, or until `timeout` (no `done`).
 
-    A `done` the stream lost (Redis restarted, the entry expired) is made from the job's row;
-    each quiet read yields `IDLE`. The first read returns at once with whatever was missed, and
-    the row is read if it found nothing; `row_read`: the caller has just read (or made) the row,
-    so the first read waits for news instead.
+    A `done` the stream lost is made from the job's row; each quiet read yields `IDLE`. The first
+    read returns at once with whatever was missed, and the row is read if it found nothing; with
+    `row_read` (the caller has just read or made the row) it waits for news instead.
     """
     release_connection()  # held from here on: no database connection kept meanwhile
     log: JobEvents = current_app.extensions["voicechat.events"]
@@ -127,8 +111,8 @@ def follow(
                 return
         if not batch:
             state = job_state(job_id)
-            if state is None or state.status.terminal:
-                status = state and state.status.value
+            if state is None or JobStatus(state.status).terminal:
+                status = state and state.status
                 yield Event(id=after, type=event_log.DONE, data={"status": status})
                 return
         if not batch and block:
@@ -142,8 +126,7 @@ def _block_seconds() -> float:
 
 def wait_for(job_id: str, timeout: float) -> Job | None:
     """Waits up to `timeout` seconds for a job just submitted to end: its final row, or None
-    (also when the client has left, looked at every `LOOK_SECONDS`, so that its held place is
-    freed)."""
+    (also once the client has left, looked at every `LOOK_SECONDS`, freeing its place)."""
     look = time.monotonic() + LOOK_SECONDS
     for event in follow(job_id, timeout=timeout, row_read=True):
         if event.type == event_log.DONE:
@@ -167,11 +150,8 @@ def wait_for_start(job_id: str, timeout: float) -> bool:
 
 
 def client_left() -> bool:
-    """Whether the client has closed its connection: a readable socket with nothing to read.
-
-    A stream's first write after the client left still succeeds, so without this a gone
-    follower's place would be held two beats. False without a plain socket (gunicorn's TLS).
-    """
+    """Whether the client has closed its connection (a readable socket with nothing to read; a
+    stream's first write after it left still succeeds). False without a plain socket (TLS)."""
     client = request.environ.get("gunicorn.socket")
     if not isinstance(client, socket.socket) or isinstance(client, ssl.SSLSocket):
         return False
@@ -195,9 +175,9 @@ def sse_event(data: Any, event: str | None = None, event_id: str | None = None) 
     return "\n".join(lines) + "\n\n"
 
 
-def sse_response(chunks: Iterator[str]) -> Response:
-    """Streams Server-Sent Events, unbuffered by proxies."""
-    response = Response(stream_with_context(chunks), mimetype="text/event-stream")
+def sse_response(chunks: Iterator[Any], mimetype: str = "text/event-stream") -> Response:
+    """Streams Server-Sent Events (or another `mimetype`), unbuffered by proxies."""
+    response = Response(stream_with_context(chunks), mimetype=mimetype)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx would otherwise hold the stream
     return response
@@ -316,7 +296,12 @@ def get_job_events(job_id: str) -> Response:
     after = _resume_point()
     if not is_resource_id(job_id):
         raise JobNotFound(f"No job has the id {job_id!r}.")
-    if _seen_the_end(job_id, after):
+    log: JobEvents = current_app.extensions["voicechat.events"]
+    try:
+        seen_the_end = log.ended_by(job_id, after)
+    except (RedisError, OSError):
+        seen_the_end = False  # the stream answers from the row instead
+    if seen_the_end:
         _visible_job(job_id)  # another key learns nothing, not even that the stream ended
         # 204 is the answer after which EventSource does not reconnect (HTML: any status but
         # 200 fails the connection for good); another `done` would have it loop for ever.
@@ -327,7 +312,7 @@ def get_job_events(job_id: str) -> Response:
     except BaseException:
         place.release()
         raise
-    going = not state.status.terminal
+    going = not JobStatus(state.status).terminal
     response = sse_response(_event_stream(job_id, after, place, going))
     # The place is freed when the server closes the response, even one never iterated.
     response.call_on_close(place.release)
@@ -343,26 +328,12 @@ def _resume_point() -> str:
     return header if header is not None else query if query is not None else "0"
 
 
-def _visible_job(job_id: str) -> JobState:
+def _visible_job(job_id: str) -> sa.Row[str, str | None]:
     """The state of the caller's job of this id; another key's is not found (`JobNotFound`)."""
     state = job_state(job_id)
     if state is None or not visible(state.api_key_id):
         raise JobNotFound(f"No job has the id {job_id!r}.")
     return state
-
-
-def _seen_the_end(job_id: str, after: str) -> bool:
-    """Whether a reader resuming after event `after` has had the job's `done` already."""
-    log: JobEvents = current_app.extensions["voicechat.events"]
-    try:
-        return log.ended_by(job_id, after)
-    except (RedisError, OSError):
-        return False  # the stream answers from the row instead
-
-
-def _public(done: dict[str, Any]) -> dict[str, Any]:
-    """A `done` event's data without the row it carries (the answers show the job's view)."""
-    return {name: value for name, value in done.items() if name != "job"}
 
 
 def _event_stream(job_id: str, after: str, place: Place, going: bool) -> Iterator[str]:
@@ -376,7 +347,9 @@ def _event_stream(job_id: str, after: str, place: Place, going: bool) -> Iterato
                 yield KEEP_ALIVE
             elif event.type == event_log.DONE:
                 job = finished_job(job_id, event)
-                done = JobView.of(job).model_dump(mode="json") if job else _public(event.data)
+                # Else the event's data, without the row it carries.
+                public = {name: value for name, value in event.data.items() if name != "job"}
+                done = JobView.of(job).model_dump(mode="json") if job else public
                 yield sse_event(done, event_log.DONE, event.id or None)
             else:
                 yield sse_event(event.data, event.type, event.id)

@@ -40,9 +40,8 @@ accesslog = "-"
 
 
 class _AccessLog(glogging.Logger):  # type: ignore[misc]
-    """Gunicorn's logger, with no access line for the probes: an orchestrator or a load
-    balancer asks them every few seconds, and the line cost more than the route (profiled under
-    wrk: gunicorn's access logging took more of an API process than Flask answering /healthz)."""
+    """Gunicorn's logger, with no access line for the probes, asked every few seconds: the line
+    cost more than the route (profiled under wrk, against Flask answering /healthz)."""
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
         if environ.get("PATH_INFO") not in PROBES:
@@ -54,8 +53,7 @@ errorlog = "-"
 # The query string is left out of the access log: it may carry prompt text. The request's id
 # comes from the answer's X-Request-ID (models/logging_config.py puts it on the line).
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms %({x-request-id}o)s'
-# gunicorn's own lines, the access log and the app's all go through one handler, as JSON
-# (LOG_FORMAT=json) or text.
+# gunicorn's own lines, the access log and the app's: one handler, JSON (LOG_FORMAT) or text.
 logconfig_dict = dict_config(settings.log_format, os.environ.get("LOG_LEVEL", "INFO").upper())
 
 

@@ -1,18 +1,14 @@
 """The bound on requests held open in one API process: event streams and requests that wait."""
 
-# Each held request (an event stream, `Prefer: wait`, an OpenAI route waiting for its job) keeps
-# one gunicorn thread asleep in a Redis read. Gunicorn runs MAX_HELD_REQUESTS + API_THREADS
-# threads (api/gunicorn_conf.py), and a request is held only while it has one of the
-# MAX_HELD_REQUESTS places here, so API_THREADS threads are always left for short requests
-# (probes, reads, submits): they never queue behind followers. Past the bound the answer is
-# immediate: 503 `server_busy` with `Retry-After`, or for `Prefer: wait` the usual 202 (RFC
-# 7240 lets a server decline a preference).
+# Each held request (an event stream, `Prefer: wait`, an OpenAI route's wait) keeps a gunicorn
+# thread asleep in a Redis read. Of the MAX_HELD_REQUESTS + API_THREADS threads (gunicorn_conf)
+# only MAX_HELD_REQUESTS are ever held, so short requests never queue behind followers. Past the
+# bound: 503 `server_busy` at once, or for `Prefer: wait` the usual 202 (RFC 7240 allows it).
 
 from __future__ import annotations
 
 import threading
 from contextlib import AbstractContextManager
-from types import TracebackType
 
 from flask import current_app
 
@@ -24,27 +20,20 @@ RETRY_AFTER_SECONDS = 5
 
 
 class Place(AbstractContextManager["Place"]):
-    """One held request's place; released once, however many times `release` is called (a
-    stream's close and its generator both call it)."""
+    """One held request's place, released once however often `release` is called (a stream's
+    close and its generator both call it)."""
 
     def __init__(self, places: HeldRequests) -> None:
-        self._places = places
+        self._places: HeldRequests | None = places
         self._lock = threading.Lock()
-        self._held = True
 
     def release(self) -> None:
         with self._lock:
-            if not self._held:
-                return
-            self._held = False
-        self._places.release()
+            places, self._places = self._places, None
+        if places is not None:
+            places.release()
 
-    def __exit__(
-        self,
-        _type: type[BaseException] | None,
-        _error: BaseException | None,
-        _trace: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_exception: object) -> None:
         self.release()
 
 

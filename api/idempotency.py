@@ -1,13 +1,8 @@
 """`Idempotency-Key` on `POST /v1/jobs`, as Stripe and draft-ietf-httpapi-idempotency-key-header
-mean it: the same key and the same request make one job, replayed to every retry.
+mean it: the same key and the same request make one job, replayed to every retry (`PARAMETER`).
 
-Two requests are the same when they would make the same job: the same body form (media type,
-without its parameters, so a multipart boundary does not count), the same prompt text or
-recording bytes, reply format (`reply` left out is `text`), conversation and options given
-(field order and JSON spacing do not count).
-`Prefer: wait` is how to answer, not what to do, and is not part of it. Keys are scoped by the
-caller's API key and kept IDEMPOTENCY_TTL_SECONDS (a day at least). A request refused after it took
-its key (a full queue, too many unfinished jobs, the broker unreachable) gives the key back.
+A request refused after it took its key (a full queue, too many unfinished jobs, the broker
+unreachable) gives the key back.
 """
 
 from __future__ import annotations
@@ -82,7 +77,10 @@ def requested_key(request: Request) -> str | None:
 
 
 def fingerprint(request: Request, job: Job, audio: bytes | None) -> str:
-    """The SHA-256 of what makes a request the same (see the module's docstring)."""
+    """The SHA-256 of what makes a request the same: the body's media type without parameters
+    (a multipart boundary does not count), the prompt text or recording bytes, and the job's
+    reply format (`reply` left out is `text`), conversation and options (field order and JSON
+    spacing do not count). `Prefer: wait` is how to answer, not what to do: not part of it."""
     made = {
         "reply_format": job.reply_format,
         "input_text": job.input_text,
@@ -102,13 +100,15 @@ def fingerprint(request: Request, job: Job, audio: bytes | None) -> str:
     return digest.hexdigest()
 
 
-def claim(session: Session, key: str, request_fingerprint: str, settings: Settings) -> Claim | Job:
-    """Takes `key` for this request (a claim to `bind` or `release`), or returns the job the same
-    request made with it before, to replay.
+def claim(
+    session: Session, key: str, request_fingerprint: str, job_id: str, settings: Settings
+) -> Claim | Job:
+    """Takes `key` for this request's job `job_id` (named in the transaction that will store the
+    job; `release` gives it back), or returns the job the same request made with it, to replay.
 
-    The row is inserted and committed at once: of two requests with one key, the primary key
-    lets exactly one in. An expired row, an in-flight one older than IN_FLIGHT_STALE_SECONDS, or
-    one whose job is gone is taken over by a conditional update.
+    The row is committed at once: of two requests with one key, the primary key lets exactly one
+    in. An expired row, an in-flight one older than IN_FLIGHT_STALE_SECONDS, or one whose job is
+    gone is taken over by a conditional update.
     """
     scope, now = caller_id() or "", utcnow()
     session.add(
@@ -116,9 +116,10 @@ def claim(session: Session, key: str, request_fingerprint: str, settings: Settin
     )
     try:
         session.commit()
-        return Claim(scope, key, now)
     except IntegrityError:
         session.rollback()
+    else:
+        return _bound(session, Claim(scope, key, now), job_id)
     existing = session.get(IdempotencyRecord, (scope, key), populate_existing=True)
     if existing is None:  # its first request failed and gave it back just now
         raise IdempotencyKeyInFlight("A request with this Idempotency-Key just ended; retry.")
@@ -129,7 +130,7 @@ def claim(session: Session, key: str, request_fingerprint: str, settings: Settin
         and (existing.job_id is not None or age.total_seconds() > IN_FLIGHT_STALE_SECONDS)
     )
     if stale:
-        return _take_over(session, existing, request_fingerprint, now)
+        return _bound(session, _take_over(session, existing, request_fingerprint, now), job_id)
     if job is None:
         raise IdempotencyKeyInFlight(
             "The first request with this Idempotency-Key is still being handled; retry shortly."
@@ -147,15 +148,14 @@ def _take_over(
     session: Session, stale: IdempotencyRecord, request_fingerprint: str, now: datetime
 ) -> Claim:
     """Claims an expired or abandoned row, unless another request did so first."""
-    before = Claim(stale.scope, stale.key, stale.created_at)
-    taken = _update(session, before, fingerprint=request_fingerprint, job_id=None, created_at=now)
+    taken = _update(session, stale, fingerprint=request_fingerprint, job_id=None, created_at=now)
     session.commit()
     if getattr(taken, "rowcount", 0) != 1:
         raise IdempotencyKeyInFlight("Another request took this Idempotency-Key just now; retry.")
     return Claim(stale.scope, stale.key, now)
 
 
-def _matching(record: Claim) -> ColumnElement[bool]:
+def _matching(record: Claim | IdempotencyRecord) -> ColumnElement[bool]:
     return and_(
         IdempotencyRecord.scope == record.scope,
         IdempotencyRecord.key == record.key,
@@ -163,7 +163,7 @@ def _matching(record: Claim) -> ColumnElement[bool]:
     )
 
 
-def _update(session: Session, held: Claim, **values: object) -> Result[Any]:
+def _update(session: Session, held: Claim | IdempotencyRecord, **values: object) -> Result[Any]:
     return session.execute(
         update(IdempotencyRecord)
         .where(_matching(held))
@@ -172,9 +172,9 @@ def _update(session: Session, held: Claim, **values: object) -> Result[Any]:
     )
 
 
-def bind(session: Session, held: Claim, job_id: str) -> None:
-    """Names the job in the claimed row, in the transaction that will store the job."""
+def _bound(session: Session, held: Claim, job_id: str) -> Claim:
     _update(session, held, job_id=job_id)
+    return held
 
 
 def release(session: Session, held: Claim) -> None:

@@ -15,16 +15,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api import idempotency
 from api.access import caller_id, visible
-from api.cancellation import cancel
+from api.cancellation import cancel, erase
 from api.conversations import visible_conversation
-from api.erasure import erase
 from api.follow import wait_for
 from api.held_requests import hold, try_hold
-from api.limits import check_queue, too_many_unfinished, under_limit, unfinished_limit
+from api.limits import add_within_limit, check_queue
 from api.openapi.declare import Query, Schema, answer, documented, family, ref, schema_ref
 from api.preferences import PREFER, preferred_wait
 from api.request_validation import validate_query
-from api.schemas import AudioQuery, JobList, JobListQuery, JobOptions, is_resource_id
+from api.schemas import AudioQuery, JobList, JobListQuery, is_resource_id
 from api.speech_stream import stream_reply
 from api.submission import AUDIO_MEDIA_TYPES, Submission, parse_submission
 from models import event_log, queries, storage, transitions, webhooks
@@ -108,12 +107,7 @@ def submit(job: Job, audio: bytes | None = None, extension: str = "wav") -> Job:
         job.input_audio_file = uploads.write(storage.upload_name(job.id, extension), audio)
     try:
         with write_turn(current_app.extensions["voicechat.engine"]):
-            allowed = unfinished_limit(g.db, settings)
-            only_if = under_limit() if allowed else None
-            if not transitions.insert_queued(
-                g.db, job, only_if, owner=job.api_key_id, allowed=allowed
-            ):
-                raise too_many_unfinished(allowed)
+            add_within_limit(g.db, job, settings)
             g.db.commit()
     except Exception:
         if job.input_audio_file:  # no row will ever point at it
@@ -136,26 +130,6 @@ def submit(job: Job, audio: bytes | None = None, extension: str = "wav") -> Job:
         job.input_kind,
         job.reply_format,
     )
-    return job
-
-
-def check_webhook(options: JobOptions, settings: Settings) -> None:
-    """Checks a job's webhook past its form: its host's addresses, and a secret to sign with."""
-    if options.webhook is None:
-        return
-    if caller_id() is None and not settings.webhook_secret:
-        raise WebhookSecretMissing(
-            "The service runs without API keys and WEBHOOK_SECRET is unset: no secret would "
-            "sign this job's webhook.",
-            field="webhook",
-        )
-    webhooks.check_target(options.webhook, networks=settings.webhook_allowed_networks)
-
-
-def finished_or_fail(job: Job) -> Job:
-    """Returns a job that ended, or raises a too-long prompt's failure as the request's own."""
-    if job.error_code == ContextLengthExceeded.code:
-        raise ContextLengthExceeded(job.error_message or "", job_id=job.id)
     return job
 
 
@@ -278,17 +252,16 @@ def create_job() -> Response:
     key = idempotency.requested_key(request)
     submission = parse_submission(request, settings)
     wait = preferred_wait(settings)
-    job = _new_job(submission)
+    job = _new_job(submission, settings)
     held = None
     if key is not None:
         request_fingerprint = idempotency.fingerprint(request, job, submission.audio)
-        earlier = idempotency.claim(g.db, key, request_fingerprint, settings)
+        earlier = idempotency.claim(g.db, key, request_fingerprint, job.id, settings)
         if isinstance(earlier, Job):
             response = _job_answer(earlier, 202)
             response.headers[idempotency.REPLAYED_HEADER] = "true"
             return response
         held = earlier
-        idempotency.bind(g.db, held, job.id)
     try:
         extension = submission.audio_info.extension if submission.audio_info else "wav"
         submit(job, submission.audio, extension)
@@ -302,22 +275,32 @@ def create_job() -> Response:
     if place is not None:
         with place:
             finished = wait_for(job.id, wait or 0)
+        if finished is not None and finished.error_code == ContextLengthExceeded.code:
+            raise ContextLengthExceeded(finished.error_message or "", job_id=finished.id)
         if finished is not None:
-            job, status = finished_or_fail(finished), 200
+            job, status = finished, 200
     response = _job_answer(job, status)
     if wait == 0 or place is not None:
         response.headers["Preference-Applied"] = f"wait={wait}"
     return response
 
 
-def _new_job(submission: Submission) -> Job:
-    """The job a validated submission asks for (its conversation checked), not yet stored."""
+def _new_job(submission: Submission, settings: Settings) -> Job:
+    """The job a validated submission asks for (its conversation and webhook checked), not yet
+    stored."""
     options = submission.options
     if options.conversation_id is not None and not visible_conversation(options.conversation_id):
         raise ConversationNotFound(
             f"No conversation has the id {options.conversation_id!r}.", field="conversation_id"
         )
-    check_webhook(options, current_app.extensions["voicechat.settings"])
+    if options.webhook is not None:
+        if caller_id() is None and not settings.webhook_secret:
+            raise WebhookSecretMissing(
+                "The service runs without API keys and WEBHOOK_SECRET is unset: no secret would "
+                "sign this job's webhook.",
+                field="webhook",
+            )
+        webhooks.check_target(options.webhook, networks=settings.webhook_allowed_networks)
     job = queued_job(
         options.reply or ReplyFormat.TEXT,
         options=options.generation_options(),

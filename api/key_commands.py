@@ -8,14 +8,13 @@ from flask.cli import AppGroup
 from sqlalchemy.orm import Session, sessionmaker
 
 from models import api_keys
-from models.tables import ApiKey
 
 keys = AppGroup("keys", help="Create, list and revoke API keys.")
 
 
-def _sessions() -> sessionmaker[Session]:
-    factory: sessionmaker[Session] = current_app.extensions["voicechat.sessions"]
-    return factory
+def _session() -> Session:
+    sessions: sessionmaker[Session] = current_app.extensions["voicechat.sessions"]
+    return sessions()
 
 
 def _limit(value: int | None) -> str:
@@ -41,7 +40,7 @@ def create(name: str, requests_per_minute: int | None, max_unfinished_jobs: int 
     name = name.strip()
     if not name or len(name) > 100:
         raise click.BadParameter("must be 1 to 100 characters", param_hint="--name")
-    with _sessions()() as session:
+    with _session() as session:
         made = api_keys.create_key(
             session,
             name,
@@ -61,31 +60,28 @@ def create(name: str, requests_per_minute: int | None, max_unfinished_jobs: int 
 @keys.command("list")
 def list_() -> None:
     """Lists every key (never a secret), oldest first."""
-    with _sessions()() as session:
+    with _session() as session:
         rows = api_keys.list_keys(session)
     click.echo("id\tname\tprefix\trequests_per_minute\tmax_unfinished_jobs\tcreated\trevoked")
     for row in rows:
-        click.echo("\t".join(_columns(row)))
-
-
-def _columns(row: ApiKey) -> list[str]:
-    revoked = row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else "-"
-    return [
-        row.id,
-        row.name,
-        row.prefix,
-        _limit(row.requests_per_minute),
-        _limit(row.max_unfinished_jobs),
-        row.created_at.isoformat(timespec="seconds"),
-        revoked,
-    ]
+        revoked = row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else "-"
+        columns = [
+            row.id,
+            row.name,
+            row.prefix,
+            _limit(row.requests_per_minute),
+            _limit(row.max_unfinished_jobs),
+            row.created_at.isoformat(timespec="seconds"),
+            revoked,
+        ]
+        click.echo("\t".join(columns))
 
 
 @keys.command("revoke")
 @click.argument("key_id")
 def revoke(key_id: str) -> None:
     """Revokes a key by its id: its next request is refused."""
-    with _sessions()() as session:
+    with _session() as session:
         row = api_keys.revoke_key(session, key_id)
     if row is None:
         raise click.ClickException(f"no key has the id {key_id!r}")

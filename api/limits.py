@@ -1,9 +1,6 @@
-"""Each caller's share of the service: requests per minute (Flask-Limiter on the service's Redis),
-unfinished jobs at once, and the queue's depth past which a submit is refused.
-
-The caller is the API key (`api.access.caller_id`), or the remote address when the service runs
-open. Only `/v1` routes are limited; the probes and `/openapi.json` never are.
-"""
+"""Each caller's share of the service (its API key's, or in open mode its address's): `/v1`
+requests per minute (Flask-Limiter on the service's Redis), unfinished jobs at once, and the
+queue's depth past which a submit is refused."""
 
 from __future__ import annotations
 
@@ -17,10 +14,11 @@ from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 from limits.storage import RedisStorage
 from redis import RedisError
-from sqlalchemy import ColumnElement, bindparam, func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from api.access import caller_id
+from models import transitions
 from models.errors import QueueFull, RateLimited, TooManyUnfinishedJobs
 from models.queue import JobQueue
 from models.settings import Settings
@@ -31,11 +29,8 @@ _LOGGER = logging.getLogger(__name__)
 # How long a refused submit is told to wait: a job takes seconds, and the queue drains in tens.
 UNFINISHED_RETRY_SECONDS = 5
 QUEUE_FULL_RETRY_SECONDS = 10
-UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 # The IETF draft's names (draft-ietf-httpapi-ratelimit-headers-06): the reset in seconds from now.
-LIMIT_HEADER = "RateLimit-Limit"
-REMAINING_HEADER = "RateLimit-Remaining"
-RESET_HEADER = "RateLimit-Reset"
+RATE_LIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 _JOBS, _KEYS = Job.__table__.c, ApiKey.__table__.c
 # The caller's key row, locked until the transaction that adds its job commits (PostgreSQL).
 _LOCK_KEY = select(_KEYS.id).where(_KEYS.id == bindparam("owner")).with_for_update()
@@ -46,7 +41,7 @@ _OPEN_UNDER_LIMIT, _OWN_UNDER_LIMIT = (
     select(func.count())
     .select_from(
         select(_JOBS.id)
-        .where(whose, _JOBS.status.in_(UNFINISHED))
+        .where(whose, _JOBS.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value)))
         .limit(bindparam("allowed"))
         .subquery()
     )
@@ -104,12 +99,9 @@ def rate_key() -> str:
 
 def requests_per_minute() -> int:
     """The caller's requests per minute (its key's, else RATE_LIMIT_PER_MINUTE; 0 is none)."""
-    if "requests_per_minute" not in g:
-        settings: Settings = current_app.extensions["voicechat.settings"]
-        own = g.get("api_key_requests_per_minute")
-        g.requests_per_minute = settings.rate_limit_per_minute if own is None else own
-    per_minute: int = g.requests_per_minute
-    return per_minute
+    own = g.get("api_key_requests_per_minute")
+    settings: Settings = current_app.extensions["voicechat.settings"]
+    return settings.rate_limit_per_minute if own is None else int(own)
 
 
 def _limit() -> str:
@@ -120,13 +112,10 @@ def _exempt() -> bool:
     return not request.path.startswith("/v1/") or requests_per_minute() == 0
 
 
-def init_limiter(app: Flask, settings: Settings) -> Limiter:
-    """Counts each caller's `/v1` requests per fixed minute on the service's Redis.
-
-    With Redis unreachable the counts fall back to each process's memory (so a caller may get
-    one limit per API process), and a failure of the limiter itself is logged, never a 500. Call
-    it after authentication has been added: hooks run in the order they were added.
-    """
+def init_limiter(app: Flask, settings: Settings) -> None:
+    """Counts each caller's `/v1` requests per fixed minute on Redis, or while it is unreachable
+    in each process's memory; a failure of the limiter is logged, never a 500. Call it after
+    authentication is added: hooks run in the order they were added."""
     limiter = Limiter(
         key_func=rate_key,
         application_limits=[_limit],
@@ -145,12 +134,11 @@ def init_limiter(app: Flask, settings: Settings) -> Limiter:
     limiter.init_app(app)
     app.extensions["voicechat.limiter"] = limiter
     app.after_request(_add_headers)
-    return limiter
 
 
-def _reset_seconds(limiter: Limiter) -> tuple[int, int, int] | None:
+def _window() -> tuple[int, int, int] | None:
     """The current limit's amount, what is left of it and the seconds until it resets."""
-    current = limiter.current_limit
+    current = current_app.extensions["voicechat.limiter"].current_limit
     if current is None:
         return None
     reset_at, remaining = current.window
@@ -158,24 +146,19 @@ def _reset_seconds(limiter: Limiter) -> tuple[int, int, int] | None:
 
 
 def _add_headers(response: Response) -> Response:
-    limiter: Limiter = current_app.extensions["voicechat.limiter"]
     try:
-        counted = _reset_seconds(limiter)
+        counted = _window()
     except (RedisError, OSError) as error:  # Redis went away during the request
         _LOGGER.warning("rate limit headers skipped error=%s", type(error).__name__)
         return response
     if counted is not None:
-        amount, remaining, reset = counted
-        response.headers[LIMIT_HEADER] = str(amount)
-        response.headers[REMAINING_HEADER] = str(remaining)
-        response.headers[RESET_HEADER] = str(reset)
+        response.headers.update(zip(RATE_LIMIT_HEADERS, map(str, counted), strict=True))
     return response
 
 
 def breach() -> RateLimited:
-    """The domain error of a request over its caller's limit, to retry when the minute resets."""
-    limiter: Limiter = current_app.extensions["voicechat.limiter"]
-    counted = _reset_seconds(limiter)
+    """The error of a request over its caller's limit, to retry when the minute resets."""
+    counted = _window()
     amount, _, reset = counted if counted is not None else (requests_per_minute(), 0, 60)
     _LOGGER.info("rate limited caller=%s limit=%s retry_after=%s", rate_key(), amount, reset)
     return RateLimited(
@@ -185,11 +168,8 @@ def breach() -> RateLimited:
 
 
 def check_queue(queue: JobQueue, settings: Settings) -> None:
-    """Refuses a new job when MAX_QUEUE_DEPTH jobs wait already.
-
-    The depth is read (LLEN) unless this process saw it recently and well under the limit: a
-    push answers the depth after it, so a busy process reads the queue only as it fills.
-    """
+    """Refuses a new job when MAX_QUEUE_DEPTH jobs wait already. The depth is read (LLEN) unless
+    this process saw it recently (a push answers it) and well under the limit."""
     if not settings.max_queue_depth:
         return
     depth, seen_at = queue.depth_seen
@@ -208,29 +188,23 @@ def check_queue(queue: JobQueue, settings: Settings) -> None:
         )
 
 
-def unfinished_limit(session: Session, settings: Settings) -> int:
-    """The caller's number of unfinished jobs at once (0: no limit), its key's own, else
-    MAX_UNFINISHED_JOBS. With a key, on PostgreSQL, the key's row is locked until the transaction
-    that adds the job commits, so two submits at once cannot both take the last place; in open
-    mode, and on SQLite (no row locks), submits at the same instant may pass one more job each."""
+def add_within_limit(session: Session, job: Job, settings: Settings) -> None:
+    """Adds a new job's row (uncommitted) unless its caller has its share of unfinished jobs
+    already (0: no limit), its key's own, else MAX_UNFINISHED_JOBS. With a key, on PostgreSQL,
+    the key's row is locked until the transaction that adds the job commits, so two submits at
+    once cannot both take the last place; in open mode, and on SQLite (no row locks), submits at
+    the same instant may pass one more job each."""
     own = g.get("api_key_max_unfinished_jobs")
     allowed: int = settings.max_unfinished_jobs if own is None else own
     owner = caller_id()
-    if allowed and owner is not None and session.get_bind().dialect.name == "postgresql":
-        session.connection().execute(_LOCK_KEY, {"owner": owner})
-    return allowed
-
-
-def under_limit() -> ColumnElement[bool]:
-    """The condition under which the caller has fewer than `allowed` unfinished jobs, for the
-    INSERT that adds its job (bound: `owner`, `allowed`)."""
-    return _OPEN_UNDER_LIMIT if caller_id() is None else _OWN_UNDER_LIMIT
-
-
-def too_many_unfinished(allowed: int) -> TooManyUnfinishedJobs:
-    """The refusal of a job past the caller's `allowed` unfinished jobs."""
-    return TooManyUnfinishedJobs(
-        f"{allowed} of your jobs are queued or running, the most allowed at once; "
-        "wait for one to finish.",
-        retry_after=UNFINISHED_RETRY_SECONDS,
-    )
+    only_if = None
+    if allowed:
+        if owner is not None and session.get_bind().dialect.name == "postgresql":
+            session.connection().execute(_LOCK_KEY, {"owner": owner})
+        only_if = _OPEN_UNDER_LIMIT if owner is None else _OWN_UNDER_LIMIT
+    if not transitions.insert_queued(session, job, only_if, owner=owner, allowed=allowed):
+        raise TooManyUnfinishedJobs(
+            f"{allowed} of your jobs are queued or running, the most allowed at once; "
+            "wait for one to finish.",
+            retry_after=UNFINISHED_RETRY_SECONDS,
+        )

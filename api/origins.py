@@ -1,14 +1,10 @@
-"""Who may address the API from where: the Host check, the Origin check, and CORS (flask-cors).
+"""Who may address the API from where: the Host and Origin checks, and CORS (flask-cors, which
+only decides an answer's headers: refusing a request is no CORS library's job).
 
-- Host: another host than ALLOWED_HOSTS is refused (421), so a DNS-rebinding page, whose
-  requests carry its own name, cannot read the answers.
-- Origin: a browser request from another origin than ours or CORS_ORIGINS is refused (403),
-  as is, without `Origin`, `Sec-Fetch-Site: cross-site` on an unsafe method: a form post needs
-  no preflight, so in open mode any page a user visits could otherwise submit jobs.
-- CORS: headers for CORS_ORIGINS only, none when it is unset.
-
-flask-cors only decides an answer's headers; refusing the request is no CORS library's job.
-The probes (/healthz, /readyz) are left out: orchestrators reach them by address.
+A host not in ALLOWED_HOSTS is refused (421): a DNS-rebinding page's requests carry its own
+name. So is (403) an origin neither ours nor in CORS_ORIGINS, and without `Origin`, a cross-site
+unsafe method: a form post needs no preflight, so in open mode any page could submit jobs. The
+probes are left out: orchestrators reach them by address.
 """
 
 from __future__ import annotations

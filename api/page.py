@@ -1,8 +1,5 @@
-"""The voice chat page at `/`: a person at a browser with a microphone, on the public API alone.
-
-The page is static (`api/static/chat/`, no build step, no CDN) and talks to the service only
-through `/v1`, as any client does. It is no operation of the OpenAPI document.
-"""
+"""The voice chat page at `/`: static (`api/static/chat/`, no build step, no CDN), talking to the
+service only through `/v1` as any client does; no operation of the OpenAPI document."""
 
 from __future__ import annotations
 

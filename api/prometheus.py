@@ -1,9 +1,5 @@
-"""`GET /metrics` for Prometheus, and the figures of every request the API answers.
-
-With METRICS_TOKEN set, whoever sends it as a Bearer token may read it (a scraper usually runs
-on another host); unset, only requests straight from this machine. No API key, no rate limit.
-The figures are counts and timings only: no id, no text, no key.
-"""
+"""`GET /metrics` for Prometheus, and the figures of every answer: counts and timings only (no
+id, no text, no key). A scraper usually runs on another host, hence METRICS_TOKEN."""
 
 from __future__ import annotations
 
@@ -39,16 +35,7 @@ class LiveFigures(Collector):
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    def describe(self) -> list[Metric]:
-        """Names the families without reading Redis (the registry asks when one is added)."""
-        return [
-            GaugeMetricFamily("voicechat_broker_up", ""),
-            GaugeMetricFamily("voicechat_queue_depth", ""),
-            GaugeMetricFamily("voicechat_workers_ready", ""),
-        ]
-
     def collect(self) -> Iterator[Metric]:
-        """Reads the figures now."""
         try:
             depth = waiting_jobs(self.redis)
             workers = heartbeat.live_workers(self.redis)
@@ -65,23 +52,6 @@ class LiveFigures(Collector):
             "voicechat_workers_ready",
             "Job workers, on any host, with their models loaded (what /readyz counts).",
             value=ready,
-        )
-
-
-def _check_reader(settings: Settings) -> None:
-    """Refuses a reader the settings do not allow (see the module's docstring)."""
-    if settings.metrics_token:
-        sent = bearer_token()
-        if not sent or not hmac.compare_digest(
-            sent.encode(), settings.metrics_token.get_secret_value().encode()
-        ):
-            g.auth_failure = "invalid_token" if sent else None
-            raise InvalidMetricsToken("Send METRICS_TOKEN: `Authorization: Bearer <token>`.")
-        return
-    if not from_this_machine():
-        raise MetricsNotAllowed(
-            "The metrics are served to this machine only; set METRICS_TOKEN to scrape from "
-            "elsewhere."
         )
 
 
@@ -108,7 +78,19 @@ def prometheus_metrics() -> Response:
     the workers'). With METRICS_TOKEN set, send it as `Authorization: Bearer <token>`; unset,
     only requests from this machine are answered. Never rate limited; no API key.
     """
-    _check_reader(current_app.extensions["voicechat.settings"])
+    settings: Settings = current_app.extensions["voicechat.settings"]
+    if settings.metrics_token:
+        sent = bearer_token()
+        if not sent or not hmac.compare_digest(
+            sent.encode(), settings.metrics_token.get_secret_value().encode()
+        ):
+            g.auth_failure = "invalid_token" if sent else None
+            raise InvalidMetricsToken("Send METRICS_TOKEN: `Authorization: Bearer <token>`.")
+    elif not from_this_machine():
+        raise MetricsNotAllowed(
+            "The metrics are served to this machine only; set METRICS_TOKEN to scrape from "
+            "elsewhere."
+        )
     body = metrics.exposition(LiveFigures(current_app.extensions["voicechat.redis"]))
     return Response(body, content_type=metrics.CONTENT_TYPE)
 

@@ -1,13 +1,10 @@
-"""Validation from pydantic models: running-settings limits, strict JSON, forms, domain errors.
+"""Validation from pydantic models (`Shape`): strict JSON, forms, and limits a deployment sets
+(MAX_TEXT_CHARS, TTS_VOICES, ...) as `Live` annotations, read from the settings passed as the
+validation context and by the OpenAPI document when the app is made, never frozen at import.
 
-Each request shape is a `Shape` (a pydantic model). Limits that a deployment sets (MAX_TEXT_CHARS,
-MAX_TOKENS_LIMIT, TTS_VOICES, ...) are `Live` annotations: the validator reads them from the
-settings passed as the validation context, and the OpenAPI document gets them from the same
-settings when the app is made (`live_schema`), never frozen at import.
-
-A rejection is always one domain error (models/errors.py), picked by a fixed field order:
-unknown fields first, then the model's fields as declared. Its message is ours, written from the
-field's documented schema; pydantic's own text (which may quote the input) is never shown.
+A rejection is one domain error, picked by a fixed field order (unknown fields first, then the
+model's as declared), its message written from the field's documented schema: pydantic's own
+text (which may quote the input) is never shown.
 """
 
 from __future__ import annotations
@@ -99,8 +96,7 @@ PositiveWhole = Annotated[int, Field(ge=1), BeforeValidator(integral)]
 
 def running_settings(info: ValidationInfo) -> Settings:
     """The settings a validation runs under (its context)."""
-    context = info.context or {}
-    settings = context.get("settings")
+    settings = (info.context or {}).get("settings")
     assert isinstance(settings, Settings), "validate with context={'settings': ...}"
     return settings
 
@@ -111,13 +107,10 @@ def refuse(error: type[VoiceChatError], message: str = "") -> PydanticCustomErro
 
 
 class _DocumentSchema(GenerateJsonSchema):
-    """JSON Schema without pydantic's generated titles (the property name says it)."""
+    """JSON Schema without pydantic's generated field titles (the property name says it)."""
 
     def field_title_should_be_set(self, schema: Any) -> bool:
         return False
-
-    def get_title_from_name(self, name: str) -> str:
-        return ""
 
 
 def component_schemas(
@@ -127,7 +120,7 @@ def component_schemas(
     _, top = models_json_schema(
         list(shapes), ref_template=REF_TEMPLATE, schema_generator=_DocumentSchema
     )
-    return {name: _without_titles(live(schema, settings)) for name, schema in top["$defs"].items()}
+    return {name: live(schema, settings) for name, schema in top["$defs"].items()}
 
 
 def _rewritten(schema: Any, rewrite: Callable[[dict[str, Any]], Any]) -> Any:
@@ -168,12 +161,6 @@ def without_null(schema: Any) -> Any:
         return node
 
     return _rewritten(schema, drop_null)
-
-
-def _without_titles(schema: Any) -> Any:
-    return _rewritten(
-        schema, lambda node: {k: v for k, v in node.items() if (k, v) != ("title", "")}
-    )
 
 
 @lru_cache(maxsize=64)

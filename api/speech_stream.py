@@ -1,11 +1,9 @@
-"""A spoken reply streamed while it is made: each sentence as soon as the worker has spoken it.
+"""A spoken reply streamed while it is made: each sentence (16-bit mono PCM, stored under its
+attempt's name and announced as `speech`) sent on as soon as the worker has spoken it.
 
-The worker stores every sentence of a voice reply (16-bit mono PCM) under its attempt's name
-and tells the job's event log (`speech`); this follows the log and sends each sentence on, as
-one WAV of unknown length (or raw PCM). The reply's WAV is the sentences joined, so a stream
-that missed a sentence file (the worker removes them once the WAV is stored) is finished from
-the WAV, from where it stopped. A stream follows one attempt: if the job starts again on
-another, the stream ends, short (the client asks again, and hears the new attempt).
+The reply's WAV is the sentences joined, so a stream that missed a sentence file (removed once
+the WAV is stored) is finished from the WAV. A stream follows one attempt: if the job starts
+again on another, it ends short (the client asks again, and hears the new attempt).
 """
 
 from __future__ import annotations
@@ -18,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 import soxr
-from flask import Response, current_app, stream_with_context
+from flask import Response, current_app
 
 from api.cancellation import canceled_on_leave
-from api.follow import IDLE, client_left, follow, read_job
+from api.follow import IDLE, client_left, follow, read_job, sse_response
 from api.held_requests import Place
 from models import event_log, storage
 from models.tables import JobStatus
@@ -31,7 +29,6 @@ UNKNOWN_SIZE = 0xFFFFFFFF
 
 
 def streaming_wav_header(sample_rate: int) -> bytes:
-    """The 44-byte header of a 16-bit mono PCM WAV of unknown length."""
     # The `fmt ` chunk: its size, PCM, mono, the rate, bytes a second, bytes a frame, bits.
     fmt_chunk = (16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
     return struct.pack(
@@ -83,10 +80,7 @@ def stream_reply(
     chunks = _chunks(job_id, attempt, place, sent)
     if cancel_on_leave:
         chunks = canceled_on_leave(job_id, chunks)
-    chunks = stream_with_context(chunks)
-    response = Response(chunks, mimetype="audio/wav" if with_header else "audio/pcm")
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
+    response = sse_response(chunks, "audio/wav" if with_header else "audio/pcm")
     response.call_on_close(place.release)
     return response
 
@@ -126,9 +120,8 @@ def _sentence(results: storage.Store, name: str, rate: int, sent: _Sent) -> Iter
 
 
 def _rest_of_reply(results: storage.Store, job_id: str, sent: _Sent) -> Iterator[bytes]:
-    """What the sentences did not bring of a succeeded job's reply, from its stored WAV: read
-    only by a stream that missed a file or started too late to hear any (the log has every
-    sentence's event before `done`)."""
+    """What the sentences did not bring of a succeeded job's reply, from its stored WAV (only for
+    a stream that missed a file or heard none: the log has every sentence before `done`)."""
     if sent.rate is not None and not sent.broken:
         return
     job = read_job(job_id)

@@ -1,8 +1,6 @@
-"""Reads the body forms of `POST /v1/jobs` into one validated `Submission`.
-
-JSON and plain forms carry a `TextJobRequest`, multipart forms an `UploadJobRequest`, and a raw
-recording body its options in the query string (`JobOptions`); each is validated by its model.
-"""
+"""Reads the body forms of `POST /v1/jobs` into one validated `Submission`: JSON and plain forms
+as a `TextJobRequest`, multipart as an `UploadJobRequest`, and a raw recording with its options
+in the query string (`JobOptions`)."""
 
 from __future__ import annotations
 

@@ -19,17 +19,14 @@ from models.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
 
-# The queue ahead is estimated as its queued jobs times the median run time of the last
-# RECENT_JOBS jobs that succeeded, shared among the ready workers. Recent jobs, because the jobs
-# ahead are of every kind (chat, speech, transcription) and the recent mix is the best guess of
-# theirs; their median, so that one long transcription or one retried job does not move it.
-# Only the queue is counted, not the jobs running now (one a worker) nor this job's own run,
-# which depends on its input: a request is refused only when the queue alone is out of reach,
-# and a job too long by itself gets `wait_timeout` at the bound.
+# The queue ahead: its queued jobs times the median run of the last RECENT_JOBS that succeeded
+# (the recent mix of kinds is the best guess of theirs; a median, so one long job does not move
+# it), shared among the ready workers. The jobs running now and this job's own run are left out:
+# a request is refused only when the queue alone is out of reach; a job too long by itself gets
+# `wait_timeout` at the bound.
 RECENT_JOBS = 20
-# With no job to go by (a new database): slower than every median of bench/results.md on a
-# 2-core CPU (under a second a job; a 200-token reply, about 2 s), so an unknown queue is judged
-# slower than it likely is, not faster.
+# With no job to go by: slower than every median of bench/results.md on a 2-core CPU, so an
+# unknown queue is judged slower than it likely is, not faster.
 UNKNOWN_JOB_SECONDS = 10.0
 # No job is estimated shorter: a median of 0 would make any queue free.
 SHORTEST_JOB_SECONDS = 0.01
@@ -47,20 +44,18 @@ class QueueAhead:
 
     @property
     def seconds(self) -> float:
-        """The expected wait for the queue ahead to drain."""
         return self.jobs * self.job_seconds / self.workers
 
     def retry_after(self, bound: int) -> int:
-        """When to ask again: once the queue should be down to the bound; at least
-        SHORTEST_RETRY_SECONDS, and at most the bound (further ahead, an estimate is a guess)."""
+        """When the queue should be down to the bound; at least SHORTEST_RETRY_SECONDS, and at
+        most the bound (further ahead, an estimate is a guess)."""
         longest = max(bound, SHORTEST_RETRY_SECONDS)
         return min(max(math.ceil(self.seconds - bound), SHORTEST_RETRY_SECONDS), longest)
 
 
 def queue_ahead(bound: int) -> QueueAhead:
-    """The queue ahead of a job made now, its jobs counted only as far as twice `bound` of work
-    (past that, `retry_after` says the bound whatever the count). Two indexed reads of a few
-    rows and one of Redis, on a connection of the request's own."""
+    """The queue ahead of a job made now, counted only as far as twice `bound` of work (past that,
+    `retry_after` says the bound whatever the count), on a connection of the request's own."""
     sessions: sessionmaker[Session] = current_app.extensions["voicechat.sessions"]
     workers = _ready_workers(current_app.extensions["voicechat.redis"])
     with sessions() as session:
