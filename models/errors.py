@@ -118,7 +118,9 @@ class UnsupportedAudioEncoding(InvalidAudio, title="Unsupported audio encoding")
     """The WAV's sample encoding cannot be decoded."""
 
 
-class UnsupportedChannelCount(InvalidAudio, code="unsupported_audio_channels", title="Too many audio channels"):
+class UnsupportedChannelCount(
+    InvalidAudio, code="unsupported_audio_channels", title="Too many audio channels"
+):
     """The recording has more than MAX_AUDIO_CHANNELS channels."""
 
 
@@ -294,7 +296,9 @@ class IdempotencyKeyReused(InvalidInput, title="Idempotency-Key used with anothe
     (draft-ietf-httpapi-idempotency-key-header); use a new key."""
 
 
-class IdempotencyKeyInFlight(VoiceChatError, title="A request with this Idempotency-Key is in flight"):
+class IdempotencyKeyInFlight(
+    VoiceChatError, title="A request with this Idempotency-Key is in flight"
+):
     """The first request with this `Idempotency-Key` is still being handled; retry shortly."""
 
 

@@ -84,25 +84,22 @@ class LocalStore:
         """Writes a synced temporary file renamed over `name`: a reader never sees half a file."""
         final = self.path(name)
         try:
-            return self._write(final, data)
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=_PARTIAL_PREFIX, suffix=final.suffix)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                # mkstemp makes 0600 files; the API may run as another user than the worker.
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, final)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         except OSError as error:
             if error.errno in _NO_ROOM:
                 raise InsufficientStorage(f"No room left to store {name}.") from error
-            raise
-
-    def _write(self, final: Path, data: bytes) -> str:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=_PARTIAL_PREFIX, suffix=final.suffix)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            # mkstemp makes 0600 files; the API may run as another user than the worker.
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
             raise
         return final.name
 
