@@ -10,6 +10,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+# Each error class by its code, as the classes declare themselves.
+_BY_CODE: dict[str, type[VoiceChatError]] = {}
+
 
 class VoiceChatError(Exception):
     """An unexpected failure, logged under the request id (or by the worker, on the job); the
@@ -22,6 +25,7 @@ class VoiceChatError(Exception):
         super().__init_subclass__()
         cls.title = title
         cls.code = code or re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+        _BY_CODE[cls.code] = cls
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -335,12 +339,6 @@ class WorkerLost(PipelineError, title="Worker lost"):
 
 def error_for_code(code: str, detail: str) -> VoiceChatError:
     """Rebuilds the domain error a job failed with from its stored code (for waiting routes)."""
-    pending: list[type[VoiceChatError]] = [VoiceChatError]
-    while pending:
-        cls = pending.pop()
-        if cls.code == code:
-            return cls(detail)
-        pending.extend(cls.__subclasses__())
-    error = VoiceChatError(detail)
+    error = _BY_CODE.get(code, VoiceChatError)(detail)
     error.code = code
     return error
