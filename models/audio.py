@@ -190,20 +190,13 @@ def inspect_upload(data: bytes, settings: Settings) -> AudioInfo:
             "The audio is none of WAV, WebM, Ogg, MP3, MP4/M4A or FLAC (decided by its bytes, "
             "not its label or file name)."
         )
-    probe = audio_containers.probe(
+    return audio_containers.probe(
         data,
         container,
         settings.max_audio_seconds,
         lambda channels, rate: _check_shape(
             channels, rate, settings.max_audio_channels, sample_rates
         ),
-    )
-    return AudioInfo(
-        sample_rate=probe.sample_rate,
-        channels=probe.channels,
-        frames=max(1, round(probe.seconds * probe.sample_rate)),
-        subtype=probe.codec,
-        container=container,
     )
 
 

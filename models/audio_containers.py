@@ -7,7 +7,6 @@ import io
 import logging
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,7 +14,7 @@ import av
 import av.container
 import numpy as np
 
-from models.audio import WHISPER_SAMPLE_RATE
+from models.audio import WHISPER_SAMPLE_RATE, AudioInfo
 from models.errors import (
     AudioTooLong,
     EmptyAudio,
@@ -61,17 +60,6 @@ _EBML_SEGMENT = 0x18538067
 _EBML_CLUSTER = 0x1F43B675
 # (offset, magic, container); MP3, which may start with an ID3 tag, is sniffed apart.
 _MAGIC = ((0, _EBML_MAGIC, WEBM), (0, b"OggS", OGG), (0, b"fLaC", FLAC), (4, b"ftyp", MP4))
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What demuxing a compressed recording told, without decoding it."""
-
-    container: str
-    codec: str
-    sample_rate: int
-    channels: int
-    seconds: float
 
 
 def sniff(data: bytes) -> str | None:
@@ -120,7 +108,7 @@ def probe(
     container: str,
     max_seconds: float,
     check_shape: Callable[[int, int], None] | None = None,
-) -> Probe:
+) -> AudioInfo:
     """Measures a recording by its structure, header and demuxed (not decoded) packets.
 
     Cheap checks first (a cut structure, codec, `check_shape(channels, rate)`, the declared
@@ -156,7 +144,8 @@ def probe(
             f"The {name} recording is truncated: its header declares {declared:.2f} s "
             f"but its packets hold {seconds:.2f} s."
         )
-    return Probe(container, codec_name, sample_rate, channels, seconds)
+    frames = max(1, round(seconds * sample_rate))
+    return AudioInfo(sample_rate, channels, frames, subtype=codec_name, container=container)
 
 
 def decode(path: Path | str, container: str, max_seconds: float) -> np.ndarray:
