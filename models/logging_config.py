@@ -73,8 +73,7 @@ class ContextFilter(logging.Filter):
 
 def _job_of(record: logging.LogRecord) -> str | None:
     """The job of a record: the one running here, Celery's task, or one its text names."""
-    job = JOB_ID.get()
-    if job:
+    if job := JOB_ID.get():
         return job
     args = record.args
     if isinstance(args, dict) and args.get("name") == RUN_JOB_TASK and args.get("id"):
