@@ -1,7 +1,7 @@
 """API keys: made, found by their secret's hash, revoked; and whether the service runs open.
 
 A secret is `vc_` and 32 random bytes, shown once; only its SHA-256 is stored. With no unrevoked
-key the service runs open, and then only on loopback (`check_bind`).
+key the service runs open, and then only on loopback (`check_bind_at`).
 """
 
 from __future__ import annotations
@@ -84,10 +84,8 @@ _CALLER = select(ApiKey.id, ApiKey.requests_per_minute, ApiKey.max_unfinished_jo
 
 
 def find_caller(engine: Engine, secret: str) -> Caller | None:
-    """The unrevoked key whose secret this is, or None.
-
-    Runs on every keyed request: one lookup on the unique hash, on a connection held only for it.
-    """
+    """The unrevoked key whose secret this is, or None: one lookup on the unique hash, on a
+    connection held only for it (it runs on every keyed request)."""
     with engine.connect() as connection:
         row = connection.execute(_CALLER, {"secret_hash": hash_secret(secret)}).first()
     return None if row is None else Caller(*row)
@@ -157,17 +155,24 @@ class BindCheck:
     runs_open: bool
 
 
-def check_bind(sessions: sessionmaker[Session], hosts: Iterable[str]) -> BindCheck:
-    """Whether the service may listen on `hosts`: running open, only on loopback."""
+def check_bind_at(database_url: str, hosts: Iterable[str]) -> BindCheck:
+    """Whether the service may listen on `hosts`: running open, only on loopback. The keys are
+    read in an engine of its own, waiting 5 s at most: a starting process never hangs."""
     public = sorted({host or "0.0.0.0" for host in hosts if not is_loopback(host)})
+    options: dict[str, Any] = {}
+    if database_url.startswith("postgres"):
+        options["connect_args"] = {"connect_timeout": 5}
+    engine = make_engine(database_url, **options)
     try:
-        with sessions() as session:
+        with make_session_factory(engine)() as session:
             keyed = any_keys(session)
         reason = "no API key exists"
     except Exception as error:  # any failure: the keys cannot be confirmed
         keyed, reason = False, f"the API keys cannot be read ({type(error).__name__})"
         if not public:
             return BindCheck(refusal=None, runs_open=False)
+    finally:
+        engine.dispose()
     if keyed or not public:
         return BindCheck(refusal=None, runs_open=not keyed)
     refusal = (
@@ -176,15 +181,3 @@ def check_bind(sessions: sessionmaker[Session], hosts: Iterable[str]) -> BindChe
         "or bind to 127.0.0.1"
     )
     return BindCheck(refusal=refusal, runs_open=True)
-
-
-def check_bind_at(database_url: str, hosts: Iterable[str]) -> BindCheck:
-    """`check_bind` in an engine of its own, waiting 5 s at most: a starting process never hangs."""
-    options: dict[str, Any] = {}
-    if database_url.startswith("postgres"):
-        options["connect_args"] = {"connect_timeout": 5}
-    engine = make_engine(database_url, **options)
-    try:
-        return check_bind(make_session_factory(engine), hosts)
-    finally:
-        engine.dispose()

@@ -122,7 +122,27 @@ def inspect_wav(
     decoded, never from the header, so a 44-byte file that claims hours of audio is caught as
     truncated, not waved through.
     """
-    layout = _check_container(data)
+    if not data:
+        raise EmptyAudio("The audio is empty (zero bytes).")
+    if not looks_like_wav(data):
+        raise UnsupportedAudioFormat("The audio is not a WAV file (no RIFF/WAVE header).")
+    layout = _riff_layout(data)
+    if layout.format_tag is not None and layout.format_tag not in _DECODABLE_FORMAT_TAGS:
+        raise UnsupportedAudioEncoding(
+            f"WAV sample encoding 0x{layout.format_tag:04x} is not supported; "
+            "send PCM (8/16/24/32-bit) or float samples."
+        )
+    if (
+        data[0:4] == b"RIFF"
+        and layout.data_offset is not None
+        and layout.data_size is not None
+        and layout.data_size not in _UNKNOWN_DATA_SIZES
+        and layout.data_offset + layout.data_size > len(data)
+    ):
+        raise TruncatedAudio(
+            f"The WAV is truncated: its data chunk declares {layout.data_size} bytes "
+            f"but only {len(data) - layout.data_offset} arrived."
+        )
     _check_shape(layout.channels, layout.sample_rate, max_channels, sample_rates)
     try:
         with sf.SoundFile(io.BytesIO(data)) as wav:
@@ -130,7 +150,13 @@ def inspect_wav(
             if sample_rate <= 0 or channels <= 0:
                 raise InvalidAudio("The WAV header has no valid sample rate or channel count.")
             _check_shape(channels, sample_rate, max_channels, sample_rates)
-            frames = _count_frames(wav, max_seconds)
+            frames, limit = 0, int(max_seconds * sample_rate)
+            for block in wav.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
+                frames += len(block)
+                if frames > limit:
+                    raise AudioTooLong(
+                        f"The audio is longer than the limit of {max_seconds:g} seconds."
+                    )
     except (sf.LibsndfileError, RuntimeError, ValueError, struct.error) as error:
         raise InvalidAudio("The WAV file is corrupt and cannot be decoded.") from error
     if frames == 0:
@@ -164,20 +190,13 @@ def inspect_upload(data: bytes, settings: Settings) -> AudioInfo:
             "The audio is none of WAV, WebM, Ogg, MP3, MP4/M4A or FLAC (decided by its bytes, "
             "not its label or file name)."
         )
-    probe = audio_containers.probe(
+    return audio_containers.probe(
         data,
         container,
         settings.max_audio_seconds,
         lambda channels, rate: _check_shape(
             channels, rate, settings.max_audio_channels, sample_rates
         ),
-    )
-    return AudioInfo(
-        sample_rate=probe.sample_rate,
-        channels=probe.channels,
-        frames=max(1, round(probe.seconds * probe.sample_rate)),
-        subtype=probe.codec,
-        container=container,
     )
 
 
@@ -194,44 +213,6 @@ def _check_shape(
         raise UnsupportedSampleRate(
             f"The recording's sample rate is {sample_rate} Hz; {low} to {high} Hz is accepted."
         )
-
-
-def _check_container(data: bytes) -> _RiffLayout:
-    """Refuses, from the RIFF structure alone, what libsndfile would misread or not decode;
-    returns what the structure says."""
-    if not data:
-        raise EmptyAudio("The audio is empty (zero bytes).")
-    if not looks_like_wav(data):
-        raise UnsupportedAudioFormat("The audio is not a WAV file (no RIFF/WAVE header).")
-    layout = _riff_layout(data)
-    if layout.format_tag is not None and layout.format_tag not in _DECODABLE_FORMAT_TAGS:
-        raise UnsupportedAudioEncoding(
-            f"WAV sample encoding 0x{layout.format_tag:04x} is not supported; "
-            "send PCM (8/16/24/32-bit) or float samples."
-        )
-    if (
-        data[0:4] == b"RIFF"
-        and layout.data_offset is not None
-        and layout.data_size is not None
-        and layout.data_size not in _UNKNOWN_DATA_SIZES
-        and layout.data_offset + layout.data_size > len(data)
-    ):
-        raise TruncatedAudio(
-            f"The WAV is truncated: its data chunk declares {layout.data_size} bytes "
-            f"but only {len(data) - layout.data_offset} arrived."
-        )
-    return layout
-
-
-def _count_frames(wav: sf.SoundFile, max_seconds: float) -> int:
-    """Decodes the samples block by block, counting frames; stops once past `max_seconds`."""
-    limit = int(max_seconds * wav.samplerate)
-    frames = 0
-    for block in wav.blocks(blocksize=_BLOCK_FRAMES, dtype="float32", always_2d=True):
-        frames += len(block)
-        if frames > limit:
-            raise AudioTooLong(f"The audio is longer than the limit of {max_seconds:g} seconds.")
-    return frames
 
 
 def load_for_transcription(

@@ -7,7 +7,6 @@ import io
 import logging
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,7 +14,7 @@ import av
 import av.container
 import numpy as np
 
-from models.audio import WHISPER_SAMPLE_RATE
+from models.audio import WHISPER_SAMPLE_RATE, AudioInfo
 from models.errors import (
     AudioTooLong,
     EmptyAudio,
@@ -54,29 +53,13 @@ _ID3_HEADER = 10
 _MAX_ID3_PADDING = 64 * 1024
 # What PyAV may raise on hostile bytes: FFmpeg's errors, and its own on values out of range or a
 # resampler fed frames whose layout changed mid-stream.
-_READ_ERRORS: tuple[type[Exception], ...] = (
-    av.FFmpegError,
-    ValueError,
-    UnicodeError,
-    OverflowError,
-)
+_READ_ERRORS = (av.FFmpegError, ValueError, UnicodeError, OverflowError)
 
 _EBML_MAGIC = b"\x1a\x45\xdf\xa3"
 _EBML_SEGMENT = 0x18538067
 _EBML_CLUSTER = 0x1F43B675
 # (offset, magic, container); MP3, which may start with an ID3 tag, is sniffed apart.
 _MAGIC = ((0, _EBML_MAGIC, WEBM), (0, b"OggS", OGG), (0, b"fLaC", FLAC), (4, b"ftyp", MP4))
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What demuxing a compressed recording told, without decoding it."""
-
-    container: str
-    codec: str
-    sample_rate: int
-    channels: int
-    seconds: float
 
 
 def sniff(data: bytes) -> str | None:
@@ -98,12 +81,9 @@ def _id3_end(data: bytes) -> int | None:
     """Where an ID3v2 tag at the start ends (maybe past the bytes), or None without one."""
     if len(data) < _ID3_HEADER or data[:3] != b"ID3" or data[3] not in (2, 3, 4):
         return None
-    size_bytes = data[6:10]
-    if any(byte & 0x80 for byte in size_bytes):  # sizes are syncsafe: 7 bits a byte
+    if any(byte & 0x80 for byte in data[6:10]):  # sizes are syncsafe: 7 bits a byte
         return None
-    size = 0
-    for byte in size_bytes:
-        size = (size << 7) | byte
+    size = sum(byte << (7 * (3 - index)) for index, byte in enumerate(data[6:10]))
     footer = _ID3_HEADER if data[5] & 0x10 else 0
     return _ID3_HEADER + size + footer
 
@@ -128,7 +108,7 @@ def probe(
     container: str,
     max_seconds: float,
     check_shape: Callable[[int, int], None] | None = None,
-) -> Probe:
+) -> AudioInfo:
     """Measures a recording by its structure, header and demuxed (not decoded) packets.
 
     Cheap checks first (a cut structure, codec, `check_shape(channels, rate)`, the declared
@@ -164,7 +144,8 @@ def probe(
             f"The {name} recording is truncated: its header declares {declared:.2f} s "
             f"but its packets hold {seconds:.2f} s."
         )
-    return Probe(container, codec_name, sample_rate, channels, seconds)
+    frames = max(1, round(seconds * sample_rate))
+    return AudioInfo(sample_rate, channels, frames, subtype=codec_name, container=container)
 
 
 def decode(path: Path | str, container: str, max_seconds: float) -> np.ndarray:
@@ -274,14 +255,23 @@ def _demuxed_seconds(reader: av.container.InputContainer, stream: Any, max_secon
 
 
 def _cut_short(data: bytes, container: str) -> bool:
-    """Whether the container's own structure runs past the end of the bytes."""
-    walk = {WEBM: _ebml_cut, OGG: _ogg_cut, MP4: _mp4_cut, FLAC: _flac_cut, MP3: _id3_cut}
-    return walk[container](data)
-
-
-def _id3_cut(data: bytes) -> bool:
-    end = _id3_end(data)
-    return end is not None and end > len(data)
+    """Whether the container's own structure runs past the end of the bytes: its units are
+    stepped through (`_*_next` gives the next one's offset, or a verdict) up to `_MAX_ELEMENTS`."""
+    if container == MP3:
+        tag_end = _id3_end(data)
+        return tag_end is not None and tag_end > len(data)
+    step = {WEBM: _ebml_next, OGG: _ogg_next, MP4: _mp4_next, FLAC: _flac_next}[container]
+    pos = 4 if container == FLAC else 0
+    for _ in range(_MAX_ELEMENTS):
+        if pos >= len(data):
+            return container == FLAC  # frames follow FLAC's metadata
+        following = step(data, pos)
+        if isinstance(following, bool):
+            return following
+        if following > len(data):
+            return True
+        pos = following
+    return False
 
 
 def _ebml_vint(data: bytes, pos: int, *, marker: bool) -> tuple[int, int] | None:
@@ -298,97 +288,50 @@ def _ebml_vint(data: bytes, pos: int, *, marker: bool) -> tuple[int, int] | None
     return (value if marker else value & ((1 << (7 * length)) - 1)), length
 
 
-def _ebml_element(data: bytes, pos: int) -> tuple[int, int, int | None] | bool:
-    """(id, body start, size or None if unknown) at `pos`; True if cut, False if no element."""
+def _ebml_next(data: bytes, pos: int) -> int | bool:
+    """Past the WebM element at `pos`, or into it for Segment and unknown-size Clusters
+    (MediaRecorder's); False for no element, or an unknown size elsewhere (PyAV judges)."""
     ident = _ebml_vint(data, pos, marker=True)
     size = None if ident is None else _ebml_vint(data, pos + ident[1], marker=False)
     if ident is None or size is None:
         return True
     if ident[0] < 0 or size[0] < 0:
         return False
+    body = pos + ident[1] + size[1]
     unknown = size[0] == (1 << (7 * size[1])) - 1
-    return ident[0], pos + ident[1] + size[1], None if unknown else size[0]
+    if not unknown and body + size[0] > len(data):
+        return True
+    if ident[0] == _EBML_SEGMENT or (ident[0] == _EBML_CLUSTER and unknown):
+        return body
+    return False if unknown else body + size[0]
 
 
-def _ebml_cut(data: bytes) -> bool:
-    """Walks WebM's elements, entering Segment and unknown-size Clusters (MediaRecorder's)."""
-    pos = 0
-    for _ in range(_MAX_ELEMENTS):
-        if pos >= len(data):
-            return False
-        element = _ebml_element(data, pos)
-        if isinstance(element, bool):
-            return element
-        ident, body, size = element
-        if size is not None and body + size > len(data):
-            return True
-        if ident == _EBML_SEGMENT or (ident == _EBML_CLUSTER and size is None):
-            pos = body  # entered: its children are walked in turn
-        elif size is None:
-            return False  # an unknown size elsewhere: PyAV judges
-        else:
-            pos = body + size
-    return False
+def _ogg_next(data: bytes, pos: int) -> int | bool:
+    """Past the Ogg page at `pos`: 27 header bytes, a segment table, then the segments."""
+    if len(data) - pos < 27:
+        return b"OggS".startswith(data[pos : pos + 4])
+    if data[pos : pos + 4] != b"OggS":
+        return False  # not a page here: PyAV judges
+    segments = data[pos + 26]
+    return pos + 27 + segments + sum(data[pos + 27 : pos + 27 + segments])
 
 
-def _ogg_cut(data: bytes) -> bool:
-    """Walks the Ogg pages: 27 header bytes, a segment table, then the segments."""
-    pos = 0
-    for _ in range(_MAX_ELEMENTS):
-        if pos >= len(data):
-            return False
-        if len(data) - pos < 27:
-            return b"OggS".startswith(data[pos : pos + 4])
-        if data[pos : pos + 4] != b"OggS":
-            return False  # not a page here: PyAV judges
-        segments = data[pos + 26]
-        if pos + 27 + segments > len(data):
-            return True
-        pos += 27 + segments + sum(data[pos + 27 : pos + 27 + segments])
-        if pos > len(data):
-            return True
-    return False
-
-
-def _mp4_box(data: bytes, pos: int) -> int | None:
-    """The box size at `pos` (0: to the end; -1: no box), or None when its header is cut."""
+def _mp4_next(data: bytes, pos: int) -> int | bool:
+    """Past the top-level MP4 box at `pos` (ftyp, moov, mdat, moof, ...), by its size."""
     if pos + 8 > len(data):
-        return None
+        return True
     (size,) = struct.unpack_from(">I", data, pos)
     if size == 1:  # a 64-bit size follows the type
         if pos + 16 > len(data):
-            return None
+            return True
         (size,) = struct.unpack_from(">Q", data, pos + 8)
-        return int(size) if size >= 16 else -1
-    return int(size) if size == 0 or size >= 8 else -1
+        return pos + size if size >= 16 else False
+    return pos + size if size >= 8 else False  # 0: the last box; else not a box: PyAV judges
 
 
-def _mp4_cut(data: bytes) -> bool:
-    """Walks the top-level MP4 boxes (ftyp, moov, mdat, moof, ...) by their sizes."""
-    pos = 0
-    for _ in range(_MAX_ELEMENTS):
-        if pos >= len(data):
-            return False
-        size = _mp4_box(data, pos)
-        if size is None or pos + size > len(data):
-            return True
-        if size <= 0:
-            return False  # the last box, or not a box: PyAV judges
-        pos += size
-    return False
-
-
-def _flac_cut(data: bytes) -> bool:
-    """Walks FLAC's metadata blocks, up to the one flagged last."""
-    pos = 4
-    for _ in range(_MAX_ELEMENTS):
-        if pos + 4 > len(data):
-            return True
-        length = int.from_bytes(data[pos + 1 : pos + 4], "big")
-        last = data[pos] & 0x80
-        pos += 4 + length
-        if pos > len(data):
-            return True
-        if last:
-            return False
-    return False
+def _flac_next(data: bytes, pos: int) -> int | bool:
+    """Past FLAC's metadata block at `pos`; False after the one flagged last."""
+    if pos + 4 > len(data):
+        return True
+    end = pos + 4 + int.from_bytes(data[pos + 1 : pos + 4], "big")
+    return False if data[pos] & 0x80 and end <= len(data) else end

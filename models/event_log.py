@@ -195,13 +195,13 @@ def announce_end(
     webhooks: WebhookSender,
     ended: Job | None = None,
 ) -> bool:
-    """Appends a finished job's `done`, queues its `completed` webhook, and records both done.
+    """Appends a finished job's `done` (carrying the row, so a wait answers from it), queues its
+    `completed` webhook, and records both done; False when the job is not finished or Redis is
+    unreachable.
 
     Whoever ends a job calls it (with the `ended` row its write returned, else the row is read);
     the reconciler again for an announcer that died or lost Redis. The fence keeps one `done`; a
-    webhook queued twice keeps its `webhook-id`, delivered once. The `done` carries the row, so
-    a wait answers from it (`finished_row`). Returns False when the job is not finished or Redis
-    is unreachable.
+    webhook queued twice keeps its `webhook-id`, delivered once.
     """
     job = ended if ended is not None else session.get(Job, job_id, populate_existing=True)
     if job is None or not job.job_status.terminal:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.tables import InputKind, Job, JobStatus, Operation, ReplyFormat, Stage, WebhookDelivery
+from models.tables import InputKind, Job, JobStatus, Operation, ReplyFormat, Stage
 from models.webhooks import DEFAULT_EVENTS
 
 RESOURCE_ID = "^[0-9a-f]{32}$"
@@ -149,7 +149,6 @@ class WebhookView(Answer):
         """The job's webhook, or None when it has none."""
         if not job.webhook_url:
             return None
-        attempts: list[WebhookDelivery] = job.webhook_deliveries
         return cls(
             url=job.webhook_url,
             events=list(job.webhook_events or DEFAULT_EVENTS),  # type: ignore[arg-type]
@@ -162,7 +161,7 @@ class WebhookView(Answer):
                     delivered=d.delivered,
                     at=iso_time(d.created_at),
                 )
-                for d in attempts
+                for d in job.webhook_deliveries
             ],
         )
 

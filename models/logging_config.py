@@ -59,7 +59,6 @@ class ContextFilter(logging.Filter):
     """Puts `request_id` and `job_id` on each record that has them; never drops one."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Adds the ids of the request and the job being served, when there are any."""
         if record.name == "gunicorn.access" and isinstance(record.args, dict):
             atoms = record.args
             for atom, name in _ACCESS_FIELDS.items():
@@ -74,8 +73,7 @@ class ContextFilter(logging.Filter):
 
 def _job_of(record: logging.LogRecord) -> str | None:
     """The job of a record: the one running here, Celery's task, or one its text names."""
-    job = JOB_ID.get()
-    if job:
+    if job := JOB_ID.get():
         return job
     args = record.args
     if isinstance(args, dict) and args.get("name") == RUN_JOB_TASK and args.get("id"):
@@ -98,7 +96,6 @@ class JsonLineFormatter(JsonFormatter):
         self.secrets = _configured_secrets()
 
     def format(self, record: logging.LogRecord) -> str:
-        """Formats the record as JSON, secrets removed."""
         return redact(super().format(record), self.secrets)
 
 
@@ -110,7 +107,6 @@ class TextFormatter(logging.Formatter):
         self.secrets = _configured_secrets()
 
     def format(self, record: logging.LogRecord) -> str:
-        """Formats the record as text, secrets removed."""
         line = super().format(record)
         for name in ("request_id", "job_id"):
             value = getattr(record, name, None)

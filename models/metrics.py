@@ -79,16 +79,21 @@ def job_finished(status: str, code: str | None) -> None:
     JOBS_FINISHED.labels(status=status, code=code or NO_CODE).inc()
 
 
+def _stored() -> CollectorRegistry:
+    """This host's figures, summed over its processes' files, or this process's own."""
+    if (folder := multiprocess_dir()) is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
+    return registry
+
+
 def exposition(*live: Collector) -> bytes:
     """This host's figures (or this process's), then the `live` collectors', in the text format."""
-    stored = REGISTRY
-    if (folder := multiprocess_dir()) is not None:
-        stored = CollectorRegistry()
-        multiprocess.MultiProcessCollector(stored, path=folder)  # type: ignore[no-untyped-call]
     now = CollectorRegistry()
     for collector in live:
         now.register(collector)
-    return generate_latest(stored) + generate_latest(now)
+    return generate_latest(_stored()) + generate_latest(now)
 
 
 def process_gone(pid: int) -> None:
@@ -99,12 +104,8 @@ def process_gone(pid: int) -> None:
 
 def serve(host: str, port: int) -> bool:
     """Serves this host's figures from a thread; False when another process holds the port."""
-    registry = REGISTRY
-    if (folder := multiprocess_dir()) is not None:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
     try:
-        start_http_server(port, addr=host, registry=registry)
+        start_http_server(port, addr=host, registry=_stored())
     except OSError as error:
         _LOGGER.warning("metrics not served port=%d error=%s", port, error.strerror)
         return False

@@ -120,8 +120,7 @@ def recent_run_seconds(session: Session, count: int) -> list[float]:
 
 def database_time(session: Session, seconds: float = 0.0) -> datetime:
     """The database's clock now, `seconds` ahead, as an aware datetime."""
-    value: datetime = session.scalar(select(database_clock(session, seconds)))  # type: ignore[assignment]
-    return value
+    return session.scalar(select(database_clock(session, seconds)))  # type: ignore[return-value]
 
 
 def queued_between(

@@ -32,15 +32,13 @@ RETENTION_TASK = "worker.sweep_retention"
 
 
 def send_job(celery: Celery, job_id: str, broker: Redis) -> int:
-    """Sends a job's message by task name (no worker code needed) and marks the job sent, both
-    in one MULTI on the broker's Redis: a message is never without its mark, nor a mark without
-    its message. Returns the number of jobs waiting, this one included.
+    """Sends a job's message by task name (its id as the task id) and marks the job sent, in
+    one MULTI on the broker's Redis: never a message without its mark, nor a mark without its
+    message. Returns the number of jobs waiting, this one included.
 
-    The job id is the task id: the reconciler sees which jobs have a message, a resent job keeps
-    its id. Celery builds the message (its task protocol); the LPUSH is the one kombu's Redis
-    transport makes (its envelope, on the queue's list), written here because kombu's publish
-    makes a Redis client per message and cannot share a round trip with the mark (profiled: it
-    was a fifth of a submit's CPU).
+    Celery builds the message; the LPUSH is kombu's Redis transport's own (its envelope, on the
+    queue's list), written here because kombu's publish makes a Redis client per message and
+    cannot share a round trip with the mark (profiled: a fifth of a submit's CPU).
     """
     # ignore_result as send_task leaves it: None, the task's own setting.
     task = celery.amqp.as_task_v2(job_id, RUN_JOB_TASK, args=[job_id], ignore_result=None)
@@ -79,10 +77,8 @@ def forget_marks_before(client: Redis, seconds_ago: float) -> None:
 
 
 def waiting_jobs(client: Redis) -> int:
-    """Jobs waiting for a worker, in O(1): the length of kombu's one list (no priorities are sent).
-
-    A job a worker has taken (running, or prefetched) is not counted.
-    """
+    """Jobs waiting for a worker (not one taken, running or prefetched), in O(1): the length of
+    kombu's one list (no priorities are sent)."""
     return int(client.llen(JOB_QUEUE))
 
 

@@ -70,42 +70,6 @@ def _safe(name: str) -> str:
     return name
 
 
-class Store(Protocol):
-    """Where one kind of file (uploads, or replies) is kept."""
-
-    def write(self, name: str, data: bytes) -> str:
-        """Stores `data` under `name`, whole or not at all, and returns the name."""
-        ...
-
-    def read(self, name: str) -> bytes:
-        """A stored file's bytes (FileNotFoundError when there is none)."""
-        ...
-
-    def exists(self, name: str) -> bool:
-        """Whether something is stored under `name`."""
-        ...
-
-    def delete(self, name: str) -> None:
-        """Removes a stored file; nothing happens if it is not there."""
-        ...
-
-    def local_path(self, name: str) -> Path | None:
-        """The file's path when the store is a local directory (to send it as it is), else None."""
-        ...
-
-    def as_file(self, name: str) -> contextlib.AbstractContextManager[Path]:
-        """A path holding the stored file while the context lasts (a copy if it is not local)."""
-        ...
-
-    def names_before(self, cutoff: datetime) -> Iterator[str]:
-        """The names of the files stored before `cutoff`, lazily, in no set order."""
-        ...
-
-    def sweep_partial(self, cutoff: datetime) -> int:
-        """Removes what writes and copies a crash left behind before `cutoff`; returns how many."""
-        ...
-
-
 class LocalStore:
     """A directory of files, for a single host (the default)."""
 
@@ -120,29 +84,27 @@ class LocalStore:
         """Writes a synced temporary file renamed over `name`: a reader never sees half a file."""
         final = self.path(name)
         try:
-            return self._write(final, data)
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=_PARTIAL_PREFIX, suffix=final.suffix)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                # mkstemp makes 0600 files; the API may run as another user than the worker.
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, final)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         except OSError as error:
             if error.errno in _NO_ROOM:
                 raise InsufficientStorage(f"No room left to store {name}.") from error
             raise
-
-    def _write(self, final: Path, data: bytes) -> str:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=_PARTIAL_PREFIX, suffix=final.suffix)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            # mkstemp makes 0600 files; the API may run as another user than the worker.
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return final.name
 
     def read(self, name: str) -> bytes:
+        """A stored file's bytes (FileNotFoundError when there is none)."""
         return self.path(name).read_bytes()
 
     def exists(self, name: str) -> bool:
@@ -152,18 +114,22 @@ class LocalStore:
         self.path(name).unlink(missing_ok=True)
 
     def local_path(self, name: str) -> Path | None:
+        """The file's path when the store is a local directory (to send it as it is), else None."""
         return self.path(name)
 
     @contextlib.contextmanager
     def as_file(self, name: str) -> Iterator[Path]:
+        """A path holding the stored file while the context lasts (a copy if it is not local)."""
         yield self.path(name)
 
     def names_before(self, cutoff: datetime) -> Iterator[str]:
+        """The names of the files stored before `cutoff`, lazily, in no set order."""
         for entry in _entries_before(self.root, cutoff):
             if not entry.name.startswith("."):
                 yield entry.name
 
     def sweep_partial(self, cutoff: datetime) -> int:
+        """Removes what writes and copies a crash left behind before `cutoff`; returns how many."""
         return _sweep_partial(self.root, cutoff)
 
 
@@ -260,6 +226,10 @@ class DatabaseStore:
     def sweep_partial(self, cutoff: datetime) -> int:
         # A row is written whole or not at all; only the copies `as_file` made can be left over.
         return _sweep_partial(self.scratch, cutoff)
+
+
+# Where one kind of file (uploads, or replies) is kept.
+Store = LocalStore | DatabaseStore
 
 
 class JobFiles(Protocol):

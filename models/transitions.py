@@ -107,13 +107,10 @@ def _claimable(now: ColumnElement[datetime]) -> ColumnElement[bool]:
 def insert_queued(
     session: Session, job: Job, only_if: ColumnElement[bool] | None = None, **params: Any
 ) -> bool:
-    """Adds a new job's row as one INSERT (the caller commits) and fills in `job`'s defaults;
-    with `only_if` (built once, its bound `params` given here), an INSERT … SELECT that adds it
-    only where that holds. Returns whether the row was added.
-
-    `job` stays transient: a unit of work flushing it cost the submit path more than the INSERT
-    itself (profiled under load).
-    """
+    """Adds a new job's row as one INSERT (the caller commits), filling in `job`'s defaults;
+    with `only_if` (built once, its bound `params` given here), only where that holds. Returns
+    whether the row was added. `job` stays transient: a unit of work flushing it cost the submit
+    path more than the INSERT itself (profiled under load)."""
     values = {}
     for column in _JOB_COLUMNS:
         value = getattr(job, column.key)
@@ -162,10 +159,9 @@ def claim(
 ) -> Claim:
     """Takes a job for `owner`: a queued job, or a running one whose lease expired.
 
-    The conditional UPDATE makes the claim exactly-once however often the message is delivered;
-    each claim counts an attempt, and a job that has had `max_attempts` fails instead of looping.
-    A job asked to stop (`cancel_requested`) is never claimed: it ends `canceled` instead.
-    The same UPDATE enters the job's first stage and returns the row the pipeline reads.
+    The conditional UPDATE makes the claim exactly-once however often the message is delivered,
+    counts an attempt, enters the job's first stage and returns the row the pipeline reads. A
+    job that had `max_attempts` fails instead; one asked to stop ends `canceled` instead.
     """
     dialect = session.get_bind().dialect.name
     query = _claim_query(dialect, owner, lease_seconds, max_attempts)
@@ -215,10 +211,7 @@ def renew_lease(session: Session, lease: Lease, lease_seconds: int) -> bool:
 
 def release_expired(session: Session, job_id: str, attempt: int) -> bool:
     """Puts `attempt` of a running job back in the queue once its lease expired; checkpoints stay.
-
-    Expiry is checked in the UPDATE itself, so a lease renewed since the caller found it
-    expired is kept: releasing it would cost an attempt with no worker lost.
-    """
+    Expiry is checked in the UPDATE itself: a lease renewed meanwhile is kept."""
     query = _expired(session, job_id, attempt).where(Job.cancel_requested.is_(False))
     return _apply(session, query, **_REQUEUED)
 
@@ -242,8 +235,7 @@ def release_held_by(session: Session, job_id: str, owner_prefix: str) -> int | N
     """Requeues a running job a worker parent's dead child held (its owner starts with
     `owner_prefix`); returns the attempt released, or None."""
     query = _held_by(job_id, owner_prefix).where(Job.cancel_requested.is_(False))
-    attempt = session.execute(query.values(**_REQUEUED).returning(Job.attempts))
-    released = attempt.scalar_one_or_none()
+    released = session.execute(query.values(**_REQUEUED).returning(Job.attempts)).scalar()
     session.commit()
     return released
 
@@ -305,11 +297,8 @@ def cancel_queued(session: Session, job_id: str) -> bool:
 
 
 def request_cancel(session: Session, job_id: str) -> bool:
-    """Asks an unfinished job to stop; returns False when it had already ended.
-
-    Its worker ends it `canceled` at its next token, sentence or stage boundary; a worker that
-    dies first has it ended so by its recovery, and a claim ends it so instead of running it.
-    """
+    """Asks an unfinished job to stop (False when it had already ended): its worker ends it
+    `canceled` at its next token, sentence or stage boundary, else its recovery or a claim does."""
     query = update(Job).where(Job.id == job_id, Job.status.not_in(TERMINAL))
     return _apply(session, query, cancel_requested=True)
 

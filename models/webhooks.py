@@ -91,11 +91,9 @@ def resolve_target(parts: SplitResult, *, networks: tuple[Network, ...]) -> list
     """
     host = parts.hostname or ""
     infos = socket.getaddrinfo(host, port_of(parts), type=socket.SOCK_STREAM)
-    addresses: list[Address] = []
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if address not in addresses:
-            addresses.append(address)
+    # Each address once, in the resolver's order (an IPv6 address without its `%zone`).
+    found = (ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos)
+    addresses = list(dict.fromkeys(found))
     if not all(allowed_address(address, networks) for address in addresses):
         raise WebhookTargetNotAllowed(
             "webhook's host resolves to a private, loopback, link-local or other non-public "
