@@ -60,7 +60,10 @@ def read_job(job_id: str) -> Job | None:
     """Reads a job's row in a short session of its own (a held-open request may last minutes)."""
     sessions: sessionmaker[Session] = current_app.extensions["voicechat.sessions"]
     with sessions() as session:  # closing it detaches the row, read in full
-        return session.get(Job, job_id)
+        job = session.get(Job, job_id)
+        if job is not None and job.webhook_url is not None:  # its deliveries, while attached
+            session.refresh(job, ["webhook_deliveries"])
+        return job
 
 
 def finished_job(job_id: str, done: Event) -> Job | None:

@@ -324,6 +324,19 @@ def test_a_completed_job_is_delivered_signed(stack: Stack, receiver: Receiver) -
         Webhook(KEY_SECRET).verify(body, headers)  # another secret does not verify it
 
 
+def test_a_wait_answers_a_job_with_a_webhook(stack: Stack, receiver: Receiver) -> None:
+    """`Prefer: wait` reads the finished row again for its deliveries, which another table holds."""
+    hook = receiver.url("/waited")
+    answer = stack.http.post(
+        f"{stack.url}/v1/jobs",
+        json={"text": "hi", "webhook": hook},
+        headers={"Prefer": "wait=60"},
+        timeout=90,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "succeeded" and answer.json()["webhook"]["url"] == hook
+
+
 def test_started_and_completed_from_a_form(stack: Stack, receiver: Receiver) -> None:
     form = {"text": "hi", "webhook": receiver.url("/both"), "webhook_events": "started,completed"}
     job_id = stack.submit(data=form)
