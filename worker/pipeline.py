@@ -73,15 +73,12 @@ class Progress(Protocol):
 
     def enter(self, stage: Stage, done: Transcript | Reply | None = None) -> None:
         """`stage` starts; `done` is the previous stage's result to checkpoint (None: none ran)."""
-        ...
 
     def delta(self, text: str) -> None:
         """Passes on a piece of reply text as the language model produces it."""
-        ...
 
     def sentence(self, index: int, text: str, audio: Audio) -> None:
         """Passes on sentence `index` (from 0) as soon as it is synthesized."""
-        ...
 
 
 def fit_to_context(
@@ -91,11 +88,8 @@ def fit_to_context(
     prompt: Message,
     max_tokens: int,
 ) -> list[Message]:
-    """Drops the oldest turns of `history` until the chat leaves room for `max_tokens`.
-
-    The cut is found by bisection (fewer turns never take more tokens), then moved forward to a
-    user turn, so the history never opens with an answer to a dropped question.
-    """
+    """Drops the oldest turns of `history` until the chat leaves room for `max_tokens`: the cut
+    is found by bisection, then moved forward to a user turn (never an orphaned answer)."""
     budget = generator.context_tokens - max_tokens
 
     def fits(start: int) -> bool:
@@ -114,20 +108,14 @@ def fit_to_context(
     return [*head, *history[start:], prompt]
 
 
+@dataclass(eq=False)
 class Pipeline:
     """Runs one job through the loaded engines."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        transcriber: Transcriber,
-        generator: Generator,
-        synthesizer: Synthesizer,
-    ) -> None:
-        self.settings = settings
-        self.transcriber = transcriber
-        self.generator = generator
-        self.synthesizer = synthesizer
+    settings: Settings
+    transcriber: Transcriber
+    generator: Generator
+    synthesizer: Synthesizer
 
     def messages_for(
         self, prompt: str, options: dict[str, Any], history: tuple[Message, ...] = ()

@@ -122,14 +122,20 @@ class CoquiSynthesizer:
         )
 
 
+def coqui_config(model_path: str, config_path: str) -> Path:
+    """`config_path`, or the config.json in the checkpoint's folder (in the folder itself, XTTS)."""
+    if config_path:
+        return Path(config_path).expanduser()
+    checkpoint = Path(model_path).expanduser()
+    return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json"
+
+
 def _load(model_name: str, model_path: str, config_path: str) -> tuple[Any, str]:
     """Loads a Coqui model by name or a checkpoint; returns it and the setting that named it."""
     if not model_name and not model_path:
         raise EngineUnavailable(NOTHING_CONFIGURED)
     checkpoint = Path(model_path).expanduser()
-    # By default the config.json in the checkpoint's folder (or in the folder itself, for XTTS).
-    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    config = Path(config_path).expanduser() if config_path else folder / "config.json"
+    config = coqui_config(model_path, config_path)
     if not model_name:
         for setting, path in (("COQUI_MODEL_PATH", checkpoint), ("COQUI_CONFIG_PATH", config)):
             if not path.exists():
