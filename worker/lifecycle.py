@@ -34,10 +34,8 @@ def runs_jobs() -> bool:
 
 @celeryd_init.connect
 def _refuse_unusable_engines(options: dict[str, Any] | None = None, **_kwargs: Any) -> None:
-    """Stops `celery worker` before it forks when an engine setting cannot work (nothing loaded).
-
-    SystemExit, as Celery's signal dispatch catches Exception only: status 1, one line on stderr.
-    """
+    """Stops `celery worker` before it forks when an engine setting cannot work (SystemExit, as
+    Celery's signal dispatch catches Exception only: status 1, one line on stderr)."""
     from worker.engines.preflight import validate_engines
 
     if not runs_jobs():
@@ -57,10 +55,8 @@ def _refuse_unusable_engines(options: dict[str, Any] | None = None, **_kwargs: A
 
 
 def _serve_metrics() -> None:
-    """Serves the host's figures on WORKER_METRICS_PORT, for a worker apart from the API's host.
-
-    The pool's child records them under PROMETHEUS_MULTIPROC_DIR; the parent serves that folder.
-    """
+    """Serves the host's figures (the pool child's, in PROMETHEUS_MULTIPROC_DIR) on
+    WORKER_METRICS_PORT, for a worker apart from the API's host."""
     if not settings.worker_metrics_port:
         return
     if metrics.multiprocess_dir() is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -62,10 +63,10 @@ class JobInput:
 class Outcome:
     """What a pipeline run produced; stages resumed from a checkpoint leave their field None."""
 
-    transcript: Transcript | None
-    reply: Reply | None
-    reply_text: str
-    audio: Audio | None
+    transcript: Transcript | None = None
+    reply: Reply | None = None
+    reply_text: str = ""
+    audio: Audio | None = None
 
 
 class Progress(Protocol):
@@ -138,12 +139,12 @@ class Pipeline:
         """Runs the job's operation: chat (hearing and speaking as asked), transcribe, or speak."""
         if job.operation is Operation.TRANSCRIBE:
             progress.enter(Stage.TRANSCRIBING)
-            return Outcome(transcript=self._transcribe(job), reply=None, reply_text="", audio=None)
+            return Outcome(transcript=self._transcribe(job))
         if job.operation is Operation.SPEAK:
             progress.enter(Stage.SYNTHESIZING)
             speaker = self._speaker(job, progress, str.strip)
             speaker.say(split_sentences(job.text or ""))
-            return Outcome(transcript=None, reply=None, reply_text="", audio=_spoken(speaker))
+            return Outcome(audio=_spoken(speaker))
         return self._chat(job, progress)
 
     def _chat(self, job: JobInput, progress: Progress) -> Outcome:
@@ -162,20 +163,21 @@ class Pipeline:
             reply = self._generate(prompt, job, progress, speaker)
             reply_text = reply.text
         if speaker is None:
-            return Outcome(transcript=transcript, reply=reply, reply_text=reply_text, audio=None)
+            return Outcome(transcript, reply, reply_text)
         progress.enter(Stage.SYNTHESIZING, done=reply)
         if reply is None:  # resumed after the reply's checkpoint: all of it is still to speak
             speaker.say(split_sentences(reply_text))
         else:
             speaker.end(whole_sentences=self._whole_sentences(job, reply))
-        return Outcome(
-            transcript=transcript, reply=reply, reply_text=reply_text, audio=_spoken(speaker)
-        )
+        return Outcome(transcript, reply, reply_text, _spoken(speaker))
 
     def _speaker(
         self, job: JobInput, progress: Progress, words: Callable[[str], str] = speakable
     ) -> Speaker:
-        return Speaker(lambda text: self._speak(text, job), words, progress.sentence)
+        voice = job.options.get("voice", self.settings.tts_voice)
+        speed = job.options.get("speed", 1.0)
+        speak = functools.partial(self.synthesizer.synthesize, voice=voice, speed=speed)
+        return Speaker(speak, words, progress.sentence)
 
     def _transcribe(self, job: JobInput) -> Transcript:
         assert job.audio_path is not None
@@ -183,13 +185,6 @@ class Pipeline:
             load_for_transcription(job.audio_path, self.settings.max_audio_seconds),
             language=job.options.get("language"),
             prompt=job.options.get("prompt"),
-        )
-
-    def _speak(self, text: str, job: JobInput) -> Audio:
-        return self.synthesizer.synthesize(
-            text,
-            voice=job.options.get("voice", self.settings.tts_voice),
-            speed=job.options.get("speed", 1.0),
         )
 
     def _max_tokens(self, options: dict[str, Any]) -> int:

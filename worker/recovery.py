@@ -34,12 +34,8 @@ def publish(job_id: str) -> None:
 def _recover_lost_job(
     sender: Any = None, exception: BaseException | None = None, args: Any = None, **_kwargs: Any
 ) -> None:
-    """Handles, in the parent, a job whose child process died.
-
-    Killed by the hard time limit: the job fails with `timeout`. Lost otherwise (OOM killer, a
-    native crash): it is released and republished, to resume after its last checkpoint as one
-    more attempt (up to MAX_ATTEMPTS). Either way a job asked to stop ends `canceled` instead.
-    """
+    """In the parent, ends a job whose child died: `timeout` past the hard limit, else released
+    and republished (OOM killer, a native crash); `canceled` if it was asked to stop."""
     if not isinstance(exception, TimeLimitExceeded | WorkerLostError) or not args:
         return
     job_id = str(args[0])

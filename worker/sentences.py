@@ -1,7 +1,4 @@
-"""Speaking a reply sentence by sentence as it is generated, so the first audio comes early.
-
-The reply's audio is the sentences' joined: the stored WAV is the same, streamed or fetched whole.
-"""
+"""Speaking a reply sentence by sentence as it is generated, so the first audio comes early."""
 
 from __future__ import annotations
 
@@ -58,7 +55,7 @@ class SentenceCutter:
 
     def finish(self, *, whole_sentences: bool) -> list[str]:
         """The text left when the stream ends, as a last sentence; dropped with `whole_sentences`
-        (the reply cut to its last), unless none ended (`trim_to_sentence` keeps it whole)."""
+        unless no sentence ended (`trim_to_sentence` keeps it whole then)."""
         rest, self._pending = self._pending.strip(), ""
         if not rest or (whole_sentences and self._ended):
             return []

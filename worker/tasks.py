@@ -134,20 +134,18 @@ class RowProgress:
     def tell(self, event_type: str, **data: Any) -> None:
         """Appends an event of this attempt, unless its lease is lost or it was asked to stop."""
         self._check()
-        self._append(event_type, data)
-
-    def _append(self, event_type: str, data: dict[str, Any]) -> None:
-        """Appends an event under the lease, asked to stop or not."""
-        self._send([*self.starting, (event_type, data)])
+        self._send((event_type, data))
 
     def tell_running(self) -> None:
         """Sends the attempt's `running` if nothing went out yet (it entered no stage)."""
         if self.starting:
-            self._send(self.starting)
+            self._send()
 
-    def _send(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+    def _send(self, *events: tuple[str, dict[str, Any]]) -> None:
+        """Appends events under the lease, asked to stop or not, after a held-back `running`."""
         self._check(cancel=False)
-        appended = self.events.publish_all(self.lease.job_id, events, attempt=self.lease.attempt)
+        job_id, attempt = self.lease.job_id, self.lease.attempt
+        appended = self.events.publish_all(job_id, [*self.starting, *events], attempt=attempt)
         self.starting = []
         if appended is event_log.Append.FENCED:
             raise transitions.LeaseLost(self.lease.job_id)
@@ -187,7 +185,7 @@ class RowProgress:
         if not self.unsent:
             return
         text = "".join(self.unsent)
-        self._append(event_log.DELTA, {"text": text})
+        self._send((event_log.DELTA, {"text": text}))
         self.unsent.clear()
         self.generated.append(text)  # what a cancel keeps is what was streamed
         self.next_delta = time.perf_counter() + DELTA_INTERVAL_SECONDS

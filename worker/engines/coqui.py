@@ -37,11 +37,8 @@ class CoquiSynthesizer:
         language: str = "",
         sample_rate: int | None = None,
     ) -> None:
-        """Loads a released model by name (into Coqui's cache on first use) or a checkpoint.
-
-        `config_path` defaults to the checkpoint's folder; `device` "auto" is CUDA when torch sees
-        it; empty `speaker`/`language`: the model's first / "en"; `sample_rate` None: the model's.
-        """
+        """Loads a released model by name or a checkpoint; empty `speaker`/`language`: the
+        model's first / "en"; `sample_rate` None: the model's."""
         tts, source = _load(model_name, model_path, config_path)
         device = torch_device("TTS_DEVICE", device)
         self.tts: Any = tts.to(device)
@@ -87,11 +84,8 @@ class CoquiSynthesizer:
         )
 
     def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> Audio:
-        """Speaks `text`; `voice` picks the speaker of a multi-speaker model when it names one.
-
-        `speed` 2.0 is twice as fast: VITS-family models take it as a shorter `length_scale`,
-        XTTS as its `speed` argument; a model with neither speaks at its own pace.
-        """
+        """Speaks `text`; `voice` picks the speaker of a multi-speaker model when it names one,
+        and `speed` is VITS's `length_scale` or XTTS's `speed` (else the model's own pace)."""
         started = time.perf_counter()
         speaker = voice if voice in self.speakers else self.speaker
         model = self.tts.synthesizer.tts_model

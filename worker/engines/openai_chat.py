@@ -161,7 +161,10 @@ class OpenAIChatGenerator:
         started = time.perf_counter()
         measured = self.count_tokens(messages)
         if measured + max_tokens > self.context_tokens:
-            raise self._too_long(measured, max_tokens)
+            raise ContextLengthExceeded(
+                f"The prompt takes about {measured} tokens and the reply up to {max_tokens}: "
+                f"more than the model's {self.context_tokens}-token context."
+            )
         request: dict[str, Any] = {
             "model": self.model,
             "messages": list(messages),
@@ -228,8 +231,7 @@ class OpenAIChatGenerator:
             raise self._translate(error) from error
         finally:
             # Stops the server's generation too when the caller gives up half-way.
-            close = getattr(stream, "close", None)
-            if close is not None:
+            if (close := getattr(stream, "close", None)) is not None:
                 close()
 
     def _diagnose_empty_stream(self, request: dict[str, Any]) -> VoiceChatError:
@@ -241,15 +243,10 @@ class OpenAIChatGenerator:
             return self._translate(error)
         return EngineUnavailable(f"{self.source} ended its reply before the first token.")
 
-    def _too_long(self, prompt_tokens: int | None = None, max_tokens: int = 0) -> VoiceChatError:
-        if prompt_tokens is None:
-            return ContextLengthExceeded(
-                f"The prompt does not fit the model's context (LLM_CONTEXT_TOKENS="
-                f"{self.context_tokens} may exceed what the engine serves)."
-            )
+    def _too_long(self) -> VoiceChatError:
         return ContextLengthExceeded(
-            f"The prompt takes about {prompt_tokens} tokens and the reply up to {max_tokens}: "
-            f"more than the model's {self.context_tokens}-token context."
+            f"The prompt does not fit the model's context (LLM_CONTEXT_TOKENS="
+            f"{self.context_tokens} may exceed what the engine serves)."
         )
 
     def _translate(self, error: Exception) -> VoiceChatError:
