@@ -134,9 +134,12 @@ def reconcile(
     last = Horizon.last(broker)
     horizon = queries.database_time(session, -queued_after_seconds)
     full = last is None or not last.covers(now)
-    lost = _lost_in_full(session, broker, queue, queued_after_seconds) if full else []
-    if last is not None and not full:
-        assert last.checked_until is not None
+    if full:  # jobs queued past `queued_after_seconds` without a message in the whole queue
+        stale = queries.queued_longer_than(session, queued_after_seconds)
+        present = job_ids_waiting(broker, queue) if stale else set()
+        lost = [job_id for job_id in stale if job_id not in present]
+    else:
+        assert last is not None and last.checked_until is not None
         since = last.checked_until - timedelta(seconds=_OVERLAP_SECONDS)
         lost = queue_marks.unsent(broker, queries.queued_between(session, since, horizon))
     republished = sorted(set(released) | set(lost))
@@ -160,14 +163,3 @@ def reconcile(
             ",".join(republished),
         )
     return Report(tuple(released), tuple(republished), tuple(announced), tuple(canceled), full=full)
-
-
-def _lost_in_full(
-    session: Session, broker: Redis, queue: str, queued_after_seconds: int
-) -> list[str]:
-    """Jobs queued past `queued_after_seconds` without a message, by reading the whole queue."""
-    stale = queries.queued_longer_than(session, queued_after_seconds)
-    if not stale:
-        return []
-    present = job_ids_waiting(broker, queue)
-    return [job_id for job_id in stale if job_id not in present]

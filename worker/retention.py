@@ -40,7 +40,6 @@ _FILE_COLUMNS = (Job.id, Job.attempts, Job.input_audio_file, Job.reply_format, J
 
 
 def _finished(session: Session, ttl_seconds: int, *where: ColumnElement[bool]) -> list[Row[Any]]:
-    """Up to `BATCH` jobs finished over `ttl_seconds` ago, oldest first."""
     query = select(*_FILE_COLUMNS).where(
         *where, Job.finished_at < database_clock(session, -ttl_seconds), Job.status.in_(TERMINAL)
     )

@@ -125,7 +125,6 @@ class RowProgress:
         self.started = time.perf_counter()
 
     def _check(self, *, cancel: bool = True) -> None:
-        """Raises LeaseLost once the lease is lost, and CancelRequested once asked to stop."""
         if self.held.lost.is_set():
             raise transitions.LeaseLost(self.lease.job_id)
         if cancel and self.cancel.requested():
@@ -282,7 +281,6 @@ def _attempt(session: Session, progress: RowProgress, job: Job) -> bool:
         return _run(session, progress, job)
     except transitions.LeaseLost:
         session.rollback()
-        progress.forget_sentences()
         _LOGGER.warning("job lease lost job_id=%s attempt=%d", lease.job_id, lease.attempt)
         return False
     except transitions.CancelRequested:
@@ -363,7 +361,6 @@ def _run(session: Session, progress: RowProgress, job: Job) -> bool:
 
 
 def _time_stages(outcome: Outcome) -> None:
-    """Records how long each stage this run did took (their results carry their timings)."""
     timed = ("transcribe", outcome.transcript), ("generate", outcome.reply)
     for stage, result in (*timed, ("synthesize", outcome.audio)):
         if result is not None:
@@ -394,7 +391,6 @@ def _recording(job: Job) -> Iterator[Path | None]:
 
 
 def _job_input(session: Session, job: Job, audio_path: Path | None) -> JobInput:
-    """What the pipeline needs from the row: input, options, history and checkpoints."""
     options = dict(job.options or {})
     history = list(job.history or [])
     if job.conversation_id:

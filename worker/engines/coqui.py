@@ -14,6 +14,7 @@ from models.errors import EngineUnavailable
 from models.settings import Settings
 from worker.engines import Audio
 from worker.engines.openai_whisper import torch_device
+from worker.engines.preflight import coqui_config
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -114,14 +115,6 @@ class CoquiSynthesizer:
             sample_rate=self.sample_rate,
             seconds=round(time.perf_counter() - started, 3),
         )
-
-
-def coqui_config(model_path: str, config_path: str) -> Path:
-    """`config_path`, or the config.json in the checkpoint's folder (in the folder itself, XTTS)."""
-    if config_path:
-        return Path(config_path).expanduser()
-    checkpoint = Path(model_path).expanduser()
-    return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json"
 
 
 def _load(model_name: str, model_path: str, config_path: str) -> tuple[Any, str]:

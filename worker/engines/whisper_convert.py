@@ -131,7 +131,6 @@ def _attention(
 
 
 def _pair(state: Arrays, variables: Arrays, src: str, dst: str, *, norm: bool = False) -> None:
-    """Copies a layer's weight and bias (a layer norm's gamma and beta)."""
     names = ("gamma", "beta") if norm else ("weight", "bias")
     for ours, theirs in zip(("weight", "bias"), names, strict=True):
         state[f"{dst}.{ours}"] = _float(variables, f"{src}/{theirs}")
