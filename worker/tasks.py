@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -378,16 +377,13 @@ def _results(job: Job, outcome: Outcome) -> dict[str, Any]:
     return results
 
 
-@contextlib.contextmanager
-def _recording(job: Job) -> Iterator[Path | None]:
+def _recording(job: Job) -> contextlib.AbstractContextManager[Path | None]:
     """The job's uploaded recording as a file while the pipeline runs (None: a text prompt, or
     a checkpointed transcript)."""
     resumed = job.transcript is not None and job.operation == Operation.CHAT.value
     if job.input_audio_file is None or resumed:
-        yield None
-        return
-    with clients.stores().uploads.as_file(job.input_audio_file) as path:
-        yield path
+        return contextlib.nullcontext()
+    return clients.stores().uploads.as_file(job.input_audio_file)
 
 
 def _job_input(session: Session, job: Job, audio_path: Path | None) -> JobInput:
