@@ -177,7 +177,8 @@ class OpenAIChatGenerator:
         finish_reason: str | None = None
         first_delta_s: float | None = None
         for chunk in self._stream(request):
-            usage = getattr(chunk, "usage", None) or usage
+            if getattr(chunk, "usage", None) is not None:
+                usage = chunk.usage
             for choice in chunk.choices or ():
                 finish_reason = choice.finish_reason or finish_reason
                 content = choice.delta.content if choice.delta is not None else None
