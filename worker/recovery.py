@@ -62,11 +62,8 @@ class Reconciler(bootsteps.StartStopStep):  # type: ignore[misc]
     """Runs the reconciler on a timer in the worker's parent process (worker/reconciler.py)."""
 
     requires = {"celery.worker.components:Timer"}
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.timer_ref: Any = None
-        self.broker: Redis | None = None
+    timer_ref: Any = None
+    broker: Redis | None = None
 
     def start(self, parent: Any) -> None:
         """Connects to the broker and starts the timer (`RECONCILE_INTERVAL_SECONDS`)."""
