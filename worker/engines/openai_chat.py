@@ -171,26 +171,7 @@ class OpenAIChatGenerator:
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
-        trimmed = _Trimmed()
-        pieces: list[str] = []
-        usage: Any = None
-        finish_reason: str | None = None
-        first_delta_s: float | None = None
-        for chunk in self._stream(request):
-            if getattr(chunk, "usage", None) is not None:
-                usage = chunk.usage
-            for choice in chunk.choices or ():
-                finish_reason = choice.finish_reason or finish_reason
-                content = choice.delta.content if choice.delta is not None else None
-                if not content:
-                    continue
-                pieces.append(content)
-                if not (delta := trimmed.feed(content)):
-                    continue
-                if first_delta_s is None:
-                    first_delta_s = time.perf_counter() - started
-                if on_delta is not None:
-                    on_delta(delta)
+        pieces, usage, finish_reason, first_delta_s = self._read_stream(request, started, on_delta)
         if finish_reason is None and not pieces:
             raise self._diagnose_empty_stream(request)
         text = "".join(pieces).strip()
@@ -219,6 +200,33 @@ class OpenAIChatGenerator:
             finish_reason=finish_reason,
             seconds=round(seconds, 3),
         )
+
+    def _read_stream(
+        self, request: dict[str, Any], started: float, on_delta: Callable[[str], None] | None
+    ) -> tuple[list[str], Any, str | None, float | None]:
+        """The streamed pieces, usage, finish reason and first delta's time; each trimmed piece
+        is passed on."""
+        trimmed = _Trimmed()
+        pieces: list[str] = []
+        usage: Any = None
+        finish_reason: str | None = None
+        first_delta_s: float | None = None
+        for chunk in self._stream(request):
+            if getattr(chunk, "usage", None) is not None:
+                usage = chunk.usage
+            for choice in chunk.choices or ():
+                finish_reason = choice.finish_reason or finish_reason
+                content = choice.delta.content if choice.delta is not None else None
+                if not content:
+                    continue
+                pieces.append(content)
+                if not (delta := trimmed.feed(content)):
+                    continue
+                if first_delta_s is None:
+                    first_delta_s = time.perf_counter() - started
+                if on_delta is not None:
+                    on_delta(delta)
+        return pieces, usage, finish_reason, first_delta_s
 
     def _stream(self, request: dict[str, Any]) -> Iterator[Any]:
         """Yields the chunks, translating the engine's errors (never those of `on_delta`)."""
