@@ -71,12 +71,7 @@ app.conf.update(
 )
 
 
-@celeryd_init.connect
-def _log_early(**_kwargs: Any) -> None:
-    """Formats logging before the worker's privilege check warns, which precedes Celery's set-up."""
-    configure(settings.log_format)
-
-
+@celeryd_init.connect  # before the worker's privilege check warns, which precedes Celery's set-up
 @setup_logging.connect
 def _log_lines(loglevel: int | str | None = None, **_kwargs: Any) -> None:
     """Every Celery process logs through the service's handler; this receiver replaces Celery's."""

@@ -1,8 +1,6 @@
 """This process's database sessions, Redis clients and file stores: each made once, on first use.
 
-Made in the process that uses them, never inherited: a connection pool is not fork-safe, so a
-forked child (Celery's pool child) forgets whatever its parent made, and the parent, which forks
-children later, opens its database connections without a pool (`parent_sessions`).
+A connection pool is not fork-safe: a forked child forgets whatever its parent made.
 """
 
 from __future__ import annotations
@@ -63,8 +61,7 @@ class Stores:
 
 @_per_process
 def sessions() -> sessionmaker[Session]:
-    """Pooled sessions: a job worker's are held to WORKER_HOLD_LIMIT_SECONDS and ping only idle
-    connections (the hot path); the maintenance worker's are plain."""
+    """Pooled sessions: a job worker's ping only idle connections (the hot path)."""
     if settings.worker_role != "jobs":
         return make_session_factory(make_engine(settings.database_url))
     engine = make_engine(
@@ -77,8 +74,7 @@ def sessions() -> sessionmaker[Session]:
 
 @_per_process
 def parent_sessions() -> sessionmaker[Session]:
-    """The worker parent's sessions, with no pool: children it forks later must not inherit open
-    connections, so every session opens and closes its own."""
+    """The worker parent's sessions, with no pool: children it forks must not inherit one."""
     engine = make_engine(
         settings.database_url,
         hold_limit_seconds=settings.worker_hold_limit_seconds,

@@ -1,6 +1,4 @@
-"""The pool child's lease keeper: renews the job's lease and readiness key, and tells the attempt
-at once when its lease is lost or its job asked to stop.
-"""
+"""The pool child's lease keeper: renews the job's lease and readiness, and tells the attempt."""
 
 from __future__ import annotations
 
@@ -35,11 +33,8 @@ class Held:
 
 
 class CancelWatch:
-    """Whether the attempt's job was asked to stop: the keeper's word, or the cancel key in Redis.
-
-    The key is read at most every `CHECK_SECONDS`: the attempt asks at every token. `looked`:
-    the claim has just looked at the row's flag, so the key waits a period too.
-    """
+    """Whether the attempt's job was asked to stop: the keeper's word, or the cancel key, read at
+    most every `CHECK_SECONDS` (`looked`: the claim just read the row's flag)."""
 
     def __init__(
         self,
@@ -90,10 +85,8 @@ def hold_lease(held: Held | None) -> None:
 
 
 class LeaseKeeper(threading.Thread):
-    """Renews the running job's lease and the readiness key on one clock (WORKER_HEARTBEAT_SECONDS).
-
-    Both last three beats (models/heartbeat.py), so a dead process loses both together.
-    """
+    """Renews the running job's lease and the readiness key on one clock: both last three beats,
+    so a dead process loses both together."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(name="voicechat-lease-keeper", daemon=True)

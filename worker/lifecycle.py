@@ -27,20 +27,13 @@ _MAINTENANCE_ONLY = (
 )
 
 
-def runs_jobs() -> bool:
-    """Whether this worker runs jobs, not the maintenance queue (no models, not in /readyz)."""
-    return settings.worker_role == "jobs"
-
-
 @celeryd_init.connect
 def _refuse_unusable_engines(options: dict[str, Any] | None = None, **_kwargs: Any) -> None:
-    """Stops `celery worker` before it forks when an engine setting cannot work (nothing loaded).
-
-    SystemExit, as Celery's signal dispatch catches Exception only: status 1, one line on stderr.
-    """
+    """Stops `celery worker` before it forks when an engine setting cannot work (SystemExit, as
+    Celery's signal dispatch catches Exception only: status 1, one line on stderr)."""
     from worker.engines.preflight import validate_engines
 
-    if not runs_jobs():
+    if settings.worker_role != "jobs":  # the maintenance worker loads no models
         queues = (options or {}).get("queues") or []
         if isinstance(queues, str):
             queues = queues.split(",")
@@ -57,10 +50,8 @@ def _refuse_unusable_engines(options: dict[str, Any] | None = None, **_kwargs: A
 
 
 def _serve_metrics() -> None:
-    """Serves the host's figures on WORKER_METRICS_PORT, for a worker apart from the API's host.
-
-    The pool's child records them under PROMETHEUS_MULTIPROC_DIR; the parent serves that folder.
-    """
+    """Serves the host's figures (the pool child's, in PROMETHEUS_MULTIPROC_DIR) on
+    WORKER_METRICS_PORT, for a worker apart from the API's host."""
     if not settings.worker_metrics_port:
         return
     if metrics.multiprocess_dir() is None:
@@ -75,7 +66,7 @@ def _serve_metrics() -> None:
 def _load_engines(**_kwargs: Any) -> None:
     """Loads and warms the engines in the pool's child, then starts its lease keeper."""
     global _KEEPER
-    if not runs_jobs():  # never sent by the maintenance worker's thread pool; by a prefork one
+    if settings.worker_role != "jobs":  # a prefork maintenance worker sends it too
         return
     _KEEPER = LeaseKeeper(settings)
     try:

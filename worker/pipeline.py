@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -62,10 +63,10 @@ class JobInput:
 class Outcome:
     """What a pipeline run produced; stages resumed from a checkpoint leave their field None."""
 
-    transcript: Transcript | None
-    reply: Reply | None
-    reply_text: str
-    audio: Audio | None
+    transcript: Transcript | None = None
+    reply: Reply | None = None
+    reply_text: str = ""
+    audio: Audio | None = None
 
 
 class Progress(Protocol):
@@ -73,15 +74,12 @@ class Progress(Protocol):
 
     def enter(self, stage: Stage, done: Transcript | Reply | None = None) -> None:
         """`stage` starts; `done` is the previous stage's result to checkpoint (None: none ran)."""
-        ...
 
     def delta(self, text: str) -> None:
         """Passes on a piece of reply text as the language model produces it."""
-        ...
 
     def sentence(self, index: int, text: str, audio: Audio) -> None:
         """Passes on sentence `index` (from 0) as soon as it is synthesized."""
-        ...
 
 
 def fit_to_context(
@@ -91,11 +89,8 @@ def fit_to_context(
     prompt: Message,
     max_tokens: int,
 ) -> list[Message]:
-    """Drops the oldest turns of `history` until the chat leaves room for `max_tokens`.
-
-    The cut is found by bisection (fewer turns never take more tokens), then moved forward to a
-    user turn, so the history never opens with an answer to a dropped question.
-    """
+    """Drops the oldest turns of `history` until the chat leaves room for `max_tokens`: the cut
+    is found by bisection, then moved forward to a user turn (never an orphaned answer)."""
     budget = generator.context_tokens - max_tokens
 
     def fits(start: int) -> bool:
@@ -114,20 +109,14 @@ def fit_to_context(
     return [*head, *history[start:], prompt]
 
 
+@dataclass(eq=False)
 class Pipeline:
     """Runs one job through the loaded engines."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        transcriber: Transcriber,
-        generator: Generator,
-        synthesizer: Synthesizer,
-    ) -> None:
-        self.settings = settings
-        self.transcriber = transcriber
-        self.generator = generator
-        self.synthesizer = synthesizer
+    settings: Settings
+    transcriber: Transcriber
+    generator: Generator
+    synthesizer: Synthesizer
 
     def messages_for(
         self, prompt: str, options: dict[str, Any], history: tuple[Message, ...] = ()
@@ -150,12 +139,12 @@ class Pipeline:
         """Runs the job's operation: chat (hearing and speaking as asked), transcribe, or speak."""
         if job.operation is Operation.TRANSCRIBE:
             progress.enter(Stage.TRANSCRIBING)
-            return Outcome(transcript=self._transcribe(job), reply=None, reply_text="", audio=None)
+            return Outcome(transcript=self._transcribe(job))
         if job.operation is Operation.SPEAK:
             progress.enter(Stage.SYNTHESIZING)
             speaker = self._speaker(job, progress, str.strip)
             speaker.say(split_sentences(job.text or ""))
-            return Outcome(transcript=None, reply=None, reply_text="", audio=_spoken(speaker))
+            return Outcome(audio=_spoken(speaker))
         return self._chat(job, progress)
 
     def _chat(self, job: JobInput, progress: Progress) -> Outcome:
@@ -174,20 +163,21 @@ class Pipeline:
             reply = self._generate(prompt, job, progress, speaker)
             reply_text = reply.text
         if speaker is None:
-            return Outcome(transcript=transcript, reply=reply, reply_text=reply_text, audio=None)
+            return Outcome(transcript, reply, reply_text)
         progress.enter(Stage.SYNTHESIZING, done=reply)
         if reply is None:  # resumed after the reply's checkpoint: all of it is still to speak
             speaker.say(split_sentences(reply_text))
         else:
             speaker.end(whole_sentences=self._whole_sentences(job, reply))
-        return Outcome(
-            transcript=transcript, reply=reply, reply_text=reply_text, audio=_spoken(speaker)
-        )
+        return Outcome(transcript, reply, reply_text, _spoken(speaker))
 
     def _speaker(
         self, job: JobInput, progress: Progress, words: Callable[[str], str] = speakable
     ) -> Speaker:
-        return Speaker(lambda text: self._speak(text, job), words, progress.sentence)
+        voice = job.options.get("voice", self.settings.tts_voice)
+        speed = job.options.get("speed", 1.0)
+        speak = functools.partial(self.synthesizer.synthesize, voice=voice, speed=speed)
+        return Speaker(speak, words, progress.sentence)
 
     def _transcribe(self, job: JobInput) -> Transcript:
         assert job.audio_path is not None
@@ -195,13 +185,6 @@ class Pipeline:
             load_for_transcription(job.audio_path, self.settings.max_audio_seconds),
             language=job.options.get("language"),
             prompt=job.options.get("prompt"),
-        )
-
-    def _speak(self, text: str, job: JobInput) -> Audio:
-        return self.synthesizer.synthesize(
-            text,
-            voice=job.options.get("voice", self.settings.tts_voice),
-            speed=job.options.get("speed", 1.0),
         )
 
     def _max_tokens(self, options: dict[str, Any]) -> int:

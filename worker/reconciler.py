@@ -1,21 +1,16 @@
-"""The reconciler: puts jobs whose delivery was lost back on the queue.
+"""The reconciler: releases expired leases, republishes jobs whose message was lost, announces
+ends never announced (the claim's conditional UPDATE makes a duplicate message harmless).
 
-A `running` job whose lease expired (its worker died) is released and republished (its claim
-counts an attempt: a job that kills every worker fails after `MAX_ATTEMPTS`); a `queued` job
-whose message never reached Redis or was lost with it is republished (the claim's conditional
-UPDATE makes duplicates harmless); an end never announced gets its `done` now.
-
-A pass costs what changed since the last: sent jobs are marked in the broker (models/queue.py), so
-only new jobs are read. The whole queue is read only when a message may have been lost unmarked:
-Redis restarted (new run id, or our state gone) or a worker left (its unacknowledged messages
-return only after the visibility timeout).
+Sent jobs are marked in the broker (models/queue.py), so a pass reads only new jobs; the whole
+queue is read only when a message may have been lost unmarked: Redis restarted, or a worker left
+(its unacknowledged messages return only after the visibility timeout).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -43,7 +38,7 @@ _MARK_KEEP_SECONDS = 86_400
 
 @dataclass(frozen=True)
 class Report:
-    """What one reconciliation pass did; `full` says it read the whole queue."""
+    """What one reconciliation pass did; `full`: it read the whole queue."""
 
     released: tuple[str, ...]
     republished: tuple[str, ...]
@@ -54,7 +49,7 @@ class Report:
 
 @dataclass(frozen=True)
 class Horizon:
-    """A pass's view of the broker: run id, live workers, and up to when queued jobs are checked."""
+    """A pass's view of the broker: run id, live workers, up to when queued jobs are checked."""
 
     run_id: str
     workers: frozenset[str]
@@ -104,26 +99,16 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _task_ids(payloads: Iterable[bytes | str]) -> set[str]:
-    ids = set()
-    for raw in payloads:
-        try:
-            ids.add(str(json.loads(raw)["headers"]["id"]))
-        except (ValueError, KeyError, IndexError, TypeError):
-            continue  # not a Celery message: not ours to judge
-    return ids
-
-
 def job_ids_waiting(client: Redis, queue: str) -> set[str]:
-    """Ids of the jobs with a message waiting in `queue` (the task id is the job id).
-
-    A message a worker took but has not acknowledged is not waiting.
-    """
-    keys = [queue, *(f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in range(10))]
-    waiting: list[bytes | str] = []
-    for key in keys:
-        waiting.extend(client.lrange(key, 0, -1))
-    return _task_ids(waiting)
+    """Ids of the jobs with a message waiting (not taken by a worker) in `queue`."""
+    ids = set()
+    for key in [queue, *(f"{queue}{_PRIORITY_SEPARATOR}{step}" for step in range(10))]:
+        for raw in client.lrange(key, 0, -1):
+            try:
+                ids.add(str(json.loads(raw)["headers"]["id"]))
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue  # not a Celery message: not ours to judge
+    return ids
 
 
 def reconcile(
@@ -136,11 +121,8 @@ def reconcile(
     queue: str,
     queued_after_seconds: int,
 ) -> Report:
-    """One pass: releases expired leases (canceling those asked to stop), republishes jobs missing
-    from the broker, announces unannounced ends; returns the ids of each.
-
-    A job queued under `queued_after_seconds` is not yet missing: the API may be about to publish.
-    """
+    """One pass; a job queued under `queued_after_seconds` is not yet missing (the API may be
+    about to publish it)."""
     released, canceled = [], []
     for job_id, attempt in queries.expired_leases(session):
         if transitions.cancel_expired(session, job_id, attempt):
@@ -152,9 +134,12 @@ def reconcile(
     last = Horizon.last(broker)
     horizon = queries.database_time(session, -queued_after_seconds)
     full = last is None or not last.covers(now)
-    lost = _lost_in_full(session, broker, queue, queued_after_seconds) if full else []
-    if last is not None and not full:
-        assert last.checked_until is not None
+    if full:  # jobs queued past `queued_after_seconds` without a message in the whole queue
+        stale = queries.queued_longer_than(session, queued_after_seconds)
+        present = job_ids_waiting(broker, queue) if stale else set()
+        lost = [job_id for job_id in stale if job_id not in present]
+    else:
+        assert last is not None and last.checked_until is not None
         since = last.checked_until - timedelta(seconds=_OVERLAP_SECONDS)
         lost = queue_marks.unsent(broker, queries.queued_between(session, since, horizon))
     republished = sorted(set(released) | set(lost))
@@ -178,14 +163,3 @@ def reconcile(
             ",".join(republished),
         )
     return Report(tuple(released), tuple(republished), tuple(announced), tuple(canceled), full=full)
-
-
-def _lost_in_full(
-    session: Session, broker: Redis, queue: str, queued_after_seconds: int
-) -> list[str]:
-    """Jobs queued past `queued_after_seconds` without a message, by reading the whole queue."""
-    stale = queries.queued_longer_than(session, queued_after_seconds)
-    if not stale:
-        return []
-    present = job_ids_waiting(broker, queue)
-    return [job_id for job_id in stale if job_id not in present]

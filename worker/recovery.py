@@ -34,12 +34,8 @@ def publish(job_id: str) -> None:
 def _recover_lost_job(
     sender: Any = None, exception: BaseException | None = None, args: Any = None, **_kwargs: Any
 ) -> None:
-    """Handles, in the parent, a job whose child process died.
-
-    Killed by the hard time limit: the job fails with `timeout`. Lost otherwise (OOM killer, a
-    native crash): it is released and republished, to resume after its last checkpoint as one
-    more attempt (up to MAX_ATTEMPTS). Either way a job asked to stop ends `canceled` instead.
-    """
+    """In the parent, ends a job whose child died: `timeout` past the hard limit, else released
+    and republished (OOM killer, a native crash); `canceled` if it was asked to stop."""
     if not isinstance(exception, TimeLimitExceeded | WorkerLostError) or not args:
         return
     job_id = str(args[0])
@@ -66,11 +62,8 @@ class Reconciler(bootsteps.StartStopStep):  # type: ignore[misc]
     """Runs the reconciler on a timer in the worker's parent process (worker/reconciler.py)."""
 
     requires = {"celery.worker.components:Timer"}
-
-    def __init__(self, parent: Any, **kwargs: Any) -> None:
-        super().__init__(parent, **kwargs)
-        self.timer_ref: Any = None
-        self.broker: Redis | None = None
+    timer_ref: Any = None
+    broker: Redis | None = None
 
     def start(self, parent: Any) -> None:
         """Connects to the broker and starts the timer (`RECONCILE_INTERVAL_SECONDS`)."""

@@ -1,18 +1,16 @@
 """Retention: finished jobs' audio deleted after AUDIO_TTL_SECONDS (the job kept, marked expired),
 job rows and conversations purged after their own TTLs, and what crashes left behind swept.
 
-One thin task the maintenance worker runs every RETENTION_INTERVAL_SECONDS (Celery beat) over
-plain functions. Each pass does bounded work (`BATCH` of each kind) through indexes, never touches
-a queued or running job, and is safe beside another pass: every delete is of what is there, every
-mark conditional.
+Each pass (Celery beat, maintenance worker) does bounded work through indexes, never touches a
+queued or running job, and is safe beside another: every delete is of what is there, every mark
+conditional.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -23,15 +21,7 @@ from sqlalchemy.orm import Session
 
 from models import event_log, storage
 from models.queue import MAINTENANCE_QUEUE, RETENTION_TASK
-from models.settings import Settings
-from models.tables import (
-    Conversation,
-    IdempotencyRecord,
-    Job,
-    Turn,
-    WebhookDelivery,
-    utcnow,
-)
+from models.tables import Conversation, IdempotencyRecord, Job, Turn, WebhookDelivery, utcnow
 from models.transitions import TERMINAL, database_clock, rowcount
 from worker import clients
 from worker.celery_app import app, settings
@@ -45,31 +35,11 @@ BATCH = 500
 ORPHAN_AGE = timedelta(hours=1)
 
 
-@dataclass(frozen=True)
-class Sweep:
-    """What one pass did: counts of each kind of work."""
-
-    expired_jobs: int = 0
-    purged_jobs: int = 0
-    purged_conversations: int = 0
-    orphans: int = 0
-    partial_files: int = 0
-    abandoned_keys: int = 0
-
-    @property
-    def more(self) -> bool:
-        """Whether a batch was full, so more work may be waiting."""
-        counts = (self.expired_jobs, self.purged_jobs, self.purged_conversations, self.orphans)
-        # abandoned_keys is one unbounded DELETE: never a reason for another pass.
-        return max(counts) >= BATCH
-
-
 # What a pass reads of a job: plain values, still there after the session's transaction ends.
 _FILE_COLUMNS = (Job.id, Job.attempts, Job.input_audio_file, Job.reply_format, Job.expired_at)
 
 
 def _finished(session: Session, ttl_seconds: int, *where: ColumnElement[bool]) -> list[Row[Any]]:
-    """Up to `BATCH` jobs finished over `ttl_seconds` ago, oldest first."""
     query = select(*_FILE_COLUMNS).where(
         *where, Job.finished_at < database_clock(session, -ttl_seconds), Job.status.in_(TERMINAL)
     )
@@ -79,12 +49,9 @@ def _finished(session: Session, ttl_seconds: int, *where: ColumnElement[bool]) -
 def expire_audio(
     session: Session, uploads: storage.Store, results: storage.Store, ttl_seconds: int
 ) -> int:
-    """Marks up to `BATCH` jobs finished over `ttl_seconds` ago expired, then deletes their files;
-    returns how many.
-
-    Marked first, so the API answers 410 from then on and never serves half-deleted audio; a
-    pass cut short between the two leaves files of an expired job, which `sweep_orphans` removes.
-    """
+    """Marks up to `BATCH` jobs finished over `ttl_seconds` ago expired, then deletes their files
+    (marked first: the API answers 410, never half-deleted audio; `sweep_orphans` removes what a
+    pass cut short leaves); returns how many."""
     unexpired = Job.expired_at.is_(None)  # ix_jobs_unexpired_finished_at
     jobs = _finished(session, ttl_seconds, unexpired)
     if not jobs:
@@ -177,7 +144,8 @@ def sweep_orphans(session: Session, stores: Iterable[storage.Store]) -> tuple[in
     orphans = partial = 0
     for store in stores:
         partial += store.sweep_partial(cutoff)
-        for names in _chunks(store.names_before(cutoff), BATCH):
+        listing = store.names_before(cutoff)
+        while names := list(itertools.islice(listing, BATCH)):
             owners = {name: storage.job_id_of(name) for name in names}
             wanted = {job_id for job_id in owners.values() if job_id}
             kept = set(
@@ -193,42 +161,27 @@ def sweep_orphans(session: Session, stores: Iterable[storage.Store]) -> tuple[in
     return orphans, partial
 
 
-def _chunks(names: Iterator[str], size: int) -> Iterator[list[str]]:
-    while chunk := list(itertools.islice(names, size)):
-        yield chunk
-
-
-def sweep(
-    session: Session,
-    uploads: storage.Store,
-    results: storage.Store,
-    redis: Redis,
-    settings: Settings,
-) -> Sweep:
-    """One retention pass: audio expiry, row purges, orphans, abandoned idempotency keys."""
-    expired = expire_audio(session, uploads, results, settings.audio_ttl_seconds)
-    jobs = purge_jobs(session, uploads, results, redis, settings.job_ttl_seconds)
-    conversations = purge_conversations(session, settings.conversation_ttl_seconds)
-    orphans, partial = sweep_orphans(session, (uploads, results))
-    keys = purge_abandoned_keys(session, settings.idempotency_ttl_seconds)
-    return Sweep(expired, jobs, conversations, orphans, partial, keys)
-
-
 @app.task(name=RETENTION_TASK, acks_late=False)
 def sweep_retention() -> None:
     """Runs one retention pass; when a batch was full, sends the next pass at once."""
     stores = clients.stores()
+    uploads, results = stores.uploads, stores.results
     with clients.sessions()() as session:
-        done = sweep(session, stores.uploads, stores.results, clients.redis(), settings)
+        expired = expire_audio(session, uploads, results, settings.audio_ttl_seconds)
+        jobs = purge_jobs(session, uploads, results, clients.redis(), settings.job_ttl_seconds)
+        conversations = purge_conversations(session, settings.conversation_ttl_seconds)
+        orphans, partial = sweep_orphans(session, (uploads, results))
+        keys = purge_abandoned_keys(session, settings.idempotency_ttl_seconds)
     _LOGGER.info(
         "retention sweep done expired=%d purged_jobs=%d purged_conversations=%d orphans=%d "
         "partial_files=%d abandoned_keys=%d",
-        done.expired_jobs,
-        done.purged_jobs,
-        done.purged_conversations,
-        done.orphans,
-        done.partial_files,
-        done.abandoned_keys,
+        expired,
+        jobs,
+        conversations,
+        orphans,
+        partial,
+        keys,
     )
-    if done.more:
+    # abandoned_keys is one unbounded DELETE: never a reason for another pass.
+    if max(expired, jobs, conversations, orphans) >= BATCH:
         sweep_retention.apply_async(queue=MAINTENANCE_QUEUE)

@@ -1,8 +1,5 @@
-"""The worker process's loaded engines: built once per process, lazily, behind a lock.
-
-Models are loaded in the pool's child process (Celery's `worker_process_init`), never at import
-time and never in a process that forks afterwards: CUDA is not fork-safe (celery#3402).
-"""
+"""The worker process's loaded engines: built once per process, lazily, behind a lock, never in
+a process that forks afterwards: CUDA is not fork-safe (celery#3402)."""
 
 from __future__ import annotations
 
@@ -34,8 +31,7 @@ _STATUS: dict[str, Any] = {"models_loaded": False}
 
 
 def get_pipeline(settings: Settings | None = None) -> Pipeline:
-    """This process's pipeline, its engines loaded and warmed on first use (from `settings`, or
-    the environment's); EngineUnavailable, or what an engine's library raised, when they cannot."""
+    """This process's pipeline, its engines loaded and warmed on first use."""
     global _PIPELINE
     with _PIPELINE_LOCK:
         if _PIPELINE is None:
@@ -96,7 +92,7 @@ def load_status() -> dict[str, Any]:
 
 
 def record_load_error(error: Exception) -> None:
-    """Notes why the engines failed to load (the message, or the type's name), for `/readyz`."""
+    """Notes why the engines failed to load, for `/readyz`."""
     _STATUS.update(models_loaded=False, error=str(error) or type(error).__name__)
 
 

@@ -1,13 +1,11 @@
-"""Speaking a reply sentence by sentence as it is generated, so the first audio comes early.
-
-The reply's audio is the sentences' joined: the stored WAV is the same, streamed or fetched whole.
-"""
+"""Speaking a reply sentence by sentence as it is generated, so the first audio comes early."""
 
 from __future__ import annotations
 
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -58,7 +56,7 @@ class SentenceCutter:
 
     def finish(self, *, whole_sentences: bool) -> list[str]:
         """The text left when the stream ends, as a last sentence; dropped with `whole_sentences`
-        (the reply cut to its last), unless none ended (`trim_to_sentence` keeps it whole)."""
+        unless no sentence ended (`trim_to_sentence` keeps it whole then)."""
         rest, self._pending = self._pending.strip(), ""
         if not rest or (whole_sentences and self._ended):
             return []
@@ -72,41 +70,36 @@ def split_sentences(text: str) -> list[str]:
     return [*cutter.feed(text), *cutter.finish(whole_sentences=False)]
 
 
+@dataclass(eq=False)
 class Speaker:
     """Synthesizes sentences one at a time, each passed to `on_sentence(index, text, audio)`."""
 
-    def __init__(
-        self,
-        synthesize: Callable[[str], Audio],
-        speakable: Callable[[str], str],
-        on_sentence: Callable[[int, str, Audio], None],
-    ) -> None:
-        self._synthesize = synthesize
-        self._speakable = speakable
-        self._on_sentence = on_sentence
-        self._cutter = SentenceCutter()
-        self.parts: list[Audio] = []
-        self.seconds = 0.0  # time spent synthesizing
+    synthesize: Callable[[str], Audio]
+    speakable: Callable[[str], str]
+    on_sentence: Callable[[int, str, Audio], None]
+    cutter: SentenceCutter = field(default_factory=SentenceCutter, init=False)
+    parts: list[Audio] = field(default_factory=list, init=False)
+    seconds: float = field(default=0.0, init=False)  # time spent synthesizing
 
     def hear(self, text: str) -> None:
         """Takes a piece of streamed reply text; speaks each sentence it completes."""
-        self.say(self._cutter.feed(text))
+        self.say(self.cutter.feed(text))
 
     def end(self, *, whole_sentences: bool) -> None:
         """The stream ended: speaks what is left of it (see `SentenceCutter.finish`)."""
-        self.say(self._cutter.finish(whole_sentences=whole_sentences))
+        self.say(self.cutter.finish(whole_sentences=whole_sentences))
 
     def say(self, sentences: list[str]) -> None:
         """Speaks each sentence that has words, and passes its audio on."""
         for sentence in sentences:
-            words = self._speakable(sentence)
+            words = self.speakable(sentence)
             if not words:
                 continue
             started = time.perf_counter()
-            audio = self._synthesize(words)
+            audio = self.synthesize(words)
             self.seconds += time.perf_counter() - started
             self.parts.append(audio)
-            self._on_sentence(len(self.parts) - 1, sentence, audio)
+            self.on_sentence(len(self.parts) - 1, sentence, audio)
 
     def joined(self) -> Audio | None:
         """All the sentences' audio as one, or None when nothing had words."""

@@ -1,9 +1,7 @@
 """Celery tasks: claim the job row, drive the pipeline, checkpoint each stage, record the outcome.
 
-The one place that maps the pipeline's typed results (`Transcript`, `Reply`, `Audio`) to the
-row's columns. Delivery is at-least-once (acks_late) and the task idempotent: the claim is a
-conditional UPDATE, so a second delivery of a running or finished job does nothing, and a
-redelivered job resumes after its last checkpoint.
+Delivery is at-least-once (acks_late): the claim is a conditional UPDATE, so a second delivery of
+a running or finished job does nothing, and a redelivered job resumes after its last checkpoint.
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +33,9 @@ _LOGGER = logging.getLogger(__name__)
 # would wait for nothing (its sent mark tells the reconciler that it has a message).
 CLAIM_RETRY_MAX_SECONDS = 30
 
-# Reply text goes to the job's event stream as it is generated: its first piece at once, the
-# rest gathered and sent at most this often. One event per token cost 10% of the generation's
-# speed on two cores (bench/chat.py: each event is a Redis round trip here, and a read and an
-# SSE write in the API, all beside llama.cpp's threads); 20 events a second still read as
-# typing, and a model slower than that (a 7B on an Orin) still streams token by token.
+# Reply text after its first piece is sent at most this often: one event per token (a Redis round
+# trip, an SSE write in the API) cost 10% of the generation's speed on two cores (bench/chat.py);
+# 20 a second still read as typing, and a slower model (a 7B on an Orin) streams token by token.
 DELTA_INTERVAL_SECONDS = 0.05
 
 # A job id no row has: the warm-up's claim matches nothing.
@@ -48,8 +43,8 @@ _WARM_UP_ID = "0" * 32
 
 
 def warm_up_connections() -> None:
-    """Opens this child's connections and runs a claim that matches no row, before the first
-    job: that job otherwise paid for them and the statements' compilation (about 30 ms)."""
+    """Opens this child's connections with a claim that matches no row, so the first job does
+    not pay for them and the statements' compilation (about 30 ms)."""
     with clients.sessions()() as session:
         _claim(session, _WARM_UP_ID)
     clients.events().warm()
@@ -109,9 +104,8 @@ def _checkpoint_columns(done: Transcript | Reply | None) -> dict[str, Any]:
 
 
 class RowProgress:
-    """Writes stage changes and checkpoints to the job's row and its event stream, as the holder
-    of the attempt's lease: the moment either refuses a write, the attempt stops (LeaseLost).
-    Each write is also a boundary where a job asked to stop does (CancelRequested)."""
+    """Writes stages, checkpoints and events as the holder of the attempt's lease: a refused write
+    stops the attempt (LeaseLost), and each write is where a job asked to stop does so."""
 
     def __init__(self, session: Session, held: lease_keeper.Held, job: Job) -> None:
         self.session = session
@@ -130,7 +124,6 @@ class RowProgress:
         self.started = time.perf_counter()
 
     def _check(self, *, cancel: bool = True) -> None:
-        """Raises LeaseLost once the lease is lost, and CancelRequested once asked to stop."""
         if self.held.lost.is_set():
             raise transitions.LeaseLost(self.lease.job_id)
         if cancel and self.cancel.requested():
@@ -139,27 +132,25 @@ class RowProgress:
     def tell(self, event_type: str, **data: Any) -> None:
         """Appends an event of this attempt, unless its lease is lost or it was asked to stop."""
         self._check()
-        self._append(event_type, data)
-
-    def _append(self, event_type: str, data: dict[str, Any]) -> None:
-        """Appends an event under the lease, asked to stop or not (LeaseLost if fenced)."""
-        self._send([*self.starting, (event_type, data)])
+        self._send((event_type, data))
 
     def tell_running(self) -> None:
         """Sends the attempt's `running` if nothing went out yet (it entered no stage)."""
         if self.starting:
-            self._send(self.starting)
+            self._send()
 
-    def _send(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+    def _send(self, *events: tuple[str, dict[str, Any]]) -> None:
+        """Appends events under the lease, asked to stop or not, after a held-back `running`."""
         self._check(cancel=False)
-        appended = self.events.publish_all(self.lease.job_id, events, attempt=self.lease.attempt)
+        job_id, attempt = self.lease.job_id, self.lease.attempt
+        appended = self.events.publish_all(job_id, [*self.starting, *events], attempt=attempt)
         self.starting = []
         if appended is event_log.Append.FENCED:
             raise transitions.LeaseLost(self.lease.job_id)
 
     def enter(self, stage: Stage, done: Transcript | Reply | None = None) -> None:
-        """Writes the stage and the previous stage's result as one checkpoint, then tells (the
-        first stage the claim wrote, and looked at the stop flag for, is told only)."""
+        """Checkpoints the stage with the previous stage's result, then tells (the claim wrote
+        the first stage and looked at the stop flag: it is told only)."""
         self.flush()
         _LOGGER.info("job stage job_id=%s stage=%s", self.lease.job_id, stage.value)
         checkpoint = _checkpoint_columns(done)
@@ -177,9 +168,8 @@ class RowProgress:
         self.tell(event_log.STAGE, stage=stage.value)
 
     def delta(self, text: str) -> None:
-        """Takes a piece of the reply for the job's event stream: the first at once, the rest
-        together at most every `DELTA_INTERVAL_SECONDS` (a lost lease stops the generation here,
-        at the next token, and so does a cancel, once what it generated is sent)."""
+        """Takes a piece of the reply for the event stream; a lost lease stops the generation
+        here, at the next token, and so does a cancel once what it generated is sent."""
         self._check(cancel=False)
         self.unsent.append(text)
         canceled = self.cancel.requested()
@@ -193,14 +183,13 @@ class RowProgress:
         if not self.unsent:
             return
         text = "".join(self.unsent)
-        self._append(event_log.DELTA, {"text": text})
+        self._send((event_log.DELTA, {"text": text}))
         self.unsent.clear()
         self.generated.append(text)  # what a cancel keeps is what was streamed
         self.next_delta = time.perf_counter() + DELTA_INTERVAL_SECONDS
 
     def sentence(self, index: int, text: str, audio: Audio) -> None:
-        """Stores one spoken sentence under this attempt's own name, then tells the job's log,
-        so a player can start before the reply is complete (a lost lease stops here too)."""
+        """Stores one spoken sentence under this attempt's own name, then tells the job's log."""
         self._check()
         name = storage.sentence_name(self.lease.job_id, self.lease.attempt, index)
         self.sentences.append(
@@ -208,19 +197,18 @@ class RowProgress:
         )
         if index == 0:
             metrics.FIRST_AUDIO_SECONDS.observe(time.perf_counter() - self.started)
-        seconds = round(audio.duration, 3)
         self.tell(
             event_log.SPEECH,
             index=index,
             attempt=self.lease.attempt,
             text=text,
-            seconds=seconds,
+            seconds=round(audio.duration, 3),
             rate=audio.sample_rate,
         )
 
     def forget_sentences(self) -> None:
-        """Deletes this attempt's sentence files (the reply's WAV holds them all, or the attempt
-        ended without one), and those an earlier attempt left when its process was killed."""
+        """Deletes this attempt's sentence files, and those of earlier attempts whose process was
+        killed (the reply's WAV holds them all, or the attempt ended without one)."""
         results = clients.stores().results
         for name in self.sentences:
             results.delete(name)
@@ -234,8 +222,8 @@ class RowProgress:
 
 @app.task(name="worker.run_job", acks_late=True)
 def run_job(job_id: str) -> None:
-    """Runs one job by id; a job that is finished or held by a live worker is left alone.
-    Every line logged meanwhile carries its `job_id`."""
+    """Runs one job by id (each line logged meanwhile carries it); a finished or held job is
+    left alone."""
     token = JOB_ID.set(job_id)
     try:
         _run_job(job_id)
@@ -250,12 +238,9 @@ def _run_job(job_id: str) -> None:
         except DBAPIError as error:
             if not (error.connection_invalidated or isinstance(error, OperationalError)):
                 raise
-            # The database went away (a restart, a failover): the job is still queued (or, if
-            # the claim's commit landed but its answer was lost, running on a lease nobody renews,
-            # which the reconciler releases once it expires). Its message is sent again, as the
-            # same task, to be claimed once the database is back.
-            retries = run_job.request.retries
-            countdown = min(2**retries, CLAIM_RETRY_MAX_SECONDS)
+            # The database went away: the job is still queued (or running on a lease nobody
+            # renews, should the claim's answer be lost, which the reconciler releases).
+            countdown = min(2**run_job.request.retries, CLAIM_RETRY_MAX_SECONDS)
             _LOGGER.warning(
                 "claim failed, retried job_id=%s in_s=%d error=%s",
                 job_id,
@@ -280,26 +265,21 @@ def _run_job(job_id: str) -> None:
             progress.forget_sentences()
         finally:
             lease_keeper.hold_lease(None)
-        if ended:
-            # The write that ended the job refreshed `claim.job`: announced without a read.
-            events = clients.events()
+        if ended:  # the write that ended the job refreshed `claim.job`: no read needed
             event_log.announce_end(
-                session, events, job_id, webhooks=queue_delivery, ended=claim.job
+                session, clients.events(), job_id, webhooks=queue_delivery, ended=claim.job
             )
 
 
 def _attempt(session: Session, progress: RowProgress, job: Job) -> bool:
-    """Runs one claimed attempt and records its outcome; returns whether it ended the job.
-
-    An attempt that loses its lease writes nothing more: no row change, no event, no file.
-    """
+    """Runs one claimed attempt and records its outcome; returns whether it ended the job (an
+    attempt that loses its lease writes nothing more)."""
     lease = progress.lease
     _LOGGER.info("job running job_id=%s attempt=%d", lease.job_id, lease.attempt)
     try:
         return _run(session, progress, job)
     except transitions.LeaseLost:
         session.rollback()
-        progress.forget_sentences()
         _LOGGER.warning("job lease lost job_id=%s attempt=%d", lease.job_id, lease.attempt)
         return False
     except transitions.CancelRequested:
@@ -319,16 +299,15 @@ def _attempt(session: Session, progress: RowProgress, job: Job) -> bool:
 
 
 def _failed(session: Session, progress: RowProgress, code: str, message: str) -> bool:
-    """Ends the job failed as the lease's holder, its `running` told first if it was not yet;
-    returns whether the lease allowed it."""
+    """Ends the job failed (its `running` told first if not yet); returns if the lease allowed."""
     with contextlib.suppress(transitions.LeaseLost):  # then `fail` changes nothing either
         progress.tell_running()
     return transitions.fail(session, progress.lease, code, message)
 
 
 def _canceled(session: Session, progress: RowProgress) -> bool:
-    """Ends a job asked to stop `canceled`, keeping the reply text generated so far (a reply
-    checkpointed by an earlier stage stays as it is); returns whether the lease allowed it."""
+    """Ends a job asked to stop `canceled`, keeping the reply text generated so far; returns
+    whether the lease allowed it."""
     lease = progress.lease
     kept = {"reply_text": "".join(progress.generated)} if progress.generated else {}
     if not transitions.cancel_held(session, lease, **kept):
@@ -381,8 +360,7 @@ def _run(session: Session, progress: RowProgress, job: Job) -> bool:
 
 
 def _time_stages(outcome: Outcome) -> None:
-    """Records how long each stage this run did took (their results carry their timings)."""
-    timed = (("transcribe", outcome.transcript), ("generate", outcome.reply))
+    timed = ("transcribe", outcome.transcript), ("generate", outcome.reply)
     for stage, result in (*timed, ("synthesize", outcome.audio)):
         if result is not None:
             metrics.STAGE_SECONDS.labels(stage).observe(result.seconds)
@@ -399,20 +377,16 @@ def _results(job: Job, outcome: Outcome) -> dict[str, Any]:
     return results
 
 
-@contextlib.contextmanager
-def _recording(job: Job) -> Iterator[Path | None]:
+def _recording(job: Job) -> contextlib.AbstractContextManager[Path | None]:
     """The job's uploaded recording as a file while the pipeline runs (None: a text prompt, or
-    the transcript is checkpointed and the recording is not needed again)."""
+    a checkpointed transcript)."""
     resumed = job.transcript is not None and job.operation == Operation.CHAT.value
     if job.input_audio_file is None or resumed:
-        yield None
-        return
-    with clients.stores().uploads.as_file(job.input_audio_file) as path:
-        yield path
+        return contextlib.nullcontext()
+    return clients.stores().uploads.as_file(job.input_audio_file)
 
 
 def _job_input(session: Session, job: Job, audio_path: Path | None) -> JobInput:
-    """What the pipeline needs from the row: input, options, history and checkpoints."""
     options = dict(job.options or {})
     history = list(job.history or [])
     if job.conversation_id:

@@ -1,13 +1,10 @@
 """The webhook delivery task (maintenance queue): sign, post to the checked address, record, retry.
 
-Each attempt resolves the target's name once, refuses it if any address is not public (nor in
+Each attempt resolves the target's name once, refuses any address not public (nor in
 WEBHOOK_ALLOWED_NETWORKS), and connects to the address it checked, so a rebinding DNS answer
-cannot slip a private address in between. Redirects are never followed (a 3xx is a failed
-attempt), and at most MAX_RESPONSE_BYTES of the answer are read.
-
-A retry is Celery's, with a countdown. A message waiting for its countdown is unacknowledged, and
-Redis hands it to another worker after its visibility timeout, so a long backoff may run twice:
-each attempt takes a Redis lock and is skipped if recorded.
+cannot slip a private one in; redirects are never followed. A retry is Celery's: its message is
+unacknowledged while it waits, and Redis may hand it to another worker after its visibility
+timeout, so each attempt takes a Redis lock and is skipped if recorded.
 """
 
 from __future__ import annotations
@@ -59,30 +56,6 @@ class Outcome:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-class _PinnedHTTP(http.client.HTTPConnection):
-    """An HTTP connection to an address already checked, speaking to the URL's name."""
-
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self.address = address
-
-    def connect(self) -> None:
-        self.sock = socket.create_connection((self.address, self.port), self.timeout)
-
-
-class _PinnedHTTPS(http.client.HTTPSConnection):
-    """An HTTPS connection to an address already checked; the certificate is verified for the
-    URL's name, which also goes out as SNI."""
-
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self.address = address
-
-    def connect(self) -> None:
-        raw = socket.create_connection((self.address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)  # type: ignore[attr-defined]
-
-
 def post(url: str, body: bytes, headers: dict[str, str]) -> Outcome:
     """Posts one delivery to the checked address the URL's name resolves to."""
     parts = webhooks.check_url(url)
@@ -94,7 +67,8 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> Outcome:
         return Outcome(error="unresolvable")
     connection = _connection(parts, str(addresses[0]))
     try:
-        connection.request("POST", _target(parts), body=body, headers=headers)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection.request("POST", target, body=body, headers=headers)
         response = connection.getresponse()
         response.read(MAX_RESPONSE_BYTES)  # bounded: the rest is dropped with the connection
         return Outcome(status_code=response.status, error=None)
@@ -109,13 +83,23 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> Outcome:
 
 
 def _connection(parts: SplitResult, address: str) -> http.client.HTTPConnection:
-    kind = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
+    """A connection to the address already checked, speaking to the URL's name (HTTPS verifies
+    the certificate for that name, which also goes out as SNI)."""
+    host, port = parts.hostname or "", webhooks.port_of(parts)
     timeout = settings.webhook_timeout_seconds
-    return kind(parts.hostname or "", webhooks.port_of(parts), address, timeout)
+    connection: http.client.HTTPConnection
+    if parts.scheme == "https":
+        context = ssl.create_default_context()
+        connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
 
+    def pinned(_: object, timeout: float, source: tuple[str, int] | None) -> socket.socket:
+        return socket.create_connection((address, port), timeout, source)
 
-def _target(parts: SplitResult) -> str:
-    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # `connect` opens its socket through this hook: pinned to the address, never resolved again.
+    connection._create_connection = pinned  # type: ignore[attr-defined]
+    return connection
 
 
 def _secret(session: Session, job: Job) -> str:
@@ -183,13 +167,6 @@ def attempt_delivery(session: Session, job: Job, event: str, attempt: int) -> Ou
     return outcome
 
 
-def backoff_seconds(attempt: int) -> int:
-    """The wait after failed attempt `attempt` (1, 2, ...): WEBHOOK_BACKOFF_SECONDS's entry, its
-    last for every attempt past the list."""
-    steps = settings.webhook_backoff_seconds
-    return steps[min(attempt, len(steps)) - 1]
-
-
 @app.task(name="worker.deliver_webhook", acks_late=True, ignore_result=True)
 def deliver_webhook(job_id: str, event: str) -> None:
     """Delivers one attempt of a job's webhook event; retried up to WEBHOOK_MAX_ATTEMPTS."""
@@ -214,4 +191,6 @@ def deliver_webhook(job_id: str, event: str) -> None:
         outcome.error,
     )
     if not outcome.delivered and outcome.retry and attempt < settings.webhook_max_attempts:
-        raise deliver_webhook.retry(countdown=backoff_seconds(attempt), max_retries=None)
+        steps = settings.webhook_backoff_seconds  # the last step for every attempt past the list
+        countdown = steps[min(attempt, len(steps)) - 1]
+        raise deliver_webhook.retry(countdown=countdown, max_retries=None)

