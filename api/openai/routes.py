@@ -183,24 +183,33 @@ def _json_object() -> dict[str, Any]:
     return parse_json_object(request.get_data(cache=False))
 
 
-def _stream_wait(settings: Settings) -> float:
-    # A stream whose job has started: as long as the job may run, and a retry's worth more.
-    return float(settings.task_time_limit * 2)
-
-
-def _succeeded(job: Job, settings: Settings) -> Job:
-    """Waits up to OPENAI_WAIT_SECONDS for the job to end; raises its own error if it failed."""
-    finished = wait_for(job.id, settings.openai_wait_seconds) or _unanswered(job.id, settings)
+def _finished(
+    job: Job, settings: Settings, audio: bytes | None = None, extension: str = "wav"
+) -> Job:
+    """Submits `job` and waits up to OPENAI_WAIT_SECONDS for it to end; raises its own error if
+    it failed."""
+    check_reachable(settings)  # refused with 503 before any job is made
+    with hold():  # likewise
+        submit(job, audio, extension)
+        finished = wait_for(job.id, settings.openai_wait_seconds) or _unanswered(job.id, settings)
     if finished.status != JobStatus.SUCCEEDED.value:
         raise error_for_code(finished.error_code or "internal_error", finished.error_message or "")
     return finished
 
 
-def _started(job: Job, settings: Settings) -> None:
-    """Waits up to OPENAI_WAIT_SECONDS for a streamed answer's job to start (or end): its 200
-    comes once there is something to stream."""
-    if not wait_for_start(job.id, settings.openai_wait_seconds):
-        _unanswered(job.id, settings, stream=True)
+def _started(job: Job, settings: Settings) -> Place:
+    """Submits `job` and waits up to OPENAI_WAIT_SECONDS for it to start (or end): a streamed
+    answer's 200 comes once there is something to stream. Returns the place the stream holds."""
+    check_reachable(settings)  # refused with 503 before any job is made
+    place = hold()  # likewise
+    try:
+        submit(job)
+        if not wait_for_start(job.id, settings.openai_wait_seconds):
+            _unanswered(job.id, settings, stream=True)
+    except BaseException:
+        place.release()
+        raise
+    return place
 
 
 def _unanswered(job_id: str, settings: Settings, *, stream: bool = False) -> Job:
@@ -256,40 +265,31 @@ def create_chat_completion() -> Response:
     """
     settings: Settings = current_app.extensions["voicechat.settings"]
     chat = validate(ChatCompletionRequest, _json_object(), settings)
-    check_reachable(settings)  # refused with 503 before any job is made
-    place = hold()  # likewise
-    try:
-        job = submit(
-            queued_job(
-                ReplyFormat.TEXT,
-                operation=Operation.CHAT.value,
-                input_text=chat.prompt,
-                history=chat.history(),
-                options=chat.generation_options(),
-            )
+    job = queued_job(
+        ReplyFormat.TEXT,
+        operation=Operation.CHAT.value,
+        input_text=chat.prompt,
+        history=chat.history(),
+        options=chat.generation_options(),
+    )
+    if chat.stream:
+        place = _started(job, settings)
+        head = ChatCompletionChunk(
+            id=f"chatcmpl-{job.id}",
+            object="chat.completion.chunk",
+            created=int(job.created_at.timestamp()),
+            model=chat.model,
+            choices=[],
         )
-        if chat.stream:
-            _started(job, settings)
-            head = ChatCompletionChunk(
-                id=f"chatcmpl-{job.id}",
-                object="chat.completion.chunk",
-                created=int(job.created_at.timestamp()),
-                model=chat.model,
-                choices=[],
-            )
-            chunks = _completion_chunks(job.id, head, chat.include_usage, settings, place)
-            response = sse_response(canceled_on_leave(job.id, chunks))
-            response.call_on_close(place.release)  # also when the stream is never read
-        else:
-            with place:
-                try:
-                    finished = _succeeded(job, settings)
-                except VoiceChatError as error:
-                    raise _in_chat_terms(error) from None
-                response = _answer(ChatCompletion.of(finished, chat.model))
-    except BaseException:
-        place.release()
-        raise
+        chunks = _completion_chunks(job.id, head, chat.include_usage, settings, place)
+        response = sse_response(canceled_on_leave(job.id, chunks))
+        response.call_on_close(place.release)  # also when the stream is never read
+    else:
+        try:
+            finished = _finished(job, settings)
+        except VoiceChatError as error:
+            raise _in_chat_terms(error) from None
+        response = _answer(ChatCompletion.of(finished, chat.model))
     response.headers["X-Job-Id"] = job.id
     return response
 
@@ -310,7 +310,8 @@ def _completion_chunks(
         yield sse_event(head.piece(ChatDelta(role="assistant", content="")).body())
         sent = False
         done = None
-        for event in follow(job_id, timeout=_stream_wait(settings)):
+        # As long as the job may run, and a retry's worth more.
+        for event in follow(job_id, timeout=float(settings.task_time_limit * 2)):
             if event.type == event_log.DONE:
                 done = event
             elif event.type == event_log.DELTA:
@@ -423,19 +424,16 @@ def create_transcription() -> Response:
         input_audio_seconds=round(info.seconds, 3),
         options=options,
     )
-    check_reachable(settings)  # refused with 503 before any job is made
-    with hold():  # likewise
-        submit(job, asked.file, info.extension)
-        try:
-            finished = _succeeded(job, settings)
-            heard = VerboseTranscription.of(
-                finished.transcript or "",
-                finished.transcript_segments or [],
-                finished.transcript_language,
-                info.seconds,
-            )
-        except NoSpeech:  # OpenAI answers silence with an empty transcript, not an error
-            heard = VerboseTranscription.of("", [], options.get("language"), info.seconds)
+    try:
+        finished = _finished(job, settings, asked.file, info.extension)
+        heard = VerboseTranscription.of(
+            finished.transcript or "",
+            finished.transcript_segments or [],
+            finished.transcript_language,
+            info.seconds,
+        )
+    except NoSpeech:  # OpenAI answers silence with an empty transcript, not an error
+        heard = VerboseTranscription.of("", [], options.get("language"), info.seconds)
     response = _transcript_response(asked.response_format, heard)
     response.headers["X-Job-Id"] = job.id
     return response
@@ -479,33 +477,22 @@ def create_speech() -> Response:
         input_text=asked.input,
         options=asked.speech_options(settings),
     )
-    check_reachable(settings)  # refused with 503 before any job is made
     if asked.response_format in STREAMED_SPEECH:
-        place = hold()  # likewise
-        try:
-            submit(job)
-            _started(job, settings)
-        except BaseException:
-            place.release()
-            raise
         pcm = asked.response_format == "pcm"
         response = stream_reply(
             job.id,
             1,
-            place,
+            _started(job, settings),
             with_header=not pcm,
             resample_to=formats.PCM_RATE if pcm else None,
             cancel_on_leave=True,
         )
-        response.headers["X-Job-Id"] = job.id
-        return response
-    with hold():  # likewise
-        submit(job)
-        finished = _succeeded(job, settings)
-    results: Store = current_app.extensions["voicechat.results"]
-    assert finished.reply_audio_file is not None
-    wav = results.read(finished.reply_audio_file)
-    audio = formats.encode_speech(wav, asked.response_format)
-    response = Response(audio, mimetype=formats.SPEECH_FORMATS[asked.response_format])
+    else:
+        finished = _finished(job, settings)
+        results: Store = current_app.extensions["voicechat.results"]
+        assert finished.reply_audio_file is not None
+        wav = results.read(finished.reply_audio_file)
+        audio = formats.encode_speech(wav, asked.response_format)
+        response = Response(audio, mimetype=formats.SPEECH_FORMATS[asked.response_format])
     response.headers["X-Job-Id"] = job.id
     return response
