@@ -29,7 +29,7 @@ from models.errors import (
     MissingInput,
     TextTooLong,
 )
-from models.job_view import RESOURCE_ID, Answer, JobView, Stamp, WebhookEvent, iso_time
+from models.job_view import RESOURCE_ID, Answer, JobView, Stamp, iso_time
 from models.tables import Conversation, JobStatus, ReplyFormat, Turn
 from models.webhooks import DEFAULT_EVENTS, EVENTS, MAX_URL_LENGTH, check_url
 
@@ -349,11 +349,8 @@ class ConversationView(Answer):
 class Problem(Answer):
     """An RFC 9457 problem with a stable machine `code`."""
 
-    model_config = {
-        "json_schema_extra": {
-            "required": ["type", "title", "status", "detail", "code", "request_id"]
-        }
-    }
+    # `field` and `job_id` come with some codes only.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=False)
 
     type: Annotated[
         str, Field(description="Names the `code`.", json_schema_extra={"format": "uri"})
@@ -405,22 +402,3 @@ class Readiness(Answer):
 
     status: Literal["ready", "not_ready"]
     checks: Checks
-
-
-REQUESTS: tuple[type[Shape], ...] = (
-    TextJobRequest,
-    UploadJobRequest,
-    JobOptions,
-    ConversationRequest,
-    JobListQuery,
-    AudioQuery,
-)
-ANSWERS: tuple[type[Answer], ...] = (
-    JobView,
-    JobList,
-    WebhookEvent,
-    ConversationView,
-    Problem,
-    Liveness,
-    Readiness,
-)

@@ -607,14 +607,3 @@ class OpenAIError(Answer):
     """An error of the OpenAI-compatible routes, in OpenAI's shape."""
 
     error: OpenAIErrorBody
-
-
-REQUESTS: tuple[type[Shape], ...] = (ChatCompletionRequest, SpeechRequest, TranscriptionRequest)
-ANSWERS: tuple[type[Answer], ...] = (
-    ModelList,
-    ChatCompletion,
-    ChatCompletionChunk,
-    Transcription,
-    VerboseTranscription,
-    OpenAIError,
-)
