@@ -307,15 +307,12 @@ class ChatCompletionRequest(Shape):
 
     def generation_options(self) -> dict[str, Any]:
         """The options stored on the job: only those given, and no added system prompt."""
-        options: dict[str, Any] = {"system": "", "whole_sentences": False}
         limit = (
             self.max_tokens if self.max_completion_tokens is None else self.max_completion_tokens
         )
-        if limit is not None:
-            options["max_tokens"] = limit
-        if self.temperature is not None:
-            options["temperature"] = self.temperature
-        return options
+        given = {"max_tokens": limit, "temperature": self.temperature}
+        options = {name: value for name, value in given.items() if value is not None}
+        return {"system": "", "whole_sentences": False, **options}
 
 
 class SpeechRequest(Shape):
