@@ -352,9 +352,9 @@ class Problem(Answer):
     # `field` and `job_id` come with some codes only.
     model_config = ConfigDict(json_schema_serialization_defaults_required=False)
 
-    type: Annotated[
-        str, Field(description="Names the `code`.", json_schema_extra={"format": "uri"})
-    ]
+    type: Annotated[str, Field(json_schema_extra={"format": "uri"})]
+    """Names the `code`."""
+
     title: Annotated[str, Field(description="Short; the same for every occurrence.")]
     status: Annotated[int, Field(description="The HTTP status.")]
     detail: Annotated[str, Field(description="What went wrong this time.")]

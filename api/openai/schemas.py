@@ -337,14 +337,10 @@ class SpeechRequest(Shape):
     voice: str
     """One of OpenAI's voices, each spoken with TTS_VOICE, or one of the server's TTS_VOICES."""
     response_format: Annotated[
-        str,
-        _one_of(tuple(SPEECH_FORMATS)),
-        Field(
-            description="`pcm` is 16-bit little-endian mono samples at 24 kHz without a "
-            "header; `mp3` and `opus` only where libsndfile writes them.",
-            json_schema_extra={"enum": list(SPEECH_FORMATS)},
-        ),
+        str, _one_of(tuple(SPEECH_FORMATS)), Field(json_schema_extra={"enum": list(SPEECH_FORMATS)})
     ] = DEFAULT_SPEECH_FORMAT
+    """`pcm` is 16-bit little-endian mono samples at 24 kHz without a header; `mp3` and `opus`
+    only where libsndfile writes them."""
     speed: Annotated[float, Field(ge=MIN_SPEED, le=MAX_SPEED, allow_inf_nan=False)] = 1.0
 
     @field_validator("voice")
@@ -392,13 +388,8 @@ class TranscriptionRequest(Shape):
     ) = None
     """The spoken language: one of Whisper's language codes (ISO-639-1 in lower case, such as
     `en`, and `haw`, `yue`); WHISPER_LANGUAGE when absent (`auto` detects it)."""
-    prompt: Annotated[
-        Encodable | None,
-        Field(
-            max_length=MAX_TRANSCRIPTION_PROMPT_CHARS,
-            description="Text to guide the recogniser (spellings, the previous sentence).",
-        ),
-    ] = None
+    prompt: Annotated[Encodable | None, Field(max_length=MAX_TRANSCRIPTION_PROMPT_CHARS)] = None
+    """Text to guide the recogniser (spellings, the previous sentence)."""
     temperature: Annotated[
         SamplingTemperature,
         Field(description="Accepted for compatibility and unused (decoding is beam search)."),
@@ -407,11 +398,9 @@ class TranscriptionRequest(Shape):
     timestamp_granularities: Annotated[
         list[Literal["segment"]],
         _as_a_whole("must list only segment: segment timestamps are the only ones available"),
-        Field(
-            alias="timestamp_granularities[]",
-            description="Only `segment`, which `verbose_json` always has.",
-        ),
+        Field(alias="timestamp_granularities[]"),
     ] = []
+    """Only `segment`, which `verbose_json` always has."""
 
     def recognition_options(self) -> dict[str, Any]:
         """The options stored on the job: the language and the prompt, when given."""
