@@ -42,7 +42,9 @@ LIVE_KEY = "x-live"
 class Shape(BaseModel):
     """A request shape: unknown fields refused; JSON strict, forms converted from strings."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True
+    )
 
     # A shape may name domain errors for fields that are missing: {field: error class}.
     missing_errors: ClassVar[Mapping[str, type[VoiceChatError]]] = {}

@@ -29,10 +29,16 @@ from models.errors import (
     MissingInput,
     TextTooLong,
 )
-from models.job_view import RESOURCE_ID, Answer, JobView, Stamp, WebhookEvent, iso_time
+from models.job_view import RESOURCE_ID, Answer, JobView, Stamp, iso_time
 from models.tables import Conversation, JobStatus, ReplyFormat, Turn
 from models.webhooks import DEFAULT_EVENTS, EVENTS, MAX_URL_LENGTH, check_url
 
+# The recording a route takes, for its description.
+RECORDING = (
+    "a WAV (PCM, float, A-law, mu-law or ADPCM samples), WebM or Matroska (Opus, Vorbis), Ogg "
+    "(Opus, Vorbis, FLAC), MP3, MP4/M4A (AAC, ALAC) or FLAC file of at most MAX_AUDIO_SECONDS; "
+    "the format is decided by the bytes, not the label or the file name."
+)
 # The characters str.strip() removes (str.isspace()), spelled out: `\\s` means other sets in
 # other regex dialects (ECMA's takes U+FEFF, and leaves U+001C-U+001F and U+0085).
 BLANK = (
@@ -176,32 +182,19 @@ class JobOptions(Shape):
 
     model_config = ConfigDict(json_schema_extra=_EVENTS_NEED_A_WEBHOOK)
 
-    reply: Annotated[
-        Annotated[ReplyFormat, Field(strict=False)] | None,
-        Field(description="How to answer; `text` when absent."),
-    ] = None
+    reply: Annotated[ReplyFormat, Field(strict=False)] | None = None
+    """How to answer; `text` when absent."""
     system: SystemPrompt | None = None
-    max_tokens: Annotated[
-        ReplyTokens,
-        Field(description="Longest reply in tokens; DEFAULT_MAX_TOKENS when absent."),
-        Live("default", "default_max_tokens"),
-    ] = None
+    max_tokens: Annotated[ReplyTokens, Live("default", "default_max_tokens")] = None
+    """Longest reply in tokens; DEFAULT_MAX_TOKENS when absent."""
     temperature: Annotated[SamplingTemperature, Live("default", "default_temperature")] = None
-    voice: Annotated[
-        str | None,
-        Field(description="Voice of the spoken reply, one of TTS_VOICES; TTS_VOICE when absent."),
-        Live("enum", "tts_voices"),
-        Live("default", "tts_voice"),
-    ] = None
-    conversation_id: Annotated[
-        ResourceId | None,
-        Field(
-            description="Answer within this conversation (made by `POST /v1/conversations`): "
-            "its system prompt (unless `system` is sent) and as many of its latest turns as fit "
-            "the context window go with the prompt, and the prompt and reply join it once the "
-            "job succeeds. 404 `conversation_not_found` when there is none."
-        ),
-    ] = None
+    voice: Annotated[str | None, Live("enum", "tts_voices"), Live("default", "tts_voice")] = None
+    """Voice of the spoken reply, one of TTS_VOICES; TTS_VOICE when absent."""
+    conversation_id: ResourceId | None = None
+    """Answer within this conversation (made by `POST /v1/conversations`): its system prompt
+    (unless `system` is sent) and as many of its latest turns as fit the context window go with
+    the prompt, and the prompt and reply join it once the job succeeds. 404
+    `conversation_not_found` when there is none."""
     webhook: WebhookUrl | None = None
     webhook_events: WebhookEvents | None = None
 
@@ -246,13 +239,7 @@ class UploadJobRequest(JobOptions):
 
     text: PromptText | None = None
     audio: Annotated[
-        bytes | None,
-        Field(
-            description="The recording, as a file part: a WAV (PCM, float, A-law, mu-law or "
-            "ADPCM samples), WebM or Matroska (Opus, Vorbis), Ogg (Opus, Vorbis, FLAC), MP3, "
-            "MP4/M4A (AAC, ALAC) or FLAC file of at most MAX_AUDIO_SECONDS; the format is "
-            "decided by the bytes, not the label or the file name."
-        ),
+        bytes | None, Field(description=f"The recording, as a file part: {RECORDING}")
     ] = None
 
     @model_validator(mode="before")
@@ -287,39 +274,29 @@ def _cursor(value: str) -> str:
 class JobListQuery(Shape):
     """The query of `GET /v1/jobs`."""
 
-    status: Annotated[
-        Annotated[JobStatus, Field(strict=False)] | None,
-        Field(description="Only jobs in this status."),
-    ] = None
-    limit: Annotated[
-        Annotated[int, Field(ge=1, le=100), BeforeValidator(integral)],
-        Field(description="Jobs per page."),
-    ] = 20
-    cursor: Annotated[
+    status: Annotated[JobStatus, Field(strict=False)] | None = None
+    """Only jobs in this status."""
+    limit: Annotated[int, Field(ge=1, le=100), BeforeValidator(integral)] = 20
+    """Jobs per page."""
+    cursor: (
         Annotated[
             str,
             AfterValidator(_cursor),
             Field(json_schema_extra={"pattern": queries.CURSOR_PATTERN}),
         ]
-        | None,
-        Field(
-            description="The `next_cursor` of the previous page, as it was given (422 "
-            "`invalid_cursor` for any other shape)."
-        ),
-    ] = None
+        | None
+    ) = None
+    """The `next_cursor` of the previous page, as it was given (422 `invalid_cursor` for any
+    other shape)."""
 
 
 class AudioQuery(Shape):
     """The query of `GET /v1/jobs/{job_id}/audio`."""
 
-    format: Annotated[
-        Literal["wav", "pcm"],
-        Field(
-            description="`wav`: a 16-bit mono WAV (of unknown length while it streams); `pcm`: "
-            "the same samples, little-endian, without a header (the rate is in `X-Sample-Rate` "
-            "once the reply is stored; while it streams, the voice's rate, e.g. 22050 Hz)."
-        ),
-    ] = "wav"
+    format: Literal["wav", "pcm"] = "wav"
+    """`wav`: a 16-bit mono WAV (of unknown length while it streams); `pcm`: the same samples,
+    little-endian, without a header (the rate is in `X-Sample-Rate` once the reply is stored;
+    while it streams, the voice's rate, e.g. 22050 Hz)."""
 
 
 # Answers
@@ -329,10 +306,8 @@ class JobList(Answer):
     """One page of jobs, newest first."""
 
     data: list[JobView]
-    next_cursor: Annotated[
-        Annotated[str, Field(pattern=queries.CURSOR_PATTERN)] | None,
-        Field(description="Cursor of the next page; null on the last."),
-    ]
+    next_cursor: Annotated[str, Field(pattern=queries.CURSOR_PATTERN)] | None
+    """Cursor of the next page; null on the last."""
 
 
 class TurnView(Answer):
@@ -374,27 +349,21 @@ class ConversationView(Answer):
 class Problem(Answer):
     """An RFC 9457 problem with a stable machine `code`."""
 
-    model_config = {
-        "json_schema_extra": {
-            "required": ["type", "title", "status", "detail", "code", "request_id"]
-        }
-    }
+    # `field` and `job_id` come with some codes only.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=False)
 
-    type: Annotated[
-        str, Field(description="Names the `code`.", json_schema_extra={"format": "uri"})
-    ]
+    type: Annotated[str, Field(json_schema_extra={"format": "uri"})]
+    """Names the `code`."""
+
     title: Annotated[str, Field(description="Short; the same for every occurrence.")]
     status: Annotated[int, Field(description="The HTTP status.")]
     detail: Annotated[str, Field(description="What went wrong this time.")]
     code: Annotated[str, Field(description="Stable machine code to branch on.")]
     request_id: Annotated[str | None, Field(description="Also in the `X-Request-ID` header.")]
-    field: Annotated[
-        str | None,
-        Field(description="With `invalid_option` and the like: the field or parameter at fault."),
-    ] = None
-    job_id: Annotated[
-        str | None, Field(description="With `context_length_exceeded`: the job that failed.")
-    ] = None
+    field: str | None = None
+    """With `invalid_option` and the like: the field or parameter at fault."""
+    job_id: str | None = None
+    """With `context_length_exceeded`: the job that failed."""
 
 
 class Liveness(Answer):
@@ -407,9 +376,8 @@ class Check(Answer):
     """One dependency's check."""
 
     ok: bool
-    error: Annotated[str | None, Field(description="The exception's class name, when not ok.")] = (
-        None
-    )
+    error: str | None = None
+    """The exception's class name, when not ok."""
 
 
 class WorkerCheck(Answer):
@@ -417,9 +385,8 @@ class WorkerCheck(Answer):
 
     ok: Annotated[bool, Field(description="At least one worker is ready.")]
     count: Annotated[int, Field(ge=0, description="Live workers with their models loaded.")]
-    details: Annotated[
-        list[dict[str, Any]], Field(description="What each live worker reports of itself.")
-    ]
+    details: list[dict[str, Any]]
+    """What each live worker reports of itself."""
 
 
 class Checks(Answer):
@@ -435,22 +402,3 @@ class Readiness(Answer):
 
     status: Literal["ready", "not_ready"]
     checks: Checks
-
-
-REQUESTS: tuple[type[Shape], ...] = (
-    TextJobRequest,
-    UploadJobRequest,
-    JobOptions,
-    ConversationRequest,
-    JobListQuery,
-    AudioQuery,
-)
-ANSWERS: tuple[type[Answer], ...] = (
-    JobView,
-    JobList,
-    WebhookEvent,
-    ConversationView,
-    Problem,
-    Liveness,
-    Readiness,
-)

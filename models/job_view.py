@@ -16,7 +16,9 @@ RESOURCE_ID = "^[0-9a-f]{32}$"
 class Answer(BaseModel):
     """A response shape: every field always present (null where unknown), in declared order."""
 
-    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+    model_config = ConfigDict(
+        json_schema_serialization_defaults_required=True, use_attribute_docstrings=True
+    )
 
 
 def _iso(value: datetime | None) -> str | None:

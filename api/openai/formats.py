@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 from api.openapi.declare import content, json_text, schema_ref
+
+if TYPE_CHECKING:
+    from api.openai.schemas import TranscriptSegment
 
 # Transcript formats, as OpenAI names them; `json` and `verbose_json` are answer models.
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
@@ -77,14 +80,6 @@ SPEECH_ANSWERS = {
 }
 
 
-class Cue(NamedTuple):
-    """A stretch of speech, in seconds from the start of the recording."""
-
-    start: float
-    end: float
-    text: str
-
-
 def timestamp(seconds: float, separator: str) -> str:
     """`HH:MM:SS,mmm` (SRT, with `,`) or `HH:MM:SS.mmm` (WebVTT, with `.`)."""
     millis = round(seconds * 1000)
@@ -94,7 +89,7 @@ def timestamp(seconds: float, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
 
 
-def transcript_text(response_format: str, text: str, cues: Sequence[Cue]) -> str:
+def transcript_text(response_format: str, text: str, cues: Sequence[TranscriptSegment]) -> str:
     """A transcript as `text` (with a final newline), `srt` (SubRip) or `vtt` (WebVTT)."""
     if response_format == "text":
         return text + "\n"

@@ -48,43 +48,15 @@ from api.openai.schemas import (
     SpeechRequest,
     Transcription,
     TranscriptionRequest,
+    TranscriptSegment,
     VerboseTranscription,
 )
 from api.openapi.declare import SSE_HEADERS, answer, documented, family, json_body, ref, schema_ref
 from api.request_validation import parse_json_object, single_values, validate
 from api.speech_stream import stream_reply
 from api.wait_bound import check_reachable, timed_out
-from models import event_log
+from models import errors, event_log
 from models.audio import inspect_upload
-from models.errors import (
-    BrokerUnavailable,
-    ContextLengthExceeded,
-    EmptyReply,
-    EmptyText,
-    EngineUnavailable,
-    InsufficientStorage,
-    InvalidAudio,
-    InvalidOption,
-    JobCanceled,
-    JobTimedOut,
-    MalformedJson,
-    MalformedMultipart,
-    MessagesTooLong,
-    MissingInput,
-    ModelNotFound,
-    NoSpeech,
-    PayloadTooLarge,
-    PipelineError,
-    QueueFull,
-    ServerBusy,
-    TooManyUnfinishedJobs,
-    UnsupportedMediaType,
-    VoiceChatError,
-    WaitTimedOut,
-    WaitTooLong,
-    WorkerLost,
-    error_for_code,
-)
 from models.job_view import Usage
 from models.settings import Settings
 from models.storage import Store
@@ -96,21 +68,21 @@ blueprint = Blueprint("openai", __name__)
 GRANULARITIES = "timestamp_granularities[]"
 # What a route that makes a job and waits for it may answer besides its own refusals: the
 # model's check, the limits, the wait, and the job's own failure (its `error.code`, as a 500).
-JOB_ROUTE_ERRORS: tuple[type[VoiceChatError], ...] = (
-    ModelNotFound,
-    PayloadTooLarge,
-    JobCanceled,
-    TooManyUnfinishedJobs,
-    ServerBusy,
-    QueueFull,
-    BrokerUnavailable,
-    WaitTooLong,
-    WaitTimedOut,
-    EngineUnavailable,
-    JobTimedOut,
-    WorkerLost,
-    PipelineError,
-    VoiceChatError,
+JOB_ROUTE_ERRORS: tuple[type[errors.VoiceChatError], ...] = (
+    errors.ModelNotFound,
+    errors.PayloadTooLarge,
+    errors.JobCanceled,
+    errors.TooManyUnfinishedJobs,
+    errors.ServerBusy,
+    errors.QueueFull,
+    errors.BrokerUnavailable,
+    errors.WaitTooLong,
+    errors.WaitTimedOut,
+    errors.EngineUnavailable,
+    errors.JobTimedOut,
+    errors.WorkerLost,
+    errors.PipelineError,
+    errors.VoiceChatError,
 )
 # The job the request became, on every answer of a route that makes one.
 JOB_ID = {"X-Job-Id": ref("headers", "JobId")}
@@ -127,7 +99,7 @@ def _answer(body: BaseModel, status: int = 200) -> Response:
     return response
 
 
-def error_body(error: VoiceChatError) -> OpenAIError:
+def error_body(error: errors.VoiceChatError) -> OpenAIError:
     """OpenAI's error object for a domain error (429s as OpenAI's: `type` `requests`)."""
     status = status_for(error)
     kind: ErrorKind = "invalid_request_error" if status < 500 else "server_error"
@@ -140,8 +112,8 @@ def error_body(error: VoiceChatError) -> OpenAIError:
     return OpenAIError(error=detail)
 
 
-@blueprint.errorhandler(VoiceChatError)
-def _openai_error(error: VoiceChatError) -> Response:
+@blueprint.errorhandler(errors.VoiceChatError)
+def _openai_error(error: errors.VoiceChatError) -> Response:
     return with_retry_after(_answer(error_body(error), status_for(error)), error)
 
 
@@ -179,28 +151,39 @@ def list_models() -> Response:
 
 def _json_object() -> dict[str, Any]:
     if request.mimetype != "application/json":
-        raise UnsupportedMediaType("Send the request body as application/json.")
+        raise errors.UnsupportedMediaType("Send the request body as application/json.")
     return parse_json_object(request.get_data(cache=False))
 
 
-def _stream_wait(settings: Settings) -> float:
-    # A stream whose job has started: as long as the job may run, and a retry's worth more.
-    return float(settings.task_time_limit * 2)
-
-
-def _succeeded(job: Job, settings: Settings) -> Job:
-    """Waits up to OPENAI_WAIT_SECONDS for the job to end; raises its own error if it failed."""
-    finished = wait_for(job.id, settings.openai_wait_seconds) or _unanswered(job.id, settings)
+def _finished(
+    job: Job, settings: Settings, audio: bytes | None = None, extension: str = "wav"
+) -> Job:
+    """Submits `job` and waits up to OPENAI_WAIT_SECONDS for it to end; raises its own error if
+    it failed."""
+    check_reachable(settings)  # refused with 503 before any job is made
+    with hold():  # likewise
+        submit(job, audio, extension)
+        finished = wait_for(job.id, settings.openai_wait_seconds) or _unanswered(job.id, settings)
     if finished.status != JobStatus.SUCCEEDED.value:
-        raise error_for_code(finished.error_code or "internal_error", finished.error_message or "")
+        raise errors.error_for_code(
+            finished.error_code or "internal_error", finished.error_message or ""
+        )
     return finished
 
 
-def _started(job: Job, settings: Settings) -> None:
-    """Waits up to OPENAI_WAIT_SECONDS for a streamed answer's job to start (or end): its 200
-    comes once there is something to stream."""
-    if not wait_for_start(job.id, settings.openai_wait_seconds):
-        _unanswered(job.id, settings, stream=True)
+def _started(job: Job, settings: Settings) -> Place:
+    """Submits `job` and waits up to OPENAI_WAIT_SECONDS for it to start (or end): a streamed
+    answer's 200 comes once there is something to stream. Returns the place the stream holds."""
+    check_reachable(settings)  # refused with 503 before any job is made
+    place = hold()  # likewise
+    try:
+        submit(job)
+        if not wait_for_start(job.id, settings.openai_wait_seconds):
+            _unanswered(job.id, settings, stream=True)
+    except BaseException:
+        place.release()
+        raise
+    return place
 
 
 def _unanswered(job_id: str, settings: Settings, *, stream: bool = False) -> Job:
@@ -213,7 +196,7 @@ def _unanswered(job_id: str, settings: Settings, *, stream: bool = False) -> Job
         if ended is not None:
             return ended
     if left:
-        raise JobCanceled(f"The client left; job {job_id} is canceled.")
+        raise errors.JobCanceled(f"The client left; job {job_id} is canceled.")
     raise timed_out(job_id, settings, stream=stream)
 
 
@@ -231,13 +214,13 @@ STREAMED_SPEECH = frozenset({"wav", "pcm"})
         )
     },
     errors=(
-        MalformedJson,
-        UnsupportedMediaType,
-        InvalidOption,
-        EmptyText,
-        MessagesTooLong,
-        ContextLengthExceeded,
-        EmptyReply,
+        errors.MalformedJson,
+        errors.UnsupportedMediaType,
+        errors.InvalidOption,
+        errors.EmptyText,
+        errors.MessagesTooLong,
+        errors.ContextLengthExceeded,
+        errors.EmptyReply,
         *JOB_ROUTE_ERRORS,
     ),
     notes=NOTES,
@@ -256,47 +239,38 @@ def create_chat_completion() -> Response:
     """
     settings: Settings = current_app.extensions["voicechat.settings"]
     chat = validate(ChatCompletionRequest, _json_object(), settings)
-    check_reachable(settings)  # refused with 503 before any job is made
-    place = hold()  # likewise
-    try:
-        job = submit(
-            queued_job(
-                ReplyFormat.TEXT,
-                operation=Operation.CHAT.value,
-                input_text=chat.prompt,
-                history=chat.history(),
-                options=chat.generation_options(),
-            )
+    job = queued_job(
+        ReplyFormat.TEXT,
+        operation=Operation.CHAT.value,
+        input_text=chat.prompt,
+        history=chat.history(),
+        options=chat.generation_options(),
+    )
+    if chat.stream:
+        place = _started(job, settings)
+        head = ChatCompletionChunk(
+            id=f"chatcmpl-{job.id}",
+            object="chat.completion.chunk",
+            created=int(job.created_at.timestamp()),
+            model=chat.model,
+            choices=[],
         )
-        if chat.stream:
-            _started(job, settings)
-            head = ChatCompletionChunk(
-                id=f"chatcmpl-{job.id}",
-                object="chat.completion.chunk",
-                created=int(job.created_at.timestamp()),
-                model=chat.model,
-                choices=[],
-            )
-            chunks = _completion_chunks(job.id, head, chat.include_usage, settings, place)
-            response = sse_response(canceled_on_leave(job.id, chunks))
-            response.call_on_close(place.release)  # also when the stream is never read
-        else:
-            with place:
-                try:
-                    finished = _succeeded(job, settings)
-                except VoiceChatError as error:
-                    raise _in_chat_terms(error) from None
-                response = _answer(ChatCompletion.of(finished, chat.model))
-    except BaseException:
-        place.release()
-        raise
+        chunks = _completion_chunks(job.id, head, chat.include_usage, settings, place)
+        response = sse_response(canceled_on_leave(job.id, chunks))
+        response.call_on_close(place.release)  # also when the stream is never read
+    else:
+        try:
+            finished = _finished(job, settings)
+        except errors.VoiceChatError as error:
+            raise _in_chat_terms(error) from None
+        response = _answer(ChatCompletion.of(finished, chat.model))
     response.headers["X-Job-Id"] = job.id
     return response
 
 
-def _in_chat_terms(error: VoiceChatError) -> VoiceChatError:
+def _in_chat_terms(error: errors.VoiceChatError) -> errors.VoiceChatError:
     """Names `messages` as the parameter of a prompt too long for the window, as OpenAI does."""
-    if isinstance(error, ContextLengthExceeded):
+    if isinstance(error, errors.ContextLengthExceeded):
         error.extra.setdefault("field", "messages")
     return error
 
@@ -310,7 +284,8 @@ def _completion_chunks(
         yield sse_event(head.piece(ChatDelta(role="assistant", content="")).body())
         sent = False
         done = None
-        for event in follow(job_id, timeout=_stream_wait(settings)):
+        # As long as the job may run, and a retry's worth more.
+        for event in follow(job_id, timeout=float(settings.task_time_limit * 2)):
             if event.type == event_log.DONE:
                 done = event
             elif event.type == event_log.DELTA:
@@ -319,7 +294,7 @@ def _completion_chunks(
             elif sent and event.type == event_log.STATUS and event.data["status"] == "queued":
                 # The worker was lost mid-reply and the job runs again: its text would come a
                 # second time. The client gets an error and the end instead (the job goes on).
-                lost = error_for_code(
+                lost = errors.error_for_code(
                     WORKER_LOST, f"The reply was cut off: job {job_id} runs again."
                 )
                 yield sse_event(error_body(lost).model_dump(mode="json"))
@@ -334,9 +309,9 @@ def _completion_chunks(
             # The stream ran out of time before its job ended: no one else waits for it.
             cancel_unanswered(job_id, WAIT_RAN_OUT)
         if job is None or job.status != JobStatus.SUCCEEDED.value:
-            code = (job and job.error_code) or WaitTimedOut.code
+            code = (job and job.error_code) or errors.WaitTimedOut.code
             message = (job and job.error_message) or "The job did not finish in time; canceled."
-            failure = _in_chat_terms(error_for_code(code, message))
+            failure = _in_chat_terms(errors.error_for_code(code, message))
             yield sse_event(error_body(failure).model_dump(mode="json"))
         else:
             yield sse_event(head.piece(ChatDelta(), job.finish_reason or "stop").body())
@@ -349,11 +324,13 @@ def _multipart_fields() -> dict[str, Any]:
     """The multipart body as the transcription shape's input: each text field once (but
     `timestamp_granularities[]`, a list), each file part's bytes (a list when repeated)."""
     if request.mimetype != "multipart/form-data":
-        raise UnsupportedMediaType("Send the recording as multipart/form-data with a 'file' part.")
+        raise errors.UnsupportedMediaType(
+            "Send the recording as multipart/form-data with a 'file' part."
+        )
     try:
         form, files = request.form, request.files
     except ValueError as error:
-        raise MalformedMultipart(f"The multipart body cannot be parsed: {error}") from None
+        raise errors.MalformedMultipart(f"The multipart body cannot be parsed: {error}") from None
     texts = MultiDict(
         [(name, value) for name, value in form.items(multi=True) if name != GRANULARITIES]
     )
@@ -362,9 +339,9 @@ def _multipart_fields() -> dict[str, Any]:
         fields[GRANULARITIES] = form.getlist(GRANULARITIES)
     for name in files:
         if name in fields:
-            raise InvalidOption(f"{name} is both a text field and a file part.", field=name)
+            raise errors.InvalidOption(f"{name} is both a text field and a file part.", field=name)
         if name != "file" and name in TranscriptionRequest.model_fields:
-            raise InvalidOption(f"{name} must be a text field, not a file part.", field=name)
+            raise errors.InvalidOption(f"{name} must be a text field, not a file part.", field=name)
         parts: list[FileStorage] = files.getlist(name)
         fields[name] = parts[0].read() if len(parts) == 1 else [part.read() for part in parts]
     return fields
@@ -381,12 +358,12 @@ def _multipart_fields() -> dict[str, Any]:
         )
     },
     errors=(
-        MalformedMultipart,
-        MissingInput,
-        *family(UnsupportedMediaType),
-        InvalidOption,
-        *family(InvalidAudio),
-        InsufficientStorage,
+        errors.MalformedMultipart,
+        errors.MissingInput,
+        *family(errors.UnsupportedMediaType),
+        errors.InvalidOption,
+        *family(errors.InvalidAudio),
+        errors.InsufficientStorage,
         *JOB_ROUTE_ERRORS,
     ),
     notes=NOTES,
@@ -423,19 +400,16 @@ def create_transcription() -> Response:
         input_audio_seconds=round(info.seconds, 3),
         options=options,
     )
-    check_reachable(settings)  # refused with 503 before any job is made
-    with hold():  # likewise
-        submit(job, asked.file, info.extension)
-        try:
-            finished = _succeeded(job, settings)
-            heard = VerboseTranscription.of(
-                finished.transcript or "",
-                finished.transcript_segments or [],
-                finished.transcript_language,
-                info.seconds,
-            )
-        except NoSpeech:  # OpenAI answers silence with an empty transcript, not an error
-            heard = VerboseTranscription.of("", [], options.get("language"), info.seconds)
+    try:
+        finished = _finished(job, settings, asked.file, info.extension)
+        heard = VerboseTranscription.of(
+            finished.transcript or "",
+            finished.transcript_segments or [],
+            finished.transcript_language,
+            info.seconds,
+        )
+    except errors.NoSpeech:  # OpenAI answers silence with an empty transcript, not an error
+        heard = VerboseTranscription.of("", [], options.get("language"), info.seconds)
     response = _transcript_response(asked.response_format, heard)
     response.headers["X-Job-Id"] = job.id
     return response
@@ -446,9 +420,9 @@ def _transcript_response(response_format: str, heard: VerboseTranscription) -> R
         return _answer(Transcription(text=heard.text))
     if response_format == "verbose_json":
         return _answer(heard)
-    cues = [formats.Cue(segment.start, segment.end, segment.text) for segment in heard.segments]
+    cues = heard.segments
     if not cues and heard.text:  # no segments: the whole text as one cue
-        cues = [formats.Cue(0.0, heard.duration, heard.text)]
+        cues = [TranscriptSegment(id=0, start=0.0, end=heard.duration, text=heard.text)]
     return Response(
         formats.transcript_text(response_format, heard.text, cues),
         mimetype=formats.SUBTITLE_MEDIA_TYPES[response_format],
@@ -458,7 +432,13 @@ def _transcript_response(response_format: str, heard: VerboseTranscription) -> R
 @blueprint.post("/v1/audio/speech")
 @documented(
     {200: answer("The audio, in `response_format`.", body=formats.SPEECH_ANSWERS, headers=JOB_ID)},
-    errors=(MalformedJson, UnsupportedMediaType, InvalidOption, EmptyText, *JOB_ROUTE_ERRORS),
+    errors=(
+        errors.MalformedJson,
+        errors.UnsupportedMediaType,
+        errors.InvalidOption,
+        errors.EmptyText,
+        *JOB_ROUTE_ERRORS,
+    ),
     notes=NOTES,
     body=json_body("SpeechRequest"),
 )
@@ -479,33 +459,22 @@ def create_speech() -> Response:
         input_text=asked.input,
         options=asked.speech_options(settings),
     )
-    check_reachable(settings)  # refused with 503 before any job is made
     if asked.response_format in STREAMED_SPEECH:
-        place = hold()  # likewise
-        try:
-            submit(job)
-            _started(job, settings)
-        except BaseException:
-            place.release()
-            raise
         pcm = asked.response_format == "pcm"
         response = stream_reply(
             job.id,
             1,
-            place,
+            _started(job, settings),
             with_header=not pcm,
             resample_to=formats.PCM_RATE if pcm else None,
             cancel_on_leave=True,
         )
-        response.headers["X-Job-Id"] = job.id
-        return response
-    with hold():  # likewise
-        submit(job)
-        finished = _succeeded(job, settings)
-    results: Store = current_app.extensions["voicechat.results"]
-    assert finished.reply_audio_file is not None
-    wav = results.read(finished.reply_audio_file)
-    audio = formats.encode_speech(wav, asked.response_format)
-    response = Response(audio, mimetype=formats.SPEECH_FORMATS[asked.response_format])
+    else:
+        finished = _finished(job, settings)
+        results: Store = current_app.extensions["voicechat.results"]
+        assert finished.reply_audio_file is not None
+        wav = results.read(finished.reply_audio_file)
+        audio = formats.encode_speech(wav, asked.response_format)
+        response = Response(audio, mimetype=formats.SPEECH_FORMATS[asked.response_format])
     response.headers["X-Job-Id"] = job.id
     return response

@@ -33,6 +33,7 @@ from api.request_validation import (
 from api.schemas import (
     NO_NUL_PATTERN,
     PROMPT_PATTERN,
+    RECORDING,
     Encodable,
     ReplyTokens,
     SamplingTemperature,
@@ -182,10 +183,8 @@ class ChatMessage(Shape):
 
     model_config = ConfigDict(extra="ignore")
 
-    role: Annotated[
-        Literal["system", "developer", "user", "assistant"],
-        Field(description="`developer` counts as `system`."),
-    ]
+    role: Literal["system", "developer", "user", "assistant"]
+    """`developer` counts as `system`."""
     content: MessageContent
 
     @field_validator("content")
@@ -216,9 +215,8 @@ def _joined(content: str | list[ChatTextPart]) -> str:
 class StreamOptions(Shape):
     """Options of a streamed completion."""
 
-    include_usage: Annotated[
-        bool, Field(description="Add a last chunk with `usage` and no choices.")
-    ] = False
+    include_usage: bool = False
+    """Add a last chunk with `usage` and no choices."""
 
 
 class ChatCompletionRequest(Shape):
@@ -236,31 +234,17 @@ class ChatCompletionRequest(Shape):
         }
     )
 
-    model: Annotated[
-        str,
-        _model_among(lambda settings: (llm_model_id(settings),)),
-        Field(
-            description="The language model's id, as listed by `GET /v1/models`; another id "
-            "is 404 `model_not_found`."
-        ),
-    ]
-    messages: Annotated[
-        list[ChatMessage],
-        Field(
-            min_length=1,
-            max_length=MAX_MESSAGES,
-            description="The chat, oldest first. The last message must be the user's, and is "
-            "the prompt. A blank content is 422 `empty_text` (`param` `messages[N].content`, N "
-            "its index). Their contents hold at most MAX_CHAT_CHARS "
-            "characters in all (422 `messages_too_long`, `param` `messages`). The earlier ones "
-            "that fit the context window go with it, system messages always; a prompt that "
-            "leaves no room for the reply is 422 `context_length_exceeded` (`param` `messages`).",
-        ),
-    ]
-    stream: Annotated[
-        bool,
-        Field(description="Answer with `text/event-stream` chunks as the reply is generated."),
-    ] = False
+    model: Annotated[str, _model_among(lambda settings: (llm_model_id(settings),))]
+    """The language model's id, as listed by `GET /v1/models`; another id is 404
+    `model_not_found`."""
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
+    """The chat, oldest first. The last message must be the user's, and is the prompt. A blank
+    content is 422 `empty_text` (`param` `messages[N].content`, N its index). Their contents hold
+    at most MAX_CHAT_CHARS characters in all (422 `messages_too_long`, `param` `messages`). The
+    earlier ones that fit the context window go with it, system messages always; a prompt that
+    leaves no room for the reply is 422 `context_length_exceeded` (`param` `messages`)."""
+    stream: bool = False
+    """Answer with `text/event-stream` chunks as the reply is generated."""
     stream_options: Annotated[
         StreamOptions | None,
         _as_a_whole("must be an object with at most include_usage, a boolean"),
@@ -276,17 +260,11 @@ class ChatCompletionRequest(Shape):
         | None,
         Field(description="Only one choice is made."),
     ] = None
-    max_completion_tokens: Annotated[
-        ReplyTokens,
-        Field(
-            description="Longest reply in tokens, 1 to MAX_TOKENS_LIMIT; wins over "
-            "`max_tokens`. When both are absent, DEFAULT_MAX_TOKENS."
-        ),
-        Live("default", "default_max_tokens"),
-    ] = None
-    max_tokens: Annotated[
-        ReplyTokens, Field(description="The older name of `max_completion_tokens`.")
-    ] = None
+    max_completion_tokens: Annotated[ReplyTokens, Live("default", "default_max_tokens")] = None
+    """Longest reply in tokens, 1 to MAX_TOKENS_LIMIT; wins over `max_tokens`. When both are
+    absent, DEFAULT_MAX_TOKENS."""
+    max_tokens: ReplyTokens = None
+    """The older name of `max_completion_tokens`."""
     temperature: Annotated[SamplingTemperature, Live("default", "default_temperature")] = None
     user: Annotated[Any, Field(description="Accepted and ignored.")] = None
 
@@ -329,15 +307,12 @@ class ChatCompletionRequest(Shape):
 
     def generation_options(self) -> dict[str, Any]:
         """The options stored on the job: only those given, and no added system prompt."""
-        options: dict[str, Any] = {"system": "", "whole_sentences": False}
         limit = (
             self.max_tokens if self.max_completion_tokens is None else self.max_completion_tokens
         )
-        if limit is not None:
-            options["max_tokens"] = limit
-        if self.temperature is not None:
-            options["temperature"] = self.temperature
-        return options
+        given = {"max_tokens": limit, "temperature": self.temperature}
+        options = {name: value for name, value in given.items() if value is not None}
+        return {"system": "", "whole_sentences": False, **options}
 
 
 class SpeechRequest(Shape):
@@ -359,22 +334,13 @@ class SpeechRequest(Shape):
             json_schema_extra={"pattern": PROMPT_PATTERN, "minLength": 1},
         ),
     ]
-    voice: Annotated[
-        str,
-        Field(
-            description="One of OpenAI's voices, each spoken with TTS_VOICE, or one of the "
-            "server's TTS_VOICES."
-        ),
-    ]
+    voice: str
+    """One of OpenAI's voices, each spoken with TTS_VOICE, or one of the server's TTS_VOICES."""
     response_format: Annotated[
-        str,
-        _one_of(tuple(SPEECH_FORMATS)),
-        Field(
-            description="`pcm` is 16-bit little-endian mono samples at 24 kHz without a "
-            "header; `mp3` and `opus` only where libsndfile writes them.",
-            json_schema_extra={"enum": list(SPEECH_FORMATS)},
-        ),
+        str, _one_of(tuple(SPEECH_FORMATS)), Field(json_schema_extra={"enum": list(SPEECH_FORMATS)})
     ] = DEFAULT_SPEECH_FORMAT
+    """`pcm` is 16-bit little-endian mono samples at 24 kHz without a header; `mp3` and `opus`
+    only where libsndfile writes them."""
     speed: Annotated[float, Field(ge=MIN_SPEED, le=MAX_SPEED, allow_inf_nan=False)] = 1.0
 
     @field_validator("voice")
@@ -400,12 +366,7 @@ class TranscriptionRequest(Shape):
     file: Annotated[
         bytes,
         BeforeValidator(_one_file_part),
-        Field(
-            description="The recording: a WAV (PCM, float, A-law, mu-law or ADPCM samples), "
-            "WebM or Matroska (Opus, Vorbis), Ogg (Opus, Vorbis, FLAC), MP3, MP4/M4A (AAC, "
-            "ALAC) or FLAC file of at most MAX_AUDIO_SECONDS; the format is decided by the "
-            "bytes, not the label or the file name."
-        ),
+        Field(description=f"The recording: {RECORDING}"),
     ]
     model: Annotated[
         str,
@@ -417,38 +378,29 @@ class TranscriptionRequest(Shape):
         _one_of(TRANSCRIPTION_FORMATS),
         Field(json_schema_extra={"enum": list(TRANSCRIPTION_FORMATS)}),
     ] = "json"
-    language: Annotated[
+    language: (
         Annotated[
             str,
             _one_of(WHISPER_LANGUAGES),
             Field(json_schema_extra={"enum": list(WHISPER_LANGUAGES)}),
         ]
-        | None,
-        Field(
-            description="The spoken language: one of Whisper's language codes (ISO-639-1 in "
-            "lower case, such as `en`, and `haw`, `yue`); WHISPER_LANGUAGE when absent (`auto` "
-            "detects it)."
-        ),
-    ] = None
-    prompt: Annotated[
-        Encodable | None,
-        Field(
-            max_length=MAX_TRANSCRIPTION_PROMPT_CHARS,
-            description="Text to guide the recogniser (spellings, the previous sentence).",
-        ),
-    ] = None
+        | None
+    ) = None
+    """The spoken language: one of Whisper's language codes (ISO-639-1 in lower case, such as
+    `en`, and `haw`, `yue`); WHISPER_LANGUAGE when absent (`auto` detects it)."""
+    prompt: Annotated[Encodable | None, Field(max_length=MAX_TRANSCRIPTION_PROMPT_CHARS)] = None
+    """Text to guide the recogniser (spellings, the previous sentence)."""
     temperature: Annotated[
         SamplingTemperature,
         Field(description="Accepted for compatibility and unused (decoding is beam search)."),
     ] = None
+
     timestamp_granularities: Annotated[
         list[Literal["segment"]],
         _as_a_whole("must list only segment: segment timestamps are the only ones available"),
-        Field(
-            alias="timestamp_granularities[]",
-            description="Only `segment`, which `verbose_json` always has.",
-        ),
+        Field(alias="timestamp_granularities[]"),
     ] = []
+    """Only `segment`, which `verbose_json` always has."""
 
     def recognition_options(self) -> dict[str, Any]:
         """The options stored on the job: the language and the prompt, when given."""
@@ -502,9 +454,8 @@ class ChatChoice(Answer):
     index: Literal[0]
     message: AssistantMessage
     logprobs: None
-    finish_reason: Annotated[
-        str, Field(description="`stop`, or `length` when cut at the token limit.")
-    ]
+    finish_reason: str
+    """`stop`, or `length` when cut at the token limit."""
 
 
 class ChatCompletion(Answer):
@@ -564,9 +515,8 @@ class ChatCompletionChunk(Answer):
     object: Literal["chat.completion.chunk"]
     created: int
     model: str
-    choices: Annotated[
-        list[ChatChunkChoice], Field(max_length=1, description="Empty on the usage chunk.")
-    ]
+    choices: Annotated[list[ChatChunkChoice], Field(max_length=1)]
+    """Empty on the usage chunk."""
     usage: Usage | None = None
 
     def piece(self, delta: ChatDelta, finish_reason: str | None = None) -> ChatCompletionChunk:
@@ -631,32 +581,15 @@ class OpenAIErrorBody(Answer):
     """What went wrong."""
 
     message: Annotated[str, Field(description="For a person.")]
-    type: Annotated[
-        ErrorKind,
-        Field(description="`requests` for too many requests (429), as OpenAI answers them."),
-    ]
+    type: ErrorKind
+    """`requests` for too many requests (429), as OpenAI answers them."""
     param: Annotated[str | None, Field(description="The parameter at fault, e.g. `messages`.")]
-    code: Annotated[
-        str | None,
-        Field(
-            description="Stable machine code (the same as the problem codes of the other "
-            "routes), or null for a plain HTTP error."
-        ),
-    ]
+    code: str | None
+    """Stable machine code (the same as the problem codes of the other routes), or null for a
+    plain HTTP error."""
 
 
 class OpenAIError(Answer):
     """An error of the OpenAI-compatible routes, in OpenAI's shape."""
 
     error: OpenAIErrorBody
-
-
-REQUESTS: tuple[type[Shape], ...] = (ChatCompletionRequest, SpeechRequest, TranscriptionRequest)
-ANSWERS: tuple[type[Answer], ...] = (
-    ModelList,
-    ChatCompletion,
-    ChatCompletionChunk,
-    Transcription,
-    VerboseTranscription,
-    OpenAIError,
-)

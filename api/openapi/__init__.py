@@ -24,9 +24,10 @@ from api.openai import schemas as openai_schemas
 from api.openapi.declare import Query, Route, Schema, answer, content, documented, ref
 from api.openapi.problems import code_table, error_answers
 from api.openapi.webhooks import WEBHOOKS
-from api.request_validation import component_schemas, without_null
+from api.request_validation import Shape, component_schemas, without_null
 from models import job_view
 from models.errors import VoiceChatError
+from models.job_view import Answer
 from models.presets import llm_model_id
 from models.settings import Settings
 
@@ -155,11 +156,19 @@ def build_document(app: Flask, settings: Settings) -> dict[str, Any]:
 
 
 def _components(settings: Settings) -> dict[str, Schema]:
-    """The component schemas of every request and answer shape, as `settings` bound them."""
-    requests = (*schemas.REQUESTS, *openai_schemas.REQUESTS)
-    answers = (*schemas.ANSWERS, *openai_schemas.ANSWERS)
-    shapes: list[tuple[type[BaseModel], JsonSchemaMode]] = [(s, "validation") for s in requests]
-    shapes += [(shape, "serialization") for shape in answers]
+    """The component schemas of every request and answer shape (each `Shape` and `Answer` of
+    the shapes' modules), as `settings` bound them."""
+    shapes: list[tuple[type[BaseModel], JsonSchemaMode]] = []
+    for value in (
+        *vars(schemas).values(),
+        *vars(openai_schemas).values(),
+        *vars(job_view).values(),
+    ):
+        if isinstance(value, type) and value not in (Shape, Answer):
+            if issubclass(value, Shape):
+                shapes.append((value, "validation"))
+            elif issubclass(value, Answer):
+                shapes.append((value, "serialization"))
     components = component_schemas(shapes, settings)
     # Forms and query strings carry no null: their shapes are documented without it.
     components["TextJobForm"] = without_null(components["TextJobRequest"])

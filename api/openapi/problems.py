@@ -65,15 +65,13 @@ def _problem(status: int, found: list[ErrorClass]) -> tuple[str, Schema]:
     return text, content({"allOf": [schema_ref("Problem"), narrowed]}, PROBLEM_JSON)
 
 
-def _openai_code(error: ErrorClass) -> str | None:
-    # The body limit is Werkzeug's: the blueprint answers its HTTP error, which has no code.
-    return None if error is errors.PayloadTooLarge else OPENAI_CODES.get(error.code, error.code)
-
-
 def _openai(status: int, found: list[ErrorClass]) -> tuple[str, Schema]:
     kind = "requests" if status == 429 else "invalid_request_error"
     kind = "server_error" if status >= 500 else kind
-    codes = [_openai_code(e) for e in found]
+    # The body limit is Werkzeug's: the blueprint answers its HTTP error, which has no code.
+    codes = [
+        None if e is errors.PayloadTooLarge else OPENAI_CODES.get(e.code, e.code) for e in found
+    ]
     inner = {"type": {"const": kind}, "code": {"enum": codes}}
     narrowed = {"properties": {"error": {"properties": inner}}}
     shown = (("null" if c is None else c, meaning(e)) for c, e in zip(codes, found, strict=True))

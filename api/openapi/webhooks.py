@@ -5,26 +5,22 @@ from __future__ import annotations
 from api.openapi.declare import Schema, header, json_body
 
 SIGNATURE_HEADERS = [
-    header(
-        "webhook-id",
-        "`msg_{job_id}_{event}`: the same on every retry of one event.",
-        {"type": "string", "pattern": "^msg_[0-9a-f]{32}_(started|completed)$"},
-        required=True,
-    ),
-    header(
-        "webhook-timestamp",
-        "Unix seconds of this attempt.",
-        {"type": "string", "pattern": "^[0-9]+$"},
-        required=True,
-    ),
-    header(
-        "webhook-signature",
-        "`v1,` and the base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}`, keyed "
-        "with the base64-decoded part of the secret after `whsec_`: the API key's webhook "
-        "secret, or WEBHOOK_SECRET when the service runs open.",
-        {"type": "string", "pattern": "^v1,[A-Za-z0-9+/=]+$"},
-        required=True,
-    ),
+    header(name, description, {"type": "string", "pattern": pattern}, required=True)
+    for name, description, pattern in (
+        (
+            "webhook-id",
+            "`msg_{job_id}_{event}`: the same on every retry of one event.",
+            "^msg_[0-9a-f]{32}_(started|completed)$",
+        ),
+        ("webhook-timestamp", "Unix seconds of this attempt.", "^[0-9]+$"),
+        (
+            "webhook-signature",
+            "`v1,` and the base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}`, keyed "
+            "with the base64-decoded part of the secret after `whsec_`: the API key's webhook "
+            "secret, or WEBHOOK_SECRET when the service runs open.",
+            "^v1,[A-Za-z0-9+/=]+$",
+        ),
+    )
 ]
 WEBHOOKS: dict[str, Schema] = {
     "jobEvent": {
