@@ -114,8 +114,7 @@ def _exempt() -> bool:
 
 def init_limiter(app: Flask, settings: Settings) -> None:
     """Counts each caller's `/v1` requests per fixed minute on Redis, or while it is unreachable
-    in each process's memory; a failure of the limiter is logged, never a 500. Call it after
-    authentication is added: hooks run in the order they were added."""
+    in each process's memory; a failure of the limiter is logged, never a 500."""
     limiter = Limiter(
         key_func=rate_key,
         application_limits=[_limit],

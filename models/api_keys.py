@@ -112,10 +112,8 @@ def any_keys(session: Session) -> bool:
 
 
 class KeyMode:
-    """Whether keys are required, asked of the database at most every `MODE_CACHE_SECONDS`.
-
-    A key is always looked up itself, so revoking is immediate; only open/keyed lags, by that much.
-    """
+    """Whether keys are required, asked of the database at most every `MODE_CACHE_SECONDS`: a key
+    is always looked up itself, so revoking is immediate; only open/keyed lags, by that much."""
 
     def __init__(self, sessions: sessionmaker[Session], ttl: float = MODE_CACHE_SECONDS) -> None:
         self.sessions = sessions

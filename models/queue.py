@@ -77,14 +77,13 @@ def forget_marks_before(client: Redis, seconds_ago: float) -> None:
 
 
 def waiting_jobs(client: Redis) -> int:
-    """Jobs waiting for a worker (not one taken, running or prefetched), in O(1): the length of
-    kombu's one list (no priorities are sent)."""
+    """Jobs waiting for a worker (not taken, running or prefetched): kombu's one list, no
+    priorities being sent."""
     return int(client.llen(JOB_QUEUE))
 
 
 def send_webhook(celery: Celery, job_id: str, event: str) -> None:
-    """Sends the first delivery attempt of a job's webhook event to the maintenance queue, by
-    name (the task retries itself)."""
+    """Queues the first delivery attempt of a job's webhook event (the task retries itself)."""
     celery.send_task(DELIVER_WEBHOOK_TASK, args=[job_id, event], queue=MAINTENANCE_QUEUE)
 
 

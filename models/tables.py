@@ -114,10 +114,8 @@ class Base(DeclarativeBase):
 
 
 class ApiKey(Base):
-    """A client's key (`Authorization: Bearer <secret>`); only the secret's SHA-256 is kept.
-
-    The secret is 32 random bytes, so a fast hash is safe (as GitHub does for its tokens).
-    """
+    """A client's key (`Authorization: Bearer <secret>`); only the secret's SHA-256 is kept: the
+    secret is 32 random bytes, so a fast hash is safe (as GitHub does for its tokens)."""
 
     __tablename__ = "api_keys"
 
