@@ -347,7 +347,6 @@ def _event_stream(job_id: str, after: str, place: Place, going: bool) -> Iterato
                 yield KEEP_ALIVE
             elif event.type == event_log.DONE:
                 job = finished_job(job_id, event)
-                # Else the event's data, without the row it carries.
                 public = {name: value for name, value in event.data.items() if name != "job"}
                 done = JobView.of(job).model_dump(mode="json") if job else public
                 yield sse_event(done, event_log.DONE, event.id or None)

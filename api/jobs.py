@@ -286,8 +286,7 @@ def create_job() -> Response:
 
 
 def _new_job(submission: Submission, settings: Settings) -> Job:
-    """The job a validated submission asks for (its conversation and webhook checked), not yet
-    stored."""
+    """The job a validated submission asks for, its conversation and webhook checked; unstored."""
     options = submission.options
     if options.conversation_id is not None and not visible_conversation(options.conversation_id):
         raise ConversationNotFound(
@@ -339,13 +338,12 @@ def get_job(job_id: str) -> Response:
 def cancel_job(job_id: str) -> ResponseReturnValue:
     """Cancel a job.
 
-    A queued job ends `canceled` at once (200; its event stream ends with `done`, and no
-    worker will run it). A running job is asked to stop (202 with the job as it is, still
-    `running`): its worker stops at the next token, sentence or stage boundary and ends it
-    `canceled` with `error.code` `canceled`, keeping in `result` the reply text made so far (no
-    audio, and no turn in its conversation); its event stream ends with `done`. Asking again is
-    harmless: a canceled job answers 200 as it is. A job that succeeded or failed answers 409
-    `job_finished`. To stop a job and keep nothing of it, erase it (`DELETE /v1/jobs/{job_id}`).
+    A queued job ends `canceled` at once (200; its event stream ends with `done`, and no worker
+    will run it). A running job is asked to stop (202): its worker stops at the next token,
+    sentence or stage boundary and ends it `canceled` with `error.code` `canceled`, keeping in
+    `result` the reply text made so far (no audio, and no turn in its conversation); its event
+    stream ends with `done`. Asking again is harmless. To stop a job and keep nothing of it,
+    erase it (`DELETE /v1/jobs/{job_id}`).
     """
     job, status = cancel(g.db, _load(job_id))
     return JobView.of(job).model_dump(mode="json"), status

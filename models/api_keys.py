@@ -1,8 +1,5 @@
-"""API keys: made, found by their secret's hash, revoked; and whether the service runs open.
-
-A secret is `vc_` and 32 random bytes, shown once; only its SHA-256 is stored. With no unrevoked
-key the service runs open, and then only on loopback (`check_bind_at`).
-"""
+"""API keys: made, found by their secret's hash, revoked; and whether the service runs open
+(with no unrevoked key, and then only on loopback: `check_bind_at`)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,6 @@ WEBM, OGG, MP3, MP4, FLAC = "webm", "ogg", "mp3", "mp4", "flac"
 # The FFmpeg demuxer each container is opened with. Named, so FFmpeg never probes the bytes for
 # another format (some demuxers, such as HLS or concat, would open further files or URLs).
 _DEMUXERS = {WEBM: "matroska", OGG: "ogg", MP3: "mp3", MP4: "mp4", FLAC: "flac"}
-# How messages name each container.
 _NAMES = {WEBM: "WebM", OGG: "Ogg", MP3: "MP3", MP4: "MP4", FLAC: "FLAC"}
 # The extension a stored upload gets from its container (the client's file name never counts).
 EXTENSIONS = {WEBM: "webm", OGG: "ogg", MP3: "mp3", MP4: "m4a", FLAC: "flac"}

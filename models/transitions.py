@@ -283,8 +283,7 @@ def _held_by(job_id: str, owner_prefix: str) -> Update:
 
 
 def cancel_queued(session: Session, job_id: str) -> bool:
-    """Ends a still queued job `canceled` at once; a worker that gets its message later finds
-    nothing to claim."""
+    """Ends a still queued job `canceled`; a worker that gets its message later finds nothing."""
     query = update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
     return _apply(session, query, **_canceled(session))
 
@@ -297,8 +296,7 @@ def request_cancel(session: Session, job_id: str) -> bool:
 
 
 def cancel_held(session: Session, lease: Lease, **kept: Any) -> bool:
-    """Ends `canceled` a job the lease holds, keeping `kept` (the reply text so far); the
-    conversation gets no turn from it."""
+    """Ends `canceled` a job the lease holds, keeping `kept` (the reply so far), adding no turn."""
     canceled = _end_held(session, lease, **_canceled(session), **kept) is not None
     session.commit()
     return canceled
