@@ -200,7 +200,6 @@ def migrate(database_url: str) -> None:
 # for the next; gossip only feeds mingle's kind of coordination.
 WITHOUT_COORDINATION = ["--without-mingle", "--without-gossip"]
 CELERY = [sys.executable, "-m", "celery", "-A", "worker.celery_app"]
-# The maintenance queue's worker: housekeeping tasks (retention, webhooks) in threads, no models.
 MAINTENANCE_ENV = {"WORKER_ROLE": "maintenance"}
 
 
