@@ -426,8 +426,7 @@ def get_job_audio(job_id: str) -> Response:
 def list_jobs() -> Response:
     """List jobs.
 
-    Jobs newest first, one page at a time. Pass `next_cursor` back as `cursor` (with the same
-    `status`) for the next page. Any other query parameter is refused.
+    Newest first; pass `next_cursor` back as `cursor` (with the same `status`) for the next page.
     """
     settings: Settings = current_app.extensions["voicechat.settings"]
     query = validate_query(JobListQuery, settings)
