@@ -56,7 +56,6 @@ class AudioInfo:
 
     @property
     def seconds(self) -> float:
-        """Duration in seconds."""
         return self.frames / self.sample_rate
 
     @property

@@ -93,7 +93,6 @@ class Append(Enum):
 
 
 def key(job_id: str) -> str:
-    """The stream key of a job."""
     return f"{KEY_PREFIX}{job_id}"
 
 

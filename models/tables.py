@@ -211,7 +211,6 @@ class Job(Base):
 
     @property
     def job_status(self) -> JobStatus:
-        """The status as its enum."""
         return JobStatus(self.status)
 
 
