@@ -91,10 +91,9 @@ def canceled_on_leave(job_id: str, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
 
 
 def erase(session: Session, job: Job) -> None:
-    """Erases a job: its event stream, row, turns, idempotency key, webhook deliveries and files;
-    a queued or running one is told to stop. An attempt still running brings nothing back: its
-    next event is refused and its row writes match no row, so it deletes the files it wrote (one
-    killed before that leaves orphans, which retention deletes)."""
+    """Erases a job and all it made. An attempt still running brings nothing back: its next event
+    is refused and its row writes match no row, so it deletes the files it wrote (one killed
+    before that leaves orphans, which retention deletes)."""
     job_id, scope = job.id, job.api_key_id or ""
     settings: Settings = current_app.extensions["voicechat.settings"]
     events: event_log.JobEvents = current_app.extensions["voicechat.events"]

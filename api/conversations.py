@@ -48,9 +48,8 @@ def visible_conversation(conversation_id: str) -> Conversation | None:
 def create_conversation() -> ResponseReturnValue:
     """Start a conversation.
 
-    Starts an empty conversation, optionally with its own system prompt; submit prompts to it
-    with `conversation_id`. The body may be empty (with any Content-Type) for a conversation
-    without a system prompt of its own.
+    Submit prompts to it with `conversation_id`. The body may be empty (with any Content-Type)
+    for a conversation without a system prompt of its own.
     """
     body = request.get_data(cache=False)
     payload: dict[str, object] = {}

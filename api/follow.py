@@ -290,11 +290,10 @@ _STREAM = {
 def get_job_events(job_id: str) -> Response:
     """Follow a job.
 
-    Streams the job's events as they happen (also linked as `events_url`), from the first, or
-    after the event named by `Last-Event-ID` (which a browser's `EventSource` sends when it
-    reconnects) or `after`, until the final `done`. A finished job's stream replays what is
-    kept and ends at once; events are kept EVENTS_TTL_SECONDS ({events_ttl_seconds} s here)
-    after the last one, and a `done` is made from the job when they are gone.
+    Streams the job's events as they happen (also linked as `events_url`) until the final
+    `done`; a browser's `EventSource` resumes with `Last-Event-ID`. A finished job's stream
+    replays what is kept and ends at once; events are kept EVENTS_TTL_SECONDS
+    ({events_ttl_seconds} s here) after the last one, then a `done` is made from the job.
     """
     after = _resume_point()
     if not is_resource_id(job_id):
@@ -350,7 +349,6 @@ def _event_stream(job_id: str, after: str, place: Place, going: bool) -> Iterato
                 yield KEEP_ALIVE
             elif event.type == event_log.DONE:
                 job = finished_job(job_id, event)
-                # Else the event's data, without the row it carries.
                 public = {name: value for name, value in event.data.items() if name != "job"}
                 done = JobView.of(job).model_dump(mode="json") if job else public
                 yield sse_event(done, event_log.DONE, event.id or None)

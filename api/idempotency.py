@@ -1,8 +1,5 @@
 """`Idempotency-Key` on `POST /v1/jobs`, as Stripe and draft-ietf-httpapi-idempotency-key-header
 mean it: the same key and the same request make one job, replayed to every retry (`PARAMETER`).
-
-A request refused after it took its key (a full queue, too many unfinished jobs, the broker
-unreachable) gives the key back.
 """
 
 from __future__ import annotations
@@ -77,10 +74,9 @@ def requested_key(request: Request) -> str | None:
 
 
 def fingerprint(request: Request, job: Job, audio: bytes | None) -> str:
-    """The SHA-256 of what makes a request the same: the body's media type without parameters
-    (a multipart boundary does not count), the prompt text or recording bytes, and the job's
-    reply format (`reply` left out is `text`), conversation and options (field order and JSON
-    spacing do not count). `Prefer: wait` is how to answer, not what to do: not part of it."""
+    """The SHA-256 of what makes a request the same: its media type and the job as it would be
+    stored, with its recording's bytes; so field order, JSON spacing, a multipart boundary and a
+    `reply` left out (`text`) do not count, nor does `Prefer: wait` (how to answer, not what)."""
     made = {
         "reply_format": job.reply_format,
         "input_text": job.input_text,
@@ -105,11 +101,8 @@ def claim(
 ) -> Claim | Job:
     """Takes `key` for this request's job `job_id` (named in the transaction that will store the
     job; `release` gives it back), or returns the job the same request made with it, to replay.
-
-    The row is committed at once: of two requests with one key, the primary key lets exactly one
-    in. An expired row, an in-flight one older than IN_FLIGHT_STALE_SECONDS, or one whose job is
-    gone is taken over by a conditional update.
-    """
+    The row is committed at once: of two requests with one key, the primary key lets one in. A
+    stale row (expired, in flight past IN_FLIGHT_STALE_SECONDS, or its job gone) is taken over."""
     scope, now = caller_id() or "", utcnow()
     session.add(
         IdempotencyRecord(scope=scope, key=key, fingerprint=request_fingerprint, created_at=now)

@@ -237,12 +237,10 @@ def create_job() -> Response:
     is declined while the process holds MAX_HELD_REQUESTS requests open.
 
     The options travel in the body for JSON and forms, and as query parameters for a raw
-    recording body (with another body they are checked, then ignored); the request line holds
-    at most {request_line_bytes} bytes (414 beyond), so a long `system` or `webhook` goes in a
-    multipart body with the recording as its `audio` part. A recording's format is read from
-    its bytes (see `audio` for the formats), and its length is measured before anything is
-    decoded. `application/*+json` is read as JSON. The whole body may be at most MAX_UPLOAD_MB
-    ({max_upload_bytes} bytes here).
+    recording body; the request line holds at most {request_line_bytes} bytes (414 beyond), so
+    a long `system` or `webhook` goes in a multipart body with the recording as its `audio`
+    part. A recording's length is measured before anything is decoded. `application/*+json` is
+    read as JSON.
 
     With `webhook`, the job's `webhook_events` are POSTed there, signed, as this document's
     `webhooks` describe; a failed delivery is retried up to WEBHOOK_MAX_ATTEMPTS times, each
@@ -286,8 +284,7 @@ def create_job() -> Response:
 
 
 def _new_job(submission: Submission, settings: Settings) -> Job:
-    """The job a validated submission asks for (its conversation and webhook checked), not yet
-    stored."""
+    """The job a validated submission asks for, its conversation and webhook checked; unstored."""
     options = submission.options
     if options.conversation_id is not None and not visible_conversation(options.conversation_id):
         raise ConversationNotFound(
@@ -339,13 +336,12 @@ def get_job(job_id: str) -> Response:
 def cancel_job(job_id: str) -> ResponseReturnValue:
     """Cancel a job.
 
-    A queued job ends `canceled` at once (200; its event stream ends with `done`, and no
-    worker will run it). A running job is asked to stop (202 with the job as it is, still
-    `running`): its worker stops at the next token, sentence or stage boundary and ends it
-    `canceled` with `error.code` `canceled`, keeping in `result` the reply text made so far (no
-    audio, and no turn in its conversation); its event stream ends with `done`. Asking again is
-    harmless: a canceled job answers 200 as it is. A job that succeeded or failed answers 409
-    `job_finished`. To stop a job and keep nothing of it, erase it (`DELETE /v1/jobs/{job_id}`).
+    A queued job ends `canceled` at once (200; its event stream ends with `done`, and no worker
+    will run it). A running job is asked to stop (202): its worker stops at the next token,
+    sentence or stage boundary and ends it `canceled` with `error.code` `canceled`, keeping in
+    `result` the reply text made so far (no audio, and no turn in its conversation); its event
+    stream ends with `done`. Asking again is harmless. To stop a job and keep nothing of it,
+    erase it (`DELETE /v1/jobs/{job_id}`).
     """
     job, status = cancel(g.db, _load(job_id))
     return JobView.of(job).model_dump(mode="json"), status
@@ -382,12 +378,11 @@ def delete_job(job_id: str) -> Response:
 def get_job_audio(job_id: str) -> Response:
     """Fetch or stream the spoken reply.
 
-    The reply of a `voice` job (also linked as `result.audio_url`), as a 16-bit PCM mono WAV
-    or raw PCM. Once the job succeeded: served inline as `{job_id}.wav` with `ETag` and
-    `Last-Modified`, cacheable for an hour; conditional and `Range` requests are honoured.
-    While it runs: streamed, each sentence as soon as the worker has spoken it (a WAV whose
-    sizes say unknown, `0xFFFFFFFF`, as players expect of a stream), so playing can start after
-    the first sentence; the stream ends with the reply, or early if the job fails or starts
+    The reply of a `voice` job (also linked as `result.audio_url`). Once the job succeeded:
+    served inline as `{job_id}.wav` with `ETag` and `Last-Modified`, cacheable for an hour;
+    conditional and `Range` requests are honoured. While it runs: streamed, each sentence as
+    soon as the worker has spoken it (a WAV whose sizes say unknown, `0xFFFFFFFF`, as players
+    expect of a stream); the stream ends with the reply, or early if the job fails or starts
     again on another attempt (ask again). A streaming answer holds a place of MAX_HELD_REQUESTS.
     """
     settings: Settings = current_app.extensions["voicechat.settings"]
@@ -431,8 +426,7 @@ def get_job_audio(job_id: str) -> Response:
 def list_jobs() -> Response:
     """List jobs.
 
-    Jobs newest first, one page at a time. Pass `next_cursor` back as `cursor` (with the same
-    `status`) for the next page. Any other query parameter is refused.
+    Newest first; pass `next_cursor` back as `cursor` (with the same `status`) for the next page.
     """
     settings: Settings = current_app.extensions["voicechat.settings"]
     query = validate_query(JobListQuery, settings)

@@ -32,7 +32,6 @@ QUEUE_FULL_RETRY_SECONDS = 10
 # The IETF draft's names (draft-ietf-httpapi-ratelimit-headers-06): the reset in seconds from now.
 RATE_LIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 _JOBS, _KEYS = Job.__table__.c, ApiKey.__table__.c
-# The caller's key row, locked until the transaction that adds its job commits (PostgreSQL).
 _LOCK_KEY = select(_KEYS.id).where(_KEYS.id == bindparam("owner")).with_for_update()
 # Counted only up to the limit (a LIMIT in a subquery): whether the caller is at its limit is all
 # a submit needs, and a count of every unfinished job grows with the queue (2 ms at 5,800 queued
@@ -114,8 +113,7 @@ def _exempt() -> bool:
 
 def init_limiter(app: Flask, settings: Settings) -> None:
     """Counts each caller's `/v1` requests per fixed minute on Redis, or while it is unreachable
-    in each process's memory; a failure of the limiter is logged, never a 500. Call it after
-    authentication is added: hooks run in the order they were added."""
+    in each process's memory; a failure of the limiter is logged, never a 500."""
     limiter = Limiter(
         key_func=rate_key,
         application_limits=[_limit],
@@ -168,8 +166,7 @@ def breach() -> RateLimited:
 
 
 def check_queue(queue: JobQueue, settings: Settings) -> None:
-    """Refuses a new job when MAX_QUEUE_DEPTH jobs wait already. The depth is read (LLEN) unless
-    this process saw it recently (a push answers it) and well under the limit."""
+    """Refuses a new job when MAX_QUEUE_DEPTH jobs wait already."""
     if not settings.max_queue_depth:
         return
     depth, seen_at = queue.depth_seen
@@ -190,10 +187,9 @@ def check_queue(queue: JobQueue, settings: Settings) -> None:
 
 def add_within_limit(session: Session, job: Job, settings: Settings) -> None:
     """Adds a new job's row (uncommitted) unless its caller has its share of unfinished jobs
-    already (0: no limit), its key's own, else MAX_UNFINISHED_JOBS. With a key, on PostgreSQL,
-    the key's row is locked until the transaction that adds the job commits, so two submits at
-    once cannot both take the last place; in open mode, and on SQLite (no row locks), submits at
-    the same instant may pass one more job each."""
+    already. With a key, on PostgreSQL, the key's row is locked until the transaction that adds
+    the job commits, so two submits at once cannot both take the last place; in open mode, and
+    on SQLite (no row locks), submits at the same instant may pass one more job each."""
     own = g.get("api_key_max_unfinished_jobs")
     allowed: int = settings.max_unfinished_jobs if own is None else own
     owner = caller_id()

@@ -25,8 +25,7 @@ EXPOSE_HEADERS = (
 
 
 def host_name(authority: str) -> str:
-    """The host of a Host header or an origin's authority, without its port, lower-case
-    (`[::1]` keeps its brackets)."""
+    """The host of a Host header or an origin, lower-case, without its port (`[::1]` keeps `[]`)."""
     authority = authority.strip().lower()
     if authority.startswith("["):
         return authority.split("]", 1)[0] + "]"

@@ -75,8 +75,7 @@ def prometheus_metrics() -> Response:
 
     Jobs finished by status and error code, stage latencies, time to first audio, the queue's
     depth, ready workers and HTTP requests, summed over this host's processes (the API's and
-    the workers'). With METRICS_TOKEN set, send it as `Authorization: Bearer <token>`; unset,
-    only requests from this machine are answered. Never rate limited; no API key.
+    the workers'). Never rate limited; no API key.
     """
     settings: Settings = current_app.extensions["voicechat.settings"]
     if settings.metrics_token:

@@ -292,7 +292,6 @@ def _add_commands(commands: Any) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command line."""
     top = argparse.ArgumentParser(
         prog="voicechat",
         description="Ask the voice chat service by text or by a recording; the reply is "

@@ -1,6 +1,5 @@
-"""What a waiting command shows: the job's stage on stderr, the reply text on stdout.
-
-On a terminal the stage is one line redrawn in place, never over the streaming reply."""
+"""What a waiting command shows: the job's stage on stderr (on a terminal, one line redrawn in
+place, never over the streaming reply), the reply text on stdout."""
 
 from __future__ import annotations
 

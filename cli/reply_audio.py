@@ -1,7 +1,5 @@
-"""The spoken reply saved to a file while the job makes it, sentence by sentence.
-
-The stream is a WAV whose sizes say "unknown" (0xFFFFFFFF); they are written in at the end, so
-that every reader takes the file."""
+"""The spoken reply saved to a file while the job makes it, sentence by sentence: a WAV whose
+sizes say "unknown" (0xFFFFFFFF) until they are written in at the end, so every reader takes it."""
 
 from __future__ import annotations
 

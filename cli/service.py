@@ -126,7 +126,6 @@ class Service:
             return self.request("POST", "/v1/jobs", data=options, files=files).json()
 
     def job(self, job_id: str) -> Any:
-        """The job as it is now."""
         return self.request("GET", f"/v1/jobs/{job_id}").json()
 
     def cancel(self, job_id: str, read_seconds: float = READ_SECONDS) -> Any:

@@ -21,10 +21,8 @@ class Event:
 
 
 def lines_of(chunks: Iterable[bytes]) -> Iterator[str]:
-    """Splits a stream of byte chunks into lines (LF or CRLF), as they complete.
-
-    Not requests' `iter_lines`: it reads a CRLF split across two chunks as two line ends.
-    """
+    """Splits a stream of byte chunks into lines (LF or CRLF) as they complete; not requests'
+    `iter_lines`, which reads a CRLF split across two chunks as two line ends."""
     pending = b""
     for chunk in chunks:
         pending += chunk
@@ -36,10 +34,8 @@ def lines_of(chunks: Iterable[bytes]) -> Iterator[str]:
 
 
 def events_of(lines: Iterable[str]) -> Iterator[Event]:
-    """Parses SSE lines into events (ValueError on data not JSON).
-
-    Each comment yields a `QUIET` event, so a reader regains control at every keep-alive.
-    """
+    """Parses SSE lines into events (ValueError on data not JSON); each comment yields a `QUIET`
+    event, so a reader regains control at every keep-alive."""
     kind, data, event_id = "message", list[str](), None
     for line in lines:
         if not line:

@@ -1,8 +1,5 @@
-"""API keys: made, found by their secret's hash, revoked; and whether the service runs open.
-
-A secret is `vc_` and 32 random bytes, shown once; only its SHA-256 is stored. With no unrevoked
-key the service runs open, and then only on loopback (`check_bind_at`).
-"""
+"""API keys: made, found by their secret's hash, revoked; and whether the service runs open
+(with no unrevoked key, and then only on loopback: `check_bind_at`)."""
 
 from __future__ import annotations
 
@@ -112,10 +109,8 @@ def any_keys(session: Session) -> bool:
 
 
 class KeyMode:
-    """Whether keys are required, asked of the database at most every `MODE_CACHE_SECONDS`.
-
-    A key is always looked up itself, so revoking is immediate; only open/keyed lags, by that much.
-    """
+    """Whether keys are required, asked of the database at most every `MODE_CACHE_SECONDS`: a key
+    is always looked up itself, so revoking is immediate; only open/keyed lags, by that much."""
 
     def __init__(self, sessions: sessionmaker[Session], ttl: float = MODE_CACHE_SECONDS) -> None:
         self.sessions = sessions

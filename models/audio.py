@@ -56,7 +56,6 @@ class AudioInfo:
 
     @property
     def seconds(self) -> float:
-        """Duration in seconds."""
         return self.frames / self.sample_rate
 
     @property
@@ -114,13 +113,11 @@ def inspect_wav(
     max_channels: int = _DEFAULTS["max_audio_channels"],
     sample_rates: tuple[int, int] = _SAMPLE_RATES,
 ) -> AudioInfo:
-    """Validates an uploaded WAV by decoding it, and measures it; raises the `InvalidAudio` or
+    """Validates and measures an uploaded WAV; raises the `InvalidAudio` or
     `UnsupportedAudioFormat` subclass that says what is wrong.
 
-    The header is checked first (chunks, encoding, channels, sample rate), so what decoding
-    costs is bounded before it starts. The duration is counted from the samples actually
-    decoded, never from the header, so a 44-byte file that claims hours of audio is caught as
-    truncated, not waved through.
+    The header is checked before decoding, which bounds its cost; the duration is counted from the
+    decoded samples, never the header, so a 44-byte file that claims hours is caught as truncated.
     """
     if not data:
         raise EmptyAudio("The audio is empty (zero bytes).")
@@ -165,12 +162,10 @@ def inspect_wav(
 
 
 def inspect_upload(data: bytes, settings: Settings) -> AudioInfo:
-    """Validates an uploaded recording in any accepted format under the settings' audio limits.
+    """Validates an uploaded recording under the settings' audio limits, its format decided by
+    its bytes (never its label or file name); compressed ones are measured without decoding.
 
-    The format is the bytes' (magic numbers), never the label's or the file name's: a WAV is
-    decoded by `inspect_wav`; WebM, Ogg, MP3, MP4/M4A and FLAC are measured by
-    `audio_containers.probe`, from their structure and packets, without decoding. Raises
-    `UnsupportedAudioFormat` (415, with its subclasses) or an `InvalidAudio` subclass.
+    Raises `UnsupportedAudioFormat` (415, with its subclasses) or an `InvalidAudio` subclass.
     """
     sample_rates = (settings.min_audio_sample_rate, settings.max_audio_sample_rate)
     if not data:

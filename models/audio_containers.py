@@ -31,7 +31,6 @@ WEBM, OGG, MP3, MP4, FLAC = "webm", "ogg", "mp3", "mp4", "flac"
 # The FFmpeg demuxer each container is opened with. Named, so FFmpeg never probes the bytes for
 # another format (some demuxers, such as HLS or concat, would open further files or URLs).
 _DEMUXERS = {WEBM: "matroska", OGG: "ogg", MP3: "mp3", MP4: "mp4", FLAC: "flac"}
-# How messages name each container.
 _NAMES = {WEBM: "WebM", OGG: "Ogg", MP3: "MP3", MP4: "MP4", FLAC: "FLAC"}
 # The extension a stored upload gets from its container (the client's file name never counts).
 EXTENSIONS = {WEBM: "webm", OGG: "ogg", MP3: "mp3", MP4: "m4a", FLAC: "flac"}
@@ -109,12 +108,9 @@ def probe(
     max_seconds: float,
     check_shape: Callable[[int, int], None] | None = None,
 ) -> AudioInfo:
-    """Measures a recording by its structure, header and demuxed (not decoded) packets.
-
-    Cheap checks first (a cut structure, codec, `check_shape(channels, rate)`, the declared
-    duration), then the packets are counted up to `max_seconds`: a header may lie or say nothing
-    (MediaRecorder writes no duration), the packets cannot.
-    """
+    """Measures a recording by its structure, header and demuxed (not decoded) packets, counted
+    up to `max_seconds`: a header may lie or say nothing (MediaRecorder writes none), packets
+    cannot."""
     name = _NAMES[container]
     if _cut_short(data, container):
         raise TruncatedAudio(f"The {name} recording is truncated: its data is cut short.")
@@ -149,10 +145,8 @@ def probe(
 
 
 def decode(path: Path | str, container: str, max_seconds: float) -> np.ndarray:
-    """Decodes to 16 kHz mono float32 for Whisper, stopping past `max_seconds`.
-
-    A refused packet is skipped, as players do; a recording mostly refused is invalid.
-    """
+    """Decodes to 16 kHz mono float32 for Whisper, stopping past `max_seconds`; a refused packet is
+    skipped, as players do, and a recording mostly refused is invalid."""
     limit = int((max_seconds + _SLACK_SECONDS) * WHISPER_SAMPLE_RATE)
     chunks: list[np.ndarray] = []
     samples = decoded = refused = 0

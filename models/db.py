@@ -24,12 +24,10 @@ def make_engine(
     ping_idle_seconds: float = 0.0,
     **kwargs: Any,
 ) -> Engine:
-    """Creates an engine for `url`, enabling WAL and a busy timeout on SQLite.
-
-    On PostgreSQL, `hold_limit_seconds` (a worker's; more than a job may run) ends a session idle in
-    transaction that long and probes its TCP connection, so a frozen or lost worker cannot hold a
-    job's row lock longer; `ping_idle_seconds` pings only connections idle that long (0: every one).
-    """
+    """An engine for `url`. On PostgreSQL, `hold_limit_seconds` (a worker's; more than a job may
+    run) ends a session idle in transaction that long and probes its TCP connection, so a frozen or
+    lost worker cannot hold a job's row lock longer; `ping_idle_seconds` pings only connections
+    idle that long (0: every one)."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 

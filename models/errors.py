@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# Each error class by its code, as the classes declare themselves.
 _BY_CODE: dict[str, type[VoiceChatError]] = {}
 
 

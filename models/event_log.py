@@ -93,7 +93,6 @@ class Append(Enum):
 
 
 def key(job_id: str) -> str:
-    """The stream key of a job."""
     return f"{KEY_PREFIX}{job_id}"
 
 
@@ -197,12 +196,8 @@ def announce_end(
 ) -> bool:
     """Appends a finished job's `done` (carrying the row, so a wait answers from it), queues its
     `completed` webhook, and records both done; False when the job is not finished or Redis is
-    unreachable.
-
-    Whoever ends a job calls it (with the `ended` row its write returned, else the row is read);
-    the reconciler again for an announcer that died or lost Redis. The fence keeps one `done`; a
-    webhook queued twice keeps its `webhook-id`, delivered once.
-    """
+    unreachable. Whoever ends a job calls it, the reconciler again for an announcer that died or
+    lost Redis: the fence keeps one `done`; a webhook queued twice keeps its `webhook-id`."""
     job = ended if ended is not None else session.get(Job, job_id, populate_existing=True)
     if job is None or not job.job_status.terminal:
         return False

@@ -39,10 +39,8 @@ def withdraw(client: Redis, worker_id: str) -> None:
 
 
 def live_workers(client: Redis) -> list[dict[str, Any]]:
-    """The report of every worker whose entry has not expired, by worker id.
-
-    Pruning by score is safe: a worker renewing meanwhile has a later score, or adds itself back.
-    """
+    """The report of every worker whose entry has not expired, by worker id (pruned by score: a
+    worker renewing meanwhile has a later score, or adds itself back)."""
     now = _server_now(client)
     with client.pipeline() as pipe:
         pipe.zremrangebyscore(REGISTRY, "-inf", now)

@@ -1,7 +1,4 @@
-"""The packaged language models `LLM_PRESET` chooses, and the id the model is served under.
-
-Plain data, read by the API (`/v1/models`, the chat route's `model`) and the worker (the file).
-"""
+"""The packaged language models `LLM_PRESET` chooses, and the id the model is served under."""
 
 from __future__ import annotations
 

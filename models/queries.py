@@ -131,10 +131,8 @@ def queued_between(
 
 
 def unannounced_ends(session: Session, older_than_seconds: float, limit: int = 100) -> list[str]:
-    """Ids of jobs that ended over `older_than_seconds` ago with no `done` known in their log.
-
-    A younger one's announcer may still be publishing (a second publish is refused, but costs time).
-    """
+    """Ids of jobs that ended over `older_than_seconds` ago with no `done` known in their log (a
+    younger one's announcer may still be publishing: a second publish is refused, but slow)."""
     query = (
         select(Job.id)
         .where(

@@ -32,13 +32,12 @@ RETENTION_TASK = "worker.sweep_retention"
 
 
 def send_job(celery: Celery, job_id: str, broker: Redis) -> int:
-    """Sends a job's message by task name (its id as the task id) and marks the job sent, in
-    one MULTI on the broker's Redis: never a message without its mark, nor a mark without its
-    message. Returns the number of jobs waiting, this one included.
+    """Sends a job's message by task name and marks the job sent in one MULTI on the broker's
+    Redis (never one without the other); returns the number of jobs waiting, this one included.
 
-    Celery builds the message; the LPUSH is kombu's Redis transport's own (its envelope, on the
-    queue's list), written here because kombu's publish makes a Redis client per message and
-    cannot share a round trip with the mark (profiled: a fifth of a submit's CPU).
+    The LPUSH and its envelope are kombu's Redis transport's own, written here because kombu's
+    publish makes a Redis client per message and cannot share a round trip with the mark
+    (profiled: a fifth of a submit's CPU).
     """
     # ignore_result as send_task leaves it: None, the task's own setting.
     task = celery.amqp.as_task_v2(job_id, RUN_JOB_TASK, args=[job_id], ignore_result=None)
@@ -77,14 +76,13 @@ def forget_marks_before(client: Redis, seconds_ago: float) -> None:
 
 
 def waiting_jobs(client: Redis) -> int:
-    """Jobs waiting for a worker (not one taken, running or prefetched), in O(1): the length of
-    kombu's one list (no priorities are sent)."""
+    """Jobs waiting for a worker (not taken, running or prefetched): kombu's one list, no
+    priorities being sent."""
     return int(client.llen(JOB_QUEUE))
 
 
 def send_webhook(celery: Celery, job_id: str, event: str) -> None:
-    """Sends the first delivery attempt of a job's webhook event to the maintenance queue, by
-    name (the task retries itself)."""
+    """Queues the first delivery attempt of a job's webhook event (the task retries itself)."""
     celery.send_task(DELIVER_WEBHOOK_TASK, args=[job_id, event], queue=MAINTENANCE_QUEUE)
 
 

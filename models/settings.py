@@ -279,7 +279,6 @@ class Settings(BaseSettings):
 
     @property
     def max_upload_bytes(self) -> int:
-        """The request body limit in bytes."""
         return self.max_upload_mb * 1024 * 1024
 
     @property
@@ -404,7 +403,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
-        """The rules between settings."""
         if self.tts_voice not in self.tts_voices:
             raise ValueError(f"TTS_VOICE {self.tts_voice!r} must be one of TTS_VOICES")
         for low, high, strict in _ORDERED:

@@ -114,10 +114,8 @@ class Base(DeclarativeBase):
 
 
 class ApiKey(Base):
-    """A client's key (`Authorization: Bearer <secret>`); only the secret's SHA-256 is kept.
-
-    The secret is 32 random bytes, so a fast hash is safe (as GitHub does for its tokens).
-    """
+    """A client's key (`Authorization: Bearer <secret>`); only the secret's SHA-256 is kept: the
+    secret is 32 random bytes, so a fast hash is safe (as GitHub does for its tokens)."""
 
     __tablename__ = "api_keys"
 
@@ -200,8 +198,7 @@ class Job(Base):
     # Whether the job's `done` event is in its event log: set after the terminal transition's
     # publish, so the reconciler can announce the end of a job whose announcer died first.
     done_announced: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    # Asked to stop (`POST /v1/jobs/{id}/cancel`): the worker ends it `canceled` at its next
-    # token, sentence or stage boundary.
+    # Asked to stop (`POST /v1/jobs/{id}/cancel`; see `transitions.request_cancel`).
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # When retention deleted the job's recording and reply audio (the row and text stay).
     expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
@@ -214,7 +211,6 @@ class Job(Base):
 
     @property
     def job_status(self) -> JobStatus:
-        """The status as its enum."""
         return JobStatus(self.status)
 
 

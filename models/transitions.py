@@ -76,11 +76,9 @@ class Claim:
 
 
 def database_clock(session: Session, seconds: float = 0.0) -> ColumnElement[datetime]:
-    """The database's current time, `seconds` ahead, as an SQL expression of a stored time.
-
-    PostgreSQL's `clock_timestamp()` (`now()` stands still for a transaction); on SQLite,
-    `strftime` with the six microsecond digits SQLAlchemy stores, so it compares in order.
-    """
+    """The database's current time, `seconds` ahead, as an SQL expression of a stored time:
+    `clock_timestamp()` (`now()` stands still for a transaction), or on SQLite `strftime` with the
+    six microsecond digits SQLAlchemy stores, so it compares in order."""
     return _clock(session.get_bind().dialect.name, seconds)
 
 
@@ -157,12 +155,9 @@ _REFRESHED = {"populate_existing": True}
 def claim(
     session: Session, job_id: str, *, owner: str, lease_seconds: int, max_attempts: int
 ) -> Claim:
-    """Takes a job for `owner`: a queued job, or a running one whose lease expired.
-
-    The conditional UPDATE makes the claim exactly-once however often the message is delivered,
-    counts an attempt, enters the job's first stage and returns the row the pipeline reads. A
-    job that had `max_attempts` fails instead; one asked to stop ends `canceled` instead.
-    """
+    """Takes a job for `owner`: a queued job, or a running one whose lease expired; a conditional
+    UPDATE, so exactly once however often the message is delivered. A job that had `max_attempts`
+    fails instead; one asked to stop ends `canceled`."""
     dialect = session.get_bind().dialect.name
     query = _claim_query(dialect, owner, lease_seconds, max_attempts)
     job = session.execute(
@@ -249,10 +244,8 @@ def succeed(
     session: Session, lease: Lease, *, turns: Sequence[tuple[str, str]] = (), **results: Any
 ) -> bool:
     """Marks a job the lease holds succeeded with its final results; returns whether it changed.
-
-    `turns` (role, content) join the job's conversation in the same transaction, so a
-    conversation never holds the turns of a job that did not succeed, nor misses them.
-    """
+    `turns` (role, content) join its conversation in the same transaction: a conversation never
+    holds the turns of a job that did not succeed, nor misses them."""
     job = _end_held(session, lease, **_ended(session, JobStatus.SUCCEEDED), **results)
     if job is not None and job.conversation_id is not None:
         session.add_all(
@@ -290,8 +283,7 @@ def _held_by(job_id: str, owner_prefix: str) -> Update:
 
 
 def cancel_queued(session: Session, job_id: str) -> bool:
-    """Ends a still queued job `canceled` at once; a worker that gets its message later finds
-    nothing to claim."""
+    """Ends a still queued job `canceled`; a worker that gets its message later finds nothing."""
     query = update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
     return _apply(session, query, **_canceled(session))
 
@@ -304,8 +296,7 @@ def request_cancel(session: Session, job_id: str) -> bool:
 
 
 def cancel_held(session: Session, lease: Lease, **kept: Any) -> bool:
-    """Ends `canceled` a job the lease holds, keeping `kept` (the reply text so far); the
-    conversation gets no turn from it."""
+    """Ends `canceled` a job the lease holds, keeping `kept` (the reply so far), adding no turn."""
     canceled = _end_held(session, lease, **_canceled(session), **kept) is not None
     session.commit()
     return canceled

@@ -66,11 +66,8 @@ _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 
 def allowed_address(address: Address, networks: tuple[Network, ...] = ()) -> bool:
     """Whether a webhook may reach an address: a public one, or a private or loopback one inside
-    `networks` (WEBHOOK_ALLOWED_NETWORKS).
-
-    Link-local, multicast, reserved and unspecified addresses are refused even inside a listed
-    network: 169.254.169.254 is a cloud's metadata service (issue 20).
-    """
+    `networks` (WEBHOOK_ALLOWED_NETWORKS); never a link-local one, even in a listed network:
+    169.254.169.254 is a cloud's metadata service (issue 20)."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     # ::1 lies in IPv6's reserved ::/8, and is loopback first.
@@ -83,12 +80,9 @@ def allowed_address(address: Address, networks: tuple[Network, ...] = ()) -> boo
 
 
 def resolve_target(parts: SplitResult, *, networks: tuple[Network, ...]) -> list[Address]:
-    """Resolves the URL's host once (OSError if it cannot) and checks every address; connect to
-    one of those returned, never resolve again.
-
-    Every address must be allowed (else WebhookTargetNotAllowed), not only the first: a name that
-    mixes a public address with a private one would otherwise lead to the private one.
-    """
+    """Resolves the URL's host once (OSError if it cannot); connect to one of the addresses
+    returned, never resolve again. Every one must be allowed (else WebhookTargetNotAllowed): a name
+    that mixes a public address with a private one would otherwise lead to the private one."""
     host = parts.hostname or ""
     infos = socket.getaddrinfo(host, port_of(parts), type=socket.SOCK_STREAM)
     # Each address once, in the resolver's order (an IPv6 address without its `%zone`).

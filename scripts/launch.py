@@ -89,10 +89,8 @@ def signals_held() -> Iterator[None]:
 
 
 def spawn(command: list[str], **options: Any) -> subprocess.Popen[bytes]:
-    """Starts a child that ends with the launcher, under `signals_held()` (issue 11).
-
-    Its own session: a terminal's Ctrl-C reaches the launcher alone, which stops them in order.
-    """
+    """Starts a child that ends with the launcher, under `signals_held()` (issue 11), in its own
+    session: a terminal's Ctrl-C reaches the launcher alone, which stops them in order."""
     return subprocess.Popen(
         command,
         start_new_session=True,
@@ -202,7 +200,6 @@ def migrate(database_url: str) -> None:
 # for the next; gossip only feeds mingle's kind of coordination.
 WITHOUT_COORDINATION = ["--without-mingle", "--without-gossip"]
 CELERY = [sys.executable, "-m", "celery", "-A", "worker.celery_app"]
-# The maintenance queue's worker: housekeeping tasks (retention, webhooks) in threads, no models.
 MAINTENANCE_ENV = {"WORKER_ROLE": "maintenance"}
 
 
@@ -331,10 +328,8 @@ class Children:
             self.redis.stop()
 
     def supervise(self, args: argparse.Namespace, keyed: bool, flower_note: str) -> int:
-        """Waits for readiness, then until a process dies (1) or a signal raises StopRequested.
-
-        Flower is no part of the service: its exit (say, a port taken) is logged, the rest goes on.
-        """
+        """Waits for readiness, then until a process dies (1) or a signal raises StopRequested;
+        Flower is no part of the service: its exit (a port taken) is logged, the rest goes on."""
         url = f"http://{args.host}:{args.port}"
         flower = self.processes.get("flower")
         processes = [process for name, process in self.processes.items() if name != "flower"]
