@@ -407,7 +407,7 @@ def get_job_audio(job_id: str) -> Response:
         return response
     path = results.local_path(name)
     # A reply's stored name is its attempt's and is never rewritten: a fine ETag either way.
-    return send_file(
+    response = send_file(
         path if path is not None else io.BytesIO(results.read(name)),
         mimetype="audio/wav",
         download_name=f"{job_id}.wav",
@@ -415,6 +415,10 @@ def get_job_audio(job_id: str) -> Response:
         etag=True if path is not None else name,
         max_age=3600,
     )
+    # A caller's own reply: a browser may keep it, a shared cache may not (send_file says public).
+    response.cache_control.public = False
+    response.cache_control.private = True
+    return response
 
 
 @blueprint.get("/v1/jobs")

@@ -287,7 +287,11 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
     try:
         payload = json.loads(body, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as error:
+    except RecursionError:
+        raise MalformedJson("The JSON body nests too deeply.") from None
+    except ValueError as error:
+        if "integer string conversion" in str(error):  # Python's own bound on int digits
+            raise MalformedJson("A number in the JSON body has too many digits.") from None
         raise MalformedJson(f"The body is not valid JSON: {error}") from None
     if not isinstance(payload, dict):
         raise MalformedJson("The JSON body must be an object.")

@@ -128,6 +128,8 @@ def test_text_to_voice(shipped: Service) -> None:
     assert job["status"] == "succeeded", job
     assert job["result"]["audio_url"] == f"/v1/jobs/{job['id']}/audio"
     assert job["timings"]["synthesize_s"] > 0
+    audio = service.http.get(f"{service.url}{job['result']['audio_url']}", timeout=10)
+    assert audio.headers["Cache-Control"] == "max-age=3600, private"  # a shared cache keeps none
     samples, rate, info = service.audio(job)
     assert rate == 22_050
     _assert_audible(samples, rate, info, job)
