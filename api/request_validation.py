@@ -207,12 +207,18 @@ def expectation(schema: Schema) -> str:
     }.get(kind or "", "a string")
     low, high = schema.get("minimum"), schema.get("maximum")
     if low is not None and high is not None:
-        return f"{words} from {low:g} to {high:g}"
+        return f"{words} from {_number(low)} to {_number(high)}"
+    if "exclusiveMinimum" in schema and high is not None:
+        return f"{words} over {_number(schema['exclusiveMinimum'])}, at most {_number(high)}"
     if kind == "string" and "maxLength" in schema:
         return f"{words} of at most {schema['maxLength']} characters"
     if kind == "array" and "maxItems" in schema:
         return f"{words} of 1 to {schema['maxItems']} items"
     return words
+
+
+def _number(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
 
 
 def field_path(loc: tuple[Any, ...]) -> str:

@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 
 from models.settings import Settings
-from worker.engines import WARM_UP_PROMPTS, Audio, Message, Reply, Transcript
+from worker.engines import (
+    ENGINE_SAMPLING,
+    WARM_UP_PROMPTS,
+    Audio,
+    Message,
+    Reply,
+    Sampling,
+    Transcript,
+)
 
 
 class InstantTranscriber:
@@ -48,6 +56,7 @@ class EchoGenerator:
         *,
         max_tokens: int,
         temperature: float,
+        sampling: Sampling = ENGINE_SAMPLING,
         on_delta: Callable[[str], None] | None = None,
     ) -> Reply:
         text = f"echo: {messages[-1]['content']}"
@@ -135,6 +144,7 @@ class PacedGenerator(EchoGenerator):
         *,
         max_tokens: int,
         temperature: float,
+        sampling: Sampling = ENGINE_SAMPLING,
         on_delta: Callable[[str], None] | None = None,
     ) -> Reply:
         prompt = messages[-1]["content"]
@@ -199,6 +209,7 @@ class NullGenerator:
         *,
         max_tokens: int,
         temperature: float,
+        sampling: Sampling = ENGINE_SAMPLING,
         on_delta: Callable[[str], None] | None = None,
     ) -> Reply:
         if on_delta is not None:

@@ -14,7 +14,16 @@ from models.audio import load_for_transcription
 from models.errors import ContextLengthExceeded, EmptyReply
 from models.settings import Settings
 from models.tables import Operation, ReplyFormat, Stage
-from worker.engines import Audio, Generator, Message, Reply, Synthesizer, Transcriber, Transcript
+from worker.engines import (
+    Audio,
+    Generator,
+    Message,
+    Reply,
+    Sampling,
+    Synthesizer,
+    Transcriber,
+    Transcript,
+)
 from worker.sentences import Speaker, split_sentences
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -208,6 +217,7 @@ class Pipeline:
             self.messages_for(prompt, job.options, job.history),
             max_tokens=self._max_tokens(job.options),
             temperature=job.options.get("temperature", self.settings.default_temperature),
+            sampling=Sampling.of(job.options),
             on_delta=on_delta,
         )
         if speaker is not None:  # the sentences spoken meanwhile are not the model's time

@@ -78,6 +78,11 @@ MAX_SPEECH_CHARS = 4096
 MAX_TRANSCRIPTION_PROMPT_CHARS = 2000
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 COMPLETION_ID = "^chatcmpl-[0-9a-f]{32}$"
+# OpenAI's bounds: up to 4 stop sequences, penalties from -2 to 2; a seed llama.cpp takes (uint32).
+MAX_STOPS, MAX_STOP_CHARS, MAX_SEED = 4, 200, 2**32 - 1
+StopSequence = Annotated[Encodable, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+StopSequences = Annotated[list[StopSequence], Field(min_length=1, max_length=MAX_STOPS)]
+Penalty = Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False)] | None
 # The `created` of every model: the models are this service's, not dated releases.
 MODELS_CREATED = 1_700_000_000
 
@@ -266,6 +271,23 @@ class ChatCompletionRequest(Shape):
     max_tokens: ReplyTokens = None
     """The older name of `max_completion_tokens`."""
     temperature: Annotated[SamplingTemperature, Live("default", "default_temperature")] = None
+    top_p: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
+    """Draw from the likeliest tokens whose probabilities add up to this; the engine's default
+    (0.95 on llama.cpp) when absent."""
+    stop: Annotated[
+        StopSequence
+        | Annotated[list[StopSequence], Field(min_length=1, max_length=MAX_STOPS)]
+        | None,
+        _as_a_whole(f"must be a non-empty string or an array of 1 to {MAX_STOPS} of them"),
+    ] = None
+    """Where the reply ends (`finish_reason: "stop"`), the sequence itself left out."""
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(integral)] | None = None
+    """The same seed and request give the same reply on the same model and engine, as far as
+    the engine is deterministic (llama.cpp's can differ with what its prompt cache held)."""
+    presence_penalty: Penalty = None
+    """Penalises a token that is in the text so far at all, -2 to 2; 0 when absent."""
+    frequency_penalty: Penalty = None
+    """Penalises a token by how often it is in the text so far, -2 to 2; 0 when absent."""
     user: Annotated[Any, Field(description="Accepted and ignored.")] = None
 
     @field_validator("messages")
@@ -310,7 +332,15 @@ class ChatCompletionRequest(Shape):
         limit = (
             self.max_tokens if self.max_completion_tokens is None else self.max_completion_tokens
         )
-        given = {"max_tokens": limit, "temperature": self.temperature}
+        given = {
+            "max_tokens": limit,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
+            "seed": self.seed,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+        }
         options = {name: value for name, value in given.items() if value is not None}
         return {"system": "", "whole_sentences": False, **options}
 

@@ -23,7 +23,7 @@ from models.errors import ContextLengthExceeded, EngineUnavailable
 from models.presets import PRESETS
 from scripts.launch import worker_command
 from tests.conftest import QUESTION, ROOT, make_settings
-from worker.engines import Message
+from worker.engines import Message, Sampling
 from worker.engines.model_files import WHISPER_PARTS, package_dir, preset_file
 from worker.engines.openai_chat import (
     MESSAGE_OVERHEAD_TOKENS,
@@ -117,6 +117,15 @@ def test_reply_streams_deltas_that_join_to_the_reply(generator: OpenAIChatGenera
     assert 1 <= reply.completion_tokens <= 40
     assert reply.finish_reason in ("stop", "length")
     assert reply.seconds > 0
+
+
+def test_sampling_options_reach_the_server(generator: OpenAIChatGenerator) -> None:
+    count: list[Message] = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
+    whole = generator.generate(count, max_tokens=40, temperature=0.0)
+    assert "5" in whole.text, whole.text  # unstopped, the model counts past 5
+    stopped = Sampling(stop=("5",), top_p=0.9, seed=1, presence_penalty=0.1)
+    cut = generator.generate(count, max_tokens=40, temperature=0.0, sampling=stopped)
+    assert cut.text and "5" not in cut.text and cut.finish_reason == "stop"
 
 
 def test_an_error_in_the_listener_passes_through_untranslated(

@@ -15,7 +15,7 @@ from models.errors import EmptyReply
 from models.settings import Settings
 from models.tables import Operation, ReplyFormat, Stage
 from tests.conftest import tone
-from worker.engines import Audio, Message, Reply, Transcript
+from worker.engines import ENGINE_SAMPLING, Audio, Message, Reply, Sampling, Transcript
 from worker.pipeline import (
     DEFAULT_SYSTEM_PROMPT,
     JobInput,
@@ -58,10 +58,16 @@ class FakeGenerator(EchoGenerator):
         *,
         max_tokens: int,
         temperature: float,
+        sampling: Sampling = ENGINE_SAMPLING,
         on_delta: Callable[[str], None] | None = None,
     ) -> Reply:
         self.calls.append(
-            {"messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+            {
+                "messages": messages,
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+                "sampling": sampling,
+            }
         )
         # As a real model streams: the pieces joined are the answer.
         pieces = self.answer.split(" ")
@@ -154,6 +160,7 @@ def test_text_to_text_skips_speech_and_applies_defaults(settings: Settings) -> N
         settings.default_max_tokens,
         settings.default_temperature,
     )
+    assert call["sampling"] == Sampling() and call["sampling"].given() == {}
 
 
 def test_options_override_system_prompt_and_sampling(settings: Settings) -> None:
@@ -165,6 +172,17 @@ def test_options_override_system_prompt_and_sampling(settings: Settings) -> None
     call = generator.calls[0]
     assert call["messages"] == [{"role": "user", "content": "hi"}]
     assert (call["max_tokens"], call["temperature"]) == (7, 0.0)
+
+
+def test_openai_sampling_options_reach_the_generator(settings: Settings) -> None:
+    generator = FakeGenerator()
+    options = {"top_p": 0.5, "stop": ["\n", "5"], "seed": 3, "frequency_penalty": -0.5}
+    _pipeline(settings, generator).run(
+        JobInput(job_id="j", reply=ReplyFormat.TEXT, text="hi", options=options), Recorder()
+    )
+    sampling = generator.calls[0]["sampling"]
+    assert sampling == Sampling(top_p=0.5, stop=("\n", "5"), seed=3, frequency_penalty=-0.5)
+    assert sampling.given() == options  # as a chat completion's keyword arguments
 
 
 def test_an_empty_reply_fails_instead_of_speaking_silence(settings: Settings) -> None:

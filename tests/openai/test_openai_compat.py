@@ -99,6 +99,39 @@ def test_streamed_chat_arrives_before_the_reply_is_finished(
     assert "".join(texts).strip() == job["result"]["text"]
 
 
+def test_stop_sequences_end_the_reply(client: openai.OpenAI) -> None:
+    ask: dict[str, Any] = {
+        "model": CHAT_MODEL,
+        "messages": [{"role": "user", "content": "Count from 1 to 10, separated by commas."}],
+        "max_tokens": 40,
+        "temperature": 0,
+    }
+    whole = client.chat.completions.create(**ask).choices[0].message.content or ""
+    assert "5" in whole, whole  # unstopped, the model counts past 5
+    cut = client.chat.completions.create(**ask, stop=["5", "five"]).choices[0]
+    assert cut.finish_reason == "stop" and cut.message.content
+    assert "5" not in cut.message.content and whole.startswith(cut.message.content.strip())
+
+
+def test_the_same_seed_samples_the_same_reply(client: openai.OpenAI) -> None:
+    ask: dict[str, Any] = {
+        "model": CHAT_MODEL,
+        "messages": [{"role": "user", "content": "Name a colour and an animal."}],
+        "max_tokens": 8,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "presence_penalty": 0.5,
+        "frequency_penalty": 0.5,
+    }
+    # Once unseeded first: each seeded call then finds the prompt evaluated the same way (its
+    # last token's logits differ in their last bits when evaluated with the whole prompt).
+    client.chat.completions.create(**ask)
+    replies = [
+        client.chat.completions.create(**ask, seed=7).choices[0].message.content for _ in range(3)
+    ]
+    assert replies[0] and replies.count(replies[0]) == 3, replies
+
+
 def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as raised:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
@@ -113,6 +146,14 @@ def test_bad_parameters_get_openai_shaped_errors(client: openai.OpenAI) -> None:
     body = raised.value.body
     assert isinstance(body, dict) and body["param"] == "temperature"
     assert body["type"] == "invalid_request_error" and body["code"] == "invalid_option"
+    for wrong in ({"top_p": 0}, {"stop": ["a"] * 5}, {"seed": -1}, {"presence_penalty": 3}):
+        with pytest.raises(openai.UnprocessableEntityError) as raised:
+            client.chat.completions.create(
+                model=CHAT_MODEL, messages=[{"role": "user", "content": "hi"}], **wrong
+            )
+        assert isinstance(raised.value.body, dict) and raised.value.body["param"] == next(
+            iter(wrong)
+        )
 
 
 def test_a_prompt_too_long_for_the_window_is_422(client: openai.OpenAI) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import pkgutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -22,6 +22,43 @@ from models.tables import Message as Message  # re-exported: the chat shape the 
 # of one token of "Hi" never decoded, and left that to the first job (bench.cases).
 WARM_UP_PROMPTS = ("Hi", "Say hello to the world in one short sentence.")
 WARM_UP_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How tokens are drawn beside the temperature, by OpenAI's names (which llama-cpp-python and
+    MLC share); None: the engine's own default."""
+
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any]) -> Sampling:
+        """The sampling options a job's options hold (the OpenAI route stores them)."""
+        return cls(
+            top_p=options.get("top_p"),
+            stop=tuple(options.get("stop") or ()),
+            seed=options.get("seed"),
+            presence_penalty=options.get("presence_penalty"),
+            frequency_penalty=options.get("frequency_penalty"),
+        )
+
+    def given(self) -> dict[str, Any]:
+        """The options set, as keyword arguments of a chat completion."""
+        values = {
+            "top_p": self.top_p,
+            "stop": list(self.stop) or None,
+            "seed": self.seed,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+        }
+        return {name: value for name, value in values.items() if value is not None}
+
+
+ENGINE_SAMPLING = Sampling()  # every option the engine's own
 
 
 @dataclass(frozen=True)
@@ -129,6 +166,7 @@ class Generator(Protocol):
         *,
         max_tokens: int,
         temperature: float,
+        sampling: Sampling = ENGINE_SAMPLING,
         on_delta: Callable[[str], None] | None = None,
     ) -> Reply:
         """Answers, streaming text to `on_delta`; ContextLengthExceeded if it cannot fit."""

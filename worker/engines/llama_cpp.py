@@ -13,7 +13,7 @@ from typing import Any
 from models.errors import ContextLengthExceeded, EngineUnavailable
 from models.presets import llm_model_id
 from models.settings import Settings
-from worker.engines import Message, Reply
+from worker.engines import ENGINE_SAMPLING, Message, Reply, Sampling
 from worker.engines.model_files import llm_model_file
 
 # The evaluated states of this many system prompts are kept, the most recently used.
@@ -117,6 +117,7 @@ class LlamaCppGenerator:
         *,
         max_tokens: int,
         temperature: float,
+        sampling: Sampling = ENGINE_SAMPLING,
         on_delta: Callable[[str], None] | None = None,
     ) -> Reply:
         """Answers with the model's own chat template, streaming the text to `on_delta`."""
@@ -136,6 +137,7 @@ class LlamaCppGenerator:
             # Small models loop on a phrase without it; 1.1 is llama.cpp's own CLI default.
             repeat_penalty=1.1,
             stream=True,
+            **sampling.given(),
         )
         pieces: list[str] = []
         finish_reason = None

@@ -19,7 +19,7 @@ import openai
 
 from models.errors import ContextLengthExceeded, EngineUnavailable, VoiceChatError
 from models.settings import Settings
-from worker.engines import Message, Reply
+from worker.engines import ENGINE_SAMPLING, Message, Reply, Sampling
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ class OpenAIChatGenerator:
         *,
         max_tokens: int,
         temperature: float,
+        sampling: Sampling = ENGINE_SAMPLING,
         on_delta: Callable[[str], None] | None = None,
     ) -> Reply:
         """Streams the reply to `on_delta`; the prompt is measured as the pipeline trims it."""
@@ -170,6 +171,7 @@ class OpenAIChatGenerator:
             "messages": list(messages),
             "max_tokens": max_tokens,
             "temperature": temperature,
+            **sampling.given(),
         }
         pieces, usage, finish_reason, first_delta_s = self._read_stream(request, started, on_delta)
         if finish_reason is None and not pieces:
