@@ -348,7 +348,9 @@ def _event_stream(job_id: str, after: str, place: Place, going: bool) -> Iterato
                     return
                 yield KEEP_ALIVE
             elif event.type == event_log.DONE:
-                job = finished_job(job_id, event)
+                # A job already over when the stream opened: its row as it is now (retention
+                # may have expired its audio since the `done` event was written).
+                job = finished_job(job_id, event) if going else read_job(job_id)
                 public = {name: value for name, value in event.data.items() if name != "job"}
                 done = JobView.of(job).model_dump(mode="json") if job else public
                 yield sse_event(done, event_log.DONE, event.id or None)

@@ -11,7 +11,7 @@ from typing import Any
 from gunicorn import glogging
 
 from api import warm_up
-from api.health import PROBES
+from api.health import QUIET_PATHS
 from api.jobs import REQUEST_LINE_BYTES
 from models import metrics
 from models.api_keys import OPEN_NOTICE, check_bind_at
@@ -40,11 +40,13 @@ accesslog = "-"
 
 
 class _AccessLog(glogging.Logger):  # type: ignore[misc]
-    """Gunicorn's logger, with no access line for the probes, asked every few seconds: the line
-    cost more than the route (profiled under wrk, against Flask answering /healthz)."""
+    """Gunicorn's logger, with no access line for a probe answered without error, asked every
+    few seconds: the line cost more than the route (profiled under wrk, against Flask answering
+    /healthz). A refused scrape or a /readyz 503 keeps its line."""
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
-        if environ.get("PATH_INFO") not in PROBES:
+        answered = resp.status_code is not None and resp.status_code < 400
+        if environ.get("PATH_INFO") not in QUIET_PATHS or not answered:
             super().access(resp, req, environ, request_time)
 
 

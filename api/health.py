@@ -12,12 +12,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.openapi.declare import answer, documented
+from api.origins import PROBES
 from api.schemas import Liveness, Readiness
 from models import heartbeat
 
 blueprint = Blueprint("health", __name__)
-# What a machine asks every few seconds: gunicorn writes no access line for them.
-PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+# What a machine asks every few seconds: gunicorn writes no access line for them when answered.
+QUIET_PATHS = PROBES | {"/metrics"}
 
 
 @blueprint.get("/healthz")

@@ -291,17 +291,26 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     def _no_constants(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")
 
+    def _whole_number(digits: str) -> int:
+        if len(digits.lstrip("-")) > _MAX_DIGITS:  # else int() refuses it in Python's words
+            raise MalformedJson("A number in the JSON body has too many digits.")
+        return int(digits)
+
     try:
-        payload = json.loads(body, parse_constant=_no_constants)
+        payload = json.loads(body, parse_constant=_no_constants, parse_int=_whole_number)
     except RecursionError:
         raise MalformedJson("The JSON body nests too deeply.") from None
+    except UnicodeDecodeError:
+        raise MalformedJson("The body is not UTF-8 text.") from None
     except ValueError as error:
-        if "integer string conversion" in str(error):  # Python's own bound on int digits
-            raise MalformedJson("A number in the JSON body has too many digits.") from None
         raise MalformedJson(f"The body is not valid JSON: {error}") from None
     if not isinstance(payload, dict):
         raise MalformedJson("The JSON body must be an object.")
     return payload
+
+
+# Python's int() takes at most 4,300 digits (sys.get_int_max_str_digits()), a sign besides.
+_MAX_DIGITS = 4300
 
 
 def single_values(values: MultiDict[str, Any], kind: str) -> dict[str, Any]:

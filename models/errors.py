@@ -24,7 +24,8 @@ class VoiceChatError(Exception):
         super().__init_subclass__()
         cls.title = title
         cls.code = code or re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
-        _BY_CODE[cls.code] = cls
+        if _BY_CODE.setdefault(cls.code, cls) is not cls:  # one meaning per code
+            raise TypeError(f"{cls.__name__}'s code {cls.code!r} is {_BY_CODE[cls.code]}'s")
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)

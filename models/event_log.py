@@ -54,21 +54,26 @@ class Event:
 # and `done`, the id of the final event). ARGV: attempt, max length, ttl, then type, data and
 # status of each event: all of one attempt, fenced as one, so several cost one round trip.
 _APPEND = """
-if redis.call('HEXISTS', KEYS[2], 'done') == 1 then return false end
+local ended = redis.call('HEXISTS', KEYS[2], 'done') == 1
 local attempt = tonumber(ARGV[1])
 local floor = tonumber(redis.call('HGET', KEYS[2], 'floor') or '0')
-if ARGV[4] ~= 'done' and attempt < floor then return false end
 local function add(event_type, data)
   return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'type', event_type, 'data', data)
 end
-local id
+local id, refused
 for i = 4, #ARGV, 3 do
   local kind, status = ARGV[i], ARGV[i + 2]
+  -- Each event fenced, a batch's too: nothing after `done`, nothing from an attempt past.
+  if ended or (kind ~= 'done' and attempt < floor) then
+    refused = true
+    break
+  end
   if kind == 'status' and status == 'running' and attempt > 1 and floor < attempt then
     add('status', '{"status":"queued","attempt":' .. (attempt - 1) .. '}')
   end
   id = add(kind, ARGV[i + 1])
   if kind == 'done' then
+    ended = true
     redis.call('HSET', KEYS[2], 'done', id)
   elseif kind == 'status' and status == 'queued' then
     floor = attempt + 1
@@ -78,8 +83,11 @@ for i = 4, #ARGV, 3 do
     redis.call('HSET', KEYS[2], 'floor', floor)
   end
 end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
+if id then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+if refused then return false end
 return id
 """
 

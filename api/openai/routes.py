@@ -6,7 +6,7 @@ answer; errors use OpenAI's `{"error": {message, type, param, code}}`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -155,7 +155,7 @@ def _json_object() -> dict[str, Any]:
     return parse_json_object(request.get_data(cache=False))
 
 
-def _finished(
+def _submit_and_wait(
     job: Job, settings: Settings, audio: bytes | None = None, extension: str = "wav"
 ) -> Job:
     """Submits `job` and waits up to OPENAI_WAIT_SECONDS for it to end; raises its own error if
@@ -171,19 +171,24 @@ def _finished(
     return finished
 
 
-def _started(job: Job, settings: Settings) -> Place:
-    """Submits `job` and waits up to OPENAI_WAIT_SECONDS for it to start (or end): a streamed
-    answer's 200 comes once there is something to stream. Returns the place the stream holds."""
+def _submit_and_stream(
+    job: Job, settings: Settings, respond: Callable[[Place], Response]
+) -> Response:
+    """Submits `job`, waits up to OPENAI_WAIT_SECONDS for it to start (or end), then answers
+    with the stream `respond` makes holding the place: a streamed answer's 200 comes once
+    there is something to stream. The place is released however the stream ends, or if none."""
     check_reachable(settings)  # refused with 503 before any job is made
     place = hold()  # likewise
     try:
         submit(job)
         if not wait_for_start(job.id, settings.openai_wait_seconds):
             _unanswered(job.id, settings, stream=True)
+        response = respond(place)
     except BaseException:
         place.release()
         raise
-    return place
+    response.call_on_close(place.release)  # also when the stream is never read
+    return response
 
 
 def _unanswered(job_id: str, settings: Settings, *, stream: bool = False) -> Job:
@@ -247,20 +252,22 @@ def create_chat_completion() -> Response:
         options=chat.generation_options(),
     )
     if chat.stream:
-        place = _started(job, settings)
-        head = ChatCompletionChunk(
-            id=f"chatcmpl-{job.id}",
-            object="chat.completion.chunk",
-            created=int(job.created_at.timestamp()),
-            model=chat.model,
-            choices=[],
-        )
-        chunks = _completion_chunks(job.id, head, chat.include_usage, settings, place)
-        response = sse_response(canceled_on_leave(job.id, chunks))
-        response.call_on_close(place.release)  # also when the stream is never read
+
+        def respond(place: Place) -> Response:
+            head = ChatCompletionChunk(
+                id=f"chatcmpl-{job.id}",
+                object="chat.completion.chunk",
+                created=int(job.created_at.timestamp()),  # set by the submit
+                model=chat.model,
+                choices=[],
+            )
+            chunks = _completion_chunks(job.id, head, chat.include_usage, settings, place)
+            return sse_response(canceled_on_leave(job.id, chunks))
+
+        response = _submit_and_stream(job, settings, respond)
     else:
         try:
-            finished = _finished(job, settings)
+            finished = _submit_and_wait(job, settings)
         except errors.VoiceChatError as error:
             raise _in_chat_terms(error) from None
         response = _answer(ChatCompletion.of(finished, chat.model))
@@ -401,7 +408,7 @@ def create_transcription() -> Response:
         options=options,
     )
     try:
-        finished = _finished(job, settings, asked.file, info.extension)
+        finished = _submit_and_wait(job, settings, asked.file, info.extension)
         heard = VerboseTranscription.of(
             finished.transcript or "",
             finished.transcript_segments or [],
@@ -461,16 +468,20 @@ def create_speech() -> Response:
     )
     if asked.response_format in STREAMED_SPEECH:
         pcm = asked.response_format == "pcm"
-        response = stream_reply(
-            job.id,
-            1,
-            _started(job, settings),
-            with_header=not pcm,
-            resample_to=formats.PCM_RATE if pcm else None,
-            cancel_on_leave=True,
+        response = _submit_and_stream(
+            job,
+            settings,
+            lambda place: stream_reply(
+                job.id,
+                1,
+                place,
+                with_header=not pcm,
+                resample_to=formats.PCM_RATE if pcm else None,
+                cancel_on_leave=True,
+            ),
         )
     else:
-        finished = _finished(job, settings)
+        finished = _submit_and_wait(job, settings)
         results: Store = current_app.extensions["voicechat.results"]
         assert finished.reply_audio_file is not None
         wav = results.read(finished.reply_audio_file)

@@ -78,8 +78,11 @@ MAX_SPEECH_CHARS = 4096
 MAX_TRANSCRIPTION_PROMPT_CHARS = 2000
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 COMPLETION_ID = "^chatcmpl-[0-9a-f]{32}$"
-# OpenAI's bounds: up to 4 stop sequences, penalties from -2 to 2; a seed llama.cpp takes (uint32).
-MAX_STOPS, MAX_STOP_CHARS, MAX_SEED = 4, 200, 2**32 - 1
+# OpenAI's bounds: up to 4 stop sequences, penalties from -2 to 2. A seed is a uint32 in
+# llama.cpp, whose 2**32 - 1 (LLAMA_DEFAULT_SEED) means "draw a random one".
+MAX_STOPS, MAX_STOP_CHARS, MAX_SEED = 4, 200, 2**32 - 2
+# Stored with the job as given (`stop` as a list), and read by the worker's `Sampling`.
+_SAMPLED_AS_GIVEN = {"temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"}
 StopSequence = Annotated[Encodable, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 StopSequences = Annotated[list[StopSequence], Field(min_length=1, max_length=MAX_STOPS)]
 Penalty = Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False)] | None
@@ -275,10 +278,11 @@ class ChatCompletionRequest(Shape):
     """Draw from the likeliest tokens whose probabilities add up to this; the engine's default
     (0.95 on llama.cpp) when absent."""
     stop: Annotated[
-        StopSequence
-        | Annotated[list[StopSequence], Field(min_length=1, max_length=MAX_STOPS)]
-        | None,
-        _as_a_whole(f"must be a non-empty string or an array of 1 to {MAX_STOPS} of them"),
+        StopSequence | StopSequences | None,
+        _as_a_whole(
+            f"must be a string of 1 to {MAX_STOP_CHARS} characters or an array of 1 to "
+            f"{MAX_STOPS} of them"
+        ),
     ] = None
     """Where the reply ends (`finish_reason: "stop"`), the sequence itself left out."""
     seed: Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(integral)] | None = None
@@ -334,12 +338,8 @@ class ChatCompletionRequest(Shape):
         )
         given = {
             "max_tokens": limit,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
             "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
-            "seed": self.seed,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
+            **self.model_dump(include=_SAMPLED_AS_GIVEN),
         }
         options = {name: value for name, value in given.items() if value is not None}
         return {"system": "", "whole_sentences": False, **options}

@@ -76,6 +76,17 @@ def test_a_restart_is_marked_before_the_new_attempt_even_if_its_releaser_said_no
     ]
 
 
+def test_a_batch_is_fenced_event_by_event(events: JobEvents) -> None:
+    running = ("status", {"status": "running", "attempt": 1})
+    requeued = ("status", {"status": "queued", "attempt": 1})
+    stale, done = ("delta", {"text": "stale "}), ("done", {"status": "succeeded"})
+    assert events.publish_all("j", [running, requeued, stale], attempt=1) is Append.FENCED
+    assert events.publish_all("k", [running, done, stale], attempt=1) is Append.FENCED
+    assert _log(events, "j") == [running, requeued]
+    assert _log(events, "k") == [running, done]
+    assert events.redis.ttl(event_log.key("k")) > 0
+
+
 def test_a_reader_past_done_is_told_the_stream_ended(events: JobEvents) -> None:
     events.publish("j", "status", {"status": "running"}, attempt=1)
     assert not events.ended_by("j", "0")

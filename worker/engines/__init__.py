@@ -7,7 +7,7 @@ import io
 import pkgutil
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol, cast
 
 import numpy as np
@@ -38,23 +38,12 @@ class Sampling:
     @classmethod
     def of(cls, options: Mapping[str, Any]) -> Sampling:
         """The sampling options a job's options hold (the OpenAI route stores them)."""
-        return cls(
-            top_p=options.get("top_p"),
-            stop=tuple(options.get("stop") or ()),
-            seed=options.get("seed"),
-            presence_penalty=options.get("presence_penalty"),
-            frequency_penalty=options.get("frequency_penalty"),
-        )
+        given = {f.name: options[f.name] for f in fields(cls) if options.get(f.name) is not None}
+        return cls(**{**given, "stop": tuple(given.get("stop", ()))})
 
     def given(self) -> dict[str, Any]:
-        """The options set, as keyword arguments of a chat completion."""
-        values = {
-            "top_p": self.top_p,
-            "stop": list(self.stop) or None,
-            "seed": self.seed,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-        }
+        """The options set, as keyword arguments of a chat completion (`stop` a list)."""
+        values = {**asdict(self), "stop": list(self.stop) or None}
         return {name: value for name, value in values.items() if value is not None}
 
 

@@ -13,8 +13,8 @@ import numpy as np
 from models.errors import EngineUnavailable
 from models.settings import Settings
 from worker.engines import Audio
+from worker.engines.model_files import coqui_config
 from worker.engines.openai_whisper import torch_device
-from worker.engines.preflight import coqui_config
 
 _LOGGER = logging.getLogger(__name__)
 

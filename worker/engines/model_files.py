@@ -108,6 +108,14 @@ def assemble_whisper_base(target: Path) -> Path:
     return target
 
 
+def coqui_config(model_path: str, config_path: str) -> Path:
+    """`config_path`, or the config.json in the checkpoint's folder (in the folder itself, XTTS)."""
+    if config_path:
+        return Path(config_path).expanduser()
+    checkpoint = Path(model_path).expanduser()
+    return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json"
+
+
 if __name__ == "__main__":
     # scripts/bootstrap.sh: assembles the quality preset into DATA_DIR before any worker starts.
     try:

@@ -15,7 +15,7 @@ from models.errors import EngineUnavailable
 from models.presets import PRESETS
 from models.settings import Settings
 from worker.engines import GENERATORS, SYNTHESIZERS, TRANSCRIBERS
-from worker.engines.model_files import PIPER_VOICE_PACKAGE, WHISPER_PARTS
+from worker.engines.model_files import PIPER_VOICE_PACKAGE, WHISPER_PARTS, coqui_config
 from worker.engines.piper import PACKAGED_VOICE
 
 # Engine name → (the library it imports, how to get it). Checked with find_spec, which finds a
@@ -174,14 +174,6 @@ def _synthesizer_problems(settings: Settings) -> list[str]:
                 problems.append(f"COQUI_CONFIG_PATH is unset and {beside} does not exist")
         problems += _espeak_problems(settings)
     return problems
-
-
-def coqui_config(model_path: str, config_path: str) -> Path:
-    """`config_path`, or the config.json in the checkpoint's folder (in the folder itself, XTTS)."""
-    if config_path:
-        return Path(config_path).expanduser()
-    checkpoint = Path(model_path).expanduser()
-    return (checkpoint if checkpoint.is_dir() else checkpoint.parent) / "config.json"
 
 
 def _espeak_problems(settings: Settings) -> list[str]:
