@@ -121,18 +121,8 @@ def _aim(stack: Stack, fault: str, index: int, figures: Figures, lock: threading
     """Submits a slow job, waits until a child generates it, and signals that child."""
     prompt = f"slow target {index} " + " ".join(f"w{i}" for i in range(10))
     job_id = _submit(stack, {"text": prompt, "reply": "voice"}, figures, lock)
+    pid = stack.generating_child(job_id, prompt)
     deadline = time.monotonic() + 300
-    # Generating: the row says so (its claim enters the stage), and the child's generation of
-    # this attempt has begun (the paced engine's log names its process).
-    log = stack.data_dir / "paced-generations.log"
-    while True:
-        status, stage, owner = stack.lease_of(job_id)
-        if status == "running" and stage == "generating" and owner:
-            pid = int(owner.rsplit(":", 1)[1])
-            if log.exists() and f"start\t{pid}\t{prompt}\n" in log.read_text():
-                break
-        assert status not in TERMINAL and time.monotonic() < deadline, (job_id, status)
-        time.sleep(0.02)
     os.kill(pid, signal.SIGKILL if fault == "SIGKILL" else signal.SIGSTOP)
     figures.hits.append(Hit(fault, job_id, pid))
     if fault == "SIGSTOP":

@@ -68,7 +68,12 @@ def _api_workers(url: str) -> list[int]:
 
 
 def profile(url: str, route: str, seconds: int, script: Path | None) -> dict[str, float]:
-    """Loads `route` with wrk for `seconds` while py-spy samples the API's workers."""
+    """Loads `route` with wrk for `seconds` while py-spy samples the API's workers.
+
+    Raises:
+        RuntimeError: wrk counted errors or no requests, or py-spy failed or sampled nothing
+            (it lacked ptrace, say): either would print as a profile, all zeros or of refusals.
+    """
     spy = [
         str(Path(sys.executable).with_name("py-spy")),
         "record",
@@ -81,18 +86,30 @@ def profile(url: str, route: str, seconds: int, script: Path | None) -> dict[str
     ]
     with tempfile.TemporaryDirectory() as folder:
         outputs = [Path(folder) / f"{pid}.txt" for pid in _api_workers(url)]
-        spies = [
-            subprocess.Popen(
-                [*spy, "--pid", output.stem, "--output", str(output)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for output in outputs
-        ]
-        wrk(f"{url}{route}", seconds, 16, script)
+        spies = []
+        for output in outputs:
+            with output.with_suffix(".err").open("wb") as log:
+                command = [*spy, "--pid", output.stem, "--output", str(output)]
+                spies.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log))
+        load = wrk(f"{url}{route}", seconds, 16, script)
         for sampler in spies:
             sampler.wait()
-        return shares("\n".join(output.read_text() for output in outputs if output.exists()))
+        if load.errors or not load.requests_per_s:
+            raise RuntimeError(
+                f"wrk on {route}: {load.errors} non-2xx answers or socket errors, "
+                f"{load.requests_per_s:.0f} requests/s: not a profile of the request path"
+            )
+        for sampler, output in zip(spies, outputs, strict=True):
+            if sampler.returncode != 0:
+                said = output.with_suffix(".err").read_text(errors="replace").strip()
+                raise RuntimeError(
+                    f"py-spy on API worker {output.stem} exited {sampler.returncode} (allowed "
+                    f"ptrace? it needs root, or kernel.yama.ptrace_scope=0): {said[-500:]}"
+                )
+        raw = "\n".join(output.read_text() for output in outputs if output.exists())
+        if not raw.strip():
+            raise RuntimeError(f"py-spy sampled nothing of the API's workers on {route}")
+        return shares(raw)
 
 
 def rows(seconds: int = 10) -> list[Row]:

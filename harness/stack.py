@@ -235,6 +235,28 @@ class Stack:
             engine.dispose()
         return str(status), stage, str(owner or "")
 
+    def generating_child(self, job_id: str, prompt: str, timeout: float = 300.0) -> int:
+        """Waits until a pool child generates `prompt` for the job; returns the child's pid.
+
+        The claim enters the stage, so the row says `generating` a moment before the pipeline
+        starts the generator: a signal sent then lands before the generation has begun. So this
+        also waits for the start that `harness.engines.PacedGenerator` logs with its pid.
+
+        Raises:
+            AssertionError: the job finished first, or `timeout` seconds passed.
+        """
+        log = self.data_dir / "paced-generations.log"
+        deadline = time.monotonic() + timeout
+        while True:
+            status, stage, owner = self.lease_of(job_id)
+            if status == "running" and stage == "generating" and owner:
+                pid = int(owner.rsplit(":", 1)[1])  # host:parent-pid:child-pid
+                if log.exists() and f"start\t{pid}\t{prompt}\n" in log.read_text():
+                    return pid
+            assert status not in TERMINAL, f"job {job_id} ended ({status}) before generating"
+            assert time.monotonic() < deadline, f"timed out waiting for job {job_id} to generate"
+            time.sleep(0.02)
+
     def wait_for_stage(self, job_id: str, stage: str) -> None:
         self._until(lambda: self.job(job_id)["stage"] == stage, f"job {job_id} to reach {stage}")
 

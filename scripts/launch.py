@@ -316,14 +316,19 @@ class Children:
 
     def stop(self, worker_seconds: float) -> None:
         """API and beat (no new work), workers (warm, up to `worker_seconds`), maintenance,
-        Flower, and Redis last, which they all need to the end."""
-        for names, seconds in [
+        Flower, any other process, and Redis last, which they all need to the end."""
+        groups: list[tuple[tuple[str, ...], float]] = [
             (("api", "beat"), API_STOP_SECONDS),
             (("worker-",), worker_seconds),
             (("maintenance",), OTHER_STOP_SECONDS),
             (("flower",), OTHER_STOP_SECONDS),
-        ]:
+        ]
+        for names, seconds in groups:
             _stop_all([p for name, p in self.processes.items() if name.startswith(names)], seconds)
+        # A process `service_commands` gains under a name of no group still stops before Redis.
+        named = tuple(name for names, _seconds in groups for name in names)
+        rest = [p for name, p in self.processes.items() if not name.startswith(named)]
+        _stop_all(rest, OTHER_STOP_SECONDS)
         if self.redis is not None:
             self.redis.stop()
 

@@ -126,6 +126,17 @@ def test_sampling_options_reach_the_server(generator: OpenAIChatGenerator) -> No
     stopped = Sampling(stop=("5",), top_p=0.9, seed=1, presence_penalty=0.1)
     cut = generator.generate(count, max_tokens=40, temperature=0.0, sampling=stopped)
     assert cut.text and "5" not in cut.text and cut.finish_reason == "stop"
+    # A seed repeats a sampled reply. The unseeded call first leaves the prompt cached, so each
+    # seeded call evaluates it alike: llama.cpp's logits for a prompt evaluated anew differ in
+    # the last bits, enough to sample another token at temperature 1.
+    story: list[Message] = [{"role": "user", "content": "Tell me a short story about a fox."}]
+    generator.generate(story, max_tokens=8, temperature=1.0)
+    seeded = Sampling(seed=7, top_p=1.0)
+    first, again = (
+        generator.generate(story, max_tokens=8, temperature=1.0, sampling=seeded).text
+        for _ in range(2)
+    )
+    assert first and first == again, (first, again)
 
 
 def test_an_error_in_the_listener_passes_through_untranslated(

@@ -47,14 +47,6 @@ def two_workers(tmp_path: Path, database_url: str) -> Iterator[Stack]:
         stack.close()
 
 
-def _generating(stack: Stack, job_id: str) -> int:
-    """Waits until the job is generating; returns the pid of the pool child that holds it."""
-    stack._until(lambda: stack.job(job_id)["stage"] == "generating", "the job to generate")
-    _status, _stage, owner = stack.lease_of(job_id)
-    assert owner, "a generating job has a lease holder"
-    return int(owner.rsplit(":", 1)[1])  # host:parent-pid:child-pid
-
-
 def _entries(stack: Stack, job_id: str) -> list[tuple[str, str, dict[str, Any]]]:
     client = Redis(port=stack.redis_port)
     try:
@@ -117,7 +109,7 @@ def _log_says(stack: Stack, text: str) -> Callable[[], bool]:
 def test_a_worker_frozen_past_its_lease_then_thawed_changes_nothing(two_workers: Stack) -> None:
     stack = two_workers
     job_id = stack.submit(json={"text": SLOW_PROMPT, "reply": "voice"})
-    child = _generating(stack, job_id)
+    child = stack.generating_child(job_id, SLOW_PROMPT)
     os.kill(child, signal.SIGSTOP)
     try:
         # Its lease lapses; the reconciler releases the job and the other worker runs it again.
@@ -137,7 +129,7 @@ def test_a_worker_frozen_past_its_lease_then_thawed_changes_nothing(two_workers:
 def test_a_worker_killed_mid_generation_changes_nothing(two_workers: Stack) -> None:
     stack = two_workers
     job_id = stack.submit(json={"text": SLOW_PROMPT, "reply": "voice"})
-    child = _generating(stack, job_id)
+    child = stack.generating_child(job_id, SLOW_PROMPT)
     os.kill(child, signal.SIGKILL)
     # Its parent sees the child die, releases the job and publishes it again.
     _check_one_truth(stack, job_id)
@@ -157,7 +149,7 @@ def test_a_streaming_client_gets_an_error_not_the_same_text_twice(two_workers: S
         for line in lines:
             frames.append(line.removeprefix("data: "))
             if '"content":"echo:' in line:  # the first words reached the client: kill now
-                os.kill(_generating(stack, job_id), signal.SIGKILL)
+                os.kill(stack.generating_child(job_id, SLOW_PROMPT), signal.SIGKILL)
                 break
         frames.extend(line.removeprefix("data: ") for line in lines)
     chunks = [json.loads(frame) for frame in frames[:-1]]

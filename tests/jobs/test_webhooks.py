@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from alembic import command
@@ -256,6 +257,22 @@ def test_public_addresses_only_are_allowed() -> None:
         assert allowed_address(ipaddress.ip_address(text)) is (text in allowed), text
 
 
+def test_a_delivery_connects_to_the_checked_address_not_the_name(receiver: Receiver) -> None:
+    # The pin against DNS rebinding is http.client's `_create_connection` hook: were it ever
+    # unused, the name would be resolved again (and `.invalid` never resolves).
+    from worker.webhooks import _connection
+
+    port = receiver.server.server_port
+    connection = _connection(urlsplit(f"http://pinned.invalid:{port}/pinned"), "127.0.0.1")
+    try:
+        connection.request("POST", "/pinned", body=b"{}")
+        assert connection.getresponse().status == 204
+    finally:
+        connection.close()
+    [(headers, body)] = receiver.at("/pinned")
+    assert headers["host"] == f"pinned.invalid:{port}" and body == b"{}"
+
+
 # The delivery tier --------------------------------------------------------------------------
 
 
@@ -325,7 +342,8 @@ def test_a_completed_job_is_delivered_signed(stack: Stack, receiver: Receiver) -
 
 
 def test_a_wait_answers_a_job_with_a_webhook(stack: Stack, receiver: Receiver) -> None:
-    """`Prefer: wait` reads the finished row again for its deliveries, which another table holds."""
+    """`Prefer: wait` answers a finished job that has a webhook with its view, not a 500 (the
+    row was read detached once, and its deliveries, in another table, failed to load)."""
     hook = receiver.url("/waited")
     answer = stack.http.post(
         f"{stack.url}/v1/jobs",

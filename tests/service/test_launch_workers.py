@@ -12,7 +12,7 @@ import pytest
 
 from harness.stack import FAST_ENGINES
 from models.settings import SettingError
-from scripts.launch import service_commands, worker_environments
+from scripts.launch import Children, service_commands, worker_environments
 from tests.conftest import ROOT, running_service
 
 
@@ -40,6 +40,27 @@ def test_a_malformed_worker_count_stops_the_launcher_naming_it(argument: list[st
         timeout=60,
     )
     assert done.returncode == 2 and "--workers" in done.stderr, done.stderr
+
+
+def test_a_process_of_no_stop_group_is_stopped_before_redis() -> None:
+    # A command `service_commands` gains under a new name needs Redis to its end, as the rest.
+    children = Children()
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    children.processes = {name: subprocess.Popen(sleep) for name in ("worker-1", "exporter")}
+    running_at_redis_stop: list[bool] = []
+
+    class Redis:
+        def stop(self) -> None:
+            running_at_redis_stop.extend(p.poll() is None for p in children.processes.values())
+
+    children.redis = Redis()  # type: ignore[assignment]
+    try:
+        children.stop(worker_seconds=10)
+    finally:
+        for process in children.processes.values():
+            process.kill()
+            process.wait()
+    assert running_at_redis_stop == [False, False]
 
 
 @pytest.mark.e2e
