@@ -17,7 +17,7 @@ from api.schemas import Liveness, Readiness
 from models import heartbeat
 
 blueprint = Blueprint("health", __name__)
-# What a machine asks every few seconds: gunicorn writes no access line for them when answered.
+# What a machine asks every few seconds: gunicorn writes no access line for them.
 QUIET_PATHS = PROBES | {"/metrics"}
 
 
