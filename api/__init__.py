@@ -74,6 +74,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config.update(overrides)
     _connect(app, settings)
     _track_requests(app)
+    follow.register_turns(app, settings)
     prometheus.register_request_figures(app)
     # In this order: the Host and Origin checks, then the key (both after the request's session).
     register_origin_checks(app, settings)

@@ -13,12 +13,13 @@ import re
 import select
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, Response, current_app, request, stream_with_context
+from flask import Blueprint, Flask, Response, current_app, g, request, stream_with_context
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,6 +39,7 @@ from models import event_log
 from models.errors import InvalidHeader, JobNotFound, ServerBusy
 from models.event_log import Event, JobEvents
 from models.job_view import JobView
+from models.settings import Settings
 from models.tables import Job, JobStatus
 
 blueprint = Blueprint("events", __name__)
@@ -319,6 +321,41 @@ def get_job_events(job_id: str) -> Response:
     # The place is freed when the server closes the response, even one never iterated.
     response.call_on_close(place.release)
     return response
+
+
+def register_turns(app: Flask, settings: Settings) -> None:
+    """Followers arriving together start in turn: FOLLOWER_TURNS at once per process, the key
+    lookup included, each waiting at most FOLLOWER_TURN_SECONDS, then `503` `server_busy`. All at
+    once, each shares the CPU with every other and all start late (`bench.followers --rate 0`,
+    paired runs: the last answered after 2.9-3.5 s and `/healthz` p99 1.7-1.8 s, against 1.5 s
+    and 0.3-0.4 s in turn)."""
+    turns = app.extensions["voicechat.follower_turns"] = threading.BoundedSemaphore(
+        settings.follower_turns
+    )
+    endpoint = f"{blueprint.name}.{get_job_events.__name__}"
+
+    @app.before_request
+    def _take_turn() -> None:
+        if request.endpoint != endpoint:
+            return
+        if not turns.acquire(timeout=settings.follower_turn_seconds):
+            raise ServerBusy(
+                "Too many event streams are starting at once; retry in a second.",
+                retry_after=1,
+            )
+        g.follower_turn = turns
+
+    def _end_turn() -> None:
+        taken = g.pop("follower_turn", None)
+        if taken is not None:
+            taken.release()
+
+    @app.after_request  # the stream is set up: it reads Redis from here on, in no turn
+    def _turn_ends(response: Response) -> Response:
+        _end_turn()
+        return response
+
+    app.teardown_request(lambda _error: _end_turn())  # a request that ended otherwise
 
 
 def _resume_point() -> str:

@@ -1,9 +1,9 @@
 """The bound on requests held open in one API process: event streams and requests that wait."""
 
-# Each held request (an event stream, `Prefer: wait`, an OpenAI route's wait) keeps a gunicorn
-# thread asleep in a Redis read. Of the MAX_HELD_REQUESTS + API_THREADS threads (gunicorn_conf)
-# only MAX_HELD_REQUESTS are ever held, so short requests never queue behind followers. Past the
-# bound: 503 `server_busy` at once, or for `Prefer: wait` the usual 202 (RFC 7240 allows it).
+# Each held request (an event stream, `Prefer: wait`, an OpenAI route's wait) sleeps in a Redis
+# read: a greenlet (gevent, on PostgreSQL) or one of MAX_HELD_REQUESTS + API_THREADS threads
+# (gthread, on SQLite: api/gunicorn_conf.py), so short requests never queue behind followers.
+# Past the bound: 503 `server_busy` at once, or for `Prefer: wait` the usual 202 (RFC 7240).
 
 from __future__ import annotations
 

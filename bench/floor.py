@@ -99,8 +99,9 @@ def running(database_url: str, redis_url: str, **env: str) -> Iterator[str]:
     port = free_port()
     command = [
         sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
-        f"--workers={api.workers}", f"--worker-class={api.worker_class}",
-        f"--threads={api.threads}", f"--keep-alive={api.keepalive}", f"--timeout={api.timeout}",
+        f"--workers={api.workers}", f"--worker-class={api.worker_class_for(database_url)}",
+        f"--threads={api.threads}", f"--worker-connections={api.worker_connections}",
+        f"--keep-alive={api.keepalive}", f"--timeout={api.timeout}",
         "bench.floor:create_app()",
     ]  # fmt: skip
     environ = {**os.environ, **env, "DATABASE_URL": database_url, "REDIS_URL": redis_url}

@@ -152,6 +152,10 @@ class Settings(BaseSettings):
     """Longest a synchronous OpenAI route waits for its job (api/wait_bound.py, issue 20)."""
     max_held_requests: int = Field(500, ge=0, le=10_000)
     """Requests one API process holds open at once (streams, waits); 0 holds none."""
+    follower_turns: int = Field(4, ge=1, le=1000)
+    """Event streams one API process starts at once; the next wait their turn (api/follow.py)."""
+    follower_turn_seconds: float = Field(0.75, gt=0, le=60)
+    """Longest an event stream waits for its turn to start, then `503` `server_busy`."""
 
     stt_engine: str = "faster-whisper"
     """`faster-whisper`, `openai-whisper`, or `module:Class`."""

@@ -13,7 +13,8 @@ import pytest
 
 from api import create_app
 from api.held_requests import HeldRequests
-from harness.stack import Stack, api_only
+from harness.stack import Stack, add_key, api_only
+from scripts.launch import migrate
 from tests.conftest import make_settings
 
 PLACES = 2
@@ -137,6 +138,42 @@ def test_every_held_request_can_have_its_own_event_log_connection(tmp_path: Path
     app = create_app({"settings": make_settings(tmp_path, MAX_HELD_REQUESTS="500")})
     pool = app.extensions["voicechat.events"].redis.connection_pool
     assert pool.max_connections > 500
+
+
+def test_followers_start_in_turn_and_wait_only_so_long(
+    tmp_path: Path, database_url: str, redis_server: str
+) -> None:
+    # Keyed: the turn is taken before the key lookup, and given back however the request ends.
+    migrate(database_url)
+    secret = add_key(database_url).secret
+    settings = make_settings(
+        tmp_path,
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_server,
+        FOLLOWER_TURNS="1",
+        FOLLOWER_TURN_SECONDS="0.2",
+    )
+    app = create_app({"settings": settings})
+    client, auth = app.test_client(), {"Authorization": f"Bearer {secret}"}
+    job_id = client.post("/v1/jobs", json={"text": "Who follows?"}, headers=auth).json["id"]
+    turns = app.extensions["voicechat.follower_turns"]
+
+    assert turns.acquire(blocking=False)  # another follower is starting
+    started = time.monotonic()
+    refused = client.get(f"/v1/jobs/{job_id}/events", headers=auth)
+    assert refused.status_code == 503 and refused.json["code"] == "server_busy"
+    assert refused.headers["Retry-After"] == "1"
+    assert 0.2 <= time.monotonic() - started < 5
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth).status_code == 200  # not a stream
+    turns.release()
+
+    for headers in ({}, auth):  # refused by the key check, then a stream that starts
+        response = client.get(f"/v1/jobs/{job_id}/events", headers=headers, buffered=False)
+        assert response.status_code == (401 if not headers else 200)
+        # Given back once set up: the stream goes on in no turn.
+        assert turns.acquire(blocking=False)
+        turns.release()
+        response.close()
 
 
 @pytest.mark.e2e
