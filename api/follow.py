@@ -327,8 +327,8 @@ def register_turns(app: Flask, settings: Settings) -> None:
     """Followers arriving together start in turn: FOLLOWER_TURNS at once per process, the key
     lookup included, each waiting at most FOLLOWER_TURN_SECONDS, then `503` `server_busy`. All at
     once, each shares the CPU with every other and all start late (`bench.followers --rate 0`,
-    paired runs: the last answered after 2.9-3.5 s and `/healthz` p99 1.7-1.8 s, against 1.5 s
-    and 0.3-0.4 s in turn)."""
+    paired with FOLLOWER_TURNS=1000, turns waiting 0.75 s: the last answered after 2.9-3.5 s and
+    `/healthz` p99 1.7-1.8 s, against 1.5 s and 0.3-0.4 s in turn)."""
     turns = app.extensions["voicechat.follower_turns"] = threading.BoundedSemaphore(
         settings.follower_turns
     )

@@ -1,7 +1,7 @@
 """Many followers at once: every one streams or is refused at once, and probes stay fast."""
 
 # Run: `.venv/bin/python -m bench.followers [--followers 1000] [--rate 250] [--hold 15] [--mix]
-# [--open] [--env NAME=VALUE ...]`.
+# [--open] [--floor] [--env NAME=VALUE ...]`.
 #
 # It starts Redis and the API with the launcher's own command lines (`harness/stack.py`, the
 # processes `scripts/serve.sh` runs), keyed as deployed (every request sends an API key;
@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import floor
 from harness.stack import Stack
 
 HOST = "127.0.0.1"
@@ -143,16 +144,16 @@ async def measure(
     """Opens the followers at `args.rate` a second while probing, holds them `args.hold`
     seconds, and closes them; each request sends `auth`."""
     run, stop, release = Run(), asyncio.Event(), asyncio.Event()
-    probes = [
-        asyncio.ensure_future(probe(port, path, stop, run, auth))
-        for path in ("/healthz", f"/v1/jobs/{jobs[0]}")
-    ]
+    paths = ["/healthz"] if args.floor else ["/healthz", f"/v1/jobs/{jobs[0]}"]
+    probes = [asyncio.ensure_future(probe(port, path, stop, run, auth)) for path in paths]
     await asyncio.sleep(1.0)  # the probes' quiet baseline
     tasks = []
     started = time.perf_counter()
     for index in range(args.followers):
-        job = jobs[index % len(jobs)]
-        if args.mix and index % 10 == 1:
+        job = jobs[index % len(jobs)] if jobs else ""
+        if args.floor:
+            request = _request("GET", "/healthz", Connection="close")
+        elif args.mix and index % 10 == 1:
             request = _request("POST", "/v1/jobs", {"text": "Hi"}, Prefer="wait=60", **auth)
         elif args.mix and index % 10 == 2:
             request = _request("POST", "/v1/chat/completions", CHAT, **auth)
@@ -206,6 +207,12 @@ def main() -> None:
     )
     parser.add_argument("--mix", action="store_true", help="add Prefer: wait and chat requests")
     parser.add_argument("--open", action="store_true", help="no API key: the open mode")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="the baseline: the floor app (bench/floor.py) under the same gunicorn settings, "
+        "every follower a GET /healthz answered at once",
+    )
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the API")
     args = parser.parse_args()
     env = dict(item.split("=", 1) for item in args.env)
@@ -213,12 +220,18 @@ def main() -> None:
         stack = Stack(Path(data_dir), open_mode=args.open, LOG_LEVEL="WARNING", **env)
         try:
             stack.start_redis()
-            stack.start_api()
-            jobs = [stack.submit(json={"text": f"Question {n}?"}) for n in range(args.jobs)]
-            run = asyncio.run(measure(args, stack.api_port, jobs, stack.auth))
+            if args.floor:
+                database_url, redis_url = stack.env["DATABASE_URL"], stack.env["REDIS_URL"]
+                with floor.running(database_url, redis_url, LOG_LEVEL="WARNING") as url:
+                    run = asyncio.run(measure(args, int(url.rsplit(":", 1)[1]), [], {}))
+            else:
+                stack.start_api()
+                jobs = [stack.submit(json={"text": f"Question {n}?"}) for n in range(args.jobs)]
+                run = asyncio.run(measure(args, stack.api_port, jobs, stack.auth))
         finally:
             stack.close()
     print(
+        "the floor," if args.floor else "the service,",
         "keyed" if not args.open else "open",
         "PostgreSQL" if "postgresql" in env.get("DATABASE_URL", "") else "SQLite",
     )
