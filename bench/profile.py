@@ -40,9 +40,15 @@ PARTS = (
 )
 GUNICORN = "gunicorn itself"
 _LINE_NUMBER = re.compile(r":\d+\)")
-# Waits py-spy counts as busy (it sees their threads in a C call): the thread pool's workers
-# waiting for a request, and the main thread waiting in epoll.
-IDLE_LEAVES = ("_worker (concurrent/futures/thread.py)", "EpollSelector.select (selectors.py)")
+# Waits py-spy counts as busy (it sees their threads in a C call): gthread's pool workers waiting
+# for a request and its main thread in epoll; gevent's hub with nothing to run, and the idle
+# threads of its resolver's pool.
+IDLE_LEAVES = (
+    "_worker (concurrent/futures/thread.py)",
+    "EpollSelector.select (selectors.py)",
+    "Hub.run (gevent/hub.py)",
+    "acquire_with_timeout (gevent/_threading.py)",
+)
 
 
 def shares(raw: str) -> dict[str, float]:
