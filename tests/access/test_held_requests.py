@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from redis import Redis
 
-from api import create_app
+from api import create_app, warm_up
 from api.held_requests import HeldRequests
 from harness.stack import Stack, add_key, api_only
 from scripts.launch import migrate
@@ -138,6 +139,17 @@ def test_every_held_request_can_have_its_own_event_log_connection(tmp_path: Path
     app = create_app({"settings": make_settings(tmp_path, MAX_HELD_REQUESTS="500")})
     pool = app.extensions["voicechat.events"].redis.connection_pool
     assert pool.max_connections > 500
+
+
+def test_the_held_requests_connections_are_open_before_the_first_follower(
+    tmp_path: Path, redis_server: str
+) -> None:
+    settings = make_settings(tmp_path, MAX_HELD_REQUESTS="30", REDIS_URL=redis_server)
+    app = create_app({"settings": settings})
+    redis = Redis.from_url(redis_server)
+    before = len(redis.client_list())
+    warm_up(app)  # as gunicorn's post_worker_init runs it
+    assert len(redis.client_list()) >= before + 30
 
 
 def test_followers_start_in_turn_and_wait_only_so_long(
