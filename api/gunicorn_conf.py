@@ -12,8 +12,8 @@ def worker_class_for(database_url: str | None) -> str:
     route) is a greenlet asleep in a Redis read, not a thread, so a crowd of followers costs no
     thread switching and no GIL convoy (bench.followers, 1,000 keyed at 250 a second, paired
     with gthread: every follower answered within 1 s against 731, the `/healthz` probes' p99
-    116-271 ms against 1.4 s; docs/development.md). gthread on SQLite, whose lock wait (busy_timeout) sleeps in C, where it
-    would stall every greenlet of the process."""
+    116-271 ms against 1.4 s; docs/development.md). gthread on SQLite, whose lock wait
+    (busy_timeout) sleeps in C, where it would stall every greenlet of the process."""
     return "gthread" if (database_url or "sqlite").startswith("sqlite") else "gevent"
 
 
