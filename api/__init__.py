@@ -113,9 +113,13 @@ def _open_stream_connections(app: Flask) -> None:
     runs: 268 and 300 answered within 1 s against 240 and 236)."""
     settings: Settings = app.extensions["voicechat.settings"]
     pool = app.extensions["voicechat.events"].redis.connection_pool
-    opened = [pool.get_connection() for _ in range(max(settings.max_held_requests, 1))]
-    for connection in opened:
-        pool.release(connection)
+    opened = []
+    try:
+        for _ in range(max(settings.max_held_requests, 1)):
+            opened.append(pool.get_connection())
+    finally:  # Redis refusing one more (its maxclients): those opened stay the pool's to use
+        for connection in opened:
+            pool.release(connection)
 
 
 def _connect(app: Flask, settings: Settings) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
+from redis.exceptions import ConnectionError
 
 from api import create_app, warm_up
 from api.held_requests import HeldRequests
@@ -150,6 +151,32 @@ def test_the_held_requests_connections_are_open_before_the_first_follower(
     before = len(redis.client_list())
     warm_up(app)  # as gunicorn's post_worker_init runs it
     assert len(redis.client_list()) >= before + 30
+
+
+def test_connections_opened_before_redis_refused_more_stay_in_the_pool(
+    tmp_path: Path, redis_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(tmp_path, MAX_HELD_REQUESTS="30", REDIS_URL=redis_server)
+    app = create_app({"settings": settings})
+    pool = app.extensions["voicechat.events"].redis.connection_pool
+    opened: list[object] = []
+    get_connection = pool.get_connection
+
+    def refused_at_the_fifth() -> object:
+        if len(opened) == 4:
+            raise ConnectionError("max number of clients reached")
+        opened.append(get_connection())
+        return opened[-1]
+
+    monkeypatch.setattr(pool, "get_connection", refused_at_the_fifth)
+    warm_up(app)  # logs a warning, and raises nothing
+    monkeypatch.undo()
+    redis = Redis.from_url(redis_server)
+    before = len(redis.client_list())
+    taken = [pool.get_connection() for _ in range(4)]  # the four it opened, none new
+    assert len(redis.client_list()) == before
+    for connection in taken:
+        pool.release(connection)
 
 
 def test_followers_start_in_turn_and_wait_only_so_long(
