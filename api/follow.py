@@ -328,7 +328,8 @@ def register_turns(app: Flask, settings: Settings) -> None:
     lookup included, each waiting at most FOLLOWER_TURN_SECONDS, then `503` `server_busy`. All at
     once, each shares the CPU with every other and all start late (`bench.followers --rate 0`,
     paired with FOLLOWER_TURNS=1000, turns waiting 0.75 s: the last answered after 2.9-3.5 s and
-    `/healthz` p99 1.7-1.8 s, against 1.5 s and 0.3-0.4 s in turn)."""
+    `/healthz` p99 1.7-1.8 s, against 1.5 s and 0.3-0.4 s in turn). The wait is short so that a
+    crowd's every follower is answered, stream or 503, within a second of coming."""
     turns = app.extensions["voicechat.follower_turns"] = threading.BoundedSemaphore(
         settings.follower_turns
     )

@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     """Requests one API process holds open at once (streams, waits); 0 holds none."""
     follower_turns: int = Field(4, ge=1, le=1000)
     """Event streams one API process starts at once; the next wait their turn (api/follow.py)."""
-    follower_turn_seconds: float = Field(2.0, gt=0, le=60)
+    follower_turn_seconds: float = Field(0.5, gt=0, le=60)
     """Longest an event stream waits for its turn to start, then `503` `server_busy`."""
 
     stt_engine: str = "faster-whisper"
