@@ -1,23 +1,26 @@
 """Per-job overhead: submit → finished and visible, for jobs whose engines do nothing.
 
-Run: `.venv/bin/python -m bench.overhead [--jobs N]`. Starts the service with the benchmark's
-null engines (`harness/engines.py`), so every millisecond measured is the service's own: the API's
-validation and row, the broker, the worker's claim, stage writes and events, the final row, and
-the answer. Each job is sent with `Prefer: wait=30`, which answers as soon as the job's `done`
-event arrives and its row reads `succeeded`. Quoted against the same client's `GET /healthz`
-round trip, measured in the same run; and split into steps by the job's own timestamps (made,
-claimed, finished; the service runs on the client's machine, so on its clock).
+Run: `.venv/bin/python -m bench.overhead [--jobs N]` (on PostgreSQL too with
+`BENCH_POSTGRES_URL`, as `bench.submit`). Starts the service with the benchmark's null engines
+(`harness/engines.py`), so every millisecond measured is the service's own: the API's validation
+and row, the broker, the worker's claim, stage writes and events, the final row, and the answer.
+Each job is sent with `Prefer: wait=30`, which answers as soon as the job's `done` event arrives
+and its row reads `succeeded`. Quoted against the same client's `GET /healthz` round trip,
+measured in the same run; and split into steps by the job's own timestamps (made, claimed,
+finished; the service runs on the client's machine, so on its clock).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import time
 from datetime import datetime
 from typing import Any
 
-from bench.service import client, running
+from bench.service import client, fresh_database, running
 from bench.table import Row, markdown
 from harness.engines import NULL_ENGINES, UNREACHED_LIMITS
 
@@ -77,25 +80,34 @@ def measure(url: str, jobs: int) -> dict[str, float]:
 
 
 def rows(jobs: int = 200) -> list[Row]:
-    """The overhead figures as table rows."""
-    with running(**NULL_ENGINES, **UNREACHED_LIMITS) as url:
-        f = measure(url, jobs)
-    bench, healthz = "per-job overhead (null engines)", f"GET /healthz {f['healthz_p50_ms']:.1f} ms"
-    return [
-        Row(
-            bench,
-            "submit → succeeded and visible, p50",
-            f["overhead_p50_ms"],
-            "ms",
-            f["ratio_p50"],
-            healthz,
-        ),
-        Row(bench, "submit → succeeded and visible, p99", f["overhead_p99_ms"], "ms"),
-        *(
-            Row(bench, f"of which {what}, p50", f[f"{step}_p50_ms"], "ms")
-            for step, what in STEPS.items()
-        ),
-    ]
+    """The overhead figures as table rows, on SQLite and, when `BENCH_POSTGRES_URL` names a
+    PostgreSQL server, on a new database made on it for the run (as `bench.submit`)."""
+    postgres = os.environ.get("BENCH_POSTGRES_URL", "")
+    table = []
+    for name in ["sqlite", "postgresql"] if postgres else ["sqlite"]:
+        with contextlib.ExitStack() as stack:
+            env = {**NULL_ENGINES, **UNREACHED_LIMITS}
+            if name == "postgresql":
+                env["DATABASE_URL"] = stack.enter_context(fresh_database(postgres))
+            f = measure(stack.enter_context(running(**env)), jobs)
+        bench = f"per-job overhead (null engines, {name})"
+        healthz = f"GET /healthz {f['healthz_p50_ms']:.1f} ms"
+        table += [
+            Row(
+                bench,
+                "submit → succeeded and visible, p50",
+                f["overhead_p50_ms"],
+                "ms",
+                f["ratio_p50"],
+                healthz,
+            ),
+            Row(bench, "submit → succeeded and visible, p99", f["overhead_p99_ms"], "ms"),
+            *(
+                Row(bench, f"of which {what}, p50", f[f"{step}_p50_ms"], "ms")
+                for step, what in STEPS.items()
+            ),
+        ]
+    return table
 
 
 def main() -> None:
