@@ -125,13 +125,13 @@ def component_schemas(
     return {name: live(schema, settings) for name, schema in top["$defs"].items()}
 
 
-def _rewritten(schema: Any, rewrite: Callable[[dict[str, Any]], Any]) -> Any:
+def rewritten(schema: Any, rewrite: Callable[[dict[str, Any]], Any]) -> Any:
     """`schema` with `rewrite` applied to each object in it, innermost first."""
     if isinstance(schema, list):
-        return [_rewritten(item, rewrite) for item in schema]
+        return [rewritten(item, rewrite) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    return rewrite({k: _rewritten(v, rewrite) for k, v in schema.items()})
+    return rewrite({k: rewritten(v, rewrite) for k, v in schema.items()})
 
 
 def live(schema: Any, settings: Settings) -> Any:
@@ -147,7 +147,7 @@ def live(schema: Any, settings: Settings) -> Any:
                 target[keyword] = value
         return node
 
-    return _rewritten(schema, fill)
+    return rewritten(schema, fill)
 
 
 def without_null(schema: Any) -> Any:
@@ -162,7 +162,7 @@ def without_null(schema: Any) -> Any:
             del node["default"]
         return node
 
-    return _rewritten(schema, drop_null)
+    return rewritten(schema, drop_null)
 
 
 @lru_cache(maxsize=64)

@@ -24,7 +24,7 @@ from api.openai import schemas as openai_schemas
 from api.openapi.declare import Query, Route, Schema, answer, content, documented, ref
 from api.openapi.problems import code_table, error_answers
 from api.openapi.webhooks import WEBHOOKS
-from api.request_validation import Shape, component_schemas, without_null
+from api.request_validation import Shape, component_schemas, rewritten, without_null
 from models import job_view
 from models.errors import VoiceChatError
 from models.job_view import Answer
@@ -242,14 +242,13 @@ def _setting_values(settings: Settings) -> dict[str, object]:
 
 def _filled(node: Any, values: dict[str, object]) -> Any:
     """`node` with `{name}` in its descriptions replaced by the value of that name, if any."""
-    if isinstance(node, dict):
-        return {
-            k: _fill(v, values) if k == "description" and isinstance(v, str) else _filled(v, values)
-            for k, v in node.items()
-        }
-    if isinstance(node, list):
-        return [_filled(item, values) for item in node]
-    return node
+
+    def fill(schema: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(schema.get("description"), str):
+            schema["description"] = _fill(schema["description"], values)
+        return schema
+
+    return rewritten(node, fill)
 
 
 def _fill(text: str, values: dict[str, object]) -> str:
