@@ -186,6 +186,8 @@ def _track_requests(app: Flask) -> None:
     @app.after_request
     def _tag_response(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
+        if response.status_code == 204:  # no content, so no type (Flask gives every answer one)
+            response.headers.pop("Content-Type", None)
         # The view is done with the database: a streamed body runs on after this, and must not
         # keep the connection the session checked out (the pool's 15 would go to followers).
         release_connection()

@@ -83,6 +83,7 @@ def _kept(stack: Stack, job_id: str) -> dict[str, Any]:
 def _erase(stack: Stack, job_id: str) -> None:
     answer = stack.http.delete(f"{stack.url}/v1/jobs/{job_id}", timeout=30)
     assert (answer.status_code, answer.content) == (204, b""), answer.text
+    assert "Content-Type" not in answer.headers  # no content, no type
 
 
 def test_an_erased_job_is_gone_from_every_store(stack: Stack, receiver: Receiver) -> None:
