@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
+import tempfile
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from bench.service import client, fresh_database, running
+from bench.service import bench_database, client, databases, running
 from bench.table import Row, markdown
 from harness.engines import NULL_ENGINES, UNREACHED_LIMITS
 
@@ -82,13 +83,12 @@ def measure(url: str, jobs: int) -> dict[str, float]:
 def rows(jobs: int = 200) -> list[Row]:
     """The overhead figures as table rows, on SQLite and, when `BENCH_POSTGRES_URL` names a
     PostgreSQL server, on a new database made on it for the run (as `bench.submit`)."""
-    postgres = os.environ.get("BENCH_POSTGRES_URL", "")
     table = []
-    for name in ["sqlite", "postgresql"] if postgres else ["sqlite"]:
+    for name in databases():
         with contextlib.ExitStack() as stack:
-            env = {**NULL_ENGINES, **UNREACHED_LIMITS}
-            if name == "postgresql":
-                env["DATABASE_URL"] = stack.enter_context(fresh_database(postgres))
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            database_url = stack.enter_context(bench_database(name, folder))
+            env = {**NULL_ENGINES, **UNREACHED_LIMITS, "DATABASE_URL": database_url}
             f = measure(stack.enter_context(running(**env)), jobs)
         bench = f"per-job overhead (null engines, {name})"
         healthz = f"GET /healthz {f['healthz_p50_ms']:.1f} ms"

@@ -94,6 +94,23 @@ def fresh_database(server_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+def databases() -> list[str]:
+    """The databases a benchmark measures on: SQLite, and PostgreSQL when `BENCH_POSTGRES_URL`
+    names a server."""
+    return ["sqlite", "postgresql"] if os.environ.get("BENCH_POSTGRES_URL") else ["sqlite"]
+
+
+@contextmanager
+def bench_database(name: str, folder: Path) -> Iterator[str]:
+    """An empty database of kind `name` (`databases`) for one run: a file in `folder`, or a new
+    database on `BENCH_POSTGRES_URL`'s server, dropped afterwards (`fresh_database`)."""
+    if name == "postgresql":
+        with fresh_database(os.environ["BENCH_POSTGRES_URL"]) as url:
+            yield url
+    else:
+        yield f"sqlite:///{folder / 'voicechat.db'}"
+
+
 @contextmanager
 def running(timeout: float = 600.0, **env: str) -> Iterator[str]:
     """Runs the launcher in a temporary data folder, keyed (an API key is made first: `auth`,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -32,7 +31,7 @@ from celery import Celery
 from sqlalchemy import func, select
 
 from bench import floor
-from bench.service import auth, fresh_database, running, service_cpu_seconds
+from bench.service import auth, bench_database, databases, running, service_cpu_seconds
 from bench.table import Row, markdown
 from harness.engines import NULL_ENGINES, UNREACHED_LIMITS
 from models.db import make_engine
@@ -130,19 +129,14 @@ def run(rounds: int, seconds: int, connections: int) -> dict[str, list[Round]]:
     """Measures on SQLite and, if configured, on PostgreSQL: the service and the floor on one
     database and one Redis, the service's job workers paused."""
     env = {**NULL_ENGINES, **UNREACHED_LIMITS}
-    postgres = os.environ.get("BENCH_POSTGRES_URL", "")
     results = {}
-    for name in ["sqlite", "postgresql"] if postgres else ["sqlite"]:
+    for name in databases():
         with contextlib.ExitStack() as stack:
             folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             redis = start_embedded_redis(folder / "redis")
             stack.callback(redis.stop)
             redis_url = f"redis://127.0.0.1:{redis.port}/0"
-            database_url = (
-                stack.enter_context(fresh_database(postgres))
-                if name == "postgresql"
-                else f"sqlite:///{folder / 'voicechat.db'}"
-            )
+            database_url = stack.enter_context(bench_database(name, folder))
             url = stack.enter_context(
                 running(**env, DATABASE_URL=database_url, REDIS_URL=redis_url)
             )
