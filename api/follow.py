@@ -344,12 +344,11 @@ def register_turns(app: Flask, settings: Settings) -> None:
                 "Too many event streams are starting at once; retry in a second.",
                 retry_after=1,
             )
-        g.follower_turn = turns
+        g.follower_turn = True
 
     def _end_turn() -> None:
-        taken = g.pop("follower_turn", None)
-        if taken is not None:
-            taken.release()
+        if g.pop("follower_turn", False):
+            turns.release()
 
     @app.after_request  # the stream is set up: it reads Redis from here on, in no turn
     def _turn_ends(response: Response) -> Response:
