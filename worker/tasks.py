@@ -333,8 +333,6 @@ def _run(session: Session, progress: RowProgress, job: Job) -> bool:
     _time_stages(outcome)
     progress.flush()
     progress.tell_running()  # a run resumed past every stage has told nothing yet
-    if progress.cancel.requested(now=True):  # the last stage's end is a boundary too
-        raise transitions.CancelRequested(job.id)
     results = _results(job, outcome)
     replies = clients.stores().results
     name = None
@@ -349,6 +347,7 @@ def _run(session: Session, progress: RowProgress, job: Job) -> bool:
             name = replies.write(reply, outcome.audio.to_wav())
             results.update(audio_columns(outcome.audio, name))
             progress.tell(event_log.AUDIO, seconds=results["reply_audio_seconds"])
+        # The last stage's end is a boundary too: `succeed` raises CancelRequested on a stop.
         if not transitions.succeed(session, lease, turns=turns, **results):
             raise transitions.LeaseLost(job.id)
     except (transitions.LeaseLost, transitions.CancelRequested):

@@ -3,6 +3,7 @@ with TEST_DATABASE_URL, PostgreSQL), the reconciler and the cancel key on a real
 
 from __future__ import annotations
 
+import pytest
 from redis import Redis
 
 from models import cancel_signal, event_log, transitions
@@ -64,6 +65,26 @@ def test_a_running_job_is_ended_by_its_holder_keeping_its_text_and_no_turn(sessi
         )
         assert session.query(Turn).filter_by(conversation_id=conversation.id).count() == 0
         assert transitions.cancel_held(session, lease) is False  # once
+
+
+def test_a_stop_asked_before_the_end_is_read_by_the_end_itself(sessions) -> None:  # type: ignore[no-untyped-def]
+    # The worker makes no look of its own before `succeed`: the UPDATE reads the row's flag.
+    with sessions() as session:
+        conversation = Conversation()
+        session.add(conversation)
+        session.commit()
+        job = _job(session, conversation_id=conversation.id)
+        lease = _claim(session, job.id).lease
+        assert lease is not None and transitions.request_cancel(session, job.id)
+        for turns in ((), [("user", "Hi"), ("assistant", "Hello")]):
+            with pytest.raises(transitions.CancelRequested):
+                transitions.succeed(session, lease, turns=turns, reply_text="Hello")
+            row = _row(session, job.id)
+            assert (row.status, row.reply_text, row.lease_owner) == ("running", None, lease.owner)
+        assert session.query(Turn).filter_by(conversation_id=conversation.id).count() == 0
+        assert transitions.cancel_held(session, lease, reply_text="Hel") is True
+        # A holder whose job ended otherwise is told its lease is gone, not asked to stop.
+        assert transitions.succeed(session, lease, reply_text="Hello") is False
 
 
 def test_a_holder_whose_lease_was_taken_cannot_write_canceled(sessions) -> None:  # type: ignore[no-untyped-def]
