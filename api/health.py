@@ -28,7 +28,10 @@ def healthz() -> Response:
 
     The process is up; touches nothing else.
     """
-    return jsonify(Liveness(status="ok").model_dump(mode="json"))
+    return jsonify(_ALIVE)
+
+
+_ALIVE = Liveness(status="ok").model_dump(mode="json")
 
 
 @blueprint.get("/readyz")
