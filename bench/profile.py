@@ -131,7 +131,8 @@ def rows(seconds: int = 10) -> list[Row]:
             env["DATABASE_URL"] = stack.enter_context(fresh_database(postgres))
         url = stack.enter_context(running(**env))
         pause_workers(redis_url)
-        script = post_script(Path(folder) / "post.lua", auth(url))
+        secret = auth(url)["Authorization"].removeprefix("Bearer ")
+        script = post_script(Path(folder) / "post.lua", [secret])
         wrk(f"{url}/healthz", 2, 16)  # warm-up
         measured["GET /healthz"] = profile(url, "/healthz", seconds, None)
         measured["POST /v1/jobs"] = profile(url, "/v1/jobs", seconds, script)

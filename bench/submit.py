@@ -1,12 +1,13 @@
 """Submit throughput: `POST /v1/jobs` under wrk, each figure against the floor's in the same run.
 
 Run: `.venv/bin/python -m bench.submit [--rounds N] [--seconds S] [--connections C]`. Needs
-Debian's `wrk`. Starts the service with the benchmark's null engines and limits it never reaches
-(`harness/engines.py`), keyed, and beside it the floor (`bench/floor.py`: the least code that does
-submit's work, under the same gunicorn settings), both on one database and one Redis: SQLite
-(the embedded default) and, when `BENCH_POSTGRES_URL` names a PostgreSQL server, a new database
-made on it for the run (and dropped after). The service's job workers are paused, so neither
-queue is drained while measured.
+Debian's `wrk`. Starts the service with the benchmark's null engines, keyed, and beside it the
+floor (`bench/floor.py`: the least code that does submit's work, under the same gunicorn
+settings), both on one database and one Redis: SQLite (the embedded default) and, when
+`BENCH_POSTGRES_URL` names a PostgreSQL server, a new database made on it for the run (and
+dropped after). The service's job workers are paused, so neither queue is drained while
+measured. Each submit is sent with the next of `CALLERS` API keys, the service's and the floor's
+their own, under the deployed limits (but the queue's depth).
 
 Each round runs wrk on `/healthz` of the service then of the floor, then on the submit route of
 each; each figure quoted is the median over rounds, its ratio the median of the rounds' ratios
@@ -29,17 +30,24 @@ from pathlib import Path
 
 from celery import Celery
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from bench import floor
-from bench.service import auth, bench_database, databases, running, service_cpu_seconds
+from bench.service import bench_database, databases, running, service_cpu_seconds
 from bench.table import Row, markdown
 from harness.engines import NULL_ENGINES, UNREACHED_LIMITS
+from models.api_keys import create_key
 from models.db import make_engine
 from models.queue import JOB_QUEUE
 from models.tables import Job, JobStatus
 from scripts.launch import start_embedded_redis
 
 BODY = json.dumps({"text": "What is the capital of France?"})
+# The callers a run's submits are spread over, each with the deployed limits (600 requests a
+# minute, 100 unfinished jobs): a round of thousands of submits on one key needed limits lifted
+# out of reach, and then each submit counted all of the key's queued jobs, which no deployed key
+# can have (its limit stops it at 100).
+CALLERS = 256
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
@@ -75,12 +83,37 @@ def wrk(url: str, seconds: int, connections: int, script: Path | None = None) ->
     return Load(rate, quantiles["50"], quantiles["99"], errors, cpu * 1000 / max(sent, 1))
 
 
-def post_script(path: Path, headers: dict[str, str]) -> Path:
-    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(BODY)}"]
-    lines += [f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}" for name, value in
-              {"Content-Type": "application/json", **headers}.items()]  # fmt: skip
-    path.write_text("\n".join(lines) + "\n")
+def post_script(path: Path, secrets: list[str]) -> Path:
+    """A wrk script that POSTs the body, each request with the next of `secrets`' keys; each
+    key's request is formatted once, so the client's cost per request stays that of a fixed one."""
+    keys = ", ".join(json.dumps(f"Bearer {secret}") for secret in secrets)
+    path.write_text(
+        f"""wrk.method = "POST"
+wrk.body = {json.dumps(BODY)}
+wrk.headers["Content-Type"] = "application/json"
+local keys, requests, n = {{{keys}}}, {{}}, 0
+init = function()
+  for i, key in ipairs(keys) do
+    wrk.headers["Authorization"] = key
+    requests[i] = wrk.format()
+  end
+end
+request = function()
+  n = n % #requests + 1
+  return requests[n]
+end
+"""
+    )
     return path
+
+
+def callers(database_url: str, name: str, count: int = CALLERS) -> list[str]:
+    """Makes `count` API keys under the service's own limits; returns their secrets."""
+    engine = make_engine(database_url)
+    with Session(engine, expire_on_commit=False) as session:
+        made = [create_key(session, f"{name}-{n}").secret for n in range(count)]
+    engine.dispose()
+    return made
 
 
 def pause_workers(redis_url: str) -> None:
@@ -96,11 +129,19 @@ def pause_workers(redis_url: str) -> None:
 Round = dict[str, tuple[Load, Load]]
 
 
-def measure(urls: tuple[str, str], rounds: int, seconds: int, connections: int) -> list[Round]:
+def measure(
+    urls: tuple[str, str],
+    keys: tuple[list[str], list[str]],
+    rounds: int,
+    seconds: int,
+    connections: int,
+) -> list[Round]:
     """Rounds of `/healthz` on the service then on the floor, then submit on each; each round
     printed as it ends, its figures as ratios to the floor's."""
     with tempfile.TemporaryDirectory() as folder:
-        scripts = [post_script(Path(folder) / f"{n}.lua", auth(url)) for n, url in enumerate(urls)]
+        scripts = [
+            post_script(Path(folder) / f"{n}.lua", secrets) for n, secrets in enumerate(keys)
+        ]
         for url in urls:  # warm-up: connections, imports, caches
             wrk(f"{url}/healthz", 2, connections)
         measured: list[Round] = []
@@ -128,7 +169,8 @@ def _against(loads: list[Load], figure: str, unit: str) -> str:
 def run(rounds: int, seconds: int, connections: int) -> dict[str, list[Round]]:
     """Measures on SQLite and, if configured, on PostgreSQL: the service and the floor on one
     database and one Redis, the service's job workers paused."""
-    env = {**NULL_ENGINES, **UNREACHED_LIMITS}
+    # The deployed limits, but the queue's depth: the paused workers let it grow past its 1,000.
+    env = {**NULL_ENGINES, "MAX_QUEUE_DEPTH": UNREACHED_LIMITS["MAX_QUEUE_DEPTH"]}
     results = {}
     for name in databases():
         with contextlib.ExitStack() as stack:
@@ -143,7 +185,8 @@ def run(rounds: int, seconds: int, connections: int) -> dict[str, list[Round]]:
             pause_workers(redis_url)
             floor_url = stack.enter_context(floor.running(database_url, redis_url, **env))
             print(f"submit on {name}, service {url}, floor {floor_url}:", flush=True)
-            results[name] = measure((url, floor_url), rounds, seconds, connections)
+            keys = (callers(database_url, "service"), callers(database_url, "floor"))
+            results[name] = measure((url, floor_url), keys, rounds, seconds, connections)
             _check_undrained(database_url)
     return results
 
