@@ -262,11 +262,7 @@ def succeed(
     if not turns:
         _alone(session)
     ended = _end_held(
-        session,
-        lease,
-        _held(lease).where(Job.cancel_requested.is_not(True)),
-        **_ended(session, JobStatus.SUCCEEDED),
-        **results,
+        session, lease, unless_stopped=True, **_ended(session, JobStatus.SUCCEEDED), **results
     )
     if ended is not None and ended.conversation_id is not None:
         session.add_all(
@@ -282,7 +278,7 @@ def succeed(
 def fail(session: Session, lease: Lease, code: str, message: str) -> bool:
     """Marks a job the lease holds failed with a machine code and a message."""
     _alone(session)
-    failed = _end_held(session, lease, _held(lease), **_failed(session, code, message)) is not None
+    failed = _end_held(session, lease, **_failed(session, code, message)) is not None
     session.commit()
     return failed
 
@@ -322,7 +318,7 @@ def request_cancel(session: Session, job_id: str) -> bool:
 def cancel_held(session: Session, lease: Lease, **kept: Any) -> bool:
     """Ends `canceled` a job the lease holds, keeping `kept` (the reply so far), adding no turn."""
     _alone(session)
-    canceled = _end_held(session, lease, _held(lease), **_canceled(session), **kept) is not None
+    canceled = _end_held(session, lease, **_canceled(session), **kept) is not None
     session.commit()
     return canceled
 
@@ -392,8 +388,9 @@ def _holds(lease: Lease) -> tuple[ColumnElement[bool], ...]:
 
 
 @functools.lru_cache(maxsize=8)  # the attempt's lease writes several times
-def _held(lease: Lease) -> Update:
-    return update(Job).where(*_holds(lease))
+def _held(lease: Lease, unless_stopped: bool = False) -> Update:
+    held = update(Job).where(*_holds(lease))
+    return held.where(Job.cancel_requested.is_not(True)) if unless_stopped else held
 
 
 def _cancel_requested(lease: Lease) -> Select[bool]:
@@ -401,10 +398,12 @@ def _cancel_requested(lease: Lease) -> Select[bool]:
     return select(Job.cancel_requested).where(*_holds(lease), Job.cancel_requested.is_(True))
 
 
-def _end_held(session: Session, lease: Lease, held: Update, **values: Any) -> Job | None:
-    """Ends the job the lease holds (uncommitted) by `held`, a `_held` UPDATE: the ended row,
-    refreshed in the session."""
-    query = held.values(**values).returning(Job)
+def _end_held(
+    session: Session, lease: Lease, *, unless_stopped: bool = False, **values: Any
+) -> Job | None:
+    """Ends the job the lease holds (uncommitted; `unless_stopped`: unless it was asked to stop):
+    the ended row, refreshed in the session."""
+    query = _held(lease, unless_stopped).values(**values).returning(Job)
     return session.execute(query, execution_options=_REFRESHED).scalar_one_or_none()
 
 
