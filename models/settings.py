@@ -31,25 +31,12 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from models.whisper_languages import WHISPER_LANGUAGES
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-
 
 class SettingError(ValueError):
     """A setting in the environment is malformed; the message names the setting."""
 
 
-def parse_bool(name: str, raw: str) -> bool:
-    """Parses a boolean setting named `name`, refusing anything but the usual spellings."""
-    value = raw.strip().lower()
-    if value in _TRUE | _FALSE:
-        return value in _TRUE
-    raise SettingError(f"{name} must be one of true/false/1/0/yes/no/on/off, got {raw!r}")
-
-
-def parse_int(
-    name: str, raw: str, *, minimum: int | None = None, maximum: int | None = None
-) -> int:
+def parse_int(name: str, raw: str, *, minimum: int | None = None) -> int:
     """Parses the whole-number variable `name` (launcher, gunicorn); SettingError when malformed."""
     try:
         value = int(raw.strip(), 10)
@@ -57,8 +44,6 @@ def parse_int(
         raise SettingError(f"{name} must be a whole number, got {raw!r}") from None
     if minimum is not None and value < minimum:
         raise SettingError(f"{name} must be at least {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise SettingError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
