@@ -27,6 +27,16 @@ def _row(session, job_id: str) -> Job:  # type: ignore[no-untyped-def]
     return job
 
 
+def _running_in_a_conversation(session) -> tuple[Job, Lease]:  # type: ignore[no-untyped-def]
+    conversation = Conversation()
+    session.add(conversation)
+    session.commit()
+    job = _job(session, conversation_id=conversation.id)
+    lease = _claim(session, job.id).lease
+    assert lease is not None
+    return job, lease
+
+
 def test_a_queued_job_is_canceled_at_once_and_never_claimed(sessions) -> None:  # type: ignore[no-untyped-def]
     with sessions() as session:
         job = _job(session)
@@ -47,12 +57,7 @@ def test_a_queued_job_is_canceled_at_once_and_never_claimed(sessions) -> None:  
 
 def test_a_running_job_is_ended_by_its_holder_keeping_its_text_and_no_turn(sessions) -> None:  # type: ignore[no-untyped-def]
     with sessions() as session:
-        conversation = Conversation()
-        session.add(conversation)
-        session.commit()
-        job = _job(session, conversation_id=conversation.id)
-        lease = _claim(session, job.id).lease
-        assert lease is not None
+        job, lease = _running_in_a_conversation(session)
         assert transitions.cancel_queued(session, job.id) is False  # running: not at once
         assert transitions.request_cancel(session, job.id) is True
         assert _row(session, job.id).status == "running"
@@ -63,25 +68,21 @@ def test_a_running_job_is_ended_by_its_holder_keeping_its_text_and_no_turn(sessi
             "Once upon a",
             None,
         )
-        assert session.query(Turn).filter_by(conversation_id=conversation.id).count() == 0
+        assert session.query(Turn).filter_by(conversation_id=job.conversation_id).count() == 0
         assert transitions.cancel_held(session, lease) is False  # once
 
 
 def test_a_stop_asked_before_the_end_is_read_by_the_end_itself(sessions) -> None:  # type: ignore[no-untyped-def]
     # The worker makes no look of its own before `succeed`: the UPDATE reads the row's flag.
     with sessions() as session:
-        conversation = Conversation()
-        session.add(conversation)
-        session.commit()
-        job = _job(session, conversation_id=conversation.id)
-        lease = _claim(session, job.id).lease
-        assert lease is not None and transitions.request_cancel(session, job.id)
+        job, lease = _running_in_a_conversation(session)
+        assert transitions.request_cancel(session, job.id)
         for turns in ((), [("user", "Hi"), ("assistant", "Hello")]):
             with pytest.raises(transitions.CancelRequested):
                 transitions.succeed(session, lease, turns=turns, reply_text="Hello")
             row = _row(session, job.id)
             assert (row.status, row.reply_text, row.lease_owner) == ("running", None, lease.owner)
-        assert session.query(Turn).filter_by(conversation_id=conversation.id).count() == 0
+        assert session.query(Turn).filter_by(conversation_id=job.conversation_id).count() == 0
         assert transitions.cancel_held(session, lease, reply_text="Hel") is True
         # A holder whose job ended otherwise is told its lease is gone, not asked to stop.
         assert transitions.succeed(session, lease, reply_text="Hello") is False
