@@ -63,7 +63,7 @@ BLUEPRINTS = (
 class _App(Flask):
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """Every view and hook here is synchronous: Flask's look at each, for each request (16
-        hooks a request), is skipped (a twentieth of a probe's time in process)."""
+        hooks a request), is skipped."""
         return func
 
 

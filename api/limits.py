@@ -113,8 +113,8 @@ def _exempt() -> bool:
 
 class _Limiter(Limiter):
     """Flask-Limiter, whose request hook returns at once outside `/v1`, the requests it counts: it
-    resolves a request's limits and exemptions before it asks a request filter (a fifth of a
-    probe's time in process, `bench.submit`'s /healthz)."""
+    resolves a request's limits and exemptions before it asks a request filter (`bench.submit`'s
+    `/healthz`, bench/results.md)."""
 
     def _check_request_limit(
         self, callable_name: str | None = None, in_middleware: bool = True

@@ -96,7 +96,7 @@ def prometheus_metrics() -> Response:
 
 def register_request_figures(app: Flask) -> None:
     """Counts and times every answer by route, method and status (timed from the request's
-    opening hook, api/__init__.py, the first: a hook of its own cost a probe a twentieth)."""
+    opening hook, api/__init__.py, the first: a hook of its own costs every request its call)."""
 
     @app.after_request
     def _count(response: Response) -> Response:
