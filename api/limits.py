@@ -18,6 +18,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from api.access import caller_id
+from api.authentication import PROTECTED_PREFIX
 from models import transitions
 from models.errors import QueueFull, RateLimited, TooManyUnfinishedJobs
 from models.queue import JobQueue
@@ -119,7 +120,7 @@ class _Limiter(Limiter):
     def _check_request_limit(
         self, callable_name: str | None = None, in_middleware: bool = True
     ) -> None:
-        if request.path.startswith("/v1/"):
+        if request.path.startswith(PROTECTED_PREFIX):
             super()._check_request_limit(callable_name, in_middleware)
 
 
@@ -156,7 +157,7 @@ def _window() -> tuple[int, int, int] | None:
 
 
 def _add_headers(response: Response) -> Response:
-    if not request.path.startswith("/v1/"):  # uncounted (`_Limiter`)
+    if not request.path.startswith(PROTECTED_PREFIX):  # uncounted (`_Limiter`)
         return response
     try:
         counted = _window()
