@@ -15,15 +15,14 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import os
 import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.service import auth, fresh_database, running, service_processes
-from bench.submit import pause_workers, post_script, wrk
+from bench.service import bench_database, databases, running, service_processes
+from bench.submit import callers, pause_workers, post_script, wrk
 from bench.table import Row, markdown
 from harness.engines import NULL_ENGINES, UNREACHED_LIMITS
 from scripts.launch import start_embedded_redis
@@ -121,18 +120,21 @@ def profile(url: str, route: str, seconds: int, script: Path | None) -> dict[str
 def rows(seconds: int = 10) -> list[Row]:
     """The shares of each part, for `/healthz` and for a keyed submit."""
     measured = {}
-    postgres = os.environ.get("BENCH_POSTGRES_URL")
     with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
         redis = start_embedded_redis(Path(folder) / "redis")
         stack.callback(redis.stop)
         redis_url = f"redis://127.0.0.1:{redis.port}/0"
-        env = {**NULL_ENGINES, **UNREACHED_LIMITS, "REDIS_URL": redis_url}
-        if postgres:
-            env["DATABASE_URL"] = stack.enter_context(fresh_database(postgres))
+        # As `bench.submit`: the deployed limits but the queue's depth, submits over many keys (one
+        # key's lifted limits would profile a count of its thousands of queued jobs).
+        env = {**NULL_ENGINES, "MAX_QUEUE_DEPTH": UNREACHED_LIMITS["MAX_QUEUE_DEPTH"]}
+        name = databases()[-1]  # one database: PostgreSQL when configured
+        env |= {
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": stack.enter_context(bench_database(name, Path(folder))),
+        }
         url = stack.enter_context(running(**env))
         pause_workers(redis_url)
-        secret = auth(url)["Authorization"].removeprefix("Bearer ")
-        script = post_script(Path(folder) / "post.lua", [secret])
+        script = post_script(Path(folder) / "post.lua", callers(env["DATABASE_URL"], "profile"))
         wrk(f"{url}/healthz", 2, 16)  # warm-up
         measured["GET /healthz"] = profile(url, "/healthz", seconds, None)
         measured["POST /v1/jobs"] = profile(url, "/v1/jobs", seconds, script)
