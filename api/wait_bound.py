@@ -81,6 +81,10 @@ def _ready_workers(redis: Redis) -> int:
 def check_reachable(settings: Settings) -> None:
     """Refuses (WaitTooLong) a request whose job the queue ahead would keep past the bound."""
     bound = settings.openai_wait_seconds
+    sessions: sessionmaker[Session] = current_app.extensions["voicechat.sessions"]
+    with sessions() as session:
+        if not queries.queued_jobs(session, 1):  # an idle queue: one indexed look, no estimate
+            return
     ahead = queue_ahead(bound)
     if ahead.seconds <= bound:
         return
