@@ -17,7 +17,6 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Insert,
-    Select,
     Update,
     and_,
     bindparam,
@@ -214,7 +213,7 @@ def _claim_query(dialect: str, owner: str, lease_seconds: int, max_attempts: int
 
 def renew_lease(session: Session, lease: Lease, lease_seconds: int) -> bool:
     """Extends a lease from the database's clock; returns False if the lease was lost."""
-    return _apply(session, _held(lease), lease_expires_at=database_clock(session, lease_seconds))
+    return _write_held(session, lease, lease_expires_at=database_clock(session, lease_seconds))
 
 
 def release_expired(session: Session, job_id: str, attempt: int) -> bool:
@@ -250,11 +249,7 @@ def release_held_by(session: Session, job_id: str, owner_prefix: str) -> int | N
 
 def set_stage(session: Session, lease: Lease, stage: Stage, **checkpoint: Any) -> bool:
     """Records the stage a running job entered, with the results of the stage before it."""
-    _alone(session)
-    query = _held(lease).values(stage=stage.value, **checkpoint)
-    changed = rowcount(session.execute(query, execution_options=_UNSYNCED))
-    session.commit()
-    return bool(changed)
+    return _write_held(session, lease, stage=stage.value, **checkpoint)
 
 
 def succeed(
@@ -276,7 +271,7 @@ def succeed(
             for role, content in turns
         )
     session.commit()
-    if ended is None and session.scalar(_cancel_requested(lease)):
+    if ended is None and session.scalar(_CANCEL_REQUESTED, _bound(lease)):
         raise CancelRequested(lease.job_id)
     return ended is not None
 
@@ -340,7 +335,7 @@ def fail_unclaimed(session: Session, job_id: str, code: str, message: str) -> bo
 def mark_done_announced(session: Session, job_id: str) -> None:
     """Records that a finished job's `done` event is in its event log."""
     _alone(session)
-    session.execute(_DONE_ANNOUNCED, {"job_id": job_id}, execution_options=_UNSYNCED)
+    session.connection().execute(_DONE_ANNOUNCED, {"job_id": job_id})
     session.commit()
 
 
@@ -382,26 +377,61 @@ _REQUEUED = {
 }
 
 
-def _holds(lease: Lease) -> tuple[ColumnElement[bool], ...]:
-    # Only the current lease holder's attempt may write: a worker that lost its lease (and
-    # whose job was handed to another attempt) cannot overwrite the new attempt's results.
-    return (
-        Job.id == lease.job_id,
-        Job.status == JobStatus.RUNNING.value,
-        Job.lease_owner == lease.owner,
-        Job.attempts == lease.attempt,
-    )
+# Only the current lease holder's attempt may write: a worker that lost its lease (and whose job
+# was handed to another attempt) cannot overwrite the new attempt's results. The lease and the
+# written values are bound parameters, so each statement is built (and its cache key made) once.
+_HOLDS = (
+    Job.id == bindparam("held_id"),
+    Job.status == JobStatus.RUNNING.value,
+    Job.lease_owner == bindparam("held_owner"),
+    Job.attempts == bindparam("held_attempt"),
+)
+# Whether the job the lease holds was asked to stop (no row: the lease is lost).
+_CANCEL_REQUESTED = select(Job.cancel_requested).where(*_HOLDS, Job.cancel_requested.is_(True))
 
 
-@functools.lru_cache(maxsize=8)  # the attempt's lease writes several times
-def _held(lease: Lease, unless_stopped: bool = False) -> Update:
-    held = update(Job).where(*_holds(lease))
-    return held.where(Job.cancel_requested.is_not(True)) if unless_stopped else held
+def _bound(lease: Lease, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The parameters of `_held_write`: the lease, and the values that are not SQL."""
+    bound = {"held_id": lease.job_id, "held_owner": lease.owner, "held_attempt": lease.attempt}
+    for name, value in (values or {}).items():
+        if not isinstance(value, ColumnElement):
+            bound[f"new_{name}"] = value
+    return bound
 
 
-def _cancel_requested(lease: Lease) -> Select[bool]:
-    """Whether the job the lease holds was asked to stop (no row: the lease is lost)."""
-    return select(Job.cancel_requested).where(*_holds(lease), Job.cancel_requested.is_(True))
+def _held_write(
+    values: dict[str, Any], *, unless_stopped: bool = False, returning: bool = False
+) -> Update:
+    """The UPDATE of the row a lease holds that writes `values` (SQL expressions as they are)."""
+    sql = tuple((name, value) for name, value in values.items() if isinstance(value, ColumnElement))
+    plain = tuple(name for name in values if not isinstance(values[name], ColumnElement))
+    return _held_statement(plain, sql, unless_stopped, returning)
+
+
+# Keyed by the SQL expressions too: the clocks, each one object (`_clock`), so a key matches by
+# identity.
+@functools.lru_cache(maxsize=64)
+def _held_statement(
+    plain: tuple[str, ...],
+    sql: tuple[tuple[str, ColumnElement[Any]], ...],
+    unless_stopped: bool,
+    returning: bool,
+) -> Update:
+    query = update(Job).where(*_HOLDS)
+    if unless_stopped:
+        query = query.where(Job.cancel_requested.is_not(True))
+    bound = {name: bindparam(f"new_{name}", type_=_JOB_TYPES[name]) for name in plain}
+    query = query.values({**bound, **dict(sql)})
+    return query.returning(Job) if returning else query
+
+
+def _write_held(session: Session, lease: Lease, **values: Any) -> bool:
+    """Writes `values` to the row the lease holds and commits; False when the lease was lost."""
+    _alone(session)
+    query = _held_write(values)
+    changed = rowcount(session.connection().execute(query, _bound(lease, values)))
+    session.commit()
+    return bool(changed)
 
 
 def _end_held(
@@ -409,8 +439,9 @@ def _end_held(
 ) -> Job | None:
     """Ends the job the lease holds (uncommitted; `unless_stopped`: unless it was asked to stop):
     the ended row, refreshed in the session."""
-    query = _held(lease, unless_stopped).values(**values).returning(Job)
-    return session.execute(query, execution_options=_REFRESHED).scalar_one_or_none()
+    query = _held_write(values, unless_stopped=unless_stopped, returning=True)
+    params = _bound(lease, values)
+    return session.execute(query, params, execution_options=_REFRESHED).scalar_one_or_none()
 
 
 def _apply(session: Session, query: Update, **values: Any) -> bool:
