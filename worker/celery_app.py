@@ -32,6 +32,7 @@ app = Celery(
     ],
 )
 app.conf.update(
+    broker_transport="worker.broker:Transport",  # kombu's Redis transport, one client a channel
     task_default_queue=JOB_QUEUE,
     task_routes={
         DELIVER_WEBHOOK_TASK: {"queue": MAINTENANCE_QUEUE},
