@@ -19,11 +19,11 @@ class Channel(redis.Channel):
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:  # the consumer's own, made once by kombu already
-            return super()._create_client(asynchronous=True)
+            return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]
         made = self._client_made
         # A client of a pool kombu has since replaced (after a lost connection) is made anew.
         if made is None or made.connection_pool is not self.pool:
-            made = self._client_made = super()._create_client()
+            made = self._client_made = super()._create_client()  # type: ignore[no-untyped-call]
         return made
 
 
