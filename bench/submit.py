@@ -62,10 +62,14 @@ class Load:
     cpu_ms: float = 0.0  # the service's CPU time per request (`service_cpu_seconds`)
 
 
-def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> Load:
-    """Runs wrk with two threads and returns its throughput, latency quantiles and errors, and
-    the CPU time the service spent per request meanwhile."""
-    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+def wrk(
+    url: str, seconds: int, connections: int, script: Path | None = None, timeout: int = 2
+) -> Load:
+    """Runs wrk with two threads and returns its throughput, latency quantiles and errors (an
+    answer later than `timeout` seconds is one), and the CPU time the service spent per request
+    meanwhile."""
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", f"--timeout={timeout}s"]
+    command.append("--latency")
     if script is not None:
         command += ["-s", str(script)]
     service = url.split("/", 3)
