@@ -59,7 +59,8 @@ MODELS_LOADED = Gauge(
 )
 HTTP_REQUESTS = Counter(
     "voicechat_http_requests",
-    "Requests answered, by route (the URL rule, `unmatched` for none), method and status.",
+    "Requests answered, by route (the URL rule, `unmatched` for none), method and status; the "
+    "probes and `/metrics` are not counted.",
     ["route", "method", "status"],
 )
 HTTP_SECONDS = Histogram(

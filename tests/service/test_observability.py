@@ -116,6 +116,10 @@ def test_metrics_count_the_jobs_their_stages_and_the_workers(ran: Ran) -> None:
     assert _value(requests_, "_total", route="/v1/jobs", method="POST", status="202") == 4
     seconds = families["voicechat_http_request_seconds"]
     assert _value(seconds, "_count", route="/v1/jobs", method="POST") == 4
+    # The stack's start asked /readyz until it answered, and this scrape asked /metrics: neither
+    # is counted.
+    routes = {sample.labels["route"] for sample in requests_.samples}
+    assert not routes & {"/healthz", "/readyz", "/metrics"}, routes
 
 
 @pytest.mark.e2e
