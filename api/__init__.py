@@ -142,8 +142,12 @@ def _connect(app: Flask, settings: Settings) -> None:
     app.extensions["voicechat.settings"] = settings
     app.extensions["voicechat.engine"] = engine
     # The same pool, for reads of one statement (a key, a job's state): no BEGIN before it and
-    # no ROLLBACK after it, one round trip instead of three on PostgreSQL.
-    app.extensions["voicechat.reads"] = engine.execution_options(isolation_level="AUTOCOMMIT")
+    # no ROLLBACK after it, one round trip instead of three on PostgreSQL. SQLite's driver begins
+    # nothing before a read, and resets an AUTOCOMMIT connection with a PRAGMA statement on its
+    # return: it reads on the engine as it is.
+    sqlite = engine.dialect.name == "sqlite"
+    reads = engine if sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
+    app.extensions["voicechat.reads"] = reads
     app.extensions["voicechat.sessions"] = make_session_factory(engine)
     app.extensions["voicechat.redis"] = Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2
