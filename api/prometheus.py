@@ -99,7 +99,7 @@ def register_request_figures(app: Flask) -> None:
     """Counts and times every answer by route, method and status (timed from the request's
     opening hook, api/__init__.py, the first: a hook of its own costs every request its call),
     but the probes' and scrapes' (QUIET_PATHS): what a machine asks every few seconds says
-    nothing of the API's use, and counting it was 4% of a probe's samples (bench.profile)."""
+    nothing of the API's use, and counting was the largest of the hooks after a probe's view."""
 
     @app.after_request
     def _count(response: Response) -> Response:
