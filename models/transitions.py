@@ -148,8 +148,8 @@ _FIRST_STAGE = case(
     else_=Stage.TRANSCRIBING.value,
 )
 # The lease holder's writes leave the session's copy of the row alone (SQLAlchemy's default
-# matched the WHERE against it in Python first: a third of each write's cost, profiled on the
-# job path); one that returns the row refreshes that copy, and a job's end is announced from it.
+# matched the WHERE against it in Python before each write); one that returns the row refreshes
+# that copy, and a job's end is announced from it.
 _UNSYNCED = {"synchronize_session": False}
 _REFRESHED = {**_UNSYNCED, "populate_existing": True}
 # A write that is a transaction alone is sent alone: no BEGIN and COMMIT round trips around it

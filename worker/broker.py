@@ -3,8 +3,8 @@ command it sends itself.
 
 kombu's Redis channel makes a new client (redis-py's `Redis`, which copies its table of reply
 callbacks as it starts) for every message it takes and acknowledges and every event it
-publishes: with Celery's task events on for Flower, a third of the worker's own CPU per job
-(py-spy, issue 23). Selected by `broker_transport` in worker/celery_app.py.
+publishes: five a job, with Celery's task events on for Flower (received, started, succeeded).
+Selected by `broker_transport` in worker/celery_app.py.
 """
 
 from __future__ import annotations
