@@ -271,7 +271,7 @@ def succeed(
             for role, content in turns
         )
     session.commit()
-    if ended is None and session.scalar(_CANCEL_REQUESTED, _bound(lease)):
+    if ended is None and session.scalar(_CANCEL_REQUESTED, _lease(lease)):
         raise CancelRequested(lease.job_id)
     return ended is not None
 
@@ -390,22 +390,21 @@ _HOLDS = (
 _CANCEL_REQUESTED = select(Job.cancel_requested).where(*_HOLDS, Job.cancel_requested.is_(True))
 
 
-def _bound(lease: Lease, values: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The parameters of `_held_write`: the lease, and the values that are not SQL."""
-    bound = {"held_id": lease.job_id, "held_owner": lease.owner, "held_attempt": lease.attempt}
-    for name, value in (values or {}).items():
-        if not isinstance(value, ColumnElement):
-            bound[f"new_{name}"] = value
-    return bound
+def _lease(lease: Lease) -> dict[str, Any]:
+    return {"held_id": lease.job_id, "held_owner": lease.owner, "held_attempt": lease.attempt}
 
 
-def _held_write(
-    values: dict[str, Any], *, unless_stopped: bool = False, returning: bool = False
-) -> Update:
-    """The UPDATE of the row a lease holds that writes `values` (SQL expressions as they are)."""
-    sql = tuple((name, value) for name, value in values.items() if isinstance(value, ColumnElement))
-    plain = tuple(name for name in values if not isinstance(values[name], ColumnElement))
-    return _held_statement(plain, sql, unless_stopped, returning)
+def _held_update(
+    lease: Lease, values: dict[str, Any], *, unless_stopped: bool = False, returning: bool = False
+) -> tuple[Update, dict[str, Any]]:
+    """The UPDATE of the row the lease holds that writes `values`, and its parameters: an SQL
+    expression (a clock) goes into the statement, any other value is bound."""
+    sql: dict[str, Any] = {}
+    plain: dict[str, Any] = {}
+    for name, value in values.items():
+        (sql if isinstance(value, ColumnElement) else plain)[name] = value
+    query = _held_statement(tuple(plain), tuple(sql.items()), unless_stopped, returning)
+    return query, _lease(lease) | {f"new_{name}": value for name, value in plain.items()}
 
 
 # Keyed by the SQL expressions too: the clocks, each one object (`_clock`), so a key matches by
@@ -428,8 +427,8 @@ def _held_statement(
 def _write_held(session: Session, lease: Lease, **values: Any) -> bool:
     """Writes `values` to the row the lease holds and commits; False when the lease was lost."""
     _alone(session)
-    query = _held_write(values)
-    changed = rowcount(session.connection().execute(query, _bound(lease, values)))
+    query, params = _held_update(lease, values)
+    changed = rowcount(session.connection().execute(query, params))
     session.commit()
     return bool(changed)
 
@@ -439,8 +438,7 @@ def _end_held(
 ) -> Job | None:
     """Ends the job the lease holds (uncommitted; `unless_stopped`: unless it was asked to stop):
     the ended row, refreshed in the session."""
-    query = _held_write(values, unless_stopped=unless_stopped, returning=True)
-    params = _bound(lease, values)
+    query, params = _held_update(lease, values, unless_stopped=unless_stopped, returning=True)
     return session.execute(query, params, execution_options=_REFRESHED).scalar_one_or_none()
 
 
