@@ -68,8 +68,14 @@ def wrk(
     """Runs wrk with two threads and returns its throughput, latency quantiles and errors (an
     answer later than `timeout` seconds is one), and the CPU time the service spent per request
     meanwhile."""
-    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", f"--timeout={timeout}s"]
-    command.append("--latency")
+    command = [
+        "wrk",
+        "-t2",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        f"--timeout={timeout}s",
+        "--latency",
+    ]
     if script is not None:
         command += ["-s", str(script)]
     service = url.split("/", 3)
