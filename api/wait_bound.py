@@ -10,14 +10,13 @@ from dataclasses import dataclass
 
 from flask import current_app
 from redis import Redis, RedisError
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.held_requests import RETRY_AFTER_SECONDS
 from models import heartbeat, queries
 from models.errors import WaitTimedOut, WaitTooLong
 from models.settings import Settings
-from models.tables import Job, JobStatus
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -80,16 +79,12 @@ def _ready_workers(redis: Redis) -> int:
         return 1
 
 
-# One indexed look (ix_jobs_status_created_at) before the estimate's reads.
-_ANY_QUEUED = select(Job.id).where(Job.status == JobStatus.QUEUED.value).limit(1)
-
-
 def check_reachable(settings: Settings) -> None:
     """Refuses (WaitTooLong) a request whose job the queue ahead would keep past the bound."""
     bound = settings.openai_wait_seconds
     reads: Engine = current_app.extensions["voicechat.reads"]
     with reads.connect() as connection:
-        if connection.execute(_ANY_QUEUED).first() is None:  # none ahead: no estimate needed
+        if not queries.queued_jobs(connection, 1):  # none ahead: no estimate needed
             return
     ahead = queue_ahead(bound)
     if ahead.seconds <= bound:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, false, func, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, false, func, or_, select
 from sqlalchemy.orm import Session
 
 from models.errors import InvalidCursor
@@ -93,7 +93,7 @@ def queued_longer_than(session: Session, seconds: float, limit: int = 1000) -> l
     return _queued_ids(session, limit, Job.created_at < database_clock(session, -seconds))
 
 
-def queued_jobs(session: Session, at_most: int) -> int:
+def queued_jobs(session: Session | Connection, at_most: int) -> int:
     """Queued jobs counted up to `at_most` (a LIMIT subquery): a long queue costs no more."""
     queued = select(Job.id).where(Job.status == JobStatus.QUEUED.value).limit(at_most)
     return int(session.scalar(select(func.count()).select_from(queued.subquery())) or 0)

@@ -150,8 +150,7 @@ _FIRST_STAGE = case(
 # The lease holder's writes leave the session's copy of the row alone (SQLAlchemy's default
 # matched the WHERE against it in Python before each write); one that returns the row refreshes
 # that copy, and a job's end is announced from it.
-_UNSYNCED = {"synchronize_session": False}
-_REFRESHED = {**_UNSYNCED, "populate_existing": True}
+_REFRESHED = {"synchronize_session": False, "populate_existing": True}
 # A write that is a transaction alone is sent alone: no BEGIN and COMMIT round trips around it
 # (four of a job's critical path on PostgreSQL: the claim's and the end's; bench.overhead).
 _ALONE = {"isolation_level": "AUTOCOMMIT"}
