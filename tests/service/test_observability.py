@@ -193,6 +193,8 @@ def test_metrics_need_the_token_when_set_and_survive_a_dead_redis(tmp_path: Path
         '{"auth": "Bearer abcdefgh12345678"}',
         "secret whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldY",
         "redis://user:p4ssw0rd@host:6379/0",
+        "Authorization: BASIC abcdefgh12345678",  # the marks are looked for in any case
+        "authorization: BeArEr abcdefgh12345678",
     ],
 )
 def test_secrets_are_redacted_from_any_line(line: str) -> None:
