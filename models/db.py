@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -77,18 +79,62 @@ def _ping_when_idle(engine: Engine, idle_seconds: float) -> None:
 
 # SQLite's busy handler sleeps a locked writer 1, 2, 5 ... up to 100 ms a try, however soon the
 # lock frees: under concurrent submits that was the p99 (0.9 s at 16 connections, bench.submit).
-# A process's own writers take turns on a lock instead, woken at the previous commit; only other
-# processes' writers are waited for inside SQLite.
-_SQLITE_WRITERS: dict[str, threading.Lock] = {}
+# Writers take turns instead, each woken as the one before lets go: a thread lock among a
+# process's threads, and a blocking flock of a file beside the database among processes (filelock
+# and fasteners poll, sleeping between tries, as SQLite does).
+class _WriterTurn:
+    def __init__(self, database: str | None) -> None:
+        in_memory = not database or database == ":memory:" or database.startswith("file:")
+        self.path = None if in_memory else f"{database}-writer"
+        self.lock = threading.Lock()
+        self.file: int | None = None
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        try:
+            if self.path is not None:
+                if self.file is None:
+                    self.file = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(self.file, fcntl.LOCK_EX)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if self.file is not None:
+                fcntl.flock(self.file, fcntl.LOCK_UN)
+        finally:
+            self.lock.release()
+
+
+_SQLITE_WRITERS: dict[str, _WriterTurn] = {}
 _SQLITE_WRITERS_GUARD = threading.Lock()
 
 
 def write_turn(engine: Engine) -> AbstractContextManager[object]:
-    """Held around a write transaction: this process's writer turn on SQLite; no-op elsewhere."""
+    """Held around a write transaction: this writer's turn on SQLite; no-op elsewhere."""
     if engine.dialect.name != "sqlite":
         return nullcontext()
     with _SQLITE_WRITERS_GUARD:
-        return _SQLITE_WRITERS.setdefault(str(engine.url), threading.Lock())
+        turn = _SQLITE_WRITERS.get(str(engine.url))
+        if turn is None:
+            turn = _SQLITE_WRITERS[str(engine.url)] = _WriterTurn(engine.url.database)
+        return turn
+
+
+def _after_fork() -> None:
+    """A forked child starts with turns of its own: its parent's locks may be held, and an
+    inherited descriptor shares the parent's flock."""
+    global _SQLITE_WRITERS_GUARD
+    _SQLITE_WRITERS_GUARD = threading.Lock()
+    for turn in _SQLITE_WRITERS.values():
+        if turn.file is not None:
+            os.close(turn.file)
+    _SQLITE_WRITERS.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

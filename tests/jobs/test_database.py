@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -11,7 +13,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from models import queries, transitions
-from models.db import make_engine, make_session_factory
+from models.db import make_engine, make_session_factory, write_turn
 from models.errors import InvalidCursor
 from models.tables import Job, JobStatus, Stage, utcnow
 from models.transitions import ClaimOutcome, Lease
@@ -254,3 +256,26 @@ def test_a_worker_stuck_inside_a_write_cannot_hold_the_row_for_ever(database_url
     finally:
         stuck_engine.dispose()
         other_engine.dispose()
+
+
+def test_sqlite_writers_of_two_processes_take_turns(tmp_path: Path) -> None:
+    """A writer's turn holds off another process's writer (a forked one's too, whose parent
+    opened the lock before the fork), which enters once the turn is let go."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'turns.db'}")
+    fork = multiprocessing.get_context("fork")
+    trying, entered = fork.Event(), fork.Event()
+
+    def other_writer() -> None:
+        trying.set()
+        with write_turn(engine):
+            entered.set()
+
+    with write_turn(engine):
+        child = fork.Process(target=other_writer)
+        child.start()
+        assert trying.wait(10)
+        assert not entered.wait(0.5)
+    assert entered.wait(10)
+    child.join(10)
+    assert child.exitcode == 0
+    engine.dispose()
