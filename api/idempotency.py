@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Request
-from sqlalchemy import ColumnElement, Result, and_, delete, update
+from sqlalchemy import ColumnElement, Connection, Result, and_, delete, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -96,10 +96,8 @@ def fingerprint(request: Request, job: Job, audio: bytes | None) -> str:
     return digest.hexdigest()
 
 
-def claim(
-    session: Session, key: str, request_fingerprint: str, job_id: str, settings: Settings
-) -> Claim | Job:
-    """Takes `key` for this request's job `job_id` (named in the transaction that will store the
+def claim(session: Session, key: str, request_fingerprint: str, settings: Settings) -> Claim | Job:
+    """Takes `key` for this request (`bind` names its job in the transaction that stores the
     job; `release` gives it back), or returns the job the same request made with it, to replay.
     The row is committed at once: of two requests with one key, the primary key lets one in. A
     stale row (expired, in flight past IN_FLIGHT_STALE_SECONDS, or its job gone) is taken over."""
@@ -112,7 +110,7 @@ def claim(
     except IntegrityError:
         session.rollback()
     else:
-        return _bound(session, Claim(scope, key, now), job_id)
+        return Claim(scope, key, now)
     existing = session.get(IdempotencyRecord, (scope, key), populate_existing=True)
     if existing is None:  # its first request failed and gave it back just now
         raise IdempotencyKeyInFlight("A request with this Idempotency-Key just ended; retry.")
@@ -123,7 +121,7 @@ def claim(
         and (existing.job_id is not None or age.total_seconds() > IN_FLIGHT_STALE_SECONDS)
     )
     if stale:
-        return _bound(session, _take_over(session, existing, request_fingerprint, now), job_id)
+        return _take_over(session, existing, request_fingerprint, now)
     if job is None:
         raise IdempotencyKeyInFlight(
             "The first request with this Idempotency-Key is still being handled; retry shortly."
@@ -165,9 +163,9 @@ def _update(session: Session, held: Claim | IdempotencyRecord, **values: object)
     )
 
 
-def _bound(session: Session, held: Claim, job_id: str) -> Claim:
-    _update(session, held, job_id=job_id)
-    return held
+def bind(connection: Connection, held: Claim, job_id: str) -> None:
+    """Names the job the key was taken for, in the transaction that stores the job."""
+    connection.execute(update(IdempotencyRecord).where(_matching(held)).values(job_id=job_id))
 
 
 def release(session: Session, held: Claim) -> None:

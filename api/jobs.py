@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import soundfile as sf
 from flask import Blueprint, Response, current_app, g, jsonify, request, send_file, url_for
 from flask.typing import ResponseReturnValue
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from api import idempotency
@@ -27,7 +30,6 @@ from api.schemas import AudioQuery, JobList, JobListQuery, is_resource_id
 from api.speech_stream import stream_reply
 from api.submission import AUDIO_MEDIA_TYPES, Submission, parse_submission
 from models import event_log, queries, storage, transitions, webhooks
-from models.db import write_turn
 from models.errors import (
     AudioExpired,
     AudioNotFound,
@@ -93,9 +95,15 @@ def queued_job(reply_format: ReplyFormat, **columns: Any) -> Job:
     )
 
 
-def submit(job: Job, audio: bytes | None = None, extension: str = "wav") -> Job:
+def submit(
+    job: Job,
+    audio: bytes | None = None,
+    extension: str = "wav",
+    also: Callable[[Connection], object] | None = None,
+) -> Job:
     """Stores a new job (and its recording, with its container's `extension`), commits the
-    row, and enqueues it; a job the queue could not take is recorded failed."""
+    row (and what `also` writes, in its transaction), and enqueues it; a job the queue could not
+    take is recorded failed."""
     settings: Settings = current_app.extensions["voicechat.settings"]
     queue: JobQueue = current_app.extensions["voicechat.queue"]
     check_queue(queue, settings)
@@ -106,9 +114,8 @@ def submit(job: Job, audio: bytes | None = None, extension: str = "wav") -> Job:
         job.input_kind = InputKind.AUDIO.value
         job.input_audio_file = uploads.write(storage.upload_name(job.id, extension), audio)
     try:
-        with write_turn(current_app.extensions["voicechat.engine"]):
-            add_within_limit(g.db, job, settings)
-            g.db.commit()
+        add_within_limit(g.db, job, settings, also)
+        g.db.commit()
     except Exception:
         if job.input_audio_file:  # no row will ever point at it
             with contextlib.suppress(OSError, SQLAlchemyError):
@@ -254,7 +261,7 @@ def create_job() -> Response:
     held = None
     if key is not None:
         request_fingerprint = idempotency.fingerprint(request, job, submission.audio)
-        earlier = idempotency.claim(g.db, key, request_fingerprint, job.id, settings)
+        earlier = idempotency.claim(g.db, key, request_fingerprint, settings)
         if isinstance(earlier, Job):
             response = _job_answer(earlier, 202)
             response.headers[idempotency.REPLAYED_HEADER] = "true"
@@ -262,7 +269,10 @@ def create_job() -> Response:
         held = earlier
     try:
         extension = submission.audio_info.extension if submission.audio_info else "wav"
-        submit(job, submission.audio, extension)
+        named = None
+        if held is not None:  # in the job's own transaction
+            named = functools.partial(idempotency.bind, held=held, job_id=job.id)
+        submit(job, submission.audio, extension, also=named)
     except BaseException:
         if held is not None:
             idempotency.release(g.db, held)

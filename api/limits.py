@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -14,12 +15,13 @@ from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 from limits.storage import RedisStorage
 from redis import RedisError
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Connection, Engine, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from api.access import caller_id
 from api.authentication import PROTECTED_PREFIX
 from models import transitions
+from models.db import group_commit
 from models.errors import QueueFull, RateLimited, TooManyUnfinishedJobs
 from models.queue import JobQueue
 from models.settings import Settings
@@ -200,20 +202,38 @@ def check_queue(queue: JobQueue, settings: Settings) -> None:
         )
 
 
-def add_within_limit(session: Session, job: Job, settings: Settings) -> None:
-    """Adds a new job's row (uncommitted) unless its caller has its share of unfinished jobs
-    already. With a key, on PostgreSQL, the key's row is locked until the transaction that adds
-    the job commits, so two submits at once cannot both take the last place; in open mode, and
-    on SQLite (no row locks), submits at the same instant may pass one more job each."""
+def add_within_limit(
+    session: Session,
+    job: Job,
+    settings: Settings,
+    also: Callable[[Connection], object] | None = None,
+) -> None:
+    """Adds a new job's row, and what `also` writes beside it, unless its caller has its share
+    of unfinished jobs already. On PostgreSQL uncommitted, the key's row locked until the
+    transaction that adds the job commits, so two submits at once cannot both take the last
+    place; on SQLite committed, by the process's `group_commit`, one submit after another (other
+    processes' submits at the same instant, and in open mode any, may pass one more job each)."""
     own = g.get("api_key_max_unfinished_jobs")
     allowed: int = settings.max_unfinished_jobs if own is None else own
     owner = caller_id()
     only_if = None
     if allowed:
-        if owner is not None and session.get_bind().dialect.name == "postgresql":
-            session.connection().execute(_LOCK_KEY, {"owner": owner})
         only_if = _OPEN_UNDER_LIMIT if owner is None else _OWN_UNDER_LIMIT
-    if not transitions.insert_queued(session, job, only_if, owner=owner, allowed=allowed):
+
+    def insert(connection: Connection) -> bool:
+        added = transitions.insert_queued(connection, job, only_if, owner=owner, allowed=allowed)
+        if added and also is not None:
+            also(connection)
+        return added
+
+    engine: Engine = current_app.extensions["voicechat.engine"]
+    if engine.dialect.name == "sqlite":
+        added = group_commit(engine).run(insert)
+    else:
+        if allowed and owner is not None:
+            session.connection().execute(_LOCK_KEY, {"owner": owner})
+        added = insert(session.connection())
+    if not added:
         raise TooManyUnfinishedJobs(
             f"{allowed} of your jobs are queued or running, the most allowed at once; "
             "wait for one to finish.",

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import queue
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 # On the hot paths (API, job worker) a pooled PostgreSQL connection idle this long is pinged
@@ -108,7 +111,56 @@ class _WriterTurn:
             self.lock.release()
 
 
+_T = TypeVar("_T")
+_Write = tuple[Callable[[Connection], Any], "Future[Any]"]
+# The most writes one transaction takes; more wait for the next.
+GROUP_COMMIT_MOST = 64
+
+
+class GroupCommit:
+    """One thread of this process writes new jobs to SQLite: each write handed to it, and all
+    that wait beside it, in one transaction, one turn and one commit, where a commit a submit had
+    the submits queue for the writer turn (bench.submit; bench/results.md, 2026-12-07 late).
+    Should any write of a batch fail, none is kept and each is written again alone, so each
+    caller hears its own outcome. Kept by hand: neither SQLAlchemy nor sqlite3 has one."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._waiting: queue.SimpleQueue[_Write] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="group-commit", daemon=True).start()
+
+    def run(self, write: Callable[[Connection], _T]) -> _T:
+        """Runs `write` in the next transaction; returns its result once that has committed."""
+        done: Future[_T] = Future()
+        self._waiting.put((write, done))
+        return done.result()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._waiting.get()]
+            while len(batch) < GROUP_COMMIT_MOST and not self._waiting.empty():
+                batch.append(self._waiting.get())
+            try:
+                self._commit(batch)
+            except Exception as error:
+                if len(batch) == 1:
+                    batch[0][1].set_exception(error)
+                    continue
+                for write in batch:
+                    try:
+                        self._commit([write])
+                    except Exception as alone:
+                        write[1].set_exception(alone)
+
+    def _commit(self, batch: list[_Write]) -> None:
+        with write_turn(self.engine), self.engine.begin() as connection:
+            results = [write(connection) for write, _ in batch]
+        for (_, done), result in zip(batch, results, strict=True):
+            done.set_result(result)
+
+
 _SQLITE_WRITERS: dict[str, _WriterTurn] = {}
+_GROUP_COMMITS: dict[str, GroupCommit] = {}
 _SQLITE_WRITERS_GUARD = threading.Lock()
 
 
@@ -123,15 +175,25 @@ def write_turn(engine: Engine) -> AbstractContextManager[object]:
         return turn
 
 
+def group_commit(engine: Engine) -> GroupCommit:
+    """This process's `GroupCommit` on a SQLite `engine`."""
+    with _SQLITE_WRITERS_GUARD:
+        found = _GROUP_COMMITS.get(str(engine.url))
+        if found is None or found.engine is not engine:
+            found = _GROUP_COMMITS[str(engine.url)] = GroupCommit(engine)
+        return found
+
+
 def _after_fork() -> None:
-    """A forked child starts with turns of its own: its parent's locks may be held, and an
-    inherited descriptor shares the parent's flock."""
+    """A forked child starts with turns and group commits of its own: its parent's locks may be
+    held, its thread is not there, and an inherited descriptor shares the parent's flock."""
     global _SQLITE_WRITERS_GUARD
     _SQLITE_WRITERS_GUARD = threading.Lock()
     for turn in _SQLITE_WRITERS.values():
         if turn.file is not None:
             os.close(turn.file)
     _SQLITE_WRITERS.clear()
+    _GROUP_COMMITS.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork)

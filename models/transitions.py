@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Insert,
     Update,
     and_,
@@ -103,7 +104,7 @@ def _claimable(now: ColumnElement[datetime]) -> ColumnElement[bool]:
 
 
 def insert_queued(
-    session: Session, job: Job, only_if: ColumnElement[bool] | None = None, **params: Any
+    connection: Connection, job: Job, only_if: ColumnElement[bool] | None = None, **params: Any
 ) -> bool:
     """Adds a new job's row as one INSERT (the caller commits), filling in `job`'s defaults;
     with `only_if` (built once, its bound `params` given here), only where that holds. Returns
@@ -119,9 +120,9 @@ def insert_queued(
         if value is not None:  # left out: SQL NULL, where a JSON column would store 'null'
             values[column.key] = value
     if only_if is None:
-        session.connection().execute(_INSERT_JOB, values)
+        connection.execute(_INSERT_JOB, values)
         return True
-    added = session.connection().execute(_insert_where(tuple(values), only_if), values | params)
+    added = connection.execute(_insert_where(tuple(values), only_if), values | params)
     return added.first() is not None
 
 

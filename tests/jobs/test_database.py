@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import multiprocessing
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import inspect, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Connection, event, inspect, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from models import queries, transitions
-from models.db import make_engine, make_session_factory, write_turn
+from models.db import group_commit, make_engine, make_session_factory, write_turn
 from models.errors import InvalidCursor
 from models.tables import Job, JobStatus, Stage, utcnow
 from models.transitions import ClaimOutcome, Lease
@@ -279,3 +282,59 @@ def test_sqlite_writers_of_two_processes_take_turns(tmp_path: Path) -> None:
     child.join(10)
     assert child.exitcode == 0
     engine.dispose()
+
+
+def _batched(tmp_path: Path, ids: list[int]) -> tuple[list[object], list[int], int]:
+    """Writes row 0, then `ids` while it is held up, so that they wait as one batch: what each
+    write answered, the rows kept, and the commits made."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'group.db'}")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+    commits = []
+    event.listen(engine, "commit", lambda _connection: commits.append(1))
+    writer = group_commit(engine)
+    started, go = threading.Event(), threading.Event()
+
+    def insert(row: int, wait: bool = False) -> int:
+        def write(connection: Connection) -> int:
+            started.set()
+            if wait:
+                go.wait(10)
+            connection.execute(text("INSERT INTO t VALUES (:id)"), {"id": row})
+            return row
+
+        return writer.run(write)
+
+    def answer(row: int) -> object:
+        try:
+            return insert(row)
+        except IntegrityError as error:
+            return error
+
+    with ThreadPoolExecutor(len(ids) + 1) as pool:
+        first = pool.submit(insert, 0, True)
+        assert started.wait(10)
+        answers = [pool.submit(answer, row) for row in ids]
+        while writer._waiting.qsize() < len(ids):
+            time.sleep(0.01)
+        go.set()
+        assert first.result(10) == 0
+        results = [answer.result(10) for answer in answers]
+    with engine.connect() as connection:
+        kept = list(connection.scalars(text("SELECT id FROM t ORDER BY id")))
+    engine.dispose()
+    return results, kept, len(commits)
+
+
+def test_sqlite_group_commit_writes_those_waiting_in_one_transaction(tmp_path: Path) -> None:
+    results, kept, commits = _batched(tmp_path, list(range(1, 11)))
+    assert results == list(range(1, 11))
+    assert kept == list(range(11))
+    assert commits == 2  # row 0's, then the ten waiting behind it
+
+
+def test_sqlite_group_commit_writes_a_failed_batch_again_one_by_one(tmp_path: Path) -> None:
+    results, kept, _ = _batched(tmp_path, [1, 2, 0, 3])  # row 0 is there already
+    assert results[:2] == [1, 2] and results[3] == 3
+    assert isinstance(results[2], IntegrityError)
+    assert kept == [0, 1, 2, 3]
