@@ -39,7 +39,7 @@ from api.openai import routes as openai_routes
 from api.origins import register_origin_checks
 from api.submission import ApiRequest
 from models import storage
-from models.db import PING_IDLE_SECONDS, make_engine, make_session_factory
+from models.db import PING_IDLE_SECONDS, GroupCommit, make_engine, make_session_factory
 from models.event_log import JobEvents
 from models.logging_config import REQUEST_ID
 from models.queue import JobQueue
@@ -148,6 +148,8 @@ def _connect(app: Flask, settings: Settings) -> None:
     sqlite = engine.dialect.name == "sqlite"
     reads = engine if sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
     app.extensions["voicechat.reads"] = reads
+    if sqlite:  # the new jobs' writer (api/limits.py)
+        app.extensions["voicechat.group_commit"] = GroupCommit(engine)
     app.extensions["voicechat.sessions"] = make_session_factory(engine)
     app.extensions["voicechat.redis"] = Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2

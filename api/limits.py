@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from api.access import caller_id
 from api.authentication import PROTECTED_PREFIX
 from models import transitions
-from models.db import group_commit
+from models.db import GroupCommit
 from models.errors import QueueFull, RateLimited, TooManyUnfinishedJobs
 from models.queue import JobQueue
 from models.settings import Settings
@@ -211,7 +211,7 @@ def add_within_limit(
     """Adds a new job's row, and what `also` writes beside it, unless its caller has its share
     of unfinished jobs already. On PostgreSQL uncommitted, the key's row locked until the
     transaction that adds the job commits, so two submits at once cannot both take the last
-    place; on SQLite committed, by the process's `group_commit`, one submit after another (other
+    place; on SQLite committed, by the process's `GroupCommit`, one submit after another (other
     processes' submits at the same instant, and in open mode any, may pass one more job each)."""
     own = g.get("api_key_max_unfinished_jobs")
     allowed: int = settings.max_unfinished_jobs if own is None else own
@@ -228,7 +228,8 @@ def add_within_limit(
 
     engine: Engine = current_app.extensions["voicechat.engine"]
     if engine.dialect.name == "sqlite":
-        added = group_commit(engine).run(insert)
+        commits: GroupCommit = current_app.extensions["voicechat.group_commit"]
+        added = commits.run(insert)
     else:
         if allowed and owner is not None:
             session.connection().execute(_LOCK_KEY, {"owner": owner})

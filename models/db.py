@@ -7,6 +7,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
@@ -126,31 +127,39 @@ class GroupCommit:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._waiting: queue.SimpleQueue[_Write] = queue.SimpleQueue()
-        threading.Thread(target=self._run, name="group-commit", daemon=True).start()
+        self._start()
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
+        self._waiting: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        # The thread holds the queue, not this object, and ends once nobody holds it.
+        owner = weakref.ref(self)
+        threading.Thread(
+            target=_write_batches, args=(owner, self._waiting), name="group-commit", daemon=True
+        ).start()
+        weakref.finalize(self, self._waiting.put, None)
 
     def run(self, write: Callable[[Connection], _T]) -> _T:
         """Runs `write` in the next transaction; returns its result once that has committed."""
+        if self._pid != os.getpid():  # forked: the thread stayed with the parent
+            self._start()
         done: Future[_T] = Future()
         self._waiting.put((write, done))
         return done.result()
 
-    def _run(self) -> None:
-        while True:
-            batch = [self._waiting.get()]
-            while len(batch) < GROUP_COMMIT_MOST and not self._waiting.empty():
-                batch.append(self._waiting.get())
-            try:
-                self._commit(batch)
-            except Exception as error:
-                if len(batch) == 1:
-                    batch[0][1].set_exception(error)
-                    continue
-                for write in batch:
-                    try:
-                        self._commit([write])
-                    except Exception as alone:
-                        write[1].set_exception(alone)
+    def write(self, batch: list[_Write]) -> None:
+        """Commits `batch` as one, or, should that fail, each write alone."""
+        try:
+            self._commit(batch)
+        except Exception as error:
+            if len(batch) == 1:
+                batch[0][1].set_exception(error)
+                return
+            for write in batch:
+                try:
+                    self._commit([write])
+                except Exception as alone:
+                    write[1].set_exception(alone)
 
     def _commit(self, batch: list[_Write]) -> None:
         with write_turn(self.engine), self.engine.begin() as connection:
@@ -159,8 +168,23 @@ class GroupCommit:
             done.set_result(result)
 
 
+def _write_batches(
+    owner: weakref.ref[GroupCommit], waiting: queue.SimpleQueue[_Write | None]
+) -> None:
+    while (first := waiting.get()) is not None:
+        batch = [first]
+        while len(batch) < GROUP_COMMIT_MOST and not waiting.empty():
+            if (write := waiting.get()) is None:
+                break
+            batch.append(write)
+        group = owner()
+        if group is None:
+            return
+        group.write(batch)
+        del group
+
+
 _SQLITE_WRITERS: dict[str, _WriterTurn] = {}
-_GROUP_COMMITS: dict[str, GroupCommit] = {}
 _SQLITE_WRITERS_GUARD = threading.Lock()
 
 
@@ -175,25 +199,15 @@ def write_turn(engine: Engine) -> AbstractContextManager[object]:
         return turn
 
 
-def group_commit(engine: Engine) -> GroupCommit:
-    """This process's `GroupCommit` on a SQLite `engine`."""
-    with _SQLITE_WRITERS_GUARD:
-        found = _GROUP_COMMITS.get(str(engine.url))
-        if found is None or found.engine is not engine:
-            found = _GROUP_COMMITS[str(engine.url)] = GroupCommit(engine)
-        return found
-
-
 def _after_fork() -> None:
-    """A forked child starts with turns and group commits of its own: its parent's locks may be
-    held, its thread is not there, and an inherited descriptor shares the parent's flock."""
+    """A forked child starts with turns of its own: its parent's locks may be held, and an
+    inherited descriptor shares the parent's flock."""
     global _SQLITE_WRITERS_GUARD
     _SQLITE_WRITERS_GUARD = threading.Lock()
     for turn in _SQLITE_WRITERS.values():
         if turn.file is not None:
             os.close(turn.file)
     _SQLITE_WRITERS.clear()
-    _GROUP_COMMITS.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import threading
 import time
@@ -16,7 +17,7 @@ from sqlalchemy import Connection, event, inspect, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from models import queries, transitions
-from models.db import group_commit, make_engine, make_session_factory, write_turn
+from models.db import GroupCommit, make_engine, make_session_factory, write_turn
 from models.errors import InvalidCursor
 from models.tables import Job, JobStatus, Stage, utcnow
 from models.transitions import ClaimOutcome, Lease
@@ -292,7 +293,7 @@ def _batched(tmp_path: Path, ids: list[int]) -> tuple[list[object], list[int], i
         connection.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
     commits = []
     event.listen(engine, "commit", lambda _connection: commits.append(1))
-    writer = group_commit(engine)
+    writer = GroupCommit(engine)
     started, go = threading.Event(), threading.Event()
 
     def insert(row: int, wait: bool = False) -> int:
@@ -338,3 +339,22 @@ def test_sqlite_group_commit_writes_a_failed_batch_again_one_by_one(tmp_path: Pa
     assert results[:2] == [1, 2] and results[3] == 3
     assert isinstance(results[2], IntegrityError)
     assert kept == [0, 1, 2, 3]
+
+
+def test_sqlite_group_commit_thread_ends_with_its_owner(tmp_path: Path) -> None:
+    def writers() -> int:
+        return sum(thread.name == "group-commit" for thread in threading.enumerate())
+
+    before = writers()
+    engine = make_engine(f"sqlite:///{tmp_path / 'owner.db'}")
+    commits = GroupCommit(engine)
+    assert commits.run(lambda connection: connection.execute(text("SELECT 1")).scalar()) == 1
+    assert writers() == before + 1
+    del commits
+    gc.collect()
+    for _ in range(100):
+        if writers() == before:
+            break
+        time.sleep(0.05)
+    assert writers() == before
+    engine.dispose()
