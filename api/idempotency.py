@@ -10,10 +10,9 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from flask import Request
-from sqlalchemy import ColumnElement, Connection, Result, and_, delete, update
+from sqlalchemy import ColumnElement, Connection, and_, delete, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -139,7 +138,12 @@ def _take_over(
     session: Session, stale: IdempotencyRecord, request_fingerprint: str, now: datetime
 ) -> Claim:
     """Claims an expired or abandoned row, unless another request did so first."""
-    taken = _update(session, stale, fingerprint=request_fingerprint, job_id=None, created_at=now)
+    taken = session.execute(
+        update(IdempotencyRecord)
+        .where(_matching(stale))
+        .values(fingerprint=request_fingerprint, job_id=None, created_at=now)
+        .execution_options(synchronize_session=False)
+    )
     session.commit()
     if getattr(taken, "rowcount", 0) != 1:
         raise IdempotencyKeyInFlight("Another request took this Idempotency-Key just now; retry.")
@@ -151,15 +155,6 @@ def _matching(record: Claim | IdempotencyRecord) -> ColumnElement[bool]:
         IdempotencyRecord.scope == record.scope,
         IdempotencyRecord.key == record.key,
         IdempotencyRecord.created_at == record.created_at,
-    )
-
-
-def _update(session: Session, held: Claim | IdempotencyRecord, **values: object) -> Result[Any]:
-    return session.execute(
-        update(IdempotencyRecord)
-        .where(_matching(held))
-        .values(**values)
-        .execution_options(synchronize_session=False)
     )
 
 

@@ -15,7 +15,7 @@ from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter
 from limits.storage import RedisStorage
 from redis import RedisError
-from sqlalchemy import Connection, Engine, bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from api.access import caller_id
@@ -226,9 +226,8 @@ def add_within_limit(
             also(connection)
         return added
 
-    engine: Engine = current_app.extensions["voicechat.engine"]
-    if engine.dialect.name == "sqlite":
-        commits: GroupCommit = current_app.extensions["voicechat.group_commit"]
+    commits: GroupCommit | None = current_app.extensions.get("voicechat.group_commit")
+    if commits is not None:  # SQLite's
         added = commits.run(insert)
     else:
         if allowed and owner is not None:
